@@ -1,0 +1,21 @@
+# vmcore-build: mode=real base=0x0
+#
+# pio_loop (benchmark): port-write exits.  Real mode, loaded at 0, entry 0,
+# 4 KiB of RAM, no stack.  Writes a byte to port 0x80 (unclaimed; the VMM
+# drops it) 100000 times, then halts.  No output.
+# The count is the little-endian dword at offset 2 of the binary (the
+# immediate of the first instruction); a benchmark may patch it.
+
+        .code16
+        .text
+        .globl  _start
+_start:
+        mov     $100000, %ecx           # 66 B9 imm32: the count sits at offset 2
+        xor     %al, %al
+again:
+        out     %al, $0x80
+        dec     %ecx
+        jnz     again
+halt:
+        hlt
+        jmp     halt

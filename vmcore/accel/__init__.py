@@ -1,0 +1,60 @@
+"""CPU accelerators: what the machine loop needs from a CPU, behind one interface.
+
+An accelerator maps the guest's memory slots, loads a :class:`~vmcore.cpu.CpuState`,
+and runs until something stops the machine, turning every IO and MMIO exit into
+a call on the port-IO or MMIO :class:`~vmcore.bus.Bus`.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import attrs
+
+from ..bus import Bus
+from ..cpu import CpuState
+from ..memory import GuestMemory
+from ..stop import StopReason
+
+
+class AcceleratorUnavailable(Exception):
+    """The accelerator cannot run on this host; str() says why and what to do."""
+
+
+@attrs.frozen
+class RunLimits:
+    """Bounds on one run: wall-clock seconds and number of exits (None: unbounded)."""
+
+    timeout: float | None = None
+    max_exits: int | None = None
+
+
+class Accelerator(abc.ABC):
+    """One vCPU on some CPU backend."""
+
+    name: str
+
+    @abc.abstractmethod
+    def setup(self, memory: GuestMemory, state: CpuState) -> None:
+        """Map every slot of ``memory`` and load the start state."""
+
+    @abc.abstractmethod
+    def run(self, pio: Bus, mmio: Bus, limits: RunLimits) -> StopReason:
+        """Run the guest until it stops; device exceptions propagate to the caller."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the backend."""
+
+
+def create(name: str) -> Accelerator:
+    """An accelerator by profile name: ``kvm`` or ``auto`` (KVM when it opens)."""
+    if name in ("kvm", "auto"):
+        from .kvm import KvmAccelerator
+
+        return KvmAccelerator.open()
+    if name == "tcg":
+        raise AcceleratorUnavailable(
+            "accelerator 'tcg' (the unicorn software CPU) is not part of this build yet; use --accel kvm"
+        )
+    raise AcceleratorUnavailable(f"unknown accelerator {name!r}; expected kvm, tcg or auto")

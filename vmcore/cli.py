@@ -1,0 +1,148 @@
+"""The ``vmcore`` command: run, check, devices, info."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import IO, Sequence
+
+from .accel import RunLimits
+from .bus import Transaction
+from .machine import Machine, resolve_profile
+from .plugins import DeviceRegistry, DeviceTypeError
+from .profile import ProfileError
+from .stop import STATUS
+
+log = logging.getLogger("vmcore")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vmcore", description="A Python VMM for device models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more, and always say why the machine stopped")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="boot a machine profile")
+    run.add_argument("profile", nargs="?", default="hello", help="a profile path or bundled name (default: hello)")
+    run.add_argument("--accel", choices=("kvm", "tcg", "auto"), help="CPU accelerator (default: the profile's)")
+    run.add_argument("--trace", action="store_true", help="print every bus transaction to stderr")
+    run.add_argument("--trace-file", metavar="FILE", help="write every bus transaction to FILE")
+    run.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this much wall-clock time")
+    run.add_argument("--max-exits", type=int, metavar="N", help="stop after N exits")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                     help="override a profile value, e.g. --set devices.console.port=0xE9 (repeatable)")
+
+    check = sub.add_parser("check", help="validate a profile and build its machine without running it")
+    check.add_argument("profile", help="a profile path or bundled name")
+    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+
+    sub.add_parser("devices", help="list device types with their properties")
+    sub.add_parser("info", help="show the host's KVM capabilities")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="vmcore: %(message)s", stream=sys.stderr)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "check":
+            return _check(args)
+        if args.command == "devices":
+            return _devices()
+        return _info()
+    except (ProfileError, DeviceTypeError) as exc:
+        print(f"vmcore: {exc}", file=sys.stderr)
+        return STATUS["config-error"]
+
+
+def _build(profile_name: str, overrides: list[str]) -> Machine:
+    from .profile import Profile
+
+    path = resolve_profile(profile_name)
+    return Machine.build(Profile.load(path, overrides))
+
+
+def _run(args: argparse.Namespace) -> int:
+    machine = _build(args.profile, args.overrides)
+    trace_out: IO[str] | None = None
+    with machine:
+        if args.trace_file:
+            trace_out = open(args.trace_file, "w", encoding="utf-8")
+        elif args.trace:
+            trace_out = sys.stderr
+        if trace_out is not None:
+            out = trace_out
+
+            def tracer(txn: Transaction) -> None:
+                out.write(f"{txn}\n")
+
+            machine.set_tracer(tracer)
+        try:
+            stop = machine.run(args.accel, RunLimits(timeout=args.timeout, max_exits=args.max_exits))
+        finally:
+            if trace_out is not None and trace_out is not sys.stderr:
+                trace_out.close()
+        accel = machine.accelerator.name if machine.accelerator else "none"
+    sys.stdout.flush()
+    if stop.is_fault:
+        print(f"vmcore: {stop.report()}", file=sys.stderr)
+        if args.verbose and "traceback" in stop.detail:
+            print(stop.detail["traceback"], file=sys.stderr)
+    elif args.verbose:
+        print(f"vmcore: {stop.summary()} (accelerator {accel}, {stop.exits} exits, status {stop.status})",
+              file=sys.stderr)
+    return stop.status & 0xFF
+
+
+def _check(args: argparse.Namespace) -> int:
+    machine = _build(args.profile, args.overrides)
+    with machine:
+        profile = machine.profile
+        print(f"{profile.name}: ok ({profile.path})")
+        print(f"  cpu: {profile.cpu.mode} mode, entry {profile.cpu.entry:#x}, accel {profile.accel}")
+        for slot in machine.memory:
+            kind = "rom" if slot.readonly else "ram"
+            print(f"  memory {slot.name}: {slot.base:#x}..{slot.end - 1:#x} {kind}")
+        for bus in (machine.pio, machine.mmio):
+            for region, owner in bus.claims():
+                print(f"  {bus.space.value} {region.base:#x}..{region.end - 1:#x} {owner}"
+                      f"{' (' + region.name + ')' if region.name else ''}")
+    return 0
+
+
+def _devices() -> int:
+    registry = DeviceRegistry.default()
+    for dtype in registry:
+        print(f"{dtype.name}  ({dtype.module}, plugin {dtype.plugin})")
+        for line in dtype.doc.splitlines():
+            print(f"    {line}")
+        for p in dtype.properties:
+            default = f"{p.default:#x}" if isinstance(p.default, int) and not isinstance(p.default, bool) \
+                and p.type == "int" else repr(p.default)
+            choices = f" [{'|'.join(p.choices)}]" if p.choices else ""
+            print(f"    {p.name}: {p.type}{choices} = {default}  {p.doc}")
+        print()
+    return 0
+
+
+def _info() -> int:
+    from .kvm import Kvm, KvmUnavailable
+
+
+    try:
+        kvm = Kvm.open()
+    except KvmUnavailable as exc:
+        print(f"vmcore: {exc}", file=sys.stderr)
+        return STATUS["host-error"]
+    with kvm:
+        print(f"{kvm.path}: KVM API version {kvm.api_version}, vcpu mmap size {kvm.vcpu_mmap_size}")
+        for name, value in sorted(kvm.capabilities().items()):
+            print(f"  {name:28} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

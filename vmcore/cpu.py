@@ -1,0 +1,174 @@
+"""vCPU start states, independent of the accelerator.
+
+:func:`start_state` turns a profile's ``cpu`` section into a :class:`CpuState`:
+register values, segment descriptors and control registers for real mode,
+32-bit flat protected mode, or 64-bit long mode. For the last two the VMM builds
+a GDT (and for long mode identity-mapped page tables) in guest RAM it reserves.
+Each accelerator translates a CpuState into its own register set.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import attrs
+
+from .memory import GuestMemory, GuestMemoryError
+
+CR0_PE = 1 << 0
+CR0_ET = 1 << 4
+CR0_NE = 1 << 5
+CR0_WP = 1 << 16
+CR0_PG = 1 << 31
+CR4_PAE = 1 << 5
+EFER_LME = 1 << 8
+EFER_LMA = 1 << 10
+RFLAGS_RESERVED = 1 << 1  # bit 1 always reads as 1
+
+PAGE = 4096
+#: Page-table entry bits: present, writable, page size (2 MiB in a PD entry).
+PTE_P, PTE_W, PTE_PS = 1 << 0, 1 << 1, 1 << 7
+
+# GDT layout the VMM builds: null, code, data (selectors 0x08 and 0x10).
+CODE_SELECTOR = 0x08
+DATA_SELECTOR = 0x10
+IDENTITY_MAPPED = 4 << 30  # long mode maps the first 4 GiB
+
+
+class CpuSetupError(Exception):
+    """The start state cannot be built (e.g. no room for the tables)."""
+
+
+@attrs.frozen
+class Segment:
+    """A loaded segment register (the hidden part as the CPU holds it)."""
+
+    selector: int = 0
+    base: int = 0
+    limit: int = 0xFFFF
+    type: int = 3  # data read/write, accessed
+    s: int = 1  # code/data (not system)
+    dpl: int = 0
+    present: int = 1
+    db: int = 0  # 32-bit default operand size
+    l: int = 0  # 64-bit code
+    g: int = 0  # 4K granularity
+
+    def descriptor(self) -> int:
+        """The 8-byte GDT descriptor for this segment."""
+        limit = self.limit >> 12 if self.g else self.limit
+        access = self.type | (self.s << 4) | (self.dpl << 5) | (self.present << 7)
+        flags = (self.l << 1) | (self.db << 2) | (self.g << 3)
+        return (
+            (limit & 0xFFFF)
+            | (self.base & 0xFFFFFF) << 16
+            | access << 40
+            | ((limit >> 16) & 0xF) << 48
+            | flags << 52
+            | ((self.base >> 24) & 0xFF) << 56
+        )
+
+
+@attrs.frozen
+class CpuState:
+    """Everything an accelerator needs to start the vCPU."""
+
+    mode: str
+    registers: dict[str, int]  # rax.., rsp, rip, rflags
+    cs: Segment
+    data: Segment  # ds, es, fs, gs, ss
+    cr0: int = 0
+    cr3: int = 0
+    cr4: int = 0
+    efer: int = 0
+    gdt: tuple[int, int] = (0, 0xFFFF)  # base, limit
+    idt: tuple[int, int] = (0, 0xFFFF)
+
+
+def tables_size(mode: str) -> int:
+    """Bytes of guest RAM the VMM reserves for the mode's tables."""
+    if mode == "protected":
+        return PAGE  # the GDT
+    if mode == "long":
+        return PAGE * (3 + IDENTITY_MAPPED // (1 << 30))  # GDT, PML4, PDPT, 4 page directories
+    return 0
+
+
+def start_state(mode: str, entry: int, registers: dict[str, int], memory: GuestMemory, tables: int | None) -> CpuState:
+    """Build the start state; for protected/long mode write GDT/page tables at ``tables``."""
+    regs = {"rip": entry, "rflags": RFLAGS_RESERVED}
+    regs.update(registers)
+    if mode == "real":
+        # The seed's state: CS base 0 and IP = entry; every segment at 0.
+        seg = Segment()
+        return CpuState(mode, regs, cs=Segment(type=0xB), data=seg)
+    if tables is None:
+        raise CpuSetupError(f"{mode} mode needs cpu.tables: an address in RAM for the GDT and page tables")
+    if mode == "protected":
+        code = Segment(CODE_SELECTOR, 0, 0xFFFFFFFF, type=0xB, db=1, g=1)
+        data = Segment(DATA_SELECTOR, 0, 0xFFFFFFFF, type=0x3, db=1, g=1)
+        gdt = _write_gdt(memory, tables, code, data)
+        return CpuState(mode, regs, code, data, cr0=CR0_PE | CR0_ET | CR0_NE, gdt=gdt, idt=(0, 0))
+    if mode == "long":
+        code = Segment(CODE_SELECTOR, 0, 0xFFFFFFFF, type=0xB, l=1, g=1)
+        data = Segment(DATA_SELECTOR, 0, 0xFFFFFFFF, type=0x3, db=1, g=1)
+        gdt = _write_gdt(memory, tables, code, data)
+        pml4 = tables + PAGE
+        _write_identity_tables(memory, pml4)
+        return CpuState(
+            mode, regs, code, data,
+            cr0=CR0_PE | CR0_ET | CR0_NE | CR0_WP | CR0_PG, cr3=pml4, cr4=CR4_PAE,
+            efer=EFER_LME | EFER_LMA, gdt=gdt, idt=(0, 0),
+        )
+    raise CpuSetupError(f"unknown cpu mode {mode!r}")
+
+
+def _write_gdt(memory: GuestMemory, base: int, code: Segment, data: Segment) -> tuple[int, int]:
+    table = struct.pack("<3Q", 0, code.descriptor(), data.descriptor())
+    _place(memory, base, table)
+    return base, len(table) - 1
+
+
+def _write_identity_tables(memory: GuestMemory, pml4: int) -> None:
+    """PML4 -> one PDPT -> 4 page directories of 2 MiB pages: virtual == physical below 4 GiB."""
+    # Each table must start on a page: an entry keeps only address bits 12 and up.
+    pdpt = pml4 + PAGE
+    pds = pdpt + PAGE
+    _place(memory, pml4, struct.pack("<Q", pdpt | PTE_P | PTE_W))
+    gib = IDENTITY_MAPPED >> 30
+    _place(memory, pdpt, struct.pack(f"<{gib}Q", *((pds + i * PAGE) | PTE_P | PTE_W for i in range(gib))))
+    entries = [(i << 21) | PTE_P | PTE_W | PTE_PS for i in range(512 * gib)]
+    _place(memory, pds, struct.pack(f"<{len(entries)}Q", *entries))
+
+
+def _place(memory: GuestMemory, address: int, data: bytes) -> None:
+    try:
+        memory.write(address, data)
+    except GuestMemoryError as exc:
+        raise CpuSetupError(f"cannot place the CPU tables at {address:#x}: {exc}") from None
+
+
+def translate(memory: GuestMemory, cr0: int, cr3: int, cr4: int, efer: int, linear: int) -> int | None:
+    """Linear -> guest-physical through the guest's page tables (None if unmapped).
+
+    Handles no paging and 4-level long-mode paging (4K, 2M, 1G pages): enough to
+    show the instruction bytes at RIP in a fault report.
+    """
+    if not cr0 & CR0_PG:
+        return linear & 0xFFFFFFFF if not efer & EFER_LMA else linear
+    if not (efer & EFER_LMA and cr4 & CR4_PAE):
+        return None
+    table = cr3 & ~0xFFF & ((1 << 52) - 1)
+    for level, shift in enumerate((39, 30, 21, 12)):
+        try:
+            entry = memory.read_int(table + ((linear >> shift) & 0x1FF) * 8, 8)
+        except GuestMemoryError:
+            return None
+        if not entry & PTE_P:
+            return None
+        frame = entry & 0x000FFFFFFFFFF000
+        if level in (1, 2) and entry & PTE_PS:
+            mask = (1 << shift) - 1
+            return (frame & ~mask) | (linear & mask)
+        table = frame
+    return table | (linear & 0xFFF)

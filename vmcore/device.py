@@ -1,0 +1,226 @@
+"""The device-facing API: what a device model is, and what it is handed.
+
+A device type is a class with a frozen attrs ``Config`` (its properties: typed,
+validated, documented, shown by ``vmcore devices``) and a constructor taking that
+config and a :class:`DeviceContext`. It answers :meth:`Device.regions` with the
+ranges it claims. It never sees the accelerator: only its regions' offsets, its
+IRQ lines, the clock and guest memory.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import typing
+from typing import Any, Callable, ClassVar, Sequence
+
+import attrs
+
+from .bus import Region
+from .clock import Clock
+from .irq import IrqLine
+from .memory import GuestMemory
+from .units import parse_int
+
+
+class GuestExit(Exception):
+    """Raised (through the bus) by a device that ends the run, e.g. debug-exit.
+
+    The run loop catches it and stops the machine with ``status``.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class PropertyError(ValueError):
+    """A device property that is unknown or has a value of the wrong kind."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+@attrs.frozen
+class DeviceContext:
+    """Everything a device may touch, injected by the machine or the fake bus."""
+
+    name: str
+    clock: Clock
+    memory: GuestMemory
+    irq_line: Callable[[int], IrqLine]
+    log: logging.Logger
+
+    def irq(self, number: int) -> IrqLine:
+        """The interrupt line ``number`` (shared by every device that asks for it)."""
+        return self.irq_line(number)
+
+    def exit(self, status: int, reason: str) -> typing.NoReturn:
+        """End the run with process status ``status``; does not return."""
+        raise GuestExit(status, reason)
+
+
+def prop(default: Any = attrs.NOTHING, doc: str = "", **kwargs: Any) -> Any:
+    """A device property: an attrs field whose ``doc`` the CLI and docs show."""
+    return attrs.field(default=default, metadata={"doc": doc}, **kwargs)
+
+
+class Device:
+    """Base class for device models (optional: any class with the same shape works).
+
+    Subclasses set ``type_name`` (the name profiles use), ``Config`` (a frozen
+    attrs class of properties) and implement :meth:`regions`.
+    """
+
+    type_name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any, ctx: DeviceContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    @classmethod
+    def create(cls, config: Any, ctx: DeviceContext) -> "Device":
+        """Build an instance; override to pull what the device needs from ``ctx``."""
+        return cls(config, ctx)
+
+    def regions(self) -> Sequence[Region]:
+        """The bus ranges this device claims."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Return to power-on state (machine reset)."""
+
+    def close(self) -> None:
+        """Release host resources (flush and close outputs) when the machine stops."""
+
+
+# --- properties: conversion from profile text and introspection ------------------------
+
+
+@attrs.frozen
+class PropertyInfo:
+    """One property of a device type, as ``vmcore devices`` shows it."""
+
+    name: str
+    type: str
+    default: Any
+    doc: str
+    choices: tuple[str, ...] | None = None
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def properties(config_cls: type) -> list[PropertyInfo]:
+    """Introspect a Config class with ``attrs.fields`` (no second schema)."""
+    attrs.resolve_types(config_cls)
+    out = []
+    for field in attrs.fields(config_cls):
+        default = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        choices = None
+        tp = field.type
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):
+            choices = tuple(str(m.value) for m in tp)
+        elif typing.get_origin(tp) is typing.Literal:
+            choices = tuple(str(a) for a in typing.get_args(tp))
+        out.append(PropertyInfo(field.name, _type_name(tp), default, field.metadata.get("doc", ""), choices))
+    return out
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def convert_value(tp: Any, raw: Any) -> Any:
+    """Convert profile text (or a Python value) to the property's declared type."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or type(tp).__name__ == "UnionType":
+        args = typing.get_args(tp)
+        if raw is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return convert_value(arg, raw)
+            except (ValueError, TypeError) as exc:
+                errors.append(str(exc))
+        raise ValueError("; ".join(errors))
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        for choice in choices:
+            if str(choice) == str(raw):
+                return choice
+        raise ValueError(f"expected one of {', '.join(map(str, choices))}, got {raw!r}")
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError(f"expected true or false, got {raw!r}")
+    if tp is int:
+        return parse_int(raw)
+    if tp is str:
+        if isinstance(raw, (dict, list)):
+            raise ValueError(f"expected text, got a {'mapping' if isinstance(raw, dict) else 'list'}")
+        return str(raw)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        for member in tp:
+            if str(member.value) == str(raw) or member.name.lower() == str(raw).lower():
+                return member
+        raise ValueError(f"expected one of {', '.join(str(m.value) for m in tp)}, got {raw!r}")
+    if tp is float:
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {raw!r}") from None
+    return raw
+
+
+def build_config(config_cls: type, props: dict[str, Any]) -> Any:
+    """Make a validated Config from property values; errors are :class:`PropertyError`."""
+    attrs.resolve_types(config_cls)
+    fields = {f.name: f for f in attrs.fields(config_cls)}
+    values = {}
+    for key, raw in props.items():
+        field = fields.get(key.replace("-", "_"))
+        if field is None:
+            from difflib import get_close_matches
+
+            near = get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            known = ", ".join(fields) or "none"
+            raise PropertyError(key, f"unknown property{hint}; known properties: {known}")
+        try:
+            values[field.name] = convert_value(field.type, raw)
+        except (ValueError, TypeError) as exc:
+            raise PropertyError(key, str(exc)) from None
+    try:
+        return config_cls(**values)
+    except (ValueError, TypeError) as exc:
+        # attrs validators name the field in their message; find which one.
+        key = next((name for name in values if name in str(exc)), "")
+        raise PropertyError(key, str(exc)) from None
+
+
+def in_range(low: int, high: int) -> Callable[[Any, Any, int], None]:
+    """An attrs validator: ``low <= value <= high``, shown in hex."""
+
+    def check(_instance: Any, attribute: Any, value: int) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"{attribute.name} must be in {low:#x}..{high:#x}, got {value:#x}")
+
+    return check

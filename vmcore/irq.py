@@ -1,0 +1,47 @@
+"""Interrupt request lines as devices see them."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+#: Receives (line number, new level) whenever a line changes; a pulse is 1 then 0.
+IrqSink = Callable[[int, bool], None]
+
+
+class IrqLine:
+    """One interrupt line a device drives: level (raise/lower) or edge (pulse).
+
+    The machine connects the line to the interrupt controller in use; on the fake
+    bus a recorder sits there. The device never knows which.
+    """
+
+    __slots__ = ("number", "level", "_sink")
+
+    def __init__(self, number: int, sink: IrqSink | None = None) -> None:
+        self.number = number
+        self.level = False
+        self._sink = sink
+
+    def set_level(self, level: bool) -> None:
+        """Drive the line to ``level``; only changes reach the controller."""
+        level = bool(level)
+        if level != self.level:
+            self.level = level
+            if self._sink is not None:
+                self._sink(self.number, level)
+
+    def raise_(self) -> None:
+        """Assert the line (level-triggered use). Named with ``_``: ``raise`` is a keyword."""
+        self.set_level(True)
+
+    def lower(self) -> None:
+        """Deassert the line."""
+        self.set_level(False)
+
+    def pulse(self) -> None:
+        """An edge: raise then lower (for edge-triggered inputs such as ISA IRQs)."""
+        self.set_level(True)
+        self.set_level(False)
+
+    def __repr__(self) -> str:
+        return f"IrqLine({self.number}, level={int(self.level)})"

@@ -1,0 +1,420 @@
+"""ctypes mirrors of the x86_64 KVM structures in <linux/kvm.h> and <asm/kvm.h>.
+
+Field names and class names match the C ones so that tests/kvm/test_abi.py can
+compare every offset and size with what gcc computes from the real headers.
+Anonymous C unions are modelled with ``_anonymous_`` so that ``run.io.port``
+reads exactly like the C ``run->io.port``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from ctypes import (
+    Structure,
+    Union,
+    c_char,
+    c_int32,
+    c_uint8,
+    c_uint16,
+    c_uint32,
+    c_uint64,
+)
+
+__all__ = [
+    "kvm_regs",
+    "kvm_segment",
+    "kvm_dtable",
+    "kvm_sregs",
+    "kvm_fpu",
+    "kvm_userspace_memory_region",
+    "kvm_cpuid_entry2",
+    "kvm_cpuid2",
+    "cpuid2_type",
+    "kvm_irq_level",
+    "kvm_pit_config",
+    "kvm_coalesced_mmio_zone",
+    "kvm_coalesced_mmio",
+    "kvm_coalesced_mmio_ring",
+    "coalesced_mmio_ring_type",
+    "kvm_ioeventfd",
+    "kvm_debug_exit_arch",
+    "kvm_run",
+    "KVM_NR_INTERRUPTS",
+    "SYNC_REGS_SIZE_BYTES",
+]
+
+# <asm/kvm.h>: sizes the interrupt_bitmap in kvm_sregs.
+KVM_NR_INTERRUPTS = 256
+# <linux/kvm.h>: the arch sync-regs area in kvm_run is padded to this size.
+SYNC_REGS_SIZE_BYTES = 2048
+
+
+class kvm_regs(Structure):
+    _fields_ = [
+        (name, c_uint64)
+        for name in (
+            "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+            "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+            "rip", "rflags",
+        )
+    ]
+
+
+class kvm_segment(Structure):
+    _fields_ = [
+        ("base", c_uint64),
+        ("limit", c_uint32),
+        ("selector", c_uint16),
+        ("type", c_uint8),
+        ("present", c_uint8),
+        ("dpl", c_uint8),
+        ("db", c_uint8),
+        ("s", c_uint8),
+        ("l", c_uint8),
+        ("g", c_uint8),
+        ("avl", c_uint8),
+        ("unusable", c_uint8),
+        ("padding", c_uint8),
+    ]
+
+
+class kvm_dtable(Structure):
+    _fields_ = [
+        ("base", c_uint64),
+        ("limit", c_uint16),
+        ("padding", c_uint16 * 3),
+    ]
+
+
+class kvm_sregs(Structure):
+    _fields_ = [
+        ("cs", kvm_segment),
+        ("ds", kvm_segment),
+        ("es", kvm_segment),
+        ("fs", kvm_segment),
+        ("gs", kvm_segment),
+        ("ss", kvm_segment),
+        ("tr", kvm_segment),
+        ("ldt", kvm_segment),
+        ("gdt", kvm_dtable),
+        ("idt", kvm_dtable),
+        ("cr0", c_uint64),
+        ("cr2", c_uint64),
+        ("cr3", c_uint64),
+        ("cr4", c_uint64),
+        ("cr8", c_uint64),
+        ("efer", c_uint64),
+        ("apic_base", c_uint64),
+        ("interrupt_bitmap", c_uint64 * ((KVM_NR_INTERRUPTS + 63) // 64)),
+    ]
+
+
+class kvm_fpu(Structure):
+    # Laid out like the legacy FXSAVE area (x87 registers first, then XMM).
+    _fields_ = [
+        ("fpr", (c_uint8 * 16) * 8),
+        ("fcw", c_uint16),
+        ("fsw", c_uint16),
+        ("ftwx", c_uint8),
+        ("pad1", c_uint8),
+        ("last_opcode", c_uint16),
+        ("last_ip", c_uint64),
+        ("last_dp", c_uint64),
+        ("xmm", (c_uint8 * 16) * 16),
+        ("mxcsr", c_uint32),
+        ("pad2", c_uint32),
+    ]
+
+
+class kvm_userspace_memory_region(Structure):
+    _fields_ = [
+        ("slot", c_uint32),
+        ("flags", c_uint32),
+        ("guest_phys_addr", c_uint64),
+        ("memory_size", c_uint64),
+        ("userspace_addr", c_uint64),
+    ]
+
+
+class kvm_cpuid_entry2(Structure):
+    _fields_ = [
+        ("function", c_uint32),
+        ("index", c_uint32),
+        ("flags", c_uint32),
+        ("eax", c_uint32),
+        ("ebx", c_uint32),
+        ("ecx", c_uint32),
+        ("edx", c_uint32),
+        ("padding", c_uint32 * 3),
+    ]
+
+
+class kvm_cpuid2(Structure):
+    # The C struct ends in a flexible array; sizeof() is the 8-byte header, which
+    # is what the ioctl numbers encode. Use cpuid2_type(n) for a usable buffer.
+    _fields_ = [
+        ("nent", c_uint32),
+        ("padding", c_uint32),
+        ("entries", kvm_cpuid_entry2 * 0),
+    ]
+
+
+@functools.cache
+def cpuid2_type(n: int) -> type[Structure]:
+    """A kvm_cpuid2 layout with room for ``n`` entries (cached per ``n``)."""
+    if n < 0:
+        raise ValueError(f"cpuid entry count must be >= 0, got {n}")
+    return type(
+        f"kvm_cpuid2_{n}",
+        (Structure,),
+        {
+            "_fields_": [
+                ("nent", c_uint32),
+                ("padding", c_uint32),
+                ("entries", kvm_cpuid_entry2 * n),
+            ]
+        },
+    )
+
+
+class _irq_or_status(Union):
+    _fields_ = [("irq", c_uint32), ("status", c_int32)]
+
+
+class kvm_irq_level(Structure):
+    # KVM_IRQ_LINE reads .irq; KVM_IRQ_LINE_STATUS writes .status over it.
+    _anonymous_ = ("_u",)
+    _fields_ = [("_u", _irq_or_status), ("level", c_uint32)]
+
+
+class kvm_pit_config(Structure):
+    _fields_ = [("flags", c_uint32), ("pad", c_uint32 * 15)]
+
+
+class _pad_or_pio(Union):
+    _fields_ = [("pad", c_uint32), ("pio", c_uint32)]
+
+
+class kvm_coalesced_mmio_zone(Structure):
+    _anonymous_ = ("_u",)
+    _fields_ = [("addr", c_uint64), ("size", c_uint32), ("_u", _pad_or_pio)]
+
+
+class kvm_coalesced_mmio(Structure):
+    """One entry of the coalesced MMIO/PIO ring shared through the vcpu mmap."""
+
+    _anonymous_ = ("_u",)
+    _fields_ = [
+        ("phys_addr", c_uint64),
+        ("len", c_uint32),
+        ("_u", _pad_or_pio),
+        ("data", c_uint8 * 8),
+    ]
+
+
+class kvm_coalesced_mmio_ring(Structure):
+    # Header only (first/last indices); the entries follow it up to the end of
+    # the page, see coalesced_mmio_ring_type().
+    _fields_ = [
+        ("first", c_uint32),
+        ("last", c_uint32),
+        ("coalesced_mmio", kvm_coalesced_mmio * 0),
+    ]
+
+
+@functools.cache
+def coalesced_mmio_ring_type(page_size: int) -> type[Structure]:
+    """The ring as the kernel sizes it: as many entries as fit in one page.
+
+    Mirrors KVM_COALESCED_MMIO_MAX = (PAGE_SIZE - sizeof(ring)) / sizeof(entry).
+    """
+    header = ctypes.sizeof(kvm_coalesced_mmio_ring)
+    n = (page_size - header) // ctypes.sizeof(kvm_coalesced_mmio)
+    return type(
+        f"kvm_coalesced_mmio_ring_{n}",
+        (Structure,),
+        {
+            "_fields_": [
+                ("first", c_uint32),
+                ("last", c_uint32),
+                ("coalesced_mmio", kvm_coalesced_mmio * n),
+            ]
+        },
+    )
+
+
+class kvm_ioeventfd(Structure):
+    _fields_ = [
+        ("datamatch", c_uint64),
+        ("addr", c_uint64),
+        ("len", c_uint32),
+        ("fd", c_int32),
+        ("flags", c_uint32),
+        ("pad", c_uint8 * 36),
+    ]
+
+
+class kvm_debug_exit_arch(Structure):
+    _fields_ = [
+        ("exception", c_uint32),
+        ("pad", c_uint32),
+        ("pc", c_uint64),
+        ("dr6", c_uint64),
+        ("dr7", c_uint64),
+    ]
+
+
+# --- the per-exit payloads of kvm_run (one member of its anonymous union each) ---
+
+
+class _exit_hw(Structure):  # KVM_EXIT_UNKNOWN
+    _fields_ = [("hardware_exit_reason", c_uint64)]
+
+
+class _exit_fail_entry(Structure):  # KVM_EXIT_FAIL_ENTRY
+    _fields_ = [("hardware_entry_failure_reason", c_uint64), ("cpu", c_uint32)]
+
+
+class _exit_ex(Structure):  # KVM_EXIT_EXCEPTION
+    _fields_ = [("exception", c_uint32), ("error_code", c_uint32)]
+
+
+class _exit_io(Structure):  # KVM_EXIT_IO; the data lives at run + data_offset
+    _fields_ = [
+        ("direction", c_uint8),
+        ("size", c_uint8),
+        ("port", c_uint16),
+        ("count", c_uint32),
+        ("data_offset", c_uint64),
+    ]
+
+
+class _exit_debug(Structure):  # KVM_EXIT_DEBUG
+    _fields_ = [("arch", kvm_debug_exit_arch)]
+
+
+class _exit_mmio(Structure):  # KVM_EXIT_MMIO
+    _fields_ = [
+        ("phys_addr", c_uint64),
+        ("data", c_uint8 * 8),
+        ("len", c_uint32),
+        ("is_write", c_uint8),
+    ]
+
+
+class _exit_hypercall(Structure):  # KVM_EXIT_HYPERCALL
+    _fields_ = [
+        ("nr", c_uint64),
+        ("args", c_uint64 * 6),
+        ("ret", c_uint64),
+        ("longmode", c_uint32),
+        ("pad", c_uint32),
+    ]
+
+
+class _exit_tpr_access(Structure):  # KVM_EXIT_TPR_ACCESS
+    _fields_ = [("rip", c_uint64), ("is_write", c_uint32), ("pad", c_uint32)]
+
+
+class _exit_internal(Structure):  # KVM_EXIT_INTERNAL_ERROR
+    _fields_ = [
+        ("suberror", c_uint32),
+        ("ndata", c_uint32),
+        ("data", c_uint64 * 16),
+    ]
+
+
+class _insn(Structure):
+    _fields_ = [("insn_size", c_uint8), ("insn_bytes", c_uint8 * 15)]
+
+
+class _insn_union(Union):
+    _anonymous_ = ("_s",)
+    _fields_ = [("_s", _insn)]
+
+
+class _exit_emulation_failure(Structure):
+    # Overlay of .internal for KVM_INTERNAL_ERROR_EMULATION; insn_* are valid only
+    # when flags has KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES.
+    _anonymous_ = ("_u",)
+    _fields_ = [
+        ("suberror", c_uint32),
+        ("ndata", c_uint32),
+        ("flags", c_uint64),
+        ("_u", _insn_union),
+    ]
+
+
+class _flags_or_data(Union):
+    _fields_ = [("flags", c_uint64), ("data", c_uint64 * 16)]
+
+
+class _exit_system_event(Structure):  # KVM_EXIT_SYSTEM_EVENT
+    # Since 5.18 the old 'flags' word is the first of ndata data words.
+    _anonymous_ = ("_u",)
+    _fields_ = [("type", c_uint32), ("ndata", c_uint32), ("_u", _flags_or_data)]
+
+
+class _exit_msr(Structure):  # KVM_EXIT_X86_RDMSR / KVM_EXIT_X86_WRMSR
+    _fields_ = [
+        ("error", c_uint8),
+        ("pad", c_uint8 * 7),
+        ("reason", c_uint32),
+        ("index", c_uint32),
+        ("data", c_uint64),
+    ]
+
+
+class _exit_notify(Structure):  # KVM_EXIT_NOTIFY
+    _fields_ = [("flags", c_uint32)]
+
+
+class _kvm_run_exit(Union):
+    _fields_ = [
+        ("hw", _exit_hw),
+        ("fail_entry", _exit_fail_entry),
+        ("ex", _exit_ex),
+        ("io", _exit_io),
+        ("debug", _exit_debug),
+        ("mmio", _exit_mmio),
+        ("hypercall", _exit_hypercall),
+        ("tpr_access", _exit_tpr_access),
+        ("internal", _exit_internal),
+        ("emulation_failure", _exit_emulation_failure),
+        ("system_event", _exit_system_event),
+        ("msr", _exit_msr),
+        ("notify", _exit_notify),
+        # The kernel pads the union to 256 bytes so new exits keep the ABI.
+        ("padding", c_char * 256),
+    ]
+
+
+class _kvm_run_s(Union):
+    # Holds struct kvm_sync_regs when KVM_CAP_SYNC_REGS is used; only the size
+    # matters to us, overlay kvm_regs/kvm_sregs at kvm_run.s.offset if needed.
+    _fields_ = [("padding", c_char * SYNC_REGS_SIZE_BYTES)]
+
+
+class kvm_run(Structure):
+    """The per-vcpu area mmap()ed from the vcpu fd; shared with the kernel."""
+
+    _anonymous_ = ("_exit",)
+    _fields_ = [
+        # in
+        ("request_interrupt_window", c_uint8),
+        ("immediate_exit", c_uint8),
+        ("padding1", c_uint8 * 6),
+        # out
+        ("exit_reason", c_uint32),
+        ("ready_for_interrupt_injection", c_uint8),
+        ("if_flag", c_uint8),
+        ("flags", c_uint16),
+        # in (before KVM_RUN) and out (after)
+        ("cr8", c_uint64),
+        ("apic_base", c_uint64),
+        ("_exit", _kvm_run_exit),
+        ("kvm_valid_regs", c_uint64),
+        ("kvm_dirty_regs", c_uint64),
+        ("s", _kvm_run_s),
+    ]

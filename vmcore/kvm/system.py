@@ -1,0 +1,393 @@
+"""File-descriptor owners for the three levels of the KVM API: system, VM, vcpu.
+
+Only this module calls ioctl(). Each failed ioctl becomes a KvmError naming the
+request and the errno text; "KVM cannot be used here at all" is KvmUnavailable,
+whose message is one line telling the user what to do.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import functools
+import mmap
+import os
+from collections.abc import Callable, Iterable
+from types import TracebackType
+
+from vmcore.kvm import ioctl as _k
+from vmcore.kvm import structs as _s
+
+__all__ = ["KvmError", "KvmUnavailable", "Kvm", "Vm", "Vcpu"]
+
+DEFAULT_PATH = "/dev/kvm"
+
+
+class KvmError(Exception):
+    """A KVM request failed; ``errno`` is set when the kernel returned one."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+    @classmethod
+    def from_oserror(cls, what: str, exc: OSError) -> KvmError:
+        text = os.strerror(exc.errno) if exc.errno else str(exc)
+        return cls(f"{what} failed: {text}", exc.errno)
+
+
+class KvmUnavailable(KvmError):
+    """KVM cannot be used on this host; str() is a single actionable line."""
+
+
+def _ioctl_name(request: int) -> str:
+    return _k.IOCTL_NAMES.get(request, f"ioctl {request:#x}")
+
+
+def _call(fd: int, request: int, arg: int | ctypes.Structure | ctypes._SimpleCData = 0) -> int:
+    """ioctl() with errors turned into KvmError. Not for KVM_RUN (see Vcpu.run)."""
+    try:
+        if isinstance(arg, int):
+            return fcntl.ioctl(fd, request, arg)
+        # mutate_flag=True: what the kernel writes is copied back into the struct.
+        return fcntl.ioctl(fd, request, arg, True)
+    except OSError as exc:
+        raise KvmError.from_oserror(_ioctl_name(request), exc) from None
+
+
+@functools.cache
+def _libc_ioctl() -> Callable[[int, int, int], int]:
+    # fcntl.ioctl() parses an integer argument as a C int, so it cannot pass an
+    # unsigned long above 2**31 (e.g. the customary TSS address 0xfffbd000).
+    libc = ctypes.CDLL(None, use_errno=True)
+    func = libc.ioctl
+    func.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
+    func.restype = ctypes.c_int
+    return func
+
+
+def _call_ulong(fd: int, request: int, value: int) -> int:
+    """ioctl() whose argument is an unsigned long passed by value."""
+    ret = _libc_ioctl()(fd, request, value)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise KvmError(f"{_ioctl_name(request)} failed: {os.strerror(err)}", err)
+    return ret
+
+
+class Kvm:
+    """The /dev/kvm system fd: capability queries and VM creation."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, fd: int, path: str = DEFAULT_PATH) -> None:
+        self.fd = fd
+        self.path = path
+
+    @classmethod
+    def open(
+        cls,
+        path: str = DEFAULT_PATH,
+        required_caps: Iterable[int] = (_k.KVM_CAP_USER_MEMORY,),
+    ) -> Kvm:
+        """Open and validate the KVM device; raises KvmUnavailable with the remedy."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise KvmUnavailable(
+                f"{path} does not exist: this host has no KVM (enable virtualization in "
+                "the firmware / load kvm_intel or kvm_amd), or use the software CPU"
+            ) from None
+        except PermissionError:
+            raise KvmUnavailable(
+                f"permission denied opening {path}: add your user to the 'kvm' group "
+                "(then log in again) or run as root"
+            ) from None
+        except OSError as exc:
+            raise KvmUnavailable(
+                f"cannot open {path}: {os.strerror(exc.errno or 0)}; "
+                "check that KVM is loaded, or use the software CPU"
+            ) from None
+        kvm = cls(fd, path)
+        try:
+            kvm._validate(required_caps)
+        except BaseException:
+            kvm.close()
+            raise
+        return kvm
+
+    def _validate(self, required_caps: Iterable[int]) -> None:
+        try:
+            version = self.api_version
+        except KvmError as exc:
+            # e.g. /dev/null answers ENOTTY: the path is simply the wrong file.
+            raise KvmUnavailable(
+                f"{self.path} is not a KVM device ({exc}); point vmcore at /dev/kvm "
+                "or use the software CPU"
+            ) from None
+        if version != _k.KVM_API_VERSION:
+            raise KvmUnavailable(
+                f"{self.path} speaks KVM API version {version}, vmcore needs "
+                f"{_k.KVM_API_VERSION}: use a kernel with the stable KVM API"
+            )
+        for cap in required_caps:
+            if self.check_extension(cap) <= 0:
+                name = _k.CAP_NAMES.get(cap, str(cap)).upper()
+                raise KvmUnavailable(
+                    f"{self.path} lacks KVM_CAP_{name}, which vmcore requires: "
+                    "use a newer kernel or the software CPU"
+                )
+
+    @property
+    def api_version(self) -> int:
+        return _call(self.fd, _k.KVM_GET_API_VERSION)
+
+    def check_extension(self, cap: int) -> int:
+        """0 if unsupported, else 1 or a cap-specific value (e.g. a count)."""
+        return _call(self.fd, _k.KVM_CHECK_EXTENSION, cap)
+
+    def capabilities(self) -> dict[str, int]:
+        """Every capability vmcore names, by lower-case name, with its value."""
+        return {name: self.check_extension(cap) for cap, name in _k.CAP_NAMES.items()}
+
+    @property
+    def vcpu_mmap_size(self) -> int:
+        return _call(self.fd, _k.KVM_GET_VCPU_MMAP_SIZE)
+
+    def supported_cpuid(self, max_entries: int = 256) -> ctypes.Structure:
+        """KVM_GET_SUPPORTED_CPUID as a cpuid2_type(n) instance; ``nent`` is filled in.
+
+        Grows the buffer when the kernel says it is too small (E2BIG).
+        """
+        n = max_entries
+        while True:
+            cpuid = _s.cpuid2_type(n)()
+            cpuid.nent = n
+            try:
+                fcntl.ioctl(self.fd, _k.KVM_GET_SUPPORTED_CPUID, cpuid, True)
+                return cpuid
+            except OSError as exc:
+                if exc.errno != errno.E2BIG or n >= 1 << 14:
+                    raise KvmError.from_oserror("KVM_GET_SUPPORTED_CPUID", exc) from None
+            n *= 2
+
+    def create_vm(self, machine_type: int = 0) -> Vm:
+        vm_fd = _call(self.fd, _k.KVM_CREATE_VM, machine_type)
+        return Vm(vm_fd, self)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Kvm:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Vm:
+    """A VM fd: memory slots, in-kernel devices, vcpus."""
+
+    __slots__ = ("fd", "kvm")
+
+    def __init__(self, fd: int, kvm: Kvm) -> None:
+        self.fd = fd
+        # Kept for KVM_GET_VCPU_MMAP_SIZE, which only the system fd answers.
+        self.kvm = kvm
+
+    def check_extension(self, cap: int) -> int:
+        """Per-VM answer (KVM_CAP_CHECK_EXTENSION_VM); may differ from the system one."""
+        return _call(self.fd, _k.KVM_CHECK_EXTENSION, cap)
+
+    def set_user_memory_region(
+        self,
+        slot: int,
+        guest_phys_addr: int,
+        memory_size: int,
+        userspace_addr: int,
+        flags: int = 0,
+    ) -> None:
+        """Map host memory at ``userspace_addr`` into the guest; size 0 deletes the slot."""
+        region = _s.kvm_userspace_memory_region(
+            slot=slot,
+            flags=flags,
+            guest_phys_addr=guest_phys_addr,
+            memory_size=memory_size,
+            userspace_addr=userspace_addr,
+        )
+        _call(self.fd, _k.KVM_SET_USER_MEMORY_REGION, region)
+
+    def create_vcpu(self, index: int = 0) -> Vcpu:
+        vcpu_fd = _call(self.fd, _k.KVM_CREATE_VCPU, index)
+        try:
+            return Vcpu(vcpu_fd, index, self.kvm.vcpu_mmap_size)
+        except BaseException:
+            os.close(vcpu_fd)
+            raise
+
+    def set_tss_addr(self, addr: int) -> None:
+        """Three pages of guest-physical space Intel VMX needs for real-mode emulation."""
+        _call_ulong(self.fd, _k.KVM_SET_TSS_ADDR, addr)
+
+    def set_identity_map_addr(self, addr: int) -> None:
+        """One page for the EPT identity map used while the guest runs unpaged."""
+        _call(self.fd, _k.KVM_SET_IDENTITY_MAP_ADDR, ctypes.c_uint64(addr))
+
+    def create_irqchip(self) -> None:
+        """In-kernel PIC pair, IOAPIC and local APICs (create before vcpus)."""
+        _call(self.fd, _k.KVM_CREATE_IRQCHIP)
+
+    def irq_line(self, irq: int, level: int) -> None:
+        _call(self.fd, _k.KVM_IRQ_LINE, _s.kvm_irq_level(irq=irq, level=level))
+
+    def create_pit2(self, flags: int = 0) -> None:
+        _call(self.fd, _k.KVM_CREATE_PIT2, _s.kvm_pit_config(flags=flags))
+
+    def register_coalesced_mmio(self, addr: int, size: int, pio: bool = False) -> None:
+        """Let writes to the range queue in the ring instead of exiting one by one."""
+        zone = _s.kvm_coalesced_mmio_zone(addr=addr, size=size, pio=int(pio))
+        _call(self.fd, _k.KVM_REGISTER_COALESCED_MMIO, zone)
+
+    def unregister_coalesced_mmio(self, addr: int, size: int, pio: bool = False) -> None:
+        zone = _s.kvm_coalesced_mmio_zone(addr=addr, size=size, pio=int(pio))
+        _call(self.fd, _k.KVM_UNREGISTER_COALESCED_MMIO, zone)
+
+    def ioeventfd(
+        self,
+        fd: int,
+        addr: int,
+        length: int,
+        *,
+        pio: bool = False,
+        datamatch: int | None = None,
+        deassign: bool = False,
+    ) -> None:
+        """Signal eventfd ``fd`` on a guest write to ``addr`` instead of exiting."""
+        flags = 0
+        if pio:
+            flags |= _k.KVM_IOEVENTFD_FLAG_PIO
+        if datamatch is not None:
+            flags |= _k.KVM_IOEVENTFD_FLAG_DATAMATCH
+        if deassign:
+            flags |= _k.KVM_IOEVENTFD_FLAG_DEASSIGN
+        req = _s.kvm_ioeventfd(
+            datamatch=datamatch or 0, addr=addr, len=length, fd=fd, flags=flags
+        )
+        _call(self.fd, _k.KVM_IOEVENTFD, req)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Vcpu:
+    """A vcpu fd and its shared kvm_run area.
+
+    ``run_struct`` is a kvm_run view over ``mmap`` (no copies): read exit data
+    from it after run(); port-IO data sits in ``mmap`` at ``run_struct.io.data_offset``.
+    """
+
+    __slots__ = ("fd", "index", "mmap", "run_struct", "_run")
+
+    def __init__(self, fd: int, index: int, mmap_size: int) -> None:
+        self.fd = fd
+        self.index = index
+        self.mmap = mmap.mmap(
+            fd, mmap_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
+        )
+        self.run_struct = _s.kvm_run.from_buffer(self.mmap)
+        # Bound once so the hot path is a single C call with no per-call allocation.
+        self._run = functools.partial(fcntl.ioctl, fd, _k.KVM_RUN, 0)
+
+    def run(self) -> None:
+        """Enter the guest until the next exit; see ``run_struct.exit_reason``.
+
+        A signal makes KVM_RUN fail with EINTR: that InterruptedError is passed
+        through untouched so the caller decides whether to retry or stop.
+        """
+        try:
+            self._run()
+        except InterruptedError:
+            raise
+        except OSError as exc:
+            raise KvmError.from_oserror("KVM_RUN", exc) from None
+
+    def coalesced_mmio_ring(
+        self, page_offset: int = _k.KVM_COALESCED_MMIO_PAGE_OFFSET
+    ) -> ctypes.Structure:
+        """View of the coalesced MMIO ring (``first``, ``last``, ``coalesced_mmio[]``)."""
+        ring_type = _s.coalesced_mmio_ring_type(mmap.PAGESIZE)
+        return ring_type.from_buffer(self.mmap, page_offset * mmap.PAGESIZE)
+
+    def get_regs(self) -> _s.kvm_regs:
+        regs = _s.kvm_regs()
+        _call(self.fd, _k.KVM_GET_REGS, regs)
+        return regs
+
+    def set_regs(self, regs: _s.kvm_regs) -> None:
+        _call(self.fd, _k.KVM_SET_REGS, regs)
+
+    def get_sregs(self) -> _s.kvm_sregs:
+        sregs = _s.kvm_sregs()
+        _call(self.fd, _k.KVM_GET_SREGS, sregs)
+        return sregs
+
+    def set_sregs(self, sregs: _s.kvm_sregs) -> None:
+        _call(self.fd, _k.KVM_SET_SREGS, sregs)
+
+    def get_fpu(self) -> _s.kvm_fpu:
+        fpu = _s.kvm_fpu()
+        _call(self.fd, _k.KVM_GET_FPU, fpu)
+        return fpu
+
+    def set_fpu(self, fpu: _s.kvm_fpu) -> None:
+        _call(self.fd, _k.KVM_SET_FPU, fpu)
+
+    def set_cpuid2(self, cpuid: ctypes.Structure) -> None:
+        """Set the guest CPUID table (a cpuid2_type(n) instance with ``nent`` set)."""
+        _call(self.fd, _k.KVM_SET_CPUID2, cpuid)
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        # Drop our view first: mmap.close() refuses while exported buffers exist.
+        del self.run_struct
+        try:
+            self.mmap.close()
+        except BufferError:
+            # A caller still holds a view (e.g. a saved run_struct); the mapping
+            # is released with the last reference instead.
+            pass
+        os.close(self.fd)
+        self.fd = -1
+
+    def __enter__(self) -> Vcpu:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

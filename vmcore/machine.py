@@ -1,0 +1,291 @@
+"""A machine: memory, buses and devices built from a profile, run on an accelerator.
+
+:meth:`Machine.build` does everything that needs no CPU (what ``vmcore check``
+runs); :meth:`Machine.run` then picks an accelerator, loads the start state and
+runs until the guest stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Callable, Iterable
+
+from .accel import Accelerator, AcceleratorUnavailable, RunLimits, create
+from .bus import Bus, BusError, Direction, Region, Space, Transaction
+from .clock import Clock, HostClock
+from .cpu import CpuSetupError, CpuState, start_state, tables_size
+from .device import Device, DeviceContext, GuestExit, PropertyError
+from .irq import IrqLine
+from .memory import GuestMemory, GuestMemoryError
+from .plugins import DeviceRegistry, DeviceTypeError
+from .profile import Profile, ProfileError, Where
+from .stop import StopReason
+
+log = logging.getLogger("vmcore.machine")
+
+
+class RomRegion:
+    """Catches guest writes to a ROM slot (MMIO exits on KVM): logged once, dropped."""
+
+    def __init__(self, name: str, memory: GuestMemory, base: int) -> None:
+        self.name = name
+        self.memory = memory
+        self.base = base
+        self.dropped = 0
+
+    def read(self, offset: int, size: int) -> int:
+        return self.memory.read_int(self.base + offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if self.dropped == 0:
+            log.warning("guest write to ROM slot %r at %#x (size %d) dropped", self.name, self.base + offset, size)
+        self.dropped += 1
+
+
+class Machine:
+    """Memory slots, the two buses and the device instances of one profile."""
+
+    def __init__(self, profile: Profile, memory: GuestMemory, pio: Bus, mmio: Bus,
+                 devices: dict[str, Any], clock: Clock, irq_lines: dict[int, IrqLine],
+                 state: CpuState) -> None:
+        self.profile = profile
+        self.memory = memory
+        self.pio = pio
+        self.mmio = mmio
+        self.devices = devices
+        self.clock = clock
+        self.irq_lines = irq_lines
+        self.state = state
+        self.accelerator: Accelerator | None = None
+        self.irq_log: list[tuple[int, int, bool]] = []
+
+    # --- building ------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, profile: Profile, registry: DeviceRegistry | None = None) -> "Machine":
+        """Create memory, load images, build and wire devices; no CPU yet.
+
+        Every problem is a ProfileError naming the file, line and key.
+        """
+        registry = registry if registry is not None else DeviceRegistry.default()
+        memory = GuestMemory()
+        pio, mmio = Bus(Space.PIO), Bus(Space.MMIO)
+        clock = HostClock()
+        irq_lines: dict[int, IrqLine] = {}
+        devices: dict[str, Any] = {}
+        try:
+            for spec in profile.memory:
+                try:
+                    slot = memory.add_slot(spec.name, spec.base, spec.size, spec.readonly)
+                except (GuestMemoryError, OSError) as exc:
+                    raise ProfileError(spec.where, f"memory.{spec.name}", str(exc)) from None
+                if spec.image is not None:
+                    memory.load(spec.base + spec.offset, spec.image.read_bytes())
+                if spec.readonly:
+                    rom = RomRegion(spec.name, memory, spec.base)
+                    mmio.claim(Region(Space.MMIO, spec.base, spec.size, rom.read, rom.write, name="rom"),
+                               f"rom:{spec.name}")
+            machine = cls(profile, memory, pio, mmio, devices, clock, irq_lines,
+                          _cpu_state(profile, memory))
+
+            for spec in profile.devices:
+                key = f"devices.{spec.name}"
+                try:
+                    dtype = registry.get(spec.type)
+                except DeviceTypeError as exc:
+                    raise ProfileError(spec.prop_where["type"], f"{key}.type", str(exc)) from None
+                try:
+                    config = dtype.config(spec.props)
+                except PropertyError as exc:
+                    where = spec.prop_where.get(exc.key, spec.where)
+                    sub = f"{key}.{exc.key}" if exc.key else key
+                    raise ProfileError(where, sub, exc.message) from None
+                ctx = DeviceContext(
+                    name=spec.name, clock=clock, memory=memory, irq_line=machine._irq_line,
+                    log=logging.getLogger(f"vmcore.device.{spec.name}"),
+                )
+                try:
+                    device = dtype.cls.create(config, ctx)
+                except (ValueError, TypeError, OSError) as exc:
+                    raise ProfileError(spec.where, key, f"device {spec.type!r} could not be created: {exc}") from None
+                devices[spec.name] = device
+                for region in device.regions():
+                    bus = pio if region.space is Space.PIO else mmio
+                    try:
+                        bus.claim(region, spec.name)
+                    except BusError as exc:
+                        raise ProfileError(spec.where, key, str(exc)) from None
+        except BaseException:
+            for device in devices.values():
+                _close_quietly(device)
+            memory.close()
+            raise
+        return machine
+
+    def _irq_line(self, number: int) -> IrqLine:
+        line = self.irq_lines.get(number)
+        if line is None:
+            line = self.irq_lines[number] = IrqLine(number, self._irq_changed)
+        return line
+
+    def _irq_changed(self, number: int, level: bool) -> None:
+        # No interrupt controller is modelled yet: record the change for traces and tests.
+        self.irq_log.append((self.clock.now(), number, level))
+
+    # --- running --------------------------------------------------------------------
+
+    def set_tracer(self, tracer: Callable[[Transaction], None] | None) -> None:
+        """Record every bus transaction (both spaces) through ``tracer``."""
+        self.pio.set_tracer(tracer)
+        self.mmio.set_tracer(tracer)
+
+    def run(self, accel: str | Accelerator | None = None, limits: RunLimits = RunLimits()) -> StopReason:
+        """Run until the guest stops; never raises for guest or device faults."""
+        if isinstance(accel, Accelerator):
+            self.accelerator = accel
+        else:
+            try:
+                self.accelerator = create(accel or self.profile.accel)
+            except AcceleratorUnavailable as exc:
+                return StopReason.of("host-error", str(exc))
+        limits = RunLimits(
+            timeout=limits.timeout if limits.timeout is not None else self.profile.limits.timeout,
+            max_exits=limits.max_exits if limits.max_exits is not None else self.profile.limits.max_exits,
+        )
+        try:
+            self.accelerator.setup(self.memory, self.state)
+        except (AcceleratorUnavailable, OSError) as exc:
+            return StopReason.of("host-error", f"{self.accelerator.name}: {exc}")
+        try:
+            return self.accelerator.run(self.pio, self.mmio, limits)
+        except GuestExit as exc:
+            return StopReason(kind="exit", message=exc.reason, status=exc.status)
+        except KeyboardInterrupt:
+            return StopReason.of("interrupted", "stopped by the user (Ctrl-C)")
+        except OSError as exc:
+            return StopReason.of("host-error", f"{self.accelerator.name}: {exc}")
+        except Exception as exc:  # a device model raised: stop with a report, not a raw traceback
+            return self._device_error(exc)
+
+    def _device_error(self, exc: Exception) -> StopReason:
+        tb = exc.__traceback__
+        culprit = _find_device(tb, self.devices)
+        who = f"device {culprit!r}" if culprit else "a device"
+        return StopReason.of(
+            "device-error", f"{who} raised {type(exc).__name__}: {exc}",
+            detail={"traceback": "".join(traceback.format_exception(type(exc), exc, tb))},
+        )
+
+    def unclaimed(self) -> list[tuple[Space, Direction, int, int]]:
+        """Every unclaimed (or rejected) access: (space, direction, address, count)."""
+        out = []
+        for bus in (self.pio, self.mmio):
+            out.extend((bus.space, d, a, n) for (d, a), n in sorted(bus.unclaimed.items(), key=lambda kv: kv[0][1]))
+        return out
+
+    def close(self) -> None:
+        for device in self.devices.values():
+            _close_quietly(device)
+        if self.accelerator is not None:
+            self.accelerator.close()
+            self.accelerator = None
+        self.memory.close()
+
+    def __enter__(self) -> "Machine":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _cpu_state(profile: Profile, memory: GuestMemory) -> CpuState:
+    cpu = profile.cpu
+    tables = cpu.tables
+    need = tables_size(cpu.mode)
+    if need and tables is None:
+        tables = _default_tables(profile, need)
+    if need and tables is not None:
+        _check_tables(profile, tables, need)
+    try:
+        return start_state(cpu.mode, cpu.entry, cpu.registers, memory, tables)
+    except CpuSetupError as exc:
+        raise ProfileError(cpu.where, "cpu.tables", str(exc)) from None
+
+
+def _default_tables(profile: Profile, need: int) -> int:
+    """Top of the lowest RAM slot, below 4 GiB, clear of every image."""
+    for slot in sorted(profile.memory, key=lambda s: s.base):
+        if slot.kind != "ram" or slot.base + slot.size > 1 << 32:
+            continue
+        candidate = slot.base + slot.size - need
+        image_end = slot.base + slot.offset + (slot.image.stat().st_size if slot.image else 0)
+        if candidate >= image_end and candidate >= slot.base:
+            return candidate
+    raise ProfileError(
+        profile.cpu.where, "cpu.tables",
+        f"{profile.cpu.mode} mode needs {need // 1024}K of RAM below 4G for the GDT"
+        f"{' and page tables' if profile.cpu.mode == 'long' else ''}, free of images; add RAM or set cpu.tables",
+    )
+
+
+def _check_tables(profile: Profile, tables: int, need: int) -> None:
+    for slot in profile.memory:
+        if slot.base <= tables and tables + need <= slot.base + slot.size:
+            if slot.kind != "ram":
+                break
+            if slot.image is not None:
+                start = slot.base + slot.offset
+                end = start + slot.image.stat().st_size
+                if start < tables + need and tables < end:
+                    raise ProfileError(profile.cpu.where, "cpu.tables",
+                                       f"{tables:#x}..{tables + need - 1:#x} overlaps the image of slot {slot.name!r}")
+            return
+    raise ProfileError(profile.cpu.where, "cpu.tables",
+                       f"{tables:#x}..{tables + need - 1:#x} must lie inside one RAM slot ({need // 1024}K needed)")
+
+
+def _find_device(tb: TracebackType | None, devices: dict[str, Any]) -> str | None:
+    """The innermost traceback frame running a method of one of our devices."""
+    by_id = {id(dev): name for name, dev in devices.items()}
+    found = None
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if owner is not None and id(owner) in by_id:
+            found = by_id[id(owner)]
+        tb = tb.tb_next
+    return found
+
+
+def _close_quietly(device: Any) -> None:
+    close = getattr(device, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception as exc:  # closing one device must not stop the others closing
+        log.warning("closing a device failed: %s", exc)
+
+
+def resolve_profile(name: str, search: Iterable[Path] = ()) -> Path:
+    """A profile path from a path or a bundled name (``hello`` -> machines/hello.yaml)."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in name:
+        return path
+    folders = list(search) + [Path.cwd() / "machines", bundled_machines()]
+    for folder in folders:
+        for suffix in (".yaml", ".yml"):
+            candidate = folder / f"{name}{suffix}"
+            if candidate.is_file():
+                return candidate
+    raise ProfileError(Where(name), "", f"no profile named {name!r}; looked in {', '.join(str(f) for f in folders)}")
+
+
+def bundled_machines() -> Path:
+    """The ``machines/`` folder next to the vmcore package (a source checkout)."""
+    return Path(__file__).resolve().parent.parent / "machines"
+
+

@@ -1,0 +1,462 @@
+"""YAML machine profiles: loading, inheritance, overrides and validation.
+
+A profile is read with ``yaml.compose`` so every value keeps the file and line it
+came from; all numbers are parsed by :func:`vmcore.units.parse_int` from the
+text as written, not by YAML 1.1's rules. Every error is a :class:`ProfileError`
+naming file, line and key, and saying what was expected.
+
+Schema (all sections optional but ``memory``)::
+
+    name: hello                 # default: the file's stem
+    extends: base.yaml          # a profile this one refines (path relative to this file)
+    accel: auto                 # kvm | tcg | auto
+    cpu:
+      mode: real                # real | protected | long
+      entry: 0x0                # first instruction (real mode: CS base 0, IP = entry)
+      tables: 0x9000            # protected/long: where the VMM builds GDT and page tables
+      registers: {rsp: 0x8000}  # initial general registers
+    memory:
+      ram: {base: 0, size: 4K, kind: ram, image: ../guest/hello.bin, offset: 0}
+    devices:
+      console: {type: debugcon, port: 0xF1}   # the name, then type plus properties
+    limits: {timeout: 10, max_exits: 1000000}
+
+Mappings merge through ``extends`` key by key; a ``null`` removes an inherited entry.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Iterable
+
+import attrs
+import yaml
+
+from .units import parse_int
+
+MODES = ("real", "protected", "long")
+ACCELS = ("kvm", "tcg", "auto")
+SLOT_KINDS = ("ram", "rom")
+REGISTERS = (
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rflags",
+)
+
+
+@attrs.frozen
+class Where:
+    """A place in a profile: file and 1-based line (line 0: not from a file)."""
+
+    file: str
+    line: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+class ProfileError(Exception):
+    """A profile problem, as ``file:line: key: what is wrong (what was expected)``."""
+
+    def __init__(self, where: Where, key: str, message: str) -> None:
+        self.where = where
+        self.key = key
+        self.message = message
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+# --- a YAML tree that remembers where each value came from -------------------------------
+
+
+class Scalar:
+    __slots__ = ("value", "where", "null")
+
+    def __init__(self, value: str, where: Where, null: bool = False) -> None:
+        self.value = value
+        self.where = where
+        self.null = null
+
+
+class Mapping(dict):  # type: ignore[type-arg]
+    """str -> node, with the place of the mapping and of each key."""
+
+    def __init__(self, where: Where) -> None:
+        super().__init__()
+        self.where = where
+        self.key_where: dict[str, Where] = {}
+
+
+class Sequence(list):  # type: ignore[type-arg]
+    def __init__(self, where: Where) -> None:
+        super().__init__()
+        self.where = where
+
+
+Node = Scalar | Mapping | Sequence
+
+
+def _where(file: str, node: yaml.Node) -> Where:
+    return Where(file, node.start_mark.line + 1)
+
+
+def _convert(file: str, node: yaml.Node) -> Node:
+    if isinstance(node, yaml.ScalarNode):
+        return Scalar(node.value, _where(file, node), null=node.tag == "tag:yaml.org,2002:null")
+    if isinstance(node, yaml.SequenceNode):
+        seq = Sequence(_where(file, node))
+        seq.extend(_convert(file, item) for item in node.value)
+        return seq
+    if isinstance(node, yaml.MappingNode):
+        mapping = Mapping(_where(file, node))
+        for key_node, value_node in node.value:
+            kw = _where(file, key_node)
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ProfileError(kw, "", "a key must be plain text, not a mapping or a list")
+            key = key_node.value
+            if key in mapping:
+                raise ProfileError(kw, key, f"duplicate key (first given on line {mapping.key_where[key].line})")
+            mapping[key] = _convert(file, value_node)
+            mapping.key_where[key] = kw
+        return mapping
+    raise ProfileError(_where(file, node), "", f"unsupported YAML node {node.tag}")
+
+
+def parse_yaml(text: str, file: str) -> Mapping:
+    """Compose YAML text into a located tree; syntax errors become ProfileError."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 0
+        problem = exc.problem or exc.context or "syntax error"
+        raise ProfileError(Where(file, line), "", f"YAML syntax error: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ProfileError(Where(file), "", f"YAML error: {exc}") from None
+    if root is None:
+        raise ProfileError(Where(file, 1), "", "the profile is empty; expected a mapping with at least 'memory'")
+    tree = _convert(file, root)
+    if not isinstance(tree, Mapping):
+        raise ProfileError(tree.where, "", "the top level must be a mapping (key: value lines)")
+    return tree
+
+
+# --- the validated profile -------------------------------------------------------------
+
+
+@attrs.frozen
+class SlotSpec:
+    """A memory slot: a range of guest-physical memory and what fills it."""
+
+    name: str
+    base: int
+    size: int
+    kind: str  # "ram" | "rom"
+    image: Path | None
+    offset: int
+    where: Where
+
+    @property
+    def readonly(self) -> bool:
+        return self.kind == "rom"
+
+
+@attrs.frozen
+class DeviceSpec:
+    """A device instance: its type and raw properties, with where each came from."""
+
+    name: str
+    type: str
+    props: dict[str, Any]
+    where: Where
+    prop_where: dict[str, Where]
+
+
+@attrs.frozen
+class CpuSpec:
+    mode: str = "real"
+    entry: int = 0
+    tables: int | None = None
+    registers: dict[str, int] = attrs.Factory(dict)
+    where: Where = Where("<default>")
+
+
+@attrs.frozen
+class Limits:
+    timeout: float | None = None  # seconds of wall-clock time
+    max_exits: int | None = None
+
+
+@attrs.frozen
+class Profile:
+    """A machine description: the result of :meth:`Profile.load`."""
+
+    name: str
+    path: Path | None
+    accel: str
+    cpu: CpuSpec
+    memory: tuple[SlotSpec, ...]
+    devices: tuple[DeviceSpec, ...]
+    limits: Limits
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: Iterable[str] = ()) -> "Profile":
+        """Read a profile file (following ``extends``), apply ``key.path=value`` overrides, validate."""
+        path = Path(path)
+        tree = _load_tree(path, ())
+        for item in overrides:
+            _apply_override(tree, item)
+        return _validate(tree, path)
+
+    @classmethod
+    def from_yaml(cls, text: str, file: str = "<string>", overrides: Iterable[str] = ()) -> "Profile":
+        """Parse profile text; ``extends`` resolves against the current directory."""
+        tree = parse_yaml(text, file)
+        if "extends" in tree:
+            tree = _extend(tree, Path(file).parent if file != "<string>" else Path.cwd(), (file,))
+        for item in overrides:
+            _apply_override(tree, item)
+        return _validate(tree, Path(file) if file != "<string>" else None)
+
+
+def _load_tree(path: Path, chain: tuple[str, ...]) -> Mapping:
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError(Where(file), "", "no such profile file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(Where(file), "", f"cannot read the profile: {exc}") from None
+    tree = parse_yaml(text, file)
+    if "extends" in tree:
+        tree = _extend(tree, path.parent, chain + (str(path.resolve()),))
+    return tree
+
+
+def _extend(tree: Mapping, folder: Path, chain: tuple[str, ...]) -> Mapping:
+    node = tree.pop("extends")
+    kw = tree.key_where.pop("extends")
+    if not isinstance(node, Scalar) or node.null:
+        raise ProfileError(kw, "extends", "expected the path of a base profile")
+    base_path = (folder / node.value).resolve()
+    if str(base_path) in chain:
+        raise ProfileError(node.where, "extends", f"{node.value} extends itself (cycle: {' -> '.join(chain)})")
+    if not base_path.exists():
+        raise ProfileError(node.where, "extends", f"base profile {node.value} not found (looked at {base_path})")
+    base = _load_tree(base_path, chain)
+    return _merge(base, tree)
+
+
+def _merge(base: Mapping, child: Mapping) -> Mapping:
+    """Child keys win; mappings merge recursively; a null child value deletes the key."""
+    out = Mapping(child.where)
+    for key, value in base.items():
+        out[key] = value
+        out.key_where[key] = base.key_where[key]
+    for key, value in child.items():
+        if isinstance(value, Scalar) and value.null and key in out:
+            del out[key]
+            del out.key_where[key]
+            continue
+        old = out.get(key)
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            out[key] = _merge(old, value)
+        else:
+            out[key] = value
+        out.key_where[key] = child.key_where[key]
+    return out
+
+
+def _apply_override(tree: Mapping, item: str) -> None:
+    where = Where(f"<command line: {item}>")
+    key_path, sep, value = item.partition("=")
+    keys = [k.strip() for k in key_path.split(".")]
+    if not sep or not all(keys):
+        raise ProfileError(where, "", "an override is KEY.PATH=VALUE, e.g. cpu.entry=0x100 or devices.console.port=0xE9")
+    node = tree
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = Mapping(where)
+            node[key] = child
+            node.key_where[key] = where
+        elif not isinstance(child, Mapping):
+            raise ProfileError(where, ".".join(keys[: depth + 1]), "is a single value, not a section with keys")
+        node = child
+    node[keys[-1]] = Scalar(value, where, null=value in ("", "null", "~"))
+    node.key_where[keys[-1]] = where
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+def _unknown_keys(mapping: Mapping, allowed: Iterable[str], section: str) -> None:
+    allowed = list(allowed)
+    for key in mapping:
+        if key not in allowed:
+            near = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            full = f"{section}.{key}" if section else key
+            raise ProfileError(mapping.key_where[key], full, f"unknown key; {hint}expected one of: {', '.join(allowed)}")
+
+
+def _scalar(node: Node, key: str, what: str) -> Scalar:
+    if not isinstance(node, Scalar) or node.null:
+        got = "nothing" if isinstance(node, Scalar) else ("a mapping" if isinstance(node, Mapping) else "a list")
+        raise ProfileError(node.where, key, f"expected {what}, got {got}")
+    return node
+
+
+def _int(node: Node, key: str, what: str = "a number like 42, 0x2A or 4K") -> int:
+    scalar = _scalar(node, key, what)
+    try:
+        return parse_int(scalar.value)
+    except ValueError:
+        raise ProfileError(scalar.where, key, f"expected {what}, got {scalar.value!r}") from None
+
+
+def _choice(node: Node, key: str, choices: tuple[str, ...]) -> str:
+    scalar = _scalar(node, key, f"one of {', '.join(choices)}")
+    if scalar.value not in choices:
+        near = difflib.get_close_matches(scalar.value, choices, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ProfileError(scalar.where, key, f"expected one of {', '.join(choices)}, got {scalar.value!r}{hint}")
+    return scalar.value
+
+
+def _section(tree: Mapping, key: str) -> Mapping | None:
+    node = tree.get(key)
+    if node is None or (isinstance(node, Scalar) and node.null):
+        return None
+    if not isinstance(node, Mapping):
+        raise ProfileError(node.where, key, "expected a section of 'key: value' lines")
+    return node
+
+
+def _validate(tree: Mapping, path: Path | None) -> Profile:
+    file = str(path) if path else "<string>"
+    _unknown_keys(tree, ("name", "accel", "cpu", "memory", "devices", "limits"), "")
+    name = _scalar(tree["name"], "name", "a name").value if "name" in tree else (path.stem if path else "machine")
+    accel = _choice(tree["accel"], "accel", ACCELS) if "accel" in tree else "auto"
+    cpu = _validate_cpu(_section(tree, "cpu"))
+    memory_node = _section(tree, "memory")
+    if memory_node is None:
+        raise ProfileError(tree.where if "memory" not in tree else tree["memory"].where, "memory",
+                           "a profile needs at least one memory slot, e.g. memory: {ram: {base: 0, size: 4K}}")
+    memory = tuple(_validate_slot(name, node, memory_node.key_where[name]) for name, node in memory_node.items())
+    if not memory:
+        raise ProfileError(memory_node.where, "memory", "a profile needs at least one memory slot")
+    _check_slot_overlaps(memory)
+    devices_node = _section(tree, "devices")
+    devices = tuple(
+        _validate_device(dev, node, devices_node.key_where[dev]) for dev, node in (devices_node or {}).items()
+    ) if devices_node else ()
+    limits = _validate_limits(_section(tree, "limits"))
+    _ = file
+    return Profile(name=name, path=path, accel=accel, cpu=cpu, memory=memory, devices=devices, limits=limits)
+
+
+def _validate_cpu(node: Mapping | None) -> CpuSpec:
+    if node is None:
+        return CpuSpec()
+    _unknown_keys(node, ("mode", "entry", "tables", "registers"), "cpu")
+    mode = _choice(node["mode"], "cpu.mode", MODES) if "mode" in node else "real"
+    entry = _int(node["entry"], "cpu.entry", "an address like 0x1000") if "entry" in node else 0
+    tables = _int(node["tables"], "cpu.tables", "an address like 0x9000") if "tables" in node else None
+    if tables is not None and tables % 4096:
+        raise ProfileError(node["tables"].where, "cpu.tables", f"must be 4K-aligned, got {tables:#x}")
+    registers: dict[str, int] = {}
+    regs = node.get("registers")
+    if regs is not None and not (isinstance(regs, Scalar) and regs.null):
+        if not isinstance(regs, Mapping):
+            raise ProfileError(regs.where, "cpu.registers", "expected register: value lines, e.g. rsp: 0x8000")
+        _unknown_keys(regs, REGISTERS, "cpu.registers")
+        for reg, value in regs.items():
+            registers[reg] = _int(value, f"cpu.registers.{reg}", "a number")
+            if not 0 <= registers[reg] < 1 << 64:
+                raise ProfileError(value.where, f"cpu.registers.{reg}", "must fit in 64 bits")
+    return CpuSpec(mode=mode, entry=entry, tables=tables, registers=registers, where=node.where)
+
+
+def _validate_slot(name: str, node: Node, key_where: Where) -> SlotSpec:
+    key = f"memory.{name}"
+    if not isinstance(node, Mapping):
+        raise ProfileError(key_where, key, "expected a slot: base, size, kind (ram or rom), optional image and offset")
+    _unknown_keys(node, ("base", "size", "kind", "image", "offset"), key)
+    if "size" not in node:
+        raise ProfileError(node.where, f"{key}.size", "missing; every slot needs a size like 4K, 1M or 1G")
+    base = _int(node["base"], f"{key}.base", "an address like 0 or 0x100000") if "base" in node else 0
+    size = _int(node["size"], f"{key}.size", "a size like 4K, 1M or 1G")
+    if size <= 0 or size % 4096:
+        raise ProfileError(node["size"].where, f"{key}.size", f"must be a positive multiple of 4K (the page size), got {size:#x}")
+    if base % 4096:
+        raise ProfileError(node["base"].where, f"{key}.base", f"must be 4K-aligned, got {base:#x}")
+    if base + size > 1 << 52:
+        raise ProfileError(node["size"].where, f"{key}.size", "the slot runs past the 52-bit guest-physical space")
+    kind = _choice(node["kind"], f"{key}.kind", SLOT_KINDS) if "kind" in node else "ram"
+    image = None
+    if "image" in node:
+        image_node = _scalar(node["image"], f"{key}.image", "the path of an image file")
+        folder = Path(image_node.where.file).parent if image_node.where.line else Path.cwd()
+        image = (folder / image_node.value).resolve()
+        if not image.is_file():
+            raise ProfileError(image_node.where, f"{key}.image", f"image file {image_node.value} not found (looked at {image})")
+    offset = _int(node["offset"], f"{key}.offset", "an offset into the slot like 0 or 0x1000") if "offset" in node else 0
+    if offset and image is None:
+        raise ProfileError(node["offset"].where, f"{key}.offset", "an offset needs an image to place")
+    if image is not None:
+        length = image.stat().st_size
+        if offset + length > size:
+            raise ProfileError(
+                node["image"].where, f"{key}.image",
+                f"image is {length} bytes; at offset {offset:#x} it does not fit in the {size:#x}-byte slot",
+            )
+    return SlotSpec(name=name, base=base, size=size, kind=kind, image=image, offset=offset, where=node.where)
+
+
+def _check_slot_overlaps(slots: tuple[SlotSpec, ...]) -> None:
+    ordered = sorted(slots, key=lambda s: s.base)
+    for a, b in zip(ordered, ordered[1:]):
+        if b.base < a.base + a.size:
+            raise ProfileError(
+                b.where, f"memory.{b.name}",
+                f"{b.base:#x}..{b.base + b.size - 1:#x} overlaps slot {a.name!r} "
+                f"({a.base:#x}..{a.base + a.size - 1:#x}, {a.where})",
+            )
+
+
+def _plain(node: Node) -> Any:
+    """A property value as text (or lists/dicts of text) for the device's converter."""
+    if isinstance(node, Scalar):
+        return None if node.null else node.value
+    if isinstance(node, Mapping):
+        return {k: _plain(v) for k, v in node.items()}
+    return [_plain(v) for v in node]
+
+
+def _validate_device(name: str, node: Node, key_where: Where) -> DeviceSpec:
+    key = f"devices.{name}"
+    if not isinstance(node, Mapping):
+        raise ProfileError(key_where, key, "expected 'type: NAME' and the device's properties")
+    if "type" not in node:
+        raise ProfileError(node.where, f"{key}.type", "missing; every device needs a type (see 'vmcore devices')")
+    dev_type = _scalar(node["type"], f"{key}.type", "a device type name").value
+    props = {k: _plain(v) for k, v in node.items() if k != "type"}
+    prop_where = {k: (v.where if isinstance(v, Scalar) else node.key_where[k]) for k, v in node.items()}
+    return DeviceSpec(name=name, type=dev_type, props=props, where=node.where, prop_where=prop_where)
+
+
+def _validate_limits(node: Mapping | None) -> Limits:
+    if node is None:
+        return Limits()
+    _unknown_keys(node, ("timeout", "max_exits"), "limits")
+    timeout = None
+    if "timeout" in node:
+        scalar = _scalar(node["timeout"], "limits.timeout", "seconds, like 10 or 0.5")
+        try:
+            timeout = float(scalar.value.rstrip("s"))
+        except ValueError:
+            raise ProfileError(scalar.where, "limits.timeout", f"expected seconds, like 10 or 0.5, got {scalar.value!r}") from None
+        if timeout <= 0:
+            raise ProfileError(scalar.where, "limits.timeout", "must be positive")
+    max_exits = _int(node["max_exits"], "limits.max_exits", "a count") if "max_exits" in node else None
+    return Limits(timeout=timeout, max_exits=max_exits)
