@@ -69,7 +69,9 @@ class Debugcon(Device):
 
     def close(self) -> None:
         if self._stream is not None:
-            self._stream.flush()
+            # stdout may already be closed by the host (pytest's capfd closes it before fake_bus).
+            if not self._stream.closed:
+                self._stream.flush()
             if self._owns_stream:
                 self._stream.close()
             self._stream = None

@@ -201,6 +201,9 @@ class Bus:
                 return entry.read(address - entry.start, size)
             if address < entry.end:
                 return self._read_adjusted(entry, address, size)
+        if i + 1 < len(starts) and starts[i + 1] < address + size:
+            # Starts in a gap but runs into the next region: byte pieces, each looked up again.
+            return self._read_bytes(address, size)
         return self._unclaimed(Direction.READ, address, size)
 
     def write(self, address: int, size: int, value: int) -> None:
@@ -214,6 +217,10 @@ class Bus:
             if address < entry.end:
                 self._write_adjusted(entry, address, size, value)
                 return
+        if i + 1 < len(self._starts) and self._starts[i + 1] < address + size:
+            # Starts in a gap but runs into the next region: byte pieces, each looked up again.
+            self._write_bytes(address, size, value)
+            return
         self._unclaimed(Direction.WRITE, address, size)
 
     def _unclaimed(self, direction: Direction, address: int, size: int) -> int:
@@ -235,6 +242,16 @@ class Bus:
         if unit == 0:
             return ()
         return ((address + k, unit) for k in range(0, size, unit))
+
+    def _read_bytes(self, address: int, size: int) -> int:
+        value = 0
+        for k in range(size):
+            value |= Bus.read(self, address + k, 1) << (8 * k)
+        return value
+
+    def _write_bytes(self, address: int, size: int, value: int) -> None:
+        for k in range(size):
+            Bus.write(self, address + k, 1, (value >> (8 * k)) & 0xFF)
 
     def _read_adjusted(self, entry: _Entry, address: int, size: int) -> int:
         if entry.read is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from typing import IO, Sequence
 
@@ -13,8 +14,31 @@ from .machine import Machine, resolve_profile
 from .plugins import DeviceRegistry, DeviceTypeError
 from .profile import ProfileError
 from .stop import STATUS
+from .units import parse_int
 
 log = logging.getLogger("vmcore")
+
+
+def _positive_seconds(text: str) -> float:
+    # 0 would disarm the timer (and nan/inf make setitimer fail mid-run): reject them here.
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, like 10 or 0.5, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _positive_count(text: str) -> int:
+    # The run loop stops when the count *equals* the limit: 0 or less would never stop it.
+    try:
+        value = parse_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count like 1000 or 1M, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--accel", choices=("kvm", "tcg", "auto"), help="CPU accelerator (default: the profile's)")
     run.add_argument("--trace", action="store_true", help="print every bus transaction to stderr")
     run.add_argument("--trace-file", metavar="FILE", help="write every bus transaction to FILE")
-    run.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this much wall-clock time")
-    run.add_argument("--max-exits", type=int, metavar="N", help="stop after N exits")
+    run.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="stop after this much wall-clock time")
+    run.add_argument("--max-exits", type=_positive_count, metavar="N", help="stop after N exits")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                      help="override a profile value, e.g. --set devices.console.port=0xE9 (repeatable)")
 
@@ -70,7 +94,11 @@ def _run(args: argparse.Namespace) -> int:
     trace_out: IO[str] | None = None
     with machine:
         if args.trace_file:
-            trace_out = open(args.trace_file, "w", encoding="utf-8")
+            try:
+                trace_out = open(args.trace_file, "w", encoding="utf-8")
+            except OSError as exc:
+                print(f"vmcore: cannot open the trace file: {exc}", file=sys.stderr)
+                return STATUS["config-error"]
         elif args.trace:
             trace_out = sys.stderr
         if trace_out is not None:

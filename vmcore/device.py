@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import typing
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -211,8 +212,14 @@ def build_config(config_cls: type, props: dict[str, Any]) -> Any:
     try:
         return config_cls(**values)
     except (ValueError, TypeError) as exc:
-        # attrs validators name the field in their message; find which one.
-        key = next((name for name in values if name in str(exc)), "")
+        # attrs validators name the field in their message; find which one. Whole words, earliest
+        # first: "queue_size must be ..." is about queue_size, not queue.
+        mentions = [
+            (found.start(), name)
+            for name in values
+            if (found := re.search(rf"\b{re.escape(name)}\b", str(exc))) is not None
+        ]
+        key = min(mentions)[1] if mentions else ""
         raise PropertyError(key, str(exc)) from None
 
 

@@ -166,6 +166,8 @@ class Machine:
         except KeyboardInterrupt:
             return StopReason.of("interrupted", "stopped by the user (Ctrl-C)")
         except OSError as exc:
+            if _find_device(exc.__traceback__, self.devices) is not None:
+                return self._device_error(exc)  # e.g. a device's output file failed
             return StopReason.of("host-error", f"{self.accelerator.name}: {exc}")
         except Exception as exc:  # a device model raised: stop with a report, not a raw traceback
             return self._device_error(exc)

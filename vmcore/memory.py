@@ -127,7 +127,8 @@ class GuestMemory:
     def _copy_in(self, address: int, data: bytes | bytearray | memoryview, writing: bool) -> None:
         src = memoryview(data).cast("B")
         done = 0
-        for slot, off, n in self._spans(address, len(src), writing):
+        # Check every span before copying any, so a refused write leaves memory untouched.
+        for slot, off, n in list(self._spans(address, len(src), writing)):
             slot.view[off : off + n] = src[done : done + n]
             done += n
 

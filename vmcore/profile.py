@@ -27,6 +27,7 @@ Mappings merge through ``extends`` key by key; a ``null`` removes an inherited e
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -334,10 +335,11 @@ def _section(tree: Mapping, key: str) -> Mapping | None:
 
 def _validate(tree: Mapping, path: Path | None) -> Profile:
     file = str(path) if path else "<string>"
-    _unknown_keys(tree, ("name", "accel", "cpu", "memory", "devices", "limits"), "")
+    # "extends" was consumed while loading; listed so a misspelling gets its did-you-mean.
+    _unknown_keys(tree, ("name", "extends", "accel", "cpu", "memory", "devices", "limits"), "")
     name = _scalar(tree["name"], "name", "a name").value if "name" in tree else (path.stem if path else "machine")
     accel = _choice(tree["accel"], "accel", ACCELS) if "accel" in tree else "auto"
-    cpu = _validate_cpu(_section(tree, "cpu"))
+    cpu = _validate_cpu(_section(tree, "cpu"), tree.key_where.get("cpu"))
     memory_node = _section(tree, "memory")
     if memory_node is None:
         raise ProfileError(tree.where if "memory" not in tree else tree["memory"].where, "memory",
@@ -355,12 +357,14 @@ def _validate(tree: Mapping, path: Path | None) -> Profile:
     return Profile(name=name, path=path, accel=accel, cpu=cpu, memory=memory, devices=devices, limits=limits)
 
 
-def _validate_cpu(node: Mapping | None) -> CpuSpec:
+def _validate_cpu(node: Mapping | None, key_where: Where | None = None) -> CpuSpec:
     if node is None:
         return CpuSpec()
     _unknown_keys(node, ("mode", "entry", "tables", "registers"), "cpu")
     mode = _choice(node["mode"], "cpu.mode", MODES) if "mode" in node else "real"
     entry = _int(node["entry"], "cpu.entry", "an address like 0x1000") if "entry" in node else 0
+    if not 0 <= entry < 1 << 64:
+        raise ProfileError(node["entry"].where, "cpu.entry", "must fit in 64 bits")
     tables = _int(node["tables"], "cpu.tables", "an address like 0x9000") if "tables" in node else None
     if tables is not None and tables % 4096:
         raise ProfileError(node["tables"].where, "cpu.tables", f"must be 4K-aligned, got {tables:#x}")
@@ -374,7 +378,7 @@ def _validate_cpu(node: Mapping | None) -> CpuSpec:
             registers[reg] = _int(value, f"cpu.registers.{reg}", "a number")
             if not 0 <= registers[reg] < 1 << 64:
                 raise ProfileError(value.where, f"cpu.registers.{reg}", "must fit in 64 bits")
-    return CpuSpec(mode=mode, entry=entry, tables=tables, registers=registers, where=node.where)
+    return CpuSpec(mode=mode, entry=entry, tables=tables, registers=registers, where=key_where or node.where)
 
 
 def _validate_slot(name: str, node: Node, key_where: Where) -> SlotSpec:
@@ -383,7 +387,7 @@ def _validate_slot(name: str, node: Node, key_where: Where) -> SlotSpec:
         raise ProfileError(key_where, key, "expected a slot: base, size, kind (ram or rom), optional image and offset")
     _unknown_keys(node, ("base", "size", "kind", "image", "offset"), key)
     if "size" not in node:
-        raise ProfileError(node.where, f"{key}.size", "missing; every slot needs a size like 4K, 1M or 1G")
+        raise ProfileError(key_where, f"{key}.size", "missing; every slot needs a size like 4K, 1M or 1G")
     base = _int(node["base"], f"{key}.base", "an address like 0 or 0x100000") if "base" in node else 0
     size = _int(node["size"], f"{key}.size", "a size like 4K, 1M or 1G")
     if size <= 0 or size % 4096:
@@ -410,7 +414,7 @@ def _validate_slot(name: str, node: Node, key_where: Where) -> SlotSpec:
                 node["image"].where, f"{key}.image",
                 f"image is {length} bytes; at offset {offset:#x} it does not fit in the {size:#x}-byte slot",
             )
-    return SlotSpec(name=name, base=base, size=size, kind=kind, image=image, offset=offset, where=node.where)
+    return SlotSpec(name=name, base=base, size=size, kind=kind, image=image, offset=offset, where=key_where)
 
 
 def _check_slot_overlaps(slots: tuple[SlotSpec, ...]) -> None:
@@ -438,11 +442,11 @@ def _validate_device(name: str, node: Node, key_where: Where) -> DeviceSpec:
     if not isinstance(node, Mapping):
         raise ProfileError(key_where, key, "expected 'type: NAME' and the device's properties")
     if "type" not in node:
-        raise ProfileError(node.where, f"{key}.type", "missing; every device needs a type (see 'vmcore devices')")
+        raise ProfileError(key_where, f"{key}.type", "missing; every device needs a type (see 'vmcore devices')")
     dev_type = _scalar(node["type"], f"{key}.type", "a device type name").value
     props = {k: _plain(v) for k, v in node.items() if k != "type"}
     prop_where = {k: (v.where if isinstance(v, Scalar) else node.key_where[k]) for k, v in node.items()}
-    return DeviceSpec(name=name, type=dev_type, props=props, where=node.where, prop_where=prop_where)
+    return DeviceSpec(name=name, type=dev_type, props=props, where=key_where, prop_where=prop_where)
 
 
 def _validate_limits(node: Mapping | None) -> Limits:
@@ -456,7 +460,9 @@ def _validate_limits(node: Mapping | None) -> Limits:
             timeout = float(scalar.value.rstrip("s"))
         except ValueError:
             raise ProfileError(scalar.where, "limits.timeout", f"expected seconds, like 10 or 0.5, got {scalar.value!r}") from None
-        if timeout <= 0:
-            raise ProfileError(scalar.where, "limits.timeout", "must be positive")
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ProfileError(scalar.where, "limits.timeout", f"must be a positive number of seconds, got {scalar.value!r}")
     max_exits = _int(node["max_exits"], "limits.max_exits", "a count") if "max_exits" in node else None
+    if max_exits is not None and max_exits <= 0:
+        raise ProfileError(node["max_exits"].where, "limits.max_exits", f"must be positive, got {max_exits}")
     return Limits(timeout=timeout, max_exits=max_exits)

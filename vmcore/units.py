@@ -11,7 +11,9 @@ import re
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE_RE = re.compile(
-    r"^\s*(0x[0-9a-f_]+|0b[01_]+|0o[0-7_]+|[0-9][0-9_]*)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE
+    # A prefix needs a digit after it ("0x_" is not zero), and "i" only follows a unit ("KiB", not "1iB").
+    r"^\s*(0x_*[0-9a-f][0-9a-f_]*|0b_*[01][01_]*|0o_*[0-7][0-7_]*|[0-9][0-9_]*)\s*([kmgt]?)(?:(?<=[kmgt])i)?b?\s*$",
+    re.IGNORECASE,
 )
 
 

@@ -8,6 +8,7 @@ a call on the port-IO or MMIO :class:`~vmcore.bus.Bus`.
 from __future__ import annotations
 
 import abc
+import math
 
 import attrs
 
@@ -21,12 +22,18 @@ class AcceleratorUnavailable(Exception):
     """The accelerator cannot run on this host; str() says why and what to do."""
 
 
+def _positive(_instance: object, attribute: attrs.Attribute, value: float | None) -> None:  # type: ignore[type-arg]
+    # A timeout of 0 disarms the timer and a count of 0 is never reached: both would mean "unbounded".
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be positive (or None for no limit), got {value!r}")
+
+
 @attrs.frozen
 class RunLimits:
     """Bounds on one run: wall-clock seconds and number of exits (None: unbounded)."""
 
-    timeout: float | None = None
-    max_exits: int | None = None
+    timeout: float | None = attrs.field(default=None, validator=_positive)
+    max_exits: int | None = attrs.field(default=None, validator=_positive)
 
 
 class Accelerator(abc.ABC):

@@ -127,6 +127,9 @@ class KvmAccelerator(Accelerator):
                     if self._timed_out:
                         return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time", exits)
                     continue
+                except KvmError as exc:
+                    # The host failed, not a device: must not reach the machine's device-error report.
+                    return self._stop("host-error", str(exc), exits)
                 exits += 1
                 reason = run.exit_reason
                 if reason == EXIT_IO:

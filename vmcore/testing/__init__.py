@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..bus import Bus, Space, Transaction
+from ..bus import Bus, BusError, Space, Transaction
 from ..clock import ManualClock
 from ..device import DeviceContext, GuestExit, build_config
 from ..irq import IrqLine
@@ -75,7 +75,22 @@ class FakeBus:
         ctx = DeviceContext(name=name, clock=self.clock, memory=self.memory, irq_line=self.irq,
                             log=logging.getLogger(f"vmcore.device.{name}"))
         instance = cls.create(config, ctx)
-        for region in instance.regions():
+        regions = list(instance.regions())
+        # Place every region on scratch copies of the buses first, so a rejected device
+        # (overlap, wrong space) leaves no claim behind on the real ones.
+        trial = {Space.PIO: Bus(Space.PIO), Space.MMIO: Bus(Space.MMIO)}
+        try:
+            for bus in (self.pio, self.mmio):
+                for region, owner in bus.claims():
+                    trial[bus.space].claim(region, owner)
+            for region in regions:
+                trial[region.space].claim(region, name)
+        except BusError:
+            close = getattr(instance, "close", None)
+            if close is not None:
+                close()
+            raise
+        for region in regions:
             (self.pio if region.space is Space.PIO else self.mmio).claim(region, name)
         self.devices[name] = instance
         return instance

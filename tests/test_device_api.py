@@ -1,0 +1,281 @@
+"""vmcore.device (properties: conversion, validation, introspection) and vmcore.plugins (the registry)."""
+
+import enum
+import types
+from typing import Literal, Optional
+
+import attrs
+import pytest
+
+from vmcore.device import (
+    Device,
+    PropertyError,
+    PropertyInfo,
+    build_config,
+    convert_value,
+    in_range,
+    prop,
+    properties,
+)
+from vmcore.hookspecs import hookimpl
+from vmcore.plugins import DeviceRegistry, DeviceTypeError, make_plugin_manager
+
+
+class Parity(enum.Enum):
+    NONE = "none"
+    EVEN = "even"
+
+
+@attrs.frozen
+class WidgetConfig:
+    base: int = prop(0x1000, "Base address of the register window.", validator=in_range(0, 0xFFFF))
+    ram: int = prop(4096, "Size of the on-board RAM.")
+    enabled: bool = prop(True, "Whether the widget answers at all.")
+    mode: Literal["fast", "slow"] = prop("fast", "Clock speed.")
+    label: str = prop("widget", "Name shown in logs.")
+    parity: Parity = prop(Parity.NONE, "Parity checking.")
+    timeout: Optional[int] = prop(None, "Watchdog timeout in ns, or none.")
+    queue: int = prop(1, "Number of queues.", validator=in_range(1, 8))
+    queue_size: int = prop(256, "Entries per queue.", validator=in_range(1, 0x8000))
+
+
+# --- conversion from profile text --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "value"), [("0x10", 16), ("4K", 4096), ("010", 10), ("1_000", 1000), (7, 7)])
+def test_int_property_accepts_hex_decimal_and_unit_text(raw, value):
+    assert build_config(WidgetConfig, {"base": raw}).base == value
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("true", True), ("false", False), ("yes", True), ("no", False), ("on", True), ("off", False),
+     ("True", True), ("NO", False), ("1", True), ("0", False), (True, True), (False, False)],
+)
+def test_bool_property_accepts_true_false_yes_no_on_off(raw, value):
+    assert build_config(WidgetConfig, {"enabled": raw}).enabled is value
+
+
+def test_bool_property_rejects_other_text():
+    with pytest.raises(PropertyError) as excinfo:
+        build_config(WidgetConfig, {"enabled": "maybe"})
+    assert excinfo.value.key == "enabled"
+    assert "expected true or false, got 'maybe'" in excinfo.value.message
+
+
+def test_int_property_rejects_a_bool():
+    # YAML 1.1's `no` arrives as False; it is not the number 0.
+    with pytest.raises(PropertyError) as excinfo:
+        build_config(WidgetConfig, {"base": False})
+    assert excinfo.value.key == "base"
+
+
+def test_literal_property_accepts_one_of_its_choices():
+    assert build_config(WidgetConfig, {"mode": "slow"}).mode == "slow"
+
+
+def test_literal_property_error_lists_the_choices():
+    with pytest.raises(PropertyError) as excinfo:
+        build_config(WidgetConfig, {"mode": "turbo"})
+    assert excinfo.value.key == "mode"
+    assert excinfo.value.message == "expected one of fast, slow, got 'turbo'"
+
+
+def test_str_property_takes_text_and_stringifies_scalars():
+    assert build_config(WidgetConfig, {"label": "uart0"}).label == "uart0"
+    assert build_config(WidgetConfig, {"label": 42}).label == "42"
+
+
+@pytest.mark.parametrize(("raw", "kind"), [({"a": 1}, "mapping"), ([1, 2], "list")])
+def test_str_property_rejects_mappings_and_lists(raw, kind):
+    with pytest.raises(PropertyError, match=f"expected text, got a {kind}"):
+        build_config(WidgetConfig, {"label": raw})
+
+
+@pytest.mark.parametrize(("raw", "value"), [("even", Parity.EVEN), ("EVEN", Parity.EVEN), ("none", Parity.NONE)])
+def test_enum_property_accepts_value_or_member_name(raw, value):
+    assert build_config(WidgetConfig, {"parity": raw}).parity is value
+
+
+def test_optional_property_takes_none_or_the_inner_type():
+    assert build_config(WidgetConfig, {"timeout": None}).timeout is None
+    assert build_config(WidgetConfig, {"timeout": "1M"}).timeout == 1 << 20
+
+
+def test_float_property_converts_text():
+    assert convert_value(float, "2.5") == 2.5
+    with pytest.raises(ValueError, match="expected a number"):
+        convert_value(float, "fast")
+
+
+def test_unset_properties_keep_their_defaults():
+    config = build_config(WidgetConfig, {})
+    assert config == WidgetConfig()
+    assert config.base == 0x1000 and config.mode == "fast" and config.enabled is True
+
+
+def test_hyphenated_key_names_the_underscored_property():
+    assert build_config(WidgetConfig, {"queue-size": "0x40"}).queue_size == 0x40
+
+
+# --- errors name the key --------------------------------------------------------------------------
+
+
+def test_unknown_property_suggests_the_nearest_and_lists_the_known_ones():
+    with pytest.raises(PropertyError) as excinfo:
+        build_config(WidgetConfig, {"lable": "x"})
+    assert excinfo.value.key == "lable"
+    assert "unknown property (did you mean 'label'?)" in excinfo.value.message
+    assert "known properties: base, ram, enabled, mode, label" in excinfo.value.message
+
+
+def test_unknown_property_with_nothing_near_gives_no_suggestion():
+    with pytest.raises(PropertyError) as excinfo:
+        build_config(WidgetConfig, {"zzzzzz": 1})
+    assert "did you mean" not in excinfo.value.message
+
+
+def test_validator_error_carries_the_key():
+    with pytest.raises(PropertyError) as excinfo:
+        build_config(WidgetConfig, {"label": "w", "base": "0x10000"})
+    assert excinfo.value.key == "base"
+    assert excinfo.value.message == "base must be in 0x0..0xffff, got 0x10000"
+
+
+def test_validator_error_names_the_failing_key_not_one_whose_name_it_contains():
+    # "queue_size must be ..." mentions "queue" as a prefix; the key is still queue_size.
+    with pytest.raises(PropertyError) as excinfo:
+        build_config(WidgetConfig, {"queue": "2", "queue_size": "0x10000"})
+    assert excinfo.value.key == "queue_size"
+
+
+def test_attrs_builtin_validator_error_carries_the_key():
+    @attrs.frozen
+    class Config:
+        speed: int = prop(1, validator=attrs.validators.in_([1, 2, 4]))
+        level: int = prop(0)
+
+    with pytest.raises(PropertyError) as excinfo:
+        build_config(Config, {"level": 1, "speed": 3})
+    assert excinfo.value.key == "speed"
+
+
+# --- introspection --------------------------------------------------------------------------------
+
+
+def test_properties_lists_every_field_with_type_default_doc_and_choices():
+    info = {p.name: p for p in properties(WidgetConfig)}
+    assert list(info) == ["base", "ram", "enabled", "mode", "label", "parity", "timeout", "queue", "queue_size"]
+    assert info["base"] == PropertyInfo("base", "int", 0x1000, "Base address of the register window.", None)
+    assert info["enabled"] == PropertyInfo("enabled", "bool", True, "Whether the widget answers at all.", None)
+    assert info["label"].type == "str"
+    assert info["mode"].choices == ("fast", "slow")
+    assert info["mode"].default == "fast"
+    assert "Literal" in info["mode"].type
+    assert info["parity"].choices == ("none", "even")
+    assert info["parity"].type == "Parity"
+
+
+def test_properties_of_a_factory_default_show_the_built_value():
+    @attrs.frozen
+    class Config:
+        ports: tuple = prop(attrs.Factory(lambda: (1, 2)), "Ports.")
+
+    assert properties(Config)[0].default == (1, 2)
+
+
+# --- the registry --------------------------------------------------------------------------------
+
+
+def test_registry_finds_the_built_in_devices_through_entry_points(device_registry):
+    assert "debugcon" in device_registry
+    assert "debug-exit" in device_registry
+    assert device_registry.get("debugcon").module == "devices.debugcon"
+    assert device_registry.get("debug-exit").module == "devices.debug_exit"
+    assert device_registry.get("debugcon").plugin == "debugcon"
+    assert {"debugcon", "debug-exit"} <= set(device_registry.names())
+
+
+def test_registered_type_exposes_its_doc_properties_and_config(device_registry):
+    debugcon = device_registry.get("debugcon")
+    assert debugcon.doc.startswith("Write-only debug console")
+    assert "port" in [p.name for p in debugcon.properties]
+    assert debugcon.config({"port": "0xE9"}).port == 0xE9
+
+
+def test_registry_iterates_in_name_order(device_registry):
+    names = [t.name for t in device_registry]
+    assert names == sorted(names)
+
+
+def test_unknown_device_type_suggests_the_nearest_name(device_registry):
+    with pytest.raises(DeviceTypeError) as excinfo:
+        device_registry.get("debugcom")
+    message = str(excinfo.value)
+    assert "unknown device type 'debugcom' (did you mean 'debugcon'?)" in message
+    assert "debug-exit" in message
+
+
+def _device_class(type_name, module, with_config=True):
+    namespace = {"type_name": type_name, "__module__": module}
+    if with_config:
+        namespace["Config"] = attrs.frozen(type("Config", (), {"__annotations__": {"x": int}, "x": 0}))
+    return type("Thing", (Device,), namespace)
+
+
+def _plugin(name, *classes):
+    module = types.ModuleType(name)
+
+    @hookimpl
+    def vmcore_device_types():
+        return list(classes)
+
+    module.vmcore_device_types = vmcore_device_types
+    return module
+
+
+def test_registry_takes_device_types_from_a_third_party_plugin():
+    plugin = _plugin("acme_plugin", _device_class("acme-widget", "acme.widget"))
+    registry = DeviceRegistry.from_plugins(make_plugin_manager(load_entry_points=False, plugins=[plugin]))
+    assert registry.names() == ["acme-widget"]
+    assert registry.get("acme-widget").module == "acme.widget"
+    assert registry.get("acme-widget").plugin == "acme_plugin"
+
+
+def test_same_type_name_from_two_plugins_is_rejected_naming_both_modules():
+    first = _plugin("acme_plugin", _device_class("uart", "acme.uart"))
+    second = _plugin("other_plugin", _device_class("uart", "other.serial"))
+    with pytest.raises(DeviceTypeError) as excinfo:
+        DeviceRegistry.from_plugins(make_plugin_manager(load_entry_points=False, plugins=[first, second]))
+    message = str(excinfo.value)
+    assert "device type 'uart' is provided twice" in message
+    assert "acme.uart" in message and "other.serial" in message
+    assert "acme_plugin" in message and "other_plugin" in message
+
+
+def test_third_party_type_clashing_with_a_built_in_is_rejected():
+    clash = _plugin("acme_plugin", _device_class("debugcon", "acme.console"))
+    with pytest.raises(DeviceTypeError) as excinfo:
+        DeviceRegistry.default(plugins=[clash])
+    assert "devices.debugcon" in str(excinfo.value)
+    assert "acme.console" in str(excinfo.value)
+
+
+def test_device_class_without_config_is_rejected():
+    plugin = _plugin("acme_plugin", _device_class("bare", "acme.bare", with_config=False))
+    with pytest.raises(DeviceTypeError, match="plugin acme_plugin: device type 'bare' needs an attrs Config class"):
+        DeviceRegistry.from_plugins(make_plugin_manager(load_entry_points=False, plugins=[plugin]))
+
+
+def test_device_class_with_a_plain_config_class_is_rejected():
+    cls = type("Thing", (Device,), {"type_name": "plain", "Config": type("Config", (), {})})
+    plugin = _plugin("acme_plugin", cls)
+    with pytest.raises(DeviceTypeError, match="needs an attrs Config class"):
+        DeviceRegistry.from_plugins(make_plugin_manager(load_entry_points=False, plugins=[plugin]))
+
+
+def test_device_class_without_type_name_is_rejected():
+    cls = type("Nameless", (Device,), {"Config": WidgetConfig})
+    plugin = _plugin("acme_plugin", cls)
+    with pytest.raises(DeviceTypeError, match="has no type_name"):
+        DeviceRegistry.from_plugins(make_plugin_manager(load_entry_points=False, plugins=[plugin]))
