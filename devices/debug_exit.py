@@ -23,7 +23,7 @@ def _width(_instance: object, attribute: attrs.Attribute, value: int) -> None:  
 
 @attrs.frozen
 class DebugExitConfig:
-    port: int = prop(0x501, "First I/O port (QEMU's iobase).", validator=in_range(0, 0xFFFF))
+    port: int = prop(0x501, "First I/O port (QEMU's iobase).", hex=True, validator=in_range(0, 0xFFFF))
     width: int = prop(2, "Number of ports claimed, 1, 2 or 4 (QEMU's iosize).", validator=_width)
 
     def __attrs_post_init__(self) -> None:

@@ -18,12 +18,12 @@ from vmcore.hookspecs import hookimpl
 
 @attrs.frozen
 class DebugconConfig:
-    port: int = prop(0xF1, "I/O port the console listens on.", validator=in_range(0, 0xFFFF))
+    port: int = prop(0xF1, "I/O port the console listens on.", hex=True, validator=in_range(0, 0xFFFF))
     output: Literal["stdout", "stderr", "file", "memory"] = prop(
         "stdout", "Where written bytes go: stdout, stderr, a file (see path) or an in-memory buffer."
     )
     path: str = prop("", "File to write to when output is 'file' (truncated at start).")
-    readback: int = prop(0xE9, "Byte returned by reads (QEMU returns 0xE9).", validator=in_range(0, 0xFF))
+    readback: int = prop(0xE9, "Byte returned by reads (QEMU returns 0xE9).", hex=True, validator=in_range(0, 0xFF))
 
     def __attrs_post_init__(self) -> None:
         if self.output == "file" and not self.path:

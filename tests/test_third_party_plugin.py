@@ -102,7 +102,7 @@ NREGS = 4
 
 @attrs.frozen
 class ScratchConfig:
-    port: int = prop(0x510, "First of the four I/O ports.", validator=in_range(0, 0x10000 - NREGS))
+    port: int = prop(0x510, "First of the four I/O ports.", hex=True, validator=in_range(0, 0x10000 - NREGS))
     start: int = prop(0, "Counter value at power-on and reset.", validator=in_range(0, 0xFF))
     irq: int = prop(5, "IRQ line pulsed when the counter wraps to 0.", validator=in_range(0, 15))
 
@@ -398,8 +398,8 @@ def test_vmcore_devices_lists_the_plugin_type_with_module_and_properties(install
     block = block[: block.index("")]
     assert "    Scratch registers A and B, their sum, and a counter that counts its own reads." in block
     assert "    port: int = 0x510  First of the four I/O ports." in block
-    assert "    start: int = 0x0  Counter value at power-on and reset." in block
-    assert "    irq: int = 0x5  IRQ line pulsed when the counter wraps to 0." in block
+    assert "    start: int = 0  Counter value at power-on and reset." in block
+    assert "    irq: int = 5  IRQ line pulsed when the counter wraps to 0." in block
     # The built-ins are still there, beside the plugin.
     assert any(line.startswith("debugcon  (devices.debugcon,") for line in lines)
 

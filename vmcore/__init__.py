@@ -3,36 +3,64 @@
 The public API: build a :class:`Machine` from a :class:`Profile` and run it; write
 devices against :class:`Region`, :class:`IrqLine`, :class:`Clock` and
 :class:`GuestMemory`; test them with :mod:`vmcore.testing`.
+
+Names are imported on first use (PEP 562), so a device module that needs only
+``vmcore.bus`` does not load the machine, the accelerators or YAML.
 """
 
-from .accel import Accelerator, AcceleratorUnavailable, RunLimits
-from .bus import Bus, BusError, Direction, Region, Space, Transaction
-from .clock import Clock, HostClock, ManualClock, Timer
-from .cpu import CpuState
-from .device import Device, DeviceContext, GuestExit, PropertyError, in_range, prop
-from .hookspecs import hookimpl, hookspec
-from .irq import IrqLine
-from .machine import Machine, resolve_profile
-from .memory import GuestMemory, GuestMemoryError, MemorySlot
-from .plugins import DeviceRegistry, DeviceType, DeviceTypeError, make_plugin_manager
-from .profile import Profile, ProfileError
-from .stop import StopReason
-from .units import parse_int
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Accelerator", "AcceleratorUnavailable", "RunLimits",
-    "Bus", "BusError", "Direction", "Region", "Space", "Transaction",
-    "Clock", "HostClock", "ManualClock", "Timer",
-    "CpuState",
-    "Device", "DeviceContext", "GuestExit", "PropertyError", "in_range", "prop",
-    "hookimpl", "hookspec",
-    "IrqLine",
-    "Machine", "resolve_profile",
-    "GuestMemory", "GuestMemoryError", "MemorySlot",
-    "DeviceRegistry", "DeviceType", "DeviceTypeError", "make_plugin_manager",
-    "Profile", "ProfileError",
-    "StopReason",
-    "parse_int",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "Accelerator": "accel", "AcceleratorUnavailable": "accel", "RunLimits": "accel",
+    "Bus": "bus", "BusError": "bus", "Direction": "bus", "Region": "bus", "Space": "bus", "Transaction": "bus",
+    "Clock": "clock", "HostClock": "clock", "ManualClock": "clock", "Timer": "clock",
+    "CpuState": "cpu",
+    "Device": "device", "DeviceContext": "device", "GuestExit": "device", "PropertyError": "device",
+    "in_range": "device", "prop": "device",
+    "hookimpl": "hookspecs", "hookspec": "hookspecs",
+    "IrqLine": "irq",
+    "Machine": "machine", "resolve_profile": "machine",
+    "GuestMemory": "memory", "GuestMemoryError": "memory", "MemorySlot": "memory",
+    "DeviceRegistry": "plugins", "DeviceType": "plugins", "DeviceTypeError": "plugins",
+    "make_plugin_manager": "plugins",
+    "Profile": "profile", "ProfileError": "profile",
+    "StopReason": "stop",
+    "parse_int": "units",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vmcore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from .accel import Accelerator, AcceleratorUnavailable, RunLimits
+    from .bus import Bus, BusError, Direction, Region, Space, Transaction
+    from .clock import Clock, HostClock, ManualClock, Timer
+    from .cpu import CpuState
+    from .device import Device, DeviceContext, GuestExit, PropertyError, in_range, prop
+    from .hookspecs import hookimpl, hookspec
+    from .irq import IrqLine
+    from .machine import Machine, resolve_profile
+    from .memory import GuestMemory, GuestMemoryError, MemorySlot
+    from .plugins import DeviceRegistry, DeviceType, DeviceTypeError, make_plugin_manager
+    from .profile import Profile, ProfileError
+    from .stop import StopReason
+    from .units import parse_int

@@ -148,8 +148,7 @@ def _devices() -> int:
         for line in dtype.doc.splitlines():
             print(f"    {line}")
         for p in dtype.properties:
-            default = f"{p.default:#x}" if isinstance(p.default, int) and not isinstance(p.default, bool) \
-                and p.type == "int" else repr(p.default)
+            default = p.default_text()
             choices = f" [{'|'.join(p.choices)}]" if p.choices else ""
             print(f"    {p.name}: {p.type}{choices} = {default}  {p.doc}")
         print()

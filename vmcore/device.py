@@ -64,9 +64,12 @@ class DeviceContext:
         raise GuestExit(status, reason)
 
 
-def prop(default: Any = attrs.NOTHING, doc: str = "", **kwargs: Any) -> Any:
-    """A device property: an attrs field whose ``doc`` the CLI and docs show."""
-    return attrs.field(default=default, metadata={"doc": doc}, **kwargs)
+def prop(default: Any = attrs.NOTHING, doc: str = "", *, hex: bool = False, **kwargs: Any) -> Any:
+    """A device property: an attrs field whose ``doc`` the CLI and docs show.
+
+    ``hex=True`` marks addresses and ports, shown as ``0xf1`` rather than ``241``.
+    """
+    return attrs.field(default=default, metadata={"doc": doc, "hex": hex}, **kwargs)
 
 
 class Device:
@@ -111,9 +114,18 @@ class PropertyInfo:
     default: Any
     doc: str
     choices: tuple[str, ...] | None = None
+    hex: bool = False
+
+    def default_text(self) -> str:
+        """The default as a profile would write it."""
+        if self.hex and isinstance(self.default, int):
+            return f"{self.default:#x}"
+        return repr(self.default)
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return "choice"
     if isinstance(tp, type):
         return tp.__name__
     return str(tp).replace("typing.", "")
@@ -133,7 +145,8 @@ def properties(config_cls: type) -> list[PropertyInfo]:
             choices = tuple(str(m.value) for m in tp)
         elif typing.get_origin(tp) is typing.Literal:
             choices = tuple(str(a) for a in typing.get_args(tp))
-        out.append(PropertyInfo(field.name, _type_name(tp), default, field.metadata.get("doc", ""), choices))
+        out.append(PropertyInfo(field.name, _type_name(tp), default, field.metadata.get("doc", ""), choices,
+                                field.metadata.get("hex", False)))
     return out
 
 
@@ -211,8 +224,10 @@ def build_config(config_cls: type, props: dict[str, Any]) -> Any:
             raise PropertyError(key, str(exc)) from None
     try:
         return config_cls(**values)
+    except PropertyError:
+        raise
     except (ValueError, TypeError) as exc:
-        # attrs validators name the field in their message; find which one. Whole words, earliest
+        # Other validators name the field in their message; find which one. Whole words, earliest
         # first: "queue_size must be ..." is about queue_size, not queue.
         mentions = [
             (found.start(), name)
@@ -228,6 +243,6 @@ def in_range(low: int, high: int) -> Callable[[Any, Any, int], None]:
 
     def check(_instance: Any, attribute: Any, value: int) -> None:
         if not low <= value <= high:
-            raise ValueError(f"{attribute.name} must be in {low:#x}..{high:#x}, got {value:#x}")
+            raise PropertyError(attribute.name, f"must be in {low:#x}..{high:#x}, got {value:#x}")
 
     return check

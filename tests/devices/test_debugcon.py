@@ -106,8 +106,8 @@ def test_output_stderr_writes_to_sys_stderr_buffer(fake_bus, capfd):
 @pytest.mark.parametrize(
     ("props", "key", "message"),
     [
-        ({"port": "0x10000"}, "port", "port must be in 0x0..0xffff, got 0x10000"),
-        ({"readback": "0x100"}, "readback", "readback must be in 0x0..0xff, got 0x100"),
+        ({"port": "0x10000"}, "port", "must be in 0x0..0xffff, got 0x10000"),
+        ({"readback": "0x100"}, "readback", "must be in 0x0..0xff, got 0x100"),
         ({"output": "bogus"}, "output", "expected one of stdout, stderr, file, memory, got 'bogus'"),
         ({"output": "file"}, "output", "path must be set when output is 'file'"),
         ({"port": "twelve"}, "port", "expected a number"),
