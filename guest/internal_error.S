@@ -34,9 +34,13 @@ _start:
 2:
         mov     $NOWHERE_SEG, %ax
         mov     %ax, %es
+        # Byte stores: an unaligned word store reaches MMIO as one access on KVM but
+        # as two bytes under TCG; bytes keep the two accelerators' traces identical.
         movb    $0xea, %es:NOWHERE_OFF          # ljmp $0, $fallback
-        movw    $fallback, %es:NOWHERE_OFF + 1
-        movw    $0, %es:NOWHERE_OFF + 3
+        movb    $(fallback - _start) & 0xff, %es:NOWHERE_OFF + 1   # loaded at 0: offset = address
+        movb    $(fallback - _start) >> 8, %es:NOWHERE_OFF + 2
+        movb    $0, %es:NOWHERE_OFF + 3
+        movb    $0, %es:NOWHERE_OFF + 4
         ljmp    $NOWHERE_SEG, $NOWHERE_OFF
 
 fallback:

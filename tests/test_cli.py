@@ -188,11 +188,11 @@ def test_run_unknown_accelerator_choice() -> None:
     assert "invalid choice: 'qemu'" in result.stderr
 
 
-def test_run_tcg_is_a_host_error_until_it_exists() -> None:
-    result = vmcore("run", "hello", "--accel", "tcg")
-    assert result.returncode == 8
-    assert result.stdout == ""
-    assert "accelerator 'tcg'" in one_line(result.stderr)
+def test_run_tcg_boots_hello_on_the_software_cpu() -> None:
+    result = vmcore("-v", "run", "hello", "--accel", "tcg")
+    assert result.returncode == 0
+    assert result.stdout == "Hello\n"
+    assert "(accelerator tcg, 6 exits, status 0)" in result.stderr
 
 
 # --- usage -----------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_no_arguments_shows_usage() -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.startswith("usage: vmcore")
-    assert "{run,check,devices,info}" in result.stderr
+    assert "{run,diff,check,devices,info}" in result.stderr
     assert "Traceback" not in result.stderr
 
 

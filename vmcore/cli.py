@@ -48,13 +48,21 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="boot a machine profile")
     run.add_argument("profile", nargs="?", default="hello", help="a profile path or bundled name (default: hello)")
-    run.add_argument("--accel", choices=("kvm", "tcg", "auto"), help="CPU accelerator (default: the profile's)")
+    run.add_argument("--accel", choices=("kvm", "tcg", "auto", "both"),
+                     help="CPU accelerator (default: the profile's); 'both' runs a differential comparison")
     run.add_argument("--trace", action="store_true", help="print every bus transaction to stderr")
     run.add_argument("--trace-file", metavar="FILE", help="write every bus transaction to FILE")
     run.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="stop after this much wall-clock time")
     run.add_argument("--max-exits", type=_positive_count, metavar="N", help="stop after N exits")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                      help="override a profile value, e.g. --set devices.console.port=0xE9 (repeatable)")
+
+    diff = sub.add_parser("diff", help="run a profile on KVM and on the software CPU and compare their transactions")
+    diff.add_argument("profile", nargs="?", default="hello", help="a profile path or bundled name (default: hello)")
+    diff.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="limit for each run")
+    diff.add_argument("--max-exits", type=_positive_count, metavar="N", help="limit for each run")
+    diff.add_argument("--show-output", action="store_true", help="let devices print to stdout during the runs")
+    diff.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
 
     check = sub.add_parser("check", help="validate a profile and build its machine without running it")
     check.add_argument("profile", help="a profile path or bundled name")
@@ -71,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="vmcore: %(message)s", stream=sys.stderr)
     try:
         if args.command == "run":
-            return _run(args)
+            return _diff(args) if args.accel == "both" else _run(args)
+        if args.command == "diff":
+            return _diff(args)
         if args.command == "check":
             return _check(args)
         if args.command == "devices":
@@ -123,6 +133,28 @@ def _run(args: argparse.Namespace) -> int:
         print(f"vmcore: {stop.summary()} (accelerator {accel}, {stop.exits} exits, status {stop.status})",
               file=sys.stderr)
     return stop.status & 0xFF
+
+
+def _diff(args: argparse.Namespace) -> int:
+    """Exit 0 when both runs match, 1 when they differ (like diff(1))."""
+    import contextlib
+    import io
+    import os
+
+    from .diff import differential
+    from .profile import Profile
+
+    profile = Profile.load(resolve_profile(args.profile), args.overrides)
+    limits = RunLimits(timeout=args.timeout, max_exits=args.max_exits)
+    quiet = contextlib.nullcontext()
+    if not getattr(args, "show_output", False):
+        # Devices writing to stdout would print every line twice; the transactions hold it all.
+        devnull = io.TextIOWrapper(open(os.devnull, "wb"))
+        quiet = contextlib.redirect_stdout(devnull)  # type: ignore[assignment]
+    with quiet:
+        result = differential(profile, registry=None, limits=limits)
+    print(result.report())
+    return 0 if result.identical else 1
 
 
 def _check(args: argparse.Namespace) -> int:

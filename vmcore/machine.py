@@ -175,11 +175,11 @@ class Machine:
     def _device_error(self, exc: Exception) -> StopReason:
         tb = exc.__traceback__
         culprit = _find_device(tb, self.devices)
-        who = f"device {culprit!r}" if culprit else "a device"
-        return StopReason.of(
-            "device-error", f"{who} raised {type(exc).__name__}: {exc}",
-            detail={"traceback": "".join(traceback.format_exception(type(exc), exc, tb))},
-        )
+        detail = {"traceback": "".join(traceback.format_exception(type(exc), exc, tb))}
+        if culprit is None:
+            # No device method on the stack: the fault is vmcore's or the accelerator's own.
+            return StopReason.of("host-error", f"vmcore internal error: {type(exc).__name__}: {exc}", detail=detail)
+        return StopReason.of("device-error", f"device {culprit!r} raised {type(exc).__name__}: {exc}", detail=detail)
 
     def unclaimed(self) -> list[tuple[Space, Direction, int, int]]:
         """Every unclaimed (or rejected) access: (space, direction, address, count)."""

@@ -8,6 +8,7 @@ a call on the port-IO or MMIO :class:`~vmcore.bus.Bus`.
 from __future__ import annotations
 
 import abc
+import logging
 import math
 
 import attrs
@@ -16,6 +17,9 @@ from ..bus import Bus
 from ..cpu import CpuState
 from ..memory import GuestMemory
 from ..stop import StopReason
+
+
+log = logging.getLogger("vmcore.accel")
 
 
 class AcceleratorUnavailable(Exception):
@@ -55,13 +59,28 @@ class Accelerator(abc.ABC):
 
 
 def create(name: str) -> Accelerator:
-    """An accelerator by profile name: ``kvm`` or ``auto`` (KVM when it opens)."""
-    if name in ("kvm", "auto"):
+    """An accelerator by profile name: ``kvm``, ``tcg`` (unicorn) or ``auto``.
+
+    ``auto`` takes KVM when /dev/kvm opens and a VM can be created, else the
+    software CPU, and logs which it chose and why.
+    """
+    if name == "kvm":
         from .kvm import KvmAccelerator
 
         return KvmAccelerator.open()
     if name == "tcg":
-        raise AcceleratorUnavailable(
-            "accelerator 'tcg' (the unicorn software CPU) is not part of this build yet; use --accel kvm"
-        )
+        from .unicorn import UnicornAccelerator
+
+        return UnicornAccelerator()
+    if name == "auto":
+        from .kvm import KvmAccelerator
+        from .unicorn import UnicornAccelerator
+
+        try:
+            accel: Accelerator = KvmAccelerator.open()
+        except AcceleratorUnavailable as exc:
+            log.warning("accelerator auto: using tcg (software CPU) because KVM is unusable: %s", exc)
+            return UnicornAccelerator()
+        log.info("accelerator auto: using kvm")
+        return accel
     raise AcceleratorUnavailable(f"unknown accelerator {name!r}; expected kvm, tcg or auto")

@@ -130,7 +130,6 @@ class KvmAccelerator(Accelerator):
                 except KvmError as exc:
                     # The host failed, not a device: must not reach the machine's device-error report.
                     return self._stop("host-error", str(exc), exits)
-                exits += 1
                 reason = run.exit_reason
                 if reason == EXIT_IO:
                     size = io.size
@@ -150,6 +149,8 @@ class KvmAccelerator(Accelerator):
                         mmio_data.value = mmio_read(mmio_exit.phys_addr, size)
                 else:
                     return self._other_exit(reason, exits)
+                # Only IO and MMIO exits count: the same measure the software CPU keeps.
+                exits += 1
                 if exits == max_exits:
                     return self._stop("max-exits", f"reached the limit of {max_exits} exits", exits)
         finally:

@@ -1,0 +1,374 @@
+"""The software CPU: unicorn (QEMU's TCG as a library) behind the accelerator interface.
+
+Memory slots are mapped from the same host buffers KVM would use, so devices'
+DMA and the CPU share bytes. Port IO arrives through ``in``/``out`` instruction
+hooks (string IO element by element, as TCG executes it), MMIO through
+``mmio_map`` pages whose callbacks call the MMIO bus. Addresses nobody mapped get
+such a page on first touch, so unclaimed accesses behave as on KVM: reads give
+all ones, writes are dropped, both logged by the bus.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import Any
+
+import attrs
+
+from ..bus import Bus
+from ..cpu import CpuState, translate
+from ..memory import GuestMemory, MemorySlot
+from ..stop import StopReason
+from . import Accelerator, AcceleratorUnavailable, RunLimits
+
+try:
+    import unicorn as uc_mod
+    from unicorn import x86_const as X
+except ImportError:  # pragma: no cover - exercised where unicorn is absent
+    uc_mod = None
+    X = None
+
+PAGE = 4096
+_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
+_SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
+_MODES = {"real": "UC_MODE_16", "protected": "UC_MODE_32", "long": "UC_MODE_64"}
+_FLAG_IF, _FLAG_TF = 1 << 9, 1 << 8
+_MSR_EFER = 0xC0000080
+_NO_END = (1 << 64) - 1  # emu_start's "until": an address never reached
+
+
+def _reg(name: str) -> int:
+    return getattr(X, f"UC_X86_REG_{name.upper()}")
+
+
+class _Stop(Exception):
+    """Raised inside a hook to end the run with a reason (unicorn re-raises it)."""
+
+    def __init__(self, reason: StopReason) -> None:
+        super().__init__(reason.message)
+        self.reason = reason
+
+
+class UnicornAccelerator(Accelerator):
+    """One x86 vCPU emulated by unicorn."""
+
+    name = "tcg"
+
+    def __init__(self) -> None:
+        if uc_mod is None:
+            raise AcceleratorUnavailable("the software CPU needs the 'unicorn' package: pip install unicorn")
+        self.uc: Any = None
+        self.memory: GuestMemory | None = None
+        self.mode = "real"
+        self._mmio_pages: set[int] = set()
+        self._rom_write: tuple[MemorySlot, int, int] | None = None
+        self._reason: StopReason | None = None
+        self._mmio: Bus | None = None
+
+    # --- set-up ---------------------------------------------------------------------
+
+    def setup(self, memory: GuestMemory, state: CpuState) -> None:
+        self.memory = memory
+        self.mode = state.mode
+        self.uc = uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, getattr(uc_mod, _MODES[state.mode]))
+        for slot in memory:
+            perms = uc_mod.UC_PROT_READ | uc_mod.UC_PROT_EXEC
+            if not slot.readonly:
+                perms |= uc_mod.UC_PROT_WRITE
+            uc.mem_map_ptr(slot.base, slot.size, perms, slot.host_address)
+        self._load_state(state)
+
+    def _load_state(self, state: CpuState) -> None:
+        uc = self.uc
+        if state.mode != "real":
+            uc.reg_write(X.UC_X86_REG_GDTR, (0, state.gdt[0], state.gdt[1], 0))
+            uc.reg_write(X.UC_X86_REG_IDTR, (0, state.idt[0], state.idt[1], 0))
+            if state.mode == "long":
+                uc.reg_write(X.UC_X86_REG_CR3, state.cr3)
+                uc.reg_write(X.UC_X86_REG_CR4, state.cr4)
+                uc.msr_write(_MSR_EFER, state.efer)
+            uc.reg_write(X.UC_X86_REG_CR0, state.cr0)
+            # Segment writes in protected mode load the descriptor from the GDT just built.
+            uc.reg_write(X.UC_X86_REG_CS, state.cs.selector)
+            for name in ("ds", "es", "fs", "gs", "ss"):
+                uc.reg_write(_reg(name), state.data.selector)
+        else:
+            uc.reg_write(X.UC_X86_REG_IDTR, (0, state.idt[0], state.idt[1], 0))
+            for name in _SEGMENTS:
+                uc.reg_write(_reg(name), 0)
+        for name, value in state.registers.items():
+            if name == "rip":
+                continue
+            uc.reg_write(_reg(name if state.mode == "long" else _narrow(name)), value)
+        self._pc = state.registers.get("rip", 0)
+
+    # --- the run loop ---------------------------------------------------------------
+
+    def run(self, pio: Bus, mmio: Bus, limits: RunLimits) -> StopReason:
+        uc = self.uc
+        self._mmio = mmio
+        self._reason = None
+        exits = [0]
+        max_exits = limits.max_exits if limits.max_exits is not None else -1
+        pio_read, pio_write = pio.read, pio.write
+        hooks = []
+
+        def count() -> None:
+            exits[0] += 1
+            if exits[0] == max_exits:
+                self._reason = StopReason.of("max-exits", f"reached the limit of {max_exits} exits")
+                uc.emu_stop()
+
+        def on_in(_uc: Any, port: int, size: int, _ud: Any) -> int:
+            value = pio_read(port, size)
+            count()
+            return value
+
+        def on_out(_uc: Any, port: int, size: int, value: int, _ud: Any) -> None:
+            pio_write(port, size, value)
+            count()
+
+        def on_unmapped(_uc: Any, access: int, address: int, size: int, _value: int, _ud: Any) -> bool:
+            if access == uc_mod.UC_MEM_FETCH_UNMAPPED:
+                return False  # reported after emu_start returns
+            # First touch of an address with no slot: route its page to the MMIO bus.
+            self._map_mmio_page(address & ~(PAGE - 1))
+            if (address + size - 1) & ~(PAGE - 1) != address & ~(PAGE - 1):
+                self._map_mmio_page((address + size - 1) & ~(PAGE - 1))
+            return True
+
+        def on_write_prot(_uc: Any, _access: int, address: int, size: int, value: int, _ud: Any) -> bool:
+            slot = self.memory.slot_at(address) if self.memory else None
+            if slot is None or not slot.readonly:
+                return False
+            mmio.write(address, size, value & ((1 << (8 * size)) - 1))
+            count()
+            self._rom_write = (slot, address, size)
+            return False  # stop before the write; run() replays the instruction with the write discarded
+
+        def on_intr(_uc: Any, vector: int, _ud: Any) -> None:
+            self._deliver(vector)
+
+        def on_invalid(_uc: Any, _ud: Any) -> bool:
+            self._deliver(6)  # #UD
+            return True
+
+        hooks.append(uc.hook_add(uc_mod.UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN))
+        hooks.append(uc.hook_add(uc_mod.UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT))
+        hooks.append(uc.hook_add(uc_mod.UC_HOOK_MEM_UNMAPPED, on_unmapped))
+        hooks.append(uc.hook_add(uc_mod.UC_HOOK_MEM_WRITE_PROT, on_write_prot))
+        hooks.append(uc.hook_add(uc_mod.UC_HOOK_INTR, on_intr))
+        hooks.append(uc.hook_add(uc_mod.UC_HOOK_INSN_INVALID, on_invalid))
+        self._premap_mmio(mmio)
+
+        expired = threading.Event()
+        timer = None
+        if limits.timeout is not None:
+            def expire() -> None:
+                expired.set()
+                uc.emu_stop()
+
+            timer = threading.Timer(limits.timeout, expire)
+            timer.daemon = True
+            timer.start()
+        try:
+            return self._loop(exits, expired, limits)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            for h in hooks:
+                uc.hook_del(h)
+
+    def _loop(self, exits: list[int], expired: threading.Event, limits: RunLimits) -> StopReason:
+        uc = self.uc
+        pc = self._pc
+        while True:
+            self._rom_write = None
+            error = None
+            try:
+                uc.emu_start(pc, _NO_END)
+            except _Stop as stop:
+                self._reason = stop.reason
+            except uc_mod.UcError as exc:
+                error = exc
+            pc = self._ip()
+            if self._reason is not None:
+                reason, self._reason = self._reason, None
+                return attr_exits(reason, exits[0])
+            if error is not None and self._rom_write is not None:
+                pc = self._replay_rom_write(pc)
+                continue
+            if error is not None:
+                return self._fault(error, exits[0])
+            if expired.is_set() and not self._after_hlt():
+                return StopReason.of("timeout", f"no stop after {limits.timeout:g} s of wall-clock time",
+                                     exits=exits[0])
+            if self._after_hlt():
+                return StopReason.of("halted", "the guest executed hlt", exits=exits[0])
+            return self._stop("unknown-exit", "the software CPU stopped for no known reason", exits[0])
+
+    # --- helpers used by the hooks ----------------------------------------------------
+
+    def _premap_mmio(self, mmio: Bus) -> None:
+        """Every page an MMIO region touches goes to the bus (unicorn maps whole pages)."""
+        for region, _owner in mmio.claims():
+            first = region.base & ~(PAGE - 1)
+            for page in range(first, region.end, PAGE):
+                if self.memory is not None and self.memory.slot_at(page) is not None:
+                    continue  # a ROM slot's own region: its bytes are mapped memory
+                self._map_mmio_page(page)
+
+    def _map_mmio_page(self, page: int) -> None:
+        if page in self._mmio_pages:
+            return
+        mmio = self._mmio
+        assert mmio is not None
+
+        def read(_uc: Any, offset: int, size: int, _ud: Any) -> int:
+            return mmio.read(page + offset, size)
+
+        def write(_uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
+            mmio.write(page + offset, size, value & ((1 << (8 * size)) - 1))
+
+        self.uc.mmio_map(page, PAGE, read, None, write, None)
+        self._mmio_pages.add(page)
+
+    def _replay_rom_write(self, pc: int) -> int:
+        """Run the instruction that wrote to ROM once more, with the ROM page writable, then undo the write."""
+        assert self._rom_write is not None
+        slot, address, size = self._rom_write
+        first = address & ~(PAGE - 1)
+        last = (address + size - 1) & ~(PAGE - 1)
+        length = last + PAGE - first
+        saved = bytes(slot.view[first - slot.base : first - slot.base + length])
+        uc = self.uc
+        uc.mem_protect(first, length, uc_mod.UC_PROT_ALL)
+        try:
+            uc.emu_start(pc, _NO_END, count=1)
+        finally:
+            slot.view[first - slot.base : first - slot.base + length] = saved
+            uc.mem_protect(first, length, uc_mod.UC_PROT_READ | uc_mod.UC_PROT_EXEC)
+        return self._ip()
+
+    def _deliver(self, vector: int) -> None:
+        """Deliver an interrupt or exception; a failed delivery is a triple fault, as on hardware."""
+        uc = self.uc
+        idt = uc.reg_read(X.UC_X86_REG_IDTR)
+        base, limit = idt[1], idt[2]
+        if self.mode == "real":
+            if vector * 4 + 3 > limit:
+                raise _Stop(self._stop_reason("shutdown", f"triple fault: vector {vector} is beyond the "
+                                              f"real-mode IVT limit {limit:#x}"))
+            assert self.memory is not None
+            offset, segment = struct.unpack("<HH", self.memory.read(base + vector * 4, 4))
+            sp = uc.reg_read(X.UC_X86_REG_SP)
+            ss_base = uc.reg_read(X.UC_X86_REG_SS) << 4
+            flags = uc.reg_read(X.UC_X86_REG_FLAGS)
+            frame = struct.pack("<HHH", uc.reg_read(X.UC_X86_REG_IP), uc.reg_read(X.UC_X86_REG_CS), flags)
+            sp = (sp - 6) & 0xFFFF
+            self.memory.write(ss_base + sp, frame)
+            uc.reg_write(X.UC_X86_REG_SP, sp)
+            uc.reg_write(X.UC_X86_REG_FLAGS, flags & ~(_FLAG_IF | _FLAG_TF))
+            uc.reg_write(X.UC_X86_REG_CS, segment)
+            uc.reg_write(X.UC_X86_REG_IP, offset)
+            return
+        entry = 16 if self.mode == "long" else 8
+        if vector * entry + entry - 1 > limit:
+            raise _Stop(self._stop_reason("shutdown", f"triple fault: vector {vector} is beyond the IDT limit {limit:#x}"))
+        raise _Stop(self._stop_reason(
+            "internal-error", f"exception {vector} in {self.mode} mode: IDT gate delivery is not modelled by the "
+            "software CPU yet"))
+
+    def _ip(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_RIP if self.mode == "long" else X.UC_X86_REG_EIP)
+
+    def _linear_pc(self) -> int:
+        cs_base = self._segment_base("cs")
+        return cs_base + self._ip()
+
+    def _segment_base(self, name: str) -> int:
+        if self.mode == "real":
+            return self.uc.reg_read(_reg(name)) << 4
+        if self.mode == "long" and name in ("cs", "ds", "es", "ss"):
+            return 0
+        # Flat segments are what the VMM loads; a guest that reloads them is not followed here.
+        return 0
+
+    def _after_hlt(self) -> bool:
+        """True when the instruction just executed was ``hlt`` (unicorn stops after it)."""
+        if self.memory is None:
+            return False
+        linear = self._linear_pc() - 1
+        physical = self._physical(linear)
+        if physical is None or self.memory.slot_at(physical) is None:
+            return False
+        return self.memory.read(physical, 1) == b"\xf4"
+
+    def _physical(self, linear: int) -> int | None:
+        uc = self.uc
+        if self.memory is None:
+            return None
+        cr0 = uc.reg_read(X.UC_X86_REG_CR0)
+        cr3 = uc.reg_read(X.UC_X86_REG_CR3)
+        cr4 = uc.reg_read(X.UC_X86_REG_CR4)
+        efer = uc.msr_read(_MSR_EFER)
+        return translate(self.memory, cr0, cr3, cr4, efer, linear)
+
+    # --- stops ------------------------------------------------------------------------
+
+    def _fault(self, error: Any, exits: int) -> StopReason:
+        code = error.errno
+        pc = self._linear_pc()
+        if code in (uc_mod.UC_ERR_FETCH_UNMAPPED, uc_mod.UC_ERR_FETCH_PROT):
+            return self._stop("internal-error", f"instruction fetch from {pc:#x}, which is not RAM or ROM", exits)
+        if code == uc_mod.UC_ERR_INSN_INVALID:
+            return self._stop("shutdown", "invalid opcode with no handler", exits)
+        return self._stop("internal-error", f"software CPU error: {error}", exits)
+
+    def _stop_reason(self, kind: str, message: str) -> StopReason:
+        registers, segments, address, code = self.snapshot()
+        return StopReason.of(kind, message, registers=registers, segments=segments, code_address=address, code=code)
+
+    def _stop(self, kind: str, message: str, exits: int) -> StopReason:
+        return attr_exits(self._stop_reason(kind, message), exits)
+
+    def snapshot(self) -> tuple[dict[str, int], dict[str, dict[str, int]], int | None, bytes | None]:
+        uc = self.uc
+        registers = {}
+        for name in _GPRS:
+            if self.mode != "long" and name[1:].isdigit():
+                continue  # r8..r15 exist only in long mode
+            registers[name] = uc.reg_read(_reg(name if self.mode == "long" else _narrow(name)))
+        for name in ("cr0", "cr2", "cr3", "cr4"):
+            registers[name] = uc.reg_read(_reg(name))
+        registers["efer"] = uc.msr_read(_MSR_EFER)
+        segments = {}
+        for name in _SEGMENTS:
+            segments[name] = {"selector": uc.reg_read(_reg(name)), "base": self._segment_base(name),
+                              "limit": 0xFFFF if self.mode == "real" else 0xFFFFFFFF, "type": 0, "l": 0, "db": 0}
+        physical = self._physical(self._linear_pc())
+        code = None
+        if physical is not None and self.memory is not None:
+            slot = self.memory.slot_at(physical)
+            if slot is not None:
+                code = self.memory.read(physical, min(16, slot.end - physical))
+        return registers, segments, physical, code
+
+    def close(self) -> None:
+        if self.uc is not None:
+            self.uc = None
+
+
+def _narrow(name: str) -> str:
+    """The 32-bit register name unicorn uses outside long mode (rax -> eax)."""
+    if name == "rflags":
+        return "eflags"
+    if name.startswith("r") and name[1:] in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp", "ip"):
+        return "e" + name[1:]
+    return name
+
+
+def attr_exits(reason: StopReason, exits: int) -> StopReason:
+    return attrs.evolve(reason, exits=exits)
