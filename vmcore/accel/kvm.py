@@ -46,7 +46,7 @@ class KvmAccelerator(Accelerator):
         self._timed_out = False
 
     @classmethod
-    def open(cls, path: str = "/dev/kvm") -> "KvmAccelerator":
+    def open(cls, path: str | None = None) -> "KvmAccelerator":
         try:
             kvm = Kvm.open(path)
         except KvmUnavailable as exc:

@@ -22,6 +22,14 @@ from vmcore.kvm import structs as _s
 __all__ = ["KvmError", "KvmUnavailable", "Kvm", "Vm", "Vcpu"]
 
 DEFAULT_PATH = "/dev/kvm"
+#: Environment variable that points vmcore at another KVM device node (or at a
+#: missing one, to try a host without KVM).
+PATH_VARIABLE = "VMCORE_KVM_PATH"
+
+
+def default_path() -> str:
+    """``$VMCORE_KVM_PATH`` when set, else /dev/kvm."""
+    return os.environ.get(PATH_VARIABLE) or DEFAULT_PATH
 
 
 class KvmError(Exception):
@@ -88,10 +96,14 @@ class Kvm:
     @classmethod
     def open(
         cls,
-        path: str = DEFAULT_PATH,
+        path: str | None = None,
         required_caps: Iterable[int] = (_k.KVM_CAP_USER_MEMORY,),
     ) -> Kvm:
-        """Open and validate the KVM device; raises KvmUnavailable with the remedy."""
+        """Open and validate the KVM device; raises KvmUnavailable with the remedy.
+
+        ``path`` defaults to :func:`default_path` (``$VMCORE_KVM_PATH`` or /dev/kvm).
+        """
+        path = path if path is not None else default_path()
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
