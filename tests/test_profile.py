@@ -483,3 +483,19 @@ def test_malformed_machine(error_dir: Path, name: str, text: str, line: int, fra
 def test_missing_profile_file(tmp_path: Path) -> None:
     err = load_error(tmp_path / "absent.yaml")
     assert str(err) == f"{tmp_path / 'absent.yaml'}: no such profile file"
+
+
+# --- later fixes: null overrides and names through extends ----------------------------------
+
+
+def test_override_with_null_removes_an_entry(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("memory: {ram: {size: 4K}}\ndevices:\n  console: {type: debugcon}\n  exit: {type: debug-exit}\n")
+    profile = Profile.load(path, ["devices.exit=null"])
+    assert [d.name for d in profile.devices] == ["console"]
+
+
+def test_a_child_without_a_name_is_named_after_its_own_file(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("name: the-base\nmemory: {ram: {size: 4K}}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\n")
+    assert Profile.load(tmp_path / "child.yaml").name == "child"

@@ -90,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ProfileError, DeviceTypeError) as exc:
         print(f"vmcore: {exc}", file=sys.stderr)
         return STATUS["config-error"]
+    except BrokenPipeError:
+        # The reader went away (e.g. `vmcore devices | head`): not an error worth a traceback.
+        sys.stdout = None  # type: ignore[assignment]
+        return 0
 
 
 def _build(profile_name: str, overrides: list[str]) -> Machine:

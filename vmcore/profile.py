@@ -244,6 +244,9 @@ def _extend(tree: Mapping, folder: Path, chain: tuple[str, ...]) -> Mapping:
     if not base_path.exists():
         raise ProfileError(node.where, "extends", f"base profile {node.value} not found (looked at {base_path})")
     base = _load_tree(base_path, chain)
+    # A name belongs to its own file: a child without one is named after itself, not its base.
+    base.pop("name", None)
+    base.key_where.pop("name", None)
     return _merge(base, tree)
 
 
@@ -283,7 +286,12 @@ def _apply_override(tree: Mapping, item: str) -> None:
         elif not isinstance(child, Mapping):
             raise ProfileError(where, ".".join(keys[: depth + 1]), "is a single value, not a section with keys")
         node = child
-    node[keys[-1]] = Scalar(value, where, null=value in ("", "null", "~"))
+    if value.strip() in ("null", "~"):
+        # As through extends, null removes the entry (e.g. --set devices.exit=null).
+        node.pop(keys[-1], None)
+        node.key_where.pop(keys[-1], None)
+        return
+    node[keys[-1]] = Scalar(value, where, null=value == "")
     node.key_where[keys[-1]] = where
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..bus import Bus
 from ..cpu import CpuState, Segment, translate
+from ..device import GuestExit
 from ..kvm import Kvm, KvmError, KvmUnavailable, Vcpu, Vm
 from ..kvm import ioctl as k
 from ..kvm import structs as s
@@ -153,6 +154,9 @@ class KvmAccelerator(Accelerator):
                 exits += 1
                 if exits == max_exits:
                     return self._stop("max-exits", f"reached the limit of {max_exits} exits", exits)
+        except GuestExit as exc:
+            # A device ended the run (debug-exit) during this exit, which counts too.
+            return StopReason(kind="exit", message=exc.reason, status=exc.status, exits=exits + 1)
         finally:
             restore()
             del pio_views, mmio_data, io, mmio_exit, run

@@ -18,6 +18,7 @@ import attrs
 
 from ..bus import Bus
 from ..cpu import CpuState, translate
+from ..device import GuestExit
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
 from . import Accelerator, AcceleratorUnavailable, RunLimits
@@ -200,6 +201,8 @@ class UnicornAccelerator(Accelerator):
                 uc.emu_start(pc, _NO_END)
             except _Stop as stop:
                 self._reason = stop.reason
+            except GuestExit as exc:
+                return StopReason(kind="exit", message=exc.reason, status=exc.status, exits=exits[0] + 1)
             except uc_mod.UcError as exc:
                 error = exc
             pc = self._ip()
