@@ -6,6 +6,7 @@ so a :class:`ManualClock` can drive them step by step in tests.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import time
@@ -32,6 +33,24 @@ class Clock:
     def __init__(self) -> None:
         self._queue: list[tuple[int, int, Timer]] = []
         self._order = itertools.count()
+        # Callbacks posted from other threads (host input readers); deque appends are atomic.
+        self._posted: collections.deque[Callable[[], None]] = collections.deque()
+        #: Called (from any thread) when something was posted, to wake the vCPU loop.
+        self.wakeup: Callable[[], None] | None = None
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the machine's thread soon; safe from any thread.
+
+        This is how a host-side reader (stdin, a socket) hands input to a device:
+        device state is only ever touched from the machine's thread.
+        """
+        self._posted.append(callback)
+        wakeup = self.wakeup
+        if wakeup is not None:
+            wakeup()
+
+    def has_posted(self) -> bool:
+        return bool(self._posted)
 
     def now(self) -> int:
         """Nanoseconds of machine time since the machine started."""
@@ -55,8 +74,12 @@ class Clock:
         return queue[0][0] if queue else None
 
     def run_due(self) -> int:
-        """Fire every timer due by now, earliest first; return how many fired."""
+        """Run posted callbacks, then fire every timer due by now, earliest first; return how many ran."""
         fired = 0
+        posted = self._posted
+        while posted:
+            posted.popleft()()
+            fired += 1
         now = self.now()
         queue = self._queue
         while queue and queue[0][0] <= now:
@@ -89,11 +112,18 @@ class ManualClock(Clock):
         return self._now
 
     def step(self, delta: int) -> int:
-        """Advance ``delta`` ns, firing each due timer at its own deadline; return how many fired."""
+        """Advance ``delta`` ns, firing each due timer at its own deadline; return how many fired.
+
+        Callbacks posted with :meth:`call_soon_threadsafe` run first.
+        """
         if delta < 0:
             raise ValueError("machine time cannot go backwards")
         target = self._now + delta
         fired = 0
+        posted = self._posted
+        while posted:
+            posted.popleft()()
+            fired += 1
         while True:
             deadline = self.next_deadline()
             if deadline is None or deadline > target:

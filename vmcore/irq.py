@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 #: Receives (line number, new level) whenever a line changes; a pulse is 1 then 0.
 IrqSink = Callable[[int, bool], None]
@@ -45,3 +45,26 @@ class IrqLine:
 
     def __repr__(self) -> str:
         return f"IrqLine({self.number}, level={int(self.level)})"
+
+
+@runtime_checkable
+class InterruptController(Protocol):
+    """A device that takes IRQ lines in and raises the CPU's INTR (e.g. the i8259 PIC).
+
+    The machine (or the fake bus) routes every :class:`IrqLine` change to
+    :meth:`set_irq`, and the CPU side polls :meth:`pending` and calls
+    :meth:`acknowledge` (the INTA cycle) when it takes the interrupt.
+    """
+
+    #: Set by the machine: called with the new INTR level whenever it changes, so the
+    #: CPU can be kicked out of a run to take the interrupt.
+    intr_changed: Callable[[bool], None] | None
+
+    def set_irq(self, line: int, level: bool) -> None:
+        """An input line changed level."""
+
+    def pending(self) -> bool:
+        """True while the INTR output to the CPU is asserted."""
+
+    def acknowledge(self) -> int:
+        """The INTA cycle: return the vector to deliver and update in-service state."""

@@ -17,7 +17,7 @@ from .accel import Accelerator, AcceleratorUnavailable, RunLimits, create
 from .bus import Bus, BusError, Direction, Region, Space, Transaction
 from .clock import Clock, HostClock
 from .cpu import CpuSetupError, CpuState, start_state, tables_size
-from .device import Device, DeviceContext, GuestExit, PropertyError
+from .device import DeviceContext, GuestExit, PropertyError
 from .irq import IrqLine
 from .memory import GuestMemory, GuestMemoryError
 from .plugins import DeviceRegistry, DeviceTypeError
@@ -79,7 +79,7 @@ class Machine:
         try:
             for spec in profile.memory:
                 try:
-                    slot = memory.add_slot(spec.name, spec.base, spec.size, spec.readonly)
+                    memory.add_slot(spec.name, spec.base, spec.size, spec.readonly)
                 except (GuestMemoryError, OSError) as exc:
                     raise ProfileError(spec.where, f"memory.{spec.name}", str(exc)) from None
                 if spec.image is not None:

@@ -37,6 +37,8 @@ import yaml
 from .units import parse_int
 
 MODES = ("real", "protected", "long")
+IRQCHIPS = ("auto", "userspace", "kernel", "none")
+LOADER_FORMATS = ("auto", "multiboot", "elf", "flat")
 ACCELS = ("kvm", "tcg", "auto")
 SLOT_KINDS = ("ram", "rom")
 REGISTERS = (
@@ -182,6 +184,17 @@ class CpuSpec:
 
 
 @attrs.frozen
+class LoaderSpec:
+    """A kernel image to load instead of (or on top of) slot images."""
+
+    kernel: Path
+    format: str  # auto | multiboot | elf | flat
+    cmdline: str
+    address: int | None  # flat images: where to load (default: cpu.entry)
+    where: Where
+
+
+@attrs.frozen
 class Limits:
     timeout: float | None = None  # seconds of wall-clock time
     max_exits: int | None = None
@@ -198,6 +211,9 @@ class Profile:
     memory: tuple[SlotSpec, ...]
     devices: tuple[DeviceSpec, ...]
     limits: Limits
+    irqchip: str = "auto"  # auto | userspace | kernel | none
+    kernel_pit: bool = False
+    loader: "LoaderSpec | None" = None
 
     @classmethod
     def load(cls, path: str | Path, overrides: Iterable[str] = ()) -> "Profile":
@@ -344,7 +360,8 @@ def _section(tree: Mapping, key: str) -> Mapping | None:
 def _validate(tree: Mapping, path: Path | None) -> Profile:
     file = str(path) if path else "<string>"
     # "extends" was consumed while loading; listed so a misspelling gets its did-you-mean.
-    _unknown_keys(tree, ("name", "extends", "accel", "cpu", "memory", "devices", "limits"), "")
+    _unknown_keys(tree, ("name", "extends", "accel", "irqchip", "kernel_pit", "cpu", "memory", "loader",
+                         "devices", "limits"), "")
     name = _scalar(tree["name"], "name", "a name").value if "name" in tree else (path.stem if path else "machine")
     accel = _choice(tree["accel"], "accel", ACCELS) if "accel" in tree else "auto"
     cpu = _validate_cpu(_section(tree, "cpu"), tree.key_where.get("cpu"))
@@ -361,8 +378,44 @@ def _validate(tree: Mapping, path: Path | None) -> Profile:
         _validate_device(dev, node, devices_node.key_where[dev]) for dev, node in (devices_node or {}).items()
     ) if devices_node else ()
     limits = _validate_limits(_section(tree, "limits"))
+    irqchip = _choice(tree["irqchip"], "irqchip", IRQCHIPS) if "irqchip" in tree else "auto"
+    kernel_pit = _bool(tree["kernel_pit"], "kernel_pit") if "kernel_pit" in tree else False
+    if kernel_pit and irqchip != "kernel":
+        raise ProfileError(tree.key_where["kernel_pit"], "kernel_pit", "needs irqchip: kernel (KVM's PIT drives its PIC)")
+    loader = _validate_loader(_section(tree, "loader"), tree.key_where.get("loader"))
     _ = file
-    return Profile(name=name, path=path, accel=accel, cpu=cpu, memory=memory, devices=devices, limits=limits)
+    return Profile(name=name, path=path, accel=accel, cpu=cpu, memory=memory, devices=devices, limits=limits,
+                   irqchip=irqchip, kernel_pit=kernel_pit, loader=loader)
+
+
+def _bool(node: Node, key: str) -> bool:
+    scalar = _scalar(node, key, "true or false")
+    text = scalar.value.lower()
+    if text in ("true", "yes", "on"):
+        return True
+    if text in ("false", "no", "off"):
+        return False
+    raise ProfileError(scalar.where, key, f"expected true or false, got {scalar.value!r}")
+
+
+def _validate_loader(node: Mapping | None, key_where: Where | None) -> LoaderSpec | None:
+    if node is None:
+        return None
+    _unknown_keys(node, ("kernel", "format", "cmdline", "address"), "loader")
+    if "kernel" not in node:
+        raise ProfileError(key_where or node.where, "loader.kernel", "missing; the path of the kernel image")
+    kernel_node = _scalar(node["kernel"], "loader.kernel", "the path of a kernel image")
+    folder = Path(kernel_node.where.file).parent if kernel_node.where.line else Path.cwd()
+    kernel = (folder / kernel_node.value).resolve()
+    if not kernel.is_file():
+        raise ProfileError(kernel_node.where, "loader.kernel", f"kernel {kernel_node.value} not found (looked at {kernel})")
+    fmt = _choice(node["format"], "loader.format", LOADER_FORMATS) if "format" in node else "auto"
+    cmdline = ""
+    if "cmdline" in node:
+        cmd = node["cmdline"]
+        cmdline = "" if isinstance(cmd, Scalar) and cmd.null else _scalar(cmd, "loader.cmdline", "a command line").value
+    address = _int(node["address"], "loader.address", "an address like 0x100000") if "address" in node else None
+    return LoaderSpec(kernel=kernel, format=fmt, cmdline=cmdline, address=address, where=key_where or node.where)
 
 
 def _validate_cpu(node: Mapping | None, key_where: Where | None = None) -> CpuSpec:

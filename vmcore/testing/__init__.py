@@ -21,7 +21,7 @@ from typing import Any
 from ..bus import Bus, BusError, Space, Transaction
 from ..clock import ManualClock
 from ..device import DeviceContext, GuestExit, build_config
-from ..irq import IrqLine
+from ..irq import InterruptController, IrqLine
 from ..memory import GuestMemory
 from ..plugins import DeviceRegistry
 
@@ -104,6 +104,29 @@ class FakeBus:
 
     def _irq_changed(self, number: int, level: bool) -> None:
         self.irq_events.append((self.clock.now(), number, level))
+        controller = self.controller
+        if controller is not None:
+            self._guarded(controller.set_irq, number, level)
+
+    @property
+    def controller(self) -> InterruptController | None:
+        """The attached interrupt controller (e.g. an i8259), which IRQ lines are routed to."""
+        for device in self.devices.values():
+            if isinstance(device, InterruptController):
+                return device
+        return None
+
+    def intr(self) -> bool:
+        """The INTR level the CPU would see from the attached controller (False without one)."""
+        controller = self.controller
+        return controller is not None and controller.pending()
+
+    def acknowledge(self) -> int:
+        """Take the pending interrupt as the CPU would (INTA): its vector."""
+        controller = self.controller
+        if controller is None:
+            raise RuntimeError("no interrupt controller is attached")
+        return controller.acknowledge()
 
     def irq_level(self, number: int) -> bool:
         """The current level of line ``number``."""
