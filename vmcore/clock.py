@@ -37,6 +37,9 @@ class Clock:
         self._posted: collections.deque[Callable[[], None]] = collections.deque()
         #: Called (from any thread) when something was posted, to wake the vCPU loop.
         self.wakeup: Callable[[], None] | None = None
+        #: Called with the new earliest deadline when a timer is scheduled before all others,
+        #: so the run loop can re-arm its wake-up; nothing is polled per exit.
+        self.deadline_changed: Callable[[int], None] | None = None
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the machine's thread soon; safe from any thread.
@@ -59,7 +62,11 @@ class Clock:
     def call_at(self, deadline: int, callback: Callable[[], None]) -> Timer:
         """Run ``callback`` once machine time reaches ``deadline`` (ns)."""
         timer = Timer(deadline, callback)
-        heapq.heappush(self._queue, (deadline, next(self._order), timer))
+        queue = self._queue
+        earliest = not queue or deadline < queue[0][0]
+        heapq.heappush(queue, (deadline, next(self._order), timer))
+        if earliest and self.deadline_changed is not None:
+            self.deadline_changed(deadline)
         return timer
 
     def call_later(self, delay: int, callback: Callable[[], None]) -> Timer:

@@ -18,7 +18,7 @@ from .bus import Bus, BusError, Direction, Region, Space, Transaction
 from .clock import Clock, HostClock
 from .cpu import CpuSetupError, CpuState, start_state, tables_size
 from .device import DeviceContext, GuestExit, PropertyError
-from .irq import IrqLine
+from .irq import InterruptController, IrqLine
 from .memory import GuestMemory, GuestMemoryError
 from .plugins import DeviceRegistry, DeviceTypeError
 from .profile import Profile, ProfileError, Where
@@ -60,7 +60,10 @@ class Machine:
         self.irq_lines = irq_lines
         self.state = state
         self.accelerator: Accelerator | None = None
+        #: Every IRQ line change: (machine time ns, line, level).
         self.irq_log: list[tuple[int, int, bool]] = []
+        self._kernel_irq: Callable[[int, bool], None] | None = None
+        self._controller: InterruptController | None = None
 
     # --- building ------------------------------------------------------------------
 
@@ -131,9 +134,22 @@ class Machine:
             line = self.irq_lines[number] = IrqLine(number, self._irq_changed)
         return line
 
+    @property
+    def controller(self) -> InterruptController | None:
+        """The device that takes IRQ lines (irqchip userspace), if the profile has one."""
+        if self.profile.irqchip in ("none", "kernel"):
+            return None
+        for device in self.devices.values():
+            if isinstance(device, InterruptController):
+                return device
+        return None
+
     def _irq_changed(self, number: int, level: bool) -> None:
-        # No interrupt controller is modelled yet: record the change for traces and tests.
         self.irq_log.append((self.clock.now(), number, level))
+        if self._kernel_irq is not None:
+            self._kernel_irq(number, level)
+        elif self._controller is not None:
+            self._controller.set_irq(number, level)
 
     # --- running --------------------------------------------------------------------
 
@@ -144,13 +160,24 @@ class Machine:
 
     def run(self, accel: str | Accelerator | None = None, limits: RunLimits = RunLimits()) -> StopReason:
         """Run until the guest stops; never raises for guest or device faults."""
+        kernel_irqchip = self.profile.irqchip == "kernel"
         if isinstance(accel, Accelerator):
             self.accelerator = accel
         else:
             try:
-                self.accelerator = create(accel or self.profile.accel)
+                self.accelerator = create(accel or self.profile.accel, kernel_irqchip, self.profile.kernel_pit)
             except AcceleratorUnavailable as exc:
                 return StopReason.of("host-error", str(exc))
+        controller = self.controller
+        if kernel_irqchip:
+            self._kernel_irq = getattr(self.accelerator, "set_irq_line", None)
+            controller = None
+        self._controller = controller
+        if controller is not None:
+            # Lines that went high while the machine was built reach the controller now.
+            for line in self.irq_lines.values():
+                if line.level:
+                    controller.set_irq(line.number, True)
         limits = RunLimits(
             timeout=limits.timeout if limits.timeout is not None else self.profile.limits.timeout,
             max_exits=limits.max_exits if limits.max_exits is not None else self.profile.limits.max_exits,
@@ -160,7 +187,7 @@ class Machine:
         except (AcceleratorUnavailable, OSError) as exc:
             return StopReason.of("host-error", f"{self.accelerator.name}: {exc}")
         try:
-            return self.accelerator.run(self.pio, self.mmio, limits)
+            return self.accelerator.run(self.pio, self.mmio, limits, self.clock, controller)
         except GuestExit as exc:
             return StopReason(kind="exit", message=exc.reason, status=exc.status)
         except KeyboardInterrupt:

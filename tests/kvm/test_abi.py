@@ -31,6 +31,7 @@ PUBLIC_STRUCTS: list[type[ctypes.Structure]] = [
     S.kvm_cpuid_entry2,
     S.kvm_cpuid2,
     S.kvm_irq_level,
+    S.kvm_interrupt,
     S.kvm_pit_config,
     S.kvm_coalesced_mmio_zone,
     S.kvm_coalesced_mmio,

@@ -14,6 +14,8 @@ import math
 import attrs
 
 from ..bus import Bus
+from ..clock import Clock
+from ..irq import InterruptController
 from ..cpu import CpuState
 from ..memory import GuestMemory
 from ..stop import StopReason
@@ -50,24 +52,32 @@ class Accelerator(abc.ABC):
         """Map every slot of ``memory`` and load the start state."""
 
     @abc.abstractmethod
-    def run(self, pio: Bus, mmio: Bus, limits: RunLimits) -> StopReason:
-        """Run the guest until it stops; device exceptions propagate to the caller."""
+    def run(self, pio: Bus, mmio: Bus, limits: RunLimits, clock: Clock | None = None,
+            controller: InterruptController | None = None) -> StopReason:
+        """Run the guest until it stops; device exceptions propagate to the caller.
+
+        ``clock``'s timers fire on time during the run (the loop is woken for them),
+        and ``controller``'s INTR is delivered to the guest when it can take it.
+        """
 
     @abc.abstractmethod
     def close(self) -> None:
         """Release the backend."""
 
 
-def create(name: str) -> Accelerator:
+def create(name: str, kernel_irqchip: bool = False, kernel_pit: bool = False) -> Accelerator:
     """An accelerator by profile name: ``kvm``, ``tcg`` (unicorn) or ``auto``.
 
     ``auto`` takes KVM when /dev/kvm opens and a VM can be created, else the
-    software CPU, and logs which it chose and why.
+    software CPU, and logs which it chose and why. ``kernel_irqchip`` (KVM only)
+    puts the PIC/IOAPIC, and ``kernel_pit`` the PIT, in the kernel.
     """
-    if name == "kvm":
+    if kernel_irqchip and name == "tcg":
+        raise AcceleratorUnavailable("irqchip: kernel needs KVM; the software CPU uses irqchip: userspace")
+    if name == "kvm" or (name == "auto" and kernel_irqchip):
         from .kvm import KvmAccelerator
 
-        return KvmAccelerator.open()
+        return KvmAccelerator.open(kernel_irqchip=kernel_irqchip, kernel_pit=kernel_pit)
     if name == "tcg":
         from .unicorn import UnicornAccelerator
 

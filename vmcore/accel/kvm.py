@@ -11,9 +11,12 @@ import ctypes
 import mmap
 import signal
 import threading
+import time
 from typing import Any
 
 from ..bus import Bus
+from ..clock import Clock
+from ..irq import InterruptController
 from ..cpu import CpuState, Segment, translate
 from ..device import GuestExit
 from ..kvm import Kvm, KvmError, KvmUnavailable, Vcpu, Vm
@@ -22,6 +25,7 @@ from ..kvm import structs as s
 from ..memory import GuestMemory
 from ..stop import StopReason
 from . import Accelerator, AcceleratorUnavailable, RunLimits
+from .wakeup import Waker, sleep_until
 
 # Where KVM puts string/port IO data inside the kvm_run mapping (KVM_PIO_PAGE_OFFSET).
 _PIO_DATA_OFFSET = 1 * mmap.PAGESIZE
@@ -39,15 +43,21 @@ class KvmAccelerator(Accelerator):
 
     name = "kvm"
 
-    def __init__(self, kvm: Kvm, vm: Vm, vcpu: Vcpu) -> None:
+    def __init__(self, kvm: Kvm, vm: Vm, vcpu: Vcpu, kernel_irqchip: bool = False) -> None:
         self.kvm = kvm
         self.vm = vm
         self.vcpu = vcpu
+        self.kernel_irqchip = kernel_irqchip
         self.memory: GuestMemory | None = None
         self._timed_out = False
+        self._intr = False  # the userspace controller's INTR output, kept by its callback
+        self._woken = threading.Event()
+        self._vcpu_thread = 0
 
     @classmethod
-    def open(cls, path: str | None = None) -> "KvmAccelerator":
+    def open(cls, path: str | None = None, kernel_irqchip: bool = False,
+             kernel_pit: bool = False) -> "KvmAccelerator":
+        """A VM with one vCPU; ``kernel_irqchip`` makes KVM model the PIC/IOAPIC (and ``kernel_pit`` the PIT)."""
         try:
             kvm = Kvm.open(path)
         except KvmUnavailable as exc:
@@ -58,13 +68,22 @@ class KvmAccelerator(Accelerator):
                 vm.set_tss_addr(_TSS_ADDR)
             if vm.check_extension(k.KVM_CAP_SET_IDENTITY_MAP_ADDR) > 0:
                 vm.set_identity_map_addr(_IDENTITY_MAP_ADDR)
+            # Both must exist before the vCPU (KVM refuses them afterwards).
+            if kernel_irqchip:
+                vm.create_irqchip()
+                if kernel_pit:
+                    vm.create_pit2()
             vcpu = vm.create_vcpu(0)
             # Long mode needs CPUID to advertise LM; give the guest what the host supports.
             vcpu.set_cpuid2(kvm.supported_cpuid())
         except KvmError as exc:
             kvm.close()
             raise AcceleratorUnavailable(f"KVM is present but unusable: {exc}") from None
-        return cls(kvm, vm, vcpu)
+        return cls(kvm, vm, vcpu, kernel_irqchip)
+
+    def set_irq_line(self, line: int, level: bool) -> None:
+        """Drive an input of the in-kernel interrupt controller (KVM_IRQ_LINE)."""
+        self.vm.irq_line(line, int(level))
 
     # --- set-up ---------------------------------------------------------------------
 
@@ -99,7 +118,91 @@ class KvmAccelerator(Accelerator):
 
     # --- the run loop ---------------------------------------------------------------
 
-    def run(self, pio: Bus, mmio: Bus, limits: RunLimits) -> StopReason:
+    def run(self, pio: Bus, mmio: Bus, limits: RunLimits, clock: Clock | None = None,
+            controller: InterruptController | None = None) -> StopReason:
+        if controller is not None and self.kernel_irqchip:
+            raise AcceleratorUnavailable("a userspace interrupt controller cannot drive KVM's in-kernel irqchip")
+        self._clock = clock
+        self._controller = controller
+        self._deadline = limits.timeout and time.monotonic() + limits.timeout
+        waker = self._start_waker(clock, controller)
+        try:
+            return self._run(pio, mmio, limits)
+        finally:
+            if waker is not None:
+                waker.close()
+            if clock is not None:
+                clock.deadline_changed = clock.wakeup = None
+            if controller is not None:
+                controller.intr_changed = None
+
+    def _start_waker(self, clock: Clock | None, controller: InterruptController | None) -> Waker | None:
+        """Timers and host input wake KVM_RUN through a signal; only the main thread can take signals."""
+        if controller is not None:
+            self._intr = controller.pending()
+
+            def intr_changed(level: bool) -> None:
+                self._intr = level
+                if level:
+                    self._woken.set()
+
+            controller.intr_changed = intr_changed
+        if clock is None or threading.current_thread() is not threading.main_thread():
+            return None
+        self._vcpu_thread = threading.get_ident()
+        signal.signal(signal.SIGUSR1, _ignore_signal)
+        waker = Waker(self._kick, clock.now)
+        clock.deadline_changed = waker.arm
+        clock.wakeup = waker.kick
+        self._waker = waker
+        waker.arm(clock.next_deadline())
+        return waker
+
+    def _kick(self) -> None:
+        """From any thread: make KVM_RUN return to the loop soon."""
+        self.vcpu.run_struct.immediate_exit = 1
+        self._woken.set()
+        signal.pthread_kill(self._vcpu_thread, signal.SIGUSR1)
+
+    def _service(self) -> None:
+        """Between exits: run due timers and posted input, then offer a pending interrupt."""
+        clock = self._clock
+        if clock is not None:
+            clock.run_due()
+            waker = getattr(self, "_waker", None)
+            if waker is not None:
+                waker.rearm(clock.next_deadline())
+        controller = self._controller
+        if controller is None:
+            return
+        run = self.vcpu.run_struct
+        if self._intr:
+            if run.ready_for_interrupt_injection and run.if_flag:
+                self.vcpu.interrupt(controller.acknowledge())
+                run.request_interrupt_window = 0
+            else:
+                # KVM exits with IRQ_WINDOW_OPEN as soon as the guest can take it.
+                run.request_interrupt_window = 1
+        else:
+            run.request_interrupt_window = 0
+
+    def _wait_halted(self) -> bool:
+        """A ``hlt`` with interrupts enabled: sleep until an interrupt can be injected.
+
+        Returns False when the wait ends because the run's time limit passed.
+        """
+        clock = self._clock
+        while True:
+            self._service()
+            if self._intr and self.vcpu.run_struct.if_flag:
+                return True
+            remaining = None if not self._deadline else self._deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            sleep_until(clock.now, clock.next_deadline(), self._woken, remaining) if clock else \
+                self._woken.wait(remaining)
+
+    def _run(self, pio: Bus, mmio: Bus, limits: RunLimits) -> StopReason:
         run = self.vcpu.run_struct
         io = run.io
         mmio_exit = run.mmio
@@ -115,6 +218,8 @@ class KvmAccelerator(Accelerator):
         mmio_read, mmio_write = mmio.read, mmio.write
         enter = self.vcpu.run
         EXIT_IO, EXIT_MMIO, IO_OUT = k.KVM_EXIT_IO, k.KVM_EXIT_MMIO, k.KVM_EXIT_IO_OUT
+        EXIT_HLT, EXIT_IRQ_WINDOW = k.KVM_EXIT_HLT, k.KVM_EXIT_IRQ_WINDOW_OPEN
+        self._service()  # an interrupt may be pending before the first instruction
         max_exits = limits.max_exits if limits.max_exits is not None else -1
         exits = 0
         self._timed_out = False
@@ -127,6 +232,7 @@ class KvmAccelerator(Accelerator):
                     run.immediate_exit = 0
                     if self._timed_out:
                         return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time", exits)
+                    self._service()
                     continue
                 except KvmError as exc:
                     # The host failed, not a device: must not reach the machine's device-error report.
@@ -148,8 +254,19 @@ class KvmAccelerator(Accelerator):
                         mmio_write(mmio_exit.phys_addr, size, mmio_data.value & ((1 << (8 * size)) - 1))
                     else:
                         mmio_data.value = mmio_read(mmio_exit.phys_addr, size)
+                elif reason == EXIT_HLT and run.if_flag and self._controller is not None:
+                    # Waiting for an interrupt, as a CPU in HLT does; with IF clear it is a stop.
+                    if not self._wait_halted():
+                        return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time",
+                                          exits)
+                    continue
+                elif reason == EXIT_IRQ_WINDOW:
+                    self._service()
+                    continue
                 else:
                     return self._other_exit(reason, exits)
+                if self._intr:
+                    self._service()
                 # Only IO and MMIO exits count: the same measure the software CPU keeps.
                 exits += 1
                 if exits == max_exits:
@@ -255,6 +372,10 @@ class KvmAccelerator(Accelerator):
     def close(self) -> None:
         for part in (self.vcpu, self.vm, self.kvm):
             part.close()
+
+
+def _ignore_signal(_signum: int, _frame: Any) -> None:
+    """SIGUSR1 only interrupts KVM_RUN (EINTR); the loop does the work."""
 
 
 def _set_segment(seg: s.kvm_segment, value: Segment) -> None:

@@ -17,11 +17,14 @@ from typing import Any
 import attrs
 
 from ..bus import Bus
+from ..clock import Clock
+from ..irq import InterruptController
 from ..cpu import CpuState, translate
 from ..device import GuestExit
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
 from . import Accelerator, AcceleratorUnavailable, RunLimits
+from .wakeup import Waker, sleep_until
 
 try:
     import unicorn as uc_mod
@@ -37,6 +40,7 @@ _SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
 _MODES = {"real": "UC_MODE_16", "protected": "UC_MODE_32", "long": "UC_MODE_64"}
 _FLAG_IF, _FLAG_TF = 1 << 9, 1 << 8
 _MSR_EFER = 0xC0000080
+_ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
 _NO_END = (1 << 64) - 1  # emu_start's "until": an address never reached
 
 
@@ -107,10 +111,27 @@ class UnicornAccelerator(Accelerator):
 
     # --- the run loop ---------------------------------------------------------------
 
-    def run(self, pio: Bus, mmio: Bus, limits: RunLimits) -> StopReason:
+    def run(self, pio: Bus, mmio: Bus, limits: RunLimits, clock: Clock | None = None,
+            controller: InterruptController | None = None) -> StopReason:
         uc = self.uc
         self._mmio = mmio
         self._reason = None
+        self._clock = clock
+        self._controller = controller
+        self._kicked = False
+        self._woken = threading.Event()
+        waker = None
+        if controller is not None:
+            def intr_changed(level: bool) -> None:
+                if level:
+                    self._kick()  # from a hook or a timer: stop after this instruction to deliver
+
+            controller.intr_changed = intr_changed
+        if clock is not None:
+            waker = self._waker = Waker(self._kick, clock.now)
+            clock.deadline_changed = waker.arm
+            clock.wakeup = waker.kick
+            waker.arm(clock.next_deadline())
         exits = [0]
         max_exits = limits.max_exits if limits.max_exits is not None else -1
         pio_read, pio_write = pio.read, pio.write
@@ -178,6 +199,7 @@ class UnicornAccelerator(Accelerator):
         if limits.timeout is not None:
             def expire() -> None:
                 expired.set()
+                self._woken.set()
                 uc.emu_stop()
 
             timer = threading.Timer(limits.timeout, expire)
@@ -188,14 +210,21 @@ class UnicornAccelerator(Accelerator):
         finally:
             if timer is not None:
                 timer.cancel()
+            if waker is not None:
+                waker.close()
+                clock.deadline_changed = clock.wakeup = None  # type: ignore[union-attr]
+            if controller is not None:
+                controller.intr_changed = None
             for h in hooks:
                 uc.hook_del(h)
 
     def _loop(self, exits: list[int], expired: threading.Event, limits: RunLimits) -> StopReason:
         uc = self.uc
         pc = self._pc
+        self._service()
         while True:
             self._rom_write = None
+            self._kicked = False
             error = None
             try:
                 uc.emu_start(pc, _NO_END)
@@ -214,12 +243,57 @@ class UnicornAccelerator(Accelerator):
                 continue
             if error is not None:
                 return self._fault(error, exits[0])
-            if expired.is_set() and not self._after_hlt():
+            if expired.is_set():
                 return StopReason.of("timeout", f"no stop after {limits.timeout:g} s of wall-clock time",
                                      exits=exits[0])
-            if self._after_hlt():
-                return StopReason.of("halted", "the guest executed hlt", exits=exits[0])
-            return self._stop("unknown-exit", "the software CPU stopped for no known reason", exits[0])
+            # Not our kick (timer, interrupt, input): the guest executed hlt. A kick racing
+            # with a hlt is taken as the kick; the guest's hlt loop then halts again.
+            halted = not self._kicked and self._after_hlt()
+            self._service()
+            if halted:
+                # Only an interrupt ends HLT: with IF clear, or nothing to raise one, it is a stop.
+                if not self._interrupts_enabled() or self._controller is None:
+                    return StopReason.of("halted", "the guest executed hlt", exits=exits[0])
+                if not self._wait_for_interrupt(expired):
+                    return StopReason.of("timeout", f"no stop after {limits.timeout:g} s of wall-clock time",
+                                         exits=exits[0])
+            pc = self._ip()
+
+    def _kick(self) -> None:
+        """Stop emulation soon (any thread, or a hook): timers, input or INTR need the loop."""
+        self._kicked = True
+        self._woken.set()
+        if self.uc is not None:
+            self.uc.emu_stop()
+
+    def _interrupts_enabled(self) -> bool:
+        return bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & _FLAG_IF)
+
+    def _service(self) -> bool:
+        """Run due timers and posted input; deliver a pending interrupt if IF allows. True if delivered."""
+        clock = self._clock
+        if clock is not None:
+            clock.run_due()
+            self._waker.rearm(clock.next_deadline())
+        controller = self._controller
+        if controller is not None and controller.pending() and self._interrupts_enabled():
+            self._deliver(controller.acknowledge(), external=True)
+            return True
+        return False
+
+    def _wait_for_interrupt(self, expired: threading.Event) -> bool:
+        """The guest is in HLT with IF set: sleep until an interrupt was delivered (False: time limit)."""
+        clock = self._clock
+        while True:
+            if expired.is_set():
+                return False
+            if self._service():
+                return True
+            if clock is not None:
+                sleep_until(clock.now, clock.next_deadline(), self._woken, None)
+            else:
+                self._woken.wait()
+                self._woken.clear()
 
     # --- helpers used by the hooks ----------------------------------------------------
 
@@ -257,6 +331,11 @@ class UnicornAccelerator(Accelerator):
         saved = bytes(slot.view[first - slot.base : first - slot.base + length])
         uc = self.uc
         uc.mem_protect(first, length, uc_mod.UC_PROT_ALL)
+        # count=1 works through a code hook that unicorn adds without flushing the translation
+        # cache, and blocks translated in the last run (no hook) never call it: the replay would
+        # run on to the end of the block, e.g. the rest of a `rep stosb` and the instructions
+        # after it, with the ROM writable and those writes unseen by the bus. Drop them first.
+        uc.ctl_flush_tb()
         try:
             uc.emu_start(pc, _NO_END, count=1)
         finally:
@@ -264,7 +343,7 @@ class UnicornAccelerator(Accelerator):
             uc.mem_protect(first, length, uc_mod.UC_PROT_READ | uc_mod.UC_PROT_EXEC)
         return self._ip()
 
-    def _deliver(self, vector: int) -> None:
+    def _deliver(self, vector: int, external: bool = False) -> None:
         """Deliver an interrupt or exception; a failed delivery is a triple fault, as on hardware."""
         uc = self.uc
         idt = uc.reg_read(X.UC_X86_REG_IDTR)
@@ -286,12 +365,60 @@ class UnicornAccelerator(Accelerator):
             uc.reg_write(X.UC_X86_REG_CS, segment)
             uc.reg_write(X.UC_X86_REG_IP, offset)
             return
-        entry = 16 if self.mode == "long" else 8
-        if vector * entry + entry - 1 > limit:
+        long_mode = self.mode == "long"
+        size = 16 if long_mode else 8
+        if vector * size + size - 1 > limit:
             raise _Stop(self._stop_reason("shutdown", f"triple fault: vector {vector} is beyond the IDT limit {limit:#x}"))
-        raise _Stop(self._stop_reason(
-            "internal-error", f"exception {vector} in {self.mode} mode: IDT gate delivery is not modelled by the "
-            "software CPU yet"))
+        gate = self._read_linear(base + vector * size, size)
+        offset_low, selector, _ist, attributes, offset_mid = struct.unpack_from("<HHBBH", gate)
+        offset = offset_low | offset_mid << 16
+        if long_mode:
+            offset |= struct.unpack_from("<I", gate, 8)[0] << 32
+        kind = attributes & 0xF
+        if not attributes & 0x80 or kind not in (0xE, 0xF):
+            raise _Stop(self._stop_reason("shutdown", f"triple fault: IDT entry {vector} is not a present "
+                                          f"interrupt or trap gate (attributes {attributes:#x})"))
+        flags = uc.reg_read(X.UC_X86_REG_EFLAGS)
+        error = vector in _ERROR_CODE_VECTORS and not external
+        if long_mode:
+            rsp = uc.reg_read(X.UC_X86_REG_RSP)
+            frame = [uc.reg_read(X.UC_X86_REG_SS), rsp, flags, uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(X.UC_X86_REG_RIP)]
+            if error:
+                frame.append(0)  # unicorn does not report the error code; 0 stands in
+            sp = (rsp & ~0xF) - 8 * len(frame)
+            self._write_linear(sp, struct.pack(f"<{len(frame)}Q", *reversed(frame)))
+            uc.reg_write(X.UC_X86_REG_RSP, sp)
+        else:
+            frame = [flags, uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(X.UC_X86_REG_EIP)]
+            if error:
+                frame.append(0)
+            sp = (uc.reg_read(X.UC_X86_REG_ESP) - 4 * len(frame)) & 0xFFFFFFFF
+            self._write_linear(sp, struct.pack(f"<{len(frame)}I", *reversed(frame)))
+            uc.reg_write(X.UC_X86_REG_ESP, sp)
+        cleared = _FLAG_TF | (_FLAG_IF if kind == 0xE else 0)  # an interrupt gate also masks IF
+        uc.reg_write(X.UC_X86_REG_EFLAGS, flags & ~cleared)
+        uc.reg_write(X.UC_X86_REG_CS, selector)
+        uc.reg_write(X.UC_X86_REG_RIP if long_mode else X.UC_X86_REG_EIP, offset)
+
+    def _read_linear(self, linear: int, length: int) -> bytes:
+        physical = self._physical(linear)
+        assert self.memory is not None
+        if physical is None:
+            raise _Stop(self._stop_reason("shutdown", f"triple fault: {linear:#x} is not mapped"))
+        return self.memory.read(physical, length)
+
+    def _write_linear(self, linear: int, data: bytes) -> None:
+        """Write a stack frame (flat segments: linear = offset); page by page through the guest's tables."""
+        assert self.memory is not None
+        done = 0
+        while done < len(data):
+            here = linear + done
+            physical = self._physical(here)
+            if physical is None or self.memory.slot_at(physical) is None:
+                raise _Stop(self._stop_reason("shutdown", f"triple fault: stack at {here:#x} is not writable RAM"))
+            chunk = min(len(data) - done, PAGE - (here & (PAGE - 1)))
+            self.memory.write(physical, data[done : done + chunk])
+            done += chunk
 
     def _ip(self) -> int:
         return self.uc.reg_read(X.UC_X86_REG_RIP if self.mode == "long" else X.UC_X86_REG_EIP)

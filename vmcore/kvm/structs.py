@@ -32,6 +32,7 @@ __all__ = [
     "kvm_cpuid2",
     "cpuid2_type",
     "kvm_irq_level",
+    "kvm_interrupt",
     "kvm_pit_config",
     "kvm_coalesced_mmio_zone",
     "kvm_coalesced_mmio",
@@ -180,6 +181,12 @@ def cpuid2_type(n: int) -> type[Structure]:
 
 class _irq_or_status(Union):
     _fields_ = [("irq", c_uint32), ("status", c_int32)]
+
+
+class kvm_interrupt(Structure):
+    """KVM_INTERRUPT: inject an external interrupt vector (userspace interrupt controller only)."""
+
+    _fields_ = [("irq", c_uint32)]
 
 
 class kvm_irq_level(Structure):

@@ -375,6 +375,10 @@ class Vcpu:
     def set_fpu(self, fpu: _s.kvm_fpu) -> None:
         _call(self.fd, _k.KVM_SET_FPU, fpu)
 
+    def interrupt(self, vector: int) -> None:
+        """KVM_INTERRUPT: queue external interrupt ``vector`` (no in-kernel irqchip only)."""
+        _call(self.fd, _k.KVM_INTERRUPT, _s.kvm_interrupt(vector))
+
     def set_cpuid2(self, cpuid: ctypes.Structure) -> None:
         """Set the guest CPUID table (a cpuid2_type(n) instance with ``nent`` set)."""
         _call(self.fd, _k.KVM_SET_CPUID2, cpuid)
