@@ -157,6 +157,11 @@ def _diff(args: argparse.Namespace) -> int:
         quiet = contextlib.redirect_stdout(devnull)  # type: ignore[assignment]
     with quiet:
         result = differential(profile, registry=None, limits=limits)
+    for run in (result.a, result.b):
+        if run.stop.kind == "host-error":
+            # One side could not run at all (e.g. no KVM): that is no comparison.
+            print(f"vmcore: diff needs both accelerators; {run.accel}: {run.stop.message}", file=sys.stderr)
+            return STATUS["host-error"]
     print(result.report())
     return 0 if result.identical else 1
 

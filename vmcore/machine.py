@@ -233,19 +233,32 @@ class Machine:
 
 def _cpu_state(profile: Profile, memory: GuestMemory) -> CpuState:
     cpu = profile.cpu
+    mode, entry, registers = cpu.mode, cpu.entry, dict(cpu.registers)
+    if profile.loader is not None:
+        # A kernel image decides where to start and in which mode (multiboot: 32-bit, EAX/EBX set).
+        from .loader import LoaderError, load_kernel
+
+        try:
+            boot = load_kernel(profile.loader, memory)
+        except LoaderError as exc:
+            raise ProfileError(profile.loader.where, "loader.kernel", str(exc)) from None
+        mode = boot.mode or mode
+        entry = boot.entry
+        registers.update(boot.registers)
+        log.info("loader: %s", boot.description)
     tables = cpu.tables
-    need = tables_size(cpu.mode)
+    need = tables_size(mode)
     if need and tables is None:
-        tables = _default_tables(profile, need)
+        tables = _default_tables(profile, need, mode)
     if need and tables is not None:
         _check_tables(profile, tables, need)
     try:
-        return start_state(cpu.mode, cpu.entry, cpu.registers, memory, tables)
+        return start_state(mode, entry, registers, memory, tables)
     except CpuSetupError as exc:
         raise ProfileError(cpu.where, "cpu.tables", str(exc)) from None
 
 
-def _default_tables(profile: Profile, need: int) -> int:
+def _default_tables(profile: Profile, need: int, mode: str) -> int:
     """Top of the lowest RAM slot, below 4 GiB, clear of every image."""
     for slot in sorted(profile.memory, key=lambda s: s.base):
         if slot.kind != "ram" or slot.base + slot.size > 1 << 32:
@@ -256,8 +269,8 @@ def _default_tables(profile: Profile, need: int) -> int:
             return candidate
     raise ProfileError(
         profile.cpu.where, "cpu.tables",
-        f"{profile.cpu.mode} mode needs {need // 1024}K of RAM below 4G for the GDT"
-        f"{' and page tables' if profile.cpu.mode == 'long' else ''}, free of images; add RAM or set cpu.tables",
+        f"{mode} mode needs {need // 1024}K of RAM below 4G for the GDT"
+        f"{' and page tables' if mode == 'long' else ''}, free of images; add RAM or set cpu.tables",
     )
 
 

@@ -164,8 +164,11 @@ class KvmAccelerator(Accelerator):
         self._woken.set()
         signal.pthread_kill(self._vcpu_thread, signal.SIGUSR1)
 
-    def _service(self) -> None:
-        """Between exits: run due timers and posted input, then offer a pending interrupt."""
+    def _service(self) -> bool:
+        """Between exits: run due timers and posted input, then offer a pending interrupt.
+
+        Returns True when an interrupt was injected.
+        """
         clock = self._clock
         if clock is not None:
             clock.run_due()
@@ -174,17 +177,18 @@ class KvmAccelerator(Accelerator):
                 waker.rearm(clock.next_deadline())
         controller = self._controller
         if controller is None:
-            return
+            return False
         run = self.vcpu.run_struct
         if self._intr:
             if run.ready_for_interrupt_injection and run.if_flag:
                 self.vcpu.interrupt(controller.acknowledge())
                 run.request_interrupt_window = 0
-            else:
-                # KVM exits with IRQ_WINDOW_OPEN as soon as the guest can take it.
-                run.request_interrupt_window = 1
+                return True
+            # KVM exits with IRQ_WINDOW_OPEN as soon as the guest can take it.
+            run.request_interrupt_window = 1
         else:
             run.request_interrupt_window = 0
+        return False
 
     def _wait_halted(self) -> bool:
         """A ``hlt`` with interrupts enabled: sleep until an interrupt can be injected.
@@ -193,8 +197,7 @@ class KvmAccelerator(Accelerator):
         """
         clock = self._clock
         while True:
-            self._service()
-            if self._intr and self.vcpu.run_struct.if_flag:
+            if self._service():
                 return True
             remaining = None if not self._deadline else self._deadline - time.monotonic()
             if remaining is not None and remaining <= 0:

@@ -71,6 +71,11 @@ class UnicornAccelerator(Accelerator):
         self._rom_write: tuple[MemorySlot, int, int] | None = None
         self._reason: StopReason | None = None
         self._mmio: Bus | None = None
+        # Set once the run's end is decided inside a hook (a device raised, debug-exit,
+        # max-exits). emu_stop takes effect only at the end of the translation block, so
+        # the guest runs on a few instructions: from then on its IO must reach no device.
+        self._stopping = [False]
+        self._pending: BaseException | None = None  # raised by a device in a hook, re-raised after emu_start
 
     # --- set-up ---------------------------------------------------------------------
 
@@ -136,29 +141,44 @@ class UnicornAccelerator(Accelerator):
         max_exits = limits.max_exits if limits.max_exits is not None else -1
         pio_read, pio_write = pio.read, pio.write
         hooks = []
+        stopping = self._stopping
+        stopping[0] = False
+        self._pending = None
 
         def count() -> None:
             exits[0] += 1
             if exits[0] == max_exits:
-                self._reason = StopReason.of("max-exits", f"reached the limit of {max_exits} exits")
-                uc.emu_stop()
+                count_limit()
 
         # The two hot hooks count inline: a helper call per port access costs ~10% here.
         def on_in(_uc: Any, port: int, size: int, _ud: Any) -> int:
-            value = pio_read(port, size)
+            if stopping[0]:
+                return (1 << (8 * size)) - 1
+            try:
+                value = pio_read(port, size)
+            except BaseException as exc:
+                self._abandon(exc)
+                return (1 << (8 * size)) - 1  # a value, or ctypes prints its own error about None
             n = exits[0] = exits[0] + 1
             if n == max_exits:
                 count_limit()
             return value
 
         def on_out(_uc: Any, port: int, size: int, value: int, _ud: Any) -> None:
-            pio_write(port, size, value)
+            if stopping[0]:
+                return
+            try:
+                pio_write(port, size, value)
+            except BaseException as exc:  # a device bug, or debug-exit's GuestExit
+                self._abandon(exc)
+                return
             n = exits[0] = exits[0] + 1
             if n == max_exits:
                 count_limit()
 
         def count_limit() -> None:
             self._reason = StopReason.of("max-exits", f"reached the limit of {max_exits} exits")
+            stopping[0] = True
             uc.emu_stop()
 
         def on_unmapped(_uc: Any, access: int, address: int, size: int, _value: int, _ud: Any) -> bool:
@@ -172,7 +192,7 @@ class UnicornAccelerator(Accelerator):
 
         def on_write_prot(_uc: Any, _access: int, address: int, size: int, value: int, _ud: Any) -> bool:
             slot = self.memory.slot_at(address) if self.memory else None
-            if slot is None or not slot.readonly:
+            if slot is None or not slot.readonly or stopping[0]:
                 return False
             mmio.write(address, size, value & ((1 << (8 * size)) - 1))
             count()
@@ -219,7 +239,6 @@ class UnicornAccelerator(Accelerator):
                 uc.hook_del(h)
 
     def _loop(self, exits: list[int], expired: threading.Event, limits: RunLimits) -> StopReason:
-        uc = self.uc
         pc = self._pc
         self._service()
         while True:
@@ -227,7 +246,7 @@ class UnicornAccelerator(Accelerator):
             self._kicked = False
             error = None
             try:
-                uc.emu_start(pc, _NO_END)
+                self._emulate(pc)
             except _Stop as stop:
                 self._reason = stop.reason
             except GuestExit as exc:
@@ -258,6 +277,24 @@ class UnicornAccelerator(Accelerator):
                     return StopReason.of("timeout", f"no stop after {limits.timeout:g} s of wall-clock time",
                                          exits=exits[0])
             pc = self._ip()
+
+    def _emulate(self, pc: int, count: int = 0) -> None:
+        """emu_start; what a device raised in a hook comes first, before what it left unicorn doing."""
+        try:
+            self.uc.emu_start(pc, _NO_END, count=count)
+        except BaseException:
+            if self._pending is None:
+                raise
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            raise pending
+
+    def _abandon(self, exc: BaseException) -> None:
+        """A device raised (or ended the run) in a hook: keep the exception, let no more IO out, stop."""
+        if self._pending is None:
+            self._pending = exc
+        self._stopping[0] = True
+        self.uc.emu_stop()
 
     def _kick(self) -> None:
         """Stop emulation soon (any thread, or a hook): timers, input or INTR need the loop."""
@@ -312,11 +349,24 @@ class UnicornAccelerator(Accelerator):
         mmio = self._mmio
         assert mmio is not None
 
+        stopping = self._stopping
+
         def read(_uc: Any, offset: int, size: int, _ud: Any) -> int:
-            return mmio.read(page + offset, size)
+            if stopping[0]:
+                return (1 << (8 * size)) - 1
+            try:
+                return mmio.read(page + offset, size)
+            except BaseException as exc:
+                self._abandon(exc)
+                return (1 << (8 * size)) - 1
 
         def write(_uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
-            mmio.write(page + offset, size, value & ((1 << (8 * size)) - 1))
+            if stopping[0]:
+                return
+            try:
+                mmio.write(page + offset, size, value & ((1 << (8 * size)) - 1))
+            except BaseException as exc:
+                self._abandon(exc)
 
         self.uc.mmio_map(page, PAGE, read, None, write, None)
         self._mmio_pages.add(page)
@@ -337,7 +387,7 @@ class UnicornAccelerator(Accelerator):
         # after it, with the ROM writable and those writes unseen by the bus. Drop them first.
         uc.ctl_flush_tb()
         try:
-            uc.emu_start(pc, _NO_END, count=1)
+            self._emulate(pc, count=1)
         finally:
             slot.view[first - slot.base : first - slot.base + length] = saved
             uc.mem_protect(first, length, uc_mod.UC_PROT_READ | uc_mod.UC_PROT_EXEC)

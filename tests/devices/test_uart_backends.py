@@ -1,0 +1,326 @@
+"""devices/uart.py: the host ends of the line (file, socket, stdio, memory, null).
+
+Backends read in host threads and post to the machine thread; ``fake_bus.step(0)`` runs
+what was posted. Every wait is bounded, so a broken backend fails a test instead of hanging it.
+"""
+
+import io
+import os
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+import devices.uart as uart_module
+
+BASE = 0x3F8
+RBR = THR = BASE
+FCR = BASE + 2
+LSR = BASE + 5
+DR = 0x01
+TIMEOUT = 5.0
+
+
+def wait_until(predicate, what, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+def receive_from_host(fake_bus, count):
+    """Run posted host input and read RBR until ``count`` bytes came in."""
+    got = bytearray()
+
+    def pump():
+        fake_bus.step(0)
+        while fake_bus.inb(LSR) & DR:
+            got.append(fake_bus.inb(RBR))
+        return len(got) >= count
+
+    wait_until(pump, f"{count} received bytes (have {bytes(got)!r})")
+    return bytes(got)
+
+
+def recv_exactly(sock, count):
+    sock.settimeout(TIMEOUT)
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def transmit(fake_bus, data):
+    for byte in data:
+        fake_bus.outb(THR, byte)
+
+
+def worker_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("uart-")]
+
+
+# --- memory and null --------------------------------------------------------------------
+
+
+def test_memory_backend_collects_output_in_device_output(fake_bus):
+    uart = fake_bus.attach("uart16550", backend="memory")
+    transmit(fake_bus, b"ok\n")
+    assert uart.output == b"ok\n"
+
+
+def test_null_backend_drops_output(fake_bus, capfd):
+    uart = fake_bus.attach("uart16550", backend="null")
+    transmit(fake_bus, b"gone")
+    assert uart.output == b""
+    assert capfd.readouterr().out == ""
+
+
+# --- file -------------------------------------------------------------------------------
+
+
+def test_file_backend_truncates_and_writes_the_output_file(fake_bus, tmp_path):
+    path = tmp_path / "serial.log"
+    path.write_bytes(b"stale output of an earlier run")
+    uart = fake_bus.attach("uart16550", backend="file", path=str(path))
+    transmit(fake_bus, b"line 1\npartial")
+    assert path.read_bytes() == b"line 1\n"  # flushed at each newline
+    uart.close()
+    assert path.read_bytes() == b"line 1\npartial"
+
+
+def test_file_backend_input_file_is_received(fake_bus, tmp_path):
+    source = tmp_path / "keys.txt"
+    source.write_bytes(b"root\npassword\n")
+    fake_bus.attach("uart16550", backend="file", path=str(tmp_path / "out.log"), input=str(source))
+    fake_bus.outb(FCR, 0x01)
+    assert receive_from_host(fake_bus, 14) == b"root\npassword\n"
+
+
+def test_file_backend_output_that_cannot_be_opened_fails_at_attach(fake_bus, tmp_path):
+    with pytest.raises(OSError):
+        fake_bus.attach("uart16550", backend="file", path=str(tmp_path / "missing-dir" / "out.log"))
+    assert fake_bus.devices == {}
+
+
+def test_close_stops_the_reader_threads(fake_bus, tmp_path):
+    read_end, write_end = os.pipe()  # a named-pipe-like input that never reaches EOF
+    before = set(worker_threads())
+    try:
+        fifo_path = f"/dev/fd/{read_end}"
+        uart = fake_bus.attach("uart16550", backend="file", path=str(tmp_path / "o"), input=fifo_path)
+        started = set(worker_threads()) - before
+        assert started
+        uart.close()
+        assert not any(t.is_alive() for t in started)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+# --- socket -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sock_path(tmp_path):
+    return str(tmp_path / "uart.sock")
+
+
+def connect(path):
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(TIMEOUT)
+    client.connect(path)
+    return client
+
+
+def test_socket_server_bytes_from_the_client_reach_rbr(fake_bus, sock_path):
+    fake_bus.attach("uart16550", backend="socket", path=sock_path)
+    fake_bus.outb(FCR, 0x01)
+    with connect(sock_path) as client:
+        client.sendall(b"hello")
+        assert receive_from_host(fake_bus, 5) == b"hello"
+
+
+def test_socket_server_thr_bytes_reach_the_client(fake_bus, sock_path):
+    uart = fake_bus.attach("uart16550", backend="socket", path=sock_path)
+    with connect(sock_path) as client:
+        client.sendall(b"!")  # once this arrives, the device has accepted the client
+        receive_from_host(fake_bus, 1)
+        transmit(fake_bus, b"guest says hi")
+        assert recv_exactly(client, 13) == b"guest says hi"
+    assert uart.output == b""
+
+
+def test_socket_server_drops_output_before_a_client_with_one_log(fake_bus, sock_path, caplog):
+    fake_bus.attach("uart16550", backend="socket", path=sock_path)
+    with caplog.at_level("WARNING", logger="vmcore.device"):
+        transmit(fake_bus, b"nobody hears this")
+    drops = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drops) == 1
+    assert "no client is connected" in drops[0].getMessage()
+    with connect(sock_path) as client:
+        client.sendall(b"?")
+        receive_from_host(fake_bus, 1)
+        transmit(fake_bus, b"now")
+        assert recv_exactly(client, 3) == b"now"
+
+
+def test_socket_server_takes_the_next_client_after_the_first_leaves(fake_bus, sock_path):
+    fake_bus.attach("uart16550", backend="socket", path=sock_path)
+    fake_bus.outb(FCR, 0x01)
+    with connect(sock_path) as first:
+        first.sendall(b"1")
+        assert receive_from_host(fake_bus, 1) == b"1"
+    with connect(sock_path) as second:
+        second.sendall(b"2")
+        assert receive_from_host(fake_bus, 1) == b"2"
+        transmit(fake_bus, b"x")
+        assert recv_exactly(second, 1) == b"x"
+
+
+def test_socket_server_replaces_a_stale_socket_file_and_removes_it_on_close(fake_bus, sock_path):
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(sock_path)
+    stale.close()  # the file stays behind, as after a crash
+    uart = fake_bus.attach("uart16550", backend="socket", path=sock_path)
+    with connect(sock_path):
+        pass
+    uart.close()
+    assert not os.path.exists(sock_path)
+
+
+def test_socket_server_refuses_to_replace_a_file_that_is_not_a_socket(fake_bus, sock_path):
+    with open(sock_path, "w") as f:
+        f.write("precious")
+    with pytest.raises(OSError):
+        fake_bus.attach("uart16550", backend="socket", path=sock_path)
+    with open(sock_path) as f:
+        assert f.read() == "precious"
+
+
+def test_socket_client_mode_connects_to_the_path(fake_bus, sock_path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(sock_path)
+        server.listen(1)
+        server.settimeout(TIMEOUT)
+        fake_bus.attach("uart16550", backend="socket", path=sock_path, socket_mode="client")
+        peer, _ = server.accept()
+        with peer:
+            transmit(fake_bus, b"up")
+            assert recv_exactly(peer, 2) == b"up"
+            peer.sendall(b"down")
+            fake_bus.outb(FCR, 0x01)
+            assert receive_from_host(fake_bus, 4) == b"down"
+
+
+def test_socket_client_mode_without_a_server_fails_at_attach(fake_bus, sock_path):
+    with pytest.raises(OSError):
+        fake_bus.attach("uart16550", backend="socket", path=sock_path, socket_mode="client")
+
+
+# --- stdio ------------------------------------------------------------------------------
+
+
+def test_stdio_with_a_pseudo_file_stdin_writes_output_to_stdout(fake_bus, capfd):
+    # Under pytest, sys.stdin has no file descriptor: the backend must not read it, nor fail.
+    uart = fake_bus.attach("uart16550")  # stdio is the default
+    transmit(fake_bus, b"login: ")
+    assert capfd.readouterr().out == "login: "  # flushed without waiting for a newline
+    uart.close()
+    assert not sys.stdout.closed
+
+
+def test_stdio_with_a_closed_stdin_does_not_read(fake_bus, monkeypatch, capfd):
+    closed = io.TextIOWrapper(io.BytesIO())
+    closed.close()
+    monkeypatch.setattr(sys, "stdin", closed)
+    uart = fake_bus.attach("uart16550")
+    assert uart.backend._reader is None
+    transmit(fake_bus, b"x")
+    assert capfd.readouterr().out == "x"
+
+
+def test_stdio_reads_a_pipe_on_stdin(fake_bus, monkeypatch):
+    read_end, write_end = os.pipe()
+    stdin = os.fdopen(read_end, "rb")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    try:
+        fake_bus.attach("uart16550")
+        fake_bus.outb(FCR, 0x01)
+        os.write(write_end, b"typed")
+        os.close(write_end)
+        assert receive_from_host(fake_bus, 5) == b"typed"
+    finally:
+        fake_bus.close()
+        stdin.close()
+
+
+def test_stdio_output_after_the_host_closed_stdout_is_dropped(fake_bus, monkeypatch):
+    host_stdout = io.TextIOWrapper(io.BytesIO())
+    monkeypatch.setattr(sys, "stdout", host_stdout)
+    uart = fake_bus.attach("uart16550")
+    host_stdout.close()
+    transmit(fake_bus, b"late")
+    uart.close()
+
+
+@pytest.fixture
+def pty_stdin(monkeypatch):
+    termios = pytest.importorskip("termios")
+    pty = pytest.importorskip("pty")
+    try:
+        master, slave = pty.openpty()
+    except OSError as exc:
+        pytest.skip(f"no pseudo-terminal: {exc}")
+    stdin = os.fdopen(slave, "rb", buffering=0)
+    monkeypatch.setattr(sys, "stdin", stdin)
+    yield master, slave, termios
+    stdin.close()
+    os.close(master)
+
+
+def test_stdio_tty_is_put_in_raw_mode_keeping_signals(fake_bus, pty_stdin):
+    master, slave, termios = pty_stdin
+    fake_bus.attach("uart16550")
+    lflag = termios.tcgetattr(slave)[3]
+    assert not lflag & (termios.ICANON | termios.ECHO)
+    assert lflag & termios.ISIG  # Ctrl-C still stops vmcore
+    os.write(master, b"k\r")
+    fake_bus.outb(FCR, 0x01)
+    assert receive_from_host(fake_bus, 2) == b"k\r"  # no CR-to-NL mapping
+
+
+def test_stdio_tty_attributes_are_restored_on_close(fake_bus, pty_stdin):
+    _, slave, termios = pty_stdin
+    before = termios.tcgetattr(slave)
+    uart = fake_bus.attach("uart16550")
+    assert termios.tcgetattr(slave) != before
+    uart.close()
+    assert termios.tcgetattr(slave) == before
+
+
+def test_stdio_tty_attributes_are_restored_at_interpreter_exit(fake_bus, pty_stdin, monkeypatch):
+    _, slave, termios = pty_stdin
+    at_exit = []
+    monkeypatch.setattr(uart_module.atexit, "register", at_exit.append)
+    monkeypatch.setattr(uart_module.atexit, "unregister", lambda func: None)
+    before = termios.tcgetattr(slave)
+    fake_bus.attach("uart16550")
+    assert len(at_exit) == 1
+    at_exit[0]()  # what the interpreter runs at exit if the machine was never closed
+    assert termios.tcgetattr(slave) == before
+
+
+def test_two_stdio_uarts_leave_the_tty_as_it_was(fake_bus, pty_stdin):
+    _, slave, termios = pty_stdin
+    before = termios.tcgetattr(slave)
+    first = fake_bus.attach("uart16550", name="a")
+    second = fake_bus.attach("uart16550", name="b", preset="com2")
+    first.close()
+    second.close()
+    assert termios.tcgetattr(slave) == before
