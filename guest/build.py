@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
-"""Build the guest programs: guest/NAME.S -> NAME.bin, a flat binary.
+"""Build the guest programs: guest/NAME.S -> NAME.bin, guest/c/NAME.c -> c/NAME.elf.
 
     python guest/build.py [--out DIR] [NAME ...]
 
-Each source says how it is built in its first line:
+Two kinds of program. Assembly programs are flat binaries (below). C programs
+(``guest/c/*.c`` except the runtime) are multiboot v1 ELF32 kernels at 1 MiB,
+linked with the shared runtime ``crt0.S`` + ``runtime.c`` and ``link.ld``; a
+profile boots them through its ``loader:`` section. They need ``gcc`` besides
+binutils, are compiled with fixed flags (``C_FLAGS``) and stripped, so a rebuild
+with the same compiler is byte-identical.
+
+Assembly programs: each source says how it is built in its first line:
 
     # vmcore-build: mode=real base=0x0
 
@@ -33,6 +40,27 @@ from pathlib import Path
 
 GUEST_DIR = Path(__file__).resolve().parent
 TOOLS = ("as", "ld", "objcopy")
+C_DIR = GUEST_DIR / "c"
+C_TOOLS = ("gcc",)
+#: Linked into every C program; every other ``guest/c/*.c`` is a program.
+C_RUNTIME = ("crt0.S", "runtime.c")
+#: The committed ``.elf`` files were built with this compiler; another version may
+#: generate other (equally valid) code, so the byte-identical test only holds with it.
+C_REFERENCE_COMPILER = "12.2.0"
+#: Fixed, explicit code-generation flags: nothing left to the distribution's gcc
+#: defaults (Ubuntu's enable CET and stack-clash probes, which change the bytes),
+#: no SSE/x87 (the VMM's start state leaves CR4.OSFXSR clear), no unwind tables,
+#: no .comment, source paths mapped away.
+C_FLAGS = (
+    "-m32", "-march=i686", "-mtune=generic", "-mgeneral-regs-only",
+    "-std=gnu11", "-O2", "-ffreestanding", "-nostdlib", "-fno-pic", "-fno-pie",
+    "-fno-stack-protector", "-fno-stack-clash-protection", "-fcf-protection=none",
+    "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-fno-ident",
+    "-Wall", "-Wextra",
+)
+#: A multiboot v1 header must lie 4-byte aligned in the first 8192 bytes (spec 3.1.1).
+MULTIBOOT_MAGIC = 0x1BADB002
+MULTIBOOT_SEARCH = 8192
 
 # mode -> (as flag, ld emulation). Real-mode sources are i386 objects whose code is
 # `.code16`; gas encodes the operand/address-size prefixes.
@@ -116,8 +144,27 @@ def discover(guest_dir: Path = GUEST_DIR) -> dict[str, GuestProgram]:
 SOURCES: dict[str, GuestProgram] = discover()
 
 
-def check_toolchain() -> dict[str, str]:
-    """Return the path of each binutils tool, or fail naming the first one missing."""
+class CProgram(typing.NamedTuple):
+    """A C guest: a multiboot v1 ELF32 kernel, entered in protected mode by the loader."""
+
+    name: str
+    source: Path
+
+    @property
+    def binary(self) -> Path:
+        return self.source.with_suffix(".elf")
+
+
+def discover_c(c_dir: Path = C_DIR) -> dict[str, CProgram]:
+    """Every ``*.c`` in ``c_dir`` that is not part of the runtime, by name."""
+    return {p.stem: CProgram(p.stem, p) for p in sorted(c_dir.glob("*.c")) if p.name not in C_RUNTIME}
+
+
+C_SOURCES: dict[str, CProgram] = discover_c()
+
+
+def check_toolchain(c: bool = False) -> dict[str, str]:
+    """Return the path of each tool (binutils, and gcc when ``c``), or fail naming the first one missing."""
     found = {}
     for tool in TOOLS:
         path = shutil.which(tool)
@@ -127,11 +174,20 @@ def check_toolchain() -> dict[str, str]:
                 f"(install it with `apt-get install binutils`)"
             )
         found[tool] = path
+    if c:
+        for tool in C_TOOLS:
+            path = shutil.which(tool)
+            if path is None:
+                raise BuildError(
+                    f"the C guests (guest/c) need `{tool}` with -m32 support, not found on PATH "
+                    f"(install it with `apt-get install gcc`)"
+                )
+            found[tool] = path
     return found
 
 
-def _run(argv: list[str], what: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True)
+def _run(argv: list[str], what: str, cwd: Path | None = None) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().replace("\n", "; ")
         raise BuildError(f"{what}: {Path(argv[0]).name} failed: {detail}")
@@ -171,25 +227,77 @@ def build_one(program: GuestProgram, out_dir: Path, tools: dict[str, str]) -> Pa
     return out
 
 
-def build(names=None, out_dir: Path | str = GUEST_DIR) -> list[Path]:
-    """Build ``names`` (default: every program) into ``out_dir``; return the .bin paths."""
+def _multiboot_header_offset(image: bytes) -> int | None:
+    for offset in range(0, min(len(image), MULTIBOOT_SEARCH) - 11, 4):
+        magic, flags, checksum = struct.unpack_from("<3I", image, offset)
+        if magic == MULTIBOOT_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
+            return offset
+    return None
+
+
+def build_c(program: CProgram, out_dir: Path, tools: dict[str, str]) -> Path:
+    """Compile ``program`` with the runtime, link it at 1 MiB, strip it: ``out_dir/NAME.elf``."""
+    out = out_dir / f"{program.name}.elf"
+    c_dir = program.source.parent
+    what = f"c/{program.source.name}"
+    with tempfile.TemporaryDirectory(prefix=f"vmcore-guest-{program.name}-") as tmp:
+        tmpdir = Path(tmp)
+        objects = []
+        # Compiled from inside c_dir with relative names, paths mapped away: nothing
+        # of the checkout's location can reach the output.
+        for source in (*C_RUNTIME, program.source.name):
+            obj = tmpdir / (Path(source).stem + ".o")
+            _run([tools["gcc"], *C_FLAGS, f"-ffile-prefix-map={c_dir}=.", "-c", source, "-o", str(obj)],
+                 what, cwd=c_dir)
+            objects.append(str(obj))
+        elf = tmpdir / "prog.elf"
+        _run([tools["ld"], "-m", "elf_i386", "-T", str(c_dir / "link.ld"), "--build-id=none",
+              "-z", "noexecstack", "-nostdlib", "--strip-all", "-o", str(elf), *objects], what)
+        image = elf.read_bytes()
+        if _multiboot_header_offset(image) is None:
+            raise BuildError(f"{what}: no multiboot header in the first {MULTIBOOT_SEARCH} bytes of the "
+                             f"ELF; link.ld must place .multiboot first")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(elf, out)
+    return out
+
+
+def build(names=None, out_dir: Path | str | None = None) -> list[Path]:
+    """Build ``names`` (default: every program); return the output paths.
+
+    Without ``out_dir`` each output goes beside its source (``guest/NAME.bin``,
+    ``guest/c/NAME.elf``).
+    """
     programs = discover()
+    c_programs = discover_c()
     if names is None:
-        selected = list(programs.values())
+        selected = [*programs.values(), *c_programs.values()]
     else:
         selected = []
         for name in names:
-            stem = Path(name).stem if name.endswith((".S", ".bin")) else name
-            if stem not in programs:
-                raise BuildError(f"no guest program {name!r}; known: {', '.join(programs)}")
-            selected.append(programs[stem])
-    tools = check_toolchain()
-    return [build_one(p, Path(out_dir), tools) for p in selected]
+            stem = Path(name).stem if name.endswith((".S", ".bin", ".c", ".elf")) else name
+            if stem in programs and not name.endswith((".c", ".elf")):
+                selected.append(programs[stem])
+            elif stem in c_programs:
+                selected.append(c_programs[stem])
+            else:
+                known = ", ".join([*programs, *c_programs])
+                raise BuildError(f"no guest program {name!r}; known: {known}")
+    tools = check_toolchain(c=any(isinstance(p, CProgram) for p in selected))
+    built = []
+    for program in selected:
+        if isinstance(program, CProgram):
+            built.append(build_c(program, Path(out_dir) if out_dir else program.source.parent, tools))
+        else:
+            built.append(build_one(program, Path(out_dir) if out_dir else GUEST_DIR, tools))
+    return built
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build vmcore's guest programs (flat binaries).")
-    parser.add_argument("--out", type=Path, default=GUEST_DIR, help="output directory (default: guest/)")
+    parser = argparse.ArgumentParser(
+        description="Build vmcore's guest programs (flat binaries and multiboot C kernels).")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: beside each source, guest/ or guest/c/)")
     parser.add_argument("names", nargs="*", help="programs to build (default: all)")
     args = parser.parse_args(argv)
     try:

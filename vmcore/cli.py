@@ -171,7 +171,8 @@ def _check(args: argparse.Namespace) -> int:
     with machine:
         profile = machine.profile
         print(f"{profile.name}: ok ({profile.path})")
-        print(f"  cpu: {profile.cpu.mode} mode, entry {profile.cpu.entry:#x}, accel {profile.accel}")
+        state = machine.state
+        print(f"  cpu: {state.mode} mode, entry {state.registers['rip']:#x}, accel {profile.accel}")
         for slot in machine.memory:
             kind = "rom" if slot.readonly else "ram"
             print(f"  memory {slot.name}: {slot.base:#x}..{slot.end - 1:#x} {kind}")

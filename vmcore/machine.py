@@ -234,6 +234,7 @@ class Machine:
 def _cpu_state(profile: Profile, memory: GuestMemory) -> CpuState:
     cpu = profile.cpu
     mode, entry, registers = cpu.mode, cpu.entry, dict(cpu.registers)
+    loaded: tuple[tuple[int, int, str], ...] = ()
     if profile.loader is not None:
         # A kernel image decides where to start and in which mode (multiboot: 32-bit, EAX/EBX set).
         from .loader import LoaderError, load_kernel
@@ -245,6 +246,7 @@ def _cpu_state(profile: Profile, memory: GuestMemory) -> CpuState:
         mode = boot.mode or mode
         entry = boot.entry
         registers.update(boot.registers)
+        loaded = boot.regions
         log.info("loader: %s", boot.description)
     tables = cpu.tables
     need = tables_size(mode)
@@ -252,6 +254,10 @@ def _cpu_state(profile: Profile, memory: GuestMemory) -> CpuState:
         tables = _default_tables(profile, need, mode)
     if need and tables is not None:
         _check_tables(profile, tables, need)
+        for start, end, what in loaded:
+            if start < tables + need and tables < end:
+                raise ProfileError(cpu.where, "cpu.tables", f"{tables:#x}..{tables + need - 1:#x} overlaps {what} "
+                                   f"({start:#x}..{end - 1:#x}); set cpu.tables elsewhere")
     try:
         return start_state(mode, entry, registers, memory, tables)
     except CpuSetupError as exc:

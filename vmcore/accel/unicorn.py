@@ -268,7 +268,8 @@ class UnicornAccelerator(Accelerator):
             # Not our kick (timer, interrupt, input): the guest executed hlt. A kick racing
             # with a hlt is taken as the kick; the guest's hlt loop then halts again.
             halted = not self._kicked and self._after_hlt()
-            self._service()
+            if self._service():
+                halted = False  # an interrupt ended the HLT; the handler runs next
             if halted:
                 # Only an interrupt ends HLT: with IF clear, or nothing to raise one, it is a stop.
                 if not self._interrupts_enabled() or self._controller is None:
