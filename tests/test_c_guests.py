@@ -204,3 +204,25 @@ def test_kernel_irqchip_on_the_software_cpu_is_a_host_error() -> None:
 def test_a_userspace_controller_profile_builds_with_lines_routed_to_the_pic() -> None:
     with Machine.build(Profile.load(MACHINES / "timer-tick.yaml")) as machine:
         assert type(machine.controller).__name__ == "I8259"
+
+
+def test_real_mode_pit_ticks_through_the_userspace_pic(any_accel: str) -> None:
+    # Real-mode interrupts run on every KVM: this is the KVM_INTERRUPT injection path here.
+    run = vmcore("-v", "run", "rm-timer", "--accel", any_accel)
+    assert run.stdout == b"rm ticks: 10\n", run.stderr
+    assert run.status == 39
+
+
+def test_real_mode_pit_ticks_are_identical_on_both_accelerators() -> None:
+    reason = kvm_unavailable()
+    if reason is not None:
+        pytest.skip(f"needs /dev/kvm: {reason}")
+    result = differential(MACHINES / "rm-timer.yaml", limits=RunLimits(timeout=30))
+    assert result.identical, result.report()
+    assert result.a.stop.status == 39
+
+
+def test_interrupt_pending_while_if_clear_is_taken_after_sti_without_hlt(any_accel: str) -> None:
+    run = vmcore("run", "irq-window", "--accel", any_accel, "--timeout", "20")
+    assert run.stdout == b"window ok\n", run.stderr
+    assert run.status == 41

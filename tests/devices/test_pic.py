@@ -1,9 +1,13 @@
 """devices/pic.py: the PC's cascaded 8259A pair (Intel 8259A datasheet) on the fake bus."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vmcore.device import PropertyError
 from vmcore.irq import InterruptController
+from vmcore.plugins import DeviceRegistry
+from vmcore.testing import FakeBus
 
 MASTER_CMD, MASTER_DATA = 0x20, 0x21
 SLAVE_CMD, SLAVE_DATA = 0xA0, 0xA1
@@ -423,3 +427,54 @@ def test_overlapping_port_properties_are_rejected(fake_bus):
     with pytest.raises(PropertyError) as info:
         fake_bus.attach("i8259", slave_port=0x21)
     assert info.value.key == "slave_port"
+
+
+_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("line"), st.integers(0, 15), st.booleans()),
+        st.tuples(st.just("out"), st.sampled_from([MASTER_CMD, SLAVE_CMD]),
+                  # EOIs, rotations, OCW3 reads/poll/special mask; sometimes any byte (ICW1 too)
+                  st.sampled_from([0x20, 0x62, 0xA0, 0xE5, 0xC3, 0x80, 0x00, 0x0A, 0x0B, 0x0C, 0x68, 0x48])
+                  | st.integers(0, 0xFF)),
+        st.tuples(st.just("out"), st.sampled_from([MASTER_DATA, SLAVE_DATA, ELCR_MASTER, ELCR_SLAVE]),
+                  st.integers(0, 0xFF)),
+        st.tuples(st.just("in"), st.sampled_from([MASTER_CMD, SLAVE_CMD]), st.just(0)),
+        st.tuples(st.just("inta"), st.just(0), st.just(0)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(ops=_operations)
+def test_pending_and_intr_changed_follow_the_int_pin_for_any_guest_and_lines(ops):
+    bus = FakeBus(DeviceRegistry.default())
+    try:
+        pic = bus.attach("i8259")
+        seen = []
+        pic.intr_changed = seen.append
+        levels = [False]
+        bios_init(bus)
+        for kind, where, value in ops:
+            if kind == "line":
+                bus.irq(where).set_level(value)
+            elif kind == "out":
+                bus.outb(where, value)
+            elif kind == "in":
+                bus.inb(where)
+            else:
+                vector = bus.acknowledge()
+                assert 0 <= vector <= 0xFF
+            # Every path has already propagated its change: the slave's INT is on master IR2,
+            # and settling again changes nothing.
+            assert bool(pic.master.pins & 0x04) == (pic.slave.request() is not None)
+            calls = len(seen)
+            pic._update()
+            assert len(seen) == calls
+            intr = pic.master.request() is not None  # the master's INT pin
+            assert pic.pending() == intr
+            if intr != levels[-1]:
+                levels.append(intr)
+        assert [False] + seen == levels  # one call per change, none without one
+    finally:
+        bus.close()

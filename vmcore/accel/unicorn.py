@@ -41,7 +41,8 @@ _MODES = {"real": "UC_MODE_16", "protected": "UC_MODE_32", "long": "UC_MODE_64"}
 _FLAG_IF, _FLAG_TF = 1 << 9, 1 << 8
 _MSR_EFER = 0xC0000080
 _ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
-_NO_END = (1 << 64) - 1  # emu_start's "until": an address never reached
+_NO_END = (1 << 64) - 1
+_IF_POLL_NS = 100_000  # with an interrupt pending and IF clear, re-check this often  # emu_start's "until": an address never reached
 
 
 def _reg(name: str) -> int:
@@ -315,8 +316,17 @@ class UnicornAccelerator(Accelerator):
             self._waker.rearm(clock.next_deadline())
         controller = self._controller
         if controller is not None and controller.pending() and self._interrupts_enabled():
+            if self._previous_byte() == 0xFB:
+                # STI holds interrupts off for one more instruction, so "sti; hlt" cannot
+                # lose a wake-up. Any other instruction ending in 0xFB only delays by one.
+                self.uc.ctl_flush_tb()
+                self.uc.emu_start(self._ip(), _NO_END, count=1)
             self._deliver(controller.acknowledge(), external=True)
             return True
+        if controller is not None and clock is not None and controller.pending():
+            # IF is clear: unicorn cannot tell us when the guest sets it (KVM has the
+            # interrupt window exit for that), so look again shortly.
+            self._waker.arm(clock.now() + _IF_POLL_NS)
         return False
 
     def _wait_for_interrupt(self, expired: threading.Event) -> bool:
@@ -488,13 +498,16 @@ class UnicornAccelerator(Accelerator):
 
     def _after_hlt(self) -> bool:
         """True when the instruction just executed was ``hlt`` (unicorn stops after it)."""
+        return self._previous_byte() == 0xF4
+
+    def _previous_byte(self) -> int | None:
+        """The byte just before CS:IP (the last byte of the previous instruction, if it ran)."""
         if self.memory is None:
-            return False
-        linear = self._linear_pc() - 1
-        physical = self._physical(linear)
+            return None
+        physical = self._physical(self._linear_pc() - 1)
         if physical is None or self.memory.slot_at(physical) is None:
-            return False
-        return self.memory.read(physical, 1) == b"\xf4"
+            return None
+        return self.memory.read(physical, 1)[0]
 
     def _physical(self, linear: int) -> int | None:
         uc = self.uc
