@@ -102,9 +102,7 @@ def string_content(text: str) -> bytes:
             if not 0 <= value < 1 << (8 * width):
                 raise ValueError(f"{text!r}: {value:#x} does not fit in {8 * width} bits")
             return value.to_bytes(width, "little")
-    if text.startswith("str:"):
-        text = text[len("str:"):]
-    return text.encode("utf-8")
+    return text.removeprefix("str:").encode("utf-8")
 
 
 def _mapping(what: str) -> Any:

@@ -428,7 +428,8 @@ def test_device_raising_in_write_is_a_device_error(accel: str, error: str, exc_n
     assert result["accel"] == accel
     assert result["kind"] == "device-error"
     assert result["status"] == 10
-    assert result["message"] == f"device 'boom' raised {exc_name}: model bug on byte 0x48"
+    assert result["message"] == (f"device 'boom' raised {exc_name}: model bug on byte 0x48 "
+                                 "during a pio write of 1 byte at 0xf1 (value 0x48)")
     assert "in write" in result["traceback"]
 
 

@@ -278,7 +278,7 @@ def test_runs_that_differ_only_in_how_they_stop_say_so(tmp_path: Path) -> None:
         "transactions identical (1), but the stops differ:",
         "  kvm stopped with halted (status 0): the guest executed hlt",
         ("  tcg stopped with device-error (status 10): device 'fragile' raised RuntimeError: "
-         "state left over from the previous machine"),
+         "state left over from the previous machine during a pio write of 1 byte at 0xf2 (value 0x21)"),
     ]
 
 

@@ -21,7 +21,8 @@ _EXPORTS = {
     "Bus": "bus", "BusError": "bus", "Direction": "bus", "Region": "bus", "Space": "bus", "Transaction": "bus",
     "Clock": "clock", "HostClock": "clock", "ManualClock": "clock", "Timer": "clock",
     "CpuState": "cpu",
-    "Device": "device", "DeviceContext": "device", "GuestExit": "device", "PropertyError": "device",
+    "Device": "device", "DeviceContext": "device", "PropertyError": "device",
+    "GuestExit": "faults", "DeviceFault": "faults",
     "in_range": "device", "prop": "device",
     "hookimpl": "hookspecs", "hookspec": "hookspecs",
     "IrqLine": "irq",
@@ -55,7 +56,8 @@ if TYPE_CHECKING:
     from .bus import Bus, BusError, Direction, Region, Space, Transaction
     from .clock import Clock, HostClock, ManualClock, Timer
     from .cpu import CpuState
-    from .device import Device, DeviceContext, GuestExit, PropertyError, in_range, prop
+    from .device import Device, DeviceContext, PropertyError, in_range, prop
+    from .faults import DeviceFault, GuestExit
     from .hookspecs import hookimpl, hookspec
     from .irq import IrqLine
     from .machine import Machine, resolve_profile

@@ -15,6 +15,8 @@ from typing import Callable, Iterable, Iterator
 
 import attrs
 
+from .faults import DeviceFault, GuestExit
+
 log = logging.getLogger("vmcore.bus")
 
 ReadHandler = Callable[[int, int], int]
@@ -123,6 +125,10 @@ class Bus:
         self._entries: list[_Entry] = []
         #: (direction, address) -> number of unclaimed accesses seen there.
         self.unclaimed: dict[tuple[Direction, int], int] = {}
+        #: What a device exception does: "stop" (raise DeviceFault) or "continue" (log, all ones).
+        self.device_errors = "stop"
+        #: (device, exception type name) -> faults contained under "continue".
+        self.device_faults: dict[tuple[str, str], int] = {}
         self._tracer: Callable[[Transaction], None] | None = None
 
     # --- building -----------------------------------------------------------------
@@ -193,35 +199,61 @@ class Bus:
 
     def read(self, address: int, size: int) -> int:
         """Read ``size`` bytes (1, 2, 4 or 8) at ``address``; unclaimed reads give all ones."""
-        starts = self._starts
-        i = bisect.bisect_right(starts, address) - 1
-        if i >= 0:
-            entry = self._entries[i]
-            if address + size <= entry.end and size & entry.size_mask and entry.read is not None:
-                return entry.read(address - entry.start, size)
-            if address < entry.end:
-                return self._read_adjusted(entry, address, size)
-        if i + 1 < len(starts) and starts[i + 1] < address + size:
-            # Starts in a gap but runs into the next region: byte pieces, each looked up again.
-            return self._read_bytes(address, size)
-        return self._unclaimed(Direction.READ, address, size)
+        # The try costs nothing until a device raises (zero-cost exceptions, Python 3.11).
+        try:
+            starts = self._starts
+            i = bisect.bisect_right(starts, address) - 1
+            if i >= 0:
+                entry = self._entries[i]
+                if address + size <= entry.end and size & entry.size_mask and entry.read is not None:
+                    return entry.read(address - entry.start, size)
+                if address < entry.end:
+                    return self._read_adjusted(entry, address, size)
+            if i + 1 < len(starts) and starts[i + 1] < address + size:
+                # Starts in a gap but runs into the next region: byte pieces, each looked up again.
+                return self._read_bytes(address, size)
+            return self._unclaimed(Direction.READ, address, size)
+        except (GuestExit, DeviceFault):
+            raise
+        except Exception as exc:
+            self._fault(Direction.READ, address, size, None, exc)
+            return (1 << (8 * size)) - 1
 
     def write(self, address: int, size: int, value: int) -> None:
         """Write ``size`` bytes at ``address``; unclaimed writes are dropped and logged."""
-        i = bisect.bisect_right(self._starts, address) - 1
-        if i >= 0:
-            entry = self._entries[i]
-            if address + size <= entry.end and size & entry.size_mask and entry.write is not None:
-                entry.write(address - entry.start, size, value)
+        try:
+            i = bisect.bisect_right(self._starts, address) - 1
+            if i >= 0:
+                entry = self._entries[i]
+                if address + size <= entry.end and size & entry.size_mask and entry.write is not None:
+                    entry.write(address - entry.start, size, value)
+                    return
+                if address < entry.end:
+                    self._write_adjusted(entry, address, size, value)
+                    return
+            if i + 1 < len(self._starts) and self._starts[i + 1] < address + size:
+                # Starts in a gap but runs into the next region: byte pieces, each looked up again.
+                self._write_bytes(address, size, value)
                 return
-            if address < entry.end:
-                self._write_adjusted(entry, address, size, value)
-                return
-        if i + 1 < len(self._starts) and self._starts[i + 1] < address + size:
-            # Starts in a gap but runs into the next region: byte pieces, each looked up again.
-            self._write_bytes(address, size, value)
-            return
-        self._unclaimed(Direction.WRITE, address, size)
+            self._unclaimed(Direction.WRITE, address, size)
+        except (GuestExit, DeviceFault):
+            raise
+        except Exception as exc:
+            self._fault(Direction.WRITE, address, size, value, exc)
+
+    def _fault(self, direction: Direction, address: int, size: int, value: int | None, exc: Exception) -> None:
+        """A device raised: stop the machine (raise DeviceFault) or, under ``continue``, log and go on."""
+        entry = self._lookup(address)
+        owner = entry.owner if entry is not None else "?"
+        fault = DeviceFault(owner, self.space.value, direction.value, address, size, value, exc)
+        if self.device_errors == "stop":
+            raise fault from exc
+        key = (owner, type(exc).__name__)
+        count = self.device_faults.get(key, 0)
+        self.device_faults[key] = count + 1
+        if count == 0:
+            # Logged once per device and kind of error, with the device's traceback.
+            log.error("%s; continuing (reads give all ones)\n%s", fault, fault.traceback.rstrip())
 
     def _unclaimed(self, direction: Direction, address: int, size: int) -> int:
         key = (direction, address)

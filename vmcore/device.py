@@ -18,22 +18,11 @@ from typing import Any, Callable, ClassVar, Sequence
 import attrs
 
 from .bus import Region
+from .faults import GuestExit
 from .clock import Clock
 from .irq import IrqLine
 from .memory import GuestMemory
 from .units import parse_int
-
-
-class GuestExit(Exception):
-    """Raised (through the bus) by a device that ends the run, e.g. debug-exit.
-
-    The run loop catches it and stops the machine with ``status``.
-    """
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 class PropertyError(ValueError):

@@ -7,17 +7,21 @@ runs until the guest stops.
 
 from __future__ import annotations
 
+import collections
 import logging
 import traceback
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Iterable
 
+import attrs
+
 from .accel import Accelerator, AcceleratorUnavailable, RunLimits, create
 from .bus import Bus, BusError, Direction, Region, Space, Transaction
 from .clock import Clock, HostClock
 from .cpu import CpuSetupError, CpuState, start_state, tables_size
-from .device import DeviceContext, GuestExit, PropertyError
+from .device import DeviceContext, PropertyError
+from .faults import DeviceFault, GuestExit
 from .irq import InterruptController, IrqLine
 from .memory import GuestMemory, GuestMemoryError
 from .plugins import DeviceRegistry, DeviceTypeError
@@ -64,6 +68,10 @@ class Machine:
         self.irq_log: list[tuple[int, int, bool]] = []
         self._kernel_irq: Callable[[int, bool], None] | None = None
         self._controller: InterruptController | None = None
+        self._tracer: Callable[[Transaction], None] | None = None
+        #: The last transactions, for fault reports (see keep_history).
+        self.history: collections.deque[Transaction] | None = None
+        pio.device_errors = mmio.device_errors = profile.device_errors
 
     # --- building ------------------------------------------------------------------
 
@@ -155,8 +163,26 @@ class Machine:
 
     def set_tracer(self, tracer: Callable[[Transaction], None] | None) -> None:
         """Record every bus transaction (both spaces) through ``tracer``."""
-        self.pio.set_tracer(tracer)
-        self.mmio.set_tracer(tracer)
+        self._tracer = tracer
+        self._install_tracer()
+
+    def keep_history(self, count: int) -> None:
+        """Keep the last ``count`` transactions for fault reports (0: none; costs ~1 us per access)."""
+        self.history = collections.deque(maxlen=count) if count > 0 else None
+        self._install_tracer()
+
+    def _install_tracer(self) -> None:
+        tracer, history = self._tracer, self.history
+        combined: Callable[[Transaction], None] | None = tracer
+        if history is not None:
+            if tracer is None:
+                combined = history.append
+            else:
+                def combined(txn: Transaction) -> None:
+                    history.append(txn)
+                    tracer(txn)
+        self.pio.set_tracer(combined)
+        self.mmio.set_tracer(combined)
 
     def run(self, accel: str | Accelerator | None = None, limits: RunLimits = RunLimits()) -> StopReason:
         """Run until the guest stops; never raises for guest or device faults."""
@@ -186,18 +212,49 @@ class Machine:
             self.accelerator.setup(self.memory, self.state)
         except (AcceleratorUnavailable, OSError) as exc:
             return StopReason.of("host-error", f"{self.accelerator.name}: {exc}")
+        return self._finish(self._run(limits, controller))
+
+    def _run(self, limits: RunLimits, controller: InterruptController | None) -> StopReason:
+        assert self.accelerator is not None
         try:
             return self.accelerator.run(self.pio, self.mmio, limits, self.clock, controller)
         except GuestExit as exc:
             return StopReason(kind="exit", message=exc.reason, status=exc.status)
         except KeyboardInterrupt:
             return StopReason.of("interrupted", "stopped by the user (Ctrl-C)")
+        except DeviceFault as fault:
+            return self._with_cpu(StopReason.of(
+                "device-error", str(fault),
+                detail={"device": fault.device, "transaction": f"{fault.space} {fault.direction} "
+                        f"{fault.address:#x}/{fault.size}" + (f" {fault.value:#x}" if fault.value is not None else ""),
+                        "traceback": fault.traceback}))
         except OSError as exc:
             if _find_device(exc.__traceback__, self.devices) is not None:
-                return self._device_error(exc)  # e.g. a device's output file failed
+                return self._with_cpu(self._device_error(exc))  # e.g. a device's output file failed
             return StopReason.of("host-error", f"{self.accelerator.name}: {exc}")
-        except Exception as exc:  # a device model raised: stop with a report, not a raw traceback
-            return self._device_error(exc)
+        except Exception as exc:  # a device timer raised, or vmcore itself: a report, not a raw traceback
+            return self._with_cpu(self._device_error(exc))
+
+    def _with_cpu(self, stop: StopReason) -> StopReason:
+        """Add the vCPU's registers and code at RIP to a stop that did not come with them."""
+        if stop.registers is not None or self.accelerator is None:
+            return stop
+        snapshot = getattr(self.accelerator, "snapshot", None)
+        if snapshot is None:
+            return stop
+        try:
+            registers, segments, code_address, code = snapshot()
+        except Exception as exc:  # the report must not fail on a half-torn-down CPU
+            log.debug("no CPU snapshot for the report: %s", exc)
+            return stop
+        return attrs.evolve(stop, registers=registers, segments=segments, code_address=code_address, code=code)
+
+    def _finish(self, stop: StopReason) -> StopReason:
+        """Every stop names its profile and, when kept, the transactions that led to it."""
+        path = self.profile.path
+        profile = f"{self.profile.name} ({path})" if path else self.profile.name
+        history = tuple(str(txn) for txn in self.history) if self.history else ()
+        return attrs.evolve(stop, profile=profile, transactions=history)
 
     def _device_error(self, exc: Exception) -> StopReason:
         tb = exc.__traceback__

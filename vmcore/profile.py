@@ -28,16 +28,18 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
 import attrs
 import yaml
 
-from .units import parse_int
+from .units import format_size, parse_int
 
 MODES = ("real", "protected", "long")
 IRQCHIPS = ("auto", "userspace", "kernel", "none")
+DEVICE_ERROR_POLICIES = ("stop", "continue")
 LOADER_FORMATS = ("auto", "multiboot", "elf", "flat")
 ACCELS = ("kvm", "tcg", "auto")
 SLOT_KINDS = ("ram", "rom")
@@ -45,6 +47,18 @@ REGISTERS = (
     "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rflags",
 )
+
+# Bounds on what a profile file may make the loader do: a profile is read before anything
+# else, so a hostile or mistaken one (a disk image passed as the profile, an alias bomb,
+# ten thousand nested brackets) must end in one ProfileError, not a hang or a RecursionError.
+MAX_PROFILE_BYTES = 1 << 20
+MAX_DEPTH = 32  # nesting levels (the schema needs 4; device properties may nest a little)
+MAX_VALUES = 100_000  # values once aliases are expanded ("billion laughs")
+MAX_TIMEOUT = 1e9  # seconds; setitimer and lock waits overflow past ~9.2e9
+PHYS_BITS = 52  # x86-64 architectural maximum guest-physical address width
+#: Total guest memory a profile may ask for unless VMCORE_MAX_GUEST_MEMORY says otherwise.
+DEFAULT_MAX_GUEST_MEMORY = 64 << 30
+MAX_GUEST_MEMORY_ENV = "VMCORE_MAX_GUEST_MEMORY"
 
 
 @attrs.frozen
@@ -102,39 +116,106 @@ def _where(file: str, node: yaml.Node) -> Where:
     return Where(file, node.start_mark.line + 1)
 
 
+class _Composer(yaml.SafeLoader):
+    """SafeLoader's composer with two refusals, each at the line of the offending event.
+
+    PyYAML composes one Python call level per nesting level, so deep nesting would end in a
+    RecursionError; and an alias inside the node it names (``a: &a [*a]``) composes into a
+    cyclic graph that no walk of the tree ever finishes.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._defined: dict[str, int] = {}  # anchor -> how many times defined so far
+        self._open: list[tuple[str, int]] = []  # anchored collections still being composed
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if (event.anchor, self._defined.get(event.anchor, 0)) in self._open:
+                raise yaml.composer.ComposerError(
+                    None, None, f"alias *{event.anchor} is inside the node &{event.anchor} names (a recursive "
+                    "structure)", event.start_mark)
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
+                                              event.start_mark)
+        anchor = event.anchor if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)) else None
+        if anchor is not None:
+            self._defined[anchor] = self._defined.get(anchor, 0) + 1
+            self._open.append((anchor, self._defined[anchor]))
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            if anchor is not None:
+                self._open.pop()
+
+
+class _Converter:
+    """yaml nodes -> the located tree; counts values so aliases cannot multiply them without bound."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.values = 0
+
+    def convert(self, node: yaml.Node, depth: int = 0) -> Node:
+        where = _where(self.file, node)
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise ProfileError(where, "", f"more than {MAX_VALUES} values once aliases are expanded "
+                               "(aliases of aliases multiply: an alias bomb?)")
+        if depth > MAX_DEPTH:
+            # The composer bounds nesting as written; aliases can stack nestings on each other.
+            raise ProfileError(where, "", f"nested more than {MAX_DEPTH} levels deep once aliases are expanded")
+        if isinstance(node, yaml.ScalarNode):
+            return Scalar(node.value, where, null=node.tag == "tag:yaml.org,2002:null")
+        if isinstance(node, yaml.SequenceNode):
+            seq = Sequence(where)
+            seq.extend(self.convert(item, depth + 1) for item in node.value)
+            return seq
+        if isinstance(node, yaml.MappingNode):
+            mapping = Mapping(where)
+            for key_node, value_node in node.value:
+                kw = _where(self.file, key_node)
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    # SafeLoader applies "<<" when constructing, which a located tree never does.
+                    raise ProfileError(kw, "<<", "YAML merge keys are not supported; write the keys out, "
+                                       "or share a base profile with extends")
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise ProfileError(kw, "", "a key must be plain text, not a mapping or a list")
+                key = key_node.value
+                if key in mapping:
+                    raise ProfileError(kw, key, f"duplicate key (first given on line {mapping.key_where[key].line})")
+                mapping[key] = self.convert(value_node, depth + 1)
+                mapping.key_where[key] = kw
+            return mapping
+        raise ProfileError(where, "", f"unsupported YAML node {node.tag}")
+
+
 def _convert(file: str, node: yaml.Node) -> Node:
-    if isinstance(node, yaml.ScalarNode):
-        return Scalar(node.value, _where(file, node), null=node.tag == "tag:yaml.org,2002:null")
-    if isinstance(node, yaml.SequenceNode):
-        seq = Sequence(_where(file, node))
-        seq.extend(_convert(file, item) for item in node.value)
-        return seq
-    if isinstance(node, yaml.MappingNode):
-        mapping = Mapping(_where(file, node))
-        for key_node, value_node in node.value:
-            kw = _where(file, key_node)
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise ProfileError(kw, "", "a key must be plain text, not a mapping or a list")
-            key = key_node.value
-            if key in mapping:
-                raise ProfileError(kw, key, f"duplicate key (first given on line {mapping.key_where[key].line})")
-            mapping[key] = _convert(file, value_node)
-            mapping.key_where[key] = kw
-        return mapping
-    raise ProfileError(_where(file, node), "", f"unsupported YAML node {node.tag}")
+    return _Converter(file).convert(node)
 
 
 def parse_yaml(text: str, file: str) -> Mapping:
     """Compose YAML text into a located tree; syntax errors become ProfileError."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Composer)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0
         problem = exc.problem or exc.context or "syntax error"
         raise ProfileError(Where(file, line), "", f"YAML syntax error: {problem}") from None
+    except yaml.reader.ReaderError as exc:
+        # Not a MarkedYAMLError, and its text spans two lines: say it in one, with the line.
+        line = text.count("\n", 0, exc.position) + 1 if isinstance(exc.position, int) else 0
+        char = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+        raise ProfileError(Where(file, line), "", f"YAML syntax error: character {char} is not allowed "
+                           "(control characters other than tab and newline)") from None
     except yaml.YAMLError as exc:
-        raise ProfileError(Where(file), "", f"YAML error: {exc}") from None
+        raise ProfileError(Where(file), "", f"YAML error: {' '.join(str(exc).split())}") from None
     if root is None:
         raise ProfileError(Where(file, 1), "", "the profile is empty; expected a mapping with at least 'memory'")
     tree = _convert(file, root)
@@ -212,6 +293,7 @@ class Profile:
     devices: tuple[DeviceSpec, ...]
     limits: Limits
     irqchip: str = "auto"  # auto | userspace | kernel | none
+    device_errors: str = "stop"  # stop | continue: what an exception raised by a device does
     kernel_pit: bool = False
     loader: "LoaderSpec | None" = None
 
@@ -238,11 +320,22 @@ class Profile:
 def _load_tree(path: Path, chain: tuple[str, ...]) -> Mapping:
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            # Bounded: a disk image (or /dev/zero) given as the profile must not be read whole.
+            data = stream.read(MAX_PROFILE_BYTES + 1)
     except FileNotFoundError:
         raise ProfileError(Where(file), "", "no such profile file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(Where(file), "", f"cannot read the profile: {exc}") from None
+    except OSError as exc:
+        raise ProfileError(Where(file), "", f"cannot read the profile: {exc.strerror or exc}") from None
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ProfileError(Where(file), "", f"larger than {format_size(MAX_PROFILE_BYTES)}: not a profile "
+                           "(an image given in its place?)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ProfileError(Where(file, line), "", f"not UTF-8 text: byte {data[exc.start]:#04x} cannot be "
+                           "decoded (a binary file given as the profile?)") from None
     tree = parse_yaml(text, file)
     if "extends" in tree:
         tree = _extend(tree, path.parent, chain + (str(path.resolve()),))
@@ -256,14 +349,31 @@ def _extend(tree: Mapping, folder: Path, chain: tuple[str, ...]) -> Mapping:
         raise ProfileError(kw, "extends", "expected the path of a base profile")
     base_path = (folder / node.value).resolve()
     if str(base_path) in chain:
-        raise ProfileError(node.where, "extends", f"{node.value} extends itself (cycle: {' -> '.join(chain)})")
-    if not base_path.exists():
-        raise ProfileError(node.where, "extends", f"base profile {node.value} not found (looked at {base_path})")
+        cycle = " -> ".join(chain[chain.index(str(base_path)):] + (str(base_path),))
+        raise ProfileError(node.where, "extends", f"{node.value} is already being loaded: a cycle ({cycle})")
+    problem = _not_a_file(base_path)
+    if problem:
+        raise ProfileError(node.where, "extends", f"base profile {node.value} {problem} (looked at {base_path})")
     base = _load_tree(base_path, chain)
     # A name belongs to its own file: a child without one is named after itself, not its base.
     base.pop("name", None)
     base.key_where.pop("name", None)
     return _merge(base, tree)
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as a file ("" when it can), for messages."""
+    if not path.exists():
+        return "not found"
+    if path.is_dir():
+        return "is a directory, not a file"
+    if not path.is_file():
+        return "is not a regular file"
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    return ""
 
 
 def _merge(base: Mapping, child: Mapping) -> Mapping:
@@ -360,8 +470,8 @@ def _section(tree: Mapping, key: str) -> Mapping | None:
 def _validate(tree: Mapping, path: Path | None) -> Profile:
     file = str(path) if path else "<string>"
     # "extends" was consumed while loading; listed so a misspelling gets its did-you-mean.
-    _unknown_keys(tree, ("name", "extends", "accel", "irqchip", "kernel_pit", "cpu", "memory", "loader",
-                         "devices", "limits"), "")
+    _unknown_keys(tree, ("name", "extends", "accel", "irqchip", "kernel_pit", "device_errors", "cpu", "memory",
+                         "loader", "devices", "limits"), "")
     name = _scalar(tree["name"], "name", "a name").value if "name" in tree else (path.stem if path else "machine")
     accel = _choice(tree["accel"], "accel", ACCELS) if "accel" in tree else "auto"
     cpu = _validate_cpu(_section(tree, "cpu"), tree.key_where.get("cpu"))
@@ -383,9 +493,11 @@ def _validate(tree: Mapping, path: Path | None) -> Profile:
     if kernel_pit and irqchip != "kernel":
         raise ProfileError(tree.key_where["kernel_pit"], "kernel_pit", "needs irqchip: kernel (KVM's PIT drives its PIC)")
     loader = _validate_loader(_section(tree, "loader"), tree.key_where.get("loader"))
+    device_errors = (_choice(tree["device_errors"], "device_errors", DEVICE_ERROR_POLICIES)
+                     if "device_errors" in tree else "stop")
     _ = file
     return Profile(name=name, path=path, accel=accel, cpu=cpu, memory=memory, devices=devices, limits=limits,
-                   irqchip=irqchip, kernel_pit=kernel_pit, loader=loader)
+                   irqchip=irqchip, kernel_pit=kernel_pit, loader=loader, device_errors=device_errors)
 
 
 def _bool(node: Node, key: str) -> bool:

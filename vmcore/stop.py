@@ -40,6 +40,10 @@ class StopReason:
     code_address: int | None = None
     code: bytes | None = None
     detail: dict[str, Any] = attrs.Factory(dict)
+    #: The last bus transactions before the stop, oldest first (when history was kept).
+    transactions: tuple[str, ...] = ()
+    #: The profile the machine was built from: "name (path)".
+    profile: str | None = None
 
     @classmethod
     def of(cls, kind: str, message: str, **kwargs: Any) -> "StopReason":
@@ -53,9 +57,54 @@ class StopReason:
         """One line: what stopped the machine."""
         return f"{self.kind}: {self.message}"
 
+    @property
+    def code_bits(self) -> int:
+        """16, 32 or 64: how the code at RIP is decoded (from CR0.PE, EFER.LMA and CS)."""
+        regs = self.registers or {}
+        cs = (self.segments or {}).get("cs", {})
+        if regs.get("efer", 0) & (1 << 10) and cs.get("l", 1):
+            return 64
+        if regs.get("cr0", 0) & 1 and cs.get("db", 1):
+            return 32
+        return 16
+
+    def disassembly(self, count: int = 3) -> list[str]:
+        """The instructions at RIP (capstone); an undecodable first byte is reported as such."""
+        if self.code is None or self.code_address is None:
+            return []
+        try:
+            import capstone
+        except ImportError:
+            return ["(install capstone to disassemble)"]
+        mode = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}[self.code_bits]
+        engine = capstone.Cs(capstone.CS_ARCH_X86, mode)
+        rip = (self.registers or {}).get("rip", self.code_address)
+        lines = []
+        for insn in engine.disasm(self.code, rip):
+            marker = "=>" if not lines else "  "
+            lines.append(f"{marker} {insn.address:#x}: {insn.bytes.hex(' '):<24} {insn.mnemonic} {insn.op_str}".rstrip())
+            if len(lines) == count:
+                break
+        if not lines:
+            lines.append(f"=> {rip:#x}: {self.code[:4].hex(' ')}  (not a valid instruction: invalid opcode)")
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole report as JSON-ready data (``vmcore run --json-report``)."""
+        return {
+            "kind": self.kind, "message": self.message, "status": self.status, "exits": self.exits,
+            "profile": self.profile, "registers": self.registers, "segments": self.segments,
+            "code_address": self.code_address, "code": self.code.hex() if self.code is not None else None,
+            "disassembly": self.disassembly(), "transactions": list(self.transactions),
+            "detail": {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+                       for k, v in self.detail.items()},
+        }
+
     def report(self) -> str:
         """The summary plus the register dump and code bytes, when there are any."""
         lines = [self.summary()]
+        if self.profile:
+            lines.append(f"  profile: {self.profile}")
         regs = self.registers
         if regs:
             names = [n for n in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
@@ -73,6 +122,10 @@ class StopReason:
             )
         if self.code is not None and self.code_address is not None:
             lines.append(f"  code at {self.code_address:#x}: {self.code.hex(' ')}")
+            lines.extend(f"  {line}" for line in self.disassembly())
+        if self.transactions:
+            lines.append(f"  last {len(self.transactions)} bus transactions, oldest first:")
+            lines.extend(f"    {txn}" for txn in self.transactions)
         for key, value in self.detail.items():
             if key != "traceback":
                 lines.append(f"  {key}: {value}")

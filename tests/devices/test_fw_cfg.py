@@ -133,7 +133,7 @@ def test_directory_entries_are_64_bytes_with_nul_padded_names(fake_bus):
 def test_selecting_a_file_key_reads_its_bytes(fake_bus, tmp_path):
     (tmp_path / "data.bin").write_bytes(b"hello, firmware")
     fake_bus.attach("fw-cfg", files={"opt/hello": str(tmp_path / "data.bin")})
-    [(name, key, size)] = directory(fake_bus)
+    [(_, key, size)] = directory(fake_bus)
     assert item(fake_bus, key, size) == b"hello, firmware"
 
 

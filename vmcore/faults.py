@@ -1,0 +1,40 @@
+"""Exceptions that cross the bus: a guest-requested end of run, and a contained device fault."""
+
+from __future__ import annotations
+
+import traceback
+
+
+class GuestExit(Exception):
+    """Raised (through the bus) by a device that ends the run, e.g. debug-exit.
+
+    The run loop catches it and stops the machine with ``status``.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class DeviceFault(Exception):
+    """A device model raised while serving a transaction (policy ``stop``).
+
+    Carries what the fault report needs: the device, the access, and the
+    device's own traceback (the original exception is ``__cause__``).
+    """
+
+    def __init__(self, device: str, space: str, direction: str, address: int, size: int,
+                 value: int | None, error: BaseException) -> None:
+        self.device = device
+        self.space = space
+        self.direction = direction
+        self.address = address
+        self.size = size
+        self.value = value
+        self.error = error
+        self.traceback = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        access = f"{space} {direction} of {size} byte{'s' if size != 1 else ''} at {address:#x}"
+        if value is not None:
+            access += f" (value {value:#x})"
+        super().__init__(f"device {device!r} raised {type(error).__name__}: {error} during a {access}")
