@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--trace-file", metavar="FILE", help="write every bus transaction to FILE")
     run.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="stop after this much wall-clock time")
     run.add_argument("--max-exits", type=_positive_count, metavar="N", help="stop after N exits")
+    run.add_argument("--history", type=int, default=16, metavar="N",
+                     help="show the last N bus transactions in a fault report (default 16; 0 for none)")
+    run.add_argument("--json-report", metavar="FILE",
+                     help="also write the stop report as JSON to FILE ('-' for stdout)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                      help="override a profile value, e.g. --set devices.console.port=0xE9 (repeatable)")
 
@@ -122,6 +126,8 @@ def _run(args: argparse.Namespace) -> int:
                 out.write(f"{txn}\n")
 
             machine.set_tracer(tracer)
+        if args.history > 0:
+            machine.keep_history(args.history)
         try:
             stop = machine.run(args.accel, RunLimits(timeout=args.timeout, max_exits=args.max_exits))
         finally:
@@ -136,6 +142,15 @@ def _run(args: argparse.Namespace) -> int:
     elif args.verbose:
         print(f"vmcore: {stop.summary()} (accelerator {accel}, {stop.exits} exits, status {stop.status})",
               file=sys.stderr)
+    if args.json_report:
+        import json
+
+        text = json.dumps({"accelerator": accel, **stop.to_json()}, indent=2)
+        if args.json_report == "-":
+            print(text)
+        else:
+            with open(args.json_report, "w", encoding="utf-8") as out_file:
+                out_file.write(text + "\n")
     return stop.status & 0xFF
 
 

@@ -239,7 +239,8 @@ class Machine:
         """Add the vCPU's registers and code at RIP to a stop that did not come with them."""
         if stop.registers is not None or self.accelerator is None:
             return stop
-        snapshot = getattr(self.accelerator, "snapshot", None)
+        taken = getattr(self.accelerator, "fault_snapshot", None)
+        snapshot = (lambda: taken) if taken is not None else getattr(self.accelerator, "snapshot", None)
         if snapshot is None:
             return stop
         try:

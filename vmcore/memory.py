@@ -34,7 +34,15 @@ class MemorySlot:
         self.size = size
         self.readonly = readonly
         # Anonymous, private, zero-filled: what both KVM and a software CPU can map.
-        self.buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            self.buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as exc:  # ENOMEM: overcommit refused, RLIMIT_AS, a cgroup limit
+            from .units import format_size
+
+            raise GuestMemoryError(
+                f"slot {name!r}: the host could not provide its {format_size(size)} of memory "
+                f"({exc.strerror or exc}); make the slot smaller or free host memory"
+            ) from None
         self.view = memoryview(self.buffer)
 
     @property

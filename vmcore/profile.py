@@ -161,7 +161,7 @@ class _Converter:
         self.file = file
         self.values = 0
 
-    def convert(self, node: yaml.Node, depth: int = 0) -> Node:
+    def convert(self, node: yaml.Node, depth: int = 0, path: str = "") -> Node:
         where = _where(self.file, node)
         self.values += 1
         if self.values > MAX_VALUES:
@@ -174,7 +174,7 @@ class _Converter:
             return Scalar(node.value, where, null=node.tag == "tag:yaml.org,2002:null")
         if isinstance(node, yaml.SequenceNode):
             seq = Sequence(where)
-            seq.extend(self.convert(item, depth + 1) for item in node.value)
+            seq.extend(self.convert(item, depth + 1, f"{path}[{i}]") for i, item in enumerate(node.value))
             return seq
         if isinstance(node, yaml.MappingNode):
             mapping = Mapping(where)
@@ -182,14 +182,15 @@ class _Converter:
                 kw = _where(self.file, key_node)
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     # SafeLoader applies "<<" when constructing, which a located tree never does.
-                    raise ProfileError(kw, "<<", "YAML merge keys are not supported; write the keys out, "
-                                       "or share a base profile with extends")
+                    raise ProfileError(kw, f"{path}.<<" if path else "<<", "YAML merge keys are not supported; "
+                                       "write the keys out, or share a base profile with extends")
                 if not isinstance(key_node, yaml.ScalarNode):
-                    raise ProfileError(kw, "", "a key must be plain text, not a mapping or a list")
+                    raise ProfileError(kw, path, "a key must be plain text, not a mapping or a list")
                 key = key_node.value
+                full = f"{path}.{key}" if path else key
                 if key in mapping:
-                    raise ProfileError(kw, key, f"duplicate key (first given on line {mapping.key_where[key].line})")
-                mapping[key] = self.convert(value_node, depth + 1)
+                    raise ProfileError(kw, full, f"duplicate key (first given on line {mapping.key_where[key].line})")
+                mapping[key] = self.convert(value_node, depth + 1, full)
                 mapping.key_where[key] = kw
             return mapping
         raise ProfileError(where, "", f"unsupported YAML node {node.tag}")
@@ -206,7 +207,15 @@ def parse_yaml(text: str, file: str) -> Mapping:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0
-        problem = exc.problem or exc.context or "syntax error"
+        problem = exc.problem or "syntax error"
+        if exc.context:
+            since = exc.context_mark.line + 1 if exc.context_mark is not None else line
+            if "end of stream" in problem and since != line:
+                # An unclosed quote or bracket: where it opened is the line to fix, not the file's end.
+                problem = f"{exc.context}, {problem} (the file ends at line {line})"
+                line = since
+            else:
+                problem = f"{exc.context}{f' (from line {since})' if since != line else ''}, {problem}"
         raise ProfileError(Where(file, line), "", f"YAML syntax error: {problem}") from None
     except yaml.reader.ReaderError as exc:
         # Not a MarkedYAMLError, and its text spans two lines: say it in one, with the line.
@@ -345,7 +354,7 @@ def _load_tree(path: Path, chain: tuple[str, ...]) -> Mapping:
 def _extend(tree: Mapping, folder: Path, chain: tuple[str, ...]) -> Mapping:
     node = tree.pop("extends")
     kw = tree.key_where.pop("extends")
-    if not isinstance(node, Scalar) or node.null:
+    if not isinstance(node, Scalar) or node.null or not node.value.strip():
         raise ProfileError(kw, "extends", "expected the path of a base profile")
     base_path = (folder / node.value).resolve()
     if str(base_path) in chain:
@@ -446,7 +455,16 @@ def _int(node: Node, key: str, what: str = "a number like 42, 0x2A or 4K") -> in
     try:
         return parse_int(scalar.value)
     except ValueError:
-        raise ProfileError(scalar.where, key, f"expected {what}, got {scalar.value!r}") from None
+        pass
+    text = scalar.value.strip()
+    if text.startswith("-"):
+        try:
+            parse_int(text[1:])
+        except ValueError:
+            pass
+        else:
+            raise ProfileError(scalar.where, key, f"must not be negative, got {scalar.value!r}")
+    raise ProfileError(scalar.where, key, f"expected {what}, got {scalar.value!r}")
 
 
 def _choice(node: Node, key: str, choices: tuple[str, ...]) -> str:
@@ -473,6 +491,8 @@ def _validate(tree: Mapping, path: Path | None) -> Profile:
     _unknown_keys(tree, ("name", "extends", "accel", "irqchip", "kernel_pit", "device_errors", "cpu", "memory",
                          "loader", "devices", "limits"), "")
     name = _scalar(tree["name"], "name", "a name").value if "name" in tree else (path.stem if path else "machine")
+    if not name.strip():
+        raise ProfileError(tree["name"].where, "name", "must not be empty (leave it out to use the file's name)")
     accel = _choice(tree["accel"], "accel", ACCELS) if "accel" in tree else "auto"
     cpu = _validate_cpu(_section(tree, "cpu"), tree.key_where.get("cpu"))
     memory_node = _section(tree, "memory")
@@ -483,6 +503,7 @@ def _validate(tree: Mapping, path: Path | None) -> Profile:
     if not memory:
         raise ProfileError(memory_node.where, "memory", "a profile needs at least one memory slot")
     _check_slot_overlaps(memory)
+    _check_total_memory(memory)
     devices_node = _section(tree, "devices")
     devices = tuple(
         _validate_device(dev, node, devices_node.key_where[dev]) for dev, node in (devices_node or {}).items()
@@ -517,15 +538,22 @@ def _validate_loader(node: Mapping | None, key_where: Where | None) -> LoaderSpe
     if "kernel" not in node:
         raise ProfileError(key_where or node.where, "loader.kernel", "missing; the path of the kernel image")
     kernel_node = _scalar(node["kernel"], "loader.kernel", "the path of a kernel image")
+    if not kernel_node.value.strip():
+        raise ProfileError(kernel_node.where, "loader.kernel", "expected the path of a kernel image, got ''")
     folder = Path(kernel_node.where.file).parent if kernel_node.where.line else Path.cwd()
     kernel = (folder / kernel_node.value).resolve()
-    if not kernel.is_file():
-        raise ProfileError(kernel_node.where, "loader.kernel", f"kernel {kernel_node.value} not found (looked at {kernel})")
+    problem = _not_a_file(kernel)
+    if problem:
+        raise ProfileError(kernel_node.where, "loader.kernel", f"kernel {kernel_node.value} {problem} (looked at {kernel})")
     fmt = _choice(node["format"], "loader.format", LOADER_FORMATS) if "format" in node else "auto"
     cmdline = ""
     if "cmdline" in node:
         cmd = node["cmdline"]
         cmdline = "" if isinstance(cmd, Scalar) and cmd.null else _scalar(cmd, "loader.cmdline", "a command line").value
+        if not cmdline.isascii() or "\0" in cmdline:
+            # Multiboot 3.3: the command line is a zero-terminated C string; the loader writes ASCII.
+            raise ProfileError(cmd.where, "loader.cmdline",
+                               f"must be ASCII text without NUL (a C string for the kernel), got {cmdline!r}")
     address = _int(node["address"], "loader.address", "an address like 0x100000") if "address" in node else None
     return LoaderSpec(kernel=kernel, format=fmt, cmdline=cmdline, address=address, where=key_where or node.where)
 
@@ -538,6 +566,10 @@ def _validate_cpu(node: Mapping | None, key_where: Where | None = None) -> CpuSp
     entry = _int(node["entry"], "cpu.entry", "an address like 0x1000") if "entry" in node else 0
     if not 0 <= entry < 1 << 64:
         raise ProfileError(node["entry"].where, "cpu.entry", "must fit in 64 bits")
+    if mode == "real" and entry > 0xFFFF:
+        # Real mode starts at CS:IP = 0:entry and CS's limit is 64K (cpu.py's start state).
+        raise ProfileError(node["entry"].where, "cpu.entry",
+                           f"real mode starts at CS:IP 0:entry, so at most 0xffff, got {entry:#x}")
     tables = _int(node["tables"], "cpu.tables", "an address like 0x9000") if "tables" in node else None
     if tables is not None and tables % 4096:
         raise ProfileError(node["tables"].where, "cpu.tables", f"must be 4K-aligned, got {tables:#x}")
@@ -567,19 +599,29 @@ def _validate_slot(name: str, node: Node, key_where: Where) -> SlotSpec:
         raise ProfileError(node["size"].where, f"{key}.size", f"must be a positive multiple of 4K (the page size), got {size:#x}")
     if base % 4096:
         raise ProfileError(node["base"].where, f"{key}.base", f"must be 4K-aligned, got {base:#x}")
-    if base + size > 1 << 52:
-        raise ProfileError(node["size"].where, f"{key}.size", "the slot runs past the 52-bit guest-physical space")
+    if base >= 1 << PHYS_BITS:
+        raise ProfileError(node["base"].where, f"{key}.base",
+                           f"{base:#x} is past the {PHYS_BITS}-bit guest-physical space (top {(1 << PHYS_BITS) - 1:#x})")
+    if base + size > 1 << PHYS_BITS:
+        raise ProfileError(node["size"].where, f"{key}.size",
+                           f"the slot runs past the {PHYS_BITS}-bit guest-physical space")
     kind = _choice(node["kind"], f"{key}.kind", SLOT_KINDS) if "kind" in node else "ram"
     image = None
     if "image" in node:
         image_node = _scalar(node["image"], f"{key}.image", "the path of an image file")
+        if not image_node.value.strip():
+            raise ProfileError(image_node.where, f"{key}.image", "expected the path of an image file, got ''")
         folder = Path(image_node.where.file).parent if image_node.where.line else Path.cwd()
         image = (folder / image_node.value).resolve()
-        if not image.is_file():
-            raise ProfileError(image_node.where, f"{key}.image", f"image file {image_node.value} not found (looked at {image})")
+        problem = _not_a_file(image)
+        if problem:
+            raise ProfileError(image_node.where, f"{key}.image", f"image file {image_node.value} {problem} (looked at {image})")
     offset = _int(node["offset"], f"{key}.offset", "an offset into the slot like 0 or 0x1000") if "offset" in node else 0
     if offset and image is None:
         raise ProfileError(node["offset"].where, f"{key}.offset", "an offset needs an image to place")
+    if offset >= size:
+        raise ProfileError(node["offset"].where, f"{key}.offset",
+                           f"{offset:#x} is past the end of the {size:#x}-byte slot")
     if image is not None:
         length = image.stat().st_size
         if offset + length > size:
@@ -588,6 +630,45 @@ def _validate_slot(name: str, node: Node, key_where: Where) -> SlotSpec:
                 f"image is {length} bytes; at offset {offset:#x} it does not fit in the {size:#x}-byte slot",
             )
     return SlotSpec(name=name, base=base, size=size, kind=kind, image=image, offset=offset, where=key_where)
+
+
+def max_guest_memory() -> int:
+    """The most guest memory one profile may ask for: $VMCORE_MAX_GUEST_MEMORY, else 64G."""
+    text = os.environ.get(MAX_GUEST_MEMORY_ENV)
+    if text is None or not text.strip():
+        return DEFAULT_MAX_GUEST_MEMORY
+    where = Where(f"<environment: {MAX_GUEST_MEMORY_ENV}={text}>")
+    try:
+        limit = parse_int(text)
+    except ValueError:
+        raise ProfileError(where, MAX_GUEST_MEMORY_ENV, f"expected a size like 64G or 512M, got {text!r}") from None
+    if limit <= 0:
+        raise ProfileError(where, MAX_GUEST_MEMORY_ENV, f"must be positive, got {text!r}")
+    return limit
+
+
+def _size_text(size: int) -> str:
+    text = format_size(size)
+    return text if not text.isdigit() else f"{text} bytes"
+
+
+def _check_total_memory(slots: tuple[SlotSpec, ...]) -> None:
+    """Every slot is an anonymous host mapping: refuse totals the host should not be asked for."""
+    limit = max_guest_memory()
+    total = sum(slot.size for slot in slots)
+    if total <= limit:
+        return
+    before = 0
+    for slot in slots:  # in file order: the slot that crosses the limit is the one to name
+        if before + slot.size > limit:
+            raise ProfileError(
+                slot.where, f"memory.{slot.name}",
+                f"the slots add up to {_size_text(total)}, more than the {_size_text(limit)} of guest memory "
+                f"a profile may have; this slot ({_size_text(slot.size)}) takes the total from "
+                f"{_size_text(before)} to {_size_text(before + slot.size)} "
+                f"(set {MAX_GUEST_MEMORY_ENV} to change the limit)",
+            )
+        before += slot.size
 
 
 def _check_slot_overlaps(slots: tuple[SlotSpec, ...]) -> None:
@@ -630,11 +711,14 @@ def _validate_limits(node: Mapping | None) -> Limits:
     if "timeout" in node:
         scalar = _scalar(node["timeout"], "limits.timeout", "seconds, like 10 or 0.5")
         try:
-            timeout = float(scalar.value.rstrip("s"))
+            timeout = float(scalar.value.strip().removesuffix("s"))
         except ValueError:
             raise ProfileError(scalar.where, "limits.timeout", f"expected seconds, like 10 or 0.5, got {scalar.value!r}") from None
         if not (math.isfinite(timeout) and timeout > 0):
             raise ProfileError(scalar.where, "limits.timeout", f"must be a positive number of seconds, got {scalar.value!r}")
+        if timeout > MAX_TIMEOUT:
+            raise ProfileError(scalar.where, "limits.timeout", f"at most {MAX_TIMEOUT:g} seconds, got {scalar.value!r} "
+                               "(leave limits.timeout out for no time limit)")
     max_exits = _int(node["max_exits"], "limits.max_exits", "a count") if "max_exits" in node else None
     if max_exits is not None and max_exits <= 0:
         raise ProfileError(node["max_exits"].where, "limits.max_exits", f"must be positive, got {max_exits}")

@@ -234,7 +234,8 @@ class KvmAccelerator(Accelerator):
                 except InterruptedError:
                     run.immediate_exit = 0
                     if self._timed_out:
-                        return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time", exits)
+                        return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time", exits,
+                                          dump=True)
                     self._service()
                     continue
                 except KvmError as exc:
@@ -261,7 +262,7 @@ class KvmAccelerator(Accelerator):
                     # Waiting for an interrupt, as a CPU in HLT does; with IF clear it is a stop.
                     if not self._wait_halted():
                         return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time",
-                                          exits)
+                                          exits, dump=True)
                     continue
                 elif reason == EXIT_IRQ_WINDOW:
                     self._service()
@@ -273,7 +274,7 @@ class KvmAccelerator(Accelerator):
                 # Only IO and MMIO exits count: the same measure the software CPU keeps.
                 exits += 1
                 if exits == max_exits:
-                    return self._stop("max-exits", f"reached the limit of {max_exits} exits", exits)
+                    return self._stop("max-exits", f"reached the limit of {max_exits} exits", exits, dump=True)
         except GuestExit as exc:
             # A device ended the run (debug-exit) during this exit, which counts too.
             return StopReason(kind="exit", message=exc.reason, status=exc.status, exits=exits + 1)

@@ -67,6 +67,8 @@ class UnicornAccelerator(Accelerator):
             raise AcceleratorUnavailable("the software CPU needs the 'unicorn' package: pip install unicorn")
         self.uc: Any = None
         self.memory: GuestMemory | None = None
+        #: Registers at the moment a device raised in a hook (for the device-error report).
+        self.fault_snapshot: tuple[Any, ...] | None = None
         self.mode = "real"
         self._mmio_pages: set[int] = set()
         self._rom_write: tuple[MemorySlot, int, int] | None = None
@@ -178,7 +180,7 @@ class UnicornAccelerator(Accelerator):
                 count_limit()
 
         def count_limit() -> None:
-            self._reason = StopReason.of("max-exits", f"reached the limit of {max_exits} exits")
+            self._reason = self._stop_reason("max-exits", f"reached the limit of {max_exits} exits")
             stopping[0] = True
             uc.emu_stop()
 
@@ -264,8 +266,7 @@ class UnicornAccelerator(Accelerator):
             if error is not None:
                 return self._fault(error, exits[0])
             if expired.is_set():
-                return StopReason.of("timeout", f"no stop after {limits.timeout:g} s of wall-clock time",
-                                     exits=exits[0])
+                return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time", exits[0])
             # Not our kick (timer, interrupt, input): the guest executed hlt. A kick racing
             # with a hlt is taken as the kick; the guest's hlt loop then halts again.
             halted = not self._kicked and self._after_hlt()
@@ -276,8 +277,8 @@ class UnicornAccelerator(Accelerator):
                 if not self._interrupts_enabled() or self._controller is None:
                     return StopReason.of("halted", "the guest executed hlt", exits=exits[0])
                 if not self._wait_for_interrupt(expired):
-                    return StopReason.of("timeout", f"no stop after {limits.timeout:g} s of wall-clock time",
-                                         exits=exits[0])
+                    return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time",
+                                      exits[0])
             pc = self._ip()
 
     def _emulate(self, pc: int, count: int = 0) -> None:
@@ -295,6 +296,13 @@ class UnicornAccelerator(Accelerator):
         """A device raised (or ended the run) in a hook: keep the exception, let no more IO out, stop."""
         if self._pending is None:
             self._pending = exc
+            if not isinstance(exc, GuestExit):
+                # Where the guest was when the device failed: emulation may run on to the
+                # end of the block before it stops, so take the registers now.
+                try:
+                    self.fault_snapshot = self.snapshot()
+                except Exception:  # the report must not fail on a half-stopped CPU
+                    self.fault_snapshot = None
         self._stopping[0] = True
         self.uc.emu_stop()
 
