@@ -137,7 +137,10 @@ class _Composer(yaml.SafeLoader):
                 raise yaml.composer.ComposerError(
                     None, None, f"alias *{event.anchor} is inside the node &{event.anchor} names (a recursive "
                     "structure)", event.start_mark)
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
+            # Placed where the alias is written, not where its anchor is (its children keep theirs),
+            # so "duplicate key" or "expected a mapping" point at the line that uses the alias.
+            return type(node)(node.tag, node.value, event.start_mark, event.end_mark)
         if self._depth >= MAX_DEPTH:
             raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
                                               event.start_mark)
@@ -160,16 +163,20 @@ class _Converter:
     def __init__(self, file: str) -> None:
         self.file = file
         self.values = 0
+        self.top = ("", Where(file, 1))  # the top-level key being converted, for limit errors
 
     def convert(self, node: yaml.Node, depth: int = 0, path: str = "") -> Node:
         where = _where(self.file, node)
         self.values += 1
         if self.values > MAX_VALUES:
-            raise ProfileError(where, "", f"more than {MAX_VALUES} values once aliases are expanded "
-                               "(aliases of aliases multiply: an alias bomb?)")
+            # Reported at the top-level key whose value grew too big: the node at hand was written
+            # wherever the innermost anchor is, which says little about which alias multiplied it.
+            raise ProfileError(self.top[1], self.top[0], f"more than {MAX_VALUES} values once aliases are "
+                               "expanded (aliases of aliases multiply: an alias bomb?)")
         if depth > MAX_DEPTH:
             # The composer bounds nesting as written; aliases can stack nestings on each other.
-            raise ProfileError(where, "", f"nested more than {MAX_DEPTH} levels deep once aliases are expanded")
+            raise ProfileError(self.top[1], self.top[0],
+                               f"nested more than {MAX_DEPTH} levels deep once aliases are expanded")
         if isinstance(node, yaml.ScalarNode):
             return Scalar(node.value, where, null=node.tag == "tag:yaml.org,2002:null")
         if isinstance(node, yaml.SequenceNode):
@@ -188,6 +195,8 @@ class _Converter:
                     raise ProfileError(kw, path, "a key must be plain text, not a mapping or a list")
                 key = key_node.value
                 full = f"{path}.{key}" if path else key
+                if depth == 0:
+                    self.top = (key, kw)
                 if key in mapping:
                     raise ProfileError(kw, full, f"duplicate key (first given on line {mapping.key_where[key].line})")
                 mapping[key] = self.convert(value_node, depth + 1, full)

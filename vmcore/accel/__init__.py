@@ -84,11 +84,12 @@ def create(name: str, kernel_irqchip: bool = False, kernel_pit: bool = False) ->
         return UnicornAccelerator()
     if name == "auto":
         from .kvm import KvmAccelerator
-        from .unicorn import UnicornAccelerator
 
         try:
             accel: Accelerator = KvmAccelerator.open()
         except AcceleratorUnavailable as exc:
+            from .unicorn import UnicornAccelerator  # imported only when needed: it costs start-up time
+
             log.warning("accelerator auto: using tcg (software CPU) because KVM is unusable: %s", exc)
             return UnicornAccelerator()
         log.info("accelerator auto: using kvm")
