@@ -53,14 +53,6 @@ def skip_without_kvm() -> None:
         pytest.skip(f"needs /dev/kvm: {reason}")
 
 
-@pytest.fixture(params=[pytest.param("kvm", marks=pytest.mark.kvm), "tcg"])
-def accel(request: pytest.FixtureRequest) -> str:
-    """The accelerator a boot test runs on: ``kvm`` (skipped without /dev/kvm) or ``tcg``."""
-    if request.param == "kvm":
-        skip_without_kvm()
-    return str(request.param)
-
-
 @pytest.fixture
 def needs_kvm() -> None:
     skip_without_kvm()

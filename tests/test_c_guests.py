@@ -14,6 +14,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,14 +42,9 @@ def protected_mode_interrupts_on_kvm() -> str | None:
     image[0x1100:0x1101] = b"\xcf"  # the handler: iret
     image[0x1200:0x1206] = struct.pack("<HI", 0x30 * 8 + 7, 0x2000)
     image[0x2000 + 0x30 * 8 : 0x2000 + 0x31 * 8] = struct.pack("<HHBBH", 0x1100, 0x08, 0, 0x8E, 0)
-    probe = Path(__file__).resolve().parent / "data" / "pm_iret_probe.bin"
-    if not probe.exists() or probe.read_bytes() != bytes(image):
-        probe.write_bytes(bytes(image))
-    profile = Profile.from_yaml(
-        f"cpu: {{mode: protected, entry: 0x1000, registers: {{rsp: 0x8000}}}}\n"
-        f"memory: {{ram: {{size: 64K, image: {probe}}}}}\n"
-        "devices: {console: {type: debugcon, output: memory}}\n"
-    )
+    with tempfile.NamedTemporaryFile(prefix="vmcore-pm-iret-", suffix=".bin", delete=False) as out_file:
+        out_file.write(bytes(image))
+    probe = Path(out_file.name)
     script = (
         "import sys\nfrom vmcore.machine import Machine\nfrom vmcore.profile import Profile\n"
         "from vmcore.accel import RunLimits\n"
@@ -57,7 +53,10 @@ def protected_mode_interrupts_on_kvm() -> str | None:
         "    stop = m.run('kvm', RunLimits(timeout=10))\n"
         "    print(stop.kind, bytes(m.devices['console'].buffer).decode(), stop.code.hex() if stop.code else '')\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+    try:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+    finally:
+        probe.unlink()
     words = out.stdout.split()
     if words[:2] == ["halted", "k"]:
         return None
@@ -81,15 +80,6 @@ def irq_accel(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=[pytest.param("kvm", marks=pytest.mark.kvm), "tcg"])
-def any_accel(request: pytest.FixtureRequest) -> str:
-    if request.param == "kvm":
-        reason = kvm_unavailable()
-        if reason is not None:
-            pytest.skip(f"needs /dev/kvm: {reason}")
-    return str(request.param)
-
-
 def test_timer_tick_counts_fifty_pit_interrupts(irq_accel: str) -> None:
     run = vmcore("run", "timer-tick", "--accel", irq_accel)
     assert run.stdout == b"ticks: 50\n", run.stderr
@@ -102,30 +92,30 @@ def test_timer_tick_takes_about_fifty_ms_of_machine_time(irq_accel: str) -> None
     assert run.status == 33 and run.seconds >= 0.045
 
 
-def test_cmos_clock_reads_the_profile_start_time(any_accel: str) -> None:
-    run = vmcore("run", "cmos-clock", "--accel", any_accel)
+def test_cmos_clock_reads_the_profile_start_time(accel: str) -> None:
+    run = vmcore("run", "cmos-clock", "--accel", accel)
     assert run.status == 37, run.stderr  # debug-exit 0x12
     text = run.stdout.decode()
     assert text.startswith("2026-01-02 03:04:0"), text
     assert int(text.strip()[-2:]) <= 9  # seconds after 03:04:05 that the boot took
 
 
-def test_cmos_clock_follows_a_start_time_set_on_the_command_line(any_accel: str) -> None:
-    run = vmcore("run", "cmos-clock", "--accel", any_accel, "--set", "devices.rtc.start=1999-12-31T23:59:30")
+def test_cmos_clock_follows_a_start_time_set_on_the_command_line(accel: str) -> None:
+    run = vmcore("run", "cmos-clock", "--accel", accel, "--set", "devices.rtc.start=1999-12-31T23:59:30")
     assert run.status == 37, run.stderr
     assert run.stdout.decode().startswith("1999-12-31 23:59:3")
 
 
-def test_multiboot_kernel_reads_command_line_and_memory_map(any_accel: str) -> None:
-    run = vmcore("run", "multiboot", "--accel", any_accel)
+def test_multiboot_kernel_reads_command_line_and_memory_map(accel: str) -> None:
+    run = vmcore("run", "multiboot", "--accel", accel)
     text = run.stdout.decode()
     assert run.status == 15, run.stderr  # status=7 from the command line: (7 << 1) | 1
     assert "cmdline: status=7 hello\n" in text
     assert "mmap: base=0x0 len=0x400000 type=1\n" in text
 
 
-def test_multiboot_exit_status_is_chosen_by_the_command_line(any_accel: str) -> None:
-    run = vmcore("run", "multiboot", "--accel", any_accel, "--set", "loader.cmdline=status=21")
+def test_multiboot_exit_status_is_chosen_by_the_command_line(accel: str) -> None:
+    run = vmcore("run", "multiboot", "--accel", accel, "--set", "loader.cmdline=status=21")
     assert run.status == 43
 
 
@@ -206,9 +196,9 @@ def test_a_userspace_controller_profile_builds_with_lines_routed_to_the_pic() ->
         assert type(machine.controller).__name__ == "I8259"
 
 
-def test_real_mode_pit_ticks_through_the_userspace_pic(any_accel: str) -> None:
+def test_real_mode_pit_ticks_through_the_userspace_pic(accel: str) -> None:
     # Real-mode interrupts run on every KVM: this is the KVM_INTERRUPT injection path here.
-    run = vmcore("-v", "run", "rm-timer", "--accel", any_accel)
+    run = vmcore("-v", "run", "rm-timer", "--accel", accel)
     assert run.stdout == b"rm ticks: 10\n", run.stderr
     assert run.status == 39
 
@@ -222,7 +212,7 @@ def test_real_mode_pit_ticks_are_identical_on_both_accelerators() -> None:
     assert result.a.stop.status == 39
 
 
-def test_interrupt_pending_while_if_clear_is_taken_after_sti_without_hlt(any_accel: str) -> None:
-    run = vmcore("run", "irq-window", "--accel", any_accel, "--timeout", "20")
+def test_interrupt_pending_while_if_clear_is_taken_after_sti_without_hlt(accel: str) -> None:
+    run = vmcore("run", "irq-window", "--accel", accel, "--timeout", "20")
     assert run.stdout == b"window ok\n", run.stderr
     assert run.status == 41

@@ -18,15 +18,6 @@ from tests.test_boot import REPO, child, kvm_unavailable
 FAULTY_PLUGIN = "tests.test_faults"
 
 
-@pytest.fixture(params=[pytest.param("kvm", marks=pytest.mark.kvm), "tcg"])
-def accel(request: pytest.FixtureRequest) -> str:
-    if request.param == "kvm":
-        reason = kvm_unavailable()
-        if reason is not None:
-            pytest.skip(f"needs /dev/kvm: {reason}")
-    return str(request.param)
-
-
 # --- a device that raises on reads of its second register ----------------------------------
 
 import attrs  # noqa: E402
