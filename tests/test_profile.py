@@ -7,14 +7,32 @@ docs page of "what the loader says" can be generated from them.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import vmcore.memory
 from vmcore.machine import Machine
-from vmcore.profile import Limits, Profile, ProfileError
+from vmcore.profile import (
+    MAX_GUEST_MEMORY_ENV,
+    MAX_PROFILE_BYTES,
+    Limits,
+    Profile,
+    ProfileError,
+    max_guest_memory,
+)
 
 RAM_ONLY = "memory:\n  ram: {size: 4K}\n"
+#: The name every malformed-profile case is written under (what docs/malformed-profiles.md shows).
+CASE_FILE = "p.yaml"
 
 
 def write(path: Path, text: str) -> Path:
@@ -287,103 +305,271 @@ def test_bad_override_value_is_reported_against_the_command_line(tmp_path: Path)
 
 
 # --- malformed profiles: (name, yaml_text, expected_line, expected_fragments) -----------------
+#
+# Each case is written as ``p.yaml`` in a folder made by :func:`make_case_dir` and loaded (or
+# built) there. ``expected_line`` is a line of p.yaml, or ``"other.yaml:LINE"`` when the problem
+# is in a file p.yaml extends. ``expected_fragments[0]`` is the exact key the message names
+# ("" when it names none); the rest must appear in the message. docs/malformed-profiles.md is
+# rendered from these tables (tests/test_malformed_doc.py).
 
-#: Problems :meth:`Profile.load` reports. Files named ``big.bin`` (8 KiB) and ``small.bin``
-#: (16 bytes) exist next to each profile.
-PROFILE_ERRORS: list[tuple[str, str, int, list[str]]] = [
+Case = tuple[str, "str | bytes", "int | str", list[str]]
+
+#: Problems :meth:`Profile.load` reports.
+PROFILE_ERRORS: list[Case] = [
+    # The file and its YAML.
     ("yaml-syntax",
      "memory:\n  ram: {size: 4K}\ncpu: mode: real\n",
-     3, ["YAML syntax error", "mapping values are not allowed"]),
+     3, ["", "YAML syntax error", "mapping values are not allowed"]),
     ("yaml-tab",
      "memory:\n\tram: {size: 4K}\n",
-     2, ["YAML syntax error", "'\\t'"]),
+     2, ["", "YAML syntax error", "'\\t'"]),
+    ("yaml-unclosed-quote",
+     "name: 'hello\n" + RAM_ONLY,
+     1, ["", "YAML syntax error", "quoted scalar", "end of stream", "the file ends at line 4"]),
+    ("yaml-unclosed-bracket",
+     "memory:\n  ram: {size: 4K\ncpu: {mode: real}\n",
+     3, ["", "YAML syntax error", "flow mapping (from line 2)", "expected ',' or '}'"]),
+    ("yaml-bad-indentation",
+     "memory:\n  ram:\n    size: 4K\n   base: 0\n",
+     4, ["", "YAML syntax error", "block mapping (from line 2)", "expected <block end>"]),
+    ("yaml-undefined-alias",
+     "memory: *slots\n",
+     1, ["", "YAML syntax error", "undefined alias 'slots'"]),
+    ("yaml-recursive-alias",
+     "memory: &m\n  ram: {size: 4K}\n  again: *m\n",
+     3, ["", "YAML syntax error", "alias *m", "recursive structure"]),
+    ("yaml-alias-bomb",
+     "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+     "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n" + RAM_ONLY,
+     5, ["e", "more than 100000 values", "alias bomb"]),
+    ("yaml-nested-too-deep",
+     "x: " + "[" * 40 + "]" * 40 + "\n" + RAM_ONLY,
+     1, ["", "YAML syntax error", "nested more than 32 levels deep"]),
+    ("yaml-merge-key",
+     "slot: &slot {size: 4K}\nmemory:\n  ram: {<<: *slot, base: 0}\n",
+     3, ["memory.ram.<<", "merge keys are not supported", "extends"]),
+    ("alias-of-a-mapping-as-key",
+     "slot: &slot {size: 4K}\nmemory:\n  *slot : {size: 8K}\n",
+     3, ["memory", "a key must be plain text"]),
+    ("alias-repeats-a-key",
+     "memory:\n  &n ram: {size: 4K}\n  *n : {size: 8K}\n",
+     3, ["memory.ram", "duplicate key", "first given on line 2"]),
+    ("list-as-key",
+     "? [memory]\n: {ram: {size: 4K}}\n",
+     1, ["", "a key must be plain text"]),
+    ("duplicate-key",
+     "memory:\n  ram: {size: 4K}\ncpu: {mode: real}\nmemory:\n  ram: {size: 8K}\n",
+     4, ["memory", "duplicate key", "first given on line 1"]),
+    ("duplicate-nested-key",
+     "memory:\n  ram:\n    size: 4K\n    size: 8K\n",
+     4, ["memory.ram.size", "duplicate key", "line 3"]),
     ("top-level-list",
      "# a machine\n- memory\n- devices\n",
-     2, ["top level must be a mapping"]),
+     2, ["", "top level must be a mapping"]),
+    ("top-level-scalar",
+     "just a sentence\n",
+     1, ["", "top level must be a mapping"]),
+    ("two-documents",
+     RAM_ONLY + "---\nname: second\n",
+     3, ["", "YAML syntax error", "single document", "another document"]),
     ("empty-file",
      "",
-     1, ["empty", "expected a mapping", "memory"]),
+     1, ["", "empty", "expected a mapping", "memory"]),
     ("only-comments",
      "# nothing here yet\n",
-     1, ["empty", "memory"]),
+     1, ["", "empty", "memory"]),
+    ("nul-character",
+     "name: a\x00b\n" + RAM_ONLY,
+     1, ["", "U+0000 is not allowed"]),
+    ("binary-file",
+     b"\x7fELF\x02\x01\x01\x00\xff\xfe\x00\x00\n",
+     1, ["", "not UTF-8", "byte 0xff", "binary file"]),
+    ("latin-1-text",
+     RAM_ONLY.encode() + b"name: caf\xe9\n",
+     3, ["", "not UTF-8", "byte 0xe9"]),
+    # The top level.
     ("unknown-top-level-key",
      RAM_ONLY + "devics:\n  console: {type: debugcon}\n",
      3, ["devics", "unknown key", "did you mean 'devices'?", "expected one of"]),
     ("misspelt-extends",
      "extend: base.yaml\n" + RAM_ONLY,
      1, ["extend", "unknown key", "did you mean 'extends'?"]),
-    ("no-memory",
-     "cpu: {mode: real}\n",
-     1, ["memory", "at least one memory slot"]),
-    ("unknown-cpu-mode",
-     "cpu:\n  mode: reel\n" + RAM_ONLY,
-     2, ["cpu.mode", "expected one of real, protected, long", "'reel'", "did you mean 'real'?"]),
+    ("name-is-a-mapping",
+     "name: {first: a}\n" + RAM_ONLY,
+     1, ["name", "expected a name, got a mapping"]),
+    ("name-is-empty",
+     "name: ''\n" + RAM_ONLY,
+     1, ["name", "must not be empty"]),
     ("unknown-accel",
      "accel: kmv\n" + RAM_ONLY,
      1, ["accel", "expected one of kvm, tcg, auto", "did you mean 'kvm'?"]),
-    ("bad-number",
-     "memory:\n  ram:\n    size: 4Q\n",
-     3, ["memory.ram.size", "expected a size like 4K", "'4Q'"]),
+    ("accel-is-a-list",
+     "accel: [kvm, tcg]\n" + RAM_ONLY,
+     1, ["accel", "expected one of kvm, tcg, auto, got a list"]),
+    ("accel-is-a-mapping",
+     "accel: {kvm: true}\n" + RAM_ONLY,
+     1, ["accel", "got a mapping"]),
+    ("unknown-irqchip",
+     "irqchip: kernal\n" + RAM_ONLY,
+     1, ["irqchip", "expected one of auto, userspace, kernel, none", "did you mean 'kernel'?"]),
+    ("kernel-pit-without-kernel-irqchip",
+     "kernel_pit: true\n" + RAM_ONLY,
+     1, ["kernel_pit", "needs irqchip: kernel"]),
+    ("kernel-pit-not-a-boolean",
+     "irqchip: kernel\nkernel_pit: maybe\n" + RAM_ONLY,
+     2, ["kernel_pit", "expected true or false", "'maybe'"]),
+    # cpu
+    ("cpu-is-a-list",
+     "cpu: [real, 0x1000]\n" + RAM_ONLY,
+     1, ["cpu", "expected a section"]),
+    ("unknown-cpu-key",
+     "cpu:\n  mode: real\n  entyr: 0x100\n" + RAM_ONLY,
+     3, ["cpu.entyr", "unknown key", "did you mean 'entry'?"]),
+    ("unknown-cpu-mode",
+     "cpu:\n  mode: reel\n" + RAM_ONLY,
+     2, ["cpu.mode", "expected one of real, protected, long", "'reel'", "did you mean 'real'?"]),
+    ("cpu-mode-is-a-mapping",
+     "cpu:\n  mode: {real: true}\n" + RAM_ONLY,
+     2, ["cpu.mode", "got a mapping"]),
     ("bad-entry",
      "cpu:\n  entry: 0xZZ\n" + RAM_ONLY,
      2, ["cpu.entry", "expected an address", "'0xZZ'"]),
+    ("negative-entry",
+     "cpu: {entry: -0x10}\n" + RAM_ONLY,
+     1, ["cpu.entry", "must not be negative", "'-0x10'"]),
     ("entry-past-64-bits",
      "cpu:\n  entry: 0x1_0000_0000_0000_0000\n" + RAM_ONLY,
      2, ["cpu.entry", "64 bits"]),
+    ("real-mode-entry-past-64k",
+     "cpu:\n  mode: real\n  entry: 0x10000\n" + RAM_ONLY,
+     3, ["cpu.entry", "real mode", "at most 0xffff", "0x10000"]),
+    ("unaligned-tables",
+     "cpu:\n  mode: protected\n  tables: 0x9100\n" + RAM_ONLY,
+     3, ["cpu.tables", "4K-aligned", "0x9100"]),
+    ("registers-is-a-list",
+     "cpu:\n  registers: [rsp, 0x8000]\n" + RAM_ONLY,
+     2, ["cpu.registers", "expected register: value lines"]),
+    ("unknown-register",
+     "cpu:\n  registers:\n    rsp: 0x8000\n    rxx: 1\n" + RAM_ONLY,
+     4, ["cpu.registers.rxx", "unknown key", "expected one of", "rsp"]),
+    ("misspelt-register",
+     "cpu:\n  registers: {rflag: 0x202}\n" + RAM_ONLY,
+     2, ["cpu.registers.rflag", "unknown key", "did you mean 'rflags'?"]),
+    ("register-too-wide",
+     "cpu:\n  registers:\n    rax: 0x1_0000_0000_0000_0000\n" + RAM_ONLY,
+     3, ["cpu.registers.rax", "64 bits"]),
+    ("register-not-a-number",
+     "cpu:\n  registers: {rsp: top}\n" + RAM_ONLY,
+     2, ["cpu.registers.rsp", "expected a number", "'top'"]),
+    # memory
+    ("no-memory",
+     "cpu: {mode: real}\n",
+     1, ["memory", "at least one memory slot"]),
+    ("memory-is-a-list",
+     "memory:\n  - {size: 4K}\n",
+     2, ["memory", "expected a section"]),
+    ("memory-is-empty",
+     "memory: {}\n",
+     1, ["memory", "at least one memory slot"]),
+    ("slot-is-a-scalar",
+     "memory:\n  ram: 4K\n",
+     2, ["memory.ram", "expected a slot: base, size, kind"]),
+    ("unknown-slot-key",
+     "memory:\n  ram:\n    size: 4K\n    imgae: x.bin\n",
+     4, ["memory.ram.imgae", "unknown key", "did you mean 'image'?"]),
+    ("missing-size",
+     "memory:\n  ram:\n    base: 0x1000\n",
+     2, ["memory.ram.size", "missing", "size like 4K"]),
     ("size-not-4k-multiple",
      "memory:\n  ram:\n    base: 0\n    size: 1000\n",
      4, ["memory.ram.size", "multiple of 4K", "0x3e8"]),
     ("zero-size",
      "memory:\n  ram: {size: 0}\n",
      2, ["memory.ram.size", "positive multiple of 4K"]),
-    ("missing-size",
-     "memory:\n  ram:\n    base: 0x1000\n",
-     2, ["memory.ram.size", "missing", "size like 4K"]),
+    ("negative-size",
+     "memory:\n  ram: {size: -4K}\n",
+     2, ["memory.ram.size", "must not be negative", "'-4K'"]),
+    ("bad-number",
+     "memory:\n  ram:\n    size: 4Q\n",
+     3, ["memory.ram.size", "expected a size like 4K", "'4Q'"]),
+    ("hex-with-junk",
+     "memory:\n  ram: {size: 0x10zz}\n",
+     2, ["memory.ram.size", "expected a size like 4K", "'0x10zz'"]),
+    ("size-is-a-mapping",
+     "memory:\n  ram:\n    size: {value: 4K}\n",
+     3, ["memory.ram.size", "got a mapping"]),
     ("unaligned-base",
      "memory:\n  ram:\n    base: 0x100\n    size: 4K\n",
      3, ["memory.ram.base", "4K-aligned", "0x100"]),
-    ("unknown-slot-key",
-     "memory:\n  ram:\n    size: 4K\n    imgae: x.bin\n",
-     4, ["memory.ram.imgae", "did you mean 'image'?"]),
+    ("base-past-52-bits",
+     "memory:\n  ram: {base: 0x10_0000_0000_0000, size: 4K}\n",
+     2, ["memory.ram.base", "past the 52-bit guest-physical space"]),
+    ("slot-ends-past-52-bits",
+     "memory:\n  ram:\n    base: 0xF_FFFF_FFFF_F000\n    size: 8K\n",
+     4, ["memory.ram.size", "runs past the 52-bit guest-physical space"]),
     ("unknown-slot-kind",
      "memory:\n  ram: {size: 4K, kind: flash}\n",
      2, ["memory.ram.kind", "expected one of ram, rom", "'flash'"]),
     ("overlapping-slots",
      "memory:\n  low:\n    base: 0\n    size: 8K\n  high:\n    base: 0x1000\n    size: 4K\n",
      5, ["memory.high", "overlaps slot 'low'", "0x1000..0x1fff", "0x0..0x1fff"]),
+    ("more-memory-than-the-limit",
+     "memory:\n  low: {size: 32G}\n  high: {base: 32G, size: 40G}\n",
+     3, ["memory.high", "add up to 72G", "more than the 64G", "from 32G to 72G", "VMCORE_MAX_GUEST_MEMORY"]),
     ("image-missing",
      "memory:\n  ram:\n    size: 4K\n    image: nope.bin\n",
      4, ["memory.ram.image", "nope.bin not found", "looked at"]),
+    ("image-is-a-directory",
+     "memory:\n  ram: {size: 4K, image: adir}\n",
+     2, ["memory.ram.image", "adir is a directory, not a file"]),
+    ("image-is-a-list",
+     "memory:\n  ram: {size: 4K, image: [a.bin, b.bin]}\n",
+     2, ["memory.ram.image", "expected the path of an image file, got a list"]),
+    ("image-is-empty",
+     "memory:\n  ram: {size: 4K, image: ''}\n",
+     2, ["memory.ram.image", "expected the path of an image file, got ''"]),
     ("image-larger-than-slot",
      "memory:\n  ram:\n    size: 4K\n    image: big.bin\n",
      4, ["memory.ram.image", "8192 bytes", "does not fit", "0x1000-byte slot"]),
     ("image-past-slot-end-at-offset",
      "memory:\n  ram:\n    size: 4K\n    image: small.bin\n    offset: 0xFF8\n",
      4, ["memory.ram.image", "16 bytes", "offset 0xff8", "does not fit"]),
+    ("offset-past-slot",
+     "memory:\n  ram:\n    size: 4K\n    image: small.bin\n    offset: 4K\n",
+     5, ["memory.ram.offset", "0x1000 is past the end of the 0x1000-byte slot"]),
+    ("negative-offset",
+     "memory:\n  ram: {size: 4K, image: small.bin, offset: -1}\n",
+     2, ["memory.ram.offset", "must not be negative"]),
     ("offset-without-image",
      "memory:\n  ram:\n    size: 4K\n    offset: 0x100\n",
      4, ["memory.ram.offset", "needs an image"]),
-    ("duplicate-key",
-     "memory:\n  ram: {size: 4K}\ncpu: {mode: real}\nmemory:\n  ram: {size: 8K}\n",
-     4, ["memory", "duplicate key", "first given on line 1"]),
-    ("duplicate-nested-key",
-     "memory:\n  ram:\n    size: 4K\n    size: 8K\n",
-     4, ["size", "duplicate key", "line 3"]),
-    ("device-missing-type",
-     RAM_ONLY + "devices:\n  console:\n    port: 0xF1\n    output: memory\n",
-     4, ["devices.console.type", "missing", "vmcore devices"]),
+    # devices (what only a device type knows is checked when the machine is built: BUILD_ERRORS)
+    ("devices-is-a-list",
+     RAM_ONLY + "devices:\n  - type: debugcon\n",
+     4, ["devices", "expected a section"]),
     ("device-not-a-mapping",
      RAM_ONLY + "devices:\n  console: debugcon\n",
      4, ["devices.console", "expected 'type: NAME'"]),
-    ("unknown-register",
-     "cpu:\n  registers:\n    rsp: 0x8000\n    rxx: 1\n" + RAM_ONLY,
-     4, ["cpu.registers.rxx", "unknown key", "expected one of", "rsp"]),
-    ("register-too-wide",
-     "cpu:\n  registers:\n    rax: 0x1_0000_0000_0000_0000\n" + RAM_ONLY,
-     3, ["cpu.registers.rax", "64 bits"]),
-    ("unaligned-tables",
-     "cpu:\n  mode: protected\n  tables: 0x9100\n" + RAM_ONLY,
-     3, ["cpu.tables", "4K-aligned", "0x9100"]),
+    ("device-is-empty",
+     RAM_ONLY + "devices:\n  console:\n",
+     4, ["devices.console", "expected 'type: NAME'"]),
+    ("device-missing-type",
+     RAM_ONLY + "devices:\n  console:\n    port: 0xF1\n    output: memory\n",
+     4, ["devices.console.type", "missing", "vmcore devices"]),
+    ("device-type-is-a-list",
+     RAM_ONLY + "devices:\n  console: {type: [debugcon]}\n",
+     4, ["devices.console.type", "expected a device type name, got a list"]),
+    # limits
+    ("limits-is-a-list",
+     RAM_ONLY + "limits: [10, 1000]\n",
+     3, ["limits", "expected a section"]),
+    ("unknown-limit",
+     RAM_ONLY + "limits:\n  max_exit: 10\n",
+     4, ["limits.max_exit", "unknown key", "did you mean 'max_exits'?"]),
+    ("zero-timeout",
+     RAM_ONLY + "limits:\n  timeout: 0\n",
+     4, ["limits.timeout", "must be a positive number of seconds", "'0'"]),
     ("negative-timeout",
      RAM_ONLY + "limits:\n  timeout: -1\n",
      4, ["limits.timeout", "must be a positive number of seconds", "'-1'"]),
@@ -393,19 +579,72 @@ PROFILE_ERRORS: list[tuple[str, str, int, list[str]]] = [
     ("infinite-timeout",
      RAM_ONLY + "limits:\n  timeout: inf\n",
      4, ["limits.timeout", "must be a positive number of seconds", "'inf'"]),
+    ("huge-timeout",
+     RAM_ONLY + "limits:\n  timeout: 1e12\n",
+     4, ["limits.timeout", "at most 1e+09 seconds", "leave limits.timeout out"]),
     ("text-timeout",
      RAM_ONLY + "limits:\n  timeout: soon\n",
      4, ["limits.timeout", "expected seconds", "'soon'"]),
+    ("timeout-with-two-units",
+     RAM_ONLY + "limits:\n  timeout: 10ss\n",
+     4, ["limits.timeout", "expected seconds", "'10ss'"]),
     ("zero-max-exits",
      RAM_ONLY + "limits:\n  max_exits: 0\n",
      4, ["limits.max_exits", "positive"]),
-    ("unknown-limit",
-     RAM_ONLY + "limits:\n  max_exit: 10\n",
-     4, ["limits.max_exit", "did you mean 'max_exits'?"]),
+    ("negative-max-exits",
+     RAM_ONLY + "limits:\n  max_exits: -5\n",
+     4, ["limits.max_exits", "must not be negative"]),
+    # loader
+    ("loader-is-a-list",
+     RAM_ONLY + "loader: [kernel.elf]\n",
+     3, ["loader", "expected a section"]),
+    ("loader-without-kernel",
+     RAM_ONLY + "loader:\n  format: elf\n",
+     3, ["loader.kernel", "missing", "path of the kernel image"]),
+    ("loader-kernel-missing",
+     RAM_ONLY + "loader:\n  kernel: vmlinux\n",
+     4, ["loader.kernel", "kernel vmlinux not found", "looked at"]),
+    ("loader-kernel-is-a-directory",
+     RAM_ONLY + "loader:\n  kernel: adir\n",
+     4, ["loader.kernel", "adir is a directory, not a file"]),
+    ("unknown-loader-key",
+     RAM_ONLY + "loader:\n  kernel: small.bin\n  cmdlin: quiet\n",
+     5, ["loader.cmdlin", "unknown key", "did you mean 'cmdline'?"]),
+    ("unknown-loader-format",
+     RAM_ONLY + "loader:\n  kernel: small.bin\n  format: bzimage\n",
+     5, ["loader.format", "expected one of auto, multiboot, elf, flat", "'bzimage'"]),
+    ("loader-address-not-a-number",
+     RAM_ONLY + "loader:\n  kernel: small.bin\n  address: 1M+4K\n",
+     5, ["loader.address", "expected an address", "'1M+4K'"]),
+    ("loader-cmdline-not-ascii",
+     RAM_ONLY + "loader:\n  kernel: small.bin\n  cmdline: console=ttyS0 café\n",
+     5, ["loader.cmdline", "must be ASCII"]),
+    ("loader-cmdline-is-a-list",
+     RAM_ONLY + "loader:\n  kernel: small.bin\n  cmdline: [quiet, debug]\n",
+     5, ["loader.cmdline", "expected a command line, got a list"]),
+    # extends
+    ("extends-missing-file",
+     RAM_ONLY + "extends: nowhere/base.yaml\n",
+     3, ["extends", "base profile nowhere/base.yaml not found", "looked at"]),
+    ("extends-a-directory",
+     "extends: adir\n" + RAM_ONLY,
+     1, ["extends", "base profile adir is a directory, not a file"]),
+    ("extends-is-a-list",
+     RAM_ONLY + "extends: [a.yaml, b.yaml]\n",
+     3, ["extends", "expected the path of a base profile"]),
+    ("extends-itself",
+     "extends: p.yaml\n" + RAM_ONLY,
+     1, ["extends", "p.yaml is already being loaded", "a cycle"]),
+    ("extends-cycle",
+     "extends: loop.yaml\n" + RAM_ONLY,
+     "loop.yaml:2", ["extends", "p.yaml is already being loaded", "a cycle", "loop.yaml -> "]),
+    ("extends-a-broken-base",
+     "extends: bad-base.yaml\n",
+     "bad-base.yaml:2", ["memory.ram.size", "multiple of 4K"]),
 ]
 
-#: Problems only :meth:`Machine.build` can see (device types, properties, bus claims, tables).
-BUILD_ERRORS: list[tuple[str, str, int, list[str]]] = [
+#: Problems only :meth:`Machine.build` can see (device types, properties, bus claims, tables, kernels).
+BUILD_ERRORS: list[Case] = [
     ("unknown-device-type",
      RAM_ONLY + "devices:\n  console:\n    type: debugcom\n",
      5, ["devices.console.type", "unknown device type 'debugcom'", "did you mean 'debugcon'?", "known types"]),
@@ -418,6 +657,15 @@ BUILD_ERRORS: list[tuple[str, str, int, list[str]]] = [
     ("device-port-not-a-number",
      RAM_ONLY + "devices:\n  console:\n    type: debugcon\n    port: serial\n",
      6, ["devices.console.port", "expected a number", "'serial'"]),
+    ("device-property-is-a-list",
+     RAM_ONLY + "devices:\n  console:\n    type: debugcon\n    port: [0xE9, 0xF1]\n",
+     6, ["devices.console.port", "expected a number", "['0xE9', '0xF1']"]),
+    ("device-property-is-a-mapping",
+     RAM_ONLY + "devices:\n  console:\n    type: debugcon\n    port: {io: 0xE9}\n",
+     6, ["devices.console.port", "expected a number"]),
+    ("device-property-is-empty",
+     RAM_ONLY + "devices:\n  console:\n    type: debugcon\n    port:\n",
+     6, ["devices.console.port", "expected a number"]),
     ("device-bad-choice",
      RAM_ONLY + "devices:\n  console:\n    type: debugcon\n    output: printer\n",
      6, ["devices.console.output", "expected one of stdout, stderr, file, memory", "'printer'"]),
@@ -434,55 +682,228 @@ BUILD_ERRORS: list[tuple[str, str, int, list[str]]] = [
     ("no-room-for-long-mode-tables",
      "cpu:\n  mode: long\nmemory:\n  ram: {size: 16K}\n",
      1, ["cpu.tables", "long mode needs", "add RAM or set cpu.tables"]),
+    ("flat-kernel-without-address",
+     RAM_ONLY + "loader:\n  kernel: small.bin\n  format: flat\n",
+     3, ["loader.kernel", "a flat image needs loader.address"]),
+    ("kernel-not-multiboot",
+     RAM_ONLY + "loader:\n  kernel: small.bin\n  format: multiboot\n",
+     3, ["loader.kernel", "not a multiboot kernel", "use format: elf or flat"]),
+    ("flat-kernel-outside-memory",
+     RAM_ONLY + "loader:\n  kernel: small.bin\n  format: flat\n  address: 1M\n",
+     3, ["loader.kernel", "does not fit in guest memory", "0x100000 is in no slot"]),
+]
+
+#: When the host cannot give a slot its memory (the anonymous mmap fails with ENOMEM): a slot
+#: of more than 1M fails, smaller ones are mapped as usual.
+HOST_ERRORS: list[Case] = [
+    ("host-out-of-memory",
+     "memory:\n  ram: {size: 4K}\n  big: {base: 1G, size: 2G}\n",
+     3, ["memory.big", "slot 'big'", "the host could not provide its 2G of memory", "Cannot allocate memory"]),
 ]
 
 
-def _case_ids(cases: list[tuple[str, str, int, list[str]]]) -> list[str]:
-    return [case[0] for case in cases]
+def make_case_dir(folder: Path) -> Path:
+    """The files the cases name, in ``folder`` (where each case is written as p.yaml)."""
+    (folder / "big.bin").write_bytes(bytes(8192))
+    (folder / "small.bin").write_bytes(b"\xf4" * 16)
+    (folder / "adir").mkdir()
+    (folder / "loop.yaml").write_text("# extends p.yaml back\nextends: p.yaml\n", encoding="utf-8")
+    (folder / "bad-base.yaml").write_text("memory:\n  ram: {size: 3K}\n", encoding="utf-8")
+    return folder
+
+
+@contextlib.contextmanager
+def default_memory_limit() -> Iterator[None]:
+    """The cases assume the default guest-memory limit, whatever the environment says."""
+    saved = os.environ.pop(MAX_GUEST_MEMORY_ENV, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[MAX_GUEST_MEMORY_ENV] = saved
+
+
+@contextlib.contextmanager
+def host_without_memory() -> Iterator[None]:
+    """Make every anonymous mapping over 1M fail as an exhausted host's does (ENOMEM)."""
+    real = vmcore.memory.mmap.mmap
+
+    def mmap(fileno: int, length: int, *args: Any, **kwargs: Any) -> Any:
+        if length > 1 << 20:
+            raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+        return real(fileno, length, *args, **kwargs)
+
+    with mock.patch.object(vmcore.memory.mmap, "mmap", mmap):
+        yield
+
+
+def case_error(folder: Path, text: str | bytes, stage: str = "load") -> ProfileError:
+    """Write ``text`` as p.yaml in ``folder``; the ProfileError loading (``stage="load"``) or
+    building (``"build"``, ``"host"``: the same with :func:`host_without_memory`) it gives."""
+    path = folder / CASE_FILE
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    with default_memory_limit(), contextlib.ExitStack() as stack:
+        if stage == "load":
+            with pytest.raises(ProfileError) as info:
+                Profile.load(path)
+            return info.value
+        profile = Profile.load(path)  # valid as a profile: only building finds the problem
+        if stage == "host":
+            stack.enter_context(host_without_memory())
+        with pytest.raises(ProfileError) as info:
+            Machine.build(profile)
+        return info.value
+
+
+def expected_place(folder: Path, line: int | str) -> tuple[str, int]:
+    """(file, line) a case expects: a line of p.yaml, or "other.yaml:LINE" (resolved, as extends does)."""
+    if isinstance(line, int):
+        return str(folder / CASE_FILE), line
+    other, _, number = line.rpartition(":")
+    return str((folder / other).resolve()), int(number)
+
+
+ALL_CASES = [(case, "load") for case in PROFILE_ERRORS] + [(case, "build") for case in BUILD_ERRORS] + [
+    (case, "host") for case in HOST_ERRORS]
 
 
 def test_error_tables_have_distinct_cases() -> None:
-    names = _case_ids(PROFILE_ERRORS) + _case_ids(BUILD_ERRORS)
+    names = [case[0] for case, _ in ALL_CASES]
     assert len(names) == len(set(names))
-    texts = [case[1] for case in PROFILE_ERRORS + BUILD_ERRORS]
+    texts = [case[1] for case, _ in ALL_CASES]
     assert len(texts) == len(set(texts))
-    assert len(names) >= 12
+    assert len(names) >= 100
 
 
 @pytest.fixture
 def error_dir(tmp_path: Path) -> Path:
-    (tmp_path / "big.bin").write_bytes(bytes(8192))
-    (tmp_path / "small.bin").write_bytes(b"\xf4" * 16)
-    return tmp_path
+    return make_case_dir(tmp_path)
 
 
-def _check(err: ProfileError, path: Path, line: int, fragments: list[str]) -> None:
-    text = str(err)
-    assert "\n" not in text
-    assert text.startswith(f"{path}:{line}: "), text
-    assert (err.where.file, err.where.line) == (str(path), line)
-    for fragment in fragments:
-        assert fragment in text, f"{fragment!r} not in {text!r}"
-
-
-@pytest.mark.parametrize(("name", "text", "line", "fragments"), PROFILE_ERRORS, ids=_case_ids(PROFILE_ERRORS))
-def test_malformed_profile(error_dir: Path, name: str, text: str, line: int, fragments: list[str]) -> None:
-    path = write(error_dir / f"{name}.yaml", text)
-    _check(load_error(path), path, line, fragments)
-
-
-@pytest.mark.parametrize(("name", "text", "line", "fragments"), BUILD_ERRORS, ids=_case_ids(BUILD_ERRORS))
-def test_malformed_machine(error_dir: Path, name: str, text: str, line: int, fragments: list[str]) -> None:
-    path = write(error_dir / f"{name}.yaml", text)
-    profile = Profile.load(path)  # valid as a profile: only building finds the problem
-    with pytest.raises(ProfileError) as info:
-        Machine.build(profile)
-    _check(info.value, path, line, fragments)
+@pytest.mark.parametrize(("case", "stage"), ALL_CASES, ids=[case[0] for case, _ in ALL_CASES])
+def test_malformed_profile(error_dir: Path, case: Case, stage: str) -> None:
+    _name, text, line, fragments = case
+    err = case_error(error_dir, text, stage)
+    file, number = expected_place(error_dir, line)
+    key, *rest = fragments
+    message = str(err)
+    assert "\n" not in message
+    assert (err.where.file, err.where.line, err.key) == (file, number, key), message
+    assert message.startswith(f"{file}:{number}: {key}: " if key else f"{file}:{number}: "), message
+    for fragment in rest:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
 
 
 def test_missing_profile_file(tmp_path: Path) -> None:
     err = load_error(tmp_path / "absent.yaml")
     assert str(err) == f"{tmp_path / 'absent.yaml'}: no such profile file"
+
+
+def test_a_profile_larger_than_any_profile_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "disk.img"
+    path.write_bytes(b"memory: {ram: {size: 4K}}\n" + b"#" * MAX_PROFILE_BYTES)
+    err = load_error(path)
+    assert str(err) == f"{path}: larger than 1M: not a profile (an image given in its place?)"
+
+
+def test_a_directory_given_as_the_profile(tmp_path: Path) -> None:
+    err = load_error(tmp_path)
+    assert str(err) == f"{tmp_path}: cannot read the profile: Is a directory"
+
+
+# --- guest memory: the profile's limit and the host's --------------------------------------
+
+
+def test_the_default_limit_is_64g_and_a_profile_may_reach_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MAX_GUEST_MEMORY_ENV, raising=False)
+    assert max_guest_memory() == 64 << 30
+    text = "memory:\n  low: {size: 32G}\n  high: {base: 32G, size: 32G}\n"
+    assert sum(s.size for s in Profile.load(write(tmp_path / "p.yaml", text)).memory) == 64 << 30
+
+
+def test_the_environment_sets_the_guest_memory_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MAX_GUEST_MEMORY_ENV, "1M")
+    path = write(tmp_path / "p.yaml", "memory:\n  ram: {size: 512K}\n  more: {base: 1M, size: 1M}\n")
+    err = load_error(path)
+    assert str(err) == (
+        f"{path}:3: memory.more: the slots add up to 1536K, more than the 1M of guest memory a profile may have; "
+        "this slot (1M) takes the total from 512K to 1536K (set VMCORE_MAX_GUEST_MEMORY to change the limit)")
+    monkeypatch.setenv(MAX_GUEST_MEMORY_ENV, "0x180000")
+    assert len(Profile.load(path).memory) == 2
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("lots", "expected a size like 64G or 512M, got 'lots'"),
+    ("0", "must be positive, got '0'"),
+    ("-1G", "expected a size like 64G or 512M, got '-1G'"),
+])
+def test_a_malformed_memory_limit_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     value: str, message: str) -> None:
+    monkeypatch.setenv(MAX_GUEST_MEMORY_ENV, value)
+    err = load_error(write(tmp_path / "p.yaml", RAM_ONLY))
+    assert str(err) == f"<environment: VMCORE_MAX_GUEST_MEMORY={value}>: VMCORE_MAX_GUEST_MEMORY: {message}"
+
+
+def test_a_slot_the_host_cannot_map_is_one_line_naming_the_slot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_memory(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+    profile = Profile.load(write(tmp_path / "p.yaml", "memory:\n  ram: {size: 64M}\n"))
+    monkeypatch.setattr(vmcore.memory.mmap, "mmap", no_memory)
+    with pytest.raises(ProfileError) as info:
+        Machine.build(profile)
+    assert str(info.value) == (
+        f"{tmp_path / 'p.yaml'}:2: memory.ram: slot 'ram': the host could not provide its 64M of memory "
+        "(Cannot allocate memory); make the slot smaller or free host memory")
+
+
+def test_slots_mapped_before_the_one_that_fails_are_released(tmp_path: Path) -> None:
+    closed: list[str] = []
+    real_close = vmcore.memory.MemorySlot.close
+
+    def close(slot: vmcore.memory.MemorySlot) -> None:
+        closed.append(slot.name)
+        real_close(slot)
+
+    profile = Profile.load(write(tmp_path / "p.yaml", HOST_ERRORS[0][1]))
+    with (host_without_memory(), mock.patch.object(vmcore.memory.MemorySlot, "close", close),
+          pytest.raises(ProfileError, match="slot 'big'")):
+        Machine.build(profile)
+    assert closed == ["ram"]
+
+
+# --- every input: one line or a profile ------------------------------------------------------
+
+_VALID = "name: fuzz\ncpu: {mode: real, entry: 0x0, registers: {rsp: 0x800}}\nmemory:\n  ram: {base: 0, size: 4K}\n" \
+         "devices:\n  console: {type: debugcon, port: 0xE9}\nlimits: {timeout: 5, max_exits: 100}\n"
+
+
+@st.composite
+def _mangled(draw: st.DrawFn) -> str:
+    """A valid profile with a few slices cut, repeated or replaced by YAML punctuation."""
+    text = _VALID
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(text)))
+        j = draw(st.integers(i, min(len(text), i + 12)))
+        piece = draw(st.sampled_from(["", text[i:j] * 2, ":", "- ", "{", "}", "[", "]", "&a ", "*a", "\t", "'",
+                                      '"', "\n  ", "\n", "~", "!!str ", "? ", "<<: ", "#", "-4K", "0x", "%"]))
+        text = text[:i] + piece + text[j:]
+    return text
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(_mangled(), st.text(max_size=120)))
+def test_every_input_is_a_profile_or_one_line_error(text: str, tmp_path: Path) -> None:
+    try:
+        Profile.load(write(tmp_path / "fuzz.yaml", text))
+    except ProfileError as err:
+        message = str(err)
+        assert "\n" not in message
+        assert message.startswith((str(tmp_path / "fuzz.yaml"), "<environment"))
 
 
 # --- later fixes: null overrides and names through extends ----------------------------------

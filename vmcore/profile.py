@@ -22,6 +22,8 @@ Schema (all sections optional but ``memory``)::
     limits: {timeout: 10, max_exits: 1000000}
 
 Mappings merge through ``extends`` key by key; a ``null`` removes an inherited entry.
+All slots together may hold at most 64G (``VMCORE_MAX_GUEST_MEMORY`` sets another limit).
+docs/malformed-profiles.md lists each malformed input and the message it gives.
 """
 
 from __future__ import annotations
@@ -500,7 +502,7 @@ def _validate(tree: Mapping, path: Path | None) -> Profile:
     _unknown_keys(tree, ("name", "extends", "accel", "irqchip", "kernel_pit", "device_errors", "cpu", "memory",
                          "loader", "devices", "limits"), "")
     name = _scalar(tree["name"], "name", "a name").value if "name" in tree else (path.stem if path else "machine")
-    if not name.strip():
+    if "name" in tree and not name.strip():
         raise ProfileError(tree["name"].where, "name", "must not be empty (leave it out to use the file's name)")
     accel = _choice(tree["accel"], "accel", ACCELS) if "accel" in tree else "auto"
     cpu = _validate_cpu(_section(tree, "cpu"), tree.key_where.get("cpu"))
