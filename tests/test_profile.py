@@ -665,7 +665,7 @@ BUILD_ERRORS: list[Case] = [
      6, ["devices.console.port", "expected a number"]),
     ("device-property-is-empty",
      RAM_ONLY + "devices:\n  console:\n    type: debugcon\n    port:\n",
-     6, ["devices.console.port", "expected a number"]),
+     6, ["devices.console.port", "expected a value, got nothing"]),
     ("device-bad-choice",
      RAM_ONLY + "devices:\n  console:\n    type: debugcon\n    output: printer\n",
      6, ["devices.console.output", "expected one of stdout, stderr, file, memory", "'printer'"]),

@@ -27,6 +27,8 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds, like 10 or 0.5, got {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    if value > 1e9:  # timers overflow past this (the profile's limits.timeout has the same cap)
+        raise argparse.ArgumentTypeError(f"must be at most 1e9 seconds, got {text!r}")
     return value
 
 
@@ -74,6 +76,22 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("devices", help="list device types with their properties")
     sub.add_parser("info", help="show the host's KVM capabilities")
+
+    fuzz = sub.add_parser("fuzz", help="drive a device type with a hostile guest and report what broke")
+    fuzz.add_argument("device", nargs="?", help="a device type name (see 'vmcore devices')")
+    fuzz.add_argument("--all", action="store_true", help="every installed device type")
+    fuzz.add_argument("--runs", type=_positive_count, default=200, metavar="N", help="runs, each on a fresh device "
+                      "(default 200)")
+    fuzz.add_argument("--steps", type=_positive_count, default=50, metavar="N", help="operations per run (default 50)")
+    fuzz.add_argument("--seed", type=parse_int, metavar="S", help="make the runs repeatable (default: a random seed, "
+                      "printed with any failure)")
+    fuzz.add_argument("--prop", action="append", default=[], metavar="KEY=VALUE", dest="props",
+                      help="a device property, e.g. --prop port=0x2f8 (repeatable)")
+    fuzz.add_argument("--mode", choices=("hypothesis", "random"),
+                      help="where choices come from: hypothesis (shrinks best; the default when installed) or a "
+                           "seeded random generator (cheaper, for long runs)")
+    fuzz.add_argument("--hang-timeout", type=_positive_seconds, default=1.0, metavar="SECONDS",
+                      help="an operation taking longer than this is a hang (default 1)")
     return parser
 
 
@@ -90,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "devices":
             return _devices()
+        if args.command == "fuzz":
+            return _fuzz(args)
         return _info()
     except (ProfileError, DeviceTypeError) as exc:
         print(f"vmcore: {exc}", file=sys.stderr)
@@ -226,6 +246,48 @@ def _info() -> int:
         for name, value in sorted(kvm.capabilities().items()):
             print(f"  {name:28} {value}")
     return 0
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    """Exit 0 when every device survived, 1 when one broke, 2 for an unknown type or a bad property."""
+    import random
+
+    from .device import PropertyError
+    from .fuzz import fuzz_device
+
+    if bool(args.device) == bool(args.all):
+        print("vmcore: fuzz: name one device type, or give --all", file=sys.stderr)
+        return STATUS["config-error"]
+    props = {}
+    for item in args.props:
+        key, equals, value = item.partition("=")
+        if not (key and equals):
+            print(f"vmcore: fuzz: --prop {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return STATUS["config-error"]
+        props[key] = value
+    if props and args.all:
+        print("vmcore: fuzz: --prop needs one device type, not --all", file=sys.stderr)
+        return STATUS["config-error"]
+    registry = DeviceRegistry.default()
+    names = registry.names() if args.all else [registry.get(args.device).name]  # unknown: DeviceTypeError
+    seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
+    broken = False
+    for name in names:
+        try:
+            report = fuzz_device(name, props or None, runs=args.runs, steps=args.steps, seed=seed, registry=registry,
+                                 mode=args.mode, timeout=args.hang_timeout)
+        except PropertyError as exc:
+            print(f"vmcore: fuzz: {name}: {exc}", file=sys.stderr)
+            return STATUS["config-error"]
+        print(report.summary(), flush=True)
+        for failure in report.failures:
+            print(failure.describe(traceback=args.verbose), flush=True)
+        if report.failures:
+            broken = True
+            again = " ".join(f"--prop {key}={value}" for key, value in props.items())
+            print(f"  again: vmcore fuzz {name} --runs {args.runs} --steps {args.steps} --seed {seed} "
+                  f"--mode {report.mode}{' ' + again if again else ''}", flush=True)
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":

@@ -145,6 +145,8 @@ _FALSE = {"false", "no", "off", "0"}
 
 def convert_value(tp: Any, raw: Any) -> Any:
     """Convert profile text (or a Python value) to the property's declared type."""
+    if raw is None and tp is not type(None) and type(None) not in typing.get_args(tp):
+        raise ValueError("expected a value, got nothing (an empty entry)")
     origin = typing.get_origin(tp)
     if origin is typing.Union or type(tp).__name__ == "UnionType":
         args = typing.get_args(tp)

@@ -94,7 +94,12 @@ class Machine:
                 except (GuestMemoryError, OSError) as exc:
                     raise ProfileError(spec.where, f"memory.{spec.name}", str(exc)) from None
                 if spec.image is not None:
-                    memory.load(spec.base + spec.offset, spec.image.read_bytes())
+                    try:
+                        image = spec.image.read_bytes()
+                    except OSError as exc:  # removed or made unreadable since the profile was read
+                        raise ProfileError(spec.where, f"memory.{spec.name}.image",
+                                           f"cannot read {spec.image}: {exc.strerror or exc}") from None
+                    memory.load(spec.base + spec.offset, image)
                 if spec.readonly:
                     rom = RomRegion(spec.name, memory, spec.base)
                     mmio.claim(Region(Space.MMIO, spec.base, spec.size, rom.read, rom.write, name="rom"),
