@@ -55,7 +55,8 @@ Approximations: the divider bits of A are stored but a divider reset (DV = 11x)
 does not stop the clock; SQWE and DSE are stored only; time bytes that are out of
 range (minute 75, 30 February) are clamped to the nearest valid value when they
 are written; changing DM or 24/12 re-presents the time in the new format (the chip
-would keep the bytes as they were and expect the guest to rewrite the time).
+would keep the bytes as they were and expect the guest to rewrite the time); the
+clock stops at 9999-12-31 23:59:59 rather than rolling over to year 0000.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
 from vmcore.hookspecs import hookimpl
 
 NS = 1_000_000_000
+LAST_SECOND = dt.datetime.max.replace(microsecond=0)  # 9999-12-31 23:59:59
 UIP_NS = 244_000  # UIP leads each update by 244 us (datasheet, "Update Cycle")
 
 # Register indices.
@@ -275,7 +277,10 @@ class Rtc(Device):
         return self._fields_at(now // NS)
 
     def _fields_at(self, second: int) -> dict[int, int]:
-        moment = self._epoch + dt.timedelta(seconds=second - self._epoch_s)
+        # A guest can set the last second of 9999 (century and year 0x99): the clock stops there,
+        # where datetime ends, instead of raising OverflowError at the next update.
+        elapsed = min(second - self._epoch_s, (LAST_SECOND - self._epoch) // dt.timedelta(seconds=1))
+        moment = self._epoch + dt.timedelta(seconds=elapsed)
         days = (moment.date() - self._epoch.date()).days
         return _fields(moment, (self._epoch_dow - 1 + days) % 7 + 1)
 

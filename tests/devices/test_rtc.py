@@ -223,6 +223,18 @@ def test_out_of_range_time_bytes_are_clamped(fake_bus, rtc):
     assert (rd(fake_bus, MONTH), rd(fake_bus, DAY), rd(fake_bus, MINUTES)) == (0x02, 0x28, 0x59)
 
 
+def test_clock_stops_at_the_end_of_year_9999_instead_of_failing(fake_bus, rtc):
+    # Found by `vmcore fuzz cmos-rtc`: the next update raised OverflowError (datetime ends in 9999).
+    wr(fake_bus, B, SET | HOUR_24)
+    for index, value in ((CENTURY, 0x99), (YEAR, 0x99), (MONTH, 0x12), (DAY, 0x31), (HOURS, 0x23),
+                         (MINUTES, 0x59), (SECONDS, 0x59)):
+        wr(fake_bus, index, value)
+    wr(fake_bus, B, HOUR_24 | UIE)
+    fake_bus.step(3 * S)
+    assert clock_bytes(fake_bus) == [0x99, 0x99, 0x12, 0x31, 0x23, 0x59, 0x59]
+    assert rd(fake_bus, C) & UF  # updates go on
+
+
 # --- registers A-D --------------------------------------------------------------------------
 
 

@@ -1,0 +1,377 @@
+"""vmcore/fuzz.py: the hostile guest finds planted bugs, shrinks them, and every built-in survives it.
+
+Budgets are small and seeds fixed, so the file is quick and CI is repeatable; bench/fuzz.py
+runs the long campaign.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import attrs
+import pytest
+
+from vmcore.bus import Region, Space
+from vmcore.device import Device, PropertyError, prop
+from vmcore.fuzz import Op, assert_survives_fuzzing, fuzz_all, fuzz_device, replay
+from vmcore.hookspecs import hookimpl
+from vmcore.plugins import DeviceRegistry
+
+REPO = Path(__file__).resolve().parent.parent
+BUILTINS = {"debugcon", "debug-exit", "i8259", "i8254", "cmos-rtc", "uart16550", "i8042", "fw-cfg"}
+REGISTERED = DeviceRegistry.default().names()
+SEED = 20261125
+
+
+# --- devices to fuzz: one well-behaved, and one planted bug of each kind -----------------------
+
+
+@attrs.frozen
+class RegsConfig:
+    port: int = prop(0x600, "First of four byte registers.", hex=True)
+
+
+class Regs(Device):
+    """Four byte registers that read back what was written: nothing to find."""
+
+    type_name = "test-regs"
+    Config = RegsConfig
+
+    def __init__(self, config: RegsConfig, ctx) -> None:
+        super().__init__(config, ctx)
+        self.regs = [0, 0, 0, 0]
+
+    def regions(self) -> Sequence[Region]:
+        return [Region(Space.PIO, self.config.port, 4, self.read, self.write, sizes=(1,), name="regs")]
+
+    def read(self, offset: int, size: int) -> int:
+        return self.regs[offset]
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.regs[offset] = value
+
+
+class Planted(Regs):
+    """Writing 0xFF to register 1 after register 0 was written indexes past the table."""
+
+    type_name = "test-planted"
+
+    def __init__(self, config: RegsConfig, ctx) -> None:
+        super().__init__(config, ctx)
+        self.armed = False
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if offset == 0:
+            self.armed = True
+        if offset == 1 and value == 0xFF and self.armed:
+            self.regs[value] = 1  # the bug
+        self.regs[offset] = value
+
+
+class Wide(Regs):
+    """Register 2 reads 0x100 for a byte: out of range."""
+
+    type_name = "test-wide"
+
+    def read(self, offset: int, size: int) -> int:
+        return 0x100 if offset == 2 else self.regs[offset]
+
+
+class Stuck(Regs):
+    """Writing a value with bit 7 set to register 3 spins forever."""
+
+    type_name = "test-stuck"
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        while offset == 3 and value & 0x80:
+            pass
+        self.regs[offset] = value
+
+
+class Outside(Regs):
+    """Claims ports past 0xFFFF."""
+
+    type_name = "test-outside"
+
+    def regions(self) -> Sequence[Region]:
+        return [Region(Space.PIO, 0xFFFE, 4, self.read, self.write, name="regs")]
+
+
+class NeedsHost(Regs):
+    """Cannot be built without a host resource (as a device opening a file would fail)."""
+
+    type_name = "test-needs-host"
+
+    def __init__(self, config: RegsConfig, ctx) -> None:
+        raise OSError("no such file: /dev/acme0")
+
+
+class Dma(Regs):
+    """Register 0 takes a guest-physical address (low byte first over four writes, the last one
+    starts the transfer); a descriptor starting 0xFF in guest RAM makes it fail."""
+
+    type_name = "test-dma"
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        super().write(offset, size, value)
+        if offset == 3:
+            address = int.from_bytes(bytes(self.regs), "little") & 0xFFFF0
+            if self.ctx.memory.read(address, 1) == b"\xff":
+                raise ValueError(f"bad descriptor at {address:#x}")
+
+
+class Exits(Regs):
+    """Any write to register 3 ends the run (as debug-exit does); counts instances built."""
+
+    type_name = "test-exits"
+    built = 0
+
+    def __init__(self, config: RegsConfig, ctx) -> None:
+        super().__init__(config, ctx)
+        type(self).built += 1
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if offset == 3:
+            self.ctx.exit(1, "test-exits: register 3 written")
+        super().write(offset, size, value)
+
+
+class Controller(Regs):
+    """An interrupt controller whose IRQ 13 input breaks it, and whose vectors are fine otherwise."""
+
+    type_name = "test-controller"
+
+    def __init__(self, config: RegsConfig, ctx) -> None:
+        super().__init__(config, ctx)
+        self.intr_changed = None
+        self.requests: set[int] = set()
+
+    def set_irq(self, line: int, level: bool) -> None:
+        if line == 13 and level:
+            raise KeyError(line)
+        if level:
+            self.requests.add(line)
+
+    def pending(self) -> bool:
+        return bool(self.requests)
+
+    def acknowledge(self) -> int:
+        return 0x20 + self.requests.pop() % 16
+
+
+# --- every built-in survives ------------------------------------------------------------------
+
+
+def test_every_builtin_type_is_registered_and_so_fuzzed() -> None:
+    assert BUILTINS <= set(REGISTERED)
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_registered_type_survives_random_fuzzing(name: str) -> None:
+    report = fuzz_device(name, runs=30, steps=40, seed=SEED, mode="random")
+    assert report.ok, str(report)
+    assert (report.runs, report.transactions) == (30, 1200)  # a GuestExit starts a new instance, never ends a run
+    assert report.clock_ns > 0
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_registered_type_survives_hypothesis_fuzzing(name: str) -> None:
+    report = fuzz_device(name, runs=15, steps=40, seed=SEED, mode="hypothesis")
+    assert report.ok, str(report)
+    assert report.runs == 15
+
+
+def test_fuzz_all_reports_every_registered_type() -> None:
+    reports = fuzz_all(runs=2, steps=10, seed=1, mode="random")
+    assert [r.device for r in reports] == REGISTERED
+    assert all(r.ok for r in reports), "\n".join(map(str, reports))
+
+
+def test_the_same_seed_gives_the_same_campaign() -> None:
+    one, two = (fuzz_device("i8254", runs=10, steps=40, seed=5, mode="random") for _ in range(2))
+    assert (one.transactions, one.clock_ns) == (two.transactions, two.clock_ns)
+
+
+def test_builtins_get_properties_that_keep_them_off_the_host() -> None:
+    report = fuzz_device("uart16550", runs=1, steps=5, seed=1, mode="random")
+    assert report.props == {"backend": "memory"}
+    report = fuzz_device("uart16550", {"port": "0x2f8"}, runs=1, steps=5, seed=1, mode="random")
+    assert report.props == {"backend": "memory", "port": "0x2f8"}
+
+
+# --- what it finds, and how short the reproduction is -------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["hypothesis", "random"])
+def test_planted_bug_is_found_with_a_short_reproducing_sequence(mode: str) -> None:
+    report = fuzz_device(Planted, runs=100, steps=40, seed=SEED, mode=mode)
+    assert report.summary().endswith(", 1 failure")
+    [failure] = report.failures
+    assert failure.kind == "exception"
+    assert failure.exception == "IndexError: list assignment index out of range"
+    assert "self.regs[value] = 1  # the bug" in failure.traceback
+    # Register 0 written, then 0xFF into register 1: two byte writes, or one word write doing both.
+    assert failure.lines in (("outb 0x600 0x00", "outb 0x601 0xff"), ("outw 0x600 0xff00",)), failure.lines
+    assert replay(Planted, failure.ops)[-1].startswith("exception: IndexError")
+
+
+def test_failure_report_shows_the_sequence_and_the_traceback() -> None:
+    report = fuzz_device(Planted, runs=100, steps=40, seed=SEED, mode="hypothesis")
+    text = str(report)
+    assert text.startswith("test-planted: ")
+    assert "reproduced from a fresh device by" in text
+    assert "    " + report.failures[0].lines[-1] in text.splitlines()
+    assert "Traceback (most recent call last):" in text
+
+
+def test_read_value_out_of_range_is_flagged() -> None:
+    report = fuzz_device(Wide, runs=30, steps=20, seed=SEED, mode="random")
+    [failure] = report.failures
+    assert failure.kind == "out-of-range"
+    assert "Wide.read(offset=0x2, size=1) returned 0x100, outside 0..0xff" in failure.message
+    assert len(failure.ops) == 1 and failure.ops[0].kind == "read"
+
+
+def test_region_outside_its_space_is_flagged_without_fuzzing() -> None:
+    report = fuzz_device(Outside, runs=5, seed=1)
+    [failure] = report.failures
+    assert failure.kind == "region"
+    assert "outside the space" in failure.message
+    assert report.runs == 0
+
+
+def test_hang_is_interrupted_and_shows_where() -> None:
+    report = fuzz_device(Stuck, runs=30, steps=40, seed=SEED, mode="random", timeout=0.2, shrink_seconds=5)
+    [failure] = report.failures
+    assert failure.kind == "hang"
+    assert "took more than 0.2 s" in failure.message
+    assert "while offset == 3 and value & 0x80:" in failure.traceback
+    assert failure.lines in (("outb 0x603 0x80",), ("outw 0x602 0x8000",), ("outl 0x600 0x80000000",)), failure.lines
+
+
+def test_garbage_in_guest_ram_reaches_a_dma_device() -> None:
+    report = fuzz_device(Dma, runs=200, steps=40, seed=SEED, mode="random")
+    [failure] = report.failures
+    assert failure.exception.startswith("ValueError: bad descriptor at")
+    assert any(line.startswith("fill ") for line in failure.lines), failure.lines
+
+
+def test_irq_lines_and_acknowledge_reach_an_interrupt_controller() -> None:
+    report = fuzz_device(Controller, runs=50, steps=40, seed=SEED, mode="hypothesis")
+    [failure] = report.failures
+    assert failure.exception == "KeyError: 13"
+    assert failure.lines == ("irq 13 high",)
+
+
+def test_guest_exit_is_not_a_failure_and_a_new_instance_goes_on() -> None:
+    Exits.built = 0
+    report = fuzz_device(Exits, runs=20, steps=40, seed=SEED, mode="random")
+    assert report.ok, str(report)
+    assert report.transactions == 20 * 40
+    assert Exits.built > 20 + 1  # the probe, one per run, and one after each exit
+
+
+def test_a_type_that_cannot_be_built_is_reported_not_fuzzed() -> None:
+    report = fuzz_device(NeedsHost, runs=5, seed=1)
+    [failure] = report.failures
+    assert failure.kind == "construction"
+    assert "OSError: no such file: /dev/acme0" in failure.message
+    assert report.runs == 0
+
+
+def test_a_bad_property_from_the_caller_is_an_error() -> None:
+    with pytest.raises(PropertyError, match="prot: unknown property"):
+        fuzz_device(Regs, {"prot": 1}, runs=1)
+
+
+def test_op_lines_read_like_qtest() -> None:
+    assert str(Op("write", 0x3F9, 1, 0xFF)) == "outb 0x3f9 0xff"
+    assert str(Op("read", 0x70, 2)) == "inw 0x70"
+    assert str(Op("write", 0xFEE00000, 4, 1, Space.MMIO)) == "writel 0xfee00000 0x00000001"
+    assert str(Op("step", value=1_500_000)) == "step 1500000  (1.5 ms)"
+    assert str(Op("irq", 4, value=1)) == "irq 4 high"
+    assert str(Op("fill", 0x1000, data=b"\xff" * 4096)) == "fill 0x1000 4096 x 0xff"
+
+
+# --- for plugin authors --------------------------------------------------------------------
+
+
+def test_assert_survives_fuzzing_passes_a_sound_third_party_device() -> None:
+    report = assert_survives_fuzzing(Regs, runs=20, steps=30, seed=1)
+    assert report.device == "test-regs" and report.ok
+
+
+def test_assert_survives_fuzzing_fails_with_the_report() -> None:
+    with pytest.raises(AssertionError) as info:
+        assert_survives_fuzzing(Planted, runs=100, steps=40, seed=SEED)
+    assert "test-planted: exception: IndexError" in str(info.value)
+    assert "reproduced from a fresh device by" in str(info.value)
+
+
+# --- the command -------------------------------------------------------------------------
+
+
+def vmcore(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vmcore", *args], capture_output=True, text=True, timeout=120,
+                          cwd=REPO, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def test_cli_fuzz_prints_the_summary_and_exits_0() -> None:
+    result = vmcore("fuzz", "debugcon", "--runs", "5", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "debugcon: 5 runs, 250 transactions, 0 failures\n"
+    assert result.stderr == ""
+
+
+def test_cli_fuzz_unknown_type_exits_2_with_one_line() -> None:
+    result = vmcore("fuzz", "nosuch")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("vmcore: unknown device type 'nosuch'; known types: ")
+
+
+def test_cli_fuzz_suggests_a_near_name() -> None:
+    result = vmcore("fuzz", "debugcom")
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "(did you mean 'debugcon'?)" in line
+
+
+def test_cli_fuzz_bad_prop_exits_2_with_one_line() -> None:
+    result = vmcore("fuzz", "uart16550", "--prop", "prot=0x2f8")
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "prot: unknown property (did you mean 'port'?)" in line
+
+
+class _PlantedPlugin:
+    @staticmethod
+    @hookimpl
+    def vmcore_device_types() -> list[type]:
+        return [Planted]
+
+
+def test_cli_fuzz_failure_prints_the_sequence_and_exits_1(monkeypatch, capsys) -> None:
+    from vmcore import cli
+
+    default = DeviceRegistry.default.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(DeviceRegistry, "default",
+                        classmethod(lambda cls, plugins=(): default(cls, plugins=[*plugins, _PlantedPlugin])))
+    status = cli.main(["fuzz", "test-planted", "--runs", "100", "--steps", "40", "--seed", str(SEED)])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert out.startswith("test-planted: ")
+    assert "test-planted: exception: IndexError: list assignment index out of range" in out
+    assert "Traceback" not in out  # only with -v
+    assert f"  again: vmcore fuzz test-planted --runs 100 --steps 40 --seed {SEED} --mode hypothesis" in out
+
+
+def test_cli_fuzz_all_fuzzes_every_registered_type() -> None:
+    result = vmcore("fuzz", "--all", "--runs", "2", "--steps", "5", "--seed", "1", "--mode", "random")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == REGISTERED
