@@ -170,3 +170,11 @@ def test_internal_error_report_on_kvm_names_the_suberror() -> None:
     assert run.status == 4 and data["kind"] == "internal-error"
     assert data["detail"]["suberror"] == 1 and data["registers"]["rip"] == 0x10
     assert REPO.name in data["profile"] or "internal-error" in data["profile"]
+
+
+def test_an_mmio_loop_is_stopped_by_the_exit_limit_on_both_accelerators(accel: str, tmp_path: Path) -> None:
+    # l: mov [0x2000],al (no slot there: MMIO, unclaimed) ; jmp l
+    report, run = boot(bytes.fromhex("a20020" "ebfb"), tmp_path, accel, "--max-exits", "5", "--timeout", "20")
+    assert run.status == 6 and report["kind"] == "max-exits"
+    assert report["exits"] == 5
+    assert report["transactions"][-1].startswith("mmio write 0x00002000/1")

@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "Accelerator": "accel", "AcceleratorUnavailable": "accel", "RunLimits": "accel",
-    "Bus": "bus", "BusError": "bus", "Direction": "bus", "Region": "bus", "Space": "bus", "Transaction": "bus",
+    "Bus": "bus", "BusError": "bus", "Direction": "bus", "Doorbell": "bus", "Region": "bus", "Space": "bus",
+    "Transaction": "bus",
     "Clock": "clock", "HostClock": "clock", "ManualClock": "clock", "Timer": "clock",
     "CpuState": "cpu",
     "Device": "device", "DeviceContext": "device", "PropertyError": "device",
@@ -53,7 +54,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .accel import Accelerator, AcceleratorUnavailable, RunLimits
-    from .bus import Bus, BusError, Direction, Region, Space, Transaction
+    from .bus import Bus, BusError, Direction, Doorbell, Region, Space, Transaction
     from .clock import Clock, HostClock, ManualClock, Timer
     from .cpu import CpuState
     from .device import Device, DeviceContext, PropertyError, in_range, prop

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import enum
 import logging
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import attrs
 
@@ -34,9 +34,43 @@ class Space(enum.Enum):
 
 SPACE_LIMITS = {Space.PIO: 1 << 16, Space.MMIO: 1 << 64}
 
+#: Regions of at most this many addresses are also indexed address by address, so the
+#: access path finds them with one dict lookup instead of a binary search.
+SMALL_REGION = 64
+#: Most routes a bus keeps per direction and access size: a guest sweeping a large or
+#: unclaimed range must not grow the tables without end (beyond it, routes are not kept).
+ROUTE_CACHE = 16384
+
 
 class BusError(Exception):
     """A region that cannot be placed on a bus (overlap, out of the space, bad size)."""
+
+
+@attrs.frozen
+class Doorbell:
+    """A register write that only says "look at me" (a virtqueue notify, a kick).
+
+    The accelerator may turn it into an event instead of an exit (KVM: an
+    ioeventfd), so the guest runs on while the device hears about it on the
+    machine thread. ``offset`` and ``size`` are the write that rings it, exactly:
+    that offset in the region, that width. ``value``, when set, is the only value
+    that rings it (KVM's datamatch); any other write (another value, offset or
+    width) is an ordinary synchronous write.
+
+    What the device receives: one ``write(offset, size, value)`` per ring, through
+    the bus (traced, counted as an exit, contained like any write), before the
+    next synchronous exit is handled, when the guest runs on without exiting (the
+    vCPU is woken for it), and when the run stops. With ``value`` set that is the
+    guest's value, so only the moment differs from a synchronous write. Without
+    it the eventfd does not carry what the guest wrote and the device receives
+    **0**: leave ``value`` unset only for a register whose value means nothing.
+    Where there is no ioeventfd (the software CPU, a KVM without the capability)
+    a doorbell is a synchronous write with the guest's value.
+    """
+
+    offset: int
+    size: int
+    value: int | None = None
 
 
 @attrs.frozen
@@ -48,6 +82,20 @@ class Region:
     (reads return all ones) or read-only (writes are dropped). ``sizes`` lists the
     access sizes the device accepts (QEMU's ``MemoryRegionOps.valid``); the bus
     splits wider accesses and widens narrower reads for it.
+
+    ``posted``: the device only needs its writes in order, not at once (a debug
+    console, a log port). An accelerator may queue them (KVM: coalesced MMIO/PIO,
+    a ring the kernel fills without leaving the guest) and deliver them later: in
+    order, all of them before the next synchronous exit is handled and when the
+    run stops (KVM also empties the ring every 50 ms while the guest runs on
+    without exiting). What the device receives is exactly what it would have
+    received without queueing, only later; each queued write still counts as an
+    exit. So a posted write must not need an immediate effect on the guest (an
+    interrupt, a register the guest reads back at once through another path).
+    Reads of a posted region still exit normally: KVM queues writes only. The
+    software CPU treats posted regions as ordinary ones.
+
+    ``doorbells``: writes to be delivered as events (see :class:`Doorbell`).
     """
 
     space: Space
@@ -57,6 +105,8 @@ class Region:
     write: WriteHandler | None = None
     sizes: tuple[int, ...] = ACCESS_SIZES
     name: str = ""
+    posted: bool = False
+    doorbells: tuple[Doorbell, ...] = attrs.field(default=(), converter=tuple)
 
     def __attrs_post_init__(self) -> None:
         limit = SPACE_LIMITS[self.space]
@@ -70,6 +120,23 @@ class Region:
         bad = [s for s in self.sizes if s not in ACCESS_SIZES]
         if bad or not self.sizes:
             raise BusError(f"region {self.name or hex(self.base)}: access sizes must be among {ACCESS_SIZES}, got {self.sizes}")
+        for bell in self.doorbells:
+            self._check_doorbell(bell)
+
+    def _check_doorbell(self, bell: Doorbell) -> None:
+        where = f"region {self.name or hex(self.base)}: doorbell at offset {bell.offset:#x}"
+        if self.write is None:
+            raise BusError(f"{where}: the region has no write handler to ring")
+        widths = (1, 2, 4) if self.space is Space.PIO else ACCESS_SIZES
+        if bell.size not in widths:
+            raise BusError(f"{where}: size must be one of {widths} for {self.space.value}, got {bell.size}")
+        if bell.size not in self.sizes:
+            # A synchronous write of that width would be split; a rung one could not be.
+            raise BusError(f"{where}: size {bell.size} is not among the region's access sizes {self.sizes}")
+        if bell.offset < 0 or bell.offset + bell.size > self.size:
+            raise BusError(f"{where}: {bell.size} bytes do not fit in the region's {self.size}")
+        if bell.value is not None and not 0 <= bell.value < 1 << (8 * bell.size):
+            raise BusError(f"{where}: value {bell.value:#x} does not fit in {bell.size} bytes")
 
     @property
     def end(self) -> int:
@@ -123,6 +190,13 @@ class Bus:
         self.space = space
         self._starts: list[int] = []
         self._entries: list[_Entry] = []
+        # Small regions by every address they cover: the access path's first try.
+        self._small: dict[int, _Entry] = {}
+        #: Routes for accelerators, by access size then address: ``(handler, first)`` such that
+        #: ``handler(first, size[, value])`` is the access (see read_route). Cleared in place
+        #: whenever claims or the tracer change, so a table held by a running loop stays true.
+        self.read_routes: list[dict[int, tuple[Callable[[int, int], int], int]]] = [{} for _ in range(9)]
+        self.write_routes: list[dict[int, tuple[Callable[[int, int, int], None], int]]] = [{} for _ in range(9)]
         #: (direction, address) -> number of unclaimed accesses seen there.
         self.unclaimed: dict[tuple[Direction, int], int] = {}
         #: What a device exception does: "stop" (raise DeviceFault) or "continue" (log, all ones).
@@ -146,8 +220,13 @@ class Bus:
                         f"{self.space.value} range {region.base:#x}..{region.end - 1:#x} of {owner} overlaps "
                         f"{other.start:#x}..{other.end - 1:#x} of {other.owner}"
                     )
+        entry = _Entry(region, owner)
         self._starts.insert(i, region.base)
-        self._entries.insert(i, _Entry(region, owner))
+        self._entries.insert(i, entry)
+        if region.size <= SMALL_REGION:
+            for address in range(region.base, region.end):
+                self._small[address] = entry
+        self._forget_routes()
 
     def claims(self) -> Iterator[tuple[Region, str]]:
         """Every region on the bus with its owner, in address order."""
@@ -181,6 +260,7 @@ class Bus:
         else:
             self.read = self._read_traced  # type: ignore[method-assign]
             self.write = self._write_traced  # type: ignore[method-assign]
+        self._forget_routes()
 
     def _read_traced(self, address: int, size: int) -> int:
         value = Bus.read(self, address, size)
@@ -201,6 +281,9 @@ class Bus:
         """Read ``size`` bytes (1, 2, 4 or 8) at ``address``; unclaimed reads give all ones."""
         # The try costs nothing until a device raises (zero-cost exceptions, Python 3.11).
         try:
+            entry = self._small.get(address)
+            if entry is not None and address + size <= entry.end and size & entry.size_mask and entry.read is not None:
+                return entry.read(address - entry.start, size)
             starts = self._starts
             i = bisect.bisect_right(starts, address) - 1
             if i >= 0:
@@ -216,12 +299,16 @@ class Bus:
         except (GuestExit, DeviceFault):
             raise
         except Exception as exc:
-            self._fault(Direction.READ, address, size, None, exc)
+            self.fault(Direction.READ, address, size, None, exc)
             return (1 << (8 * size)) - 1
 
     def write(self, address: int, size: int, value: int) -> None:
         """Write ``size`` bytes at ``address``; unclaimed writes are dropped and logged."""
         try:
+            entry = self._small.get(address)
+            if entry is not None and address + size <= entry.end and size & entry.size_mask and entry.write is not None:
+                entry.write(address - entry.start, size, value)
+                return
             i = bisect.bisect_right(self._starts, address) - 1
             if i >= 0:
                 entry = self._entries[i]
@@ -239,10 +326,69 @@ class Bus:
         except (GuestExit, DeviceFault):
             raise
         except Exception as exc:
-            self._fault(Direction.WRITE, address, size, value, exc)
+            self.fault(Direction.WRITE, address, size, value, exc)
 
-    def _fault(self, direction: Direction, address: int, size: int, value: int | None, exc: Exception) -> None:
-        """A device raised: stop the machine (raise DeviceFault) or, under ``continue``, log and go on."""
+    # --- direct dispatch, for accelerators ------------------------------------------------
+
+    def direct(self, direction: Direction, address: int, size: int) -> tuple[Callable[..., Any], int] | None:
+        """The device handler an access goes straight to, with the offset it gets.
+
+        ``(handler, offset)`` when the access path would do nothing but call
+        ``handler(offset, size[, value])``: the access lies inside one region, the
+        device takes that width, has that handler, and tracing is off. ``None`` when
+        the access needs the full path (unclaimed, split, widened, dropped, traced).
+
+        Whoever calls the handler itself must hand what it raises, other than
+        :class:`GuestExit` and :class:`DeviceFault`, to :meth:`fault`, as the
+        access path does. Decided per (address, size) once, so a dispatch table
+        built from it stays valid while the claims and the tracer stay the same.
+        """
+        if self._tracer is not None:
+            return None
+        entry = self._lookup(address)
+        if entry is None or address + size > entry.end or not size & entry.size_mask:
+            return None
+        handler = entry.read if direction is Direction.READ else entry.write
+        if handler is None:
+            return None
+        return handler, address - entry.start
+
+    def read_route(self, address: int, size: int) -> tuple[Callable[[int, int], int], int]:
+        """How to do this read fast: ``(handler, first)``, and ``handler(first, size)`` is the read.
+
+        The device's handler and offset where :meth:`direct` allows, else this bus's
+        :meth:`read` and the address (which logs, splits, widens, traces). The caller
+        must contain what the handler raises as :meth:`direct` says. The route is kept
+        in ``read_routes[size][address]``, so a hot loop looks it up there first.
+        """
+        found = self.direct(Direction.READ, address, size)
+        route = (self.read, address) if found is None else found
+        if size < len(self.read_routes):
+            table = self.read_routes[size]
+            if len(table) < ROUTE_CACHE:
+                table[address] = route
+        return route
+
+    def write_route(self, address: int, size: int) -> tuple[Callable[[int, int, int], None], int]:
+        """How to do this write fast: ``handler(first, size, value)`` (see :meth:`read_route`)."""
+        found = self.direct(Direction.WRITE, address, size)
+        route = (self.write, address) if found is None else found
+        if size < len(self.write_routes):
+            table = self.write_routes[size]
+            if len(table) < ROUTE_CACHE:
+                table[address] = route
+        return route
+
+    def _forget_routes(self) -> None:
+        for table in (*self.read_routes, *self.write_routes):
+            table.clear()
+
+    def fault(self, direction: Direction, address: int, size: int, value: int | None, exc: Exception) -> None:
+        """A device raised: stop the machine (raise DeviceFault) or, under ``continue``, log and go on.
+
+        The access path calls this itself; a caller of a :meth:`direct` handler calls it
+        for what the handler raised (a read then gives all ones).
+        """
         entry = self._lookup(address)
         owner = entry.owner if entry is not None else "?"
         fault = DeviceFault(owner, self.space.value, direction.value, address, size, value, exc)

@@ -1,24 +1,42 @@
 """The KVM accelerator: the classic loop of KVM_RUN and exit handling.
 
 The exit path is kept lean: the ``kvm_run`` fields are read in place from the
-vCPU's mmap through views made once, the bus methods are bound once per run,
-and nothing per exit allocates beyond the integers involved.
+vCPU's mmap through memoryviews made once per run; an exit's size and port (or
+address) pick a route from the bus's table (``Bus.read_route``: the device's
+handler and offset, or the bus's full path where there is splitting, tracing or
+logging to do), filled in on first use; nothing per exit allocates beyond the
+integers involved.
+
+Two ways to leave the guest less often, both declared by devices on their bus
+regions and both invisible to them but for timing:
+
+* posted regions are registered as coalesced MMIO/PIO zones: KVM queues their
+  writes in a ring page of the vCPU mapping without exiting; the ring is drained,
+  in order, before any other exit is handled, every ``_FLUSH_NS`` while the guest
+  runs on, and whenever the run stops;
+* doorbells get an ioeventfd each: the write signals an eventfd in the kernel;
+  a watcher thread wakes the vCPU, and the loop delivers the writes on its own
+  thread, before any other exit is handled and whenever the run stops.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import mmap
+import os
+import select
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
-from ..bus import Bus
+from ..bus import Bus, Direction, Space
 from ..clock import Clock
 from ..irq import InterruptController
 from ..cpu import CpuState, Segment, translate
 from ..device import GuestExit
+from ..faults import DeviceFault
 from ..kvm import Kvm, KvmError, KvmUnavailable, Vcpu, Vm
 from ..kvm import ioctl as k
 from ..kvm import structs as s
@@ -27,8 +45,34 @@ from ..stop import StopReason
 from . import Accelerator, AcceleratorUnavailable, RunLimits
 from .wakeup import Waker, sleep_until
 
+log = logging.getLogger("vmcore.accel.kvm")
+
 # Where KVM puts string/port IO data inside the kvm_run mapping (KVM_PIO_PAGE_OFFSET).
 _PIO_DATA_OFFSET = 1 * mmap.PAGESIZE
+
+# Indexes of the exit fields in memoryviews of the kvm_run mapping (u8, u32, u64 items).
+_EXIT_REASON = s.kvm_run.exit_reason.offset // 4
+_IO = s.kvm_run.io.offset
+_IO_DIRECTION = _IO + s._exit_io.direction.offset
+_IO_SIZE = _IO + s._exit_io.size.offset
+_IO_PORT = (_IO + s._exit_io.port.offset) // 2
+_IO_COUNT = (_IO + s._exit_io.count.offset) // 4
+_IO_DATA_OFFSET = (_IO + s._exit_io.data_offset.offset) // 8
+_MMIO = s.kvm_run.mmio.offset
+_MMIO_ADDR = (_MMIO + s._exit_mmio.phys_addr.offset) // 8
+_MMIO_DATA = _MMIO + s._exit_mmio.data.offset
+_MMIO_LEN = (_MMIO + s._exit_mmio.len.offset) // 4
+_MMIO_IS_WRITE = _MMIO + s._exit_mmio.is_write.offset
+assert k.KVM_EXIT_IO_OUT == 1 and k.KVM_EXIT_IO_IN == 0  # the direction byte is "is a write"
+# The coalesced ring: first/last (u32) then entries of phys_addr u64, len u32, pio u32, data[8].
+_ENTRY = ctypes.sizeof(s.kvm_coalesced_mmio)
+_RING_HEADER = s.kvm_coalesced_mmio_ring.coalesced_mmio.offset
+# drain_ring indexes entries in u64/u32 items on this layout.
+assert (_RING_HEADER, _ENTRY, s.kvm_coalesced_mmio.len.offset, s.kvm_coalesced_mmio.pio.offset,
+        s.kvm_coalesced_mmio.data.offset) == (8, 24, 8, 12, 16)
+#: Posted writes reach their device at least this often (ns) while the guest runs without exiting.
+_FLUSH_NS = 50_000_000
+_MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
 # Real-mode guests on Intel need a 3-page TSS region and an identity-map page the
 # guest never touches; the customary place is just below the 4 GiB BIOS area.
 _TSS_ADDR = 0xFFFBD000
@@ -53,6 +97,11 @@ class KvmAccelerator(Accelerator):
         self._intr = False  # the userspace controller's INTR output, kept by its callback
         self._woken = threading.Event()
         self._vcpu_thread = 0
+        self._waker: Waker | None = None
+        #: Register posted regions as coalesced zones (False: every write exits, for comparison).
+        self.coalesce = True
+        #: Give doorbells an ioeventfd (False: they are ordinary exits).
+        self.ioeventfds = True
 
     @classmethod
     def open(cls, path: str | None = None, kernel_irqchip: bool = False,
@@ -129,6 +178,7 @@ class KvmAccelerator(Accelerator):
         try:
             return self._run(pio, mmio, limits)
         finally:
+            self._waker = None
             if waker is not None:
                 waker.close()
             if clock is not None:
@@ -172,7 +222,7 @@ class KvmAccelerator(Accelerator):
         clock = self._clock
         if clock is not None:
             clock.run_due()
-            waker = getattr(self, "_waker", None)
+            waker = self._waker
             if waker is not None:
                 waker.rearm(clock.next_deadline())
         controller = self._controller
@@ -206,58 +256,213 @@ class KvmAccelerator(Accelerator):
                 self._woken.wait(remaining)
 
     def _run(self, pio: Bus, mmio: Bus, limits: RunLimits) -> StopReason:
+        zones: list[tuple[int, int, bool]] = []
+        bells: list[_Bell] = []
+        watcher = views = None
+        whole = memoryview(self.vcpu.mmap)
+        try:
+            if self.coalesce:
+                self._register_posted(pio, mmio, zones)
+            if self.ioeventfds:
+                self._assign_doorbells(pio, mmio, bells)
+            views = _Views(whole, self._ring_page if zones else None)
+            if bells:
+                watcher = _DoorbellWatcher([bell.fd for bell in bells], self._clock)
+            return self._loop(pio, mmio, limits, views, bells, watcher)
+        finally:
+            if watcher is not None:
+                watcher.close()
+            if views is not None:
+                views.release()
+            whole.release()
+            for bell in bells:
+                bell.close(self.vm)
+            for addr, size, is_pio in zones:
+                try:
+                    self.vm.unregister_coalesced_mmio(addr, size, is_pio)
+                except KvmError as exc:  # the VM is going away anyway
+                    log.debug("unregistering coalesced zone %#x: %s", addr, exc)
+
+    def _loop(self, pio: Bus, mmio: Bus, limits: RunLimits, views: "_Views", bells: list["_Bell"],
+              watcher: "_DoorbellWatcher | None") -> StopReason:
         run = self.vcpu.run_struct
-        io = run.io
-        mmio_exit = run.mmio
-        buf = self.vcpu.mmap
-        # Typed views of the exit data, made once: reading .value needs no slicing.
-        pio_views = {
-            1: ctypes.c_uint8.from_buffer(buf, _PIO_DATA_OFFSET),
-            2: ctypes.c_uint16.from_buffer(buf, _PIO_DATA_OFFSET),
-            4: ctypes.c_uint32.from_buffer(buf, _PIO_DATA_OFFSET),
-        }
-        mmio_data = ctypes.c_uint64.from_buffer(buf, s.kvm_run.mmio.offset + s._exit_mmio.data.offset)
-        pio_read, pio_write = pio.read, pio.write
-        mmio_read, mmio_write = mmio.read, mmio.write
         enter = self.vcpu.run
-        EXIT_IO, EXIT_MMIO, IO_OUT = k.KVM_EXIT_IO, k.KVM_EXIT_MMIO, k.KVM_EXIT_IO_OUT
-        EXIT_HLT, EXIT_IRQ_WINDOW = k.KVM_EXIT_HLT, k.KVM_EXIT_IRQ_WINDOW_OPEN
-        self._service()  # an interrupt may be pending before the first instruction
+        u8, u16, u32, u64 = views.u8, views.u16, views.u32, views.u64
+        ring32, ring64, ring_slots = views.ring32, views.ring64, views.ring_slots
+        coalesced = ring32 is not None
+        buf = self.vcpu.mmap
+        pio_read, pio_write = pio.read, pio.write
+        pio_data, mmio_data = views.pio, views.mmio
+        # The buses' route tables, by size then port or address (see Bus.read_route): a hit
+        # is the device method and the offset to call it with, a miss is filled in once.
+        pio_reads, pio_writes = pio.read_routes, pio.write_routes
+        mmio_reads, mmio_writes = mmio.read_routes, mmio.write_routes
+        pio_read_route, pio_write_route = pio.read_route, pio.write_route
+        mmio_read_route, mmio_write_route = mmio.read_route, mmio.write_route
+        fault_pio, fault_mmio = pio.fault, mmio.fault
+        READ, WRITE = Direction.READ, Direction.WRITE
+        MASKS = _MASKS
         max_exits = limits.max_exits if limits.max_exits is not None else -1
         exits = 0
+
+        def drain_ring() -> None:
+            """Deliver every queued posted write, oldest first, each as the exit it replaced."""
+            nonlocal exits
+            first, last = ring32[0], ring32[1]
+            while first != last:
+                i = 1 + 3 * first  # the entry in u64 items: phys_addr, len|pio, data
+                address, length, is_pio, data = ring64[i], ring32[2 * i + 2], ring32[2 * i + 3], ring64[i + 2]
+                first += 1
+                if first == ring_slots:
+                    first = 0
+                # Consumed before it is delivered: a device that stops the run leaves the rest unseen.
+                ring32[0] = first
+                value = data & MASKS[length]
+                try:
+                    handler, where = (pio_writes if is_pio else mmio_writes)[length][address]
+                except KeyError:
+                    handler, where = (pio_write_route if is_pio else mmio_write_route)(address, length)
+                try:
+                    handler(where, length, value)
+                except (GuestExit, DeviceFault):
+                    raise
+                except Exception as exc:
+                    (fault_pio if is_pio else fault_mmio)(WRITE, address, length, value, exc)
+                exits += 1
+                if exits == max_exits:
+                    raise _ExitLimit
+
+        poll_bells = None
+        if bells:
+            poller = select.poll()
+            by_fd = {bell.fd: bell for bell in bells}
+            for bell in bells:
+                poller.register(bell.fd, select.POLLIN)
+            poll_bells = poller.poll
+
+        def ring_bells(ready: list[tuple[int, int]]) -> None:
+            """Deliver the doorbells rung since the last look, one write per ring."""
+            nonlocal exits
+            for fd, _event in ready:
+                bell = by_fd[fd]
+                try:
+                    rings = os.eventfd_read(fd)
+                except BlockingIOError:
+                    continue
+                for _ in range(rings):
+                    bell.bus.write(bell.address, bell.size, bell.value)
+                    exits += 1
+                    if exits == max_exits:
+                        raise _ExitLimit
+
+        def flush() -> None:
+            """The run is stopping: what the guest posted or rang before it stopped reaches the devices."""
+            if coalesced and ring32[0] != ring32[1]:
+                drain_ring()
+            if poll_bells is not None and (ready := poll_bells(0)):
+                ring_bells(ready)
+
+        if watcher is not None:
+            def from_watcher() -> None:
+                try:
+                    if watcher.live:
+                        flush()
+                finally:
+                    watcher.drained()
+            watcher.start(from_watcher)
+        EXIT_IO, EXIT_MMIO = k.KVM_EXIT_IO, k.KVM_EXIT_MMIO
+        EXIT_HLT, EXIT_IRQ_WINDOW = k.KVM_EXIT_HLT, k.KVM_EXIT_IRQ_WINDOW_OPEN
+        PIO_DATA = _PIO_DATA_OFFSET
+        self._service()  # an interrupt may be pending before the first instruction
         self._timed_out = False
         restore = self._arm_timeout(limits.timeout)
+        flush_timer = None
+        clock = self._clock
+        if coalesced and clock is not None and self._waker is not None:
+            def tick() -> None:
+                # Only wakes the loop (KVM_RUN returns EINTR), which drains the ring first.
+                nonlocal flush_timer
+                flush_timer = clock.call_later(_FLUSH_NS, tick)
+            tick()
         try:
             while True:
                 try:
                     enter()
                 except InterruptedError:
                     run.immediate_exit = 0
+                    flush()
                     if self._timed_out:
                         return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time", exits,
                                           dump=True)
                     self._service()
                     continue
                 except KvmError as exc:
+                    flush()
                     # The host failed, not a device: must not reach the machine's device-error report.
                     return self._stop("host-error", str(exc), exits)
-                reason = run.exit_reason
+                # Writes the guest posted or rang before this exit reach their devices first.
+                if coalesced and ring32[0] != ring32[1]:
+                    drain_ring()
+                if poll_bells is not None and (ready := poll_bells(0)):
+                    ring_bells(ready)
+                reason = u32[_EXIT_REASON]
                 if reason == EXIT_IO:
-                    size = io.size
-                    if io.count == 1 and io.data_offset == _PIO_DATA_OFFSET:
-                        view = pio_views[size]
-                        if io.direction == IO_OUT:
-                            pio_write(io.port, size, view.value)
+                    if u32[_IO_COUNT] == 1 and u64[_IO_DATA_OFFSET] == PIO_DATA:
+                        size, port = u8[_IO_SIZE], u16[_IO_PORT]
+                        view = pio_data[size]
+                        if u8[_IO_DIRECTION]:
+                            value = view[0]
+                            try:
+                                handler, where = pio_writes[size][port]
+                            except KeyError:
+                                handler, where = pio_write_route(port, size)
+                            try:
+                                handler(where, size, value)
+                            except (GuestExit, DeviceFault):
+                                raise
+                            except Exception as exc:
+                                fault_pio(WRITE, port, size, value, exc)
                         else:
-                            view.value = pio_read(io.port, size)
+                            try:
+                                handler, where = pio_reads[size][port]
+                            except KeyError:
+                                handler, where = pio_read_route(port, size)
+                            try:
+                                view[0] = handler(where, size) & MASKS[size]
+                            except (GuestExit, DeviceFault):
+                                raise
+                            except Exception as exc:
+                                view[0] = MASKS[size]
+                                fault_pio(READ, port, size, None, exc)
                     else:
-                        self._string_io(io, buf, pio_read, pio_write)
+                        self._string_io(run.io, buf, pio_read, pio_write)
                 elif reason == EXIT_MMIO:
-                    size = mmio_exit.len
-                    if mmio_exit.is_write:
-                        mmio_write(mmio_exit.phys_addr, size, mmio_data.value & ((1 << (8 * size)) - 1))
+                    address, size = u64[_MMIO_ADDR], u32[_MMIO_LEN]
+                    view = mmio_data[size]
+                    if u8[_MMIO_IS_WRITE]:
+                        value = view[0] & MASKS[size]
+                        try:
+                            handler, where = mmio_writes[size][address]
+                        except KeyError:
+                            handler, where = mmio_write_route(address, size)
+                        try:
+                            handler(where, size, value)
+                        except (GuestExit, DeviceFault):
+                            raise
+                        except Exception as exc:
+                            fault_mmio(WRITE, address, size, value, exc)
                     else:
-                        mmio_data.value = mmio_read(mmio_exit.phys_addr, size)
+                        try:
+                            handler, where = mmio_reads[size][address]
+                        except KeyError:
+                            handler, where = mmio_read_route(address, size)
+                        try:
+                            view[0] = handler(where, size) & MASKS[size]
+                        except (GuestExit, DeviceFault):
+                            raise
+                        except Exception as exc:
+                            view[0] = MASKS[size]
+                            fault_mmio(READ, address, size, None, exc)
                 elif reason == EXIT_HLT and run.if_flag and self._controller is not None:
                     # Waiting for an interrupt, as a CPU in HLT does; with IF clear it is a stop.
                     if not self._wait_halted():
@@ -275,12 +480,65 @@ class KvmAccelerator(Accelerator):
                 exits += 1
                 if exits == max_exits:
                     return self._stop("max-exits", f"reached the limit of {max_exits} exits", exits, dump=True)
+        except _ExitLimit:
+            # Reached while delivering posted or rung writes: the rest is dropped, as the guest would have stopped.
+            return self._stop("max-exits", f"reached the limit of {max_exits} exits", exits, dump=True)
         except GuestExit as exc:
             # A device ended the run (debug-exit) during this exit, which counts too.
             return StopReason(kind="exit", message=exc.reason, status=exc.status, exits=exits + 1)
+        except KeyboardInterrupt:
+            flush()
+            raise
         finally:
             restore()
-            del pio_views, mmio_data, io, mmio_exit, run
+            if flush_timer is not None:
+                flush_timer.cancel()
+
+    # --- posted writes and doorbells ---------------------------------------------------------
+
+    def _register_posted(self, pio: Bus, mmio: Bus, zones: list[tuple[int, int, bool]]) -> None:
+        """A coalesced zone (added to ``zones``) per posted region KVM can queue; the rest stay synchronous."""
+        wanted = [(region.base, region.size, bus.space is Space.PIO, owner)
+                  for bus in (pio, mmio) for region, owner in bus.claims() if region.posted]
+        if not wanted:
+            return
+        page = self.vm.check_extension(k.KVM_CAP_COALESCED_MMIO)
+        if page <= 0:
+            log.info("posted regions stay synchronous: this KVM has no coalesced MMIO")
+            return
+        # The value is where the ring sits in the vCPU mapping, in pages.
+        self._ring_page = page
+        pio_ok = self.vm.check_extension(k.KVM_CAP_COALESCED_PIO) > 0
+        for base, size, is_pio, owner in wanted:
+            if is_pio and not pio_ok:
+                log.info("%s: posted ports stay synchronous: this KVM has no coalesced PIO", owner)
+                continue
+            try:
+                self.vm.register_coalesced_mmio(base, size, is_pio)
+            except KvmError as exc:
+                log.warning("%s: posted range %#x stays synchronous: %s", owner, base, exc)
+                continue
+            zones.append((base, size, is_pio))
+
+    def _assign_doorbells(self, pio: Bus, mmio: Bus, bells: list["_Bell"]) -> None:
+        """An ioeventfd (added to ``bells``) for every doorbell this KVM takes; the rest stay synchronous."""
+        wanted = [(bus, region, owner, bell) for bus in (pio, mmio)
+                  for region, owner in bus.claims() for bell in region.doorbells]
+        if not wanted:
+            return
+        if self.vm.check_extension(k.KVM_CAP_IOEVENTFD) <= 0:
+            log.info("doorbells stay synchronous: this KVM has no ioeventfd")
+            return
+        for bus, region, owner, bell in wanted:
+            address = region.base + bell.offset
+            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            try:
+                self.vm.ioeventfd(fd, address, bell.size, pio=bus.space is Space.PIO, datamatch=bell.value)
+            except KvmError as exc:
+                os.close(fd)
+                log.warning("%s: doorbell at %#x stays synchronous: %s", owner, address, exc)
+                continue
+            bells.append(_Bell(fd, bus, address, bell.size, bell.value))
 
     @staticmethod
     def _string_io(io: Any, buf: mmap.mmap, read: Any, write: Any) -> None:
@@ -376,6 +634,113 @@ class KvmAccelerator(Accelerator):
     def close(self) -> None:
         for part in (self.vcpu, self.vm, self.kvm):
             part.close()
+
+
+class _ExitLimit(Exception):
+    """max_exits was reached while delivering posted or rung writes."""
+
+
+class _Views:
+    """Typed memoryviews of one vCPU mapping: the exit fields, the IO data, the coalesced ring."""
+
+    def __init__(self, whole: memoryview, ring_page: int | None) -> None:
+        self.u8, self.u16 = whole.cast("B"), whole.cast("H")
+        self.u32, self.u64 = whole.cast("I"), whole.cast("Q")
+        # The exit's data by access size: port IO is 1, 2 or 4 bytes (x86 has no other
+        # widths); an MMIO exit carries up to 8, an odd length (a split access) goes
+        # through the u64 view and a mask.
+        data = whole[_PIO_DATA_OFFSET : _PIO_DATA_OFFSET + 8]
+        b, h, i = data.cast("B"), data.cast("H"), data.cast("I")
+        self.pio = [None, b, h, None, i, None, None, None, None]
+        data = whole[_MMIO_DATA : _MMIO_DATA + 8]
+        mb, mh, mi, mq = data.cast("B"), data.cast("H"), data.cast("I"), data.cast("Q")
+        self.mmio = [mq, mb, mh, mq, mi, mq, mq, mq, mq]
+        self.ring32 = self.ring64 = None
+        self.ring_slots = 0
+        self._parts = [self.u8, self.u16, self.u32, self.u64, b, h, i, mb, mh, mi, mq]
+        if ring_page is not None:
+            page = whole[ring_page * mmap.PAGESIZE : (ring_page + 1) * mmap.PAGESIZE]
+            self.ring32, self.ring64 = page.cast("I"), page.cast("Q")
+            # KVM_COALESCED_MMIO_MAX: as many entries as fit in the page after first/last.
+            self.ring_slots = (mmap.PAGESIZE - _RING_HEADER) // _ENTRY
+            self._parts += [self.ring32, self.ring64]
+
+    def release(self) -> None:
+        """Let the mapping close (an exported view would keep it open)."""
+        for part in self._parts:
+            part.release()
+        self._parts = []
+
+
+class _Bell:
+    """One doorbell's eventfd, registered with KVM, and where its rings go."""
+
+    __slots__ = ("fd", "bus", "address", "size", "value", "match")
+
+    def __init__(self, fd: int, bus: Bus, address: int, size: int, match: int | None) -> None:
+        self.fd, self.bus, self.address, self.size, self.match = fd, bus, address, size, match
+        # The eventfd does not carry what the guest wrote: the match value, or 0 (see bus.Doorbell).
+        self.value = match if match is not None else 0
+
+    def close(self, vm: Vm) -> None:
+        try:
+            vm.ioeventfd(self.fd, self.address, self.size, pio=self.bus.space is Space.PIO,
+                         datamatch=self.match, deassign=True)
+        except KvmError as exc:  # the VM is going away anyway
+            log.debug("deassigning the doorbell at %#x: %s", self.address, exc)
+        os.close(self.fd)
+
+
+class _DoorbellWatcher:
+    """Wakes the vCPU when a doorbell rings while the guest runs on without exiting.
+
+    A thread waits in poll() for any doorbell eventfd; then it posts a callback
+    to the machine clock (which kicks KVM_RUN) and waits until the machine
+    thread has read the eventfds, since they stay readable until then. It never
+    reads them itself: only the machine thread delivers, so rings keep their
+    order with the exits around them.
+    """
+
+    def __init__(self, fds: list[int], clock: Clock | None) -> None:
+        self._fds = fds
+        self._clock = clock
+        self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        self._drained = threading.Event()
+        self.live = True
+        self._thread: threading.Thread | None = None
+
+    def start(self, callback: Callable[[], None]) -> None:
+        if self._clock is None:
+            return  # nobody to post to: rings are delivered at exits and at the stop
+        self._callback = callback
+        self._thread = threading.Thread(target=self._watch, name="vmcore-doorbells", daemon=True)
+        self._thread.start()
+
+    def drained(self) -> None:
+        self._drained.set()
+
+    def _watch(self) -> None:
+        poller = select.poll()
+        for fd in (*self._fds, self._stop_fd):
+            poller.register(fd, select.POLLIN)
+        while True:
+            ready = poller.poll()
+            if any(fd == self._stop_fd for fd, _ in ready):
+                return
+            self._drained.clear()
+            if not self.live:  # close() ran between the poll and the clear
+                return
+            assert self._clock is not None
+            self._clock.call_soon_threadsafe(self._callback)
+            self._drained.wait()
+
+    def close(self) -> None:
+        self.live = False  # a callback still queued on the clock does nothing now
+        os.eventfd_write(self._stop_fd, 1)
+        self._drained.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+        os.close(self._stop_fd)
 
 
 def _ignore_signal(_signum: int, _frame: Any) -> None:

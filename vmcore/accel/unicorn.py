@@ -16,11 +16,12 @@ from typing import Any
 
 import attrs
 
-from ..bus import Bus
+from ..bus import Bus, Direction
 from ..clock import Clock
 from ..irq import InterruptController
 from ..cpu import CpuState, translate
 from ..device import GuestExit
+from ..faults import DeviceFault
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
 from . import Accelerator, AcceleratorUnavailable, RunLimits
@@ -142,11 +143,14 @@ class UnicornAccelerator(Accelerator):
             waker.arm(clock.next_deadline())
         exits = [0]
         max_exits = limits.max_exits if limits.max_exits is not None else -1
-        pio_read, pio_write = pio.read, pio.write
         hooks = []
         stopping = self._stopping
         stopping[0] = False
         self._pending = None
+        # The bus's route tables, by size then port: the device method and the offset to
+        # call it with, or the bus's full path; a miss is filled in once (Bus.read_route).
+        in_routes, out_routes = pio.read_routes, pio.write_routes
+        in_route, out_route = pio.read_route, pio.write_route
 
         def count() -> None:
             exits[0] += 1
@@ -158,10 +162,15 @@ class UnicornAccelerator(Accelerator):
             if stopping[0]:
                 return (1 << (8 * size)) - 1
             try:
-                value = pio_read(port, size)
+                handler, where = in_routes[size][port]
+            except KeyError:
+                handler, where = in_route(port, size)
+            try:
+                value = handler(where, size)
             except BaseException as exc:
-                self._abandon(exc)
-                return (1 << (8 * size)) - 1  # a value, or ctypes prints its own error about None
+                if not self._contain(pio, Direction.READ, port, size, None, exc):
+                    return (1 << (8 * size)) - 1  # a value, or ctypes prints its own error about None
+                value = (1 << (8 * size)) - 1
             n = exits[0] = exits[0] + 1
             if n == max_exits:
                 count_limit()
@@ -171,10 +180,14 @@ class UnicornAccelerator(Accelerator):
             if stopping[0]:
                 return
             try:
-                pio_write(port, size, value)
+                handler, where = out_routes[size][port]
+            except KeyError:
+                handler, where = out_route(port, size)
+            try:
+                handler(where, size, value)
             except BaseException as exc:  # a device bug, or debug-exit's GuestExit
-                self._abandon(exc)
-                return
+                if not self._contain(pio, Direction.WRITE, port, size, value, exc):
+                    return
             n = exits[0] = exits[0] + 1
             if n == max_exits:
                 count_limit()
@@ -183,6 +196,9 @@ class UnicornAccelerator(Accelerator):
             self._reason = self._stop_reason("max-exits", f"reached the limit of {max_exits} exits")
             stopping[0] = True
             uc.emu_stop()
+
+        # MMIO page callbacks live as long as the unicorn instance; they count through these.
+        self._count_mmio = count
 
         def on_unmapped(_uc: Any, access: int, address: int, size: int, _value: int, _ud: Any) -> bool:
             if access == uc_mod.UC_MEM_FETCH_UNMAPPED:
@@ -292,6 +308,23 @@ class UnicornAccelerator(Accelerator):
         if pending is not None:
             raise pending
 
+    def _contain(self, bus: Bus, direction: Direction, address: int, size: int, value: int | None,
+                 exc: BaseException) -> bool:
+        """A route raised: contain a device's exception as the bus would; True when the run goes on.
+
+        Routes straight to a device skip the bus's own containment (Bus.direct), so what
+        they raise goes to Bus.fault here; GuestExit, DeviceFault and anything that is not
+        an Exception end the run.
+        """
+        if isinstance(exc, Exception) and not isinstance(exc, (GuestExit, DeviceFault)):
+            try:
+                bus.fault(direction, address, size, value, exc)
+                return True  # device_errors: continue
+            except BaseException as fault:
+                exc = fault
+        self._abandon(exc)
+        return False
+
     def _abandon(self, exc: BaseException) -> None:
         """A device raised (or ended the run) in a hook: keep the exception, let no more IO out, stop."""
         if self._pending is None:
@@ -367,25 +400,43 @@ class UnicornAccelerator(Accelerator):
             return
         mmio = self._mmio
         assert mmio is not None
-
         stopping = self._stopping
+        # The callbacks stay with the page for the life of the unicorn instance, so they take
+        # the bus of the run in progress; its route tables as for ports (see run()).
 
         def read(_uc: Any, offset: int, size: int, _ud: Any) -> int:
             if stopping[0]:
                 return (1 << (8 * size)) - 1
+            bus = self._mmio
+            address = page + offset
             try:
-                return mmio.read(page + offset, size)
+                handler, where = bus.read_routes[size][address]
+            except KeyError:
+                handler, where = bus.read_route(address, size)
+            try:
+                value = handler(where, size)
             except BaseException as exc:
-                self._abandon(exc)
+                self._contain(bus, Direction.READ, address, size, None, exc)
                 return (1 << (8 * size)) - 1
+            self._count_mmio()  # an MMIO access is an exit on KVM: count it the same here
+            return value
 
         def write(_uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
             if stopping[0]:
                 return
+            bus = self._mmio
+            address = page + offset
+            value &= (1 << (8 * size)) - 1
             try:
-                mmio.write(page + offset, size, value & ((1 << (8 * size)) - 1))
+                handler, where = bus.write_routes[size][address]
+            except KeyError:
+                handler, where = bus.write_route(address, size)
+            try:
+                handler(where, size, value)
             except BaseException as exc:
-                self._abandon(exc)
+                self._contain(bus, Direction.WRITE, address, size, value, exc)
+                return
+            self._count_mmio()
 
         self.uc.mmio_map(page, PAGE, read, None, write, None)
         self._mmio_pages.add(page)
