@@ -80,13 +80,35 @@ __all__ = [
     "replay",
 ]
 
+
+def scratch_disk() -> str:
+    """A 256 KiB zero-filled disk image in the temp folder, made once per process, for disk devices."""
+    global _SCRATCH_DISK
+    if _SCRATCH_DISK is None:
+        import atexit
+        import os
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="vmcore-fuzz-disk-", suffix=".img")
+        os.ftruncate(fd, 256 * 1024)
+        os.close(fd)
+        atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+        _SCRATCH_DISK = path
+    return _SCRATCH_DISK
+
+
+_SCRATCH_DISK: str | None = None
+
 #: Properties that keep built-in types off host resources (the terminal, files, sockets)
-#: and make runs repeatable. Only keys the type's Config has are used.
+#: and make runs repeatable. Only keys the type's Config has are used; a callable value is
+#: called for the property's value when the device is fuzzed.
 SAFE_PROPS: dict[str, dict[str, Any]] = {
     "debugcon": {"output": "memory"},
     "uart16550": {"backend": "memory"},
     # Not the host's clock, so a run replays identically; a minute before a leap day.
     "cmos-rtc": {"start": "2024-02-28T23:59:00"},
+    # A throw-away image: the fuzzer's writes land there, never in a user's disk.
+    "ide": {"image": scratch_disk},
 }
 
 RAM_SIZE = 1 << 20  # the FakeBus default: 1 MiB of RAM at 0
@@ -1003,7 +1025,7 @@ def _resolve(device: str | type, registry: DeviceRegistry | None) -> tuple[type,
 
 def _props_for(cls: type, name: str, props: dict[str, Any] | None) -> dict[str, Any]:
     fields = {f.name for f in attrs.fields(cls.Config)} if attrs.has(getattr(cls, "Config", None)) else set()
-    safe = {k: v for k, v in SAFE_PROPS.get(name, {}).items() if k in fields}
+    safe = {k: (v() if callable(v) else v) for k, v in SAFE_PROPS.get(name, {}).items() if k in fields}
     return {**safe, **(props or {})}
 
 

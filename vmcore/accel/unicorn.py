@@ -198,7 +198,7 @@ class UnicornAccelerator(Accelerator):
             uc.emu_stop()
 
         # MMIO page callbacks live as long as the unicorn instance; they count through these.
-        self._count_mmio = count
+        self._exit_box, self._max_exits, self._count_limit = exits, max_exits, count_limit
 
         def on_unmapped(_uc: Any, access: int, address: int, size: int, _value: int, _ud: Any) -> bool:
             if access == uc_mod.UC_MEM_FETCH_UNMAPPED:
@@ -418,7 +418,11 @@ class UnicornAccelerator(Accelerator):
             except BaseException as exc:
                 self._contain(bus, Direction.READ, address, size, None, exc)
                 return (1 << (8 * size)) - 1
-            self._count_mmio()  # an MMIO access is an exit on KVM: count it the same here
+            # An MMIO access is an exit on KVM: count it the same here (inline: this is hot).
+            box = self._exit_box
+            n = box[0] = box[0] + 1
+            if n == self._max_exits:
+                self._count_limit()
             return value
 
         def write(_uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
@@ -436,7 +440,10 @@ class UnicornAccelerator(Accelerator):
             except BaseException as exc:
                 self._contain(bus, Direction.WRITE, address, size, value, exc)
                 return
-            self._count_mmio()
+            box = self._exit_box
+            n = box[0] = box[0] + 1
+            if n == self._max_exits:
+                self._count_limit()
 
         self.uc.mmio_map(page, PAGE, read, None, write, None)
         self._mmio_pages.add(page)
