@@ -228,6 +228,28 @@ class Bus:
                 self._small[address] = entry
         self._forget_routes()
 
+    def unclaim(self, region: Region) -> None:
+        """Remove a claim made with :meth:`claim` (a PCI BAR moving or turned off).
+
+        ``region`` is the Region that was claimed (the same object, or an equal one).
+        The route tables are cleared as :meth:`claim` clears them, so no accelerator
+        keeps dispatching to a place the device has left. An unknown region is a BusError.
+        """
+        i = bisect.bisect_left(self._starts, region.base)
+        while i < len(self._entries) and self._starts[i] == region.base:
+            entry = self._entries[i]
+            if entry.region is region or entry.region == region:
+                del self._starts[i]
+                del self._entries[i]
+                if entry.end - entry.start <= SMALL_REGION:
+                    for address in range(entry.start, entry.end):
+                        if self._small.get(address) is entry:
+                            del self._small[address]
+                self._forget_routes()
+                return
+            i += 1
+        raise BusError(f"{self.space.value} range {region.base:#x}..{region.end - 1:#x} is not claimed")
+
     def claims(self) -> Iterator[tuple[Region, str]]:
         """Every region on the bus with its owner, in address order."""
         for entry in self._entries:

@@ -24,6 +24,9 @@ from .irq import IrqLine
 from .memory import GuestMemory
 from .units import parse_int
 
+if typing.TYPE_CHECKING:
+    from .pci import PciBus
+
 
 class PropertyError(ValueError):
     """A device property that is unknown or has a value of the wrong kind."""
@@ -43,6 +46,9 @@ class DeviceContext:
     memory: GuestMemory
     irq_line: Callable[[int], IrqLine]
     log: logging.Logger
+    #: The machine's PCI bus (``vmcore.pci.PciBus``): where PCI functions attach. None where
+    #: the builder has none (then a PCI device makes a private one, see ``vmcore.pci``).
+    pci: "PciBus | None" = None
 
     def irq(self, number: int) -> IrqLine:
         """The interrupt line ``number`` (shared by every device that asks for it)."""

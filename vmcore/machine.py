@@ -24,6 +24,7 @@ from .device import DeviceContext, PropertyError
 from .faults import DeviceFault, GuestExit
 from .irq import InterruptController, IrqLine
 from .memory import GuestMemory, GuestMemoryError
+from .pci import PciBus
 from .plugins import DeviceRegistry, DeviceTypeError
 from .profile import Profile, ProfileError, Where
 from .stop import StopReason
@@ -84,6 +85,7 @@ class Machine:
         registry = registry if registry is not None else DeviceRegistry.default()
         memory = GuestMemory()
         pio, mmio = Bus(Space.PIO), Bus(Space.MMIO)
+        pci = PciBus(pio, mmio)
         clock = HostClock()
         irq_lines: dict[int, IrqLine] = {}
         devices: dict[str, Any] = {}
@@ -121,7 +123,7 @@ class Machine:
                     raise ProfileError(where, sub, exc.message) from None
                 ctx = DeviceContext(
                     name=spec.name, clock=clock, memory=memory, irq_line=machine._irq_line,
-                    log=logging.getLogger(f"vmcore.device.{spec.name}"),
+                    log=logging.getLogger(f"vmcore.device.{spec.name}"), pci=pci,
                 )
                 try:
                     device = dtype.cls.create(config, ctx)

@@ -23,6 +23,7 @@ from ..clock import ManualClock
 from ..device import DeviceContext, GuestExit, build_config
 from ..irq import InterruptController, IrqLine
 from ..memory import GuestMemory
+from ..pci import PciBus
 from ..plugins import DeviceRegistry
 
 __all__ = ["FakeBus", "IrqEvent"]
@@ -42,6 +43,8 @@ class FakeBus:
             self.memory.add_slot("ram", ram_base, ram_size)
         self.pio = Bus(Space.PIO)
         self.mmio = Bus(Space.MMIO)
+        #: The PCI bus over the two buses above: PCI devices attach their functions here.
+        self.pci = PciBus(self.pio, self.mmio)
         self.devices: dict[str, Any] = {}
         self.lines: dict[int, IrqLine] = {}
         #: Every IRQ line change, in order: (time, line, level).
@@ -73,7 +76,7 @@ class FakeBus:
         name = name or f"{cls.type_name}{'' if cls.type_name not in self.devices else len(self.devices)}"
         config = build_config(cls.Config, props)
         ctx = DeviceContext(name=name, clock=self.clock, memory=self.memory, irq_line=self.irq,
-                            log=logging.getLogger(f"vmcore.device.{name}"))
+                            log=logging.getLogger(f"vmcore.device.{name}"), pci=self.pci)
         instance = cls.create(config, ctx)
         regions = list(instance.regions())
         # Place every region on scratch copies of the buses first, so a rejected device
