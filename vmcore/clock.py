@@ -52,9 +52,6 @@ class Clock:
         if wakeup is not None:
             wakeup()
 
-    def has_posted(self) -> bool:
-        return bool(self._posted)
-
     def now(self) -> int:
         """Nanoseconds of machine time since the machine started."""
         raise NotImplementedError
