@@ -1,5 +1,9 @@
 """Legacy ATA (IDE) channel with one or two disks, as PIIX IDE exposes it in legacy mode.
 
+The channel itself is :class:`AtaChannel`; the ``ide`` device type here puts one on
+configurable ports, and ``piix-ide`` (devices/piix_ide.py) puts two on the PC's
+legacy ports behind the PIIX3 IDE PCI function.
+
 Two port ranges, as on a PC's primary channel (secondary: 0x170/0x376, IRQ 15):
 
 =================  ===============================================================
@@ -41,12 +45,17 @@ Modelled (ATA/ATAPI-6, T13/1410D):
   those points and at command completion, cleared by reading Status or writing
   Command; the IRQ line is high while the selected device's flag is set and nIEN
   is 0 (a deselected device or nIEN = 1 leaves the line floating, i.e. low).
-- Device 1 (slave) absent: while it is selected, Status and Alternate Status read
-  0 and commands are ignored. Command block writes go to both devices.
+- An absent device (the slave, or in ``piix-ide`` the master too): while it is
+  selected, Status, Alternate Status and Error read 0 and commands other than
+  EXECUTE DEVICE DIAGNOSTIC are ignored; the other device answers the rest of the
+  task file, which is one set for both. Command block writes go to both devices. A
+  channel with no device at all reads 0 everywhere and ignores writes (see
+  :class:`AtaChannel`).
 - Soft reset: SRST = 1 makes every present device BSY and drops any transfer; SRST
   back to 0 ends the reset at once: DRDY|DSC, error 0x01, the ATA signature
   (sector count 1, LBA low 1, mid 0, high 0, device 0) and no interrupt.
-  EXECUTE DEVICE DIAGNOSTIC gives the same result, with an interrupt.
+  EXECUTE DEVICE DIAGNOSTIC gives the same result, with an interrupt, whichever
+  device is selected.
 
 Approximations: a byte access to the data register moves a whole word (the low
 byte is what a read returns, the high byte of a write is 0); the data register
@@ -65,9 +74,10 @@ from typing import Any, Callable, Sequence
 import attrs
 
 from vmcore.bus import Region, Space
-from vmcore.clock import Timer
+from vmcore.clock import Clock, Timer
 from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
 from vmcore.hookspecs import hookimpl
+from vmcore.irq import IrqLine
 
 SECTOR = 512
 SECTOR_NS = 10_000  # how long the device stays BSY per sector before DRQ / completion
@@ -140,9 +150,9 @@ class IdeConfig:
                          validator=in_range(0, 0xFFFF))
     irq: int = prop(14, "IRQ line (INTRQ), high while the selected device has an interrupt pending.",
                     validator=in_range(0, 255))
-    image: str = prop("", "Raw disk image of the master (device 0); required. Relative to the current "
-                          "directory.", validator=_image_path("image", optional=False))
-    slave_image: str = prop("", "Raw disk image of the slave (device 1); empty: no slave.",
+    image: str = prop("", "Raw disk image of the master (device 0); required. Relative to the profile "
+                          "that sets it.", path=True, validator=_image_path("image", optional=False))
+    slave_image: str = prop("", "Raw disk image of the slave (device 1); empty: no slave.", path=True,
                             validator=_image_path("slave_image", optional=True))
     readonly: bool = prop(False, "Open the images read-only; writes fail with ABRT.")
     model: str = prop("VMCORE HARDDISK", "Model number in IDENTIFY (at most 40 characters).",
@@ -161,13 +171,17 @@ class IdeConfig:
 
 
 class Disk:
-    """One ATA device: its image and its own state (status, error, pending interrupt)."""
+    """One ATA device: its image, its IDENTIFY strings and its own state (status, error, pending interrupt)."""
 
-    def __init__(self, path: str, readonly: bool) -> None:
+    def __init__(self, path: str, readonly: bool, model: str = "VMCORE HARDDISK", serial: str = "VMC0001") -> None:
         self.readonly = readonly
+        self.model = model
+        self.serial = serial
         self.fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
         self.sectors = min(os.lseek(self.fd, 0, os.SEEK_END) // SECTOR, LBA28_MAX)
-        self.cylinders = min(self.sectors // (HEADS * SECTORS_PER_TRACK), MAX_CYLINDERS)
+        # As QEMU's geometry guess: at least 2 cylinders, so a disk smaller than one cylinder
+        # (a boot sector image) still has a CHS geometry BIOS int 13h can address.
+        self.cylinders = max(2, min(self.sectors // (HEADS * SECTORS_PER_TRACK), MAX_CYLINDERS))
         self.status = READY
         self.error = DIAGNOSTIC_OK
         self.intrq = False
@@ -193,22 +207,50 @@ class Disk:
                 self.fd = -1
 
 
-class Ide(Device):
-    """Legacy ATA channel (PIIX IDE, legacy mode): a master disk and an optional slave, PIO only."""
+def open_disks(specs: Sequence[tuple[str, str]], readonly: bool, model: str) -> list[Disk | None]:
+    """A :class:`Disk` for each (path, serial) with a path, None for an empty path.
 
-    type_name = "ide"
-    Config = IdeConfig
+    If one cannot be opened, the ones already open are closed and the OSError is raised.
+    """
+    disks: list[Disk | None] = []
+    try:
+        for path, serial in specs:
+            disks.append(Disk(path, readonly, model, serial) if path else None)
+    except OSError:
+        for disk in disks:
+            if disk is not None:
+                disk.close()
+        raise
+    return disks
 
-    def __init__(self, config: IdeConfig, ctx: DeviceContext) -> None:
-        super().__init__(config, ctx)
-        self.line = ctx.irq(config.irq)
-        self.disks: list[Disk | None] = [Disk(config.image, config.readonly), None]
-        if config.slave_image:
-            try:
-                self.disks[1] = Disk(config.slave_image, config.readonly)
-            except OSError:
-                self.disks[0].close()  # type: ignore[union-attr]
-                raise
+
+class AtaChannel:
+    """One ATA channel: the task file, device control, INTRQ and the two device positions.
+
+    The device-independent part of an IDE port pair, shared by the ``ide`` device (one
+    channel) and ``piix-ide`` (two). ``disks`` is [device 0, device 1], either may be None;
+    ``line`` is the channel's IRQ line; ``on_interrupt``, when given, is called each time
+    the channel's INTRQ goes from low to high (the PIIX bus-master status latches that).
+
+    A channel with neither device reads 0 at every register, the control port included,
+    and ignores writes: no device drives the bus, and 0 (not 0xFF) is what QEMU's IDE
+    answers for an empty channel. With a 0 status BSY is clear, so a driver polling for
+    "not busy" moves on at once (SeaBIOS's ``powerup_await_non_bsy`` returns on the first
+    read) and the 0x55/0xAA scratch test on sector count / LBA low fails, so no device is
+    probed. A floating 0xFF would also make SeaBIOS give up at once (it ORs the status
+    reads and stops at 0xFF), but a driver that waits for BSY to clear without that check
+    would wait out its whole timeout.
+    """
+
+    def __init__(self, disks: Sequence[Disk | None], line: IrqLine, clock: Clock,
+                 on_interrupt: Callable[[], None] | None = None) -> None:
+        if len(disks) != 2:
+            raise ValueError("an ATA channel has two device positions")
+        self.disks: list[Disk | None] = list(disks)
+        self.line = line
+        self.clock = clock
+        self.on_interrupt = on_interrupt
+        self._level = False  # INTRQ as this channel drives it
         self._timer: Timer | None = None
         # Task file (shared by both devices) and channel state.
         self.features = self.nsector = self.lba_low = self.lba_mid = self.lba_high = 0
@@ -222,14 +264,13 @@ class Ide(Device):
         self.remaining = 0  # sectors of the command not yet transferred
         self.reset()
 
-    def regions(self) -> Sequence[Region]:
-        # Sizes 1, 2 and 4 at the command block: a 32-bit access to the data register is two
-        # words from the same register, which the bus's split (at rising offsets) would get wrong.
-        return [Region(Space.PIO, self.config.port, 8, self.read, self.write, sizes=(1, 2, 4), name="command"),
-                Region(Space.PIO, self.config.ctl_port, 1, self.read_control, self.write_control, sizes=(1,),
-                       name="control")]
+    @property
+    def empty(self) -> bool:
+        """Neither device present: nothing answers on this channel."""
+        return self.disks[0] is None and self.disks[1] is None
 
     def reset(self) -> None:
+        """Power-on / hardware reset: device control cleared, then as a soft reset."""
         self.control = 0
         self._soft_reset()
 
@@ -248,7 +289,12 @@ class Ide(Device):
 
     def _update_line(self) -> None:
         disk = self.disk
-        self.line.set_level(disk is not None and disk.intrq and not self.control & NIEN)
+        level = disk is not None and disk.intrq and not self.control & NIEN
+        rising = level and not self._level
+        self._level = level
+        self.line.set_level(level)
+        if rising and self.on_interrupt is not None:
+            self.on_interrupt()
 
     def _interrupt(self, disk: Disk) -> None:
         disk.intrq = True
@@ -319,10 +365,13 @@ class Ide(Device):
     # --- commands -------------------------------------------------------------------------------
 
     def _command(self, command: int) -> None:
+        if command == CMD_DIAGNOSTIC:
+            self._diagnostic()  # both devices run it, whichever is selected (ATA-6 section 8.11)
+            return
         disk = self.disk
         if disk is None:
-            return  # device 1 absent: nobody answers (ATA-6 section 9.16)
-        if disk.status & BSY and command != CMD_DIAGNOSTIC:
+            return  # the selected device is absent: nobody answers (ATA-6 section 9.16)
+        if disk.status & BSY:
             return  # the host may not write Command while BSY
         self._stop_transfer()
         disk.intrq = False
@@ -353,12 +402,6 @@ class Ide(Device):
             self.writing = False
             self.remaining = 1
             self._busy(disk, lambda: self._data_in(disk, self._identify(disk)))
-        elif command == CMD_DIAGNOSTIC:
-            for each in self.disks:
-                if each is not None:
-                    each.status, each.error, each.intrq = READY, DIAGNOSTIC_OK, False
-            self._signature()
-            self._interrupt(self.disks[0])  # type: ignore[arg-type]  # device 0 reports for both
         elif command == CMD_INIT_PARAMS:
             disk.heads, disk.spt = (self.select & 0x0F) + 1, self.nsector
             self._complete(disk)
@@ -376,6 +419,16 @@ class Ide(Device):
         else:
             self._complete(disk, ABRT)
 
+    def _diagnostic(self) -> None:
+        present = [disk for disk in self.disks if disk is not None]
+        if not present:
+            return
+        self._stop_transfer()
+        for each in present:
+            each.status, each.error, each.intrq = READY, DIAGNOSTIC_OK, False
+        self._signature()
+        self._interrupt(present[0])  # device 0 reports for both (device 1 when it is alone)
+
     def _busy(self, disk: Disk, then: Callable[[], None]) -> None:
         disk.status = BSY
 
@@ -383,7 +436,7 @@ class Ide(Device):
             self._timer = None
             then()
 
-        self._timer = self.ctx.clock.call_later(SECTOR_NS, fire)
+        self._timer = self.clock.call_later(SECTOR_NS, fire)
 
     def _drq(self, disk: Disk, data: bytearray) -> None:
         self.buffer = data
@@ -450,9 +503,9 @@ class Ide(Device):
         words[85], words[86], words[87] = 0x0000, 1 << 12, 0x4000
         words[88] = 0  # no Ultra DMA
         data = bytearray(b"".join(w.to_bytes(2, "little") for w in words))
-        data[20:40] = _ata_string(self.config.serial, 20)
+        data[20:40] = _ata_string(disk.serial, 20)
         data[46:54] = _ata_string("0.1", 8)
-        data[54:94] = _ata_string(self.config.model, 40)
+        data[54:94] = _ata_string(disk.model, 40)
         # Word 255: integrity word, signature A5h and a checksum making all 512 bytes sum to 0.
         data[510] = 0xA5
         data[511] = -sum(data[:511]) & 0xFF
@@ -480,9 +533,12 @@ class Ide(Device):
         if self.pos >= len(self.buffer):
             self._sector_done(disk)
 
-    # --- the two regions ----------------------------------------------------------------------
+    # --- the two port ranges: command block (8 ports) and control (1 port) ---------------------
 
     def read(self, offset: int, size: int) -> int:
+        """A read of the command block at ``offset`` (0-7), ``size`` 1, 2 or 4."""
+        if self.empty:
+            return 0
         if offset == DATA:
             if size == 4:
                 return self._data_read() | self._data_read() << 16
@@ -493,6 +549,9 @@ class Ide(Device):
         return value
 
     def write(self, offset: int, size: int, value: int) -> None:
+        """A write to the command block at ``offset`` (0-7), ``size`` 1, 2 or 4."""
+        if self.empty:
+            return
         if offset == DATA:
             if size == 4:
                 self._data_write(value & 0xFFFF)
@@ -515,6 +574,8 @@ class Ide(Device):
             disk.intrq = False  # reading Status acknowledges the interrupt (section 5.2.9)
             self._update_line()
             return disk.status
+        if offset > STATUS:
+            return 0  # past the command block (a wide access at its end)
         return (0, 0, self.nsector, self.lba_low, self.lba_mid, self.lba_high, self.select)[offset]
 
     def _write_register(self, offset: int, value: int) -> None:
@@ -533,14 +594,18 @@ class Ide(Device):
         elif offset == SELECT:
             self.select = value
             self._update_line()  # INTRQ follows the selected device
-        else:
+        elif offset == COMMAND:
             self._command(value)
 
     def read_control(self, offset: int, size: int) -> int:
+        """Alternate Status: the selected device's status, without acknowledging its interrupt."""
         disk = self.disk
         return disk.status if disk is not None else 0
 
     def write_control(self, offset: int, size: int, value: int) -> None:
+        """Device Control: nIEN (bit 1) and SRST (bit 2); bit 3 (HD15, set by old drivers) is ignored."""
+        if self.empty:
+            return
         was_reset = self.control & SRST
         self.control = value & (NIEN | SRST)
         if value & SRST:
@@ -553,6 +618,37 @@ class Ide(Device):
         elif was_reset:
             self._soft_reset()  # SRST cleared: the reset (and its diagnostic) ends now
         self._update_line()
+
+
+class Ide(Device):
+    """Legacy ATA channel (PIIX IDE, legacy mode): a master disk and an optional slave, PIO only."""
+
+    type_name = "ide"
+    Config = IdeConfig
+
+    def __init__(self, config: IdeConfig, ctx: DeviceContext) -> None:
+        super().__init__(config, ctx)
+        disks = open_disks([(config.image, config.serial), (config.slave_image, config.serial)], config.readonly,
+                           config.model)
+        self.channel = AtaChannel(disks, ctx.irq(config.irq), ctx.clock)
+
+    @property
+    def disks(self) -> list[Disk | None]:
+        return self.channel.disks
+
+    def regions(self) -> Sequence[Region]:
+        # Sizes 1, 2 and 4 at the command block: a 32-bit access to the data register is two
+        # words from the same register, which the bus's split (at rising offsets) would get wrong.
+        channel = self.channel
+        return [Region(Space.PIO, self.config.port, 8, channel.read, channel.write, sizes=(1, 2, 4), name="command"),
+                Region(Space.PIO, self.config.ctl_port, 1, channel.read_control, channel.write_control, sizes=(1,),
+                       name="control")]
+
+    def reset(self) -> None:
+        self.channel.reset()
+
+    def close(self) -> None:
+        self.channel.close()
 
 
 @hookimpl

@@ -30,9 +30,12 @@ class Space(enum.Enum):
 
     PIO = "pio"
     MMIO = "mmio"
+    #: PCI configuration space (traced only: reached through a host bridge's ports, not a Bus).
+    #: Addresses are bus << 16 | device << 11 | function << 8 | register.
+    PCI = "pci"
 
 
-SPACE_LIMITS = {Space.PIO: 1 << 16, Space.MMIO: 1 << 64}
+SPACE_LIMITS = {Space.PIO: 1 << 16, Space.MMIO: 1 << 64, Space.PCI: 1 << 24}
 
 #: Regions of at most this many addresses are also indexed address by address, so the
 #: access path finds them with one dict lookup instead of a binary search.
@@ -164,6 +167,10 @@ class Transaction:
         arrow = "<-" if self.direction is Direction.READ else "->"
         who = self.device if self.device is not None else "(unclaimed)"
         width = self.size * 2
+        if self.space is Space.PCI:
+            a = self.address
+            where = f"{a >> 16:02x}:{(a >> 11) & 0x1F:02x}.{(a >> 8) & 7}+{a & 0xFF:#04x}"
+            return f"pci  {self.direction.value:5} {where}/{self.size} {arrow} {self.value:#0{width + 2}x} {who}"
         return f"{self.space.value:4} {self.direction.value:5} {self.address:#010x}/{self.size} {arrow} {self.value:#0{width + 2}x} {who}"
 
 

@@ -208,9 +208,17 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{profile.name}: ok ({profile.path})")
         state = machine.state
         print(f"  cpu: {state.mode} mode, entry {state.registers['rip']:#x}, accel {profile.accel}")
-        for slot in machine.memory:
+        homes = machine.memory.home_slots()
+        for slot in homes:
             kind = "rom" if slot.readonly else "ram"
             print(f"  memory {slot.name}: {slot.base:#x}..{slot.end - 1:#x} {kind}")
+        windows = list(machine.memory)
+        if [(w.base, w.size, w.readonly) for w in windows] != [(h.base, h.size, h.readonly) for h in homes]:
+            # A device decodes part of it (the i440fx's PAM): what the guest sees at power-on.
+            for window in windows:
+                kind = "rom" if window.readonly else "ram"
+                print(f"  map {window.base:#x}..{window.end - 1:#x} {kind} ({window.name} "
+                      f"+{window.offset:#x})")
         for bus in (machine.pio, machine.mmio):
             for region, owner in bus.claims():
                 print(f"  {bus.space.value} {region.base:#x}..{region.end - 1:#x} {owner}"

@@ -16,6 +16,8 @@ import attrs
 from .memory import GuestMemory, GuestMemoryError
 
 CR0_PE = 1 << 0
+CR0_NW = 1 << 29
+CR0_CD = 1 << 30
 CR0_ET = 1 << 4
 CR0_NE = 1 << 5
 CR0_WP = 1 << 16
@@ -98,6 +100,17 @@ def start_state(mode: str, entry: int, registers: dict[str, int], memory: GuestM
     """Build the start state; for protected/long mode write GDT/page tables at ``tables``."""
     regs = {"rip": entry, "rflags": RFLAGS_RESERVED}
     regs.update(registers)
+    if mode == "reset":
+        # An x86 CPU after RESET (SDM vol. 3, 9.1.1): real mode, CS selector F000 with base
+        # FFFF0000, IP FFF0, so the first fetch is at FFFFFFF0, 16 bytes below 4G, where the
+        # firmware ROM sits. EDX holds the CPU signature. The software CPU cannot load that
+        # base and starts at F000:FFF0 = FFFF0 instead: on a PC both addresses show the same
+        # firmware bytes (the chipset aliases the ROM's top below 1M), and the first far jump
+        # reloads CS on either.
+        regs = {"rip": 0xFFF0, "rflags": RFLAGS_RESERVED, "rdx": 0x600}
+        regs.update(registers)
+        return CpuState(mode, regs, cs=Segment(0xF000, 0xFFFF0000, type=0xB), data=Segment(),
+                        cr0=CR0_ET | CR0_NW | CR0_CD)
     if mode == "real":
         # The seed's state: CS base 0 and IP = entry; every segment at 0.
         seg = Segment()

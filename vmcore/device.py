@@ -59,12 +59,30 @@ class DeviceContext:
         raise GuestExit(status, reason)
 
 
-def prop(default: Any = attrs.NOTHING, doc: str = "", *, hex: bool = False, **kwargs: Any) -> Any:
+def prop(default: Any = attrs.NOTHING, doc: str = "", *, hex: bool = False, path: bool = False,
+         **kwargs: Any) -> Any:
     """A device property: an attrs field whose ``doc`` the CLI and docs show.
 
     ``hex=True`` marks addresses and ports, shown as ``0xf1`` rather than ``241``.
+    ``path=True`` marks a host file name: a relative one given in a profile is taken
+    relative to that profile's folder (elsewhere, to the current directory).
     """
-    return attrs.field(default=default, metadata={"doc": doc, "hex": hex}, **kwargs)
+    return attrs.field(default=default, metadata={"doc": doc, "hex": hex, "path": path}, **kwargs)
+
+
+def resolve_paths(config_cls: type, props: dict[str, Any], folders: dict[str, Any]) -> dict[str, Any]:
+    """``props`` with each relative ``path=True`` property joined to ``folders[key]`` (a Path), if given."""
+    from pathlib import Path
+
+    attrs.resolve_types(config_cls)
+    marked = {f.name for f in attrs.fields(config_cls) if f.metadata.get("path")}
+    out = dict(props)
+    for key, value in props.items():
+        folder = folders.get(key)
+        if key.replace("-", "_") in marked and folder is not None and isinstance(value, str) and value \
+                and not Path(value).is_absolute():
+            out[key] = str(Path(folder) / value)
+    return out
 
 
 class Device:

@@ -81,23 +81,27 @@ __all__ = [
 ]
 
 
-def scratch_disk() -> str:
-    """A 256 KiB zero-filled disk image in the temp folder, made once per process, for disk devices."""
-    global _SCRATCH_DISK
-    if _SCRATCH_DISK is None:
+def scratch_disk(index: int = 0) -> str:
+    """A 256 KiB zero-filled disk image in the temp folder, made once per process and ``index``, for disk devices.
+
+    A device with several drives takes one image each (``index`` 0, 1, ...): two writable
+    drives on one file is a configuration error.
+    """
+    path = _SCRATCH_DISKS.get(index)
+    if path is None:
         import atexit
         import os
         import tempfile
 
-        fd, path = tempfile.mkstemp(prefix="vmcore-fuzz-disk-", suffix=".img")
+        fd, path = tempfile.mkstemp(prefix=f"vmcore-fuzz-disk{index}-", suffix=".img")
         os.ftruncate(fd, 256 * 1024)
         os.close(fd)
         atexit.register(lambda: os.path.exists(path) and os.unlink(path))
-        _SCRATCH_DISK = path
-    return _SCRATCH_DISK
+        _SCRATCH_DISKS[index] = path
+    return path
 
 
-_SCRATCH_DISK: str | None = None
+_SCRATCH_DISKS: dict[int, str] = {}
 
 #: Properties that keep built-in types off host resources (the terminal, files, sockets)
 #: and make runs repeatable. Only keys the type's Config has are used; a callable value is
@@ -109,6 +113,11 @@ SAFE_PROPS: dict[str, dict[str, Any]] = {
     "cmos-rtc": {"start": "2024-02-28T23:59:00"},
     # A throw-away image: the fuzzer's writes land there, never in a user's disk.
     "ide": {"image": scratch_disk},
+    # A full primary channel and a secondary channel with only a slave: every kind of position.
+    "piix-ide": {"primary_master": scratch_disk, "primary_slave": lambda: scratch_disk(1),
+                 "secondary_slave": lambda: scratch_disk(2)},
+    # The fake bus has 1 MiB of RAM named "ram" and no firmware ROM for the PCI side.
+    "i440fx": {"bios": ""},
 }
 
 RAM_SIZE = 1 << 20  # the FakeBus default: 1 MiB of RAM at 0
@@ -656,7 +665,12 @@ class _Session:
                 else:
                     note = "  (nothing pending)"
             else:
-                bus.memory.write(op.address, op.data)
+                # What the guest's CPU would store: only to memory that is there and writable
+                # (a device such as the i440fx may have turned part of RAM into a hole or ROM).
+                for slot in bus.memory:
+                    start, end = max(slot.base, op.address), min(slot.end, op.address + len(op.data))
+                    if start < end and not slot.readonly:
+                        bus.memory.write(start, op.data[start - op.address : end - op.address])
         except GuestExit as exc:
             self.exit = exc
         except _Hung as exc:

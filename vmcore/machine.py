@@ -20,7 +20,7 @@ from .accel import Accelerator, AcceleratorUnavailable, RunLimits, create
 from .bus import Bus, BusError, Direction, Region, Space, Transaction
 from .clock import Clock, HostClock
 from .cpu import CpuSetupError, CpuState, start_state, tables_size
-from .device import DeviceContext, PropertyError
+from .device import DeviceContext, PropertyError, resolve_paths
 from .faults import DeviceFault, GuestExit
 from .irq import InterruptController, IrqLine
 from .memory import GuestMemory, GuestMemoryError
@@ -55,8 +55,10 @@ class Machine:
 
     def __init__(self, profile: Profile, memory: GuestMemory, pio: Bus, mmio: Bus,
                  devices: dict[str, Any], clock: Clock, irq_lines: dict[int, IrqLine],
-                 state: CpuState) -> None:
+                 state: CpuState, pci: PciBus | None = None) -> None:
         self.profile = profile
+        #: PCI bus 0 (config accesses are traced with the buses' transactions).
+        self.pci = pci
         self.memory = memory
         self.pio = pio
         self.mmio = mmio
@@ -107,7 +109,7 @@ class Machine:
                     mmio.claim(Region(Space.MMIO, spec.base, spec.size, rom.read, rom.write, name="rom"),
                                f"rom:{spec.name}")
             machine = cls(profile, memory, pio, mmio, devices, clock, irq_lines,
-                          _cpu_state(profile, memory))
+                          _cpu_state(profile, memory), pci)
 
             for spec in profile.devices:
                 key = f"devices.{spec.name}"
@@ -115,8 +117,11 @@ class Machine:
                     dtype = registry.get(spec.type)
                 except DeviceTypeError as exc:
                     raise ProfileError(spec.prop_where["type"], f"{key}.type", str(exc)) from None
+                # Host paths in a profile are relative to the file that sets them.
+                folders = {key: Path(where.file).parent for key, where in spec.prop_where.items()
+                           if where.line and where.file}
                 try:
-                    config = dtype.config(spec.props)
+                    config = dtype.config(resolve_paths(dtype.cls.Config, spec.props, folders))
                 except PropertyError as exc:
                     where = spec.prop_where.get(exc.key, spec.where)
                     sub = f"{key}.{exc.key}" if exc.key else key
@@ -190,6 +195,10 @@ class Machine:
                     tracer(txn)
         self.pio.set_tracer(combined)
         self.mmio.set_tracer(combined)
+        if self.pci is not None:
+            # Config accesses go in the trace only when a tracer asked for them: the history
+            # for fault reports keeps bus transactions alone.
+            self.pci.tracer = tracer
 
     def run(self, accel: str | Accelerator | None = None, limits: RunLimits = RunLimits()) -> StopReason:
         """Run until the guest stops; never raises for guest or device faults."""

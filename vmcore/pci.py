@@ -30,11 +30,11 @@ again.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Literal, Protocol, Sequence
+from typing import Any, Callable, Iterator, Literal, Protocol, Sequence
 
 import attrs
 
-from .bus import Bus, BusError, Region, Space
+from .bus import Bus, BusError, Direction, Region, Space, Transaction
 
 log = logging.getLogger("vmcore.pci")
 
@@ -320,6 +320,8 @@ class PciBus:
         self.pio = pio
         self.mmio = mmio
         self._slots: dict[tuple[int, int], _Slot] = {}
+        #: Called with a ``Space.PCI`` Transaction for every config access (tracing), or None.
+        self.tracer: Callable[[Transaction], None] | None = None
 
     def attach(self, function: Any, device_number: int, function_number: int = 0, name: str | None = None) -> None:
         """Put ``function`` at ``00:device_number.function_number``; a taken slot names both."""
@@ -358,13 +360,18 @@ class PciBus:
     def config_read(self, bus: int, device: int, function: int, offset: int, size: int) -> int:
         """A config read; an absent function (or any bus but 0) reads all ones (master abort)."""
         slot = self._slots.get((device, function)) if bus == 0 else None
-        if slot is None:
-            return (1 << (8 * size)) - 1
-        return slot.function.pci_config.read(offset, size)
+        value = (1 << (8 * size)) - 1 if slot is None else slot.function.pci_config.read(offset, size)
+        if self.tracer is not None:
+            self.tracer(Transaction(Space.PCI, bus << 16 | device << 11 | function << 8 | offset, size,
+                                    Direction.READ, value, slot.name if slot is not None else None))
+        return value
 
     def config_write(self, bus: int, device: int, function: int, offset: int, size: int, value: int) -> None:
         """A config write through the function's masks; to an absent function it is dropped."""
         slot = self._slots.get((device, function)) if bus == 0 else None
+        if self.tracer is not None:
+            self.tracer(Transaction(Space.PCI, bus << 16 | device << 11 | function << 8 | offset, size,
+                                    Direction.WRITE, value, slot.name if slot is not None else None))
         if slot is None:
             return
         slot.function.pci_config.write(offset, size, value)

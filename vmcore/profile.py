@@ -11,12 +11,14 @@ Schema (all sections optional but ``memory``)::
     extends: base.yaml          # a profile this one refines (path relative to this file)
     accel: auto                 # kvm | tcg | auto
     cpu:
-      mode: real                # real | protected | long
+      mode: real                # real | protected | long | reset (x86 power-on: F000:FFF0, firmware)
       entry: 0x0                # first instruction (real mode: CS base 0, IP = entry)
       tables: 0x9000            # protected/long: where the VMM builds GDT and page tables
       registers: {rsp: 0x8000}  # initial general registers
     memory:
       ram: {base: 0, size: 4K, kind: ram, image: ../guest/hello.bin, offset: 0}
+      bios: {base: 0xFFFE0000, size: 128K, kind: rom, image: /usr/share/seabios/bios.bin,
+             missing: "install it: sudo apt-get install seabios"}   # said when the image is absent
     devices:
       console: {type: debugcon, port: 0xF1}   # the name, then type plus properties
     limits: {timeout: 10, max_exits: 1000000}
@@ -39,7 +41,7 @@ import yaml
 
 from .units import format_size, parse_int
 
-MODES = ("real", "protected", "long")
+MODES = ("real", "protected", "long", "reset")
 IRQCHIPS = ("auto", "userspace", "kernel", "none")
 DEVICE_ERROR_POLICIES = ("stop", "continue")
 LOADER_FORMATS = ("auto", "multiboot", "elf", "flat")
@@ -577,6 +579,9 @@ def _validate_cpu(node: Mapping | None, key_where: Where | None = None) -> CpuSp
     entry = _int(node["entry"], "cpu.entry", "an address like 0x1000") if "entry" in node else 0
     if not 0 <= entry < 1 << 64:
         raise ProfileError(node["entry"].where, "cpu.entry", "must fit in 64 bits")
+    if mode == "reset" and "entry" in node:
+        raise ProfileError(node["entry"].where, "cpu.entry",
+                           "reset mode starts where an x86 CPU does (CS:IP F000:FFF0, below 4G); remove entry")
     if mode == "real" and entry > 0xFFFF:
         # Real mode starts at CS:IP = 0:entry and CS's limit is 64K (cpu.py's start state).
         raise ProfileError(node["entry"].where, "cpu.entry",
@@ -601,7 +606,7 @@ def _validate_slot(name: str, node: Node, key_where: Where) -> SlotSpec:
     key = f"memory.{name}"
     if not isinstance(node, Mapping):
         raise ProfileError(key_where, key, "expected a slot: base, size, kind (ram or rom), optional image and offset")
-    _unknown_keys(node, ("base", "size", "kind", "image", "offset"), key)
+    _unknown_keys(node, ("base", "size", "kind", "image", "offset", "missing"), key)
     if "size" not in node:
         raise ProfileError(key_where, f"{key}.size", "missing; every slot needs a size like 4K, 1M or 1G")
     base = _int(node["base"], f"{key}.base", "an address like 0 or 0x100000") if "base" in node else 0
@@ -626,7 +631,12 @@ def _validate_slot(name: str, node: Node, key_where: Where) -> SlotSpec:
         image = (folder / image_node.value).resolve()
         problem = _not_a_file(image)
         if problem:
-            raise ProfileError(image_node.where, f"{key}.image", f"image file {image_node.value} {problem} (looked at {image})")
+            # ``missing``: the profile's own advice for an absent image (e.g. the package to install).
+            hint = ""
+            if "missing" in node:
+                hint = "; " + _scalar(node["missing"], f"{key}.missing", "advice text").value
+            raise ProfileError(image_node.where, f"{key}.image",
+                               f"image file {image_node.value} {problem} (looked at {image}){hint}")
     offset = _int(node["offset"], f"{key}.offset", "an offset into the slot like 0 or 0x1000") if "offset" in node else 0
     if offset and image is None:
         raise ProfileError(node["offset"].where, f"{key}.offset", "an offset needs an image to place")

@@ -6,6 +6,7 @@ import attrs
 import pytest
 
 from vmcore.bus import Region, Space
+from vmcore.memory import GuestMemoryError
 from vmcore.device import Device
 from vmcore.fuzz import fuzz_device
 from vmcore.pci import Bar, PciConfig
@@ -74,8 +75,18 @@ class Probe(Device):
         return Region(space, base, self.bars[index].size, read, write, name=f"bar{index}")
 
 
+BIOS_BASE, BIOS_SIZE = 0xFFFE_0000, 0x20000
+
+
+def bios_image() -> bytes:
+    """128K whose every 4K page says where in the image it is."""
+    return b"".join(bytes([page]) * 0x1000 for page in range(BIOS_SIZE // 0x1000))
+
+
 @pytest.fixture
 def pc(fake_bus):
+    fake_bus.memory.add_slot("bios", BIOS_BASE, BIOS_SIZE, readonly=True)
+    fake_bus.memory.load(BIOS_BASE, bios_image())
     fake_bus.attach("i440fx")
     fake_bus.attach("piix3")
     return fake_bus
@@ -303,3 +314,144 @@ def test_i440fx_survives_a_hostile_guest():
 def test_piix3_survives_a_hostile_guest():
     report = fuzz_device("piix3", runs=5, steps=20, seed=1)
     assert report.ok, str(report)
+
+
+# --- PAM and SMRAM: the memory below 1M follows the registers ---------------------------------------
+
+PAM_SEGMENTS = [(0xC0000 + 0x4000 * i, 0x4000) for i in range(12)] + [(0xF0000, 0x10000)]
+
+
+def set_pam(fake_bus, register: int, value: int) -> None:
+    fake_bus.outl(ADDRESS, cfg(0, register))
+    fake_bus.outb(DATA + (register & 3), value)
+
+
+def test_at_reset_the_bios_area_shows_the_rom_top_and_nothing_else(pc):
+    memory = pc.memory
+    # 0xE0000-0xFFFFF: the ROM's 128K, read-only (the CPU's first fetches below 1M).
+    assert memory.read(0xE0000, 1) == b"\x00"
+    assert memory.read(0xFFFF0, 16) == bytes([0x1F]) * 16
+    assert memory.read(0xF0000, 1) == memory.read(BIOS_BASE + 0x10000, 1)
+    with pytest.raises(GuestMemoryError, match="read-only"):
+        memory.write(0xF0000, b"x")
+    # 0xA0000-0xDFFFF: no memory (VGA window closed, no option ROMs): the MMIO bus.
+    for address in (0xA0000, 0xBFFFF, 0xC0000, 0xDFFFF):
+        assert memory.slot_at(address) is None
+    # Below and above, DRAM as the profile laid it out.
+    memory.write(0x9FFFF, b"r")
+    assert memory.read(0x9FFFF, 1) == b"r"
+
+
+def test_pam_read_write_maps_dram_and_read_only_drops_writes(pc):
+    memory = pc.memory
+    set_pam(pc, 0x59, 0x30)  # F segment: read and write DRAM
+    assert memory.read(0xF0000, 4) == bytes(4)  # DRAM, zero-filled, not the ROM
+    memory.write(0xF0000, b"RAM!")
+    set_pam(pc, 0x59, 0x10)  # read-only DRAM: what SeaBIOS leaves after copying itself
+    assert memory.read(0xF0000, 4) == b"RAM!"
+    with pytest.raises(GuestMemoryError, match="read-only"):
+        memory.write(0xF0000, b"x")
+    pc.writel(0xF0000, 0x12345678)  # a guest write: PCI takes it, i.e. it is dropped
+    assert memory.read(0xF0000, 4) == b"RAM!"
+    set_pam(pc, 0x59, 0x00)  # back to the ROM; the DRAM behind keeps its bytes
+    assert memory.read(0xF0000, 1) == bytes([0x10])
+    set_pam(pc, 0x59, 0x30)
+    assert memory.read(0xF0000, 4) == b"RAM!"
+
+
+def test_write_only_segments_read_the_rom_and_write_dram(pc):
+    memory = pc.memory
+    set_pam(pc, 0x5F, 0x20)  # 0xEC000 segment (PAM6 high nibble): WE only
+    assert memory.slot_at(0xEC000) is None  # neither side alone: this device's region serves it
+    assert pc.readb(0xEC000) == 0x0C  # the ROM's page 0x0C (0xEC000 - 0xE0000)
+    pc.writel(0xEC000, 0xAABBCCDD)
+    assert pc.readl(0xEC000) == 0x0C0C0C0C  # reads still go to the ROM
+    set_pam(pc, 0x5F, 0x30)
+    assert memory.read_int(0xEC000, 4) == 0xAABBCCDD
+    assert memory.read(0xE8000, 1) == bytes([0x08])  # the low nibble's segment is untouched
+
+
+def test_each_pam_nibble_maps_its_own_segment(pc):
+    memory = pc.memory
+    for index, (base, size) in enumerate(PAM_SEGMENTS[:-1]):
+        register, shift = 0x5A + index // 2, 4 * (index % 2)
+        pc.outl(ADDRESS, cfg(0, register))
+        current = pc.inb(DATA + (register & 3))
+        set_pam(pc, register, current | (0x3 << shift))
+        memory.write(base, bytes([index + 1]))
+    for index, (base, size) in enumerate(PAM_SEGMENTS[:-1]):
+        assert memory.read(base, 1) == bytes([index + 1])
+        assert memory.read(base + size - 1, 1) == b"\x00"
+    assert pc.devices["i440fx"].pam() == bytes([0x00] + [0x33] * 6)
+
+
+def test_smram_d_open_shows_dram_at_0xa0000(pc):
+    memory = pc.memory
+    pc.outl(ADDRESS, cfg(0, 0x70))
+    pc.outb(DATA + 2, 0x4A)  # D_OPEN | G_SMRAME | C_BASE_SEG 010
+    memory.write(0xA0000, b"smram")
+    pc.outb(DATA + 2, 0x0A)  # closed again: the window is the PCI side (VGA) once more
+    assert memory.slot_at(0xA0000) is None
+    pc.outb(DATA + 2, 0x4A)
+    assert memory.read(0xA0000, 5) == b"smram"
+
+
+def test_a_dword_pam_write_is_one_map_update(pc):
+    updates = []
+    pc.memory.add_listener(lambda removed, added: updates.append((removed, added)))
+    pc.outl(ADDRESS, cfg(0, 0x5C))
+    pc.outl(DATA, 0x33333333)  # PAM3-PAM6: eight segments at once
+    assert len(updates) == 1
+    removed, added = updates[0]
+    # 0xD0000-0xEFFFF leave the PCI side (a hole, then the ROM) for one window of DRAM; the
+    # ROM's window shrinks to 0xF0000-0xFFFFF.
+    assert [(slot.base, slot.size, slot.readonly) for slot in added] == [
+        (0xD0000, 0x20000, False), (0xF0000, 0x10000, True)]
+    assert [(slot.base, slot.size) for slot in removed] == [(0xE0000, 0x20000)]
+    pc.outl(DATA, 0x33333333)  # the same again: nothing to tell the accelerator
+    assert len(updates) == 1
+
+
+def test_seabios_shadowing_sequence(pc):
+    """What SeaBIOS's make_bios_writable and make_bios_readonly do, on the fake bus."""
+    memory = pc.memory
+    rom = memory.read(BIOS_BASE, BIOS_SIZE)
+    pc.outl(ADDRESS, cfg(0, 0x58))
+    pc.outl(DATA, 0x30 << 8)  # PAM0 = 0x30
+    pc.outl(ADDRESS, cfg(0, 0x5C))
+    pc.outl(DATA, 0x33333333)
+    pc.outl(ADDRESS, cfg(0, 0x58))
+    pc.outl(DATA, 0x33333000)
+    memory.write(0xE0000, rom)  # the copy from the high alias
+    memory.write(0xF1234, b"variable")  # it writes its data in place
+    pc.outl(DATA, 0x11111000)  # read-only again
+    pc.outl(ADDRESS, cfg(0, 0x5C))
+    pc.outl(DATA, 0x11111111)
+    assert memory.read(0xE0000, 0x1234 + 0x10000) [:4] == rom[:4]
+    assert memory.read(0xF1234, 8) == b"variable"
+    pc.writeb(0xF1234, 0)
+    assert memory.read(0xF1234, 8) == b"variable"
+
+
+def test_a_missing_ram_or_bios_slot_is_named(fake_bus):
+    with pytest.raises(ValueError, match="no memory slot named 'bios'.*set the i440fx's ram and bios"):
+        fake_bus.attach("i440fx")
+    with pytest.raises(ValueError, match="no memory slot named 'dram'"):
+        fake_bus.attach("i440fx", ram="dram", bios="")
+
+
+def test_ram_that_does_not_cover_the_bios_area_is_refused():
+    from vmcore.testing import FakeBus
+
+    bus = FakeBus(ram_size=0x80000)
+    try:
+        with pytest.raises(ValueError, match="must be RAM covering 0xa0000..0xfffff"):
+            bus.attach("i440fx", bios="")
+    finally:
+        bus.close()
+
+
+def test_without_ram_the_bridge_leaves_memory_alone(fake_bus):
+    fake_bus.attach("i440fx", ram="", bios="")
+    assert fake_bus.memory.read(0xF0000, 1) == b"\x00"
+    fake_bus.memory.write(0xF0000, b"x")

@@ -76,8 +76,197 @@ def word(data: bytes, n: int) -> int:
     return int.from_bytes(data[2 * n:2 * n + 2], "little")
 
 
-def raises(bus) -> int:
-    return sum(1 for _, n, level in bus.irq_events if n == IRQ and level)
+def raises(bus, irq: int = IRQ) -> int:
+    return sum(1 for _, n, level in bus.irq_events if n == irq and level)
+
+
+class SeaBiosTimeout(AssertionError):
+    """SeaBIOS would have waited out its 32-second IDE_TIMEOUT here."""
+
+
+class SeaBiosAta:
+    """SeaBIOS 1.16's src/hw/ata.c, the parts that probe a channel and move sectors by PIO, on the fake bus.
+
+    The port accesses are SeaBIOS's, in its order. Between two polls of a status register
+    SeaBIOS yields; here machine time moves on by ``POLL_NS``. A wait needing more than
+    ``MAX_POLLS`` polls stands for SeaBIOS's IDE_TIMEOUT and raises :class:`SeaBiosTimeout`.
+    """
+
+    POLL_NS = 1_000
+    MAX_POLLS = 1_000
+    # ata.h: device control HD15 (always written as 1), SRST, nIEN; device/head DEV0, DEV1, LBA.
+    DC_HD15, DC_SRST, DC_NIEN = 0x08, 0x04, 0x02
+    DH_DEV0, DH_DEV1, DH_LBA = 0xA0, 0xB0, 0x40
+
+    def __init__(self, bus, iobase1: int = BASE, iobase2: int = CTL, pio32: bool = False) -> None:
+        self.bus, self.iobase1, self.iobase2, self.pio32 = bus, iobase1, iobase2, pio32
+        self.polls = 0  # status register reads made while waiting
+
+    # --- await_ide and friends -----------------------------------------------------------
+
+    def await_ide(self, mask: int, flags: int) -> int:
+        for _ in range(self.MAX_POLLS):
+            status = self.bus.inb(self.iobase1 + 7)
+            self.polls += 1
+            if status & mask == flags:
+                return status
+            self.bus.step(self.POLL_NS)
+        raise SeaBiosTimeout(f"status never had {mask:#x} == {flags:#x} at {self.iobase1:#x}")
+
+    def await_not_bsy(self) -> int:
+        return self.await_ide(BSY, 0)
+
+    def await_rdy(self) -> int:
+        return self.await_ide(DRDY, DRDY)
+
+    def ndelay_await_not_bsy(self) -> int:
+        self.bus.step(400)
+        return self.await_not_bsy()
+
+    def pause_await_not_bsy(self) -> int:
+        self.bus.inb(self.iobase2)  # one PIO cycle on Alternate Status
+        return self.await_not_bsy()
+
+    def powerup_await_non_bsy(self) -> int:
+        orstatus = 0
+        for _ in range(self.MAX_POLLS):
+            status = self.bus.inb(self.iobase1 + 7)
+            self.polls += 1
+            if not status & BSY:
+                return status
+            orstatus |= status
+            if orstatus == 0xFF:
+                return orstatus  # "powerup IDE floating"
+            self.bus.step(self.POLL_NS)
+        raise SeaBiosTimeout(f"powerup: BSY never cleared at {self.iobase1:#x}")
+
+    # --- reset, commands, transfers ------------------------------------------------------
+
+    def ata_reset(self, slave: int, ata_type: bool = False) -> None:
+        bus, io1 = self.bus, self.iobase1
+        bus.outb(self.iobase2, self.DC_HD15 | self.DC_NIEN | self.DC_SRST)
+        bus.step(5_000)
+        bus.outb(self.iobase2, self.DC_HD15 | self.DC_NIEN)
+        bus.step(2_000_000)
+        self.await_not_bsy()
+        if slave:
+            for _ in range(self.MAX_POLLS):
+                bus.outb(io1 + 6, self.DH_DEV1)
+                self.ndelay_await_not_bsy()
+                if bus.inb(io1 + 6) == self.DH_DEV1:
+                    break
+            else:
+                raise SeaBiosTimeout("device 1 never selected")
+        else:
+            bus.outb(io1 + 6, self.DH_DEV0)
+        if ata_type:
+            self.await_rdy()
+        bus.outb(self.iobase2, self.DC_HD15)
+
+    def send_cmd(self, slave: int, command: int, count: int = 0, lba: int = 0, device: int = 0) -> None:
+        bus, io1 = self.bus, self.iobase1
+        self.await_not_bsy()
+        newdh = device & ~0x10 | (self.DH_DEV1 if slave else self.DH_DEV0)
+        olddh = bus.inb(io1 + 6)
+        bus.outb(io1 + 6, newdh)
+        if (olddh ^ newdh) & 0x10:
+            self.ndelay_await_not_bsy()
+        for offset, value in ((1, 0), (2, count & 0xFF), (3, lba & 0xFF), (4, lba >> 8 & 0xFF),
+                              (5, lba >> 16 & 0xFF), (7, command)):
+            bus.outb(io1 + offset, value)
+
+    def ata_wait_data(self) -> int:
+        status = self.ndelay_await_not_bsy()
+        if status & ERR:
+            return -4
+        if not status & DRQ:
+            return -5
+        return 0
+
+    def pio_transfer(self, count: int, data: bytearray | None) -> tuple[int, bytes]:
+        """ata_pio_transfer: ``data`` None reads ``count`` sectors, else writes them."""
+        bus, io1 = self.bus, self.iobase1
+        got = bytearray()
+        for n in range(count):
+            if data is None:
+                if self.pio32:
+                    got += b"".join(bus.inl(io1).to_bytes(4, "little") for _ in range(SECTOR // 4))
+                else:
+                    got += b"".join(bus.inw(io1).to_bytes(2, "little") for _ in range(SECTOR // 2))
+            else:
+                block = data[n * SECTOR:(n + 1) * SECTOR]
+                for i in range(0, SECTOR, 2):
+                    bus.outw(io1, int.from_bytes(block[i:i + 2], "little"))
+            status = self.pause_await_not_bsy()
+            if n == count - 1:
+                break
+            if status & (BSY | DRQ | ERR) != DRQ:
+                return -6, bytes(got)
+        status &= BSY | 0x20 | DRQ | ERR
+        if data is None:
+            status &= ~0x20
+        return (-7 if status else 0), bytes(got)
+
+    def pio_cmd_data(self, slave: int, command: int, count: int = 1, lba: int = 0, device: int = 0,
+                     data: bytes | None = None) -> tuple[int, bytes]:
+        """ata_pio_cmd_data: nIEN set for the whole command, as SeaBIOS polls."""
+        self.bus.outb(self.iobase2, self.DC_HD15 | self.DC_NIEN)
+        try:
+            self.send_cmd(slave, command, count, lba, device)
+            ret = self.ata_wait_data()
+            if ret:
+                return ret, b""
+            return self.pio_transfer(count, None if data is None else bytearray(data))
+        finally:
+            self.bus.outb(self.iobase2, self.DC_HD15)
+
+    def readwrite(self, slave: int, lba: int, count: int, data: bytes | None = None) -> tuple[int, bytes]:
+        """ata_readwrite for a PIO build: READ SECTORS (0x20) or WRITE SECTORS (0x30), LBA28."""
+        assert count < 256 and lba + count < 1 << 28  # otherwise SeaBIOS uses the EXT commands
+        command = 0x20 if data is None else 0x30
+        return self.pio_cmd_data(slave, command, count, lba, device=(lba >> 24 & 0x0F) | self.DH_LBA, data=data)
+
+    def identify(self, slave: int, command: int) -> tuple[int, bytes]:
+        return self.pio_cmd_data(slave, command)
+
+    # --- ata_detect ----------------------------------------------------------------------
+
+    def detect(self) -> list[tuple[str, int, bytes]]:
+        """The drives SeaBIOS finds on the channel: (kind, slave, IDENTIFY data)."""
+        bus, io1 = self.bus, self.iobase1
+        found: list[tuple[str, int, bytes]] = []
+        didreset = False
+        for slave in (0, 1):
+            self.powerup_await_non_bsy()
+            newdh = self.DH_DEV1 if slave else self.DH_DEV0
+            bus.outb(io1 + 6, newdh)
+            bus.step(400)
+            self.powerup_await_non_bsy()
+            bus.outb(io1 + 6, newdh)
+            dh = bus.inb(io1 + 6)
+            bus.outb(io1 + 2, 0x55)
+            bus.outb(io1 + 3, 0xAA)
+            sc, sn = bus.inb(io1 + 2), bus.inb(io1 + 3)
+            if sc != 0x55 or sn != 0xAA or dh != newdh:
+                continue
+            if not didreset:
+                self.ata_reset(slave)
+                didreset = True
+            ret, buffer = self.identify(slave, 0xA1)  # IDENTIFY PACKET DEVICE: an ATAPI drive?
+            if ret == 0:
+                found.append(("atapi", slave, buffer))
+            else:
+                if not bus.inb(io1 + 7):
+                    continue  # "Status not set - can't be a valid drive"
+                self.await_rdy()
+                ret, buffer = self.identify(slave, 0xEC)
+                if ret:
+                    continue
+                found.append(("ata", slave, buffer))
+            reset_result = word(buffer, 93)
+            if not slave and reset_result & 0xDF61 == 0x4041:
+                break  # device 0 answers for device 1: no device 1
+        return found
 
 
 # --- registration and properties -----------------------------------------------------------
@@ -404,3 +593,110 @@ def test_initialize_device_parameters_changes_the_chs_translation(fake_bus, ide,
 def test_ide_survives_a_hostile_guest(image):
     report = fuzz_device("ide", {"image": str(image)}, runs=30, steps=40, seed=1)
     assert report.ok, str(report)
+
+
+# --- what SeaBIOS's ATA driver (src/hw/ata.c) does with a channel ---------------------------------
+
+
+def test_seabios_probe_finds_the_master_and_no_slave_without_a_timeout_or_an_interrupt(fake_bus, ide):
+    seabios = SeaBiosAta(fake_bus)
+    (kind, slave, data), = seabios.detect()
+    assert (kind, slave) == ("ata", 0)
+    assert ata_text(data, 27, 20).rstrip() == "VMCORE HARDDISK"
+    assert word(data, 60) | word(data, 61) << 16 == 300
+    assert not word(data, 83) & 1 << 10  # no LBA48: SeaBIOS takes the size from words 60-61
+    assert word(data, 80) & 1 << 6  # "ATA-6" in SeaBIOS's banner
+    assert seabios.polls < 30  # a handful of status reads, none of them waiting long
+    assert raises(fake_bus) == 0  # SeaBIOS polls with nIEN set; every interrupt was acknowledged by Status
+
+
+def test_seabios_probe_finds_a_present_slave_too(fake_bus, image, tmp_path):
+    slave = tmp_path / "slave.img"
+    slave.write_bytes(bytes(8 * SECTOR))
+    fake_bus.attach("ide", image=str(image), slave_image=str(slave))
+    found = SeaBiosAta(fake_bus).detect()
+    assert [(kind, n, word(data, 60)) for kind, n, data in found] == [("ata", 0, 300), ("ata", 1, 8)]
+
+
+def test_seabios_register_test_on_the_absent_slave_passes_but_identify_finds_nothing(fake_bus, ide):
+    # With device 1 absent, device 0 answers the task file for it (ATA-6 section 9.16.1),
+    # so the 0x55/0xAA test passes; the commands then go unanswered with Status 0.
+    seabios = SeaBiosAta(fake_bus)
+    fake_bus.outb(SELECT, 0xB0)
+    fake_bus.outb(NSECTOR, 0x55)
+    fake_bus.outb(LBA_LOW, 0xAA)
+    assert (fake_bus.inb(NSECTOR), fake_bus.inb(LBA_LOW), fake_bus.inb(SELECT)) == (0x55, 0xAA, 0xB0)
+    assert seabios.identify(1, 0xA1) == (-5, b"")  # status 0: no DRQ
+    assert seabios.identify(1, 0xEC) == (-5, b"")
+    assert fake_bus.inb(STATUS) == 0
+
+
+def test_seabios_reads_sectors_by_pio_with_interrupts_disabled(fake_bus, ide, image):
+    seabios = SeaBiosAta(fake_bus)
+    seabios.detect()
+    assert seabios.readwrite(0, lba=5, count=3) == (0, image.read_bytes()[5 * SECTOR:8 * SECTOR])
+    assert raises(fake_bus) == 0
+    assert fake_bus.inb(CTL) == DRDY | DSC  # nothing left pending
+    assert not fake_bus.irq_level(IRQ)  # nIEN cleared again afterwards, and no interrupt pending
+
+
+def test_seabios_reads_with_32_bit_pio(fake_bus, ide, image):
+    seabios = SeaBiosAta(fake_bus, pio32=True)
+    assert seabios.readwrite(0, lba=0x101, count=2) == (0, image.read_bytes()[0x101 * SECTOR:0x103 * SECTOR])
+
+
+def test_seabios_writes_sectors_by_pio(fake_bus, ide, image):
+    before = image.read_bytes()
+    new = bytes((i * 7) & 0xFF for i in range(2 * SECTOR))
+    seabios = SeaBiosAta(fake_bus)
+    assert seabios.readwrite(0, lba=20, count=2, data=new) == (0, b"")
+    assert image.read_bytes() == before[:20 * SECTOR] + new + before[22 * SECTOR:]
+    assert raises(fake_bus) == 0
+
+
+def test_seabios_read_past_the_end_fails_with_an_error_not_a_hang(fake_bus, ide):
+    assert SeaBiosAta(fake_bus).readwrite(0, lba=299, count=2)[0] == -6  # second sector: ERR, no DRQ
+    assert fake_bus.inb(ERROR) == IDNF
+
+
+def test_seabios_int13_reset_of_a_found_drive_waits_for_drdy(fake_bus, image, tmp_path):
+    slave = tmp_path / "slave.img"
+    slave.write_bytes(bytes(8 * SECTOR))
+    fake_bus.attach("ide", image=str(image), slave_image=str(slave))
+    seabios = SeaBiosAta(fake_bus)
+    seabios.ata_reset(1, ata_type=True)  # CMD_RESET on ata0-1: SRST, reselect device 1, wait for RDY
+    assert fake_bus.inb(SELECT) == 0xB0
+    assert fake_bus.inb(STATUS) == DRDY | DSC
+    assert seabios.readwrite(1, lba=0, count=1) == (0, bytes(SECTOR))
+
+
+def test_seabios_srst_pulse_selects_device_0_and_drops_the_pending_interrupt(fake_bus, ide):
+    fake_bus.outb(CTL, 0x08 | NIEN)
+    issue(fake_bus, 0xEF)  # completes with an interrupt pending, masked by nIEN
+    fake_bus.outb(SELECT, 0xB0)
+    fake_bus.outb(CTL, 0x08 | NIEN | SRST)  # ata_reset's pulse, HD15 set as SeaBIOS writes it
+    fake_bus.outb(CTL, 0x08 | NIEN)
+    fake_bus.outb(CTL, 0x08)  # interrupts enabled again
+    assert not fake_bus.irq_level(IRQ)  # the reset dropped the pending interrupt
+    assert fake_bus.inb(SELECT) == 0
+    assert fake_bus.inb(STATUS) == DRDY | DSC
+
+
+def test_an_interrupt_pending_under_nien_reaches_the_line_when_nien_clears(fake_bus, ide):
+    fake_bus.outb(CTL, NIEN)
+    issue(fake_bus, 0xEF)
+    assert not fake_bus.irq_level(IRQ)
+    fake_bus.outb(CTL, 0)  # INTRQ pending and no longer masked (ATA-6 section 5.2.9)
+    assert fake_bus.irq_level(IRQ)
+    fake_bus.inb(STATUS)
+    assert not fake_bus.irq_level(IRQ)
+
+
+def test_execute_device_diagnostic_runs_with_the_absent_slave_selected(fake_bus, ide):
+    # Both devices execute it whatever DEV says (ATA-6 section 8.11); device 0 reports.
+    issue(fake_bus, 0x20, lba=1)
+    issue(fake_bus, 0x90, select=0xB0)
+    assert fake_bus.inb(SELECT) == 0  # the signature selects device 0
+    assert fake_bus.irq_level(IRQ)
+    assert fake_bus.inb(STATUS) == DRDY | DSC
+    assert [fake_bus.inb(p) for p in (ERROR, NSECTOR, LBA_LOW, LBA_MID, LBA_HIGH)] == [0x01, 1, 1, 0, 0]

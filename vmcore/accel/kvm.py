@@ -40,7 +40,7 @@ from ..faults import DeviceFault
 from ..kvm import Kvm, KvmError, KvmUnavailable, Vcpu, Vm
 from ..kvm import ioctl as k
 from ..kvm import structs as s
-from ..memory import GuestMemory
+from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
 from . import Accelerator, AcceleratorUnavailable, RunLimits
 from .wakeup import Waker, sleep_until
@@ -123,8 +123,14 @@ class KvmAccelerator(Accelerator):
                 if kernel_pit:
                     vm.create_pit2()
             vcpu = vm.create_vcpu(0)
-            # Long mode needs CPUID to advertise LM; give the guest what the host supports.
-            vcpu.set_cpuid2(kvm.supported_cpuid())
+            # Long mode needs CPUID to advertise LM; give the guest what the host supports,
+            # but no local APIC unless KVM models one (in-kernel irqchip): with the PIC in
+            # userspace the APIC page would be MMIO nobody answers, and firmware that sees
+            # the CPUID bit (SeaBIOS's SMP and MP-table set-up) would drive it.
+            cpuid = kvm.supported_cpuid()
+            if not kernel_irqchip:
+                _hide_apic(cpuid)
+            vcpu.set_cpuid2(cpuid)
         except KvmError as exc:
             kvm.close()
             raise AcceleratorUnavailable(f"KVM is present but unusable: {exc}") from None
@@ -138,15 +144,34 @@ class KvmAccelerator(Accelerator):
 
     def setup(self, memory: GuestMemory, state: CpuState) -> None:
         self.memory = memory
-        readonly_ok = self.vm.check_extension(k.KVM_CAP_READONLY_MEM) > 0
-        for index, slot in enumerate(memory):
-            if slot.readonly and not readonly_ok:
+        self._readonly_ok = self.vm.check_extension(k.KVM_CAP_READONLY_MEM) > 0
+        self._slot_ids: dict[int, int] = {}  # id(window) -> KVM slot number
+        self._free_ids: list[int] = []
+        self._map_changed([], list(memory))
+        # Devices (a chipset's shadow-RAM decoding) may remap memory while the guest runs.
+        memory.add_listener(self._map_changed)
+        self._load_state(state)
+
+    def _map_changed(self, removed: list[MemorySlot], added: list[MemorySlot]) -> None:
+        """Follow the guest-physical map: delete the KVM slots of windows gone, add the new ones.
+
+        Called between exits (a device's register write), when the vCPU is out of KVM_RUN.
+        KVM cannot change a slot's address or flags in place, so a change is a delete and an add.
+        """
+        for slot in removed:
+            number = self._slot_ids.pop(id(slot), None)
+            if number is not None:
+                self.vm.set_user_memory_region(number, slot.base, 0, 0, 0)
+                self._free_ids.append(number)
+        for slot in added:
+            if slot.readonly and not self._readonly_ok:
                 raise AcceleratorUnavailable(
                     f"slot {slot.name!r} is a ROM but this KVM lacks KVM_CAP_READONLY_MEM; map it as ram"
                 )
+            number = self._free_ids.pop() if self._free_ids else len(self._slot_ids)
             flags = k.KVM_MEM_READONLY if slot.readonly else 0
-            self.vm.set_user_memory_region(index, slot.base, slot.size, slot.host_address, flags)
-        self._load_state(state)
+            self.vm.set_user_memory_region(number, slot.base, slot.size, slot.host_address, flags)
+            self._slot_ids[id(slot)] = number
 
     def _load_state(self, state: CpuState) -> None:
         sregs = self.vcpu.get_sregs()
@@ -632,6 +657,8 @@ class KvmAccelerator(Accelerator):
         return registers, segments, code_address, code
 
     def close(self) -> None:
+        if self.memory is not None:
+            self.memory.remove_listener(self._map_changed)
         for part in (self.vcpu, self.vm, self.kvm):
             part.close()
 
@@ -741,6 +768,20 @@ class _DoorbellWatcher:
         if self._thread is not None:
             self._thread.join(timeout=1)
         os.close(self._stop_fd)
+
+
+_CPUID_APIC_EDX = 1 << 9  # leaf 1 EDX: on-chip APIC
+_CPUID_X2APIC_ECX = 1 << 21  # leaf 1 ECX: x2APIC
+_CPUID_TSC_DEADLINE_ECX = 1 << 24  # leaf 1 ECX: APIC timer TSC-deadline mode
+
+
+def _hide_apic(cpuid: Any) -> None:
+    """Clear the APIC feature bits of CPUID leaf 1 in a KVM_GET_SUPPORTED_CPUID result."""
+    for i in range(cpuid.nent):
+        entry = cpuid.entries[i]
+        if entry.function == 1:
+            entry.edx &= ~_CPUID_APIC_EDX
+            entry.ecx &= ~(_CPUID_X2APIC_ECX | _CPUID_TSC_DEADLINE_ECX)
 
 
 def _ignore_signal(_signum: int, _frame: Any) -> None:

@@ -38,12 +38,20 @@ PAGE = 4096
 _GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
          "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
 _SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
-_MODES = {"real": "UC_MODE_16", "protected": "UC_MODE_32", "long": "UC_MODE_64"}
+# Real-mode guests run in a 32-bit instance with CR0.PE clear: a 16-bit one keeps IP to
+# 16 bits when emulation resumes, so a guest that switched to protected mode (firmware
+# does) could not be resumed above 64K.
+_MODES = {"real": "UC_MODE_32", "reset": "UC_MODE_32", "protected": "UC_MODE_32", "long": "UC_MODE_64"}
 _FLAG_IF, _FLAG_TF = 1 << 9, 1 << 8
 _MSR_EFER = 0xC0000080
+_EFER_LMA = 1 << 10
+_CR0_RESET = 0x60000010  # CD | NW | ET: CR0 after RESET, protection off
 _ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
-_NO_END = (1 << 64) - 1
-_IF_POLL_NS = 100_000  # with an interrupt pending and IF clear, re-check this often  # emu_start's "until": an address never reached
+_NO_END = (1 << 64) - 1  # emu_start's "until": an address never reached
+# With an interrupt pending and IF clear, look again after this long, doubling up to the
+# cap while IF stays clear (firmware runs long stretches with interrupts off; every look
+# stops emulation).
+_IF_POLL_NS, _IF_POLL_MAX_NS = 100_000, 5_000_000
 
 
 def _reg(name: str) -> int:
@@ -70,7 +78,6 @@ class UnicornAccelerator(Accelerator):
         self.memory: GuestMemory | None = None
         #: Registers at the moment a device raised in a hook (for the device-error report).
         self.fault_snapshot: tuple[Any, ...] | None = None
-        self.mode = "real"
         self._mmio_pages: set[int] = set()
         self._rom_write: tuple[MemorySlot, int, int] | None = None
         self._reason: StopReason | None = None
@@ -80,23 +87,67 @@ class UnicornAccelerator(Accelerator):
         # the guest runs on a few instructions: from then on its IO must reach no device.
         self._stopping = [False]
         self._pending: BaseException | None = None  # raised by a device in a hook, re-raised after emu_start
+        self._flush_tb = False  # the memory map changed: translated code may be stale
+        # unicorn acts on a pending emu_stop at the next MMIO callback (or the IN of a string
+        # `ins`) by abandoning that instruction after the callback ran, and runs it again on
+        # resume: the device would see the access twice (a read's value lost). So every stop
+        # goes through _request_stop, which marks it pending; an access made while one is
+        # pending is kept in _redo, and the first access of the re-run, if it is the same,
+        # gets the kept result instead of reaching the device again.
+        self._stop_pending = [False]
+        self._if_poll_ns = _IF_POLL_NS
+        self._redo: list[tuple[str, int, int, int] | None] = [None]
+        self._running = False
 
     # --- set-up ---------------------------------------------------------------------
 
     def setup(self, memory: GuestMemory, state: CpuState) -> None:
         self.memory = memory
-        self.mode = state.mode
-        self.uc = uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, getattr(uc_mod, _MODES[state.mode]))
-        for slot in memory:
+        self.uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, getattr(uc_mod, _MODES[state.mode]))
+        self._map_changed([], list(memory))
+        # Devices (a chipset's shadow-RAM decoding) may remap memory while the guest runs.
+        memory.add_listener(self._map_changed)
+        self._load_state(state)
+
+    def _map_changed(self, removed: list[MemorySlot], added: list[MemorySlot]) -> None:
+        """Follow the guest-physical map: unmap windows gone, map the new ones over any MMIO pages there.
+
+        Called from a hook too (a device's port write): unicorn takes the new mapping at once,
+        for the rest of the translation block as well; blocks translated from the old bytes
+        are dropped before emulation goes on.
+        """
+        uc = self.uc
+        for slot in removed:
+            uc.mem_unmap(slot.base, slot.size)
+        for slot in added:
+            for page in range(slot.base, slot.end, PAGE):
+                if page in self._mmio_pages:
+                    uc.mem_unmap(page, PAGE)
+                    self._mmio_pages.discard(page)
             perms = uc_mod.UC_PROT_READ | uc_mod.UC_PROT_EXEC
             if not slot.readonly:
                 perms |= uc_mod.UC_PROT_WRITE
             uc.mem_map_ptr(slot.base, slot.size, perms, slot.host_address)
-        self._load_state(state)
+        if removed or added:
+            self._flush_tb = True
+            if self._running:
+                self._kick()
+
+    @property
+    def mode(self) -> str:
+        """The guest's current mode, from CR0.PE and EFER.LMA (it switches modes as it likes)."""
+        uc = self.uc
+        if not uc.reg_read(X.UC_X86_REG_CR0) & 1:
+            return "real"
+        return "long" if uc.msr_read(_MSR_EFER) & _EFER_LMA else "protected"
+
+    def _resume_address(self) -> int:
+        """Where emu_start resumes: EIP/RIP (a 32- or 64-bit instance takes IP, not CS:IP)."""
+        return self._ip()
 
     def _load_state(self, state: CpuState) -> None:
         uc = self.uc
-        if state.mode != "real":
+        if state.mode not in ("real", "reset"):
             uc.reg_write(X.UC_X86_REG_GDTR, (0, state.gdt[0], state.gdt[1], 0))
             uc.reg_write(X.UC_X86_REG_IDTR, (0, state.idt[0], state.idt[1], 0))
             if state.mode == "long":
@@ -110,8 +161,12 @@ class UnicornAccelerator(Accelerator):
                 uc.reg_write(_reg(name), state.data.selector)
         else:
             uc.reg_write(X.UC_X86_REG_IDTR, (0, state.idt[0], state.idt[1], 0))
-            for name in _SEGMENTS:
-                uc.reg_write(_reg(name), 0)
+            uc.reg_write(X.UC_X86_REG_CR0, state.cr0 or _CR0_RESET)  # PE clear: real mode
+            # Real mode: each base is selector * 16. The reset state's CS base (0xFFFF0000)
+            # cannot be given to unicorn; see cpu.py's "reset" mode for why that is harmless.
+            uc.reg_write(X.UC_X86_REG_CS, state.cs.selector)
+            for name in ("ds", "es", "fs", "gs", "ss"):
+                uc.reg_write(_reg(name), state.data.selector)
         for name, value in state.registers.items():
             if name == "rip":
                 continue
@@ -158,9 +213,15 @@ class UnicornAccelerator(Accelerator):
                 count_limit()
 
         # The two hot hooks count inline: a helper call per port access costs ~10% here.
+        redo, stop_pending = self._redo, self._stop_pending
+
         def on_in(_uc: Any, port: int, size: int, _ud: Any) -> int:
             if stopping[0]:
                 return (1 << (8 * size)) - 1
+            if redo[0] is not None:
+                kept, redo[0] = redo[0], None
+                if kept[:3] == ("in", port, size):
+                    return kept[3]  # the abandoned `ins` again: its value, not a second read
             try:
                 handler, where = in_routes[size][port]
             except KeyError:
@@ -171,6 +232,8 @@ class UnicornAccelerator(Accelerator):
                 if not self._contain(pio, Direction.READ, port, size, None, exc):
                     return (1 << (8 * size)) - 1  # a value, or ctypes prints its own error about None
                 value = (1 << (8 * size)) - 1
+            if stop_pending[0] and self._at_string_in():
+                redo[0] = ("in", port, size, value)
             n = exits[0] = exits[0] + 1
             if n == max_exits:
                 count_limit()
@@ -195,7 +258,7 @@ class UnicornAccelerator(Accelerator):
         def count_limit() -> None:
             self._reason = self._stop_reason("max-exits", f"reached the limit of {max_exits} exits")
             stopping[0] = True
-            uc.emu_stop()
+            self._request_stop()
 
         # MMIO page callbacks live as long as the unicorn instance; they count through these.
         self._exit_box, self._max_exits, self._count_limit = exits, max_exits, count_limit
@@ -239,14 +302,16 @@ class UnicornAccelerator(Accelerator):
             def expire() -> None:
                 expired.set()
                 self._woken.set()
-                uc.emu_stop()
+                self._request_stop()
 
             timer = threading.Timer(limits.timeout, expire)
             timer.daemon = True
             timer.start()
+        self._running = True
         try:
             return self._loop(exits, expired, limits)
         finally:
+            self._running = False
             if timer is not None:
                 timer.cancel()
             if waker is not None:
@@ -272,7 +337,21 @@ class UnicornAccelerator(Accelerator):
                 return StopReason(kind="exit", message=exc.reason, status=exc.status, exits=exits[0] + 1)
             except uc_mod.UcError as exc:
                 error = exc
-            pc = self._ip()
+            pc = self._resume_address()
+            if self._flush_tb:
+                self._flush_tb = False
+                self.uc.ctl_flush_tb()
+            if self._redo[0] is not None and self._reason is None and error is None:
+                # The stop abandoned an access mid-instruction: finish that instruction (its
+                # access answered from _redo) before an interrupt can move IP elsewhere.
+                # count=1 needs freshly translated blocks (see _replay_rom_write).
+                self.uc.ctl_flush_tb()
+                try:
+                    self._emulate(pc, count=1)
+                except uc_mod.UcError as exc:
+                    error = exc
+                self._redo[0] = None
+                pc = self._resume_address()
             if self._reason is not None:
                 reason, self._reason = self._reason, None
                 return attr_exits(reason, exits[0])
@@ -295,10 +374,11 @@ class UnicornAccelerator(Accelerator):
                 if not self._wait_for_interrupt(expired):
                     return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time",
                                       exits[0])
-            pc = self._ip()
+            pc = self._resume_address()
 
     def _emulate(self, pc: int, count: int = 0) -> None:
         """emu_start; what a device raised in a hook comes first, before what it left unicorn doing."""
+        self._stop_pending[0] = False
         try:
             self.uc.emu_start(pc, _NO_END, count=count)
         except BaseException:
@@ -337,14 +417,33 @@ class UnicornAccelerator(Accelerator):
                 except Exception:  # the report must not fail on a half-stopped CPU
                     self.fault_snapshot = None
         self._stopping[0] = True
-        self.uc.emu_stop()
+        self._request_stop()
+
+    def _request_stop(self) -> None:
+        """emu_stop, marked pending first (see _redo); from any thread."""
+        self._stop_pending[0] = True
+        uc = self.uc
+        if uc is not None:
+            uc.emu_stop()
 
     def _kick(self) -> None:
         """Stop emulation soon (any thread, or a hook): timers, input or INTR need the loop."""
         self._kicked = True
         self._woken.set()
-        if self.uc is not None:
-            self.uc.emu_stop()
+        self._request_stop()
+
+    def _at_string_in(self) -> bool:
+        """The IN being served belongs to an `ins` (EIP is exact in IN hooks): unicorn abandons those on a stop."""
+        try:
+            physical = self._physical(self._linear_pc())
+            code = self.memory.read(physical, 8) if physical is not None and self.memory is not None else b""
+        except Exception:  # memory near the end of a slot: not worth failing the access for
+            return False
+        for byte in code:
+            if byte in (0x66, 0x67, 0xF2, 0xF3, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65):
+                continue  # prefixes
+            return byte in (0x6C, 0x6D)
+        return False
 
     def _interrupts_enabled(self) -> bool:
         return bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & _FLAG_IF)
@@ -360,14 +459,22 @@ class UnicornAccelerator(Accelerator):
             if self._previous_byte() == 0xFB:
                 # STI holds interrupts off for one more instruction, so "sti; hlt" cannot
                 # lose a wake-up. Any other instruction ending in 0xFB only delays by one.
+                # count=1 needs freshly translated blocks (see _replay_rom_write), or the
+                # step runs on to the end of the block: past a "sti; nop; cli" and into a
+                # mode switch, where delivering would corrupt the guest.
                 self.uc.ctl_flush_tb()
-                self.uc.emu_start(self._ip(), _NO_END, count=1)
+                self._stop_pending[0] = False
+                self.uc.emu_start(self._resume_address(), _NO_END, count=1)
+                if not (controller.pending() and self._interrupts_enabled()):
+                    return False
             self._deliver(controller.acknowledge(), external=True)
+            self._if_poll_ns = _IF_POLL_NS
             return True
         if controller is not None and clock is not None and controller.pending():
             # IF is clear: unicorn cannot tell us when the guest sets it (KVM has the
             # interrupt window exit for that), so look again shortly.
-            self._waker.arm(clock.now() + _IF_POLL_NS)
+            self._waker.arm(clock.now() + self._if_poll_ns)
+            self._if_poll_ns = min(2 * self._if_poll_ns, _IF_POLL_MAX_NS)
         return False
 
     def _wait_for_interrupt(self, expired: threading.Event) -> bool:
@@ -404,11 +511,17 @@ class UnicornAccelerator(Accelerator):
         # The callbacks stay with the page for the life of the unicorn instance, so they take
         # the bus of the run in progress; its route tables as for ports (see run()).
 
+        redo, stop_pending = self._redo, self._stop_pending
+
         def read(_uc: Any, offset: int, size: int, _ud: Any) -> int:
             if stopping[0]:
                 return (1 << (8 * size)) - 1
             bus = self._mmio
             address = page + offset
+            if redo[0] is not None:
+                kept, redo[0] = redo[0], None
+                if kept[:3] == ("r", address, size):
+                    return kept[3]
             try:
                 handler, where = bus.read_routes[size][address]
             except KeyError:
@@ -418,6 +531,8 @@ class UnicornAccelerator(Accelerator):
             except BaseException as exc:
                 self._contain(bus, Direction.READ, address, size, None, exc)
                 return (1 << (8 * size)) - 1
+            if stop_pending[0]:
+                redo[0] = ("r", address, size, value)
             # An MMIO access is an exit on KVM: count it the same here (inline: this is hot).
             box = self._exit_box
             n = box[0] = box[0] + 1
@@ -431,6 +546,10 @@ class UnicornAccelerator(Accelerator):
             bus = self._mmio
             address = page + offset
             value &= (1 << (8 * size)) - 1
+            if redo[0] is not None:
+                kept, redo[0] = redo[0], None
+                if kept == ("w", address, size, value):
+                    return
             try:
                 handler, where = bus.write_routes[size][address]
             except KeyError:
@@ -440,6 +559,8 @@ class UnicornAccelerator(Accelerator):
             except BaseException as exc:
                 self._contain(bus, Direction.WRITE, address, size, value, exc)
                 return
+            if stop_pending[0]:
+                redo[0] = ("w", address, size, value)
             box = self._exit_box
             n = box[0] = box[0] + 1
             if n == self._max_exits:
@@ -468,7 +589,7 @@ class UnicornAccelerator(Accelerator):
         finally:
             slot.view[first - slot.base : first - slot.base + length] = saved
             uc.mem_protect(first, length, uc_mod.UC_PROT_READ | uc_mod.UC_PROT_EXEC)
-        return self._ip()
+        return self._resume_address()
 
     def _deliver(self, vector: int, external: bool = False) -> None:
         """Deliver an interrupt or exception; a failed delivery is a triple fault, as on hardware."""
@@ -484,13 +605,13 @@ class UnicornAccelerator(Accelerator):
             sp = uc.reg_read(X.UC_X86_REG_SP)
             ss_base = uc.reg_read(X.UC_X86_REG_SS) << 4
             flags = uc.reg_read(X.UC_X86_REG_FLAGS)
-            frame = struct.pack("<HHH", uc.reg_read(X.UC_X86_REG_IP), uc.reg_read(X.UC_X86_REG_CS), flags)
+            frame = struct.pack("<HHH", uc.reg_read(X.UC_X86_REG_EIP) & 0xFFFF, uc.reg_read(X.UC_X86_REG_CS), flags)
             sp = (sp - 6) & 0xFFFF
             self.memory.write(ss_base + sp, frame)
             uc.reg_write(X.UC_X86_REG_SP, sp)
             uc.reg_write(X.UC_X86_REG_FLAGS, flags & ~(_FLAG_IF | _FLAG_TF))
             uc.reg_write(X.UC_X86_REG_CS, segment)
-            uc.reg_write(X.UC_X86_REG_IP, offset)
+            uc.reg_write(X.UC_X86_REG_EIP, offset)  # all of EIP: writing IP keeps bits 31:16
             return
         long_mode = self.mode == "long"
         size = 16 if long_mode else 8
@@ -626,6 +747,8 @@ class UnicornAccelerator(Accelerator):
         return registers, segments, physical, code
 
     def close(self) -> None:
+        if self.memory is not None:
+            self.memory.remove_listener(self._map_changed)
         if self.uc is not None:
             self.uc = None
 
