@@ -88,15 +88,8 @@ class UnicornAccelerator(Accelerator):
         self._stopping = [False]
         self._pending: BaseException | None = None  # raised by a device in a hook, re-raised after emu_start
         self._flush_tb = False  # the memory map changed: translated code may be stale
-        # unicorn acts on a pending emu_stop at the next MMIO callback (or the IN of a string
-        # `ins`) by abandoning that instruction after the callback ran, and runs it again on
-        # resume: the device would see the access twice (a read's value lost). So every stop
-        # goes through _request_stop, which marks it pending; an access made while one is
-        # pending is kept in _redo, and the first access of the re-run, if it is the same,
-        # gets the kept result instead of reaching the device again.
-        self._stop_pending = [False]
+        self._abandoned = _AbandonedAccess()
         self._if_poll_ns = _IF_POLL_NS
-        self._redo: list[tuple[str, int, int, int] | None] = [None]
         self._running = False
 
     # --- set-up ---------------------------------------------------------------------
@@ -213,15 +206,16 @@ class UnicornAccelerator(Accelerator):
                 count_limit()
 
         # The two hot hooks count inline: a helper call per port access costs ~10% here.
-        redo, stop_pending = self._redo, self._stop_pending
+        ab = self._abandoned
 
         def on_in(_uc: Any, port: int, size: int, _ud: Any) -> int:
             if stopping[0]:
                 return (1 << (8 * size)) - 1
-            if redo[0] is not None:
-                kept, redo[0] = redo[0], None
-                if kept[:3] == ("in", port, size):
-                    return kept[3]  # the abandoned `ins` again: its value, not a second read
+            if ab.replaying and ab.kept is not None and ab.kept[:3] == ("in", port, size):
+                kept, ab.kept = ab.kept, None
+                return kept[3]  # the abandoned `ins` again: its value, not a second read
+            ab.accesses += 1
+            ab.in_callback = True
             try:
                 handler, where = in_routes[size][port]
             except KeyError:
@@ -229,11 +223,13 @@ class UnicornAccelerator(Accelerator):
             try:
                 value = handler(where, size)
             except BaseException as exc:
+                ab.in_callback = False
                 if not self._contain(pio, Direction.READ, port, size, None, exc):
                     return (1 << (8 * size)) - 1  # a value, or ctypes prints its own error about None
                 value = (1 << (8 * size)) - 1
-            if stop_pending[0] and self._at_string_in():
-                redo[0] = ("in", port, size, value)
+            ab.in_callback = False
+            if ab.stop is not None and self._at_string_in():
+                ab.kept = ("in", port, size, value, ab.accesses)
             n = exits[0] = exits[0] + 1
             if n == max_exits:
                 count_limit()
@@ -341,16 +337,16 @@ class UnicornAccelerator(Accelerator):
             if self._flush_tb:
                 self._flush_tb = False
                 self.uc.ctl_flush_tb()
-            if self._redo[0] is not None and self._reason is None and error is None:
+            if self._abandoned.was_abandoned() and self._reason is None and error is None:
                 # The stop abandoned an access mid-instruction: finish that instruction (its
-                # access answered from _redo) before an interrupt can move IP elsewhere.
+                # access answered from what was kept) before an interrupt can move IP elsewhere.
                 # count=1 needs freshly translated blocks (see _replay_rom_write).
                 self.uc.ctl_flush_tb()
+                kept = self._abandoned.kept
                 try:
-                    self._emulate(pc, count=1)
+                    self._emulate(pc, count=1, replay=kept)
                 except uc_mod.UcError as exc:
                     error = exc
-                self._redo[0] = None
                 pc = self._resume_address()
             if self._reason is not None:
                 reason, self._reason = self._reason, None
@@ -376,9 +372,12 @@ class UnicornAccelerator(Accelerator):
                                       exits[0])
             pc = self._resume_address()
 
-    def _emulate(self, pc: int, count: int = 0) -> None:
-        """emu_start; what a device raised in a hook comes first, before what it left unicorn doing."""
-        self._stop_pending[0] = False
+    def _emulate(self, pc: int, count: int = 0, replay: tuple[str, int, int, int, int] | None = None) -> None:
+        """emu_start; what a device raised in a hook comes first, before what it left unicorn doing.
+
+        ``replay``: an access the last run abandoned, answered without the device (see _AbandonedAccess).
+        """
+        self._abandoned.start(replay)
         try:
             self.uc.emu_start(pc, _NO_END, count=count)
         except BaseException:
@@ -420,8 +419,8 @@ class UnicornAccelerator(Accelerator):
         self._request_stop()
 
     def _request_stop(self) -> None:
-        """emu_stop, marked pending first (see _redo); from any thread."""
-        self._stop_pending[0] = True
+        """emu_stop, noted first (see _AbandonedAccess); from any thread."""
+        self._abandoned.stop_requested()
         uc = self.uc
         if uc is not None:
             uc.emu_stop()
@@ -463,7 +462,7 @@ class UnicornAccelerator(Accelerator):
                 # step runs on to the end of the block: past a "sti; nop; cli" and into a
                 # mode switch, where delivering would corrupt the guest.
                 self.uc.ctl_flush_tb()
-                self._stop_pending[0] = False
+                self._abandoned.start()
                 self.uc.emu_start(self._resume_address(), _NO_END, count=1)
                 if not (controller.pending() and self._interrupts_enabled()):
                     return False
@@ -511,17 +510,18 @@ class UnicornAccelerator(Accelerator):
         # The callbacks stay with the page for the life of the unicorn instance, so they take
         # the bus of the run in progress; its route tables as for ports (see run()).
 
-        redo, stop_pending = self._redo, self._stop_pending
+        ab = self._abandoned
 
         def read(_uc: Any, offset: int, size: int, _ud: Any) -> int:
             if stopping[0]:
                 return (1 << (8 * size)) - 1
             bus = self._mmio
             address = page + offset
-            if redo[0] is not None:
-                kept, redo[0] = redo[0], None
-                if kept[:3] == ("r", address, size):
-                    return kept[3]
+            if ab.replaying and ab.kept is not None and ab.kept[:3] == ("r", address, size):
+                kept, ab.kept = ab.kept, None
+                return kept[3]
+            ab.accesses += 1
+            ab.in_callback = True
             try:
                 handler, where = bus.read_routes[size][address]
             except KeyError:
@@ -529,10 +529,12 @@ class UnicornAccelerator(Accelerator):
             try:
                 value = handler(where, size)
             except BaseException as exc:
+                ab.in_callback = False
                 self._contain(bus, Direction.READ, address, size, None, exc)
                 return (1 << (8 * size)) - 1
-            if stop_pending[0]:
-                redo[0] = ("r", address, size, value)
+            ab.in_callback = False
+            if ab.stop is not None:
+                ab.kept = ("r", address, size, value, ab.accesses)
             # An MMIO access is an exit on KVM: count it the same here (inline: this is hot).
             box = self._exit_box
             n = box[0] = box[0] + 1
@@ -546,10 +548,11 @@ class UnicornAccelerator(Accelerator):
             bus = self._mmio
             address = page + offset
             value &= (1 << (8 * size)) - 1
-            if redo[0] is not None:
-                kept, redo[0] = redo[0], None
-                if kept == ("w", address, size, value):
-                    return
+            if ab.replaying and ab.kept is not None and ab.kept[:4] == ("w", address, size, value):
+                ab.kept = None
+                return
+            ab.accesses += 1
+            ab.in_callback = True
             try:
                 handler, where = bus.write_routes[size][address]
             except KeyError:
@@ -557,10 +560,12 @@ class UnicornAccelerator(Accelerator):
             try:
                 handler(where, size, value)
             except BaseException as exc:
+                ab.in_callback = False
                 self._contain(bus, Direction.WRITE, address, size, value, exc)
                 return
-            if stop_pending[0]:
-                redo[0] = ("w", address, size, value)
+            ab.in_callback = False
+            if ab.stop is not None:
+                ab.kept = ("w", address, size, value, ab.accesses)
             box = self._exit_box
             n = box[0] = box[0] + 1
             if n == self._max_exits:
@@ -607,7 +612,7 @@ class UnicornAccelerator(Accelerator):
             flags = uc.reg_read(X.UC_X86_REG_FLAGS)
             frame = struct.pack("<HHH", uc.reg_read(X.UC_X86_REG_EIP) & 0xFFFF, uc.reg_read(X.UC_X86_REG_CS), flags)
             sp = (sp - 6) & 0xFFFF
-            self.memory.write(ss_base + sp, frame)
+            self._push(ss_base + sp, frame)
             uc.reg_write(X.UC_X86_REG_SP, sp)
             uc.reg_write(X.UC_X86_REG_FLAGS, flags & ~(_FLAG_IF | _FLAG_TF))
             uc.reg_write(X.UC_X86_REG_CS, segment)
@@ -647,6 +652,16 @@ class UnicornAccelerator(Accelerator):
         uc.reg_write(X.UC_X86_REG_EFLAGS, flags & ~cleared)
         uc.reg_write(X.UC_X86_REG_CS, selector)
         uc.reg_write(X.UC_X86_REG_RIP if long_mode else X.UC_X86_REG_EIP, offset)
+
+    def _push(self, address: int, frame: bytes) -> None:
+        """Write a real-mode interrupt frame; bytes landing in ROM are dropped, as the CPU's would be."""
+        assert self.memory is not None
+        for i, byte in enumerate(frame):
+            slot = self.memory.slot_at(address + i)
+            if slot is None:
+                raise _Stop(self._stop_reason("shutdown", f"triple fault: stack at {address + i:#x} is not memory"))
+            if not slot.readonly:
+                slot.view[address + i - slot.base] = byte
 
     def _read_linear(self, linear: int, length: int) -> bytes:
         physical = self._physical(linear)
@@ -751,6 +766,46 @@ class UnicornAccelerator(Accelerator):
             self.memory.remove_listener(self._map_changed)
         if self.uc is not None:
             self.uc = None
+
+
+class _AbandonedAccess:
+    """Keeps the device access unicorn is about to run a second time, so the device sees it once.
+
+    unicorn acts on an emu_stop requested before or during an MMIO callback, or during the
+    IN of a string ``ins``, by abandoning that instruction after the callback ran; on
+    resume it runs the instruction again. Every stop goes through ``stop_requested``,
+    which notes how many accesses had been made and whether one was under way; each such
+    access made while a stop is requested is kept (``kept``: kind, address, size, value,
+    its number). After emu_start returns, the kept access was abandoned if the stop was
+    requested before it started or while it ran; the loop then re-runs that one
+    instruction with it as ``start``'s ``replay``, and the first access, if it is the
+    same, is answered from it without reaching the device.
+    """
+
+    __slots__ = ("accesses", "in_callback", "stop", "kept", "replaying")
+
+    def __init__(self) -> None:
+        self.start()
+
+    def start(self, replay: tuple[str, int, int, int, int] | None = None) -> None:
+        """A new emu_start: nothing requested; ``replay`` is answered once, if asked again."""
+        self.accesses = 0
+        self.in_callback = False
+        self.stop: tuple[int, bool] | None = None
+        self.kept = replay
+        self.replaying = replay is not None
+
+    def stop_requested(self) -> None:
+        # The latest request is the one that took effect (an earlier one may have been
+        # cleared by emu_start before emulation began).
+        self.stop = (self.accesses, self.in_callback)
+
+    def was_abandoned(self) -> bool:
+        if self.kept is None or self.stop is None or self.replaying:
+            return False
+        accesses, during = self.stop
+        number = self.kept[4]
+        return accesses < number or (accesses == number and during)
 
 
 def _narrow(name: str) -> str:

@@ -12,8 +12,17 @@ import threading
 from typing import Callable
 
 
+#: A wake-up the vCPU has not answered (its loop calls rearm) is repeated this often (ns):
+#: unicorn drops an emu_stop that lands just before emu_start begins.
+RETRY_NS = 1_000_000
+
+
 class Waker:
-    """A thread that calls ``action`` when the armed deadline passes or on :meth:`kick`."""
+    """A thread that calls ``action`` when the armed deadline passes or on :meth:`kick`.
+
+    Until the vCPU loop answers with :meth:`rearm`, the action is repeated every
+    ``RETRY_NS``, so a wake-up the backend lost costs a millisecond, not the run.
+    """
 
     def __init__(self, action: Callable[[], None], now: Callable[[], int]) -> None:
         self._action = action
@@ -40,6 +49,7 @@ class Waker:
     def kick(self) -> None:
         """Wake the vCPU now (from any thread)."""
         self._action()
+        self.arm(self._now() + RETRY_NS)
 
     def close(self) -> None:
         with self._cond:
@@ -57,7 +67,7 @@ class Waker:
                 if delay > 0:
                     self._cond.wait(timeout=delay)
                     continue
-                self._deadline = None
+                self._deadline = self._now() + RETRY_NS
                 self._action()
 
 
