@@ -308,9 +308,11 @@ class GuestMemory:
                 block, offset, readonly = source.target  # type: ignore[misc]
                 piece = (start, end, source.name, block, offset + start - source.base, readonly)
             last = pieces[-1] if pieces else None
-            # Adjacent pieces of one block, contiguous and with the same access, make one window
-            # (fewer KVM slots; the first piece names it).
-            if (last is not None and last[1] == start and last[3] is piece[3]
+            # Adjacent pieces from the same layer, block and access make one window. Pieces from
+            # different layers stay apart even when they could merge: a change to one overlay
+            # then never remaps memory the guest may be running from elsewhere (firmware moves
+            # PAM from code in high RAM).
+            if (last is not None and last[1] == start and last[2] == piece[2] and last[3] is piece[3]
                     and last[5] == piece[5] and last[4] + (last[1] - last[0]) == piece[4]):
                 pieces[-1] = (last[0], end, *last[2:])
             else:

@@ -403,11 +403,13 @@ def test_a_dword_pam_write_is_one_map_update(pc):
     pc.outl(DATA, 0x33333333)  # PAM3-PAM6: eight segments at once
     assert len(updates) == 1
     removed, added = updates[0]
-    # 0xD0000-0xEFFFF leave the PCI side (a hole, then the ROM) for one window of DRAM; the
-    # ROM's window shrinks to 0xF0000-0xFFFFF.
+    # 0xD0000-0xEFFFF leave the PCI side (a hole, then the ROM) for DRAM, one window per
+    # segment: windows from different overlays never merge, so a change to one segment
+    # remaps that segment alone. The ROM's window at 0xF0000 is untouched.
     assert [(slot.base, slot.size, slot.readonly) for slot in added] == [
-        (0xD0000, 0x20000, False), (0xF0000, 0x10000, True)]
-    assert [(slot.base, slot.size) for slot in removed] == [(0xE0000, 0x20000)]
+        (0xD0000 + 0x4000 * i, 0x4000, False) for i in range(8)]
+    assert [(slot.base, slot.size, slot.readonly) for slot in removed] == [
+        (0xE0000 + 0x4000 * i, 0x4000, True) for i in range(4)]
     pc.outl(DATA, 0x33333333)  # the same again: nothing to tell the accelerator
     assert len(updates) == 1
 

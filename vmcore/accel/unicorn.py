@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from typing import Any
 
 import attrs
@@ -45,7 +46,11 @@ _MODES = {"real": "UC_MODE_32", "reset": "UC_MODE_32", "protected": "UC_MODE_32"
 _FLAG_IF, _FLAG_TF = 1 << 9, 1 << 8
 _MSR_EFER = 0xC0000080
 _EFER_LMA = 1 << 10
+_MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
 _CR0_RESET = 0x60000010  # CD | NW | ET: CR0 after RESET, protection off
+#: How long a stop asked for from another thread waits for the guest's next port or MMIO
+#: access before it is forced (see _kick).
+_ASYNC_STOP_NS = 20_000_000
 _ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
 _NO_END = (1 << 64) - 1  # emu_start's "until": an address never reached
 # With an interrupt pending and IF clear, look again after this long, doubling up to the
@@ -82,6 +87,9 @@ class UnicornAccelerator(Accelerator):
         self._rom_write: tuple[MemorySlot, int, int] | None = None
         self._reason: StopReason | None = None
         self._mmio: Bus | None = None
+        # What the MMIO page callbacks (made once per page, for the instance's life) need of the
+        # run in progress: the bus, the exit count box, the limit and what reaching it does.
+        self._run_state: list[Any] = [None, [0], -1, None]
         # Set once the run's end is decided inside a hook (a device raised, debug-exit,
         # max-exits). emu_stop takes effect only at the end of the translation block, so
         # the guest runs on a few instructions: from then on its IO must reach no device.
@@ -89,6 +97,9 @@ class UnicornAccelerator(Accelerator):
         self._pending: BaseException | None = None  # raised by a device in a hook, re-raised after emu_start
         self._flush_tb = False  # the memory map changed: translated code may be stale
         self._abandoned = _AbandonedAccess()
+        self._stop_wanted = [False]  # another thread asked for a stop (see _kick)
+        self._wanted_since = 0
+        self._vcpu_thread = 0
         self._if_poll_ns = _IF_POLL_NS
         self._running = False
 
@@ -207,15 +218,15 @@ class UnicornAccelerator(Accelerator):
 
         # The two hot hooks count inline: a helper call per port access costs ~10% here.
         ab = self._abandoned
+        wanted = self._stop_wanted
+        request_stop = self._request_stop
 
         def on_in(_uc: Any, port: int, size: int, _ud: Any) -> int:
             if stopping[0]:
                 return (1 << (8 * size)) - 1
-            if ab.replaying and ab.kept is not None and ab.kept[:3] == ("in", port, size):
+            if ab.kept is not None and ab.replaying and ab.kept[:3] == ("in", port, size):
                 kept, ab.kept = ab.kept, None
                 return kept[3]  # the abandoned `ins` again: its value, not a second read
-            ab.accesses += 1
-            ab.in_callback = True
             try:
                 handler, where = in_routes[size][port]
             except KeyError:
@@ -223,13 +234,13 @@ class UnicornAccelerator(Accelerator):
             try:
                 value = handler(where, size)
             except BaseException as exc:
-                ab.in_callback = False
                 if not self._contain(pio, Direction.READ, port, size, None, exc):
                     return (1 << (8 * size)) - 1  # a value, or ctypes prints its own error about None
                 value = (1 << (8 * size)) - 1
-            ab.in_callback = False
-            if ab.stop is not None and self._at_string_in():
-                ab.kept = ("in", port, size, value, ab.accesses)
+            if wanted[0]:
+                request_stop()  # another thread asked: stop here, where it is safe (see _kick)
+            if ab.stop and self._at_string_in():
+                ab.kept = ("in", port, size, value)
             n = exits[0] = exits[0] + 1
             if n == max_exits:
                 count_limit()
@@ -247,6 +258,8 @@ class UnicornAccelerator(Accelerator):
             except BaseException as exc:  # a device bug, or debug-exit's GuestExit
                 if not self._contain(pio, Direction.WRITE, port, size, value, exc):
                     return
+            if wanted[0]:
+                request_stop()
             n = exits[0] = exits[0] + 1
             if n == max_exits:
                 count_limit()
@@ -257,7 +270,8 @@ class UnicornAccelerator(Accelerator):
             self._request_stop()
 
         # MMIO page callbacks live as long as the unicorn instance; they count through these.
-        self._exit_box, self._max_exits, self._count_limit = exits, max_exits, count_limit
+        run_state = self._run_state
+        run_state[:] = [mmio, exits, max_exits, count_limit]
 
         def on_unmapped(_uc: Any, access: int, address: int, size: int, _value: int, _ud: Any) -> bool:
             if access == uc_mod.UC_MEM_FETCH_UNMAPPED:
@@ -304,6 +318,7 @@ class UnicornAccelerator(Accelerator):
             timer.daemon = True
             timer.start()
         self._running = True
+        self._vcpu_thread = threading.get_ident()
         try:
             return self._loop(exits, expired, limits)
         finally:
@@ -333,6 +348,7 @@ class UnicornAccelerator(Accelerator):
                 return StopReason(kind="exit", message=exc.reason, status=exc.status, exits=exits[0] + 1)
             except uc_mod.UcError as exc:
                 error = exc
+            self._stop_wanted[0] = False  # whatever stopped emulation, the loop serves the request now
             pc = self._resume_address()
             if self._flush_tb:
                 self._flush_tb = False
@@ -372,7 +388,7 @@ class UnicornAccelerator(Accelerator):
                                       exits[0])
             pc = self._resume_address()
 
-    def _emulate(self, pc: int, count: int = 0, replay: tuple[str, int, int, int, int] | None = None) -> None:
+    def _emulate(self, pc: int, count: int = 0, replay: tuple[str, int, int, int] | None = None) -> None:
         """emu_start; what a device raised in a hook comes first, before what it left unicorn doing.
 
         ``replay``: an access the last run abandoned, answered without the device (see _AbandonedAccess).
@@ -426,10 +442,28 @@ class UnicornAccelerator(Accelerator):
             uc.emu_stop()
 
     def _kick(self) -> None:
-        """Stop emulation soon (any thread, or a hook): timers, input or INTR need the loop."""
+        """Stop emulation soon (any thread, or a hook): timers, input or INTR need the loop.
+
+        An emu_stop from another thread lands anywhere in a translation block, and unicorn
+        mishandles one pending when the block reaches an OUT: it stops there with EIP set
+        back to the block's start but the registers the block already changed kept (seen:
+        SeaBIOS's i8042 self-test taking its error path). So another thread only asks
+        (``_stop_wanted``); the next port or MMIO access stops emulation from its hook, on
+        the vCPU thread, where stopping is safe. A guest that makes no access for
+        ``_ASYNC_STOP_NS`` (a busy loop on memory) is stopped from here after all (the
+        waker repeats the kick until the loop answers).
+        """
         self._kicked = True
         self._woken.set()
-        self._request_stop()
+        if threading.get_ident() == self._vcpu_thread:
+            self._request_stop()  # from a hook or the loop itself
+            return
+        wanted = self._stop_wanted
+        if not wanted[0]:
+            wanted[0] = True
+            self._wanted_since = time.monotonic_ns()
+        elif time.monotonic_ns() - self._wanted_since > _ASYNC_STOP_NS:
+            self._request_stop()
 
     def _at_string_in(self) -> bool:
         """The IN being served belongs to an `ins` (EIP is exact in IN hooks): unicorn abandons those on a stop."""
@@ -511,17 +545,18 @@ class UnicornAccelerator(Accelerator):
         # the bus of the run in progress; its route tables as for ports (see run()).
 
         ab = self._abandoned
+        wanted = self._stop_wanted
+        request_stop = self._request_stop
+        run_state = self._run_state
 
         def read(_uc: Any, offset: int, size: int, _ud: Any) -> int:
             if stopping[0]:
                 return (1 << (8 * size)) - 1
-            bus = self._mmio
+            bus, box, max_exits, at_limit = run_state
             address = page + offset
-            if ab.replaying and ab.kept is not None and ab.kept[:3] == ("r", address, size):
+            if ab.kept is not None and ab.replaying and ab.kept[:3] == ("r", address, size):
                 kept, ab.kept = ab.kept, None
                 return kept[3]
-            ab.accesses += 1
-            ab.in_callback = True
             try:
                 handler, where = bus.read_routes[size][address]
             except KeyError:
@@ -529,30 +564,27 @@ class UnicornAccelerator(Accelerator):
             try:
                 value = handler(where, size)
             except BaseException as exc:
-                ab.in_callback = False
                 self._contain(bus, Direction.READ, address, size, None, exc)
                 return (1 << (8 * size)) - 1
-            ab.in_callback = False
-            if ab.stop is not None:
-                ab.kept = ("r", address, size, value, ab.accesses)
+            if wanted[0]:
+                request_stop()
+            if ab.stop:
+                ab.kept = ("r", address, size, value)
             # An MMIO access is an exit on KVM: count it the same here (inline: this is hot).
-            box = self._exit_box
             n = box[0] = box[0] + 1
-            if n == self._max_exits:
-                self._count_limit()
+            if n == max_exits:
+                at_limit()
             return value
 
         def write(_uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
             if stopping[0]:
                 return
-            bus = self._mmio
+            bus, box, max_exits, at_limit = run_state
             address = page + offset
-            value &= (1 << (8 * size)) - 1
-            if ab.replaying and ab.kept is not None and ab.kept[:4] == ("w", address, size, value):
+            value &= _MASKS[size]
+            if ab.kept is not None and ab.replaying and ab.kept[:4] == ("w", address, size, value):
                 ab.kept = None
                 return
-            ab.accesses += 1
-            ab.in_callback = True
             try:
                 handler, where = bus.write_routes[size][address]
             except KeyError:
@@ -560,16 +592,15 @@ class UnicornAccelerator(Accelerator):
             try:
                 handler(where, size, value)
             except BaseException as exc:
-                ab.in_callback = False
                 self._contain(bus, Direction.WRITE, address, size, value, exc)
                 return
-            ab.in_callback = False
-            if ab.stop is not None:
-                ab.kept = ("w", address, size, value, ab.accesses)
-            box = self._exit_box
+            if wanted[0]:
+                request_stop()
+            if ab.stop:
+                ab.kept = ("w", address, size, value)
             n = box[0] = box[0] + 1
-            if n == self._max_exits:
-                self._count_limit()
+            if n == max_exits:
+                at_limit()
 
         self.uc.mmio_map(page, PAGE, read, None, write, None)
         self._mmio_pages.add(page)
@@ -773,39 +804,30 @@ class _AbandonedAccess:
 
     unicorn acts on an emu_stop requested before or during an MMIO callback, or during the
     IN of a string ``ins``, by abandoning that instruction after the callback ran; on
-    resume it runs the instruction again. Every stop goes through ``stop_requested``,
-    which notes how many accesses had been made and whether one was under way; each such
-    access made while a stop is requested is kept (``kept``: kind, address, size, value,
-    its number). After emu_start returns, the kept access was abandoned if the stop was
-    requested before it started or while it ran; the loop then re-runs that one
-    instruction with it as ``start``'s ``replay``, and the first access, if it is the
-    same, is answered from it without reaching the device.
+    resume it runs the instruction again. Every stop goes through ``stop_requested``; each
+    such access that ends with a stop requested is kept (``kept``: kind, address, size,
+    value), replacing any earlier one, as unicorn abandons the first and stops. After
+    emu_start returns with an access kept, the loop re-runs that one instruction with it
+    as ``start``'s ``replay``, and its first access, if it is the same, is answered from
+    it without reaching the device.
     """
 
-    __slots__ = ("accesses", "in_callback", "stop", "kept", "replaying")
+    __slots__ = ("stop", "kept", "replaying")
 
     def __init__(self) -> None:
         self.start()
 
-    def start(self, replay: tuple[str, int, int, int, int] | None = None) -> None:
+    def start(self, replay: tuple[str, int, int, int] | None = None) -> None:
         """A new emu_start: nothing requested; ``replay`` is answered once, if asked again."""
-        self.accesses = 0
-        self.in_callback = False
-        self.stop: tuple[int, bool] | None = None
+        self.stop = False
         self.kept = replay
         self.replaying = replay is not None
 
     def stop_requested(self) -> None:
-        # The latest request is the one that took effect (an earlier one may have been
-        # cleared by emu_start before emulation began).
-        self.stop = (self.accesses, self.in_callback)
+        self.stop = True
 
     def was_abandoned(self) -> bool:
-        if self.kept is None or self.stop is None or self.replaying:
-            return False
-        accesses, during = self.stop
-        number = self.kept[4]
-        return accesses < number or (accesses == number and during)
+        return self.kept is not None and self.stop and not self.replaying
 
 
 def _narrow(name: str) -> str:
