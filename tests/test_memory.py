@@ -186,3 +186,63 @@ def test_random_writes_then_reads_match_a_bytearray_model(writes):
                 assert memory.read(address, len(data)) == bytes(model[address : address + len(data)])
     finally:
         memory.close()
+
+
+# --- overlays: the flat map devices change at run time ------------------------------------------
+
+
+def test_overlay_shows_a_block_hides_memory_and_clears(memory):
+    ram = memory.add_slot("ram", 0, 0x10000)
+    rom = memory.add_slot("rom", 0x100000, 0x2000, readonly=True)
+    memory.load(0x100000, b"ROM!")
+    overlay = memory.overlay("window", 0x4000, 0x2000)
+    assert memory.slot_at(0x4000) is ram  # starts clear: the home layer shows through
+    overlay.show(rom.block, 0, readonly=True)
+    assert memory.read(0x4000, 4) == b"ROM!"
+    with pytest.raises(GuestMemoryError, match="read-only"):
+        memory.write(0x4000, b"x")
+    overlay.hide()
+    assert memory.slot_at(0x4000) is None and memory.slot_at(0x3FFF) is not None
+    with pytest.raises(GuestMemoryError, match="outside every memory slot"):
+        memory.read(0x5000, 1)
+    overlay.clear()
+    memory.write(0x4000, b"ram")
+    assert bytes(ram.view[0x4000:0x4003]) == b"ram"
+
+
+def test_listeners_get_removed_and_added_windows_once_per_transaction(memory):
+    memory.add_slot("ram", 0, 0x10000)
+    a = memory.overlay("a", 0x2000, 0x1000)
+    b = memory.overlay("b", 0x8000, 0x1000)
+    calls = []
+    memory.add_listener(lambda removed, added: calls.append(
+        ([(s.base, s.size) for s in removed], [(s.base, s.size) for s in added])))
+    untouched = memory.slot_at(0xF000)
+    with memory.transaction():
+        a.hide()
+        b.hide()
+    assert len(calls) == 1
+    removed, added = calls[0]
+    assert removed == [(0, 0x10000)]
+    assert added == [(0, 0x2000), (0x3000, 0x5000), (0x9000, 0x7000)]
+    assert memory.slot_at(0xF000) is not untouched  # the split window is a new one
+    kept = memory.slot_at(0xF000)
+    a.clear()
+    # The home layer shows through again below 0x8000: one window, as before the split.
+    assert calls[-1] == ([(0, 0x2000), (0x3000, 0x5000)], [(0, 0x8000)])
+    assert memory.slot_at(0xF000) is kept  # windows a change does not touch stay the same objects
+
+
+def test_higher_priority_overlay_wins_and_pages_must_align(memory):
+    memory.add_slot("ram", 0, 0x4000)
+    other = memory.add_slot("other", 0x100000, 0x1000)
+    memory.load(0x100000, b"top")
+    low = memory.overlay("low", 0x1000, 0x1000, priority=1)
+    high = memory.overlay("high", 0x1000, 0x1000, priority=2)
+    high.show(other.block)
+    low.hide()
+    assert memory.read(0x1000, 3) == b"top"
+    with pytest.raises(GuestMemoryError, match="multiples of 4K"):
+        memory.overlay("ragged", 0x1800, 0x1000)
+    with pytest.raises(GuestMemoryError, match="outside block"):
+        memory.overlay("big", 0, 0x2000).show(other.block)
