@@ -277,6 +277,20 @@ def test_timeout_stops_a_spinning_guest(tmp_path: Path) -> None:
     assert result["exits"] == 0
 
 
+# Runs from the ROM at 0 and writes into it forever: every write is dropped and the
+# instruction replayed, a path that once skipped the time-limit check and hung.
+ROM_WRITE_LOOP = TinyGuest("rom_write_loop", rom=True, code=bytes([
+    0xFF, 0x06, 0x00, 0x01,  # inc word [0x100] (ROM)
+    0xEB, 0xFA,              # jmp back
+]))
+
+
+def test_timeout_stops_a_guest_that_keeps_writing_to_rom(tmp_path: Path) -> None:
+    result = run_tcg(ROM_WRITE_LOOP, tmp_path, timeout=0.5)
+    assert (result["kind"], result["status"]) == ("timeout", 6)
+    assert result["exits"] > 0  # the dropped writes reached the bus before the limit
+
+
 def test_max_exits_stops_after_that_many_port_writes() -> None:
     result = in_process(DATA.parent.parent / "machines" / "hello.yaml", "devices.console.output=memory",
                         accel="tcg", max_exits=3)

@@ -369,6 +369,8 @@ class UnicornAccelerator(Accelerator):
                 return attr_exits(reason, exits[0])
             if error is not None and self._rom_write is not None:
                 pc = self._replay_rom_write(pc)
+                if expired.is_set():  # a guest that keeps writing to ROM must not outlive its limit
+                    return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time", exits[0])
                 continue
             if error is not None:
                 return self._fault(error, exits[0])
