@@ -265,7 +265,6 @@ class GuestMemory:
         # nothing covers them), so listeners and callers can tell by identity.
         reusable = {(s.base, s.size, id(s.block), s.offset, s.readonly): s for s in (*self._home, *old)}
         new: list[MemorySlot] = []
-        added: list[MemorySlot] = []
         for base, end, name, block, offset, readonly in self._flatten():
             slot = reusable.get((base, end - base, id(block), offset, readonly))
             if slot is None:

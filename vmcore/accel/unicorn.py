@@ -145,10 +145,6 @@ class UnicornAccelerator(Accelerator):
             return "real"
         return "long" if uc.msr_read(_MSR_EFER) & _EFER_LMA else "protected"
 
-    def _resume_address(self) -> int:
-        """Where emu_start resumes: EIP/RIP (a 32- or 64-bit instance takes IP, not CS:IP)."""
-        return self._ip()
-
     def _load_state(self, state: CpuState) -> None:
         uc = self.uc
         if state.mode not in ("real", "reset"):
@@ -349,7 +345,7 @@ class UnicornAccelerator(Accelerator):
             except uc_mod.UcError as exc:
                 error = exc
             self._stop_wanted[0] = False  # whatever stopped emulation, the loop serves the request now
-            pc = self._resume_address()
+            pc = self._ip()
             if self._flush_tb:
                 self._flush_tb = False
                 self.uc.ctl_flush_tb()
@@ -363,7 +359,7 @@ class UnicornAccelerator(Accelerator):
                     self._emulate(pc, count=1, replay=kept)
                 except uc_mod.UcError as exc:
                     error = exc
-                pc = self._resume_address()
+                pc = self._ip()
             if self._reason is not None:
                 reason, self._reason = self._reason, None
                 return attr_exits(reason, exits[0])
@@ -388,7 +384,7 @@ class UnicornAccelerator(Accelerator):
                 if not self._wait_for_interrupt(expired):
                     return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time",
                                       exits[0])
-            pc = self._resume_address()
+            pc = self._ip()
 
     def _emulate(self, pc: int, count: int = 0, replay: tuple[str, int, int, int] | None = None) -> None:
         """emu_start; what a device raised in a hook comes first, before what it left unicorn doing.
@@ -499,7 +495,7 @@ class UnicornAccelerator(Accelerator):
                 # mode switch, where delivering would corrupt the guest.
                 self.uc.ctl_flush_tb()
                 self._abandoned.start()
-                self.uc.emu_start(self._resume_address(), _NO_END, count=1)
+                self.uc.emu_start(self._ip(), _NO_END, count=1)
                 if not (controller.pending() and self._interrupts_enabled()):
                     return False
             self._deliver(controller.acknowledge(), external=True)
@@ -627,7 +623,7 @@ class UnicornAccelerator(Accelerator):
         finally:
             slot.view[first - slot.base : first - slot.base + length] = saved
             uc.mem_protect(first, length, uc_mod.UC_PROT_READ | uc_mod.UC_PROT_EXEC)
-        return self._resume_address()
+        return self._ip()
 
     def _deliver(self, vector: int, external: bool = False) -> None:
         """Deliver an interrupt or exception; a failed delivery is a triple fault, as on hardware."""
@@ -717,6 +713,7 @@ class UnicornAccelerator(Accelerator):
             done += chunk
 
     def _ip(self) -> int:
+        """EIP/RIP: also where emu_start resumes (a 32/64-bit instance takes IP, not CS:IP)."""
         return self.uc.reg_read(X.UC_X86_REG_RIP if self.mode == "long" else X.UC_X86_REG_EIP)
 
     def _linear_pc(self) -> int:
