@@ -452,7 +452,8 @@ def _unknown_keys(mapping: Mapping, allowed: Iterable[str], section: str) -> Non
         if key not in allowed:
             near = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
-            full = f"{section}.{key}" if section else key
+            shown = key if key.isprintable() else repr(key)[1:-1]  # one line, whatever the key holds
+            full = f"{section}.{shown}" if section else shown
             raise ProfileError(mapping.key_where[key], full, f"unknown key; {hint}expected one of: {', '.join(allowed)}")
 
 
