@@ -180,6 +180,22 @@ OUT_BURST = TinyGuest("out_burst", code=bytes([
     0xF4,                    # hlt
 ]))
 
+# Instructions whose last byte is hlt's opcode: at the end of a slice EIP follows a
+# 0xF4 byte exactly as after a hlt. With IF clear, a slice end mistaken for a hlt
+# would end the run with nothing printed.
+F4_OPERANDS = TinyGuest("f4_operands", code=bytes([
+    0xB9, 0x20, 0x00,        # mov cx, 32
+    0xB0, 0xF4,              # mov al, 0xF4        (loop)
+    0x66, 0xBB, 0xF4, 0xF4, 0xF4, 0xF4,  # mov ebx, 0xF4F4F4F4
+    0x49,                    # dec cx
+    0x75, 0xF5,              # jnz loop
+    0xB0, 0x2A,              # mov al, '*'
+    0xE6, 0xF1,              # out 0xF1, al
+    0xF4,                    # hlt                 IF is clear: the run stops here
+    0xB0, 0x21,              # mov al, '!'         never reached
+    0xE6, 0xF1,              # out 0xF1, al
+]))
+
 EXIT_THEN_OUT = TinyGuest("exit_then_out", code=bytes([
     0xB0, 0x2A,              # mov al, 42
     0xBA, 0x01, 0x05,        # mov dx, 0x501
@@ -314,6 +330,29 @@ def test_debug_exit_ends_the_run_before_the_next_instruction_reaches_a_device(tm
     assert (result["kind"], result["status"], result["exits"]) == ("exit", 85, 1)
     assert result["console"] == ""
     assert result["trace"] == [["pio", "write", 0x501, 1, 42, "exit"]]
+
+
+# --- instruction slices ------------------------------------------------------------------
+# unicorn runs the guest in slices of _CHUNK instructions (never emu_stop from another
+# thread: a stop landing mid-block corrupts it). A slice's end and a hlt both leave EIP
+# after the last instruction; the loop tells them apart by unicorn's stop-request flag.
+
+
+@pytest.mark.parametrize("slices", ["default", "one instruction"])
+def test_a_slice_ending_after_an_f4_byte_is_not_taken_for_hlt(tmp_path: Path, slices: str) -> None:
+    plugins = ("tests.tcg_one_instruction_slices",) if slices == "one instruction" else ()
+    result = in_process(profile_for(F4_OPERANDS, tmp_path), accel="tcg", plugins=plugins)
+    assert (result["kind"], result["status"]) == ("halted", 0)
+    assert result["console"] == "*"
+    assert result["exits"] == 1
+
+
+def test_unicorn_exposes_the_stop_request_flag_the_loop_reads() -> None:
+    # Found by experiment on a scratch engine; a unicorn build that moves it would make
+    # every slice end after an F4 byte look like a hlt (the fallback), so fail loudly here.
+    from vmcore.accel.unicorn import _stop_request_offset
+
+    assert _stop_request_offset() is not None
 
 
 # --- a device that raises -------------------------------------------------------------------

@@ -10,9 +10,9 @@ all ones, writes are dropped, both logged by the bus.
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import threading
-import time
 from typing import Any
 
 import attrs
@@ -48,9 +48,9 @@ _MSR_EFER = 0xC0000080
 _EFER_LMA = 1 << 10
 _MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
 _CR0_RESET = 0x60000010  # CD | NW | ET: CR0 after RESET, protection off
-#: How long a stop asked for from another thread waits for the guest's next port or MMIO
-#: access before it is forced (see _kick).
-_ASYNC_STOP_NS = 20_000_000
+#: Instructions per emu_start: how often the loop gets to serve timers and interrupts while the
+#: guest runs without stopping (tens of microseconds on unicorn).
+_CHUNK = 20_000
 _ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
 _NO_END = (1 << 64) - 1  # emu_start's "until": an address never reached
 # With an interrupt pending and IF clear, look again after this long, doubling up to the
@@ -97,9 +97,6 @@ class UnicornAccelerator(Accelerator):
         self._pending: BaseException | None = None  # raised by a device in a hook, re-raised after emu_start
         self._flush_tb = False  # the memory map changed: translated code may be stale
         self._abandoned = _AbandonedAccess()
-        self._stop_wanted = [False]  # another thread asked for a stop (see _kick)
-        self._wanted_since = 0
-        self._vcpu_thread = 0
         self._if_poll_ns = _IF_POLL_NS
         self._running = False
 
@@ -135,7 +132,7 @@ class UnicornAccelerator(Accelerator):
         if removed or added:
             self._flush_tb = True
             if self._running:
-                self._kick()
+                self._request_stop()  # rare; the loop drops translated code before going on
 
     @property
     def mode(self) -> str:
@@ -182,13 +179,12 @@ class UnicornAccelerator(Accelerator):
         self._reason = None
         self._clock = clock
         self._controller = controller
-        self._kicked = False
         self._woken = threading.Event()
         waker = None
         if controller is not None:
             def intr_changed(level: bool) -> None:
                 if level:
-                    self._kick()  # from a hook or a timer: stop after this instruction to deliver
+                    self._kick()  # from a hook or a timer: delivered at the end of the slice
 
             controller.intr_changed = intr_changed
         if clock is not None:
@@ -214,8 +210,6 @@ class UnicornAccelerator(Accelerator):
 
         # The two hot hooks count inline: a helper call per port access costs ~10% here.
         ab = self._abandoned
-        wanted = self._stop_wanted
-        request_stop = self._request_stop
 
         def on_in(_uc: Any, port: int, size: int, _ud: Any) -> int:
             if stopping[0]:
@@ -233,8 +227,6 @@ class UnicornAccelerator(Accelerator):
                 if not self._contain(pio, Direction.READ, port, size, None, exc):
                     return (1 << (8 * size)) - 1  # a value, or ctypes prints its own error about None
                 value = (1 << (8 * size)) - 1
-            if wanted[0]:
-                request_stop()  # another thread asked: stop here, where it is safe (see _kick)
             if ab.stop and self._at_string_in():
                 ab.kept = ("in", port, size, value)
             n = exits[0] = exits[0] + 1
@@ -254,8 +246,6 @@ class UnicornAccelerator(Accelerator):
             except BaseException as exc:  # a device bug, or debug-exit's GuestExit
                 if not self._contain(pio, Direction.WRITE, port, size, value, exc):
                     return
-            if wanted[0]:
-                request_stop()
             n = exits[0] = exits[0] + 1
             if n == max_exits:
                 count_limit()
@@ -314,7 +304,6 @@ class UnicornAccelerator(Accelerator):
             timer.daemon = True
             timer.start()
         self._running = True
-        self._vcpu_thread = threading.get_ident()
         try:
             return self._loop(exits, expired, limits)
         finally:
@@ -334,7 +323,6 @@ class UnicornAccelerator(Accelerator):
         self._service()
         while True:
             self._rom_write = None
-            self._kicked = False
             error = None
             try:
                 self._emulate(pc)
@@ -344,7 +332,6 @@ class UnicornAccelerator(Accelerator):
                 return StopReason(kind="exit", message=exc.reason, status=exc.status, exits=exits[0] + 1)
             except uc_mod.UcError as exc:
                 error = exc
-            self._stop_wanted[0] = False  # whatever stopped emulation, the loop serves the request now
             pc = self._ip()
             if self._flush_tb:
                 self._flush_tb = False
@@ -372,9 +359,8 @@ class UnicornAccelerator(Accelerator):
                 return self._fault(error, exits[0])
             if expired.is_set():
                 return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time", exits[0])
-            # Not our kick (timer, interrupt, input): the guest executed hlt. A kick racing
-            # with a hlt is taken as the kick; the guest's hlt loop then halts again.
-            halted = not self._kicked and self._after_hlt()
+            # A chunk ended, or the guest executed hlt (unicorn stops after it).
+            halted = self._after_hlt()
             if self._service():
                 halted = False  # an interrupt ended the HLT; the handler runs next
             if halted:
@@ -393,7 +379,7 @@ class UnicornAccelerator(Accelerator):
         """
         self._abandoned.start(replay)
         try:
-            self.uc.emu_start(pc, _NO_END, count=count)
+            self.uc.emu_start(pc, _NO_END, count=count or _CHUNK)
         except BaseException:
             if self._pending is None:
                 raise
@@ -440,28 +426,16 @@ class UnicornAccelerator(Accelerator):
             uc.emu_stop()
 
     def _kick(self) -> None:
-        """Stop emulation soon (any thread, or a hook): timers, input or INTR need the loop.
+        """Make the loop look at timers, input and INTR soon (any thread, or a hook).
 
-        An emu_stop from another thread lands anywhere in a translation block, and unicorn
-        mishandles one pending when the block reaches an OUT: it stops there with EIP set
-        back to the block's start but the registers the block already changed kept (seen:
-        SeaBIOS's i8042 self-test taking its error path). So another thread only asks
-        (``_stop_wanted``); the next port or MMIO access stops emulation from its hook, on
-        the vCPU thread, where stopping is safe. A guest that makes no access for
-        ``_ASYNC_STOP_NS`` (a busy loop on memory) is stopped from here after all (the
-        waker repeats the kick until the loop answers).
+        It never calls emu_stop: unicorn mishandles a stop that lands mid-block (it
+        abandons an MMIO access or string IN already made and runs it again, and once
+        resumed at a block's start with registers the block had changed: SeaBIOS went
+        astray that way). Emulation runs in chunks of ``_CHUNK`` instructions instead,
+        which unicorn ends cleanly at an instruction boundary; the loop serves what
+        was asked for between chunks.
         """
-        self._kicked = True
         self._woken.set()
-        if threading.get_ident() == self._vcpu_thread:
-            self._request_stop()  # from a hook or the loop itself
-            return
-        wanted = self._stop_wanted
-        if not wanted[0]:
-            wanted[0] = True
-            self._wanted_since = time.monotonic_ns()
-        elif time.monotonic_ns() - self._wanted_since > _ASYNC_STOP_NS:
-            self._request_stop()
 
     def _at_string_in(self) -> bool:
         """The IN being served belongs to an `ins` (EIP is exact in IN hooks): unicorn abandons those on a stop."""
@@ -543,8 +517,6 @@ class UnicornAccelerator(Accelerator):
         # the bus of the run in progress; its route tables as for ports (see run()).
 
         ab = self._abandoned
-        wanted = self._stop_wanted
-        request_stop = self._request_stop
         run_state = self._run_state
 
         def read(_uc: Any, offset: int, size: int, _ud: Any) -> int:
@@ -564,8 +536,6 @@ class UnicornAccelerator(Accelerator):
             except BaseException as exc:
                 self._contain(bus, Direction.READ, address, size, None, exc)
                 return (1 << (8 * size)) - 1
-            if wanted[0]:
-                request_stop()
             if ab.stop:
                 ab.kept = ("r", address, size, value)
             # An MMIO access is an exit on KVM: count it the same here (inline: this is hot).
@@ -592,8 +562,6 @@ class UnicornAccelerator(Accelerator):
             except BaseException as exc:
                 self._contain(bus, Direction.WRITE, address, size, value, exc)
                 return
-            if wanted[0]:
-                request_stop()
             if ab.stop:
                 ab.kept = ("w", address, size, value)
             n = box[0] = box[0] + 1
@@ -729,8 +697,19 @@ class UnicornAccelerator(Accelerator):
         return 0
 
     def _after_hlt(self) -> bool:
-        """True when the instruction just executed was ``hlt`` (unicorn stops after it)."""
-        return self._previous_byte() == 0xF4
+        """True when emulation stopped because the guest executed ``hlt``, not at a chunk's end.
+
+        Both leave EIP after the last instruction. unicorn ends a chunk through its own stop
+        request, which a hlt does not raise: the flag is read from the engine (see
+        _stop_request_offset); where it cannot be found, a preceding F4 byte decides.
+        """
+        if self._previous_byte() != 0xF4:
+            return False
+        offset = _stop_request_offset()
+        if offset is None:
+            return True
+        address = ctypes.cast(self.uc._uch, ctypes.c_void_p).value
+        return ctypes.c_uint8.from_address(address + offset).value == 0
 
     def _previous_byte(self) -> int | None:
         """The byte just before CS:IP (the last byte of the previous instruction, if it ran)."""
@@ -827,6 +806,40 @@ class _AbandonedAccess:
 
     def was_abandoned(self) -> bool:
         return self.kept is not None and self.stop and not self.replaying
+
+
+_STOP_OFFSET: list[int | None] = []
+
+
+def _stop_request_offset() -> int | None:
+    """Where unicorn keeps its stop-request flag in the engine, found once by experiment.
+
+    unicorn has no API to say why emu_start returned. Its instruction count ends a run by
+    setting a stop request, a hlt does not: on a scratch engine, runs ended both ways
+    (twice each) must leave exactly one byte of the engine 1 after a count and 0 after a
+    hlt. None if no single byte behaves so (another unicorn build): callers fall back.
+    """
+    if _STOP_OFFSET:
+        return _STOP_OFFSET[0]
+    found: int | None = None
+    try:
+        uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, uc_mod.UC_MODE_32)
+        uc.mem_map(0, 0x1000)
+        uc.mem_write(0x100, bytes([0x90, 0x90, 0xF4, 0x90, 0x90, 0xF4]))
+        address = ctypes.cast(uc._uch, ctypes.c_void_p).value
+        size = 0x4000
+        snapshots = []
+        for begin, count in ((0x100, 1), (0x101, 10), (0x103, 1), (0x104, 10)):
+            uc.emu_start(begin, _NO_END, count=count)
+            snapshots.append(ctypes.string_at(address, size))
+        after_count, after_hlt = snapshots[0::2], snapshots[1::2]
+        candidates = [i for i in range(size) if all(s[i] == 1 for s in after_count) and all(s[i] == 0 for s in after_hlt)]
+        if len(candidates) == 1:
+            found = candidates[0]
+    except Exception:  # an engine that does not allow this: fall back
+        found = None
+    _STOP_OFFSET.append(found)
+    return found
 
 
 def _narrow(name: str) -> str:

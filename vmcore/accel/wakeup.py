@@ -1,9 +1,10 @@
 """Waking a running vCPU: at a machine-time deadline, or at once from any thread.
 
 The accelerator gives the :class:`Waker` an ``action`` that makes its run loop
-return to Python soon (unicorn: ``emu_stop``; KVM: ``immediate_exit`` plus a
-signal to the vCPU thread). One helper thread sleeps until the earliest armed
-deadline, so device timers cost nothing on the exit path.
+return to Python soon (KVM: ``immediate_exit`` plus a signal to the vCPU thread;
+unicorn, whose loop serves timers between instruction slices anyway: wake a halted
+loop). One helper thread sleeps until the earliest armed deadline, so device timers
+cost nothing on the exit path.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Callable
 
 
 #: A wake-up the vCPU has not answered (its loop calls rearm) is repeated this often (ns):
-#: unicorn drops an emu_stop that lands just before emu_start begins.
+#: a signal can land just before KVM_RUN begins, and a halted unicorn loop may have just looked.
 RETRY_NS = 1_000_000
 
 
