@@ -3,7 +3,9 @@
 For each accelerator, in the same process and interleaved: the wall time of whole
 `vmcore run` processes (median of N), and one in-process run with a tracer that
 stamps the boot's milestones (first PCI access, PAM opened, ATA IDENTIFY, PAM made
-read-only, the boot sector's read, debug-exit) and counts the exits. Where QEMU is
+read-only, the boot sector's read, debug-exit) and counts the exits, and one under
+cProfile that splits the time between the accelerator's engine, a halted guest's
+waiting, the device models and vmcore's core (see time_split). Where QEMU is
 installed, the same firmware and disk image booted by `qemu-system-x86_64 -M pc`
 on the same accelerator is the reference (ratio = vmcore / QEMU).
 
@@ -90,7 +92,7 @@ def milestones(accel: str) -> tuple[dict[str, float], dict[str, int], str]:
                 mark("debug-exit")
 
     # The guest's console output would go to this process's stdout/stderr: send it nowhere.
-    profile = Profile.load(PROFILE, ("devices.com1.backend=null", "devices.debuglog.output=memory"))
+    profile = Profile.load(PROFILE, ("devices.com1.backend=memory", "devices.debuglog.output=memory"))
     machine = Machine.build(profile)
     with machine:
         mark("machine built")
@@ -100,17 +102,42 @@ def milestones(accel: str) -> tuple[dict[str, float], dict[str, int], str]:
     return marks, counts, f"{stop.kind} status {stop.status} after {stop.exits} exits"
 
 
-def traced_child(accel: str) -> str:
-    """milestones() in a child process killed after 60 s; its report as one line."""
-    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); from boot import milestones; "
-            f"m, c, s = milestones({accel!r}); print(s, c, sorted(m.items(), key=lambda kv: kv[1]))")
-    try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                              stdin=subprocess.DEVNULL, cwd=ROOT, errors="replace")
-    except subprocess.TimeoutExpired:
-        return "one traced run: hung past its 20 s limit, killed after 60 s"
-    last = done.stdout.strip().splitlines()[-1:] or ["(no report)"]
-    return "one traced run: " + last[0]
+def time_split(accel: str) -> tuple[float, dict[str, float], str]:
+    """One in-process boot under cProfile: its seconds, and own (not cumulative) time by where it was spent.
+
+    The buckets: the accelerator's engine (the KVM_RUN ioctl: guest code and the exits'
+    round trips through the kernel; unicorn's emu_start: guest code translated and run),
+    waiting (a halted guest sleeping until its next interrupt), vmcore's device models
+    (devices/), vmcore's core (buses, accelerator loop, clock), and the rest. The
+    profiler slows every Python call, so the Python buckets are overstated.
+    """
+    import cProfile
+    import pstats
+
+    profile = Profile.load(PROFILE, ("devices.com1.backend=memory", "devices.debuglog.output=memory"))
+    profiler = cProfile.Profile()
+    with Machine.build(profile) as machine:
+        start = time.monotonic()
+        profiler.enable()
+        stop = machine.run(accel, RunLimits(timeout=60))
+        profiler.disable()
+        elapsed = time.monotonic() - start
+    buckets = dict.fromkeys(("engine", "waiting", "devices", "vmcore core", "other"), 0.0)
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    for (filename, _line, name), (_cc, _nc, tottime, _ct, _callers) in stats.items():
+        if (name == "<built-in method fcntl.ioctl>" or "/unicorn/" in filename
+                or (filename.endswith("kvm/system.py") and name == "run")):  # KVM_RUN, called through a partial
+            bucket = "engine"
+        elif "_thread.lock" in name or "select" in name or "sleep" in name:
+            bucket = "waiting"
+        elif filename.startswith(str(ROOT / "devices")):
+            bucket = "devices"
+        elif filename.startswith(str(ROOT / "vmcore")):
+            bucket = "vmcore core"
+        else:
+            bucket = "other"
+        buckets[bucket] += tottime
+    return elapsed, buckets, f"{stop.kind} status {stop.status}"
 
 
 def main() -> int:
@@ -150,14 +177,13 @@ def main() -> int:
         failed = [status for _t, status in runs if status != 85]
         if failed:
             lines.append(f"  failed runs ended with process status {failed}")
-        if accel == "tcg":
-            # In-process, a run that hangs past its time limit (see the closing note of issue 7)
-            # would hang the benchmark: trace the software CPU from a child with a hard limit.
-            lines.append("  " + traced_child(accel))
-            continue
         marks, counts, stop = milestones(accel)
         lines.append(f"  one traced run ({stop}); accesses {counts}; seconds from start:")
         lines.extend(f"    {name:28} {seconds:7.3f}" for name, seconds in sorted(marks.items(), key=lambda kv: kv[1]))
+        elapsed, buckets, stop = time_split(accel)
+        total = sum(buckets.values()) or 1.0
+        lines.append(f"  one profiled run ({stop}, {elapsed:.3f} s under cProfile); own time by where it went:")
+        lines.extend(f"    {name:28} {seconds:7.3f} s  {100 * seconds / total:4.0f}%" for name, seconds in buckets.items())
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text, end="")

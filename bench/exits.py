@@ -65,6 +65,13 @@ ACCESSES = {
 TARGETS = {"kvm": 1.6, "coalesced": 0.6, "tcg": 1.5, "startup": 0.25}
 
 
+def compute_guest(iterations: int) -> bytes:
+    """A loop with no accesses at all (2 instructions per iteration), then hlt."""
+    return (bytes([0x66, 0xB9]) + iterations.to_bytes(4, "little")  # mov $iterations, %ecx
+            + bytes([0x66, 0x49, 0x75, 0xFC])              # dec %ecx; jnz back
+            + bytes([0xF4, 0xEB, 0xFD]))                   # hlt; jmp to the hlt
+
+
 def guest(kind: str, count: int) -> bytes:
     """``count`` accesses of ``kind``, then hlt."""
     access = ACCESSES[kind]
@@ -250,6 +257,18 @@ def bare_unicorn_run(image: bytes) -> tuple[int, float]:
     return count[0], time.perf_counter() - start
 
 
+def bare_unicorn_compute(image: bytes, instructions: int) -> tuple[int, float]:
+    """The compute guest in one emu_start, as fast as unicorn goes (nothing can interrupt it)."""
+    import unicorn
+
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_16)
+    uc.mem_map(0, RAM)
+    uc.mem_write(0, image)
+    start = time.perf_counter()
+    uc.emu_start(0, (1 << 64) - 1)
+    return instructions, time.perf_counter() - start
+
+
 def startup_run(command: list[str]) -> tuple[float, float]:
     """Seconds until the command printed "Hello" (or exited, for one that prints nothing) and until it exited."""
     start = time.perf_counter()
@@ -388,6 +407,20 @@ def main() -> int:
             lines.append(f"tcg {kind:11} vmcore {got['vmcore tcg'] * 1e6:7.3f}  "
                          f"bare-unicorn {got['bare unicorn hooks'] * 1e6:7.3f}  vmcore/bare {ratio:5.2f}x "
                          f"{verdict(ratio, TARGETS['tcg'])}")
+        # Guest code with no exits: what running in instruction slices (unicorn's counted
+        # emu_start, so timers and interrupts are served without an emu_stop) costs.
+        iterations = 10_000_000
+        code = compute_guest(iterations)
+        compute = Path(folder) / "compute.bin"
+        compute.write_bytes(code)
+        print("tcg compute:")
+        got = interleaved({
+            "vmcore tcg": lambda: vmcore_run(compute, "port-write", "tcg", registry, 2 * iterations),
+            "bare unicorn": lambda: bare_unicorn_compute(code, 2 * iterations),
+        }, args.repeat)
+        lines.append(f"tcg compute      vmcore {1e-6 / got['vmcore tcg']:6.0f} M instr/s  "
+                     f"bare-unicorn {1e-6 / got['bare unicorn']:6.0f} M instr/s  "
+                     f"vmcore/bare time {got['vmcore tcg'] / got['bare unicorn']:5.2f}x (no target: the price of slices)")
 
     print("start-up:")
     script = Path(sys.executable).with_name("vmcore")

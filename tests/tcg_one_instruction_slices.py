@@ -6,4 +6,4 @@ last byte is 0xF4 (hlt's opcode), which the run loop must not take for a hlt.
 
 from vmcore.accel import unicorn
 
-unicorn._CHUNK = 1
+unicorn._SLICE = 1

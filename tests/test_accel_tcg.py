@@ -333,7 +333,7 @@ def test_debug_exit_ends_the_run_before_the_next_instruction_reaches_a_device(tm
 
 
 # --- instruction slices ------------------------------------------------------------------
-# unicorn runs the guest in slices of _CHUNK instructions (never emu_stop from another
+# unicorn runs the guest in slices of _SLICE instructions (never emu_stop from another
 # thread: a stop landing mid-block corrupts it). A slice's end and a hlt both leave EIP
 # after the last instruction; the loop tells them apart by unicorn's stop-request flag.
 

@@ -49,8 +49,8 @@ _EFER_LMA = 1 << 10
 _MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
 _CR0_RESET = 0x60000010  # CD | NW | ET: CR0 after RESET, protection off
 #: Instructions per emu_start: how often the loop gets to serve timers and interrupts while the
-#: guest runs without stopping (tens of microseconds on unicorn).
-_CHUNK = 20_000
+#: guest runs without exits (a few hundred microseconds of guest code on unicorn).
+_SLICE = 20_000
 _ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
 _NO_END = (1 << 64) - 1  # emu_start's "until": an address never reached
 # With an interrupt pending and IF clear, look again after this long, doubling up to the
@@ -359,7 +359,7 @@ class UnicornAccelerator(Accelerator):
                 return self._fault(error, exits[0])
             if expired.is_set():
                 return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time", exits[0])
-            # A chunk ended, or the guest executed hlt (unicorn stops after it).
+            # A slice ended, or the guest executed hlt (unicorn stops after it).
             halted = self._after_hlt()
             if self._service():
                 halted = False  # an interrupt ended the HLT; the handler runs next
@@ -379,7 +379,7 @@ class UnicornAccelerator(Accelerator):
         """
         self._abandoned.start(replay)
         try:
-            self.uc.emu_start(pc, _NO_END, count=count or _CHUNK)
+            self.uc.emu_start(pc, _NO_END, count=count or _SLICE)
         except BaseException:
             if self._pending is None:
                 raise
@@ -431,9 +431,9 @@ class UnicornAccelerator(Accelerator):
         It never calls emu_stop: unicorn mishandles a stop that lands mid-block (it
         abandons an MMIO access or string IN already made and runs it again, and once
         resumed at a block's start with registers the block had changed: SeaBIOS went
-        astray that way). Emulation runs in chunks of ``_CHUNK`` instructions instead,
+        astray that way). Emulation runs in slices of ``_SLICE`` instructions instead,
         which unicorn ends cleanly at an instruction boundary; the loop serves what
-        was asked for between chunks.
+        was asked for between slices.
         """
         self._woken.set()
 
@@ -697,9 +697,9 @@ class UnicornAccelerator(Accelerator):
         return 0
 
     def _after_hlt(self) -> bool:
-        """True when emulation stopped because the guest executed ``hlt``, not at a chunk's end.
+        """True when emulation stopped because the guest executed ``hlt``, not at a slice's end.
 
-        Both leave EIP after the last instruction. unicorn ends a chunk through its own stop
+        Both leave EIP after the last instruction. unicorn ends a slice through its own stop
         request, which a hlt does not raise: the flag is read from the engine (see
         _stop_request_offset); where it cannot be found, a preceding F4 byte decides.
         """
