@@ -63,3 +63,31 @@ def test_guest_sees_each_pam_setting_at_once(machine: Path, accel: str) -> None:
         ROM_BYTE,         # 0: the ROM again
         ROM_CALL_RESULT,  # and the ROM's code at the address the DRAM code ran from
     ]
+
+
+# cli; PAM0 := 0x30 through 0xCF8/0xCFD; hlt. The remap stops unicorn right after the OUT
+# to drop stale translated code; the hlt that follows must still be seen as a hlt (with IF
+# clear, the end of the run), not skipped as if the stop had landed after some other
+# instruction. Past it, a debug-exit with status 0x43 would show the guest ran on.
+REMAP_THEN_HLT = bytes([
+    0xFA,                                # cli
+    0x66, 0xB8, 0x58, 0x00, 0x00, 0x80,  # mov eax, 0x80000058
+    0xBA, 0xF8, 0x0C,                    # mov dx, 0xCF8
+    0x66, 0xEF,                          # out dx, eax
+    0xBA, 0xFD, 0x0C,                    # mov dx, 0xCFD
+    0xB0, 0x30,                          # mov al, 0x30
+    0xEE,                                # out dx, al      the remap
+    0xF4,                                # hlt
+    0xBA, 0x01, 0x05,                    # mov dx, 0x501
+    0xB0, 0x21,                          # mov al, 0x21
+    0xEE,                                # out dx, al      ran past the hlt
+])
+
+
+def test_a_hlt_right_after_a_remap_halts(machine: Path, accel: str) -> None:
+    (machine.parent / "pam_remap.bin").write_bytes(REMAP_THEN_HLT)
+    result = subprocess.run([sys.executable, "-m", "vmcore", "-v", "run", str(machine), "--accel", accel],
+                            capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    stderr = result.stderr.decode(errors="replace")
+    assert result.returncode == 0, stderr[-2000:]
+    assert "halted: the guest executed hlt" in stderr

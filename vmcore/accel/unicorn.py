@@ -320,7 +320,8 @@ class UnicornAccelerator(Accelerator):
 
     def _loop(self, exits: list[int], expired: threading.Event, limits: RunLimits) -> StopReason:
         pc = self._pc
-        self._service()
+        if self._service():
+            pc = self._ip()  # an interrupt was pending at the start: its handler runs first
         while True:
             self._rom_write = None
             error = None
@@ -332,7 +333,6 @@ class UnicornAccelerator(Accelerator):
                 return StopReason(kind="exit", message=exc.reason, status=exc.status, exits=exits[0] + 1)
             except uc_mod.UcError as exc:
                 error = exc
-            pc = self._ip()
             if self._flush_tb:
                 self._flush_tb = False
                 self.uc.ctl_flush_tb()
@@ -343,15 +343,14 @@ class UnicornAccelerator(Accelerator):
                 self.uc.ctl_flush_tb()
                 kept = self._abandoned.kept
                 try:
-                    self._emulate(pc, count=1, replay=kept)
+                    self._emulate(self._ip(), count=1, replay=kept)
                 except uc_mod.UcError as exc:
                     error = exc
-                pc = self._ip()
             if self._reason is not None:
                 reason, self._reason = self._reason, None
                 return attr_exits(reason, exits[0])
             if error is not None and self._rom_write is not None:
-                pc = self._replay_rom_write(pc)
+                pc = self._replay_rom_write(self._ip())
                 if expired.is_set():  # a guest that keeps writing to ROM must not outlive its limit
                     return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time", exits[0])
                 continue
@@ -703,13 +702,12 @@ class UnicornAccelerator(Accelerator):
         request, which a hlt does not raise: the flag is read from the engine (see
         _stop_request_offset); where it cannot be found, a preceding F4 byte decides.
         """
-        if self._previous_byte() != 0xF4:
-            return False
         offset = _stop_request_offset()
-        if offset is None:
-            return True
-        address = ctypes.cast(self.uc._uch, ctypes.c_void_p).value
-        return ctypes.c_uint8.from_address(address + offset).value == 0
+        if offset is not None:
+            address = ctypes.cast(self.uc._uch, ctypes.c_void_p).value
+            if ctypes.c_uint8.from_address(address + offset).value != 0:
+                return False  # the common case, read without touching a register
+        return self._previous_byte() == 0xF4
 
     def _previous_byte(self) -> int | None:
         """The byte just before CS:IP (the last byte of the previous instruction, if it ran)."""

@@ -44,6 +44,8 @@ class Waker:
     def rearm(self, deadline: int | None) -> None:
         """Set the deadline unconditionally (after the due timers ran)."""
         with self._cond:
+            if deadline == self._deadline:
+                return  # the loop calls this often (unicorn: every slice); waking the thread for nothing costs
             self._deadline = deadline
             self._cond.notify()
 
