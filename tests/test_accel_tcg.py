@@ -206,7 +206,25 @@ EXIT_THEN_OUT = TinyGuest("exit_then_out", code=bytes([
 ]))
 
 #: Guests whose transactions and stop must be the same on KVM (tests/test_diff.py).
-DIFFERENTIAL = (ROM_STOSB, ROM_REP_STOSB, UNCLAIMED_READ, INT_21, DIVIDE_ERROR, EXIT_THEN_OUT)
+# CPUID leaf 1's local-APIC bits (APIC, x2APIC, TSC-deadline), one console byte each.
+# No APIC is modelled: both accelerators must clear them, or firmware drives a page
+# nobody answers (SeaBIOS's SMP set-up did, on unicorn).
+CPUID_APIC = TinyGuest("cpuid_apic", code=bytes([
+    0x66, 0xB8, 0x01, 0x00, 0x00, 0x00,  # mov eax, 1
+    0x0F, 0xA2,                          # cpuid
+    0x66, 0x89, 0xD0,                    # mov eax, edx
+    0x66, 0xC1, 0xE8, 0x09,              # shr eax, 9        EDX bit 9: APIC
+    0x24, 0x01, 0xE6, 0xF1,              # and al, 1; out 0xF1, al
+    0x66, 0x89, 0xC8,                    # mov eax, ecx
+    0x66, 0xC1, 0xE8, 0x15,              # shr eax, 21       ECX bit 21: x2APIC
+    0x24, 0x01, 0xE6, 0xF1,              # and al, 1; out 0xF1, al
+    0x66, 0x89, 0xC8,                    # mov eax, ecx
+    0x66, 0xC1, 0xE8, 0x18,              # shr eax, 24       ECX bit 24: TSC-deadline
+    0x24, 0x01, 0xE6, 0xF1,              # and al, 1; out 0xF1, al
+    0xF4,                                # hlt
+]))
+
+DIFFERENTIAL = (ROM_STOSB, ROM_REP_STOSB, UNCLAIMED_READ, INT_21, DIVIDE_ERROR, EXIT_THEN_OUT, CPUID_APIC)
 
 # --- a device that raises in read ---------------------------------------------------------
 
@@ -353,6 +371,15 @@ def test_unicorn_exposes_the_stop_request_flag_the_loop_reads() -> None:
     from vmcore.accel.unicorn import _stop_request_offset
 
     assert _stop_request_offset() is not None
+
+
+# --- CPUID ---------------------------------------------------------------------------------
+
+
+def test_cpuid_shows_no_local_apic(tmp_path: Path) -> None:
+    result = run_tcg(CPUID_APIC, tmp_path)
+    assert (result["kind"], result["status"]) == ("halted", 0)
+    assert console(result) == b"\0\0\0"
 
 
 # --- a device that raises -------------------------------------------------------------------

@@ -27,6 +27,18 @@ EFER_LME = 1 << 8
 EFER_LMA = 1 << 10
 RFLAGS_RESERVED = 1 << 1  # bit 1 always reads as 1
 
+# CPUID leaf 1 bits that advertise a local APIC. Without an APIC model behind them (the
+# PIC in userspace), both accelerators clear them: the APIC page would be MMIO nobody
+# answers, and firmware that sees the bit (SeaBIOS's SMP and MP-table set-up) drives it.
+CPUID1_EDX_APIC = 1 << 9
+CPUID1_ECX_X2APIC = 1 << 21
+CPUID1_ECX_TSC_DEADLINE = 1 << 24  # the APIC timer's TSC-deadline mode
+
+
+def cpuid1_without_apic(ecx: int, edx: int) -> tuple[int, int]:
+    """CPUID leaf 1's ECX and EDX with the local APIC's feature bits cleared."""
+    return ecx & ~(CPUID1_ECX_X2APIC | CPUID1_ECX_TSC_DEADLINE), edx & ~CPUID1_EDX_APIC
+
 PAGE = 4096
 #: Page-table entry bits: present, writable, page size (2 MiB in a PD entry).
 PTE_P, PTE_W, PTE_PS = 1 << 0, 1 << 1, 1 << 7

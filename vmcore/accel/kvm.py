@@ -34,7 +34,7 @@ from typing import Any, Callable
 from ..bus import Bus, Direction, Space
 from ..clock import Clock
 from ..irq import InterruptController
-from ..cpu import CpuState, Segment, translate
+from ..cpu import CpuState, Segment, cpuid1_without_apic, translate
 from ..device import GuestExit
 from ..faults import DeviceFault
 from ..kvm import Kvm, KvmError, KvmUnavailable, Vcpu, Vm
@@ -184,6 +184,10 @@ class KvmAccelerator(Accelerator):
             sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = state.cr0, state.cr3, state.cr4, state.efer
             # A usable TR is required in protected mode: a busy 32/64-bit TSS.
             sregs.tr.type, sregs.tr.present, sregs.tr.s, sregs.tr.limit = 0xB, 1, 0, 0x67
+        if not self.kernel_irqchip:
+            # KVM recomputes CPUID's APIC bit from IA32_APIC_BASE's enable bit whenever it is
+            # set (KVM_SET_SREGS included): the reset value (enabled) would undo _hide_apic.
+            sregs.apic_base = 0
         self.vcpu.set_sregs(sregs)
         regs = s.kvm_regs()
         for name, value in state.registers.items():
@@ -770,18 +774,12 @@ class _DoorbellWatcher:
         os.close(self._stop_fd)
 
 
-_CPUID_APIC_EDX = 1 << 9  # leaf 1 EDX: on-chip APIC
-_CPUID_X2APIC_ECX = 1 << 21  # leaf 1 ECX: x2APIC
-_CPUID_TSC_DEADLINE_ECX = 1 << 24  # leaf 1 ECX: APIC timer TSC-deadline mode
-
-
 def _hide_apic(cpuid: Any) -> None:
     """Clear the APIC feature bits of CPUID leaf 1 in a KVM_GET_SUPPORTED_CPUID result."""
     for i in range(cpuid.nent):
         entry = cpuid.entries[i]
         if entry.function == 1:
-            entry.edx &= ~_CPUID_APIC_EDX
-            entry.ecx &= ~(_CPUID_X2APIC_ECX | _CPUID_TSC_DEADLINE_ECX)
+            entry.ecx, entry.edx = cpuid1_without_apic(entry.ecx, entry.edx)
 
 
 def _ignore_signal(_signum: int, _frame: Any) -> None:

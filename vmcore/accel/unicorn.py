@@ -20,7 +20,7 @@ import attrs
 from ..bus import Bus, Direction
 from ..clock import Clock
 from ..irq import InterruptController
-from ..cpu import CpuState, translate
+from ..cpu import CpuState, cpuid1_without_apic, translate
 from ..device import GuestExit
 from ..faults import DeviceFault
 from ..memory import GuestMemory, MemorySlot
@@ -99,12 +99,17 @@ class UnicornAccelerator(Accelerator):
         self._abandoned = _AbandonedAccess()
         self._if_poll_ns = _IF_POLL_NS
         self._running = False
+        self._cpuid1: tuple[int, int, int, int] | None = None  # leaf 1 as the guest sees it (see on_cpuid)
+        self._cpuid_registers: tuple[int, ...] = ()
 
     # --- set-up ---------------------------------------------------------------------
 
     def setup(self, memory: GuestMemory, state: CpuState) -> None:
         self.memory = memory
         self.uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, getattr(uc_mod, _MODES[state.mode]))
+        self._cpuid1 = _cpuid_leaf1_without_apic(getattr(uc_mod, _MODES[state.mode]))
+        self._cpuid_registers = _registers(_CPUID_REGISTERS_64 if _MODES[state.mode] == "UC_MODE_64"
+                                           else _CPUID_REGISTERS)
         self._map_changed([], list(memory))
         # Devices (a chipset's shadow-RAM decoding) may remap memory while the guest runs.
         memory.add_listener(self._map_changed)
@@ -289,7 +294,17 @@ class UnicornAccelerator(Accelerator):
         hooks.append(uc.hook_add(uc_mod.UC_HOOK_MEM_UNMAPPED, on_unmapped))
         hooks.append(uc.hook_add(uc_mod.UC_HOOK_MEM_WRITE_PROT, on_write_prot))
         hooks.append(uc.hook_add(uc_mod.UC_HOOK_INTR, on_intr))
+        def on_cpuid(_uc: Any, _ud: Any) -> int:
+            # No local APIC is modelled: leaf 1 hides it, as KVM's CPUID does with the PIC in
+            # userspace (see vmcore.cpu). Every other leaf is unicorn's own (0: run it).
+            if self._cpuid1 is None or uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF != 1:
+                return 0
+            for register, value in zip(self._cpuid_registers, self._cpuid1):
+                uc.reg_write(register, value)
+            return 1  # done: unicorn skips its own
+
         hooks.append(uc.hook_add(uc_mod.UC_HOOK_INSN_INVALID, on_invalid))
+        hooks.append(uc.hook_add(uc_mod.UC_HOOK_INSN, on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID))
         self._premap_mmio(mmio)
 
         expired = threading.Event()
@@ -804,6 +819,33 @@ class _AbandonedAccess:
 
     def was_abandoned(self) -> bool:
         return self.kept is not None and self.stop and not self.replaying
+
+
+_CPUID_REGISTERS = ("EAX", "EBX", "ECX", "EDX")
+_CPUID_REGISTERS_64 = ("RAX", "RBX", "RCX", "RDX")  # CPUID zero-extends into these in long mode
+
+
+def _registers(names: tuple[str, ...]) -> tuple[int, ...]:
+    return tuple(getattr(X, f"UC_X86_REG_{name}") for name in names)
+
+
+def _cpuid_leaf1_without_apic(mode: int) -> tuple[int, int, int, int] | None:
+    """unicorn's CPUID leaf 1 for an engine of ``mode`` (asked of a scratch engine), APIC bits cleared.
+
+    None if the scratch engine cannot answer: the guest then sees unicorn's own leaf.
+    """
+    try:
+        uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, mode)
+        uc.mem_map(0, 0x1000)
+        uc.mem_write(0x100, bytes([0x0F, 0xA2, 0xF4]))  # cpuid; hlt
+        uc.reg_write(X.UC_X86_REG_EAX, 1)
+        uc.reg_write(X.UC_X86_REG_ECX, 0)
+        uc.emu_start(0x100, _NO_END, count=2)
+        eax, ebx, ecx, edx = (uc.reg_read(r) & 0xFFFFFFFF for r in _registers(_CPUID_REGISTERS))
+    except Exception:  # noqa: BLE001 - a best effort; the run must not fail for it
+        return None
+    ecx, edx = cpuid1_without_apic(ecx, edx)
+    return eax, ebx, ecx, edx
 
 
 _STOP_OFFSET: list[int | None] = []
