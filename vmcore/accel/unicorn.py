@@ -101,12 +101,16 @@ class UnicornAccelerator(Accelerator):
         self._running = False
         self._cpuid1: tuple[int, int, int, int] | None = None  # leaf 1 as the guest sees it (see on_cpuid)
         self._cpuid_registers: tuple[int, ...] = ()
+        self._stop_flag: ctypes.c_uint8 | None = None  # unicorn's stop-request byte (see _after_hlt)
 
     # --- set-up ---------------------------------------------------------------------
 
     def setup(self, memory: GuestMemory, state: CpuState) -> None:
         self.memory = memory
         self.uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, getattr(uc_mod, _MODES[state.mode]))
+        offset = _stop_request_offset()
+        self._stop_flag = (None if offset is None else
+                           ctypes.c_uint8.from_address(ctypes.cast(self.uc._uch, ctypes.c_void_p).value + offset))
         self._cpuid1 = _cpuid_leaf1_without_apic(getattr(uc_mod, _MODES[state.mode]))
         self._cpuid_registers = _registers(_CPUID_REGISTERS_64 if _MODES[state.mode] == "UC_MODE_64"
                                            else _CPUID_REGISTERS)
@@ -717,11 +721,8 @@ class UnicornAccelerator(Accelerator):
         request, which a hlt does not raise: the flag is read from the engine (see
         _stop_request_offset); where it cannot be found, a preceding F4 byte decides.
         """
-        offset = _stop_request_offset()
-        if offset is not None:
-            address = ctypes.cast(self.uc._uch, ctypes.c_void_p).value
-            if ctypes.c_uint8.from_address(address + offset).value != 0:
-                return False  # the common case, read without touching a register
+        if self._stop_flag is not None and self._stop_flag.value != 0:
+            return False  # the common case, read without touching a register
         return self._previous_byte() == 0xF4
 
     def _previous_byte(self) -> int | None:
@@ -786,6 +787,7 @@ class UnicornAccelerator(Accelerator):
     def close(self) -> None:
         if self.memory is not None:
             self.memory.remove_listener(self._map_changed)
+        self._stop_flag = None  # points into the engine, freed with it
         if self.uc is not None:
             self.uc = None
 
@@ -851,6 +853,16 @@ def _cpuid_leaf1_without_apic(mode: int) -> tuple[int, int, int, int] | None:
 _STOP_OFFSET: list[int | None] = []
 
 
+def _allocation_size(address: int) -> int:
+    """How many bytes of the engine's allocation may be read: glibc knows; else one page, to be safe."""
+    try:
+        usable = ctypes.CDLL(None).malloc_usable_size
+        usable.restype, usable.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+        return int(usable(address)) or 0x1000
+    except (AttributeError, OSError):  # not glibc
+        return 0x1000
+
+
 def _stop_request_offset() -> int | None:
     """Where unicorn keeps its stop-request flag in the engine, found once by experiment.
 
@@ -867,7 +879,7 @@ def _stop_request_offset() -> int | None:
         uc.mem_map(0, 0x1000)
         uc.mem_write(0x100, bytes([0x90, 0x90, 0xF4, 0x90, 0x90, 0xF4]))
         address = ctypes.cast(uc._uch, ctypes.c_void_p).value
-        size = 0x4000
+        size = _allocation_size(address)
         snapshots = []
         for begin, count in ((0x100, 1), (0x101, 10), (0x103, 1), (0x104, 10)):
             uc.emu_start(begin, _NO_END, count=count)
