@@ -208,7 +208,7 @@ EXIT_THEN_OUT = TinyGuest("exit_then_out", code=bytes([
 #: Guests whose transactions and stop must be the same on KVM (tests/test_diff.py).
 # CPUID leaf 1's local-APIC bits (APIC, x2APIC, TSC-deadline), one console byte each.
 # No APIC is modelled: both accelerators must clear them, or firmware drives a page
-# nobody answers (SeaBIOS's SMP set-up did, on unicorn).
+# nobody answers (SeaBIOS's SMP set-up did, on both).
 CPUID_APIC = TinyGuest("cpuid_apic", code=bytes([
     0x66, 0xB8, 0x01, 0x00, 0x00, 0x00,  # mov eax, 1
     0x0F, 0xA2,                          # cpuid

@@ -39,6 +39,7 @@ def cpuid1_without_apic(ecx: int, edx: int) -> tuple[int, int]:
     """CPUID leaf 1's ECX and EDX with the local APIC's feature bits cleared."""
     return ecx & ~(CPUID1_ECX_X2APIC | CPUID1_ECX_TSC_DEADLINE), edx & ~CPUID1_EDX_APIC
 
+
 PAGE = 4096
 #: Page-table entry bits: present, writable, page size (2 MiB in a PD entry).
 PTE_P, PTE_W, PTE_PS = 1 << 0, 1 << 1, 1 << 7

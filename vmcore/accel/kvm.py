@@ -124,9 +124,7 @@ class KvmAccelerator(Accelerator):
                     vm.create_pit2()
             vcpu = vm.create_vcpu(0)
             # Long mode needs CPUID to advertise LM; give the guest what the host supports,
-            # but no local APIC unless KVM models one (in-kernel irqchip): with the PIC in
-            # userspace the APIC page would be MMIO nobody answers, and firmware that sees
-            # the CPUID bit (SeaBIOS's SMP and MP-table set-up) would drive it.
+            # but no local APIC unless KVM models one (in-kernel irqchip; see vmcore.cpu).
             cpuid = kvm.supported_cpuid()
             if not kernel_irqchip:
                 _hide_apic(cpuid)

@@ -42,7 +42,7 @@ class Waker:
                 self._cond.notify()
 
     def rearm(self, deadline: int | None) -> None:
-        """Set the deadline unconditionally (after the due timers ran)."""
+        """Set the deadline, later or earlier than the armed one (after the due timers ran)."""
         with self._cond:
             if deadline == self._deadline:
                 return  # the loop calls this often (unicorn: every slice); waking the thread for nothing costs
