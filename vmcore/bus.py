@@ -11,11 +11,12 @@ from __future__ import annotations
 import bisect
 import enum
 import logging
+import operator
 from typing import Any, Callable, Iterable, Iterator
 
 import attrs
 
-from .faults import DeviceFault, GuestExit
+from .faults import BadAnswer, DeviceFault, GuestExit
 
 log = logging.getLogger("vmcore.bus")
 
@@ -43,6 +44,14 @@ SMALL_REGION = 64
 #: Most routes a bus keeps per direction and access size: a guest sweeping a large or
 #: unclaimed range must not grow the tables without end (beyond it, routes are not kept).
 ROUTE_CACHE = 16384
+#: Most distinct (direction, address) pairs ``Bus.unclaimed`` lists; accesses at further
+#: addresses are only counted (``Bus.unclaimed_elsewhere``): a guest sweeping the address
+#: space must not grow the bookkeeping without end.
+UNCLAIMED_KEPT = 4096
+#: Unclaimed or rejected addresses warned about one by one, per bus; past that one line says
+#: that the rest are counted, and the run's end summarises them.
+UNCLAIMED_WARNINGS = 32
+_BITS = tuple(8 * n for n in range(9))
 
 
 class BusError(Exception):
@@ -138,6 +147,9 @@ class Region:
             raise BusError(f"{where}: size {bell.size} is not among the region's access sizes {self.sizes}")
         if bell.offset < 0 or bell.offset + bell.size > self.size:
             raise BusError(f"{where}: {bell.size} bytes do not fit in the region's {self.size}")
+        if self.space is Space.MMIO and (self.base + bell.offset) % bell.size:
+            # An unaligned MMIO access reaches devices byte by byte (see Bus), never as this write.
+            raise BusError(f"{where}: {bell.size} bytes at {self.base + bell.offset:#x} are not naturally aligned")
         if bell.value is not None and not 0 <= bell.value < 1 << (8 * bell.size):
             raise BusError(f"{where}: value {bell.value:#x} does not fit in {bell.size} bytes")
 
@@ -204,8 +216,19 @@ class Bus:
         #: whenever claims or the tracer change, so a table held by a running loop stays true.
         self.read_routes: list[dict[int, tuple[Callable[[int, int], int], int]]] = [{} for _ in range(9)]
         self.write_routes: list[dict[int, tuple[Callable[[int, int, int], None], int]]] = [{} for _ in range(9)]
-        #: (direction, address) -> number of unclaimed accesses seen there.
+        #: (direction, address) -> number of unclaimed (or rejected) accesses seen there; at most
+        #: UNCLAIMED_KEPT addresses, the accesses at any others are counted in unclaimed_elsewhere.
         self.unclaimed: dict[tuple[Direction, int], int] = {}
+        self.unclaimed_elsewhere = 0
+        self._warnings = 0
+        #: Devices in the middle of a DMA (see vmcore.dma): an access that would re-enter one of
+        #: them is refused (QEMU's MemReentrancyGuard).
+        self.engaged: set[str] = set()
+        # MMIO accesses that are not naturally aligned (or of an odd size) are split the way
+        # the software CPU splits them (QEMU's TCG): writes into single bytes, reads into the
+        # two aligned units around them. KVM hands the bus the guest's own access, so the bus
+        # applies the same rule and devices see the same accesses on both accelerators.
+        self._bytewise = space is Space.MMIO
         #: What a device exception does: "stop" (raise DeviceFault) or "continue" (log, all ones).
         self.device_errors = "stop"
         #: (device, exception type name) -> faults contained under "continue".
@@ -292,6 +315,8 @@ class Bus:
         self._forget_routes()
 
     def _read_traced(self, address: int, size: int) -> int:
+        if self._bytewise and (address & (size - 1) or size & (size - 1)):
+            return self._read_unaligned(address, size)
         value = Bus.read(self, address, size)
         entry = self._lookup(address)
         assert self._tracer is not None
@@ -299,6 +324,9 @@ class Bus:
         return value
 
     def _write_traced(self, address: int, size: int, value: int) -> None:
+        if self._bytewise and (address & (size - 1) or size & (size - 1)):
+            self._write_unaligned(address, size, value)
+            return
         entry = self._lookup(address)
         assert self._tracer is not None
         self._tracer(Transaction(self.space, address, size, Direction.WRITE, value, entry.owner if entry else None))
@@ -310,30 +338,36 @@ class Bus:
         """Read ``size`` bytes (1, 2, 4 or 8) at ``address``; unclaimed reads give all ones."""
         # The try costs nothing until a device raises (zero-cost exceptions, Python 3.11).
         try:
+            if self._bytewise and (address & (size - 1) or size & (size - 1)):
+                return self._read_unaligned(address, size)
             entry = self._small.get(address)
-            if entry is not None and address + size <= entry.end and size & entry.size_mask and entry.read is not None:
-                return entry.read(address - entry.start, size)
-            starts = self._starts
-            i = bisect.bisect_right(starts, address) - 1
-            if i >= 0:
-                entry = self._entries[i]
-                if address + size <= entry.end and size & entry.size_mask and entry.read is not None:
-                    return entry.read(address - entry.start, size)
-                if address < entry.end:
-                    return self._read_adjusted(entry, address, size)
-            if i + 1 < len(starts) and starts[i + 1] < address + size:
-                # Starts in a gap but runs into the next region: byte pieces, each looked up again.
-                return self._read_bytes(address, size)
-            return self._unclaimed(Direction.READ, address, size)
-        except (GuestExit, DeviceFault):
+            if entry is None or address + size > entry.end or not size & entry.size_mask or entry.read is None:
+                starts = self._starts
+                i = bisect.bisect_right(starts, address) - 1
+                entry = self._entries[i] if i >= 0 else None
+                if entry is None or address + size > entry.end or not size & entry.size_mask or entry.read is None:
+                    if entry is not None and address < entry.end:
+                        return self._read_adjusted(entry, address, size)
+                    if i + 1 < len(starts) and starts[i + 1] < address + size:
+                        # Starts in a gap but runs into the next region: byte pieces, each looked up again.
+                        return self._read_bytes(address, size)
+                    return self._unclaimed(Direction.READ, address, size)
+            value = entry.read(address - entry.start, size)
+            if value.__class__ is not int or value >> _BITS[size]:
+                return self.bad_answer(address, size, value)
+            return value
+        except (GuestExit, DeviceFault, KeyboardInterrupt):
             raise
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a device is a device fault too
             self.fault(Direction.READ, address, size, None, exc)
             return (1 << (8 * size)) - 1
 
     def write(self, address: int, size: int, value: int) -> None:
         """Write ``size`` bytes at ``address``; unclaimed writes are dropped and logged."""
         try:
+            if self._bytewise and (address & (size - 1) or size & (size - 1)):
+                self._write_unaligned(address, size, value)
+                return
             entry = self._small.get(address)
             if entry is not None and address + size <= entry.end and size & entry.size_mask and entry.write is not None:
                 entry.write(address - entry.start, size, value)
@@ -352,10 +386,28 @@ class Bus:
                 self._write_bytes(address, size, value)
                 return
             self._unclaimed(Direction.WRITE, address, size)
-        except (GuestExit, DeviceFault):
+        except (GuestExit, DeviceFault, KeyboardInterrupt):
             raise
-        except Exception as exc:
+        except BaseException as exc:
             self.fault(Direction.WRITE, address, size, value, exc)
+
+    def bad_answer(self, address: int, size: int, value: Any) -> int:
+        """A device's read gave ``value``, which is not an int of ``size`` bytes: a device fault.
+
+        The bus checks every answer it hands on, and accelerators that call a device's
+        handler straight (see :meth:`direct`) call this for an answer that is not a plain
+        int in range. What Python takes as an int (a bool, an IntFlag), in range, is taken.
+        Otherwise, under ``stop`` this raises :class:`DeviceFault` naming the device, the
+        access and the value; under ``continue`` it logs once and the read gives all ones.
+        """
+        try:
+            number = operator.index(value)  # an int, or what Python takes as one (bool, IntFlag)
+        except TypeError:
+            number = -1
+        if 0 <= number and not number >> _BITS[size]:
+            return number
+        self.fault(Direction.READ, address, size, None, BadAnswer(value, size))
+        return (1 << (8 * size)) - 1
 
     # --- direct dispatch, for accelerators ------------------------------------------------
 
@@ -372,7 +424,7 @@ class Bus:
         access path does. Decided per (address, size) once, so a dispatch table
         built from it stays valid while the claims and the tracer stay the same.
         """
-        if self._tracer is not None:
+        if self._tracer is not None or self._bytewise and (address & (size - 1) or size & (size - 1)):
             return None
         entry = self._lookup(address)
         if entry is None or address + size > entry.end or not size & entry.size_mask:
@@ -412,7 +464,7 @@ class Bus:
         for table in (*self.read_routes, *self.write_routes):
             table.clear()
 
-    def fault(self, direction: Direction, address: int, size: int, value: int | None, exc: Exception) -> None:
+    def fault(self, direction: Direction, address: int, size: int, value: int | None, exc: BaseException) -> None:
         """A device raised: stop the machine (raise DeviceFault) or, under ``continue``, log and go on.
 
         The access path calls this itself; a caller of a :meth:`direct` handler calls it
@@ -431,12 +483,42 @@ class Bus:
             log.error("%s; continuing (reads give all ones)\n%s", fault, fault.traceback.rstrip())
 
     def _unclaimed(self, direction: Direction, address: int, size: int) -> int:
-        key = (direction, address)
-        count = self.unclaimed.get(key, 0)
-        self.unclaimed[key] = count + 1
-        if count == 0:
-            log.warning("unclaimed %s %s at %#x (size %d)", self.space.value, direction.value, address, size)
+        if self._count_unclaimed(direction, address):
+            self._warn("unclaimed %s %s at %#x (size %d)", self.space.value, direction.value, address, size)
         return (1 << (8 * size)) - 1
+
+    def _count_unclaimed(self, direction: Direction, address: int) -> bool:
+        """Count an unclaimed or rejected access; True the first time at a listed address."""
+        key = (direction, address)
+        count = self.unclaimed.get(key)
+        if count is not None:
+            self.unclaimed[key] = count + 1
+            return False
+        if len(self.unclaimed) >= UNCLAIMED_KEPT:
+            self.unclaimed_elsewhere += 1
+            return False
+        self.unclaimed[key] = 1
+        return True
+
+    def _warn(self, message: str, *args: Any) -> None:
+        """One warning per new address, up to UNCLAIMED_WARNINGS; then one line, and a summary at the end."""
+        self._warnings += 1
+        if self._warnings <= UNCLAIMED_WARNINGS:
+            log.warning(message, *args)
+        elif self._warnings == UNCLAIMED_WARNINGS + 1:
+            log.warning("more %s accesses that no device takes: counted, no longer logged one by one",
+                        self.space.value)
+
+    def unclaimed_summary(self) -> str | None:
+        """One line on the unclaimed accesses that were not warned about one by one, or None."""
+        if self._warnings <= UNCLAIMED_WARNINGS and not self.unclaimed_elsewhere:
+            return None
+        total = sum(self.unclaimed.values()) + self.unclaimed_elsewhere
+        text = (f"{total} unclaimed or rejected {self.space.value} accesses at {len(self.unclaimed)} "
+                f"listed addresses")
+        if self.unclaimed_elsewhere:
+            text += f" and {self.unclaimed_elsewhere} more at addresses past the list's {UNCLAIMED_KEPT}"
+        return text
 
     # Accesses that do not fit the device's declared sizes or run past its end.
 
@@ -460,6 +542,30 @@ class Bus:
         for k in range(size):
             Bus.write(self, address + k, 1, (value >> (8 * k)) & 0xFF)
 
+    def _read_unaligned(self, address: int, size: int) -> int:
+        """An MMIO read that is not naturally aligned: the two aligned units of its size around it.
+
+        What the software CPU does (QEMU's TCG reads both aligned units and takes the bytes
+        asked for), so devices see the same reads on both accelerators. An odd size (only a
+        KVM fragment of a page-crossing access has one) is read byte by byte. Through
+        self.read: with a tracer on, each unit is a transaction of its own.
+        """
+        read = self.read
+        if size & (size - 1):
+            value = 0
+            for k in range(size):
+                value |= read(address + k, 1) << (8 * k)
+            return value
+        first = address & ~(size - 1)
+        both = read(first, size) | read(first + size, size) << (8 * size)
+        return (both >> (8 * (address - first))) & ((1 << (8 * size)) - 1)
+
+    def _write_unaligned(self, address: int, size: int, value: int) -> None:
+        """An MMIO write that is not naturally aligned: single bytes, low address first (as TCG stores it)."""
+        write = self.write
+        for k in range(size):
+            write(address + k, 1, (value >> (8 * k)) & 0xFF)
+
     def _read_adjusted(self, entry: _Entry, address: int, size: int) -> int:
         if entry.read is None:
             return (1 << (8 * size)) - 1
@@ -472,6 +578,8 @@ class Bus:
             if aligned + unit > entry.end - entry.start:
                 return self._rejected(entry, Direction.READ, address, size)
             wide = entry.read(aligned, unit)
+            if wide.__class__ is not int or wide >> _BITS[unit]:
+                wide = self.bad_answer(entry.start + aligned, unit, wide)
             shift = 8 * (offset - aligned)
             return (wide >> shift) & ((1 << (8 * size)) - 1)
         value = 0
@@ -491,11 +599,8 @@ class Bus:
             Bus.write(self, piece_address, piece_size, (value >> shift) & ((1 << (8 * piece_size)) - 1))
 
     def _rejected(self, entry: _Entry, direction: Direction, address: int, size: int) -> int:
-        key = (direction, address)
-        count = self.unclaimed.get(key, 0)
-        self.unclaimed[key] = count + 1
-        if count == 0:
-            log.warning(
+        if self._count_unclaimed(direction, address):
+            self._warn(
                 "%s %s of size %d at %#x not accepted by %s (sizes %s); dropped",
                 self.space.value, direction.value, size, address, entry.owner, entry.region.sizes,
             )

@@ -198,3 +198,37 @@ def translate(memory: GuestMemory, cr0: int, cr3: int, cr4: int, efer: int, line
             return (frame & ~mask) | (linear & mask)
         table = frame
     return table | (linear & 0xFFF)
+
+
+_DISASSEMBLERS: dict[int, object] = {}
+
+
+def memory_operand_size(code: bytes, bits: int) -> int | None:
+    """How many bytes the instruction at the start of ``code`` reads or writes in memory, or None.
+
+    ``bits`` is the code size (16, 32 or 64). Decoded with capstone; None when it is not
+    installed, the bytes do not decode, or the instruction has no memory operand.
+    """
+    engine = _DISASSEMBLERS.get(bits)
+    if engine is None:
+        try:
+            import capstone
+        except ImportError:
+            return None
+        mode = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}[bits]
+        engine = _DISASSEMBLERS[bits] = capstone.Cs(capstone.CS_ARCH_X86, mode)
+        engine.detail = True  # type: ignore[attr-defined]
+    for insn in engine.disasm(code, 0, 1):  # type: ignore[attr-defined]
+        for operand in insn.operands:
+            if operand.type == 3:  # X86_OP_MEM
+                return int(operand.size)
+    return None
+
+
+def code_bits(cr0: int, cs_l: int, cs_db: int) -> int:
+    """The default operand size of code running with this CR0 and CS descriptor."""
+    if not cr0 & CR0_PE:
+        return 16
+    if cs_l:
+        return 64
+    return 32 if cs_db else 16

@@ -20,11 +20,13 @@ import attrs
 from .bus import Region
 from .faults import GuestExit
 from .clock import Clock
+from .dma import DmaSpace
 from .irq import IrqLine
 from .memory import GuestMemory
 from .units import parse_int
 
 if typing.TYPE_CHECKING:
+    from .chardev import HostFile
     from .pci import PciBus
 
 
@@ -49,6 +51,10 @@ class DeviceContext:
     #: The machine's PCI bus (``vmcore.pci.PciBus``): where PCI functions attach. None where
     #: the builder has none (then a PCI device makes a private one, see ``vmcore.pci``).
     pci: "PciBus | None" = None
+    #: DMA as a bus master does it (``vmcore.dma.DmaSpace``): guest RAM, and other devices'
+    #: registers through the MMIO bus, never re-entering a device mid-DMA. The machine gives
+    #: every device one on its MMIO bus; by default it reaches memory alone.
+    dma: DmaSpace = attrs.field(default=attrs.Factory(lambda self: DmaSpace(self.name, self.memory), takes_self=True))
 
     def irq(self, number: int) -> IrqLine:
         """The interrupt line ``number`` (shared by every device that asks for it)."""
@@ -111,8 +117,29 @@ class Device:
     def reset(self) -> None:
         """Return to power-on state (machine reset)."""
 
+    def host_files(self) -> Sequence["HostFile"]:
+        """The host files this device will read and write, by property (``vmcore.chardev.HostFile``).
+
+        The machine checks them when it is built: an output may not be one of its inputs
+        (the profile, an image, the kernel, another device's input).
+        """
+        return ()
+
+    def start(self) -> None:
+        """Open host resources (output files, sockets, input readers): the machine is starting to run.
+
+        Called once, after every device was built and before the first guest instruction (the
+        fake bus calls it from ``attach``). Building a device, which is all ``vmcore check``
+        does, must create, truncate, unlink and block on nothing: check host paths there with
+        ``stat`` at most, open them here. A :class:`PropertyError` raised here is reported
+        against the property's file, line and key.
+        """
+
     def close(self) -> None:
-        """Release host resources (flush and close outputs) when the machine stops."""
+        """Release host resources (flush and close outputs) when the machine stops.
+
+        Also called when start() failed or never ran (``vmcore check``, a failed build).
+        """
 
 
 # --- properties: conversion from profile text and introspection ------------------------

@@ -17,8 +17,22 @@ class GuestExit(Exception):
         self.reason = reason
 
 
+class BadAnswer(ValueError):
+    """A device's read handler returned something that is not an int of the access's width."""
+
+    def __init__(self, value: object, size: int) -> None:
+        text = repr(value)
+        if len(text) > 80:  # the value is the device's: keep the one-line report one line
+            text = text[:77] + "..."
+        super().__init__(f"returned {text} ({type(value).__name__}); a read of {size} byte{'s' if size != 1 else ''} "
+                         f"must return an int in 0..{(1 << (8 * size)) - 1:#x}")
+        self.value = value
+        self.size = size
+
+
 class DeviceFault(Exception):
-    """A device model raised while serving a transaction (policy ``stop``).
+    """A device model raised while serving a transaction, or in a timer callback
+    (``space`` "timer", ``direction`` "callback"), under policy ``stop``.
 
     Carries what the fault report needs: the device, the access, and the
     device's own traceback (the original exception is ``__cause__``).
@@ -34,7 +48,13 @@ class DeviceFault(Exception):
         self.value = value
         self.error = error
         self.traceback = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        access = f"{space} {direction} of {size} byte{'s' if size != 1 else ''} at {address:#x}"
+        if space == "timer":  # not a bus access: one of the device's own timers fired
+            access = f"{space} {direction}"
+        else:
+            access = f"{space} {direction} of {size} byte{'s' if size != 1 else ''} at {address:#x}"
         if value is not None:
             access += f" (value {value:#x})"
-        super().__init__(f"device {device!r} raised {type(error).__name__}: {error} during a {access}")
+        if isinstance(error, BadAnswer):
+            super().__init__(f"device {device!r} answered a {access} wrongly: it {error}")
+        else:
+            super().__init__(f"device {device!r} raised {type(error).__name__}: {error} during a {access}")

@@ -34,7 +34,7 @@ from typing import Any, Callable
 from ..bus import Bus, Direction, Space
 from ..clock import Clock
 from ..irq import InterruptController
-from ..cpu import CpuState, Segment, cpuid1_without_apic, translate
+from ..cpu import CpuState, Segment, code_bits, cpuid1_without_apic, memory_operand_size, translate
 from ..device import GuestExit
 from ..faults import DeviceFault
 from ..kvm import Kvm, KvmError, KvmUnavailable, Vcpu, Vm
@@ -102,6 +102,9 @@ class KvmAccelerator(Accelerator):
         self.coalesce = True
         #: Give doorbells an ioeventfd (False: they are ordinary exits).
         self.ioeventfds = True
+        #: The second fragment of a page-crossing MMIO read, once the first was served:
+        #: (address, size, its bytes) (see _mmio_fragment).
+        self._fragment: list[tuple[int, int, int] | None] = [None]
 
     @classmethod
     def open(cls, path: str | None = None, kernel_irqchip: bool = False,
@@ -327,6 +330,9 @@ class KvmAccelerator(Accelerator):
         pio_read_route, pio_write_route = pio.read_route, pio.write_route
         mmio_read_route, mmio_write_route = mmio.read_route, mmio.write_route
         fault_pio, fault_mmio = pio.fault, mmio.fault
+        bad_pio, bad_mmio = pio.bad_answer, mmio.bad_answer
+        fragment = self._fragment
+        fragment[0] = None
         READ, WRITE = Direction.READ, Direction.WRITE
         MASKS = _MASKS
         max_exits = limits.max_exits if limits.max_exits is not None else -1
@@ -351,9 +357,9 @@ class KvmAccelerator(Accelerator):
                     handler, where = (pio_write_route if is_pio else mmio_write_route)(address, length)
                 try:
                     handler(where, length, value)
-                except (GuestExit, DeviceFault):
+                except (GuestExit, DeviceFault, KeyboardInterrupt):
                     raise
-                except Exception as exc:
+                except BaseException as exc:
                     (fault_pio if is_pio else fault_mmio)(WRITE, address, length, value, exc)
                 exits += 1
                 if exits == max_exits:
@@ -445,9 +451,9 @@ class KvmAccelerator(Accelerator):
                                 handler, where = pio_write_route(port, size)
                             try:
                                 handler(where, size, value)
-                            except (GuestExit, DeviceFault):
+                            except (GuestExit, DeviceFault, KeyboardInterrupt):
                                 raise
-                            except Exception as exc:
+                            except BaseException as exc:
                                 fault_pio(WRITE, port, size, value, exc)
                         else:
                             try:
@@ -455,18 +461,25 @@ class KvmAccelerator(Accelerator):
                             except KeyError:
                                 handler, where = pio_read_route(port, size)
                             try:
-                                view[0] = handler(where, size) & MASKS[size]
-                            except (GuestExit, DeviceFault):
+                                value = handler(where, size)
+                            except (GuestExit, DeviceFault, KeyboardInterrupt):
                                 raise
-                            except Exception as exc:
-                                view[0] = MASKS[size]
+                            except BaseException as exc:
+                                value = MASKS[size]
                                 fault_pio(READ, port, size, None, exc)
+                            try:
+                                view[0] = value  # the store checks the answer: an int of that width
+                            except (TypeError, ValueError):
+                                view[0] = bad_pio(port, size, value)
                     else:
                         self._string_io(run.io, buf, pio_read, pio_write)
                 elif reason == EXIT_MMIO:
                     address, size = u64[_MMIO_ADDR], u32[_MMIO_LEN]
                     view = mmio_data[size]
-                    if u8[_MMIO_IS_WRITE]:
+                    if (fragment[0] is not None or (size < 8 and not (address + size) & 0xFFF)) \
+                            and self._mmio_fragment(mmio, address, size, u8[_MMIO_IS_WRITE], view):
+                        pass  # a piece of a read that crosses a page: split as the software CPU does
+                    elif u8[_MMIO_IS_WRITE]:
                         value = view[0] & MASKS[size]
                         try:
                             handler, where = mmio_writes[size][address]
@@ -474,9 +487,9 @@ class KvmAccelerator(Accelerator):
                             handler, where = mmio_write_route(address, size)
                         try:
                             handler(where, size, value)
-                        except (GuestExit, DeviceFault):
+                        except (GuestExit, DeviceFault, KeyboardInterrupt):
                             raise
-                        except Exception as exc:
+                        except BaseException as exc:
                             fault_mmio(WRITE, address, size, value, exc)
                     else:
                         try:
@@ -484,12 +497,16 @@ class KvmAccelerator(Accelerator):
                         except KeyError:
                             handler, where = mmio_read_route(address, size)
                         try:
-                            view[0] = handler(where, size) & MASKS[size]
-                        except (GuestExit, DeviceFault):
+                            value = handler(where, size)
+                        except (GuestExit, DeviceFault, KeyboardInterrupt):
                             raise
-                        except Exception as exc:
-                            view[0] = MASKS[size]
+                        except BaseException as exc:
+                            value = MASKS[size]
                             fault_mmio(READ, address, size, None, exc)
+                        try:
+                            view[0] = value
+                        except (TypeError, ValueError):
+                            view[0] = bad_mmio(address, size, value)
                 elif reason == EXIT_HLT and run.if_flag and self._controller is not None:
                     # Waiting for an interrupt, as a CPU in HLT does; with IF clear it is a stop.
                     if not self._wait_halted():
@@ -520,6 +537,56 @@ class KvmAccelerator(Accelerator):
             restore()
             if flush_timer is not None:
                 flush_timer.cancel()
+
+    # --- MMIO accesses that cross a page -------------------------------------------------------
+
+    def _mmio_fragment(self, mmio: Bus, address: int, size: int, is_write: int, view: Any) -> bool:
+        """Split a page-crossing MMIO read as the software CPU does; True when this exit was served here.
+
+        KVM hands such a read over in fragments, one per page, each of which may look aligned;
+        QEMU's TCG reads the two aligned units of the access's size around it (what the bus does
+        for any unaligned read). The first fragment ends at a page end, and decoding the
+        instruction at RIP (a read exits before the instruction completes) tells whether the
+        access goes on; the second fragment is then answered from what was read.
+
+        Writes cannot be told apart this way: KVM completes the instruction before the exit,
+        so RIP is already past it. A write crossing a page reaches the bus in KVM's per-page
+        pieces, each split by the bus's rule on its own (documented in the device guide).
+        """
+        if is_write:
+            return False
+        pending = self._fragment[0]
+        if pending is not None:
+            self._fragment[0] = None
+            where, length, rest = pending
+            if where == address and length == size:
+                view[0] = rest
+                return True
+            # Not the fragment expected: an ordinary access.
+        if size >= 8 or (address + size) & 0xFFF:
+            return False
+        whole = self._access_size()
+        if whole is None or not size < whole <= 8 or whole & (whole - 1):
+            return False
+        first = address & ~(whole - 1)
+        both = mmio.read(first, whole) | mmio.read(first + whole, whole) << (8 * whole)
+        value = (both >> (8 * (address - first))) & _MASKS[whole]
+        view[0] = value & _MASKS[size]
+        self._fragment[0] = (address + size, whole - size, value >> (8 * size))
+        return True
+
+    def _access_size(self) -> int | None:
+        """The size of the memory operand of the instruction at CS:RIP (decoded; None if unknown)."""
+        if self.memory is None:
+            return None
+        regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
+        linear = (sregs.cs.base + regs.rip) & ((1 << 64) - 1)
+        physical = translate(self.memory, sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer, linear)
+        slot = self.memory.slot_at(physical) if physical is not None else None
+        if physical is None or slot is None:
+            return None
+        code = self.memory.read(physical, min(15, slot.end - physical))
+        return memory_operand_size(code, code_bits(sregs.cr0, sregs.cs.l, sregs.cs.db))
 
     # --- posted writes and doorbells ---------------------------------------------------------
 
@@ -789,5 +856,6 @@ def _set_segment(seg: s.kvm_segment, value: Segment) -> None:
     seg.type, seg.s, seg.dpl, seg.present = value.type, value.s, value.dpl, value.present
     seg.db, seg.l, seg.g = value.db, value.l, value.g
     seg.avl, seg.unusable = 0, 0
+
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from ..bus import Bus, BusError, Space, Transaction
 from ..clock import ManualClock
 from ..device import DeviceContext, GuestExit, build_config
+from ..dma import DmaSpace
 from ..irq import InterruptController, IrqLine
 from ..memory import GuestMemory
 from ..pci import PciBus
@@ -67,7 +68,7 @@ class FakeBus:
     # --- wiring ------------------------------------------------------------------
 
     def attach(self, device: str | type, name: str | None = None, **props: Any) -> Any:
-        """Build a device (a registered type name, or a device class) and claim its regions.
+        """Build a device (a registered type name, or a device class), claim its regions and start it.
 
         Properties are given as keywords and converted and validated as a profile's
         would be (``port="0xF1"`` and ``port=0xF1`` both work).
@@ -76,7 +77,8 @@ class FakeBus:
         name = name or f"{cls.type_name}{'' if cls.type_name not in self.devices else len(self.devices)}"
         config = build_config(cls.Config, props)
         ctx = DeviceContext(name=name, clock=self.clock, memory=self.memory, irq_line=self.irq,
-                            log=logging.getLogger(f"vmcore.device.{name}"), pci=self.pci)
+                            log=logging.getLogger(f"vmcore.device.{name}"), pci=self.pci,
+                            dma=DmaSpace(name, self.memory, self.mmio))
         instance = cls.create(config, ctx)
         regions = list(instance.regions())
         # Place every region on scratch copies of the buses first, so a rejected device
@@ -88,7 +90,11 @@ class FakeBus:
                     trial[bus.space].claim(region, owner)
             for region in regions:
                 trial[region.space].claim(region, name)
-        except BusError:
+            # The fake bus is a running machine: host files open now (Device.start).
+            start = getattr(instance, "start", None)
+            if start is not None:
+                start()
+        except BaseException:
             close = getattr(instance, "close", None)
             if close is not None:
                 close()
