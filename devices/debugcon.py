@@ -5,18 +5,24 @@ identification byte (0xE9 by default, like QEMU) so firmware can probe for it.
 The port is posted (see ``vmcore.bus.Region``): where the accelerator can queue
 writes (KVM coalesced PIO) the bytes arrive in order, a little later, without an
 exit each.
+
+The output is a ``vmcore.chardev`` backend, opened when the machine starts running
+(``start()``): building the machine (``vmcore check``) truncates no file.
 """
 
 from __future__ import annotations
 
-import sys
-from typing import IO, Literal, Sequence
+from typing import Literal, Sequence
 
 import attrs
 
 from vmcore.bus import Region, Space
+from vmcore.chardev import Backend, FileBackend, HostFile, MemoryBackend, StdoutBackend
 from vmcore.device import Device, DeviceContext, in_range, prop
 from vmcore.hookspecs import hookimpl
+
+#: Single-byte bytes objects, so a port write allocates nothing.
+_BYTES = tuple(bytes((value,)) for value in range(256))
 
 
 @attrs.frozen
@@ -25,7 +31,7 @@ class DebugconConfig:
     output: Literal["stdout", "stderr", "file", "memory"] = prop(
         "stdout", "Where written bytes go: stdout, stderr, a file (see path) or an in-memory buffer."
     )
-    path: str = prop("", "File to write to when output is 'file' (truncated at start).")
+    path: str = prop("", "File to write to when output is 'file' (truncated when the machine starts).")
     readback: int = prop(0xE9, "Byte returned by reads (QEMU returns 0xE9).", hex=True, validator=in_range(0, 0xFF))
 
     def __attrs_post_init__(self) -> None:
@@ -43,15 +49,20 @@ class Debugcon(Device):
         super().__init__(config, ctx)
         #: Everything written, when output is 'memory'.
         self.buffer = bytearray()
-        self._stream: IO[bytes] | None = None
-        self._owns_stream = False
-        if config.output == "stdout":
-            self._stream = sys.stdout.buffer
-        elif config.output == "stderr":
-            self._stream = sys.stderr.buffer
-        elif config.output == "file":
-            self._stream = open(config.path, "wb")
-            self._owns_stream = True
+        # Flushed at each newline, so interleaving with the VMM's own messages stays readable.
+        self.backend: Backend
+        if config.output == "file":
+            self.backend = FileBackend(ctx.log, config.path)
+        elif config.output == "memory":
+            self.backend = MemoryBackend(ctx.log, self.buffer)
+        else:
+            self.backend = StdoutBackend(ctx.log, config.output)
+
+    def host_files(self) -> Sequence[HostFile]:
+        return self.backend.host_files()
+
+    def start(self) -> None:
+        self.backend.open()
 
     def regions(self) -> Sequence[Region]:
         # Posted: output only needs to arrive in order, so on KVM the bytes queue in the
@@ -62,24 +73,10 @@ class Debugcon(Device):
         return self.config.readback
 
     def write(self, offset: int, size: int, value: int) -> None:
-        byte = value & 0xFF
-        stream = self._stream
-        if stream is None:
-            self.buffer.append(byte)
-            return
-        stream.write(bytes((byte,)))
-        if byte == 0x0A:
-            # Line-buffered, so interleaving with the VMM's own messages stays readable.
-            stream.flush()
+        self.backend.write(_BYTES[value & 0xFF])
 
     def close(self) -> None:
-        if self._stream is not None:
-            # stdout may already be closed by the host (pytest's capfd closes it before fake_bus).
-            if not self._stream.closed:
-                self._stream.flush()
-            if self._owns_stream:
-                self._stream.close()
-            self._stream = None
+        self.backend.close()
 
 
 @hookimpl

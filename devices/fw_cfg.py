@@ -31,26 +31,34 @@ with keys from 0x0020 in that order); and the files.
 
 Files come from two properties, both mappings of fw_cfg name (at most 55 bytes) to a
 value: ``files`` to a host path (relative paths resolve against the current
-directory; read when the device is built), ``strings`` to literal content (UTF-8, no
+directory; at most ``max_file_size`` bytes; only stat'ed when the device is built,
+opened when it starts, and read only as the guest reads the item, so a large file is
+never held in memory), ``strings`` to literal content (UTF-8, no
 terminating NUL, as QEMU's ``-fw_cfg string=``). A string value ``u8:N``, ``u16:N``,
 ``u32:N`` or ``u64:N`` gives N as a little-endian integer of that width (``u16:0x3f8``
 is ``f8 03``); ``str:`` escapes a literal that would otherwise start with one of these
 prefixes. :meth:`FwCfg.add_file` adds files from Python (a machine or loader); adding
 one renumbers the keys after it, so add files before the guest reads the directory.
+
+A guest can hand the DMA register any number of bad descriptors: the first
+``LOGGED_BAD_DMA`` are logged, then only a running count at each power of ten, and
+the total when the device closes (:attr:`FwCfg.bad_dma` counts them all).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import struct
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import attrs
 
 from vmcore.bus import Region, Space
+from vmcore.chardev import HostFile
 from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
 from vmcore.hookspecs import hookimpl
-from vmcore.memory import GuestMemory, GuestMemoryError
+from vmcore.memory import GuestMemoryError
 from vmcore.units import parse_int
 
 FW_CFG_SIGNATURE = 0x0000
@@ -77,7 +85,11 @@ DMA_DESCRIPTOR = struct.Struct(">IIQ")  # FWCfgDmaAccess: control, length, addre
 FILE_ENTRY = struct.Struct(">IHH56s")  # FWCfgFile: size, select, reserved, name
 MAX_NAME = 55  # name[56], NUL-terminated
 MAX_FILES = FW_CFG_ENTRY_MASK + 1 - FW_CFG_FILE_FIRST
-_ZERO_CHUNK = 1 << 16
+MAX_ITEM_SIZE = 0xFFFFFFFF  # the directory's be32 size
+#: A DMA read copies the item to guest memory in pieces of at most this many bytes.
+DMA_CHUNK = 1 << 16
+#: Bad DMA descriptors logged one by one; after these, only counts (see the module docstring).
+LOGGED_BAD_DMA = 5
 
 _INT_PREFIXES = {"u8:": 1, "u16:": 2, "u32:": 4, "u64:": 8}
 
@@ -103,6 +115,73 @@ def string_content(text: str) -> bytes:
                 raise ValueError(f"{text!r}: {value:#x} does not fit in {8 * width} bits")
             return value.to_bytes(width, "little")
     return text.removeprefix("str:").encode("utf-8")
+
+
+class FileItem:
+    """A ``files`` item: a host file, read only where and when the guest reads it.
+
+    Building only stats it (its size goes in the directory, and must be within the
+    cap); it is opened when the machine starts (or at the first read). The size stays
+    what the build saw: if the file shrinks, the missing bytes read as zeros; if it
+    grows, the guest sees its first ``size`` bytes.
+    """
+
+    def __init__(self, name: str, path: str, limit: int) -> None:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"fw_cfg file {name!r}: {path} is not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"fw_cfg file {name!r}: {path} is {_size_text(info.st_size)}, over the cap of "
+                             f"{_size_text(limit)}; raise max_file_size to serve it")
+        self.name = name
+        self.path = path
+        self.size = info.st_size
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def open(self) -> None:
+        if self._fd is not None:
+            return
+        # Non-blocking: a FIFO swapped in since the build must not hang the machine.
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ValueError(f"fw_cfg file {self.name!r}: {self.path} is no longer a regular file")
+        self._fd = fd
+
+    def read(self, offset: int, count: int) -> bytes:
+        """``count`` bytes at ``offset``, cut at the item's end (as slicing bytes is)."""
+        count = min(count, self.size - offset)
+        if count <= 0:
+            return b""
+        self.open()
+        assert self._fd is not None
+        return os.pread(self._fd, count, offset).ljust(count, b"\0")
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+#: An item's content: bytes held in memory, or a host file read on demand.
+Item = Union[bytes, FileItem]
+
+
+def _size_text(size: int) -> str:
+    if size < 1 << 20:
+        return f"{size} bytes"
+    if size % (1 << 20) == 0:
+        return f"{size >> 20} MiB"
+    return f"{size / (1 << 20):.1f} MiB ({size} bytes)"
+
+
+def _slice(item: Item, offset: int, count: int) -> bytes:
+    if isinstance(item, FileItem):
+        return item.read(offset, count)
+    return item[offset : offset + count]
 
 
 def _mapping(what: str) -> Any:
@@ -151,6 +230,9 @@ class FwCfgConfig:
                        validator=_files)
     strings: dict = prop(attrs.Factory(dict), "fw_cfg file name -> content: text, or u8:/u16:/u32:/u64: and a "
                          "number for a little-endian integer (str: escapes a literal).", validator=_strings)
+    max_file_size: int = prop(256 << 20, "Largest host file a files entry may name (the device is not built "
+                              "otherwise); files are read as the guest reads them, never held whole.",
+                              validator=in_range(0, MAX_ITEM_SIZE))
 
     def __attrs_post_init__(self) -> None:
         if self.max_cpus and self.max_cpus < self.cpus:
@@ -178,17 +260,19 @@ class FwCfg(Device):
             FW_CFG_NB_CPUS: config.cpus.to_bytes(2, "little"),
             FW_CFG_MAX_CPUS: (config.max_cpus or config.cpus).to_bytes(2, "little"),
         }
-        self._files: dict[bytes, bytes] = {}  # name -> content
-        self._items: dict[int, bytes] = {}
+        self._files: dict[bytes, Item] = {}  # name -> content
+        self._items: dict[int, Item] = {}
+        #: Bad DMA descriptors (not in guest memory, or their status not writable) so far.
+        self.bad_dma = 0
+        self._bad_dma_summarised = 0
         for name, path in config.files.items():
-            with open(path, "rb") as f:
-                self._store_file(name, f.read())
+            self._store_file(name, FileItem(name, path, config.max_file_size))
         for name, text in config.strings.items():
             self._store_file(name, string_content(text))
         self._rebuild()
         # Register state.
         self.key = 0
-        self._data = b""
+        self._data: Item = b""
         self.offset = 0
         self.dma_address = 0
         self.reset()
@@ -203,6 +287,25 @@ class FwCfg(Device):
     def reset(self) -> None:
         self.select(FW_CFG_SIGNATURE)
         self.dma_address = 0
+
+    def host_files(self) -> Sequence[HostFile]:
+        return [HostFile("files", item.path, output=False) for item in self._files.values()
+                if isinstance(item, FileItem)]
+
+    def start(self) -> None:
+        # Now rather than at the first read: a file gone since the build stops the start, not the guest.
+        for item in self._files.values():
+            if isinstance(item, FileItem):
+                item.open()
+
+    def close(self) -> None:
+        for item in self._files.values():
+            if isinstance(item, FileItem):
+                item.close()
+        if self.bad_dma > max(LOGGED_BAD_DMA, self._bad_dma_summarised):  # a second close says nothing more
+            self.ctx.log.warning("fw_cfg: %d bad DMA descriptors in all; the first %d were logged",
+                                 self.bad_dma, LOGGED_BAD_DMA)
+            self._bad_dma_summarised = self.bad_dma
 
     # --- items ----------------------------------------------------------------------------
 
@@ -220,13 +323,13 @@ class FwCfg(Device):
                 return key
         raise KeyError(name)
 
-    def _store_file(self, name: str, data: bytes) -> None:
+    def _store_file(self, name: str, data: Item) -> None:
         raw = check_name(name)
         if raw in self._files:
             raise ValueError(f"fw_cfg file {name!r} already exists")
         if len(self._files) >= MAX_FILES:
             raise ValueError(f"no room for fw_cfg file {name!r}: {MAX_FILES} files at most")
-        if len(data) > 0xFFFFFFFF:
+        if len(data) > MAX_ITEM_SIZE:
             raise ValueError(f"fw_cfg file {name!r} is too large for the directory's 32-bit size")
         self._files[raw] = data
 
@@ -253,11 +356,13 @@ class FwCfg(Device):
         self.offset = 0
 
     def _next_bytes(self, count: int) -> bytes:
-        """The next ``count`` bytes of the item, zeros past its end; advances the offset."""
-        start = self.offset
-        chunk = self._data[start : start + count]
-        self.offset = min(start + count, len(self._data))  # never past the end: reads there give 0
+        """The next ``count`` bytes of the item (fewer at its end); advances the offset."""
+        chunk = _slice(self._data, self.offset, count)
+        self._advance(count)
         return chunk
+
+    def _advance(self, count: int) -> None:
+        self.offset = min(self.offset + count, len(self._data))  # never past the end: reads there give 0
 
     def _io_read(self, offset: int, size: int) -> int:
         # The selector is write-only; like QEMU's combined port, any read returns data bytes,
@@ -295,39 +400,52 @@ class FwCfg(Device):
         try:
             control, length, address = DMA_DESCRIPTOR.unpack(memory.read(descriptor, DMA_DESCRIPTOR.size))
         except GuestMemoryError as exc:
-            self.ctx.log.warning("fw_cfg DMA descriptor at %#x is not in guest memory: %s", descriptor, exc)
+            self._bad_dma("fw_cfg DMA descriptor at %#x is not in guest memory: %s", descriptor, exc)
             return
         if control & FW_CFG_DMA_CTL_SELECT:
             self.select(control >> 16)
         error = False
         if control & FW_CFG_DMA_CTL_READ:
-            error = not _write_guest(memory, address, self._next_bytes(length), length)
+            error = not self._dma_read_into(address, length)
         elif control & FW_CFG_DMA_CTL_WRITE:
             error = True  # every item is read-only to the guest (fw_cfg.rst: such writes are rejected)
         elif control & FW_CFG_DMA_CTL_SKIP:
-            self._next_bytes(length)
+            self._advance(length)
         status = FW_CFG_DMA_CTL_ERROR if error else 0
         try:
             memory.write(descriptor, status.to_bytes(4, "big"))
         except GuestMemoryError as exc:
-            self.ctx.log.warning("fw_cfg DMA status cannot be written at %#x: %s", descriptor, exc)
+            self._bad_dma("fw_cfg DMA status cannot be written at %#x: %s", descriptor, exc)
 
+    def _dma_read_into(self, address: int, length: int) -> bool:
+        """Copy the next ``length`` bytes of the item (zeros past its end) to guest memory, a piece at a time.
 
-def _write_guest(memory: GuestMemory, address: int, data: bytes, length: int) -> bool:
-    """Write ``data`` then zeros up to ``length`` bytes; False, and nothing written, if any byte is not writable RAM."""
-    here, end = address, address + length
-    while here < end:  # check first, so a bad range writes nothing and a huge one allocates nothing
-        slot = memory.slot_at(here)
-        if slot is None or slot.readonly:
-            return False
-        here = slot.end
-    memory.write(address, data)
-    here = address + len(data)
-    while here < end:
-        count = min(end - here, _ZERO_CHUNK)
-        memory.write(here, bytes(count))
-        here += count
-    return True
+        False, and nothing written or read, if any byte of the range is not writable RAM.
+        """
+        memory = self.ctx.memory
+        here, end = address, address + length
+        while here < end:  # check first, so a bad range writes nothing and a huge one reads nothing
+            slot = memory.slot_at(here)
+            if slot is None or slot.readonly:
+                return False
+            here = slot.end
+        here = address
+        while here < end:
+            count = min(end - here, DMA_CHUNK)
+            memory.write(here, self._next_bytes(count).ljust(count, b"\0"))
+            here += count
+        return True
+
+    def _bad_dma(self, message: str, *args: Any) -> None:
+        """Log a bad descriptor while few have come, then only counts: a guest can send millions."""
+        self.bad_dma += 1
+        count = self.bad_dma
+        if count <= LOGGED_BAD_DMA:
+            self.ctx.log.warning(message, *args)
+            if count == LOGGED_BAD_DMA:
+                self.ctx.log.warning("fw_cfg: further bad DMA descriptors are counted, not logged")
+        elif count == 10 ** (len(str(count)) - 1):
+            self.ctx.log.warning("fw_cfg: %d bad DMA descriptors so far", count)
 
 
 @hookimpl

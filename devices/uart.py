@@ -24,9 +24,13 @@ Modelled as in the PC16550D datasheet, with these choices:
   and raises it again, a fresh edge for an edge-triggered PIC.
 - **Receive.** ``receive(data)`` is the serial line: the bytes arrive now, and what does not
   fit is an overrun (FIFO mode: the new character is lost, datasheet LSR bit 1; non-FIFO mode:
-  the new character replaces the unread one). Host input from a backend goes through
-  ``feed(data)`` instead, which holds it on the host side and moves it into the receiver as
-  room frees up (QEMU's ``can_receive``), so pasting a long line loses nothing.
+  the new character replaces the unread one). Host input from a backend (``feed(data)`` in
+  tests) waits in the backend's bounded input buffer and moves into the receiver as room frees
+  up (QEMU's ``can_receive``), so pasting a long line loses nothing; while that buffer is full
+  the backend stops reading the host, so a guest that never reads leaves the rest in the host's
+  file, pipe or socket (see ``vmcore.chardev``).
+- **Host files** are opened when the machine starts running (``start()``), not when it is
+  built: ``vmcore check`` creates, truncates and unlinks nothing.
 - **Character timeout (IIR 0xC)** follows the datasheet on the machine clock: with the FIFO on,
   at least one character in it and neither a character received nor RBR read for four
   character times (from LCR's frame format and the divisor, 1.8432 MHz input clock). The
@@ -47,21 +51,14 @@ Modelled as in the PC16550D datasheet, with these choices:
 
 from __future__ import annotations
 
-import atexit
 import collections
-import functools
 import logging
-import os
-import select
-import socket
-import stat
-import sys
-import threading
-from typing import IO, Callable, Literal, Sequence
+from typing import Literal, Sequence
 
 import attrs
 
 from vmcore.bus import Region, Space
+from vmcore.chardev import Backend, FileBackend, HostFile, MemoryBackend, SocketBackend, StdioBackend
 from vmcore.clock import Timer
 from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
 from vmcore.hookspecs import hookimpl
@@ -126,6 +123,10 @@ MSR_DCD = 0x80
 MSR_HOST = MSR_CTS | MSR_DSR | MSR_DCD
 
 FIFO_SIZE = 16
+#: Host input read ahead of the RX FIFO: the host side is read only while this has room.
+HOST_INPUT_BUFFER = 256
+#: Single-byte bytes objects, so a THR write allocates nothing.
+_BYTES = tuple(bytes((value,)) for value in range(256))
 #: 9600 baud from the 1.8432 MHz clock; the datasheet leaves the latch undefined at power-on.
 POWER_ON_DIVISOR = 12
 CLOCK_HZ = 1_843_200
@@ -153,11 +154,13 @@ class Uart16550Config:
         "stdio", "Host end of the line: stdio, a file (see path, input), an in-memory buffer "
                  "(device.output), a Unix socket (see path, socket_mode) or nothing."
     )
-    path: str = prop("", "file: the output file (truncated at start); socket: the Unix socket path.")
-    input: str = prop("", "file backend: a file whose bytes are received at start (optional).")
+    path: str = prop("", "file: the output file (truncated when the machine starts); socket: the Unix "
+                         "socket path (server: never an existing file; client: a listening socket).")
+    input: str = prop("", "file backend: a file, FIFO or device whose bytes are received, read only as "
+                          "the guest takes them (optional).")
     socket_mode: Literal["server", "client"] = prop(
-        "server", "socket backend: listen on path and take one client at a time (server), "
-                  "or connect to path (client)."
+        "server", "socket backend: listen on path and take one client at a time, holding the last "
+                  "4 KiB of output for a client not connected yet (server), or connect to path (client)."
     )
 
     def __attrs_post_init__(self) -> None:
@@ -171,339 +174,17 @@ class Uart16550Config:
             raise PropertyError("input", f"input is read by the file backend only, not {self.backend!r}")
 
 
-# --- backends: the host end of the serial line --------------------------------------------
-
-Deliver = Callable[[bytes], None]
-
-
-class _Worker:
-    """A daemon thread that can be woken out of a blocking wait and joined."""
-
-    def __init__(self, name: str, target: Callable[[_Worker], None]) -> None:
-        self._wake_r, self._wake_w = os.pipe()
-        self._thread = threading.Thread(target=target, args=(self,), name=name, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def readable(self, fileobj: int | socket.socket) -> bool:
-        """Wait until ``fileobj`` is readable: False once stop() was called (or the fd went bad)."""
-        try:
-            ready, _, _ = select.select([fileobj, self._wake_r], [], [])
-        except (OSError, ValueError):
-            return False
-        return self._wake_r not in ready
-
-    def stop(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
-        if not self._thread.is_alive():
-            # Close the pipe only once the thread cannot select on it any more (fd reuse).
-            for fd in (self._wake_r, self._wake_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._wake_r = self._wake_w = -1
-
-
-def _read_fd_until_eof(fd: int, deliver: Deliver) -> Callable[[_Worker], None]:
-    def run(worker: _Worker) -> None:
-        while worker.readable(fd):
-            try:
-                data = os.read(fd, 4096)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            deliver(data)
-
-    return run
-
-
-class NullBackend:
-    """Drops output; never receives."""
-
-    def __init__(self, log: logging.Logger) -> None:
-        self.log = log
-
-    def start(self, deliver: Deliver) -> None:
-        pass
-
-    def write(self, byte: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class MemoryBackend(NullBackend):
-    """Output into a bytearray (the device's ``output``); tests call ``receive``/``feed``."""
-
-    def __init__(self, log: logging.Logger, buffer: bytearray) -> None:
-        super().__init__(log)
-        self.buffer = buffer
-
-    def write(self, byte: int) -> None:
-        self.buffer.append(byte)
-
-
-class _StreamOutput(NullBackend):
-    """Writes to a binary stream; a stream the host closed or a broken pipe drops output."""
-
-    def __init__(self, log: logging.Logger, stream: IO[bytes] | None, flush_each: bool) -> None:
-        super().__init__(log)
-        self._stream = stream
-        self._flush_each = flush_each
-
-    def write(self, byte: int) -> None:
-        stream = self._stream
-        if stream is None:
-            return
-        try:
-            stream.write(bytes((byte,)))
-            if self._flush_each or byte == 0x0A:
-                stream.flush()
-        except (OSError, ValueError) as exc:  # ValueError: closed by the host
-            self.log.warning("serial output stopped: %s", exc)
-            self._stream = None
-
-    def _flush(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None and not stream.closed:
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-
-
-class StdioBackend(_StreamOutput):
-    """Output to stdout; stdin read in a thread (raw mode on a tty, restored on close and at exit)."""
-
-    def __init__(self, log: logging.Logger) -> None:
-        # Flushed per byte: an interactive guest's prompt has no newline after it.
-        super().__init__(log, getattr(sys.stdout, "buffer", None), flush_each=True)
-        self._reader: _Worker | None = None
-        self._tty_fd = -1
-        self._tty_saved: list | None = None
-        self._tty_raw: list | None = None
-
-    def start(self, deliver: Deliver) -> None:
-        try:
-            fd = sys.stdin.fileno()
-            os.fstat(fd)
-        except (AttributeError, OSError, ValueError):
-            # No stdin, closed, or a pseudo-file (pytest's capture): nothing to read.
-            self.log.debug("stdin is not readable; serial input disabled")
-            return
-        if os.isatty(fd):
-            self._make_raw(fd)
-        self._reader = _Worker("uart-stdin", _read_fd_until_eof(fd, deliver))
-        self._reader.start()
-
-    def _make_raw(self, fd: int) -> None:
-        import termios
-
-        saved = termios.tcgetattr(fd)
-        raw = termios.tcgetattr(fd)
-        # Keystrokes go to the guest as typed: no line editing, echo, CR/NL mapping or flow
-        # control. Output processing (OPOST) and signal keys (Ctrl-C stops vmcore) are kept.
-        raw[0] &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
-                    | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON)
-        raw[2] = (raw[2] & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
-        raw[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.IEXTEN)
-        raw[6][termios.VMIN] = 1
-        raw[6][termios.VTIME] = 0
-        termios.tcsetattr(fd, termios.TCSANOW, raw)
-        self._tty_fd, self._tty_saved, self._tty_raw = fd, saved, termios.tcgetattr(fd)
-        atexit.register(self._restore_tty)
-
-    def _restore_tty(self) -> None:
-        saved, self._tty_saved = self._tty_saved, None
-        if saved is None:
-            return
-        atexit.unregister(self._restore_tty)
-        import termios
-
-        try:
-            # Only if the terminal is still as we left it: with two stdio UARTs, the one that
-            # saw the original settings restores them whichever closes first.
-            if termios.tcgetattr(self._tty_fd) == self._tty_raw:
-                termios.tcsetattr(self._tty_fd, termios.TCSADRAIN, saved)
-        except (OSError, termios.error):
-            pass
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.stop()
-            self._reader = None
-        self._restore_tty()
-        self._flush()  # stdout is the host's: flushed, never closed
-
-
-class FileBackend(_StreamOutput):
-    """Output to ``path`` (truncated); the optional ``input`` file is read in a thread and received."""
-
-    def __init__(self, log: logging.Logger, path: str, input_path: str) -> None:
-        self._input = open(input_path, "rb") if input_path else None
-        try:
-            output = open(path, "wb")
-        except OSError:
-            if self._input is not None:
-                self._input.close()
-            raise
-        super().__init__(log, output, flush_each=False)
-        self._output = output
-        self._reader: _Worker | None = None
-
-    def start(self, deliver: Deliver) -> None:
-        if self._input is not None:
-            self._reader = _Worker("uart-file-input", _read_fd_until_eof(self._input.fileno(), deliver))
-            self._reader.start()
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.stop()
-            self._reader = None
-        if self._input is not None:
-            self._input.close()
-            self._input = None
-        self._flush()
-        self._output.close()
-
-
-class SocketBackend(NullBackend):
-    """A Unix stream socket: bytes from the peer are received, transmitted bytes are sent to it.
-
-    Server mode listens on ``path`` and serves one client at a time (the next may connect
-    once the first has gone); client mode connects to ``path`` at start. Sends never block
-    the machine: with no peer, or a peer that stopped reading, output is dropped and logged once.
-    """
-
-    def __init__(self, log: logging.Logger, path: str, mode: str) -> None:
-        super().__init__(log)
-        self.path = path
-        self.mode = mode
-        self._lock = threading.Lock()  # guards _peer: the worker sets it, the machine thread sends
-        self._peer: socket.socket | None = None
-        self._listener: socket.socket | None = None
-        self._worker: _Worker | None = None
-        self._dropping = False
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            if mode == "server":
-                self._remove_stale_socket()
-                sock.bind(path)
-                sock.listen(1)
-                self._listener = sock
-            else:
-                sock.connect(path)
-                sock.setblocking(False)
-                self._peer = sock
-        except OSError:
-            sock.close()
-            raise
-
-    def _remove_stale_socket(self) -> None:
-        # A socket file left by an earlier run would make bind fail; anything else is not ours.
-        try:
-            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-    def start(self, deliver: Deliver) -> None:
-        self._worker = _Worker(f"uart-socket-{self.mode}", functools.partial(self._run, deliver))
-        self._worker.start()
-
-    def _run(self, deliver: Deliver, worker: _Worker) -> None:
-        while True:
-            peer = self._peer
-            if peer is None:
-                listener = self._listener
-                if listener is None or not worker.readable(listener):
-                    return
-                try:
-                    peer, _ = listener.accept()
-                except OSError:
-                    return
-                peer.setblocking(False)
-                with self._lock:
-                    self._peer = peer
-                    self._dropping = False
-                self.log.info("serial client connected on %s", self.path)
-            if not self._pump(peer, deliver, worker):
-                return
-            with self._lock:
-                self._peer = None
-            peer.close()
-            if self._listener is None:
-                return  # client mode: the server went away
-
-    def _pump(self, peer: socket.socket, deliver: Deliver, worker: _Worker) -> bool:
-        """Receive from ``peer`` until it closes (True) or the backend stops (False)."""
-        while worker.readable(peer):
-            try:
-                data = peer.recv(4096)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return True
-            if not data:
-                return True
-            deliver(data)
-        return False
-
-    def write(self, byte: int) -> None:
-        with self._lock:
-            peer = self._peer
-            if peer is not None:
-                try:
-                    peer.send(bytes((byte,)))
-                    return
-                except BlockingIOError:
-                    reason = "the client is not reading"
-                except OSError as exc:
-                    reason = f"the client went away ({exc})"
-            else:
-                reason = "no client is connected"
-            if not self._dropping:
-                self._dropping = True
-                self.log.warning("serial output on %s dropped: %s", self.path, reason)
-
-    def close(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
-        with self._lock:
-            peer, self._peer = self._peer, None
-        if peer is not None:
-            peer.close()
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-
-
-def make_backend(config: Uart16550Config, output: bytearray, log: logging.Logger) -> NullBackend:
+def make_backend(config: Uart16550Config, output: bytearray, log: logging.Logger) -> Backend:
+    """The host end the properties choose; it opens nothing until the UART starts (see vmcore.chardev)."""
     if config.backend == "stdio":
-        return StdioBackend(log)
+        return StdioBackend(log, HOST_INPUT_BUFFER)
     if config.backend == "file":
-        return FileBackend(log, config.path, config.input)
+        return FileBackend(log, config.path, config.input, HOST_INPUT_BUFFER)
     if config.backend == "memory":
-        return MemoryBackend(log, output)
+        return MemoryBackend(log, output, HOST_INPUT_BUFFER)
     if config.backend == "socket":
-        return SocketBackend(log, config.path, config.socket_mode)
-    return NullBackend(log)
+        return SocketBackend(log, config.path, config.socket_mode, HOST_INPUT_BUFFER)
+    return Backend(log)
 
 
 # --- the UART ---------------------------------------------------------------------------
@@ -537,13 +218,17 @@ class Uart16550(Device):
         self._driven = False  # the level this UART drives (the line may be shared)
         self._timer: Timer | None = None
         self._last_rx_activity = 0
-        #: Host input waiting for room in the receiver (see feed()).
-        self.host_pending = bytearray()
         #: Everything transmitted, when backend is 'memory'.
         self.output = bytearray()
-        self.reset()
+        #: The host end: opened by start(); its ``input`` holds host bytes waiting for the receiver.
         self.backend = make_backend(config, self.output, ctx.log)
-        self.backend.start(self._post_host_input)
+        self.reset()
+
+    def host_files(self) -> Sequence[HostFile]:
+        return self.backend.host_files()
+
+    def start(self) -> None:
+        self.backend.open(self._host_input_ready)
 
     def regions(self) -> Sequence[Region]:
         return [Region(Space.PIO, self.config.port, 8, self.read, self.write, sizes=(1,), name="uart")]
@@ -644,7 +329,7 @@ class Uart16550(Device):
             self._line_in(value)  # loopback: TX feeds RX, the line stays marking
             self._rx_activity()
         else:
-            self.backend.write(value)
+            self.backend.write(_BYTES[value])
         # The byte left at once: THR is empty again, which re-arms the THRE interrupt.
         self.thr_ipending = True
         self._update_irq()
@@ -662,21 +347,19 @@ class Uart16550(Device):
         self._update_irq()
 
     def feed(self, data: bytes) -> None:
-        """Host input (machine thread): queued, and moved into the receiver as room frees up."""
-        self.host_pending += data
+        """Host input (machine thread): queued on the host side, moved into the receiver as room frees up."""
+        self.backend.input.put(data)
         self._drain_host_input()
 
-    def _post_host_input(self, data: bytes) -> None:
-        # Backend threads: device state is touched on the machine thread only.
-        self.ctx.clock.call_soon_threadsafe(functools.partial(self.feed, data))
+    def _host_input_ready(self) -> None:
+        # A backend thread: device state is touched on the machine thread only.
+        self.ctx.clock.call_soon_threadsafe(self._drain_host_input)
 
     def _drain_host_input(self) -> None:
-        if not self.host_pending or self.mcr & MCR_LOOP:
+        if self.mcr & MCR_LOOP:
             return
-        room = (FIFO_SIZE if self.fifo_enabled else 1) - len(self.rx)
-        if room > 0:
-            chunk = bytes(self.host_pending[:room])
-            del self.host_pending[:room]
+        chunk = self.backend.input.take((FIFO_SIZE if self.fifo_enabled else 1) - len(self.rx))
+        if chunk:
             self.receive(chunk)
 
     def _line_in(self, byte: int) -> None:

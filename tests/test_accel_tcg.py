@@ -7,7 +7,8 @@ tests/test_boot.py). tests/test_diff.py runs the same guests on KVM and compares
 - ROM: unicorn write-protects the page; the write reaches the bus (logged, dropped) and
   the instruction is replayed with the page briefly writable, so its other effects
   (DI, CX) happen and the ROM bytes do not change.
-- Addresses with no slot become MMIO pages on first touch: reads give all ones.
+- Addresses with no slot are MMIO (unicorn maps the gaps between slots as MMIO windows):
+  reads give all ones.
 - Real-mode IVT delivery of ``int n`` and of exceptions is done by vmcore, not unicorn.
 - The run stops on time (timer thread), on an exit count, and on a device that raises.
 

@@ -212,3 +212,80 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0
     for command in ("run", "check", "devices", "info"):
         assert command in result.stdout
+
+
+# --- vmcore run: --json-report and --set, checked before the run -----------------------------
+
+
+@pytest.mark.parametrize(("target", "problem"), [
+    (".", "is a directory"),
+    ("missing/report.json", "its folder {tmp}/missing does not exist"),
+    ("file.txt/report.json", "{tmp}/file.txt is not a folder"),
+])
+def test_an_unusable_json_report_path_fails_before_the_run(tmp_path: Path, target: str, problem: str) -> None:
+    (tmp_path / "file.txt").write_text("keep")
+    path = tmp_path / target
+    result = vmcore("run", "hello", "--accel", "tcg", "--json-report", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""  # the guest never ran: it prints Hello
+    assert one_line(result.stderr) == f"vmcore: --json-report {path}: {problem.format(tmp=tmp_path)}"
+    assert (tmp_path / "file.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize(("existing", "problem"), [
+    (False, "its folder {tmp} is not writable"),
+    (True, "is not writable"),
+])
+def test_a_json_report_path_without_write_permission_fails_before_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        existing: bool, problem: str) -> None:
+    from vmcore import cli
+
+    path = tmp_path / "report.json"
+    if existing:
+        path.write_text("old")
+    # Tests may run as root, whom permission bits do not stop: answer as the kernel would a user.
+    monkeypatch.setattr(cli.os, "access", lambda *args, **kwargs: False)
+    assert cli.main(["run", "hello", "--json-report", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"vmcore: --json-report {path}: {problem.format(tmp=tmp_path)}\n")
+    if existing:
+        assert path.read_text() == "old"
+    else:
+        assert not path.exists()
+
+
+def test_the_json_report_file_is_not_touched_when_the_profile_fails(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    report.write_text("previous report")
+    result = vmcore("run", "hello", "--json-report", str(report), "--set", "cpu.mode=reel")
+    assert result.returncode == 2
+    assert report.read_text() == "previous report"
+
+
+def test_the_json_report_is_written_after_the_run(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    result = vmcore("run", "hello", "--accel", "tcg", "--json-report", str(report))
+    assert result.returncode == 0
+    assert '"kind": "halted"' in report.read_text()
+
+
+def test_run_help_says_how_to_give_the_string_null_to_set() -> None:
+    help_text = " ".join(vmcore("run", "--help").stdout.split())
+    assert "KEY=null removes the key" in help_text
+    assert "--set 'devices.com1.backend=\"null\"' gives the string null" in help_text
+
+
+def test_check_with_a_quoted_null_gives_the_uart_the_null_backend(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("memory:\n  ram: {size: 4K}\ndevices:\n  com1: {type: uart16550, backend: memory}\n")
+    result = vmcore("check", str(path), "--set", 'devices.com1.backend="null"')
+    assert result.returncode == 0, result.stderr
+    bad = vmcore("check", str(path), "--set", 'devices.com1.backend="nul"')
+    assert "expected one of stdio, file, memory, socket, null, got 'nul'" in one_line(bad.stderr)
+
+
+def test_a_profile_name_longer_than_the_host_allows_is_one_line() -> None:
+    result = vmcore("check", "p" * 300)
+    assert result.returncode == 2
+    assert one_line(result.stderr) == f"vmcore: {'p' * 300}: cannot read the profile: File name too long"

@@ -3,6 +3,7 @@
 import pytest
 
 from vmcore.clock import HostClock, ManualClock
+from vmcore.faults import DeviceFault, GuestExit
 from vmcore.irq import IrqLine
 
 # --- ManualClock ------------------------------------------------------------------------------
@@ -131,6 +132,143 @@ def test_host_clock_runs_due_timers():
     clock.call_at(10**15, lambda: fired.append(False))
     assert clock.run_due() == 1
     assert fired == [True]
+
+
+# --- cancelled timers leave the queue ------------------------------------------------------------
+
+
+class Watchdog:
+    """Re-arms its one timer on every kick, as a watchdog device does."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.timer = clock.call_later(10**9, self.expire)
+        self.expired = 0
+
+    def kick(self):
+        self.timer.cancel()
+        self.timer = self.clock.call_later(10**9, self.expire)
+
+    def expire(self):
+        self.expired += 1
+
+
+@pytest.mark.parametrize("make_clock", [ManualClock, HostClock])
+def test_100k_re_arms_keep_the_queue_within_twice_the_live_timers(make_clock):
+    clock = make_clock()
+    dogs = [Watchdog(clock) for _ in range(3)]
+    largest = 0
+    for kick in range(100_000):
+        dogs[kick % 3].kick()
+        largest = max(largest, clock.pending())
+    assert largest <= 2 * len(dogs) + 1
+    assert clock.next_deadline() is not None and all(dog.expired == 0 for dog in dogs)
+
+
+def test_a_re_armed_timer_still_fires_once_at_its_new_deadline():
+    clock = ManualClock()
+    dog = Watchdog(clock)
+    for _ in range(1_000):
+        clock.step(1_000)
+        dog.kick()
+    clock.step(10**9 - 1)
+    assert dog.expired == 0
+    clock.step(1)
+    assert dog.expired == 1
+
+
+def test_cancelling_a_timer_that_already_fired_drops_no_live_timer():
+    clock = ManualClock()
+    fired = []
+    done = clock.call_at(1, lambda: fired.append("done"))
+    clock.step(1)
+    for _ in range(3):
+        done.cancel()  # counted once, if at all: it is no longer queued
+    clock.call_at(5, lambda: fired.append("live"))
+    clock.step(10)
+    assert fired == ["done", "live"]
+
+
+def test_a_callback_cancelling_many_due_timers_mid_run_leaves_the_rest_in_order():
+    clock = ManualClock()
+    fired = []
+    later: list = []
+
+    def cancel_most():
+        fired.append("cancel")
+        for timer in later[:8]:
+            timer.cancel()  # the queue is compacted while run_due is walking it
+
+    clock.call_at(10, cancel_most)
+    later.extend(clock.call_at(10, lambda n=n: fired.append(n)) for n in range(10))
+    clock.step(100)
+    assert fired == ["cancel", 8, 9]
+    assert clock.pending() == 0
+
+
+# --- a raising callback ------------------------------------------------------------------------
+
+
+def raising(error):
+    def callback():
+        raise error
+    return callback
+
+
+def test_without_an_error_hook_a_raising_timer_propagates():
+    clock = ManualClock()
+    clock.call_at(1, raising(RuntimeError("model bug")))
+    with pytest.raises(RuntimeError, match="model bug"):
+        clock.step(1)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("bug"), SystemExit(3), OverflowError("big")])
+def test_the_error_hook_gets_the_callback_and_the_exception_and_later_timers_still_fire(error):
+    clock = ManualClock()
+    seen, fired = [], []
+    clock.on_error = lambda callback, exc: seen.append((callback, exc))
+    bad = raising(error)
+    clock.call_at(1, bad)
+    clock.call_at(2, lambda: fired.append(clock.now()))
+    assert clock.step(5) == 2
+    assert seen == [(bad, error)]
+    assert fired == [2]
+
+
+def test_the_error_hook_also_contains_posted_callbacks():
+    clock = HostClock()
+    seen = []
+    clock.on_error = lambda callback, exc: seen.append(type(exc))
+    clock.call_soon_threadsafe(raising(ValueError("bad input")))
+    assert clock.run_due() == 1
+    assert seen == [ValueError]
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), GuestExit(3, "done"),
+                                   DeviceFault("dev", "pio", "read", 0x60, 1, None, KeyError("x"))])
+def test_ctrl_c_a_guest_exit_and_a_device_fault_pass_the_error_hook(error):
+    clock = ManualClock()
+    seen = []
+    clock.on_error = lambda callback, exc: seen.append(exc)
+    clock.call_at(1, raising(error))
+    with pytest.raises(type(error)):
+        clock.step(1)
+    assert seen == []
+
+
+def test_what_the_error_hook_raises_ends_the_step():
+    clock = ManualClock()
+    fired = []
+
+    def stop(callback, exc):
+        raise DeviceFault("dev", "timer", "callback", 0, 0, None, exc) from exc
+
+    clock.on_error = stop
+    clock.call_at(1, raising(RuntimeError("bug")))
+    clock.call_at(2, lambda: fired.append(2))
+    with pytest.raises(DeviceFault, match="during a timer callback"):
+        clock.step(5)
+    assert fired == []
 
 
 # --- IrqLine ------------------------------------------------------------------------------------

@@ -89,7 +89,10 @@ class DmaConfig:
 
 
 class DmaCopier(Device):
-    """Copy engine: SRC at 0x0, DST at 0x8, LEN at 0x10; writing LEN copies guest memory and raises IRQ."""
+    """Copy engine: SRC at 0x0, DST at 0x8, LEN at 0x10; writing LEN copies guest memory and raises IRQ.
+
+    64-bit registers, reached as 32-bit halves (an 8-byte MMIO access reaches a device as its two
+    4-byte halves, low first); only the low halves are used here."""
 
     type_name = "dma-copier"
     Config = DmaConfig
@@ -101,7 +104,7 @@ class DmaCopier(Device):
         self.regs = {0x0: 0, 0x8: 0}
 
     def regions(self):
-        return [Region(Space.MMIO, self.config.base, 0x18, self.read, self.write, sizes=(8,))]
+        return [Region(Space.MMIO, self.config.base, 0x18, self.read, self.write, sizes=(4,))]
 
     def read(self, offset, size):
         return self.regs.get(offset, 0)
@@ -215,7 +218,7 @@ def test_port_writes_reach_the_device_with_their_width(fake_bus, call, size):
 
 @pytest.mark.parametrize(
     ("call", "size", "expected"),
-    [("readb", 1, 0x88), ("readw", 2, 0x7788), ("readl", 4, 0x55667788), ("readq", 8, 0x1122334455667788)],
+    [("readb", 1, 0x88), ("readw", 2, 0x7788), ("readl", 4, 0x55667788)],
 )
 def test_mmio_reads_reach_the_device_with_their_width(fake_bus, call, size, expected):
     probe = fake_bus.attach(Probe)
@@ -223,11 +226,19 @@ def test_mmio_reads_reach_the_device_with_their_width(fake_bus, call, size, expe
     assert probe.log == [("mmio", "read", 8, size)]
 
 
-@pytest.mark.parametrize(("call", "size"), [("writeb", 1), ("writew", 2), ("writel", 4), ("writeq", 8)])
+@pytest.mark.parametrize(("call", "size"), [("writeb", 1), ("writew", 2), ("writel", 4)])
 def test_mmio_writes_reach_the_device_with_their_width(fake_bus, call, size):
     probe = fake_bus.attach(Probe)
     getattr(fake_bus, call)(0xD000_0008, 0x5A)
     assert probe.log == [("mmio", "write", 8, size, 0x5A)]
+
+
+def test_an_8_byte_mmio_access_reaches_the_device_as_two_halves_low_first(fake_bus):
+    probe = fake_bus.attach(Probe)
+    assert fake_bus.readq(0xD000_0008) == 0x5566778855667788
+    fake_bus.writeq(0xD000_0008, 0x1122334455667788)
+    assert probe.log == [("mmio", "read", 8, 4), ("mmio", "read", 12, 4),
+                         ("mmio", "write", 8, 4, 0x55667788), ("mmio", "write", 12, 4, 0x11223344)]
 
 
 def test_port_and_mmio_spaces_are_separate(fake_bus):

@@ -163,6 +163,45 @@ class Controller(Regs):
         return 0x20 + self.requests.pop() % 16
 
 
+class DeviceAbort(BaseException):
+    """A device's own BaseException: neither Exception nor one of Python's."""
+
+
+class Quits(Regs):
+    """Register 3 written: a timer 1 us later raises ``exception`` (a timer callback is not behind the bus)."""
+
+    type_name = "test-quits"
+    exception: type[BaseException] = SystemExit
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        super().write(offset, size, value)
+        if offset == 3:
+            self.ctx.clock.call_later(1000, self.quit)
+
+    def quit(self) -> None:
+        raise self.exception("register 3")
+
+
+class QuitsReading(Regs):
+    """Reading register 2 raises SystemExit, inside the bus's call of the handler."""
+
+    type_name = "test-quits-reading"
+
+    def read(self, offset: int, size: int) -> int:
+        if offset == 2:
+            raise SystemExit("register 2")
+        return self.regs[offset]
+
+
+class QuitsBuilding(Regs):
+    """Cannot be built: its constructor raises SystemExit."""
+
+    type_name = "test-quits-building"
+
+    def __init__(self, config: RegsConfig, ctx) -> None:
+        raise SystemExit("no, thanks")
+
+
 # --- every built-in survives ------------------------------------------------------------------
 
 
@@ -283,6 +322,42 @@ def test_a_type_that_cannot_be_built_is_reported_not_fuzzed() -> None:
     assert report.runs == 0
 
 
+@pytest.mark.parametrize("exception", [SystemExit, GeneratorExit, DeviceAbort])
+def test_a_device_raising_a_base_exception_is_a_failure_naming_it_and_the_op(exception: type[BaseException]) -> None:
+    device = type(f"Quits{exception.__name__}", (Quits,), {"exception": exception})
+    report = fuzz_device(device, runs=30, steps=40, seed=SEED, mode="random")
+    [failure] = report.failures
+    assert (failure.device, failure.kind) == ("test-quits", "exception")
+    assert failure.exception.endswith(f"{exception.__name__}: register 3"), failure.exception
+    assert "(in quit, " in failure.message and ", during step " in failure.message, failure.message
+    assert failure.lines[-1].startswith("step "), failure.lines
+    assert any(line.startswith(("outb 0x603 ", "outw 0x602 ", "outl 0x600 ")) for line in failure.lines), failure.lines
+
+
+def test_system_exit_from_a_read_handler_is_a_failure_naming_the_access() -> None:
+    report = fuzz_device(QuitsReading, runs=30, steps=20, seed=SEED, mode="random")
+    [failure] = report.failures
+    assert (failure.device, failure.kind, failure.exception) == ("test-quits-reading", "exception",
+                                                                 "SystemExit: register 2")
+    assert failure.message.endswith(f"during {failure.lines[-1]})"), failure.message
+    [op] = failure.ops  # one read whose bytes take in register 2
+    assert op.kind == "read" and op.address <= 0x602 < op.address + op.size, failure.lines
+
+
+def test_system_exit_while_building_is_a_construction_failure() -> None:
+    report = fuzz_device(QuitsBuilding, runs=5, seed=1)
+    [failure] = report.failures
+    assert (failure.device, failure.kind) == ("test-quits-building", "construction")
+    assert "SystemExit: no, thanks" in failure.message
+    assert report.runs == 0
+
+
+def test_keyboard_interrupt_from_a_device_stops_the_fuzzer() -> None:
+    device = type("QuitsKeyboardInterrupt", (Quits,), {"exception": KeyboardInterrupt})
+    with pytest.raises(KeyboardInterrupt, match="register 3"):
+        fuzz_device(device, runs=30, steps=40, seed=SEED, mode="random")
+
+
 def test_a_bad_property_from_the_caller_is_an_error() -> None:
     with pytest.raises(PropertyError, match="prot: unknown property"):
         fuzz_device(Regs, {"prot": 1}, runs=1)
@@ -369,6 +444,37 @@ def test_cli_fuzz_failure_prints_the_sequence_and_exits_1(monkeypatch, capsys) -
     assert "test-planted: exception: IndexError: list assignment index out of range" in out
     assert "Traceback" not in out  # only with -v
     assert f"  again: vmcore fuzz test-planted --runs 100 --steps 40 --seed {SEED} --mode hypothesis" in out
+
+
+#: A child that runs ``vmcore fuzz`` with the test-quits device installed as a plugin.
+_CLI_WITH_QUITS = """
+import sys
+from tests.test_fuzz import Quits
+from vmcore import cli
+from vmcore.hookspecs import hookimpl
+from vmcore.plugins import DeviceRegistry
+
+class QuitsPlugin:
+    @staticmethod
+    @hookimpl
+    def vmcore_device_types():
+        return [Quits]
+
+default = DeviceRegistry.default.__func__
+DeviceRegistry.default = classmethod(lambda cls, plugins=(): default(cls, plugins=[*plugins, QuitsPlugin]))
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_cli_fuzz_reports_a_device_raising_system_exit_and_exits_1() -> None:
+    result = subprocess.run([sys.executable, "-c", _CLI_WITH_QUITS, "fuzz", "test-quits", "--runs", "30", "--steps",
+                             "40", "--seed", str(SEED), "--mode", "random"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO,
+                            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.startswith("test-quits: 30 runs, "), result.stdout
+    assert "test-quits: exception: SystemExit: register 3 (in quit, " in result.stdout, result.stdout
+    assert f"  again: vmcore fuzz test-quits --runs 30 --steps 40 --seed {SEED} --mode random" in result.stdout
 
 
 def test_cli_fuzz_all_fuzzes_every_registered_type() -> None:

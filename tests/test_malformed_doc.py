@@ -21,6 +21,8 @@ from tests.test_profile import (
     BUILD_ERRORS,
     CASE_FILE,
     HOST_ERRORS,
+    MAX_EXTENDS,
+    PLUGIN_ERRORS,
     PROFILE_ERRORS,
     Case,
     case_error,
@@ -37,8 +39,11 @@ Every malformed profile gives one line, `file:line: key: message`, and no traceb
 `vmcore run` and `Profile.load`/`Machine.build` all report it the same way. Each row below is a
 test (`tests/test_profile.py`, `test_malformed_profile[<case>]`): the profile is written as
 `{CASE_FILE}` next to a few helper files (`small.bin`, 16 bytes; `big.bin`, 8 KiB; a directory
-`adir`; `loop.yaml`, which extends `{CASE_FILE}`; `bad-base.yaml`, with a 3K slot) and the message
-is what vmcore printed. In the YAML column `\\n` is a line break and `\\t` a tab; paths are shown
+`adir`; `loop.yaml`, which extends `{CASE_FILE}`; `bad-base.yaml`, with a 3K slot; `loop.link`, a
+symbolic link to itself; `deep/1.yaml` to `deep/{MAX_EXTENDS + 1}.yaml`, each extending the next) and the
+message is what vmcore printed. A profile may have at most {MAX_EXTENDS} base profiles below it through
+`extends`; a path component may have at most 255 bytes (Linux's `NAME_MAX`).
+In the YAML column `\\n` is a line break and `\\t` a tab; paths are shown
 relative to the profile's folder.
 
 This page is generated; do not edit it by hand. After changing a message or a case, run
@@ -53,6 +58,12 @@ SECTIONS: list[tuple[str, str, str, list[Case]]] = [
      ("Only a device type, the bus or the loader can see these: `Machine.build` (also run by `vmcore check`) "
       "reports them against the profile line that asked for the thing."),
      BUILD_ERRORS),
+    ("plugin", "Found when the machine is built, with a device from a plugin",
+     ("No built-in type can put an MMIO region where these cases need one, so they are built with `window`, "
+      "a device type defined in `tests/test_profile.py`: 16 bytes of MMIO registers at its `base`. A device's "
+      "MMIO region may lie over a memory slot only where a device decodes that memory itself (an overlay, as "
+      "the `i440fx`'s PAM segments): elsewhere the memory answers and the device is never reached."),
+     PLUGIN_ERRORS),
     ("host", "When the host cannot provide the memory",
      ("A profile may ask for at most 64G of guest memory in all (`VMCORE_MAX_GUEST_MEMORY` changes the "
       "limit; see `more-memory-than-the-limit` above). Within it, the host can still refuse the anonymous "

@@ -12,16 +12,22 @@ import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 from unittest import mock
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vmcore.memory
+from vmcore.bus import Region, Space
+from vmcore.device import Device, DeviceContext, prop
+from vmcore.hookspecs import hookimpl
 from vmcore.machine import Machine
+from vmcore.plugins import DeviceRegistry
 from vmcore.profile import (
+    MAX_EXTENDS,
     MAX_GUEST_MEMORY_ENV,
     MAX_PROFILE_BYTES,
     Limits,
@@ -31,6 +37,8 @@ from vmcore.profile import (
 )
 
 RAM_ONLY = "memory:\n  ram: {size: 4K}\n"
+#: A file name one byte longer than Linux allows (NAME_MAX, 255 bytes): ENAMETOOLONG.
+LONG_NAME = "n" * 256
 #: The name every malformed-profile case is written under (what docs/malformed-profiles.md shows).
 CASE_FILE = "p.yaml"
 
@@ -532,6 +540,15 @@ PROFILE_ERRORS: list[Case] = [
     ("image-larger-than-slot",
      "memory:\n  ram:\n    size: 4K\n    image: big.bin\n",
      4, ["memory.ram.image", "8192 bytes", "does not fit", "0x1000-byte slot"]),
+    ("image-larger-than-slot-declared-after-the-next",
+     "memory:\n  next: {base: 4K, size: 4K}\n  ram: {base: 0, size: 4K, image: big.bin}\n",
+     3, ["memory.ram.image", "8192 bytes", "does not fit", "0x1000-byte slot"]),
+    ("image-symlink-loop",
+     "memory:\n  ram: {size: 4K, image: loop.link}\n",
+     2, ["memory.ram.image", "image file loop.link is a loop of symbolic links"]),
+    ("image-name-too-long",
+     f"memory:\n  ram: {{size: 4K, image: {LONG_NAME}}}\n",
+     2, ["memory.ram.image", "has a path component of 256 bytes, more than the 255 a name may have"]),
     ("image-past-slot-end-at-offset",
      "memory:\n  ram:\n    size: 4K\n    image: small.bin\n    offset: 0xFF8\n",
      4, ["memory.ram.image", "16 bytes", "offset 0xff8", "does not fit"]),
@@ -607,6 +624,12 @@ PROFILE_ERRORS: list[Case] = [
     ("loader-kernel-is-a-directory",
      RAM_ONLY + "loader:\n  kernel: adir\n",
      4, ["loader.kernel", "adir is a directory, not a file"]),
+    ("loader-kernel-symlink-loop",
+     RAM_ONLY + "loader:\n  kernel: loop.link\n",
+     4, ["loader.kernel", "kernel loop.link is a loop of symbolic links"]),
+    ("loader-kernel-name-too-long",
+     RAM_ONLY + f"loader:\n  kernel: {LONG_NAME}\n",
+     4, ["loader.kernel", "has a path component of 256 bytes"]),
     ("unknown-loader-key",
      RAM_ONLY + "loader:\n  kernel: small.bin\n  cmdlin: quiet\n",
      5, ["loader.cmdlin", "unknown key", "did you mean 'cmdline'?"]),
@@ -641,6 +664,15 @@ PROFILE_ERRORS: list[Case] = [
     ("extends-a-broken-base",
      "extends: bad-base.yaml\n",
      "bad-base.yaml:2", ["memory.ram.size", "multiple of 4K"]),
+    ("extends-symlink-loop",
+     "extends: loop.link\n" + RAM_ONLY,
+     1, ["extends", "base profile loop.link is a loop of symbolic links"]),
+    ("extends-name-too-long",
+     f"extends: {LONG_NAME}\n" + RAM_ONLY,
+     1, ["extends", "has a path component of 256 bytes"]),
+    ("extends-too-deep",
+     "extends: deep/1.yaml\n",
+     f"deep/{MAX_EXTENDS}.yaml:1", ["extends", f"more than {MAX_EXTENDS} base profiles below ", "p.yaml (one "]),
 ]
 
 #: Problems only :meth:`Machine.build` can see (device types, properties, bus claims, tables, kernels).
@@ -691,6 +723,63 @@ BUILD_ERRORS: list[Case] = [
     ("flat-kernel-outside-memory",
      RAM_ONLY + "loader:\n  kernel: small.bin\n  format: flat\n  address: 1M\n",
      3, ["loader.kernel", "does not fit in guest memory", "0x100000 is in no slot"]),
+    # /proc files say 0 bytes when asked (stat) and hold megabytes: only the bounded read sees it.
+    ("image-from-proc-overflows-its-slot",
+     "memory:\n  next: {base: 4K, size: 4K}\n  ram: {base: 0, size: 4K, image: /proc/kallsyms}\n",
+     3, ["memory.ram.image", "image /proc/kallsyms holds more than the 0x1000 bytes from offset 0x0"]),
+]
+
+@attrs.frozen
+class WindowConfig:
+    base: int = prop(0x10000000, "Guest-physical address of the 16-byte register window.")
+    decode: bool = prop(False, "Decode the window's range over memory, as a chipset does (an overlay).")
+
+
+class Window(Device):
+    """16 bytes of MMIO registers anywhere: the only built-in with MMIO (i440fx) has a fixed range."""
+
+    type_name = "window"
+    Config = WindowConfig
+    SIZE = 16
+
+    def __init__(self, config: WindowConfig, ctx: DeviceContext) -> None:
+        super().__init__(config, ctx)
+        if config.decode:
+            # A hole in memory from power-on (a page: overlays are page-granular), where this device answers.
+            page = config.base & ~0xFFF
+            ctx.memory.overlay(f"window-{page:x}", page, 0x1000).hide()
+        self.data = bytearray(self.SIZE)
+
+    def regions(self) -> Sequence[Region]:
+        return [Region(Space.MMIO, self.config.base, self.SIZE, self.read, self.write, name="window")]
+
+    def read(self, offset: int, size: int) -> int:
+        return int.from_bytes(self.data[offset:offset + size], "little")
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.data[offset:offset + size] = value.to_bytes(size, "little")
+
+
+class WindowPlugin:
+    """Adds the ``window`` type to a DeviceRegistry (``DeviceRegistry.default(plugins=[WindowPlugin])``)."""
+
+    @staticmethod
+    @hookimpl
+    def vmcore_device_types() -> list[type]:
+        return [Window]
+
+
+#: Problems :meth:`Machine.build` sees in devices no built-in type can stand for: built with
+#: the ``window`` type (:class:`Window`) from :class:`WindowPlugin` added to the installed ones.
+PLUGIN_ERRORS: list[Case] = [
+    ("device-mmio-over-ram",
+     RAM_ONLY + "devices:\n  win: {type: window, base: 0x800}\n",
+     4, ["devices.win", "mmio range 0x800..0x80f of win lies over memory slot 'ram' (0x0..0xfff, ", "p.yaml:2)",
+         "reach the memory, never the device"]),
+    ("device-mmio-over-rom",
+     RAM_ONLY + "  bios: {base: 0xFFFF0000, size: 64K, kind: rom}\ndevices:\n  win: {type: window, base: 0xFFFFFFF8}\n",
+     5, ["devices.win", "mmio range 0xfffffff8..0x100000007 of win lies over memory slot 'bios'",
+         "0xfffffff8..0xffffffff reach the memory"]),
 ]
 
 #: When the host cannot give a slot its memory (the anonymous mmap fails with ENOMEM): a slot
@@ -709,7 +798,18 @@ def make_case_dir(folder: Path) -> Path:
     (folder / "adir").mkdir()
     (folder / "loop.yaml").write_text("# extends p.yaml back\nextends: p.yaml\n", encoding="utf-8")
     (folder / "bad-base.yaml").write_text("memory:\n  ram: {size: 3K}\n", encoding="utf-8")
+    (folder / "loop.link").symlink_to("loop.link")
+    extends_chain(folder / "deep", MAX_EXTENDS + 1)
     return folder
+
+
+def extends_chain(folder: Path, length: int) -> Path:
+    """``length`` profiles in ``folder``, 1.yaml extending 2.yaml ... the last with the memory; 1.yaml."""
+    folder.mkdir()
+    for i in range(1, length):
+        (folder / f"{i}.yaml").write_text(f"extends: {i + 1}.yaml\n", encoding="utf-8")
+    (folder / f"{length}.yaml").write_text(RAM_ONLY, encoding="utf-8")
+    return folder / "1.yaml"
 
 
 @contextlib.contextmanager
@@ -739,7 +839,8 @@ def host_without_memory() -> Iterator[None]:
 
 def case_error(folder: Path, text: str | bytes, stage: str = "load") -> ProfileError:
     """Write ``text`` as p.yaml in ``folder``; the ProfileError loading (``stage="load"``) or
-    building (``"build"``, ``"host"``: the same with :func:`host_without_memory`) it gives."""
+    building (``"build"``; ``"plugin"``: with :class:`WindowPlugin`; ``"host"``: with
+    :func:`host_without_memory`) it gives."""
     path = folder / CASE_FILE
     if isinstance(text, bytes):
         path.write_bytes(text)
@@ -753,8 +854,9 @@ def case_error(folder: Path, text: str | bytes, stage: str = "load") -> ProfileE
         profile = Profile.load(path)  # valid as a profile: only building finds the problem
         if stage == "host":
             stack.enter_context(host_without_memory())
+        registry = DeviceRegistry.default(plugins=[WindowPlugin]) if stage == "plugin" else None
         with pytest.raises(ProfileError) as info:
-            Machine.build(profile)
+            Machine.build(profile, registry)
         return info.value
 
 
@@ -767,7 +869,7 @@ def expected_place(folder: Path, line: int | str) -> tuple[str, int]:
 
 
 ALL_CASES = [(case, "load") for case in PROFILE_ERRORS] + [(case, "build") for case in BUILD_ERRORS] + [
-    (case, "host") for case in HOST_ERRORS]
+    (case, "plugin") for case in PLUGIN_ERRORS] + [(case, "host") for case in HOST_ERRORS]
 
 
 def test_error_tables_have_distinct_cases() -> None:
@@ -920,3 +1022,144 @@ def test_a_child_without_a_name_is_named_after_its_own_file(tmp_path: Path) -> N
     (tmp_path / "base.yaml").write_text("name: the-base\nmemory: {ram: {size: 4K}}\n")
     (tmp_path / "child.yaml").write_text("extends: base.yaml\n")
     assert Profile.load(tmp_path / "child.yaml").name == "child"
+
+
+# --- hostile paths and files (issue 13) ------------------------------------------------------
+
+
+def test_extends_may_go_max_extends_deep(tmp_path: Path) -> None:
+    top = extends_chain(tmp_path / "chain", MAX_EXTENDS + 1)  # the top file and MAX_EXTENDS bases
+    assert [slot.name for slot in Profile.load(top).memory] == ["ram"]
+
+
+def test_an_extends_chain_of_600_files_is_one_line_at_the_limit(tmp_path: Path) -> None:
+    top = extends_chain(tmp_path / "chain", 600)
+    err = load_error(top)
+    assert (err.where.file, err.where.line, err.key) == (str(tmp_path / "chain" / f"{MAX_EXTENDS + 1}.yaml"), 1,
+                                                         "extends")
+    assert f"more than {MAX_EXTENDS} base profiles below {top}" in err.message
+
+
+def test_an_image_that_grew_after_loading_does_not_spill_into_the_next_slot(tmp_path: Path) -> None:
+    image = tmp_path / "grows.bin"
+    image.write_bytes(b"\x90" * 4096)
+    path = write(tmp_path / "p.yaml", "memory:\n  next: {base: 4K, size: 4K}\n  ram: {base: 0, size: 4K, "
+                 "image: grows.bin}\n")
+    profile = Profile.load(path)
+    image.write_bytes(b"\x90" * 4097)
+    with pytest.raises(ProfileError) as info:
+        Machine.build(profile)
+    assert str(info.value) == (f"{path}:3: memory.ram.image: image {image} holds more than the 0x1000 bytes from "
+                               "offset 0x0 to the end of the 0x1000-byte slot")
+
+
+def test_an_image_that_fills_its_slot_exactly_from_its_offset_is_loaded(tmp_path: Path) -> None:
+    (tmp_path / "fill.bin").write_bytes(b"\xab" * 0x800)
+    profile = Profile.load(write(tmp_path / "p.yaml", "memory:\n  ram: {size: 4K, image: fill.bin, offset: 0x800}\n"))
+    with Machine.build(profile) as machine:
+        assert machine.memory.read(0x7FF, 2) == b"\x00\xab"
+        assert machine.memory.read(0xFFF, 1) == b"\xab"
+
+
+def test_a_proc_file_that_fits_is_read_to_its_end_though_stat_says_0_bytes(tmp_path: Path) -> None:
+    assert os.stat("/proc/version").st_size == 0
+    expected = Path("/proc/version").read_bytes()
+    profile = Profile.load(write(tmp_path / "p.yaml", "memory:\n  ram: {size: 4K, image: /proc/version}\n"))
+    with Machine.build(profile) as machine:
+        assert machine.memory.read(0, len(expected)) == expected
+
+
+def test_an_image_replaced_by_a_fifo_after_loading_is_refused_without_blocking(tmp_path: Path) -> None:
+    image = tmp_path / "img.bin"
+    image.write_bytes(b"\xf4")
+    profile = Profile.load(write(tmp_path / "p.yaml", "memory:\n  ram: {size: 4K, image: img.bin}\n"))
+    image.unlink()
+    os.mkfifo(image)  # no writer: a blocking open would wait forever
+    with pytest.raises(ProfileError) as info:
+        Machine.build(profile)
+    assert str(info.value) == f"{tmp_path / 'p.yaml'}:2: memory.ram.image: cannot read {image}: not a regular file"
+
+
+def test_a_fifo_as_image_is_refused_when_loading(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    err = load_error(write(tmp_path / "p.yaml", "memory:\n  ram: {size: 4K, image: fifo}\n"))
+    assert err.message.startswith("image file fifo is not a regular file")
+
+
+def test_a_path_longer_than_the_host_allows_is_named_as_such(tmp_path: Path) -> None:
+    deep = "/".join(["d" * 200] * 25)  # every component fits; the whole path (5K) does not
+    err = load_error(write(tmp_path / "p.yaml", f"memory:\n  ram: {{size: 4K, image: {deep}/x.bin}}\n"))
+    assert "longer than the host allows" in err.message
+
+
+def test_a_profile_named_longer_than_the_host_allows_on_the_command_line_is_one_line() -> None:
+    from vmcore.cli import _profile_path
+
+    with pytest.raises(ProfileError) as info:
+        _profile_path("p" * 300)
+    assert info.value.message == "cannot read the profile: File name too long"
+
+
+def test_device_mmio_in_a_hole_between_slots_is_accepted(tmp_path: Path) -> None:
+    text = RAM_ONLY + "  high: {base: 1M, size: 4K}\ndevices:\n  win: {type: window, base: 0x1000}\n"
+    registry = DeviceRegistry.default(plugins=[WindowPlugin])
+    with Machine.build(Profile.load(write(tmp_path / "p.yaml", text)), registry) as machine:
+        assert machine.mmio.find(0x1000) is not None and machine.mmio.find(0x1000)[1] == "win"
+
+
+def test_device_mmio_over_memory_that_a_device_decodes_is_accepted(tmp_path: Path) -> None:
+    text = RAM_ONLY + "devices:\n  win: {type: window, base: 0x800, decode: true}\n"
+    registry = DeviceRegistry.default(plugins=[WindowPlugin])
+    with Machine.build(Profile.load(write(tmp_path / "p.yaml", text)), registry) as machine:
+        assert machine.mmio.find(0x800) is not None and machine.mmio.find(0x800)[1] == "win"
+
+
+def test_device_mmio_partly_over_decoded_memory_names_the_part_memory_answers(tmp_path: Path) -> None:
+    # The window's overlay is its own page (0x0..0xfff); the window runs 8 bytes into the next page.
+    text = "memory:\n  ram: {size: 8K}\ndevices:\n  win: {type: window, base: 0xFF8, decode: true}\n"
+    with pytest.raises(ProfileError) as info:
+        Machine.build(Profile.load(write(tmp_path / "p.yaml", text)), DeviceRegistry.default(plugins=[WindowPlugin]))
+    assert "the guest's accesses to 0x1000..0x1007 reach the memory" in info.value.message
+
+
+def test_a_path_with_a_nul_character_is_one_line(tmp_path: Path) -> None:
+    err = load_error(write(tmp_path / "p.yaml", 'memory:\n  ram: {size: 4K, image: "a\\0b.bin"}\n'))
+    assert err.message.startswith("image file a\x00b.bin cannot be a path: it holds a NUL character")
+
+
+# --- quoted --set values ------------------------------------------------------------------
+
+
+UART = RAM_ONLY + "devices:\n  com1: {type: uart16550, backend: memory}\n"
+
+
+@pytest.mark.parametrize("value", ['"null"', "'null'", ' "null" '])
+def test_a_quoted_override_value_is_that_text(tmp_path: Path, value: str) -> None:
+    profile = Profile.load(write(tmp_path / "p.yaml", UART), [f"devices.com1.backend={value}"])
+    assert profile.devices[0].props["backend"] == "null"
+
+
+def test_a_quoted_override_gives_the_uart_its_null_backend(tmp_path: Path) -> None:
+    profile = Profile.load(write(tmp_path / "p.yaml", UART), ['devices.com1.backend="null"'])
+    with Machine.build(profile) as machine:
+        assert machine.devices["com1"].config.backend == "null"
+
+
+def test_a_quoted_override_takes_yaml_escapes(tmp_path: Path) -> None:
+    profile = Profile.load(write(tmp_path / "p.yaml", RAM_ONLY), ['name="a\\x41 b"', "limits.timeout='1'"])
+    assert (profile.name, profile.limits.timeout) == ("aA b", 1.0)
+
+
+def test_an_unquoted_null_override_still_removes_the_key(tmp_path: Path) -> None:
+    profile = Profile.load(write(tmp_path / "p.yaml", UART), ["devices.com1.backend=null"])
+    assert "backend" not in profile.devices[0].props
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ('"null', "a quoted value must be one YAML quoted string: found unexpected end of stream"),
+    ('"a" b', "a quoted value must be one YAML quoted string: expected '<document start>', but found '<scalar>'"),
+    ('"a": b', "a quoted value must be one YAML quoted string, like \"null\" or 'a b'"),
+])
+def test_a_malformed_quoted_override_is_one_line(tmp_path: Path, value: str, problem: str) -> None:
+    err = load_error(write(tmp_path / "p.yaml", UART), (f"devices.com1.backend={value}",))
+    assert str(err) == f"<command line: devices.com1.backend={value}>: devices.com1.backend: {problem}"

@@ -23,7 +23,8 @@ _EXPORTS = {
     "Clock": "clock", "HostClock": "clock", "ManualClock": "clock", "Timer": "clock",
     "CpuState": "cpu",
     "Device": "device", "DeviceContext": "device", "PropertyError": "device",
-    "GuestExit": "faults", "DeviceFault": "faults",
+    "DmaError": "dma", "DmaSpace": "dma",
+    "GuestExit": "faults", "DeviceFault": "faults", "BadAnswer": "faults",
     "in_range": "device", "prop": "device",
     "hookimpl": "hookspecs", "hookspec": "hookspecs",
     "IrqLine": "irq",
@@ -58,7 +59,8 @@ if TYPE_CHECKING:
     from .clock import Clock, HostClock, ManualClock, Timer
     from .cpu import CpuState
     from .device import Device, DeviceContext, PropertyError, in_range, prop
-    from .faults import DeviceFault, GuestExit
+    from .dma import DmaError, DmaSpace
+    from .faults import BadAnswer, DeviceFault, GuestExit
     from .hookspecs import hookimpl, hookspec
     from .irq import IrqLine
     from .machine import Machine, resolve_profile

@@ -54,6 +54,19 @@ UNCLAIMED_WARNINGS = 32
 _BITS = tuple(8 * n for n in range(9))
 
 
+def _split_as_tcg(address: int, size: int) -> bool:
+    """Whether an MMIO access reaches devices split, as the software CPU (unicorn) splits it.
+
+    unicorn hands MMIO regions at most 4 bytes: an aligned 8-byte access arrives as its
+    two 4-byte halves, low first. One that is not naturally aligned arrives as QEMU's TCG
+    splits it: a write as single bytes, low address first; a read of n bytes as the two
+    naturally aligned n-byte units around it, lower first (the guest gets its bytes out
+    of them). An odd size, which only a KVM fragment of a page-crossing access has, is
+    taken byte by byte. The bus applies this to what KVM hands it, so both agree.
+    """
+    return size > 4 or bool(address & (size - 1) or size & (size - 1))
+
+
 class BusError(Exception):
     """A region that cannot be placed on a bus (overlap, out of the space, bad size)."""
 
@@ -132,6 +145,9 @@ class Region:
         bad = [s for s in self.sizes if s not in ACCESS_SIZES]
         if bad or not self.sizes:
             raise BusError(f"region {self.name or hex(self.base)}: access sizes must be among {ACCESS_SIZES}, got {self.sizes}")
+        if self.space is Space.MMIO and min(self.sizes) > 4:
+            raise BusError(f"region {self.name or hex(self.base)}: MMIO accesses reach devices at most 4 bytes wide "
+                           f"(an 8-byte one as two halves), so the sizes {self.sizes} would take no write")
         for bell in self.doorbells:
             self._check_doorbell(bell)
 
@@ -139,7 +155,7 @@ class Region:
         where = f"region {self.name or hex(self.base)}: doorbell at offset {bell.offset:#x}"
         if self.write is None:
             raise BusError(f"{where}: the region has no write handler to ring")
-        widths = (1, 2, 4) if self.space is Space.PIO else ACCESS_SIZES
+        widths = (1, 2, 4)  # port IO has no wider access; MMIO reaches devices at most 4 bytes wide
         if bell.size not in widths:
             raise BusError(f"{where}: size must be one of {widths} for {self.space.value}, got {bell.size}")
         if bell.size not in self.sizes:
@@ -224,11 +240,10 @@ class Bus:
         #: Devices in the middle of a DMA (see vmcore.dma): an access that would re-enter one of
         #: them is refused (QEMU's MemReentrancyGuard).
         self.engaged: set[str] = set()
-        # MMIO accesses that are not naturally aligned (or of an odd size) are split the way
-        # the software CPU splits them (QEMU's TCG): writes into single bytes, reads into the
-        # two aligned units around them. KVM hands the bus the guest's own access, so the bus
-        # applies the same rule and devices see the same accesses on both accelerators.
-        self._bytewise = space is Space.MMIO
+        # MMIO accesses wider than 4 bytes or not naturally aligned are split the way the
+        # software CPU splits them (see _split_as_tcg). KVM hands the bus the guest's own
+        # access, so the bus applies the same rule and devices see the same accesses on both.
+        self._mmio_rule = space is Space.MMIO
         #: What a device exception does: "stop" (raise DeviceFault) or "continue" (log, all ones).
         self.device_errors = "stop"
         #: (device, exception type name) -> faults contained under "continue".
@@ -315,7 +330,7 @@ class Bus:
         self._forget_routes()
 
     def _read_traced(self, address: int, size: int) -> int:
-        if self._bytewise and (address & (size - 1) or size & (size - 1)):
+        if self._mmio_rule and _split_as_tcg(address, size):
             return self._read_unaligned(address, size)
         value = Bus.read(self, address, size)
         entry = self._lookup(address)
@@ -324,7 +339,7 @@ class Bus:
         return value
 
     def _write_traced(self, address: int, size: int, value: int) -> None:
-        if self._bytewise and (address & (size - 1) or size & (size - 1)):
+        if self._mmio_rule and _split_as_tcg(address, size):
             self._write_unaligned(address, size, value)
             return
         entry = self._lookup(address)
@@ -338,7 +353,7 @@ class Bus:
         """Read ``size`` bytes (1, 2, 4 or 8) at ``address``; unclaimed reads give all ones."""
         # The try costs nothing until a device raises (zero-cost exceptions, Python 3.11).
         try:
-            if self._bytewise and (address & (size - 1) or size & (size - 1)):
+            if self._mmio_rule and _split_as_tcg(address, size):
                 return self._read_unaligned(address, size)
             entry = self._small.get(address)
             if entry is None or address + size > entry.end or not size & entry.size_mask or entry.read is None:
@@ -365,7 +380,7 @@ class Bus:
     def write(self, address: int, size: int, value: int) -> None:
         """Write ``size`` bytes at ``address``; unclaimed writes are dropped and logged."""
         try:
-            if self._bytewise and (address & (size - 1) or size & (size - 1)):
+            if self._mmio_rule and _split_as_tcg(address, size):
                 self._write_unaligned(address, size, value)
                 return
             entry = self._small.get(address)
@@ -424,7 +439,7 @@ class Bus:
         access path does. Decided per (address, size) once, so a dispatch table
         built from it stays valid while the claims and the tracer stay the same.
         """
-        if self._tracer is not None or self._bytewise and (address & (size - 1) or size & (size - 1)):
+        if self._tracer is not None or self._mmio_rule and _split_as_tcg(address, size):
             return None
         entry = self._lookup(address)
         if entry is None or address + size > entry.end or not size & entry.size_mask:
@@ -442,20 +457,20 @@ class Bus:
         must contain what the handler raises as :meth:`direct` says. The route is kept
         in ``read_routes[size][address]``, so a hot loop looks it up there first.
         """
-        found = self.direct(Direction.READ, address, size)
-        route = (self.read, address) if found is None else found
-        if size < len(self.read_routes):
-            table = self.read_routes[size]
-            if len(table) < ROUTE_CACHE:
-                table[address] = route
-        return route
+        return self._route(self.read_routes, Direction.READ, self.read, address, size)
 
     def write_route(self, address: int, size: int) -> tuple[Callable[[int, int, int], None], int]:
         """How to do this write fast: ``handler(first, size, value)`` (see :meth:`read_route`)."""
-        found = self.direct(Direction.WRITE, address, size)
-        route = (self.write, address) if found is None else found
-        if size < len(self.write_routes):
-            table = self.write_routes[size]
+        return self._route(self.write_routes, Direction.WRITE, self.write, address, size)
+
+    def _route(self, tables: list[dict[int, Any]], direction: Direction, full: Callable[..., Any],
+               address: int, size: int) -> tuple[Callable[..., Any], int]:
+        found = self.direct(direction, address, size)
+        route = (full, address) if found is None else found
+        # Addresses nobody claims are not kept: a guest sweeping them would only fill the
+        # table with routes to the full path (which counts them anyway).
+        if size < len(tables) and (found is not None or self._lookup(address) is not None):
+            table = tables[size]
             if len(table) < ROUTE_CACHE:
                 table[address] = route
         return route
@@ -543,14 +558,14 @@ class Bus:
             Bus.write(self, address + k, 1, (value >> (8 * k)) & 0xFF)
 
     def _read_unaligned(self, address: int, size: int) -> int:
-        """An MMIO read that is not naturally aligned: the two aligned units of its size around it.
+        """An MMIO read split as the software CPU splits it (see _split_as_tcg).
 
-        What the software CPU does (QEMU's TCG reads both aligned units and takes the bytes
-        asked for), so devices see the same reads on both accelerators. An odd size (only a
-        KVM fragment of a page-crossing access has one) is read byte by byte. Through
-        self.read: with a tracer on, each unit is a transaction of its own.
+        Through self.read: with a tracer on, each piece is a transaction of its own, as the
+        software CPU delivers them.
         """
         read = self.read
+        if size == 8 and not address & 7:
+            return read(address, 4) | read(address + 4, 4) << 32
         if size & (size - 1):
             value = 0
             for k in range(size):
@@ -561,8 +576,12 @@ class Bus:
         return (both >> (8 * (address - first))) & ((1 << (8 * size)) - 1)
 
     def _write_unaligned(self, address: int, size: int, value: int) -> None:
-        """An MMIO write that is not naturally aligned: single bytes, low address first (as TCG stores it)."""
+        """An MMIO write split as the software CPU splits it (see _split_as_tcg)."""
         write = self.write
+        if size == 8 and not address & 7:
+            write(address, 4, value & 0xFFFF_FFFF)
+            write(address + 4, 4, value >> 32)
+            return
         for k in range(size):
             write(address + k, 1, (value >> (8 * k)) & 0xFF)
 

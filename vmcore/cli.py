@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
+from pathlib import Path
 from typing import IO, Sequence
 
 from .accel import RunLimits
 from .bus import Transaction
 from .machine import Machine, resolve_profile
 from .plugins import DeviceRegistry, DeviceTypeError
-from .profile import ProfileError
+from .profile import ProfileError, Where
 from .stop import STATUS
 from .units import parse_int
 
@@ -61,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json-report", metavar="FILE",
                      help="also write the stop report as JSON to FILE ('-' for stdout)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                     help="override a profile value, e.g. --set devices.console.port=0xE9 (repeatable)")
+                     help="override a profile value, e.g. --set devices.console.port=0xE9 (repeatable); "
+                          "KEY=null removes the key, and a quoted VALUE is that text: "
+                          "--set 'devices.com1.backend=\"null\"' gives the string null")
 
     diff = sub.add_parser("diff", help="run a profile on KVM and on the software CPU and compare their transactions")
     diff.add_argument("profile", nargs="?", default="hello", help="a profile path or bundled name (default: hello)")
@@ -120,14 +124,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+def _profile_path(name: str) -> Path:
+    """A profile path or bundled name as a path; a name the host cannot look up is a ProfileError."""
+    try:
+        return resolve_profile(name)
+    except OSError as exc:  # e.g. a name longer than the host allows (ENAMETOOLONG)
+        raise ProfileError(Where(name), "", f"cannot read the profile: {exc.strerror or exc}") from None
+
+
 def _build(profile_name: str, overrides: list[str]) -> Machine:
     from .profile import Profile
 
-    path = resolve_profile(profile_name)
-    return Machine.build(Profile.load(path, overrides))
+    return Machine.build(Profile.load(_profile_path(profile_name), overrides))
+
+
+def _report_path_problem(path: str) -> str:
+    """Why the JSON report could not be written to ``path`` ("" when it could), without touching it.
+
+    Checked before the run, so a run is not wasted on a report that cannot be kept; the file
+    itself is only opened once there is a report to write.
+    """
+    target = Path(path)
+    if target.is_dir():
+        return "is a directory"
+    folder = target.parent
+    if not folder.is_dir():
+        return f"its folder {folder} does not exist" if not folder.exists() else f"{folder} is not a folder"
+    if target.exists() or target.is_symlink():
+        return "" if os.access(target, os.W_OK) else "is not writable"
+    return "" if os.access(folder, os.W_OK | os.X_OK) else f"its folder {folder} is not writable"
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.json_report and args.json_report != "-":
+        problem = _report_path_problem(args.json_report)
+        if problem:
+            print(f"vmcore: --json-report {args.json_report}: {problem}", file=sys.stderr)
+            return STATUS["config-error"]
     machine = _build(args.profile, args.overrides)
     trace_out: IO[str] | None = None
     with machine:
@@ -169,8 +202,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.json_report == "-":
             print(text)
         else:
-            with open(args.json_report, "w", encoding="utf-8") as out_file:
-                out_file.write(text + "\n")
+            try:
+                with open(args.json_report, "w", encoding="utf-8") as out_file:
+                    out_file.write(text + "\n")
+            except OSError as exc:  # changed during the run, or the disk filled up
+                print(f"vmcore: --json-report {args.json_report}: cannot write the report: "
+                      f"{exc.strerror or exc}", file=sys.stderr)
+                return STATUS["config-error"]
     return stop.status & 0xFF
 
 
@@ -183,7 +221,7 @@ def _diff(args: argparse.Namespace) -> int:
     from .diff import differential
     from .profile import Profile
 
-    profile = Profile.load(resolve_profile(args.profile), args.overrides)
+    profile = Profile.load(_profile_path(args.profile), args.overrides)
     limits = RunLimits(timeout=args.timeout, max_exits=args.max_exits)
     quiet = contextlib.nullcontext()
     if not getattr(args, "show_output", False):

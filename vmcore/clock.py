@@ -12,26 +12,45 @@ import itertools
 import time
 from typing import Callable
 
+from .faults import DeviceFault, GuestExit
+
 
 class Timer:
     """A scheduled callback; ``cancel()`` removes it."""
 
-    __slots__ = ("deadline", "callback", "cancelled")
+    __slots__ = ("deadline", "callback", "cancelled", "_clock")
 
-    def __init__(self, deadline: int, callback: Callable[[], None]) -> None:
+    def __init__(self, deadline: int, callback: Callable[[], None], clock: "Clock | None" = None) -> None:
         self.deadline = deadline
         self.callback = callback
         self.cancelled = False
+        # The clock whose queue still holds this timer; None once it fired or was dropped.
+        self._clock = clock
 
     def cancel(self) -> None:
+        if self.cancelled:
+            return
         self.cancelled = True
+        clock, self._clock = self._clock, None
+        if clock is not None:
+            clock._timer_cancelled()
+
+
+#: Called with a callback that raised and what it raised (see :attr:`Clock.on_error`).
+ErrorHandler = Callable[[Callable[[], None], BaseException], None]
 
 
 class Clock:
-    """Nanosecond machine time with a timer queue (monotonic, starts at 0)."""
+    """Nanosecond machine time with a timer queue (monotonic, starts at 0).
+
+    A cancelled timer stays queued until the queue is more than half cancelled
+    entries, then they are all dropped at once: a device re-arming a timer on every
+    guest kick keeps the queue at most about twice its live timers.
+    """
 
     def __init__(self) -> None:
         self._queue: list[tuple[int, int, Timer]] = []
+        self._cancelled = 0  # cancelled timers still in the queue
         self._order = itertools.count()
         # Callbacks posted from other threads (host input readers); deque appends are atomic.
         self._posted: collections.deque[Callable[[], None]] = collections.deque()
@@ -40,6 +59,10 @@ class Clock:
         #: Called with the new earliest deadline when a timer is scheduled before all others,
         #: so the run loop can re-arm its wake-up; nothing is polled per exit.
         self.deadline_changed: Callable[[int], None] | None = None
+        #: Called with a timer or posted callback and the exception it raised (anything but
+        #: KeyboardInterrupt, GuestExit and DeviceFault), on the machine's thread, instead of
+        #: letting it propagate; it may raise to end the run. Unset: the exception propagates.
+        self.on_error: ErrorHandler | None = None
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the machine's thread soon; safe from any thread.
@@ -58,7 +81,7 @@ class Clock:
 
     def call_at(self, deadline: int, callback: Callable[[], None]) -> Timer:
         """Run ``callback`` once machine time reaches ``deadline`` (ns)."""
-        timer = Timer(deadline, callback)
+        timer = Timer(deadline, callback, self)
         queue = self._queue
         earliest = not queue or deadline < queue[0][0]
         heapq.heappush(queue, (deadline, next(self._order), timer))
@@ -70,11 +93,16 @@ class Clock:
         """Run ``callback`` after ``delay`` ns of machine time."""
         return self.call_at(self.now() + delay, callback)
 
+    def pending(self) -> int:
+        """How many entries the timer queue holds (live timers and cancelled ones not yet dropped)."""
+        return len(self._queue)
+
     def next_deadline(self) -> int | None:
         """When the earliest pending timer is due, or None."""
         queue = self._queue
         while queue and queue[0][2].cancelled:
             heapq.heappop(queue)
+            self._cancelled -= 1
         return queue[0][0] if queue else None
 
     def run_due(self) -> int:
@@ -82,16 +110,38 @@ class Clock:
         fired = 0
         posted = self._posted
         while posted:
-            posted.popleft()()
+            self._call(posted.popleft())
             fired += 1
         now = self.now()
         queue = self._queue
         while queue and queue[0][0] <= now:
             _, _, timer = heapq.heappop(queue)
-            if not timer.cancelled:
+            if timer.cancelled:
+                self._cancelled -= 1
+            else:
+                timer._clock = None  # fired: a later cancel() has nothing to drop
                 fired += 1
-                timer.callback()
+                self._call(timer.callback)
         return fired
+
+    def _call(self, callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except (KeyboardInterrupt, GuestExit, DeviceFault):
+            raise
+        except BaseException as exc:  # SystemExit too: a device must not end the process
+            if self.on_error is None:
+                raise
+            self.on_error(callback, exc)
+
+    def _timer_cancelled(self) -> None:
+        self._cancelled += 1
+        queue = self._queue
+        if 2 * self._cancelled > len(queue):
+            # In place: run_due may be iterating over this very list (a callback cancelling).
+            queue[:] = [entry for entry in queue if not entry[2].cancelled]
+            heapq.heapify(queue)
+            self._cancelled = 0
 
 
 class HostClock(Clock):
@@ -126,7 +176,7 @@ class ManualClock(Clock):
         fired = 0
         posted = self._posted
         while posted:
-            posted.popleft()()
+            self._call(posted.popleft())
             fired += 1
         while True:
             deadline = self.next_deadline()

@@ -8,9 +8,11 @@ device model must too. :func:`fuzz_device` plays such a guest against one device
 type, each run on a fresh :class:`~vmcore.testing.FakeBus`, and reports what
 broke:
 
-- **exception**: anything but :class:`~vmcore.device.GuestExit` escaping a device
-  method (construction, ``regions()``, ``read``/``write``, a timer callback,
-  ``set_irq``, ``pending``, ``acknowledge``, ``close``). A ``GuestExit`` is
+- **exception**: anything escaping a device method (construction, ``regions()``,
+  ``read``/``write``, a timer callback, ``set_irq``, ``pending``, ``acknowledge``,
+  ``close``), ``SystemExit`` and other ``BaseException`` included, but a
+  :class:`~vmcore.device.GuestExit` and ``KeyboardInterrupt`` (the user's: it stops
+  the fuzzer). A ``GuestExit`` is
   legitimate (debug-exit, an i8042 reset request): the run goes on with a new
   instance, as a machine would be restarted;
 - **out-of-range**: a read handler answering an N-byte access with anything but
@@ -41,8 +43,10 @@ fixed date so runs repeat); other types are built with their defaults plus the
 properties given, and a type that cannot be built is reported, not fuzzed.
 
 Hang detection interrupts the fuzzing thread from a watchdog thread with
-``PyThreadState_SetAsyncExc`` (CPython), so it works off the main thread too; a
-device that catches ``BaseException`` around an endless loop cannot be stopped.
+``PyThreadState_SetAsyncExc`` (CPython), so it works off the main thread too, and
+under a tracer or profiler (coverage.py, cProfile); it interrupts again while the
+call goes on, so a device that catches the interrupt once is interrupted later, but
+one that catches ``BaseException`` inside an endless loop cannot be stopped.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ import importlib.util
 import itertools
 import logging
 import random
+import sys
 import threading
 import time
 import traceback
@@ -401,7 +406,12 @@ class _RunGuest:
 
 
 class _Hang(BaseException):
-    """Injected into the fuzzing thread by the watchdog (BaseException: ``except Exception`` in a device does not eat it)."""
+    """The watchdog's interrupt, raised in the fuzzing thread wherever it is running.
+
+    BaseException, so ``except Exception`` in a device does not eat it. The bus may still hand
+    it on wrapped in a DeviceFault, and a device may catch it: the watchdog knows it sent one,
+    so the call is a hang however it ended, and it sends another while the call goes on.
+    """
 
 
 class _Hung(Exception):
@@ -416,30 +426,56 @@ class _OutOfRange(Exception):
         self.handler = handler
 
 
-def _async_raiser() -> tuple[Callable[..., int], Callable[..., int]] | None:
-    """PyThreadState_SetAsyncExc, to raise (py_object) and to clear (NULL) a pending exception."""
+_AsyncRaise = Callable[[int, type], int]
+
+
+def _async_raiser() -> _AsyncRaise | None:
+    """PyThreadState_SetAsyncExc(thread id, exception type): raise in another thread at its next check.
+
+    Only ever called with an exception. Called with NULL ("cancel the pending one") it marks the
+    interpreter's eval breaker as set with nothing to deliver, and nothing ever unsets it: every
+    thread then handles "pending work" at every check, and under a tracer or profiler CPython 3.11
+    re-runs the check at a function's first instruction without moving on, so the thread spins
+    there forever (the fuzzer under coverage.py never ended, and no signal handler could run).
+    """
     try:
-        api = ctypes.pythonapi
-        raise_ = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(("PyThreadState_SetAsyncExc", api))
-        clear = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(("PyThreadState_SetAsyncExc", api))
+        return ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
+            ("PyThreadState_SetAsyncExc", ctypes.pythonapi))
     except (AttributeError, OSError):
-        return None  # not CPython: slow accesses are still caught once they return
-    return raise_, clear
+        return None  # not CPython: slow calls are still caught once they return
+
+
+def _let_pending_interrupt_land() -> None:
+    """Pass the interpreter's pending-work check: an interrupt still on its way is raised here."""
+    for _ in range(2):  # a backward jump: the check
+        pass
+
+
+def _interrupt_in(error: BaseException | None) -> _Hang | None:
+    """The watchdog's interrupt, if ``error`` is it or carries it (a DeviceFault, an exception raised while handling it)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, _Hang):
+            return error
+        seen.add(id(error))
+        error = error.error if isinstance(error, DeviceFault) else (error.__cause__ or error.__context__)
+    return None
 
 
 class _Watchdog:
-    """Times each device call; interrupts one that runs longer than ``timeout`` seconds."""
+    """Times each device call; interrupts one that runs longer than ``timeout`` seconds, again
+    every ``timeout`` while it goes on (the device may catch the interrupt), and never once it ended."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._thread_id = threading.get_ident()
-        self._lock = threading.Lock()
-        self._start: float | None = None
-        self._fired = False
+        self._lock = threading.Lock()  # one decision at a time: interrupt the call, or end it
+        self._thread_id = 0  # the thread making the call being timed
+        self._deadline: float | None = None  # when the call being timed is due an interrupt; None: no call
+        self._interrupted = False  # an interrupt was sent during the call being timed
         self._stop = threading.Event()
-        self._api = _async_raiser()
+        self._raise = _async_raiser()
         self._thread: threading.Thread | None = None
-        if self._api is not None:
+        if self._raise is not None:
             self._thread = threading.Thread(target=self._watch, name="vmcore-fuzz-watchdog", daemon=True)
             self._thread.start()
 
@@ -449,38 +485,85 @@ class _Watchdog:
             self._thread.join()
 
     def _watch(self) -> None:
-        assert self._api is not None
-        raise_, _ = self._api
+        raise_ = self._raise
+        assert raise_ is not None
         while not self._stop.wait(min(0.05, self.timeout / 4)):
             with self._lock:
-                start = self._start
-                if start is not None and time.monotonic() - start > self.timeout:
-                    self._fired = True
+                deadline = self._deadline
+                if deadline is not None and time.monotonic() >= deadline:
                     raise_(self._thread_id, _Hang)
-                    self._start = start + self.timeout  # again later, if the device swallowed it
+                    self._interrupted = True
+                    self._deadline = deadline + self.timeout
 
-    def _disarm(self) -> bool:
+    def _begin(self) -> None:
         with self._lock:
-            self._start = None
-            fired, self._fired = self._fired, False
-            if fired and self._api is not None:
-                self._api[1](self._thread_id, None)  # drop it if it has not been delivered yet
-        return fired
+            self._thread_id = threading.get_ident()
+            self._interrupted = False
+            self._deadline = time.monotonic() + self.timeout
+
+    def _end(self) -> bool:
+        """Stop timing the call: whether it was interrupted.
+
+        An interrupt sent just before may not have landed yet (the call ended first): it lands
+        in here, at the latest on the way out, and nowhere once this has returned.
+        """
+        with self._lock:
+            self._deadline = None  # from here the watchdog sends nothing more
+            interrupted = self._interrupted
+        if interrupted:
+            _let_pending_interrupt_land()
+        return interrupted
 
     def call(self, func: Callable[..., Any], *args: Any) -> Any:
+        """``func(*args)``; _Hung if it took longer than the timeout (interrupted where it was, if it was still running)."""
+        tracers = sys.gettrace(), sys.getprofile()
         start = time.monotonic()
-        self._start = start
+        self._begin()
+        result: Any = None
+        error: BaseException | None = None
         try:
+            result = func(*args)
+        except BaseException as exc:  # the device's own, or the interrupt (bare, or wrapped by the bus)
+            error = exc
+        while True:
             try:
-                result = func(*args)
-            finally:
-                fired = self._disarm()
-        except _Hang as exc:
-            self._disarm()
-            raise _Hung(self.timeout, exc) from None
-        if fired or time.monotonic() - start > self.timeout:
-            raise _Hung(self.timeout, None)
+                interrupted = self._end()
+                break
+            except _Hang as late:  # sent as the call ended, it landed in _end: end again, nothing is left
+                error = late if error is None else error
+        if interrupted:
+            _restore_tracers(*tracers)
+        if isinstance(error, KeyboardInterrupt):
+            raise error
+        if interrupted or time.monotonic() - start > self.timeout:
+            interrupt = _interrupt_in(error)
+            if interrupt is not None:
+                _cut_at_tracers(interrupt, tracers)
+            raise _Hung(self.timeout, interrupt) from None
+        if error is not None:
+            raise error
         return result
+
+
+def _cut_at_tracers(interrupt: _Hang, tracers: tuple[Any, Any]) -> None:
+    """End the interrupt's traceback before the trace or profile function it landed in, if it
+    did: the report shows where the device was, not the tracer."""
+    codes = {getattr(getattr(tracer, "__func__", tracer), "__code__", None) for tracer in tracers} - {None}
+    tb = interrupt.__traceback__
+    while codes and tb is not None and tb.tb_next is not None:
+        if tb.tb_next.tb_frame.f_code in codes:
+            tb.tb_next = None
+            return
+        tb = tb.tb_next
+
+
+def _restore_tracers(trace: Any, profile: Any) -> None:
+    """Put back a Python trace or profile function the interrupt removed: CPython drops one that
+    raises, and the interrupt may land inside it (coverage.py's Python tracer, a debugger)."""
+    if trace is not None and sys.gettrace() is None:
+        sys.settrace(trace)
+    if profile is not None and sys.getprofile() is None:
+        sys.setprofile(profile)
 
 
 @attrs.frozen
@@ -600,14 +683,18 @@ class _Session:
             self.device = self.call(target.cls.create, target.config, ctx)
         except _Hung as exc:
             return _hang_problem(exc, "building the device")
-        except (Exception, GuestExit) as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit, GeneratorExit...: the device's, a failure like any other
             problem = _exception_problem(exc, "create()")
             return attrs.evolve(problem, kind="construction", message=f"cannot build it: {problem.message}")
         try:
             regions = list(self.call(self.device.regions))
         except _Hung as exc:
             return _hang_problem(exc, "regions()")
-        except (Exception, GuestExit) as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             return _region_problem("regions() raised", exc)
         for region in regions:
             if not isinstance(region, Region):
@@ -681,7 +768,9 @@ class _Session:
             if isinstance(error, _OutOfRange):
                 return "", _Problem("out-of-range", f"{op}: {error}", ("out-of-range", error.handler))
             return "", _exception_problem(error, str(op))
-        except Exception as exc:  # a timer callback, set_irq, pending, acknowledge: not behind the bus
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a timer callback, set_irq, pending, acknowledge: not behind the bus
             return "", _exception_problem(exc, str(op))
         if self.exit is not None:
             note += f"\n# guest exit (status {self.exit.status}: {self.exit.reason}); a new instance from here"
@@ -710,7 +799,9 @@ class _Session:
                 pass
             except _Hung as exc:
                 problem = _hang_problem(exc, "close()")
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
                 problem = _exception_problem(exc, "close()")
         with contextlib.suppress(Exception):
             self.bus.memory.close()
@@ -1105,7 +1196,9 @@ def _fuzz(cls: type, name: str, props: dict[str, Any] | None, merged: dict[str, 
             raise  # the caller's own property: their mistake, not the device's
         return (FuzzFailure(name, "construction", f"cannot build it with properties {merged}: {exc}", (), (),
                             f"PropertyError: {exc}"),)
-    except Exception as exc:  # a Config that is not an attrs class, a broken validator
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a Config that is not an attrs class, a broken validator
         problem = _exception_problem(exc, "building its Config")
         return (FuzzFailure(name, "construction", problem.message, (), (), problem.exception, problem.traceback),)
     target = _Target(cls, name, merged, config, watchdog)

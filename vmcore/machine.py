@@ -8,7 +8,10 @@ runs until the guest stops.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
+import os
+import stat
 import traceback
 from pathlib import Path
 from types import TracebackType
@@ -18,18 +21,24 @@ import attrs
 
 from .accel import Accelerator, AcceleratorUnavailable, RunLimits, create
 from .bus import Bus, BusError, Direction, Region, Space, Transaction
+from .chardev import HostFile
 from .clock import Clock, HostClock
 from .cpu import CpuSetupError, CpuState, start_state, tables_size
 from .device import DeviceContext, PropertyError, resolve_paths
+from .dma import DmaSpace
 from .faults import DeviceFault, GuestExit
 from .irq import InterruptController, IrqLine
 from .memory import GuestMemory, GuestMemoryError
 from .pci import PciBus
 from .plugins import DeviceRegistry, DeviceTypeError
-from .profile import Profile, ProfileError, Where
+from .profile import DeviceSpec, Profile, ProfileError, Where
 from .stop import StopReason
 
 log = logging.getLogger("vmcore.machine")
+
+#: How many of the latest IRQ line changes :attr:`Machine.irq_log` keeps (a PIT at divisor 1
+#: changes a line millions of times a minute).
+IRQ_LOG_LENGTH = 4096
 
 
 class RomRegion:
@@ -67,8 +76,14 @@ class Machine:
         self.irq_lines = irq_lines
         self.state = state
         self.accelerator: Accelerator | None = None
-        #: Every IRQ line change: (machine time ns, line, level).
-        self.irq_log: list[tuple[int, int, bool]] = []
+        self._started = False  # devices' start() ran (see _start_devices)
+        #: The latest IRQ line changes, oldest first: (machine time ns, line, level).
+        self.irq_log: collections.deque[tuple[int, int, bool]] = collections.deque(maxlen=IRQ_LOG_LENGTH)
+        #: How many times each IRQ line changed level since the machine was built.
+        self.irq_changes: collections.Counter[int] = collections.Counter()
+        #: (device, exception type name) -> timer callback faults contained under ``continue``.
+        self.timer_faults: dict[tuple[str, str], int] = {}
+        clock.on_error = self._timer_failed
         self._kernel_irq: Callable[[int, bool], None] | None = None
         self._controller: InterruptController | None = None
         self._tracer: Callable[[Transaction], None] | None = None
@@ -98,12 +113,7 @@ class Machine:
                 except (GuestMemoryError, OSError) as exc:
                     raise ProfileError(spec.where, f"memory.{spec.name}", str(exc)) from None
                 if spec.image is not None:
-                    try:
-                        image = spec.image.read_bytes()
-                    except OSError as exc:  # removed or made unreadable since the profile was read
-                        raise ProfileError(spec.where, f"memory.{spec.name}.image",
-                                           f"cannot read {spec.image}: {exc.strerror or exc}") from None
-                    memory.load(spec.base + spec.offset, image)
+                    memory.load(spec.base + spec.offset, spec.read_image())  # bounded: it fits the slot
                 if spec.readonly:
                     rom = RomRegion(spec.name, memory, spec.base)
                     mmio.claim(Region(Space.MMIO, spec.base, spec.size, rom.read, rom.write, name="rom"),
@@ -129,18 +139,24 @@ class Machine:
                 ctx = DeviceContext(
                     name=spec.name, clock=clock, memory=memory, irq_line=machine._irq_line,
                     log=logging.getLogger(f"vmcore.device.{spec.name}"), pci=pci,
+                    dma=DmaSpace(spec.name, memory, mmio),
                 )
                 try:
                     device = dtype.cls.create(config, ctx)
+                except PropertyError as exc:  # e.g. a host path the device checked and refused
+                    raise _property_error(spec, exc) from None
                 except (ValueError, TypeError, OSError) as exc:
                     raise ProfileError(spec.where, key, f"device {spec.type!r} could not be created: {exc}") from None
                 devices[spec.name] = device
                 for region in device.regions():
                     bus = pio if region.space is Space.PIO else mmio
+                    if region.space is Space.MMIO:
+                        _check_mmio_clear_of_memory(region, spec.name, key, spec.where, profile, memory)
                     try:
                         bus.claim(region, spec.name)
                     except BusError as exc:
                         raise ProfileError(spec.where, key, str(exc)) from None
+            _check_host_outputs(profile, devices)
         except BaseException:
             for device in devices.values():
                 _close_quietly(device)
@@ -166,10 +182,31 @@ class Machine:
 
     def _irq_changed(self, number: int, level: bool) -> None:
         self.irq_log.append((self.clock.now(), number, level))
+        self.irq_changes[number] += 1
         if self._kernel_irq is not None:
             self._kernel_irq(number, level)
         elif self._controller is not None:
             self._controller.set_irq(number, level)
+
+    def _timer_failed(self, callback: Callable[[], None], exc: BaseException) -> None:
+        """A device's timer (or posted) callback raised: obey ``device_errors`` as the buses do.
+
+        ``stop`` raises a :class:`DeviceFault` that ends the run with a report naming the
+        device; ``continue`` logs it once per device and kind of error, and counts it.
+        """
+        owner = _callback_owner(callback, exc, self.devices)
+        if owner is None:  # no device's code: vmcore's own error, reported as an internal one
+            if isinstance(exc, Exception):
+                raise exc
+            raise RuntimeError(f"a timer callback raised {type(exc).__name__}: {exc}") from exc
+        fault = DeviceFault(owner, "timer", "callback", 0, 0, None, exc)
+        if self.profile.device_errors == "stop":
+            raise fault from exc
+        key = (owner, type(exc).__name__)
+        count = self.timer_faults.get(key, 0)
+        self.timer_faults[key] = count + 1
+        if count == 0:
+            log.error("%s; continuing\n%s", fault, fault.traceback.rstrip())
 
     # --- running --------------------------------------------------------------------
 
@@ -201,7 +238,11 @@ class Machine:
             self.pci.tracer = tracer
 
     def run(self, accel: str | Accelerator | None = None, limits: RunLimits = RunLimits()) -> StopReason:
-        """Run until the guest stops; never raises for guest or device faults."""
+        """Run until the guest stops; never raises for guest or device faults.
+
+        Devices open their host files first (``start()``); one that cannot (a socket path in
+        use, a FIFO output with no reader) raises a ProfileError naming the property.
+        """
         kernel_irqchip = self.profile.irqchip == "kernel"
         if isinstance(accel, Accelerator):
             self.accelerator = accel
@@ -228,7 +269,31 @@ class Machine:
             self.accelerator.setup(self.memory, self.state)
         except (AcceleratorUnavailable, OSError) as exc:
             return StopReason.of("host-error", f"{self.accelerator.name}: {exc}")
-        return self._finish(self._run(limits, controller))
+        self._start_devices()
+        stop = self._run(limits, controller)
+        for bus in (self.pio, self.mmio):
+            summary = bus.unclaimed_summary()
+            if summary is not None:
+                log.warning("%s", summary)
+        return self._finish(stop)
+
+    def _start_devices(self) -> None:
+        """Let each device open its host files: only now, so building (``vmcore check``) opens none."""
+        if self._started:
+            return
+        self._started = True
+        specs = {spec.name: spec for spec in self.profile.devices}
+        for name, device in self.devices.items():
+            start = getattr(device, "start", None)
+            if start is None:
+                continue
+            spec = specs[name]
+            try:
+                start()
+            except PropertyError as exc:  # a live socket, a FIFO with no reader...
+                raise _property_error(spec, exc) from None
+            except (ValueError, TypeError, OSError) as exc:
+                raise ProfileError(spec.where, f"devices.{name}", f"device {spec.type!r} could not start: {exc}") from None
 
     def _run(self, limits: RunLimits, controller: InterruptController | None) -> StopReason:
         assert self.accelerator is not None
@@ -241,14 +306,12 @@ class Machine:
         except DeviceFault as fault:
             return self._with_cpu(StopReason.of(
                 "device-error", str(fault),
-                detail={"device": fault.device, "transaction": f"{fault.space} {fault.direction} "
-                        f"{fault.address:#x}/{fault.size}" + (f" {fault.value:#x}" if fault.value is not None else ""),
-                        "traceback": fault.traceback}))
+                detail={"device": fault.device, "transaction": _transaction_text(fault), "traceback": fault.traceback}))
         except OSError as exc:
             if _find_device(exc.__traceback__, self.devices) is not None:
                 return self._with_cpu(self._device_error(exc))  # e.g. a device's output file failed
             return StopReason.of("host-error", f"{self.accelerator.name}: {exc}")
-        except Exception as exc:  # a device timer raised, or vmcore itself: a report, not a raw traceback
+        except BaseException as exc:  # a device timer raised (SystemExit too), or vmcore itself: a report
             return self._with_cpu(self._device_error(exc))
 
     def _with_cpu(self, stop: StopReason) -> StopReason:
@@ -273,7 +336,7 @@ class Machine:
         history = tuple(str(txn) for txn in self.history) if self.history else ()
         return attrs.evolve(stop, profile=profile, transactions=history)
 
-    def _device_error(self, exc: Exception) -> StopReason:
+    def _device_error(self, exc: BaseException) -> StopReason:
         tb = exc.__traceback__
         culprit = _find_device(tb, self.devices)
         detail = {"traceback": "".join(traceback.format_exception(type(exc), exc, tb))}
@@ -370,6 +433,82 @@ def _check_tables(profile: Profile, tables: int, need: int) -> None:
                        f"{tables:#x}..{tables + need - 1:#x} must lie inside one RAM slot ({need // 1024}K needed)")
 
 
+def _check_mmio_clear_of_memory(region: Region, owner: str, key: str, where: Where, profile: Profile,
+                                memory: GuestMemory) -> None:
+    """Refuse an MMIO region where a memory slot answers: the guest's accesses never exit there.
+
+    Only ranges a device decodes itself (overlays, e.g. the i440fx's PAM segments) may
+    lie over a slot: there the memory can be switched off or made read-only.
+    """
+    for slot in memory.home_slots():
+        uncovered = [(max(slot.base, region.base), min(slot.end, region.end))]
+        for overlay in memory.overlays():  # cut each overlay out: what is left below, what above
+            uncovered = [(a, b) for start, end in uncovered
+                         for a, b in ((start, min(end, overlay.base)), (max(start, overlay.end), end)) if a < b]
+        uncovered = [(start, end) for start, end in uncovered if start < end]
+        if uncovered:
+            start, end = uncovered[0]
+            slot_where = next((s.where for s in profile.memory if s.name == slot.name), None)
+            raise ProfileError(
+                where, key, f"mmio range {region.base:#x}..{region.end - 1:#x} of {owner} lies over memory slot "
+                f"{slot.name!r} ({slot.base:#x}..{slot.end - 1:#x}{f', {slot_where}' if slot_where else ''}): "
+                f"the guest's accesses to {start:#x}..{end - 1:#x} reach the memory, never the device")
+
+
+def _property_error(spec: DeviceSpec, exc: PropertyError) -> ProfileError:
+    """A device's PropertyError against the profile line that set the property."""
+    where = spec.prop_where.get(exc.key, spec.where)
+    return ProfileError(where, f"devices.{spec.name}.{exc.key}" if exc.key else f"devices.{spec.name}", exc.message)
+
+
+def machine_inputs(profile: Profile) -> dict[tuple[int, int], str]:
+    """The host files the machine reads, by (st_dev, st_ino): its profile files, images and kernel."""
+    named: list[tuple[Path, str]] = [(Path(where.file), f"the profile {where.file}")
+                                     for where in _profile_wheres(profile) if where.line]
+    if profile.path is not None:
+        named.append((profile.path, f"the profile {profile.path}"))
+    named += [(slot.image, f"the image of memory slot {slot.name!r}") for slot in profile.memory if slot.image]
+    if profile.loader is not None:
+        named.append((profile.loader.kernel, "the loader kernel"))
+    inputs: dict[tuple[int, int], str] = {}
+    for path, what in named:
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        inputs.setdefault((info.st_dev, info.st_ino), what)
+    return inputs
+
+
+def _profile_wheres(profile: Profile) -> list[Where]:
+    wheres = [spec.where for spec in profile.memory] + [profile.cpu.where]
+    for spec in profile.devices:
+        wheres += [spec.where, *spec.prop_where.values()]
+    return wheres + ([profile.loader.where] if profile.loader is not None else [])
+
+
+def _check_host_outputs(profile: Profile, devices: dict[str, Any]) -> None:
+    """Refuse a device output that is one of the machine's inputs: starting would overwrite it."""
+    files: list[tuple[str, HostFile, os.stat_result]] = []
+    for name, device in devices.items():
+        host_files = getattr(device, "host_files", None)
+        for file in host_files() if host_files is not None else ():
+            try:
+                files.append((name, file, os.stat(file.path)))
+            except OSError:
+                continue  # an output not there yet, which no input can be
+    inputs = machine_inputs(profile)
+    for name, file, info in files:
+        if not file.output:
+            inputs.setdefault((info.st_dev, info.st_ino), f"the {file.key} of device {name!r}")
+    specs = {spec.name: spec for spec in profile.devices}
+    for name, file, info in files:
+        what = inputs.get((info.st_dev, info.st_ino))
+        if file.output and stat.S_ISREG(info.st_mode) and what is not None:
+            raise _property_error(specs[name], PropertyError(
+                file.key, f"{file.path} is {what}, an input of this machine; an output would overwrite it"))
+
+
 def _find_device(tb: TracebackType | None, devices: dict[str, Any]) -> str | None:
     """The innermost traceback frame running a method of one of our devices."""
     by_id = {id(dev): name for name, dev in devices.items()}
@@ -380,6 +519,26 @@ def _find_device(tb: TracebackType | None, devices: dict[str, Any]) -> str | Non
             found = by_id[id(owner)]
         tb = tb.tb_next
     return found
+
+
+def _callback_owner(callback: Callable[[], None], exc: BaseException, devices: dict[str, Any]) -> str | None:
+    """The device a clock callback belongs to: a bound method's object (through partials), else the traceback's."""
+    target: Any = callback
+    while isinstance(target, functools.partial):
+        target = target.func
+    owner = getattr(target, "__self__", None)
+    for name, device in devices.items():
+        if device is owner:
+            return name
+    return _find_device(exc.__traceback__, devices)
+
+
+def _transaction_text(fault: DeviceFault) -> str:
+    """What the device was doing, for the report: ``pio write 0xf1/1 0x41``, or ``timer callback``."""
+    if fault.space == "timer":
+        return f"{fault.space} {fault.direction}"
+    value = f" {fault.value:#x}" if fault.value is not None else ""
+    return f"{fault.space} {fault.direction} {fault.address:#x}/{fault.size}{value}"
 
 
 def _close_quietly(device: Any) -> None:

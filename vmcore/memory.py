@@ -232,6 +232,10 @@ class GuestMemory:
         self._overlays.remove(overlay)
         self._changed()
 
+    def overlays(self) -> list[Overlay]:
+        """Every overlay, in the order made: the ranges devices decode themselves."""
+        return list(self._overlays)
+
     # --- the flat map and its listeners ---------------------------------------------------------
 
     def add_listener(self, listener: MapListener) -> None:

@@ -24,6 +24,7 @@ Schema (all sections optional but ``memory``)::
     limits: {timeout: 10, max_exits: 1000000}
 
 Mappings merge through ``extends`` key by key; a ``null`` removes an inherited entry.
+At most 32 profiles may lie below one through ``extends``.
 All slots together may hold at most 64G (``VMCORE_MAX_GUEST_MEMORY`` sets another limit).
 docs/malformed-profiles.md lists each malformed input and the message it gives.
 """
@@ -31,8 +32,10 @@ docs/malformed-profiles.md lists each malformed input and the message it gives.
 from __future__ import annotations
 
 import difflib
+import errno
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -58,6 +61,8 @@ REGISTERS = (
 MAX_PROFILE_BYTES = 1 << 20
 MAX_DEPTH = 32  # nesting levels (the schema needs 4; device properties may nest a little)
 MAX_VALUES = 100_000  # values once aliases are expanded ("billion laughs")
+MAX_EXTENDS = 32  # base profiles below one profile; each level costs Python stack frames
+NAME_MAX = 255  # bytes in one path component (Linux)
 MAX_TIMEOUT = 1e9  # seconds; setitimer and lock waits overflow past ~9.2e9
 PHYS_BITS = 52  # x86-64 architectural maximum guest-physical address width
 #: Total guest memory a profile may ask for unless VMCORE_MAX_GUEST_MEMORY says otherwise.
@@ -260,10 +265,52 @@ class SlotSpec:
     image: Path | None
     offset: int
     where: Where
+    image_where: Where | None = None  # the line naming the image, for errors found when reading it
 
     @property
     def readonly(self) -> bool:
         return self.kind == "rom"
+
+    def read_image(self) -> bytes:
+        """The image's bytes; a ProfileError unless they fit between ``offset`` and the slot's end.
+
+        The read is bounded by that room and never blocks: the size :func:`Profile.load` saw
+        can be wrong (a /proc file says 0 and holds megabytes) or stale (the file grew since),
+        and an image that does not fit must not spill into the slot above.
+        """
+        assert self.image is not None
+        where, key = self.image_where or self.where, f"memory.{self.name}.image"
+        room = self.size - self.offset
+        try:
+            data = _read_bounded(self.image, room + 1)
+        except OSError as exc:  # removed, made unreadable or replaced since the profile was read
+            raise ProfileError(where, key, f"cannot read {self.image}: {exc.strerror or exc}") from None
+        if len(data) > room:
+            raise ProfileError(where, key, f"image {self.image} holds more than the {room:#x} bytes from offset "
+                               f"{self.offset:#x} to the end of the {self.size:#x}-byte slot")
+        return data
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of the regular file ``path``; OSError for anything else.
+
+    O_NONBLOCK: a FIFO or device swapped in for the file must not block the open or the read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks: list[bytes] = []
+        got = 0
+        while got < limit:
+            chunk = os.read(fd, min(limit - got, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 @attrs.frozen
@@ -360,7 +407,7 @@ def _load_tree(path: Path, chain: tuple[str, ...]) -> Mapping:
                            "decoded (a binary file given as the profile?)") from None
     tree = parse_yaml(text, file)
     if "extends" in tree:
-        tree = _extend(tree, path.parent, chain + (str(path.resolve()),))
+        tree = _extend(tree, path.parent, chain + (str(_host_path(path.parent, path.name)),))
     return tree
 
 
@@ -369,7 +416,10 @@ def _extend(tree: Mapping, folder: Path, chain: tuple[str, ...]) -> Mapping:
     kw = tree.key_where.pop("extends")
     if not isinstance(node, Scalar) or node.null or not node.value.strip():
         raise ProfileError(kw, "extends", "expected the path of a base profile")
-    base_path = (folder / node.value).resolve()
+    if len(chain) > MAX_EXTENDS:
+        raise ProfileError(node.where, "extends", f"more than {MAX_EXTENDS} base profiles below {chain[0]} "
+                           "(one extends another this deep); merge some of them")
+    base_path = _host_path(folder, node.value)
     if str(base_path) in chain:
         cycle = " -> ".join(chain[chain.index(str(base_path)):] + (str(base_path),))
         raise ProfileError(node.where, "extends", f"{node.value} is already being loaded: a cycle ({cycle})")
@@ -383,16 +433,43 @@ def _extend(tree: Mapping, folder: Path, chain: tuple[str, ...]) -> Mapping:
     return _merge(base, tree)
 
 
+def _host_path(folder: Path, text: str) -> Path:
+    """``text`` (a path in a profile) made absolute against ``folder``, symbolic links resolved.
+
+    Never raises: a path that cannot be resolved (a symlink loop, a name too long) comes back
+    as written, for :func:`_not_a_file` to say what is wrong with it.
+    """
+    joined = folder / text
+    try:
+        return Path(os.path.realpath(joined))
+    except (OSError, RuntimeError, ValueError):
+        return Path(os.path.abspath(joined))
+
+
 def _not_a_file(path: Path) -> str:
     """Why ``path`` cannot be read as a file ("" when it can), for messages."""
-    if not path.exists():
-        return "not found"
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except ValueError:
+        return "cannot be a path: it holds a NUL character"
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "not found"
+        if exc.errno == errno.ELOOP:
+            return "is a loop of symbolic links"
+        if exc.errno == errno.ENAMETOOLONG:
+            longest = max(len(os.fsencode(part)) for part in path.parts)
+            if longest > NAME_MAX:
+                return f"has a path component of {longest} bytes, more than the {NAME_MAX} a name may have"
+            return f"is a path of {len(os.fsencode(path))} bytes, longer than the host allows"
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
         return "is a directory, not a file"
-    if not path.is_file():
+    if not stat.S_ISREG(mode):
         return "is not a regular file"
     try:
-        path.open("rb").close()
+        # Non-blocking, as in SlotSpec.read_image: the file may have become a FIFO since the stat.
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
     except OSError as exc:
         return f"cannot be read: {exc.strerror or exc}"
     return ""
@@ -439,8 +516,25 @@ def _apply_override(tree: Mapping, item: str) -> None:
         node.pop(keys[-1], None)
         node.key_where.pop(keys[-1], None)
         return
-    node[keys[-1]] = Scalar(value, where, null=value == "")
+    if value.strip()[:1] in ("'", '"'):
+        # A quoted value is that text, as in a profile: --set 'devices.com1.backend="null"'.
+        value = _quoted(value, where, ".".join(keys))
+        node[keys[-1]] = Scalar(value, where)
+    else:
+        node[keys[-1]] = Scalar(value, where, null=value == "")
     node.key_where[keys[-1]] = where
+
+
+def _quoted(text: str, where: Where, key: str) -> str:
+    """The string a YAML quoted scalar (single or double quotes, with YAML's escapes) stands for."""
+    try:
+        node = yaml.compose(text, Loader=_Composer)  # bounded nesting, as for profile files
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not a quoted string"
+        raise ProfileError(where, key, f"a quoted value must be one YAML quoted string: {problem}") from None
+    if not isinstance(node, yaml.ScalarNode) or node.style not in ("'", '"'):
+        raise ProfileError(where, key, "a quoted value must be one YAML quoted string, like \"null\" or 'a b'")
+    return str(node.value)
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -555,7 +649,7 @@ def _validate_loader(node: Mapping | None, key_where: Where | None) -> LoaderSpe
     if not kernel_node.value.strip():
         raise ProfileError(kernel_node.where, "loader.kernel", "expected the path of a kernel image, got ''")
     folder = Path(kernel_node.where.file).parent if kernel_node.where.line else Path.cwd()
-    kernel = (folder / kernel_node.value).resolve()
+    kernel = _host_path(folder, kernel_node.value)
     problem = _not_a_file(kernel)
     if problem:
         raise ProfileError(kernel_node.where, "loader.kernel", f"kernel {kernel_node.value} {problem} (looked at {kernel})")
@@ -629,7 +723,7 @@ def _validate_slot(name: str, node: Node, key_where: Where) -> SlotSpec:
         if not image_node.value.strip():
             raise ProfileError(image_node.where, f"{key}.image", "expected the path of an image file, got ''")
         folder = Path(image_node.where.file).parent if image_node.where.line else Path.cwd()
-        image = (folder / image_node.value).resolve()
+        image = _host_path(folder, image_node.value)
         problem = _not_a_file(image)
         if problem:
             # ``missing``: the profile's own advice for an absent image (e.g. the package to install).
@@ -645,13 +739,15 @@ def _validate_slot(name: str, node: Node, key_where: Where) -> SlotSpec:
         raise ProfileError(node["offset"].where, f"{key}.offset",
                            f"{offset:#x} is past the end of the {size:#x}-byte slot")
     if image is not None:
+        # What the file says now; SlotSpec.read_image bounds the read itself (a /proc file says 0).
         length = image.stat().st_size
         if offset + length > size:
             raise ProfileError(
                 node["image"].where, f"{key}.image",
                 f"image is {length} bytes; at offset {offset:#x} it does not fit in the {size:#x}-byte slot",
             )
-    return SlotSpec(name=name, base=base, size=size, kind=kind, image=image, offset=offset, where=key_where)
+    return SlotSpec(name=name, base=base, size=size, kind=kind, image=image, offset=offset, where=key_where,
+                    image_where=node["image"].where if image is not None else None)
 
 
 def max_guest_memory() -> int:

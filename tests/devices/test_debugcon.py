@@ -1,12 +1,14 @@
 """devices/debugcon.py: the debug console port (QEMU ``isa-debugcon``) on the fake bus."""
 
 import io
+import logging
 import sys
 
 import pytest
 
 from vmcore.bus import Direction
-from vmcore.device import PropertyError
+from devices.debugcon import Debugcon, DebugconConfig
+from vmcore.device import DeviceContext, PropertyError, build_config
 
 DEFAULT_PORT = 0xF1
 
@@ -128,3 +130,24 @@ def test_transactions_on_the_console_name_the_device(fake_bus):
     fake_bus.attach("debugcon", name="con", output="memory")
     fake_bus.outb(DEFAULT_PORT, 0x41)
     assert [str(t) for t in fake_bus.transactions] == ["pio  write 0x000000f1/1 -> 0x41 con"]
+
+
+def test_output_file_in_a_missing_folder_is_refused_naming_path(fake_bus, tmp_path):
+    with pytest.raises(PropertyError) as excinfo:
+        fake_bus.attach("debugcon", output="file", path=str(tmp_path / "missing" / "console.log"))
+    assert excinfo.value.key == "path"
+    assert fake_bus.devices == {}
+
+
+def test_output_file_is_opened_by_start_not_when_built(fake_bus, tmp_path):
+    path = tmp_path / "console.log"
+    path.write_bytes(b"earlier run")
+    config = build_config(DebugconConfig, {"output": "file", "path": str(path)})
+    ctx = DeviceContext(name="con", clock=fake_bus.clock, memory=fake_bus.memory, irq_line=fake_bus.irq,
+                        log=logging.getLogger("test"))
+    console = Debugcon(config, ctx)
+    assert path.read_bytes() == b"earlier run"  # built, as `vmcore check` builds it
+    console.start()
+    console.write(0, 1, ord("k"))
+    console.close()
+    assert path.read_bytes() == b"k"

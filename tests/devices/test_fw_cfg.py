@@ -1,10 +1,17 @@
 """devices/fw_cfg.py: QEMU's fw_cfg I/O interface and DMA (docs/specs/fw_cfg.rst) on the fake bus."""
 
+import logging
+import os
 import struct
+import tracemalloc
+from pathlib import Path
 
 import pytest
 
+from devices.fw_cfg import LOGGED_BAD_DMA
 from vmcore.device import PropertyError
+from vmcore.machine import Machine
+from vmcore.profile import Profile, ProfileError
 
 SELECTOR, DATA, DMA_HIGH, DMA_LOW = 0x510, 0x511, 0x514, 0x518
 
@@ -308,3 +315,118 @@ def test_name_in_both_files_and_strings_is_rejected(fake_bus, tmp_path):
     with pytest.raises(PropertyError) as info:
         fake_bus.attach("fw-cfg", files={"opt/a": str(tmp_path / "f")}, strings={"opt/a": "x"})
     assert info.value.key == "strings"
+
+
+# --- bounded under a hostile guest or host ------------------------------------------------------
+
+
+def test_200k_bad_dma_descriptors_log_a_few_then_counts_and_a_total_at_close(fake_bus, caplog):
+    fw = fake_bus.attach("fw-cfg")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(200_000):
+            fake_bus.outl(DMA_LOW, be32_out(0x8000_0000))  # outside the 1 MiB of RAM
+        fw.close()
+    assert fw.bad_dma == 200_000
+    lines = [record.getMessage() for record in caplog.records]
+    assert sum("0x80000000 is not in guest memory" in line for line in lines) == LOGGED_BAD_DMA
+    assert [line for line in lines if "so far" in line] == [
+        f"fw_cfg: {10 ** k} bad DMA descriptors so far" for k in range(1, 6)]
+    assert lines[-1] == f"fw_cfg: 200000 bad DMA descriptors in all; the first {LOGGED_BAD_DMA} were logged"
+    assert len(lines) <= LOGGED_BAD_DMA + 1 + 5 + 1
+
+
+def test_a_dma_status_that_cannot_be_written_counts_as_a_bad_descriptor(fake_bus, fake_memory):
+    fake_memory.add_slot("rom", 0x20_0000, 0x1000, readonly=True)
+    fw = fake_bus.attach("fw-cfg")
+    fake_bus.outl(DMA_LOW, be32_out(0x20_0000))  # readable (all zeros: no operation), status not writable
+    assert fw.bad_dma == 1
+
+
+def sparse_file(path, size, marks):
+    """A file of ``size`` bytes that takes no disk space but the ``marks`` ({offset: bytes})."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in marks.items():
+            f.seek(offset)
+            f.write(data)
+    return str(path)
+
+
+def test_a_large_file_is_served_in_pieces_without_being_held_in_memory(fake_bus, fake_memory, tmp_path):
+    size = 200 << 20
+    marks = {0: b"head", 150 << 20: b"middle" * 20_000, size - 4: b"tail"}  # the middle spans DMA pieces
+    path = sparse_file(tmp_path / "big.bin", size, marks)
+    tracemalloc.start()
+    try:
+        fake_bus.attach("fw-cfg", files={"opt/big": path})
+        assert directory(fake_bus) == [("opt/big", 0x20, size)]
+        assert item(fake_bus, 0x20, 4) == b"head"
+        assert dma(fake_bus, fake_memory, (0x20 << 16) | CTL_SELECT | CTL_SKIP, 150 << 20, 0) == 0
+        assert dma(fake_bus, fake_memory, CTL_READ, 120_000, BUFFER) == 0
+        assert fake_memory.read(BUFFER, 120_000) == marks[150 << 20]
+        assert dma(fake_bus, fake_memory, CTL_SKIP, size - 4 - (150 << 20) - 120_000, 0) == 0
+        assert read(fake_bus, 6) == b"tail\0\0"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20
+
+
+def test_a_file_shrunk_after_the_build_reads_zeros_for_what_is_gone(fake_bus, tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"abcdef")
+    fake_bus.attach("fw-cfg", files={"opt/data": str(path)})
+    path.write_bytes(b"ab")  # truncated in place: the directory still says 6
+    assert item(fake_bus, 0x20, 7) == b"ab\0\0\0\0\0"
+
+
+def test_a_file_over_max_file_size_is_refused_naming_the_file_and_the_cap(fake_bus, tmp_path):
+    path = sparse_file(tmp_path / "big.bin", 1025, {})
+    with pytest.raises(ValueError) as info:
+        fake_bus.attach("fw-cfg", files={"opt/big": path}, max_file_size="1K")
+    assert str(info.value) == (f"fw_cfg file 'opt/big': {path} is 1025 bytes, over the cap of 1024 bytes; "
+                               "raise max_file_size to serve it")
+
+
+def test_a_file_over_the_default_cap_is_a_one_line_profile_error(tmp_path):
+    path = sparse_file(tmp_path / "big.bin", (256 << 20) + 1, {})
+    profile = tmp_path / "fw.yaml"
+    profile.write_text("name: fw\nmemory: {ram: {size: 64K}}\ndevices:\n"
+                       f"  fw: {{type: fw-cfg, files: {{opt/big: {path}}}}}\n")
+    with pytest.raises(ProfileError) as info:
+        Machine.build(Profile.load(profile))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{profile}:4: devices.fw: ")
+    assert message.endswith(f"{path} is 256.0 MiB ({(256 << 20) + 1} bytes), over the cap of 256 MiB; "
+                            "raise max_file_size to serve it")
+
+
+def open_paths():
+    """The host files this process has open."""
+    fds = Path("/proc/self/fd")
+    return {os.path.realpath(fds / fd) for fd in os.listdir(fds)}
+
+
+def test_building_only_stats_the_files_and_starting_opens_them(tmp_path):
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"abc")
+    profile = tmp_path / "fw.yaml"
+    profile.write_text(f"name: fw\nmemory: {{ram: {{size: 64K}}}}\ndevices:\n  fw: {{type: fw-cfg, files: {{opt/d: {data}}}}}\n")
+    with Machine.build(Profile.load(profile)) as machine:  # all that `vmcore check` does
+        assert str(data) not in open_paths()
+        machine.devices["fw"].start()
+        assert str(data) in open_paths()
+    assert str(data) not in open_paths()
+
+
+def test_an_output_naming_a_fw_cfg_file_is_refused_as_one_of_the_machine_inputs(tmp_path):
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"keep me")
+    profile = tmp_path / "fw.yaml"
+    profile.write_text("name: fw\nmemory: {ram: {size: 64K}}\ndevices:\n"
+                       f"  fw: {{type: fw-cfg, files: {{opt/d: {data}}}}}\n"
+                       f"  console: {{type: debugcon, output: file, path: {data}}}\n")
+    with pytest.raises(ProfileError, match="an input of this machine"):
+        Machine.build(Profile.load(profile))
+    assert data.read_bytes() == b"keep me"

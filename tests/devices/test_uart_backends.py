@@ -1,9 +1,10 @@
-"""devices/uart.py: the host ends of the line (file, socket, stdio, memory, null).
+"""devices/uart.py with the host ends of the line (vmcore.chardev: file, socket, stdio, memory, null).
 
 Backends read in host threads and post to the machine thread; ``fake_bus.step(0)`` runs
 what was posted. Every wait is bounded, so a broken backend fails a test instead of hanging it.
 """
 
+import fcntl
 import io
 import os
 import socket
@@ -13,7 +14,9 @@ import time
 
 import pytest
 
-import devices.uart as uart_module
+import vmcore.chardev as chardev
+from devices.uart import FIFO_SIZE, HOST_INPUT_BUFFER
+from vmcore.device import PropertyError
 
 BASE = 0x3F8
 RBR = THR = BASE
@@ -37,7 +40,7 @@ def receive_from_host(fake_bus, count):
 
     def pump():
         fake_bus.step(0)
-        while fake_bus.inb(LSR) & DR:
+        while len(got) < count and fake_bus.inb(LSR) & DR:
             got.append(fake_bus.inb(RBR))
         return len(got) >= count
 
@@ -62,7 +65,7 @@ def transmit(fake_bus, data):
 
 
 def worker_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("uart-")]
+    return [t for t in threading.enumerate() if t.name.startswith("chardev-")]
 
 
 # --- memory and null --------------------------------------------------------------------
@@ -102,10 +105,19 @@ def test_file_backend_input_file_is_received(fake_bus, tmp_path):
     assert receive_from_host(fake_bus, 14) == b"root\npassword\n"
 
 
-def test_file_backend_output_that_cannot_be_opened_fails_at_attach(fake_bus, tmp_path):
-    with pytest.raises(OSError):
+def test_file_backend_output_in_a_missing_folder_is_refused_naming_path(fake_bus, tmp_path):
+    with pytest.raises(PropertyError) as excinfo:
         fake_bus.attach("uart16550", backend="file", path=str(tmp_path / "missing-dir" / "out.log"))
+    assert excinfo.value.key == "path"
+    assert "does not exist" in excinfo.value.message
     assert fake_bus.devices == {}
+
+
+def test_file_backend_missing_input_is_refused_naming_input(fake_bus, tmp_path):
+    with pytest.raises(PropertyError) as excinfo:
+        fake_bus.attach("uart16550", backend="file", path=str(tmp_path / "out"), input=str(tmp_path / "nope"))
+    assert excinfo.value.key == "input"
+    assert not (tmp_path / "out").exists()
 
 
 def test_close_stops_the_reader_threads(fake_bus, tmp_path):
@@ -156,18 +168,27 @@ def test_socket_server_thr_bytes_reach_the_client(fake_bus, sock_path):
     assert uart.output == b""
 
 
-def test_socket_server_drops_output_before_a_client_with_one_log(fake_bus, sock_path, caplog):
+def test_socket_server_holds_output_written_before_a_client_for_it(fake_bus, sock_path):
     fake_bus.attach("uart16550", backend="socket", path=sock_path)
+    transmit(fake_bus, b"banner\n")
+    with connect(sock_path) as client:
+        assert recv_exactly(client, 7) == b"banner\n"
+        transmit(fake_bus, b"now")
+        assert recv_exactly(client, 3) == b"now"
+
+
+def test_socket_server_holds_only_the_latest_output_and_logs_the_drop_once(fake_bus, sock_path, caplog):
+    fake_bus.attach("uart16550", backend="socket", path=sock_path)
+    data = os.urandom(chardev.HELD_OUTPUT + 1000)
     with caplog.at_level("WARNING", logger="vmcore.device"):
-        transmit(fake_bus, b"nobody hears this")
+        transmit(fake_bus, data)
     drops = [r for r in caplog.records if "dropped" in r.getMessage()]
     assert len(drops) == 1
     assert "no client is connected" in drops[0].getMessage()
     with connect(sock_path) as client:
-        client.sendall(b"?")
-        receive_from_host(fake_bus, 1)
-        transmit(fake_bus, b"now")
-        assert recv_exactly(client, 3) == b"now"
+        assert recv_exactly(client, chardev.HELD_OUTPUT) == data[-chardev.HELD_OUTPUT:]
+        transmit(fake_bus, b"!")
+        assert recv_exactly(client, 1) == b"!"
 
 
 def test_socket_server_takes_the_next_client_after_the_first_leaves(fake_bus, sock_path):
@@ -183,10 +204,7 @@ def test_socket_server_takes_the_next_client_after_the_first_leaves(fake_bus, so
         assert recv_exactly(second, 1) == b"x"
 
 
-def test_socket_server_replaces_a_stale_socket_file_and_removes_it_on_close(fake_bus, sock_path):
-    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale.bind(sock_path)
-    stale.close()  # the file stays behind, as after a crash
+def test_socket_server_removes_the_socket_it_made_on_close(fake_bus, sock_path):
     uart = fake_bus.attach("uart16550", backend="socket", path=sock_path)
     with connect(sock_path):
         pass
@@ -194,13 +212,48 @@ def test_socket_server_replaces_a_stale_socket_file_and_removes_it_on_close(fake
     assert not os.path.exists(sock_path)
 
 
+def test_socket_server_refuses_a_stale_socket_file_and_leaves_it(fake_bus, sock_path):
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(sock_path)
+    stale.close()  # the file stays behind, as after a crash
+    before = os.lstat(sock_path)
+    with pytest.raises(PropertyError, match="nobody listens"):
+        fake_bus.attach("uart16550", backend="socket", path=sock_path)
+    assert os.lstat(sock_path).st_ino == before.st_ino
+
+
+def test_socket_server_refuses_a_live_socket_as_in_use_and_leaves_it_serving(fake_bus, sock_path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(sock_path)
+        other.listen(1)
+        before = os.lstat(sock_path)
+        with pytest.raises(PropertyError, match="in use"):
+            fake_bus.attach("uart16550", backend="socket", path=sock_path)
+        assert os.lstat(sock_path).st_ino == before.st_ino
+        connect(sock_path).close()  # the other process still serves its socket
+
+
+def test_socket_server_close_leaves_a_socket_that_replaced_its_own(fake_bus, sock_path):
+    uart = fake_bus.attach("uart16550", backend="socket", path=sock_path)
+    os.unlink(sock_path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(sock_path)  # another process took the path over
+        uart.close()
+        assert os.path.exists(sock_path)
+
+
 def test_socket_server_refuses_to_replace_a_file_that_is_not_a_socket(fake_bus, sock_path):
     with open(sock_path, "w") as f:
         f.write("precious")
-    with pytest.raises(OSError):
+    with pytest.raises(PropertyError, match="not a socket"):
         fake_bus.attach("uart16550", backend="socket", path=sock_path)
     with open(sock_path) as f:
         assert f.read() == "precious"
+
+
+def test_socket_path_longer_than_a_unix_socket_address_is_refused(fake_bus, tmp_path):
+    with pytest.raises(PropertyError, match="at most 107 bytes"):
+        fake_bus.attach("uart16550", backend="socket", path=str(tmp_path / ("s" * 120)))
 
 
 def test_socket_client_mode_connects_to_the_path(fake_bus, sock_path):
@@ -219,7 +272,7 @@ def test_socket_client_mode_connects_to_the_path(fake_bus, sock_path):
 
 
 def test_socket_client_mode_without_a_server_fails_at_attach(fake_bus, sock_path):
-    with pytest.raises(OSError):
+    with pytest.raises(PropertyError, match="cannot connect"):
         fake_bus.attach("uart16550", backend="socket", path=sock_path, socket_mode="client")
 
 
@@ -307,8 +360,8 @@ def test_stdio_tty_attributes_are_restored_on_close(fake_bus, pty_stdin):
 def test_stdio_tty_attributes_are_restored_at_interpreter_exit(fake_bus, pty_stdin, monkeypatch):
     _, slave, termios = pty_stdin
     at_exit = []
-    monkeypatch.setattr(uart_module.atexit, "register", at_exit.append)
-    monkeypatch.setattr(uart_module.atexit, "unregister", lambda func: None)
+    monkeypatch.setattr(chardev.atexit, "register", at_exit.append)
+    monkeypatch.setattr(chardev.atexit, "unregister", lambda func: None)
     before = termios.tcgetattr(slave)
     fake_bus.attach("uart16550")
     assert len(at_exit) == 1
@@ -324,3 +377,108 @@ def test_two_stdio_uarts_leave_the_tty_as_it_was(fake_bus, pty_stdin):
     first.close()
     second.close()
     assert termios.tcgetattr(slave) == before
+
+
+# --- bounded host input: the host is read only while there is room -----------------------
+
+
+def wait_until_host_input_is_held(fake_bus, uart):
+    """Until the FIFO is full and the reader has stopped for want of room, then a while more."""
+
+    def full():
+        fake_bus.step(0)
+        return len(uart.rx) == FIFO_SIZE and len(uart.backend.input) > HOST_INPUT_BUFFER // 2
+
+    wait_until(full, "the RX FIFO and the host input buffer to fill")
+    time.sleep(0.2)  # a reader that ignored the bound would go on reading meanwhile
+    fake_bus.step(0)
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_file_input_far_larger_than_the_buffer_is_held_then_received_in_order(fake_bus, tmp_path):
+    data = os.urandom(64 * 1024)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    uart = fake_bus.attach("uart16550", backend="file", path=str(tmp_path / "out"), input=str(source))
+    fake_bus.outb(FCR, 0x01)
+    wait_until_host_input_is_held(fake_bus, uart)
+    assert len(uart.backend.input) <= HOST_INPUT_BUFFER
+    assert len(uart.rx) == FIFO_SIZE
+    assert receive_from_host(fake_bus, len(data)) == data
+    assert not fake_bus.inb(LSR) & 0x02  # no overrun: nothing was lost
+
+
+def test_endless_file_input_keeps_memory_bounded(fake_bus, tmp_path):
+    before = rss_bytes()
+    uart = fake_bus.attach("uart16550", backend="file", path=str(tmp_path / "out"), input="/dev/zero")
+    fake_bus.outb(FCR, 0x01)
+    wait_until_host_input_is_held(fake_bus, uart)
+    time.sleep(0.3)
+    fake_bus.step(0)
+    assert len(uart.backend.input) <= HOST_INPUT_BUFFER
+    assert rss_bytes() - before < 8 << 20  # unbounded, /dev/zero filled gigabytes in seconds
+    assert receive_from_host(fake_bus, 4096) == bytes(4096)
+
+
+class Writer(threading.Thread):
+    """Sends ``data`` in 4 KiB pieces with a blocking ``send``, counting what the host end accepted."""
+
+    def __init__(self, send, data):
+        super().__init__(daemon=True)
+        self.send, self.data, self.sent = send, data, 0
+
+    def run(self):
+        for start in range(0, len(self.data), 4096):
+            self.sent += self.send(self.data[start:start + 4096])
+
+
+def test_stdin_pipe_input_stays_in_the_pipe_until_the_guest_reads(fake_bus, monkeypatch):
+    data = os.urandom(64 * 1024)
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # so the data is far more than the pipe holds
+    stdin = os.fdopen(read_end, "rb")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    writer = Writer(lambda piece: os.write(write_end, piece), data)
+    try:
+        uart = fake_bus.attach("uart16550")
+        fake_bus.outb(FCR, 0x01)
+        writer.start()
+        wait_until_host_input_is_held(fake_bus, uart)
+        assert len(uart.backend.input) <= HOST_INPUT_BUFFER
+        assert writer.is_alive() and writer.sent < len(data)  # the rest waits in the host pipe
+        assert receive_from_host(fake_bus, len(data)) == data
+        writer.join(TIMEOUT)
+    finally:
+        fake_bus.close()
+        os.close(write_end)
+        stdin.close()
+
+
+def test_socket_peer_input_stays_with_the_peer_until_the_guest_reads(fake_bus, sock_path):
+    data = os.urandom(64 * 1024)
+    uart = fake_bus.attach("uart16550", backend="socket", path=sock_path)
+    fake_bus.outb(FCR, 0x01)
+    with connect(sock_path) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # far less than the data
+        client.settimeout(None)
+        writer = Writer(client.send, data)
+        writer.start()
+        wait_until_host_input_is_held(fake_bus, uart)
+        assert len(uart.backend.input) <= HOST_INPUT_BUFFER
+        assert writer.is_alive() and writer.sent < len(data)  # the peer's send blocks instead
+        assert receive_from_host(fake_bus, len(data)) == data
+        writer.join(TIMEOUT)
+
+
+def test_close_stops_a_reader_waiting_for_room(fake_bus, tmp_path):
+    before = set(worker_threads())
+    uart = fake_bus.attach("uart16550", backend="file", path=str(tmp_path / "out"), input="/dev/zero")
+    fake_bus.outb(FCR, 0x01)
+    started = set(worker_threads()) - before
+    wait_until_host_input_is_held(fake_bus, uart)
+    uart.close()
+    assert started and not any(t.is_alive() for t in started)

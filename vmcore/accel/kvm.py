@@ -105,6 +105,8 @@ class KvmAccelerator(Accelerator):
         #: The second fragment of a page-crossing MMIO read, once the first was served:
         #: (address, size, its bytes) (see _mmio_fragment).
         self._fragment: list[tuple[int, int, int] | None] = [None]
+        #: KVM_RUN already returned the next exit (see _write_fragment): handle it before entering.
+        self._exit_waiting = False
 
     @classmethod
     def open(cls, path: str | None = None, kernel_irqchip: bool = False,
@@ -420,7 +422,10 @@ class KvmAccelerator(Accelerator):
         try:
             while True:
                 try:
-                    enter()
+                    if self._exit_waiting:
+                        self._exit_waiting = False  # an exit came back while serving the last one
+                    else:
+                        enter()
                 except InterruptedError:
                     run.immediate_exit = 0
                     flush()
@@ -478,7 +483,7 @@ class KvmAccelerator(Accelerator):
                     view = mmio_data[size]
                     if (fragment[0] is not None or (size < 8 and not (address + size) & 0xFFF)) \
                             and self._mmio_fragment(mmio, address, size, u8[_MMIO_IS_WRITE], view):
-                        pass  # a piece of a read that crosses a page: split as the software CPU does
+                        pass  # a piece of an access that crosses a page: split as the software CPU does
                     elif u8[_MMIO_IS_WRITE]:
                         value = view[0] & MASKS[size]
                         try:
@@ -541,20 +546,22 @@ class KvmAccelerator(Accelerator):
     # --- MMIO accesses that cross a page -------------------------------------------------------
 
     def _mmio_fragment(self, mmio: Bus, address: int, size: int, is_write: int, view: Any) -> bool:
-        """Split a page-crossing MMIO read as the software CPU does; True when this exit was served here.
+        """Split a page-crossing MMIO access as the software CPU does; True when this exit was served here.
 
-        KVM hands such a read over in fragments, one per page, each of which may look aligned;
-        QEMU's TCG reads the two aligned units of the access's size around it (what the bus does
-        for any unaligned read). The first fragment ends at a page end, and decoding the
-        instruction at RIP (a read exits before the instruction completes) tells whether the
-        access goes on; the second fragment is then answered from what was read.
+        KVM hands such an access over in fragments, one per page, each of which may look
+        aligned; QEMU's TCG splits the whole access instead (the bus's rule for any unaligned
+        access: a write into single bytes, a read into the two aligned units around it). The
+        first fragment ends at a page end:
 
-        Writes cannot be told apart this way: KVM completes the instruction before the exit,
-        so RIP is already past it. A write crossing a page reaches the bus in KVM's per-page
-        pieces, each split by the bus's rule on its own (documented in the device guide).
+        - a read exits before its instruction completes, so decoding the instruction at RIP
+          tells whether the access goes on; the second fragment is answered from what was read;
+        - a write exits after KVM completed the instruction, so KVM_RUN is entered again with
+          immediate_exit set: KVM then hands over the next fragment, if there is one, without
+          running the guest (KVM's API: pending operations complete, no instruction runs), or
+          returns EINTR when the write was whole.
         """
         if is_write:
-            return False
+            return self._write_fragment(mmio, address, size, view)
         pending = self._fragment[0]
         if pending is not None:
             self._fragment[0] = None
@@ -573,6 +580,29 @@ class KvmAccelerator(Accelerator):
         value = (both >> (8 * (address - first))) & _MASKS[whole]
         view[0] = value & _MASKS[size]
         self._fragment[0] = (address + size, whole - size, value >> (8 * size))
+        return True
+
+    def _write_fragment(self, mmio: Bus, address: int, size: int, view: Any) -> bool:
+        if size >= 8 or (address + size) & 0xFFF:
+            return False
+        first = view[0] & _MASKS[size]
+        run = self.vcpu.run_struct
+        # Left set: the loop's next KVM_RUN returns EINTR at once and clears it, so a kick from
+        # another thread that landed meanwhile (it sets the same flag) is not lost.
+        run.immediate_exit = 1
+        try:
+            self.vcpu.run()
+        except InterruptedError:
+            return False  # nothing followed: the write was whole, served as any other
+        io = run.mmio
+        if run.exit_reason == k.KVM_EXIT_MMIO and io.is_write and io.phys_addr == address + size \
+                and size + io.len <= 8:
+            rest = int.from_bytes(bytes(io.data)[: io.len], "little")
+            mmio.write(address, size + io.len, first | rest << (8 * size))  # the bus splits it
+            return True
+        # Another exit (KVM gives none here, by its API): serve this write whole, then that exit.
+        mmio.write(address, size, first)
+        self._exit_waiting = True
         return True
 
     def _access_size(self) -> int | None:

@@ -3,15 +3,23 @@
 Memory slots are mapped from the same host buffers KVM would use, so devices'
 DMA and the CPU share bytes. Port IO arrives through ``in``/``out`` instruction
 hooks (string IO element by element, as TCG executes it), MMIO through
-``mmio_map`` pages whose callbacks call the MMIO bus. Addresses nobody mapped get
-such a page on first touch, so unclaimed accesses behave as on KVM: reads give
-all ones, writes are dropped, both logged by the bus.
+``mmio_map`` windows whose callbacks call the MMIO bus. The windows are the
+complement of the memory slots, so every guest-physical address is either memory
+or MMIO, as on KVM: unclaimed reads give all ones, writes are dropped, both logged
+by the bus.
+
+The windows are few and large on purpose. QEMU keeps a region's section number in
+the low 12 bits of its TLB entries (the page offset), so unicorn misroutes accesses
+once about 4,094 regions exist (it does not check), and each map or unmap
+re-renders the whole map, so many small regions also cost quadratic time to make
+and to tear down.
 """
 
 from __future__ import annotations
 
 import ctypes
 import struct
+import sys
 import threading
 from typing import Any
 
@@ -36,6 +44,12 @@ except ImportError:  # pragma: no cover - exercised where unicorn is absent
     X = None
 
 PAGE = 4096
+#: Where the MMIO windows end: the largest physical address x86 paging can form (MAXPHYADDR 52).
+_PHYSICAL_TOP = 1 << 52
+#: MMIO windows are also cut at each power of two from 1 MiB up: unicorn flushes the TLB page
+#: by page over a region it unmaps (about 14 ns a page here), so a map change near address x
+#: costs at most about x / 4096 of those, never a sweep over 2^52 bytes; and 32 cuts at most.
+_WINDOW_CUTS = tuple(1 << bit for bit in range(20, 52))
 _GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
          "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
 _SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
@@ -47,6 +61,7 @@ _FLAG_IF, _FLAG_TF = 1 << 9, 1 << 8
 _MSR_EFER = 0xC0000080
 _EFER_LMA = 1 << 10
 _MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
+_BITS = tuple(8 * n for n in range(9))
 _CR0_RESET = 0x60000010  # CD | NW | ET: CR0 after RESET, protection off
 #: Instructions per emu_start: how often the loop gets to serve timers and interrupts while the
 #: guest runs without exits (a few hundred microseconds of guest code on unicorn).
@@ -83,11 +98,14 @@ class UnicornAccelerator(Accelerator):
         self.memory: GuestMemory | None = None
         #: Registers at the moment a device raised in a hook (for the device-error report).
         self.fault_snapshot: tuple[Any, ...] | None = None
-        self._mmio_pages: set[int] = set()
+        self._mapped: list[MemorySlot] = []  # the memory slots unicorn maps, by address
+        self._windows: set[tuple[int, int]] = set()  # the MMIO windows unicorn maps, (base, end)
+        # A map change seen inside an MMIO callback waits for emulation to stop (see _map_changed).
+        self._map_stale = False
+        self._callback_code: frozenset[Any] = frozenset()  # the MMIO callbacks' code objects
         self._rom_write: tuple[MemorySlot, int, int] | None = None
         self._reason: StopReason | None = None
-        self._mmio: Bus | None = None
-        # What the MMIO page callbacks (made once per page, for the instance's life) need of the
+        # What the MMIO window callbacks (made per window, kept across runs) need of the
         # run in progress: the bus, the exit count box, the limit and what reaching it does.
         self._run_state: list[Any] = [None, [0], -1, None]
         # Set once the run's end is decided inside a hook (a device raised, debug-exit,
@@ -114,34 +132,69 @@ class UnicornAccelerator(Accelerator):
         self._cpuid1 = _cpuid_leaf1_without_apic(getattr(uc_mod, _MODES[state.mode]))
         self._cpuid_registers = _registers(_CPUID_REGISTERS_64 if _MODES[state.mode] == "UC_MODE_64"
                                            else _CPUID_REGISTERS)
-        self._map_changed([], list(memory))
+        self._follow_map()
         # Devices (a chipset's shadow-RAM decoding) may remap memory while the guest runs.
         memory.add_listener(self._map_changed)
         self._load_state(state)
 
-    def _map_changed(self, removed: list[MemorySlot], added: list[MemorySlot]) -> None:
-        """Follow the guest-physical map: unmap windows gone, map the new ones over any MMIO pages there.
+    def _map_changed(self, _removed: list[MemorySlot], _added: list[MemorySlot]) -> None:
+        """Follow the guest-physical map: memory slots and, between them, the MMIO windows.
 
         Called from a hook too (a device's port write): unicorn takes the new mapping at once,
         for the rest of the translation block as well; blocks translated from the old bytes
-        are dropped before emulation goes on.
+        are dropped before emulation goes on. Inside an MMIO callback the window being served
+        must not be unmapped under it: unicorn frees the region at once, and an 8-byte access,
+        which reaches the callbacks in two parts, then made its second part through the freed
+        region (a segfault). The change waits for the stop requested here instead, which also
+        abandons the instruction (replayed once the map is followed, see _AbandonedAccess), so
+        no instruction runs on the old map.
         """
+        if self._running and self._inside_mmio_callback():
+            self._map_stale = True
+        else:
+            self._follow_map()
+        if self._running:
+            self._request_stop()  # rare; the loop drops translated code before going on
+
+    def _inside_mmio_callback(self) -> bool:
+        """True when an MMIO window callback is on this thread's stack (a rare question: map changes)."""
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code in self._callback_code:
+                return True
+            frame = frame.f_back
+        return False
+
+    def _follow_map(self) -> None:
+        """Make unicorn's map the memory's: unmap what went away, then map slots and windows anew.
+
+        Slots and windows that did not change stay mapped (the guest may be running from
+        them); the windows are recomputed as the gaps between slots.
+        """
+        assert self.memory is not None
         uc = self.uc
-        for slot in removed:
-            uc.mem_unmap(slot.base, slot.size)
-        for slot in added:
-            for page in range(slot.base, slot.end, PAGE):
-                if page in self._mmio_pages:
-                    uc.mem_unmap(page, PAGE)
-                    self._mmio_pages.discard(page)
-            perms = uc_mod.UC_PROT_READ | uc_mod.UC_PROT_EXEC
-            if not slot.readonly:
-                perms |= uc_mod.UC_PROT_WRITE
-            uc.mem_map_ptr(slot.base, slot.size, perms, slot.host_address)
-        if removed or added:
-            self._flush_tb = True
-            if self._running:
-                self._request_stop()  # rare; the loop drops translated code before going on
+        self._map_stale = False
+        slots = list(self.memory)
+        kept = {id(slot) for slot in slots}
+        mapped = {id(slot) for slot in self._mapped}
+        windows = _mmio_windows(slots)
+        if kept == mapped and windows == self._windows:
+            return
+        for base, end in sorted(self._windows - windows):
+            uc.mem_unmap(base, end - base)
+        for slot in self._mapped:
+            if id(slot) not in kept:
+                uc.mem_unmap(slot.base, slot.size)
+        for slot in slots:
+            if id(slot) not in mapped:
+                perms = uc_mod.UC_PROT_READ | uc_mod.UC_PROT_EXEC
+                if not slot.readonly:
+                    perms |= uc_mod.UC_PROT_WRITE
+                uc.mem_map_ptr(slot.base, slot.size, perms, slot.host_address)
+        for base, end in sorted(windows - self._windows):
+            self._map_window(base, end)
+        self._mapped, self._windows = slots, windows
+        self._flush_tb = True
 
     @property
     def mode(self) -> str:
@@ -184,7 +237,6 @@ class UnicornAccelerator(Accelerator):
     def run(self, pio: Bus, mmio: Bus, limits: RunLimits, clock: Clock | None = None,
             controller: InterruptController | None = None) -> StopReason:
         uc = self.uc
-        self._mmio = mmio
         self._reason = None
         self._clock = clock
         self._controller = controller
@@ -223,21 +275,22 @@ class UnicornAccelerator(Accelerator):
         def on_in(_uc: Any, port: int, size: int, _ud: Any) -> int:
             if stopping[0]:
                 return (1 << (8 * size)) - 1
-            if ab.kept is not None and ab.replaying and ab.kept[:3] == ("in", port, size):
-                kept, ab.kept = ab.kept, None
-                return kept[3]  # the abandoned `ins` again: its value, not a second read
+            if ab.replaying and ab.kept and ab.kept[0][:3] == ("in", port, size):
+                return ab.kept.pop(0)[3]  # the abandoned `ins` again: its value, not a second read
             try:
                 handler, where = in_routes[size][port]
             except KeyError:
                 handler, where = in_route(port, size)
             try:
                 value = handler(where, size)
+                if value.__class__ is not int or value >> _BITS[size]:
+                    value = pio.bad_answer(port, size, value)  # checked as the bus checks it
             except BaseException as exc:
                 if not self._contain(pio, Direction.READ, port, size, None, exc):
                     return (1 << (8 * size)) - 1  # a value, or ctypes prints its own error about None
                 value = (1 << (8 * size)) - 1
             if ab.stop and self._at_string_in():
-                ab.kept = ("in", port, size, value)
+                ab.kept.append(("in", port, size, value))
             n = exits[0] = exits[0] + 1
             if n == max_exits:
                 count_limit()
@@ -264,18 +317,9 @@ class UnicornAccelerator(Accelerator):
             stopping[0] = True
             self._request_stop()
 
-        # MMIO page callbacks live as long as the unicorn instance; they count through these.
+        # The MMIO window callbacks outlive the run; they count through these.
         run_state = self._run_state
         run_state[:] = [mmio, exits, max_exits, count_limit]
-
-        def on_unmapped(_uc: Any, access: int, address: int, size: int, _value: int, _ud: Any) -> bool:
-            if access == uc_mod.UC_MEM_FETCH_UNMAPPED:
-                return False  # reported after emu_start returns
-            # First touch of an address with no slot: route its page to the MMIO bus.
-            self._map_mmio_page(address & ~(PAGE - 1))
-            if (address + size - 1) & ~(PAGE - 1) != address & ~(PAGE - 1):
-                self._map_mmio_page((address + size - 1) & ~(PAGE - 1))
-            return True
 
         def on_write_prot(_uc: Any, _access: int, address: int, size: int, value: int, _ud: Any) -> bool:
             slot = self.memory.slot_at(address) if self.memory else None
@@ -295,7 +339,6 @@ class UnicornAccelerator(Accelerator):
 
         hooks.append(uc.hook_add(uc_mod.UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN))
         hooks.append(uc.hook_add(uc_mod.UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT))
-        hooks.append(uc.hook_add(uc_mod.UC_HOOK_MEM_UNMAPPED, on_unmapped))
         hooks.append(uc.hook_add(uc_mod.UC_HOOK_MEM_WRITE_PROT, on_write_prot))
         hooks.append(uc.hook_add(uc_mod.UC_HOOK_INTR, on_intr))
         def on_cpuid(_uc: Any, _ud: Any) -> int:
@@ -309,7 +352,6 @@ class UnicornAccelerator(Accelerator):
 
         hooks.append(uc.hook_add(uc_mod.UC_HOOK_INSN_INVALID, on_invalid))
         hooks.append(uc.hook_add(uc_mod.UC_HOOK_INSN, on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID))
-        self._premap_mmio(mmio)
 
         expired = threading.Event()
         timer = None
@@ -352,9 +394,7 @@ class UnicornAccelerator(Accelerator):
                 return StopReason(kind="exit", message=exc.reason, status=exc.status, exits=exits[0] + 1)
             except uc_mod.UcError as exc:
                 error = exc
-            if self._flush_tb:
-                self._flush_tb = False
-                self.uc.ctl_flush_tb()
+            self._catch_up()
             if self._abandoned.was_abandoned() and self._reason is None and error is None:
                 # The stop abandoned an access mid-instruction: finish that instruction (its
                 # access answered from what was kept) before an interrupt can move IP elsewhere.
@@ -390,11 +430,12 @@ class UnicornAccelerator(Accelerator):
                                       exits[0])
             pc = self._ip()
 
-    def _emulate(self, pc: int, count: int = 0, replay: tuple[str, int, int, int] | None = None) -> None:
+    def _emulate(self, pc: int, count: int = 0, replay: list[tuple[str, int, int, int]] | None = None) -> None:
         """emu_start; what a device raised in a hook comes first, before what it left unicorn doing.
 
-        ``replay``: an access the last run abandoned, answered without the device (see _AbandonedAccess).
+        ``replay``: the accesses the last run abandoned, answered without the device (see _AbandonedAccess).
         """
+        self._catch_up()
         self._abandoned.start(replay)
         try:
             self.uc.emu_start(pc, _NO_END, count=count or _SLICE)
@@ -410,10 +451,10 @@ class UnicornAccelerator(Accelerator):
         """A route raised: contain a device's exception as the bus would; True when the run goes on.
 
         Routes straight to a device skip the bus's own containment (Bus.direct), so what
-        they raise goes to Bus.fault here; GuestExit, DeviceFault and anything that is not
-        an Exception end the run.
+        they raise goes to Bus.fault here (SystemExit too); GuestExit, DeviceFault and
+        KeyboardInterrupt end the run.
         """
-        if isinstance(exc, Exception) and not isinstance(exc, (GuestExit, DeviceFault)):
+        if not isinstance(exc, (GuestExit, DeviceFault, KeyboardInterrupt)):
             try:
                 bus.fault(direction, address, size, value, exc)
                 return True  # device_errors: continue
@@ -485,6 +526,7 @@ class UnicornAccelerator(Accelerator):
                 # count=1 needs freshly translated blocks (see _replay_rom_write), or the
                 # step runs on to the end of the block: past a "sti; nop; cli" and into a
                 # mode switch, where delivering would corrupt the guest.
+                self._catch_up()
                 self.uc.ctl_flush_tb()
                 self._abandoned.start()
                 self.uc.emu_start(self._ip(), _NO_END, count=1)
@@ -516,23 +558,19 @@ class UnicornAccelerator(Accelerator):
 
     # --- helpers used by the hooks ----------------------------------------------------
 
-    def _premap_mmio(self, mmio: Bus) -> None:
-        """Every page an MMIO region touches goes to the bus (unicorn maps whole pages)."""
-        for region, _owner in mmio.claims():
-            first = region.base & ~(PAGE - 1)
-            for page in range(first, region.end, PAGE):
-                if self.memory is not None and self.memory.slot_at(page) is not None:
-                    continue  # a ROM slot's own region: its bytes are mapped memory
-                self._map_mmio_page(page)
+    def _catch_up(self) -> None:
+        """Before emulation goes on: take a map change that waited, drop code translated from old bytes."""
+        if self._map_stale:
+            self._follow_map()
+        if self._flush_tb:
+            self._flush_tb = False
+            self.uc.ctl_flush_tb()
 
-    def _map_mmio_page(self, page: int) -> None:
-        if page in self._mmio_pages:
-            return
-        mmio = self._mmio
-        assert mmio is not None
+    def _map_window(self, base: int, end: int) -> None:
+        """Send [base, end) to the MMIO bus: one pair of callbacks, the guest-physical address is base + offset."""
         stopping = self._stopping
-        # The callbacks stay with the page for the life of the unicorn instance, so they take
-        # the bus of the run in progress; its route tables as for ports (see run()).
+        # The callbacks stay with the window until the map changes there, so they take the
+        # bus of the run in progress; its route tables as for ports (see run()).
 
         ab = self._abandoned
         run_state = self._run_state
@@ -541,21 +579,22 @@ class UnicornAccelerator(Accelerator):
             if stopping[0]:
                 return (1 << (8 * size)) - 1
             bus, box, max_exits, at_limit = run_state
-            address = page + offset
-            if ab.kept is not None and ab.replaying and ab.kept[:3] == ("r", address, size):
-                kept, ab.kept = ab.kept, None
-                return kept[3]
+            address = base + offset
+            if ab.replaying and ab.kept and ab.kept[0][:3] == ("r", address, size):
+                return ab.kept.pop(0)[3]
             try:
                 handler, where = bus.read_routes[size][address]
             except KeyError:
                 handler, where = bus.read_route(address, size)
             try:
                 value = handler(where, size)
+                if value.__class__ is not int or value >> _BITS[size]:
+                    value = bus.bad_answer(address, size, value)
             except BaseException as exc:
                 self._contain(bus, Direction.READ, address, size, None, exc)
                 return (1 << (8 * size)) - 1
             if ab.stop:
-                ab.kept = ("r", address, size, value)
+                ab.kept.append(("r", address, size, value))
             # An MMIO access is an exit on KVM: count it the same here (inline: this is hot).
             n = box[0] = box[0] + 1
             if n == max_exits:
@@ -566,10 +605,10 @@ class UnicornAccelerator(Accelerator):
             if stopping[0]:
                 return
             bus, box, max_exits, at_limit = run_state
-            address = page + offset
+            address = base + offset
             value &= _MASKS[size]
-            if ab.kept is not None and ab.replaying and ab.kept[:4] == ("w", address, size, value):
-                ab.kept = None
+            if ab.replaying and ab.kept and ab.kept[0] == ("w", address, size, value):
+                ab.kept.pop(0)
                 return
             try:
                 handler, where = bus.write_routes[size][address]
@@ -581,13 +620,13 @@ class UnicornAccelerator(Accelerator):
                 self._contain(bus, Direction.WRITE, address, size, value, exc)
                 return
             if ab.stop:
-                ab.kept = ("w", address, size, value)
+                ab.kept.append(("w", address, size, value))
             n = box[0] = box[0] + 1
             if n == max_exits:
                 at_limit()
 
-        self.uc.mmio_map(page, PAGE, read, None, write, None)
-        self._mmio_pages.add(page)
+        self.uc.mmio_map(base, end - base, read, None, write, None)
+        self._callback_code = frozenset((read.__code__, write.__code__))
 
     def _replay_rom_write(self, pc: int) -> int:
         """Run the instruction that wrote to ROM once more, with the ROM page writable, then undo the write."""
@@ -793,16 +832,17 @@ class UnicornAccelerator(Accelerator):
 
 
 class _AbandonedAccess:
-    """Keeps the device access unicorn is about to run a second time, so the device sees it once.
+    """Keeps the device accesses unicorn is about to run a second time, so the device sees each once.
 
     unicorn acts on an emu_stop requested before or during an MMIO callback, or during the
-    IN of a string ``ins``, by abandoning that instruction after the callback ran; on
+    IN of a string ``ins``, by abandoning that instruction after the access ran; on
     resume it runs the instruction again. Every stop goes through ``stop_requested``; each
-    such access that ends with a stop requested is kept (``kept``: kind, address, size,
-    value), replacing any earlier one, as unicorn abandons the first and stops. After
-    emu_start returns with an access kept, the loop re-runs that one instruction with it
-    as ``start``'s ``replay``, and its first access, if it is the same, is answered from
-    it without reaching the device.
+    access that ends with a stop requested is kept (``kept``: kind, address, size, value),
+    in order: unicorn makes every part of an access it splits (an 8-byte MMIO access
+    reaches the callbacks as two 4-byte ones) before it abandons the instruction. After
+    emu_start returns with accesses kept, the loop re-runs that one instruction with them
+    as ``start``'s ``replay``, and its accesses, while they are the same, are answered
+    from them without reaching the device.
     """
 
     __slots__ = ("stop", "kept", "replaying")
@@ -810,17 +850,17 @@ class _AbandonedAccess:
     def __init__(self) -> None:
         self.start()
 
-    def start(self, replay: tuple[str, int, int, int] | None = None) -> None:
-        """A new emu_start: nothing requested; ``replay`` is answered once, if asked again."""
+    def start(self, replay: list[tuple[str, int, int, int]] | None = None) -> None:
+        """A new emu_start: nothing requested; each access of ``replay`` is answered once, if asked again."""
         self.stop = False
-        self.kept = replay
-        self.replaying = replay is not None
+        self.kept: list[tuple[str, int, int, int]] = list(replay or ())
+        self.replaying = bool(replay)
 
     def stop_requested(self) -> None:
         self.stop = True
 
     def was_abandoned(self) -> bool:
-        return self.kept is not None and self.stop and not self.replaying
+        return bool(self.kept) and self.stop and not self.replaying
 
 
 _CPUID_REGISTERS = ("EAX", "EBX", "ECX", "EDX")
@@ -892,6 +932,21 @@ def _stop_request_offset() -> int | None:
         found = None
     _STOP_OFFSET.append(found)
     return found
+
+
+def _mmio_windows(slots: list[MemorySlot]) -> set[tuple[int, int]]:
+    """The MMIO windows as (base, end): the gaps between ``slots`` (sorted) below _PHYSICAL_TOP, cut at _WINDOW_CUTS."""
+    bounds = [0]
+    for slot in slots:
+        bounds += [slot.base, slot.end]
+    bounds.append(_PHYSICAL_TOP)
+    windows: set[tuple[int, int]] = set()
+    for base, end in zip(bounds[::2], bounds[1::2]):
+        cuts = [cut for cut in _WINDOW_CUTS if base < cut < end]
+        for start, stop in zip([base, *cuts], [*cuts, end]):
+            if start < stop:
+                windows.add((start, stop))
+    return windows
 
 
 def _narrow(name: str) -> str:
