@@ -3,7 +3,7 @@
 Each family is a profile in machines/hostile/ whose guest loops for ever (guest/README.md)
 and attacks one bound of issue 13:
 
-* mmio-sweep: a new MMIO page on every access (unicorn's MMIO page mappings);
+* mmio-sweep: a new MMIO page on every access (unicorn's MMIO windows: no mapping per page);
 * unclaimed-sweep: a new unclaimed port and MMIO address on every access (the bus's records and warnings);
 * uart-flood: COM1 reads an endless host file while the guest never reads RBR (host input);
 * pit-storm: PIT channel 0 at divisor 1, IRQ 0 taken (the IRQ log);

@@ -74,6 +74,7 @@ from typing import Any, Callable, Sequence
 import attrs
 
 from vmcore.bus import Region, Space
+from vmcore.chardev import HostFile
 from vmcore.clock import Clock, Timer
 from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
 from vmcore.hookspecs import hookimpl
@@ -635,6 +636,11 @@ class Ide(Device):
     @property
     def disks(self) -> list[Disk | None]:
         return self.channel.disks
+
+    def host_files(self) -> Sequence[HostFile]:
+        """The images, as inputs: no device output may name one (it would truncate the disk)."""
+        return [HostFile(key, path, output=False)
+                for key, path in (("image", self.config.image), ("slave_image", self.config.slave_image)) if path]
 
     def regions(self) -> Sequence[Region]:
         # Sizes 1, 2 and 4 at the command block: a 32-bit access to the data register is two

@@ -56,6 +56,7 @@ import attrs
 
 from devices.ide import AtaChannel, Disk, _image_path, open_disks
 from vmcore.bus import Region, Space
+from vmcore.chardev import HostFile
 from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.pci import (
@@ -167,6 +168,10 @@ class PiixIde(Device):
     def disks(self) -> list[Disk | None]:
         """Primary master, primary slave, secondary master, secondary slave (None: no drive)."""
         return [disk for channel in self.channels for disk in channel.disks]
+
+    def host_files(self) -> Sequence[HostFile]:
+        """The images, as inputs: no device output may name one (it would truncate the disk)."""
+        return [HostFile(key, getattr(self.config, key), output=False) for key in DRIVES if getattr(self.config, key)]
 
     def regions(self) -> Sequence[Region]:
         out = []

@@ -236,3 +236,20 @@ def test_serial_input_through_a_fifo_reaches_the_guest(tmp_path):
     typist.join(5)
     assert result.returncode == 35, result.stderr  # debug-exit 0x11 after 'q'
     assert out.read_bytes() == b"echo ready\nhi qbye\n"
+
+
+@pytest.mark.parametrize("disk_device", ["ide", "piix-ide"])
+def test_an_output_that_is_a_disk_image_is_a_profile_error_and_the_disk_stays_untouched(capsys, tmp_path, disk_device):
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\x55" * 1024)
+    key = "image" if disk_device == "ide" else "primary_master"
+    profile = write_profile(
+        tmp_path,
+        f"  disk: {{type: {disk_device}, {key}: {disk}}}\n"
+        f"  com1: {{type: uart16550, backend: file, path: {disk}}}\n",
+    )
+    before = identity(disk)
+    status, err = vmcore(capsys, "check", str(profile))
+    assert status == CONFIG_ERROR
+    assert f"devices.com1.path: {disk} is the {key} of device 'disk', an input of this machine" in err
+    assert identity(disk) == before and disk.read_bytes() == b"\x55" * 1024

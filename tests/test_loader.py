@@ -545,3 +545,20 @@ def test_c_guest_profiles_load_their_multiboot_kernel(name, kernel, cmdline):
         assert boot.registers["rax"] == MULTIBOOT_BOOTLOADER_MAGIC
     finally:
         memory.close()
+
+
+def test_a_kernel_file_larger_than_guest_memory_is_refused_after_a_bounded_read(tmp_path: Path) -> None:
+    from vmcore.loader import KERNEL_FILE_SLACK, LoaderError
+
+    huge = tmp_path / "huge.elf"
+    with open(huge, "wb") as f:
+        f.truncate(1 << 40)  # sparse: a terabyte of zeros that would take the host's memory
+    memory = GuestMemory()
+    memory.add_slot("ram", 0, 1 << 20)
+    try:
+        with pytest.raises(LoaderError, match=f"holds more than {(1 << 20) + KERNEL_FILE_SLACK:#x} bytes"):
+            load_kernel(spec(huge, "auto"), memory)
+        with pytest.raises(LoaderError, match="not a regular file"):
+            load_kernel(spec(Path("/dev/zero"), "auto"), memory)
+    finally:
+        memory.close()

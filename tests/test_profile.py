@@ -1069,6 +1069,17 @@ def test_a_proc_file_that_fits_is_read_to_its_end_though_stat_says_0_bytes(tmp_p
         assert machine.memory.read(0, len(expected)) == expected
 
 
+def test_the_cpu_tables_are_kept_clear_of_a_proc_image_by_what_was_loaded_not_by_stat(tmp_path: Path) -> None:
+    # /proc/version says 0 bytes but holds ~150: the GDT placed at the slot's top (the last 4K)
+    # would land on it if its size were taken from stat.
+    length = len(Path("/proc/version").read_bytes())
+    profile = Profile.load(write(tmp_path / "p.yaml", "cpu: {mode: protected}\n"
+                                 "memory:\n  ram: {size: 8K, image: /proc/version, offset: 0x1000}\n"))
+    with pytest.raises(ProfileError, match="free of images"):
+        Machine.build(profile)
+    assert length > 0
+
+
 def test_an_image_replaced_by_a_fifo_after_loading_is_refused_without_blocking(tmp_path: Path) -> None:
     image = tmp_path / "img.bin"
     image.write_bytes(b"\xf4")

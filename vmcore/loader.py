@@ -44,6 +44,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from .memory import GuestMemory, GuestMemoryError, MemorySlot
+from .profile import read_bounded
 
 if TYPE_CHECKING:
     from .profile import LoaderSpec
@@ -124,13 +125,23 @@ class BootInfo:
     regions: tuple[tuple[int, int, str], ...] = ()
 
 
+#: How much bigger than all of guest memory a kernel file may be (headers, symbols, debug info).
+KERNEL_FILE_SLACK = 64 << 20
+
+
 def load_kernel(spec: LoaderSpec, memory: GuestMemory) -> BootInfo:
     """Load the kernel a :class:`vmcore.profile.LoaderSpec` names into ``memory``."""
     path = Path(spec.kernel)
+    # Bounded: a kernel holds no more than guest memory, plus its headers and symbols; a /proc or
+    # device file named as one must not be read without end.
+    limit = sum(slot.size for slot in memory.home_slots()) + KERNEL_FILE_SLACK
     try:
-        image = path.read_bytes()
+        image = read_bounded(path, limit + 1)
     except OSError as exc:
         raise LoaderError(f"cannot read kernel {path}: {exc.strerror or exc}") from None
+    if len(image) > limit:
+        raise LoaderError(f"kernel {path} holds more than {limit:#x} bytes: all of guest memory "
+                          f"plus {KERNEL_FILE_SLACK >> 20} MiB for headers and symbols")
     return load_image(image, memory, format=spec.format, cmdline=spec.cmdline, address=spec.address,
                       name=path.name)
 

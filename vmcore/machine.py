@@ -105,6 +105,7 @@ class Machine:
         pci = PciBus(pio, mmio)
         clock = HostClock()
         irq_lines: dict[int, IrqLine] = {}
+        image_sizes: dict[str, int] = {}  # bytes loaded into each slot, for placing the CPU tables
         devices: dict[str, Any] = {}
         try:
             for spec in profile.memory:
@@ -113,13 +114,15 @@ class Machine:
                 except (GuestMemoryError, OSError) as exc:
                     raise ProfileError(spec.where, f"memory.{spec.name}", str(exc)) from None
                 if spec.image is not None:
-                    memory.load(spec.base + spec.offset, spec.read_image())  # bounded: it fits the slot
+                    image = spec.read_image()  # bounded: it fits the slot
+                    memory.load(spec.base + spec.offset, image)
+                    image_sizes[spec.name] = len(image)
                 if spec.readonly:
                     rom = RomRegion(spec.name, memory, spec.base)
                     mmio.claim(Region(Space.MMIO, spec.base, spec.size, rom.read, rom.write, name="rom"),
                                f"rom:{spec.name}")
             machine = cls(profile, memory, pio, mmio, devices, clock, irq_lines,
-                          _cpu_state(profile, memory), pci)
+                          _cpu_state(profile, memory, image_sizes), pci)
 
             for spec in profile.devices:
                 key = f"devices.{spec.name}"
@@ -368,7 +371,8 @@ class Machine:
         self.close()
 
 
-def _cpu_state(profile: Profile, memory: GuestMemory) -> CpuState:
+def _cpu_state(profile: Profile, memory: GuestMemory, image_sizes: dict[str, int]) -> CpuState:
+    """The start state; ``image_sizes``: the bytes loaded into each slot (a /proc file's stat says 0)."""
     cpu = profile.cpu
     mode, entry, registers = cpu.mode, cpu.entry, dict(cpu.registers)
     loaded: tuple[tuple[int, int, str], ...] = ()
@@ -388,9 +392,9 @@ def _cpu_state(profile: Profile, memory: GuestMemory) -> CpuState:
     tables = cpu.tables
     need = tables_size(mode)
     if need and tables is None:
-        tables = _default_tables(profile, need, mode)
+        tables = _default_tables(profile, need, mode, image_sizes)
     if need and tables is not None:
-        _check_tables(profile, tables, need)
+        _check_tables(profile, tables, need, image_sizes)
         for start, end, what in loaded:
             if start < tables + need and tables < end:
                 raise ProfileError(cpu.where, "cpu.tables", f"{tables:#x}..{tables + need - 1:#x} overlaps {what} "
@@ -401,13 +405,13 @@ def _cpu_state(profile: Profile, memory: GuestMemory) -> CpuState:
         raise ProfileError(cpu.where, "cpu.tables", str(exc)) from None
 
 
-def _default_tables(profile: Profile, need: int, mode: str) -> int:
+def _default_tables(profile: Profile, need: int, mode: str, image_sizes: dict[str, int]) -> int:
     """Top of the lowest RAM slot, below 4 GiB, clear of every image."""
     for slot in sorted(profile.memory, key=lambda s: s.base):
         if slot.kind != "ram" or slot.base + slot.size > 1 << 32:
             continue
         candidate = slot.base + slot.size - need
-        image_end = slot.base + slot.offset + (slot.image.stat().st_size if slot.image else 0)
+        image_end = slot.base + slot.offset + image_sizes.get(slot.name, 0)
         if candidate >= image_end and candidate >= slot.base:
             return candidate
     raise ProfileError(
@@ -417,14 +421,14 @@ def _default_tables(profile: Profile, need: int, mode: str) -> int:
     )
 
 
-def _check_tables(profile: Profile, tables: int, need: int) -> None:
+def _check_tables(profile: Profile, tables: int, need: int, image_sizes: dict[str, int]) -> None:
     for slot in profile.memory:
         if slot.base <= tables and tables + need <= slot.base + slot.size:
             if slot.kind != "ram":
                 break
             if slot.image is not None:
                 start = slot.base + slot.offset
-                end = start + slot.image.stat().st_size
+                end = start + image_sizes.get(slot.name, 0)
                 if start < tables + need and tables < end:
                     raise ProfileError(profile.cpu.where, "cpu.tables",
                                        f"{tables:#x}..{tables + need - 1:#x} overlaps the image of slot {slot.name!r}")

@@ -282,7 +282,7 @@ class SlotSpec:
         where, key = self.image_where or self.where, f"memory.{self.name}.image"
         room = self.size - self.offset
         try:
-            data = _read_bounded(self.image, room + 1)
+            data = read_bounded(self.image, room + 1)
         except OSError as exc:  # removed, made unreadable or replaced since the profile was read
             raise ProfileError(where, key, f"cannot read {self.image}: {exc.strerror or exc}") from None
         if len(data) > room:
@@ -291,7 +291,7 @@ class SlotSpec:
         return data
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
+def read_bounded(path: Path, limit: int) -> bytes:
     """At most ``limit`` bytes of the regular file ``path``; OSError for anything else.
 
     O_NONBLOCK: a FIFO or device swapped in for the file must not block the open or the read.
