@@ -1,7 +1,7 @@
 """A hanging device fuzzed in a child process, under a tracer or load, for tests/test_fuzz_watchdog.py.
 
 Run as ``python tests/fuzz_hang_child.py DEVICE TRACER LOAD`` (or under ``coverage run``):
-DEVICE is ``stuck`` or ``stubborn``, TRACER is ``none``, ``settrace``, ``setprofile`` or
+DEVICE is ``stuck``, ``stubborn`` or ``polling``, TRACER is ``none``, ``settrace``, ``setprofile`` or
 ``cprofile`` (coverage installs its own before this runs), LOAD is how many threads spin
 alongside. Prints one JSON line: the failures found, and whether the tracer is still on.
 A hang here must end the child, not the test run: the parent kills it after a hard timeout,
@@ -69,6 +69,23 @@ class Stubborn(Stuck):
         self.regs[offset] = value
 
 
+class Polling(Stuck):
+    """As Stuck, but its loop polls a status method: a profile function sees every call."""
+
+    type_name = "test-polling"
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        while offset == 3 and value & 0x80 and not self.ready():
+            pass  # polling
+        self.regs[offset] = value
+
+    def ready(self) -> bool:
+        return False
+
+
+DEVICES = {"stuck": Stuck, "stubborn": Stubborn, "polling": Polling}
+
+
 def _trace(frame: Any, event: str, arg: Any) -> Any:
     return _trace
 
@@ -99,13 +116,15 @@ def main(device: str, tracer: str, load: int) -> None:
         profiler = cProfile.Profile()
         profiler.enable()
     before = sys.gettrace(), sys.getprofile()
-    report = fuzz_device(Stubborn if device == "stubborn" else Stuck, runs=30, steps=40, seed=20261125,
+    report = fuzz_device(DEVICES[device], runs=30, steps=40, seed=20261125,
                          mode="random", timeout=0.2, shrink_seconds=5)
     after = sys.gettrace(), sys.getprofile()
     if profiler is not None:
         profiler.disable()
-    sys.settrace(None)
-    sys.setprofile(None)
+    elif tracer == "settrace":
+        sys.settrace(None)
+    elif tracer == "setprofile":
+        sys.setprofile(None)
     stop.set()
     failures = [{"kind": f.kind, "message": f.message, "lines": f.lines, "traceback": f.traceback}
                 for f in report.failures]

@@ -452,7 +452,7 @@ def _let_pending_interrupt_land() -> None:
 
 
 def _interrupt_in(error: BaseException | None) -> _Hang | None:
-    """The watchdog's interrupt, if ``error`` is it or carries it (a DeviceFault, an exception raised while handling it)."""
+    """The watchdog's interrupt, if ``error`` is it or carries it (a DeviceFault, or raised while handling it)."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, _Hang):
@@ -515,7 +515,7 @@ class _Watchdog:
         return interrupted
 
     def call(self, func: Callable[..., Any], *args: Any) -> Any:
-        """``func(*args)``; _Hung if it took longer than the timeout (interrupted where it was, if it was still running)."""
+        """``func(*args)``; _Hung if it took longer than the timeout (interrupted where it was, if still running)."""
         tracers = sys.gettrace(), sys.getprofile()
         start = time.monotonic()
         self._begin()
@@ -529,8 +529,8 @@ class _Watchdog:
             try:
                 interrupted = self._end()
                 break
-            except _Hang as late:  # sent as the call ended, it landed in _end: end again, nothing is left
-                error = late if error is None else error
+            except _Hang:
+                pass  # sent as the call ended, it landed in _end, not in the device: end again
         if interrupted:
             _restore_tracers(*tracers)
         if isinstance(error, KeyboardInterrupt):
