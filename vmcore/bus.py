@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import attrs
 
-from .faults import BadAnswer, DeviceFault, GuestExit
+from .faults import BadAnswer, DeviceFault, GuestExit, obey
 
 log = logging.getLogger("vmcore.bus")
 
@@ -488,14 +488,7 @@ class Bus:
         entry = self._lookup(address)
         owner = entry.owner if entry is not None else "?"
         fault = DeviceFault(owner, self.space.value, direction.value, address, size, value, exc)
-        if self.device_errors == "stop":
-            raise fault from exc
-        key = (owner, type(exc).__name__)
-        count = self.device_faults.get(key, 0)
-        self.device_faults[key] = count + 1
-        if count == 0:
-            # Logged once per device and kind of error, with the device's traceback.
-            log.error("%s; continuing (reads give all ones)\n%s", fault, fault.traceback.rstrip())
+        obey(self.device_errors, fault, self.device_faults, log, "continuing (reads give all ones)")
 
     def _unclaimed(self, direction: Direction, address: int, size: int) -> int:
         if self._count_unclaimed(direction, address):

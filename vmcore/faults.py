@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import traceback
 
 
@@ -58,3 +59,20 @@ class DeviceFault(Exception):
             super().__init__(f"device {device!r} answered a {access} wrongly: it {error}")
         else:
             super().__init__(f"device {device!r} raised {type(error).__name__}: {error} during a {access}")
+
+
+def obey(policy: str, fault: DeviceFault, counts: dict[tuple[str, str], int], log: logging.Logger,
+         going_on: str = "continuing") -> None:
+    """What a profile's ``device_errors`` says to do with a contained device fault.
+
+    ``stop``: raise it (the run ends with a report naming the device). ``continue``: count it
+    in ``counts`` by (device, exception type) and log it, with the device's traceback, the
+    first time only.
+    """
+    if policy == "stop":
+        raise fault from fault.error
+    key = (fault.device, type(fault.error).__name__)
+    count = counts.get(key, 0)
+    counts[key] = count + 1
+    if count == 0:
+        log.error("%s; %s\n%s", fault, going_on, fault.traceback.rstrip())

@@ -26,7 +26,7 @@ from .clock import Clock, HostClock
 from .cpu import CpuSetupError, CpuState, start_state, tables_size
 from .device import DeviceContext, PropertyError, resolve_paths
 from .dma import DmaSpace
-from .faults import DeviceFault, GuestExit
+from .faults import DeviceFault, GuestExit, obey
 from .irq import InterruptController, IrqLine
 from .memory import GuestMemory, GuestMemoryError
 from .pci import PciBus
@@ -202,14 +202,8 @@ class Machine:
             if isinstance(exc, Exception):
                 raise exc
             raise RuntimeError(f"a timer callback raised {type(exc).__name__}: {exc}") from exc
-        fault = DeviceFault(owner, "timer", "callback", 0, 0, None, exc)
-        if self.profile.device_errors == "stop":
-            raise fault from exc
-        key = (owner, type(exc).__name__)
-        count = self.timer_faults.get(key, 0)
-        self.timer_faults[key] = count + 1
-        if count == 0:
-            log.error("%s; continuing\n%s", fault, fault.traceback.rstrip())
+        obey(self.profile.device_errors, DeviceFault(owner, "timer", "callback", 0, 0, None, exc),
+             self.timer_faults, log)
 
     # --- running --------------------------------------------------------------------
 
