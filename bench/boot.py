@@ -92,7 +92,7 @@ def milestones(accel: str) -> tuple[dict[str, float], dict[str, int], str]:
                 mark("debug-exit")
 
     # The guest's console output would go to this process's stdout/stderr: send it nowhere.
-    profile = Profile.load(PROFILE, ("devices.com1.backend=memory", "devices.debuglog.output=memory"))
+    profile = Profile.load(PROFILE, ("devices.com1.backend=memory", "devices.debuglog.backend=memory"))
     machine = Machine.build(profile)
     with machine:
         mark("machine built")
@@ -114,7 +114,7 @@ def time_split(accel: str) -> tuple[float, dict[str, float], str]:
     import cProfile
     import pstats
 
-    profile = Profile.load(PROFILE, ("devices.com1.backend=memory", "devices.debuglog.output=memory"))
+    profile = Profile.load(PROFILE, ("devices.com1.backend=memory", "devices.debuglog.backend=memory"))
     profiler = cProfile.Profile()
     with Machine.build(profile) as machine:
         start = time.monotonic()

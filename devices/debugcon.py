@@ -6,20 +6,26 @@ The port is posted (see ``vmcore.bus.Region``): where the accelerator can queue
 writes (KVM coalesced PIO) the bytes arrive in order, a little later, without an
 exit each.
 
-The output is a ``vmcore.chardev`` backend, opened when the machine starts running
-(``start()``): building the machine (``vmcore check``) truncates no file.
+The host end is a ``vmcore.chardev`` backend chosen by the same properties as the UART's
+(``backend``, ``path``, ``socket_mode``), opened when the machine starts running (``start()``):
+building the machine (``vmcore check``) truncates no file. The console receives nothing, so
+``stdio`` leaves stdin alone and flushes at each newline.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import attrs
 
 from vmcore.bus import Region, Space
-from vmcore.chardev import Backend, FileBackend, HostFile, MemoryBackend, StdoutBackend
+from vmcore.chardev import (BackendKind, HostFile, SocketMode, backend_prop, check_backend_props, make_backend,
+                            path_prop, socket_mode_prop)
 from vmcore.device import Device, DeviceContext, in_range, prop
 from vmcore.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from vmcore.fuzz import FuzzScratch
 
 #: Single-byte bytes objects, so a port write allocates nothing.
 _BYTES = tuple(bytes((value,)) for value in range(256))
@@ -28,15 +34,13 @@ _BYTES = tuple(bytes((value,)) for value in range(256))
 @attrs.frozen
 class DebugconConfig:
     port: int = prop(0xF1, "I/O port the console listens on.", hex=True, validator=in_range(0, 0xFFFF))
-    output: Literal["stdout", "stderr", "file", "memory"] = prop(
-        "stdout", "Where written bytes go: stdout, stderr, a file (see path) or an in-memory buffer."
-    )
-    path: str = prop("", "File to write to when output is 'file' (truncated when the machine starts).")
+    backend: BackendKind = backend_prop()
+    path: str = path_prop()
+    socket_mode: SocketMode = socket_mode_prop()
     readback: int = prop(0xE9, "Byte returned by reads (QEMU returns 0xE9).", hex=True, validator=in_range(0, 0xFF))
 
     def __attrs_post_init__(self) -> None:
-        if self.output == "file" and not self.path:
-            raise ValueError("path must be set when output is 'file'")
+        check_backend_props(self.backend, self.path)
 
 
 class Debugcon(Device):
@@ -45,18 +49,17 @@ class Debugcon(Device):
     type_name = "debugcon"
     Config = DebugconConfig
 
+    @classmethod
+    def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
+        return {"backend": "memory"}  # the guest's bytes to a buffer, not the terminal
+
     def __init__(self, config: DebugconConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)
-        #: Everything written, when output is 'memory'.
-        self.buffer = bytearray()
-        # Flushed at each newline, so interleaving with the VMM's own messages stays readable.
-        self.backend: Backend
-        if config.output == "file":
-            self.backend = FileBackend(ctx.log, config.path)
-        elif config.output == "memory":
-            self.backend = MemoryBackend(ctx.log, self.buffer)
-        else:
-            self.backend = StdoutBackend(ctx.log, config.output)
+        #: Everything written, when backend is 'memory'.
+        self.output = bytearray()
+        #: The host end, opened by start(); it has no input (the console receives nothing).
+        self.backend = make_backend(ctx.log, config.backend, self.output, path=config.path,
+                                    socket_mode=config.socket_mode)
 
     def host_files(self) -> Sequence[HostFile]:
         return self.backend.host_files()

@@ -24,7 +24,7 @@ instruction.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import attrs
 
@@ -33,6 +33,9 @@ from vmcore.device import Device, DeviceContext, prop
 from vmcore.memory import GuestMemoryError, MemoryBlock, Overlay
 from vmcore.hookspecs import hookimpl
 from vmcore.pci import COMMAND, COMMAND_MASTER, COMMAND_MEMORY, STATUS, PciConfig, bus_for
+
+if TYPE_CHECKING:
+    from vmcore.fuzz import FuzzScratch
 
 CONFIG_ADDRESS = 0xCF8
 CONFIG_DATA = 0xCFC
@@ -93,6 +96,11 @@ class I440fx(Device):
 
     type_name = "i440fx"
     Config = I440fxConfig
+
+    @classmethod
+    def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
+        # The fake bus has 1 MiB of RAM named "ram" and no firmware ROM for the PCI side.
+        return {"bios": ""}
 
     def __init__(self, config: I440fxConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)

@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import attrs
 
@@ -79,6 +79,9 @@ from vmcore.clock import Clock, Timer
 from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.irq import IrqLine
+
+if TYPE_CHECKING:
+    from vmcore.fuzz import FuzzScratch
 
 SECTOR = 512
 SECTOR_NS = 10_000  # how long the device stays BSY per sector before DRQ / completion
@@ -626,6 +629,10 @@ class Ide(Device):
 
     type_name = "ide"
     Config = IdeConfig
+
+    @classmethod
+    def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
+        return {"image": scratch.disk()}  # the fuzzer's writes land there, never in a user's disk
 
     def __init__(self, config: IdeConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)

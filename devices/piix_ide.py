@@ -50,7 +50,7 @@ Not modelled: native-mode channels, the PIIX4's UDMA registers (0x48-0x4A), LBA4
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import attrs
 
@@ -70,6 +70,9 @@ from vmcore.pci import (
     PciConfig,
     bus_for,
 )
+
+if TYPE_CHECKING:
+    from vmcore.fuzz import FuzzScratch
 
 VENDOR_INTEL = 0x8086
 DEVICE_82371SB_IDE = 0x7010
@@ -142,6 +145,13 @@ class PiixIde(Device):
 
     type_name = "piix-ide"
     Config = PiixIdeConfig
+
+    @classmethod
+    def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
+        # A full primary channel and a secondary channel with only a slave: every kind of position,
+        # each drive on its own throw-away image.
+        return {"primary_master": scratch.disk(0), "primary_slave": scratch.disk(1),
+                "secondary_slave": scratch.disk(2)}
 
     def __init__(self, config: PiixIdeConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)

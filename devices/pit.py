@@ -67,7 +67,6 @@ Approximations, documented:
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import attrs
@@ -355,7 +354,8 @@ class Pit(Device):
         super().__init__(config, ctx)
         self.line = ctx.irq(config.irq)
         self.counters = (Counter(0), Counter(1), Counter(2))
-        self._timer: Timer | None = None
+        self._timer: Timer = ctx.clock.timer(self._rise)  # counter 0's next rising edge
+        self._tick = 0  # the period number of the edge _timer is armed for
         self.port_b = 0
         self.refresh = 0
         self.reset()
@@ -425,23 +425,23 @@ class Pit(Device):
     # --- counter 0's interrupt ----------------------------------------------------------
 
     def _cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
 
     def _arm(self, now: int) -> None:
         """Schedule the next rising edge of OUT 0 from the counter's current state."""
-        self._cancel()
         counter = self.counters[0]
         self._schedule(counter.next_rise(counter.elapsed(now)))
 
     def _schedule(self, tick: int | None) -> None:
-        if tick is not None:
-            deadline = self.counters[0].deadline(tick)
-            self._timer = self.ctx.clock.call_at(deadline, functools.partial(self._rise, tick))
+        """Move the one timer to edge ``tick`` (None: no edge comes)."""
+        if tick is None:
+            self._timer.cancel()
+            return
+        self._tick = tick
+        self._timer.mod(self.counters[0].deadline(tick))
 
-    def _rise(self, tick: int) -> None:
-        self._timer = None
+    def _rise(self) -> None:
+        tick = self._tick
         now = self.ctx.clock.now()
         counter = self.counters[0]
         tick -= counter.settle(now)

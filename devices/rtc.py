@@ -63,8 +63,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
-import functools
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import attrs
 
@@ -72,6 +71,9 @@ from vmcore.bus import Region, Space
 from vmcore.clock import Timer
 from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
 from vmcore.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from vmcore.fuzz import FuzzScratch
 
 NS = 1_000_000_000
 LAST_SECOND = dt.datetime.max.replace(microsecond=0)  # 9999-12-31 23:59:59
@@ -199,6 +201,11 @@ class Rtc(Device):
     type_name = "cmos-rtc"
     Config = RtcConfig
 
+    @classmethod
+    def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
+        # Not the host's clock, so a run replays identically; a minute before a leap day.
+        return {"start": "2024-02-28T23:59:00"}
+
     def __init__(self, config: RtcConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)
         self.line = ctx.irq(config.irq)
@@ -218,8 +225,11 @@ class Rtc(Device):
         self.reg_b = RESET_VALUE_B
         self.flags = 0
         self._seen = now  # flags are accounted for up to this machine time
-        self._periodic: Timer | None = None
-        self._update: Timer | None = None
+        # One timer each for the periodic and the update/alarm interrupts, re-armed in place.
+        self._periodic: Timer = ctx.clock.timer(self._on_periodic)
+        self._periodic_tick = (0, 0)  # (tick number k, rate) _periodic is armed for
+        self._update: Timer = ctx.clock.timer(self._on_update)
+        self._update_second = 0  # the second boundary _update is armed for
         self._fill_cmos()
         self.reset()
 
@@ -354,27 +364,31 @@ class Rtc(Device):
         return bool(self.flags & self.reg_b & (PF | AF | UF))
 
     def _cancel(self) -> None:
-        for timer in (self._periodic, self._update):
-            if timer is not None:
-                timer.cancel()
-        self._periodic = self._update = None
+        self._periodic.cancel()
+        self._update.cancel()
 
     def _arm(self, now: int) -> None:
         """Schedule the timers the enabled interrupts need (disabled flags are set lazily)."""
-        self._cancel()
         rate = self.reg_a & RATE
         if self.reg_b & PIE and rate:
             self._arm_periodic(_ticks_by(now, rate) + 1, rate)
+        else:
+            self._periodic.cancel()
         if self.reg_b & (UIE | AIE) and self._held is None:
             self._arm_update(now // NS + 1)
+        else:
+            self._update.cancel()
 
     def _arm_periodic(self, k: int, rate: int) -> None:
-        self._periodic = self.ctx.clock.call_at(_tick_time(k, rate), functools.partial(self._on_periodic, k, rate))
+        self._periodic_tick = (k, rate)
+        self._periodic.mod(_tick_time(k, rate))
 
     def _arm_update(self, second: int) -> None:
-        self._update = self.ctx.clock.call_at(second * NS, functools.partial(self._on_update, second))
+        self._update_second = second
+        self._update.mod(second * NS)
 
-    def _on_periodic(self, k: int, rate: int) -> None:
+    def _on_periodic(self) -> None:
+        k, rate = self._periodic_tick
         now = self.ctx.clock.now()
         self._catch_up(now)
         self.line.set_level(self._irqf())
@@ -383,7 +397,8 @@ class Rtc(Device):
             k = _ticks_by(now, rate) + 1  # the clock ran late: skip ticks already past
         self._arm_periodic(k, rate)
 
-    def _on_update(self, second: int) -> None:
+    def _on_update(self) -> None:
+        second = self._update_second
         now = self.ctx.clock.now()
         self._catch_up(now)
         self.line.set_level(self._irqf())

@@ -52,16 +52,19 @@ Modelled as in the PC16550D datasheet, with these choices:
 from __future__ import annotations
 
 import collections
-import logging
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import attrs
 
 from vmcore.bus import Region, Space
-from vmcore.chardev import Backend, FileBackend, HostFile, MemoryBackend, SocketBackend, StdioBackend
+from vmcore.chardev import (BackendKind, HostFile, SocketMode, backend_prop, check_backend_props, make_backend,
+                            path_prop, socket_mode_prop)
 from vmcore.clock import Timer
 from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
 from vmcore.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from vmcore.fuzz import FuzzScratch
 
 # Register offsets.
 RBR = THR = DLL = 0
@@ -150,41 +153,20 @@ class Uart16550Config:
         "", "Standard PC port and IRQ (com1 0x3F8/4, com2 0x2F8/3, com3 0x3E8/4, com4 0x2E8/3); "
             "a port or irq given explicitly wins over the preset."
     )
-    backend: Literal["stdio", "file", "memory", "socket", "null"] = prop(
-        "stdio", "Host end of the line: stdio, a file (see path, input), an in-memory buffer "
-                 "(device.output), a Unix socket (see path, socket_mode) or nothing."
-    )
-    path: str = prop("", "file: the output file (truncated when the machine starts); socket: the Unix "
-                         "socket path (server: never an existing file; client: a listening socket).")
+    backend: BackendKind = backend_prop()
+    path: str = path_prop()
     input: str = prop("", "file backend: a file, FIFO or device whose bytes are received, read only as "
                           "the guest takes them (optional).")
-    socket_mode: Literal["server", "client"] = prop(
-        "server", "socket backend: listen on path and take one client at a time, holding the last "
-                  "4 KiB of output for a client not connected yet (server), or connect to path (client)."
-    )
+    socket_mode: SocketMode = socket_mode_prop()
 
     def __attrs_post_init__(self) -> None:
         # The preset replaces only defaults; then store plain ints so nothing downstream sees _Unset.
         port, irq = PRESETS.get(self.preset, (self.port, self.irq))
         object.__setattr__(self, "port", int(port if isinstance(self.port, _Unset) else self.port))
         object.__setattr__(self, "irq", int(irq if isinstance(self.irq, _Unset) else self.irq))
-        if self.backend in ("file", "socket") and not self.path:
-            raise PropertyError("backend", f"path must be set when backend is {self.backend!r}")
+        check_backend_props(self.backend, self.path)
         if self.input and self.backend != "file":
             raise PropertyError("input", f"input is read by the file backend only, not {self.backend!r}")
-
-
-def make_backend(config: Uart16550Config, output: bytearray, log: logging.Logger) -> Backend:
-    """The host end the properties choose; it opens nothing until the UART starts (see vmcore.chardev)."""
-    if config.backend == "stdio":
-        return StdioBackend(log, HOST_INPUT_BUFFER)
-    if config.backend == "file":
-        return FileBackend(log, config.path, config.input, HOST_INPUT_BUFFER)
-    if config.backend == "memory":
-        return MemoryBackend(log, output, HOST_INPUT_BUFFER)
-    if config.backend == "socket":
-        return SocketBackend(log, config.path, config.socket_mode, HOST_INPUT_BUFFER)
-    return Backend(log)
 
 
 # --- the UART ---------------------------------------------------------------------------
@@ -195,6 +177,10 @@ class Uart16550(Device):
 
     type_name = "uart16550"
     Config = Uart16550Config
+
+    @classmethod
+    def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
+        return {"backend": "memory"}  # no terminal, file or socket at the other end
 
     # Register state: plain attributes, set in reset().
     ier: int
@@ -216,12 +202,14 @@ class Uart16550(Device):
         super().__init__(config, ctx)
         self.line = ctx.irq(config.irq)
         self._driven = False  # the level this UART drives (the line may be shared)
-        self._timer: Timer | None = None
+        self._timer: Timer = ctx.clock.timer(self._timeout_expired)  # the character timeout
         self._last_rx_activity = 0
         #: Everything transmitted, when backend is 'memory'.
         self.output = bytearray()
         #: The host end: opened by start(); its ``input`` holds host bytes waiting for the receiver.
-        self.backend = make_backend(config, self.output, ctx.log)
+        self.backend = make_backend(ctx.log, config.backend, self.output, path=config.path,
+                                    socket_mode=config.socket_mode, input_path=config.input,
+                                    input_capacity=HOST_INPUT_BUFFER)
         self.reset()
 
     def host_files(self) -> Sequence[HostFile]:
@@ -399,26 +387,23 @@ class Uart16550(Device):
         """A character was received or read: the 4-character timeout starts over."""
         self._last_rx_activity = self.ctx.clock.now()
         # One timer at a time, re-armed lazily when it fires early, rather than one per character.
-        if self._timer is None and self.fifo_enabled and self.rx and not self.timeout_pending:
-            self._timer = self.ctx.clock.call_later(4 * self.char_time_ns(), self._timeout_expired)
+        if not self._timer.armed and self.fifo_enabled and self.rx and not self.timeout_pending:
+            self._timer.mod(self._last_rx_activity + 4 * self.char_time_ns())
 
     def _timeout_expired(self) -> None:
-        self._timer = None
         if not (self.fifo_enabled and self.rx) or self.timeout_pending:
             return
         due = self._last_rx_activity + 4 * self.char_time_ns()
         now = self.ctx.clock.now()
         if now < due:
-            self._timer = self.ctx.clock.call_at(due, self._timeout_expired)
+            self._timer.mod(due)
             return
         self.timeout_pending = True
         self._update_irq()
 
     def _cancel_timeout(self) -> None:
         self.timeout_pending = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
 
     # --- FIFO and modem control -----------------------------------------------------------
 

@@ -65,7 +65,7 @@ def profile_for(guest: TinyGuest, folder: Path, devices: str = "") -> Path:
         "cpu: {mode: real, entry: 0x0}\n"
         f"memory:\n{memory}"
         "devices:\n"
-        "  console: {type: debugcon, port: 0xF1, output: memory}\n"
+        "  console: {type: debugcon, port: 0xF1, backend: memory}\n"
         "  exit: {type: debug-exit, port: 0x501}\n"
         f"{devices}"
         "limits: {timeout: 20}\n"
@@ -327,7 +327,7 @@ def test_timeout_stops_a_guest_that_keeps_writing_to_rom(tmp_path: Path) -> None
 
 
 def test_max_exits_stops_after_that_many_port_writes() -> None:
-    result = in_process(DATA.parent.parent / "machines" / "hello.yaml", "devices.console.output=memory",
+    result = in_process(DATA.parent.parent / "machines" / "hello.yaml", "devices.console.backend=memory",
                         accel="tcg", max_exits=3)
     assert (result["kind"], result["status"]) == ("max-exits", 6)
     assert result["message"] == "reached the limit of 3 exits"

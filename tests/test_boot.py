@@ -165,7 +165,7 @@ with Machine.build(profile, DeviceRegistry.default(plugins=plugins)) as machine:
         "accel": machine.accelerator.name if machine.accelerator else None,
         "kind": stop.kind, "status": stop.status, "message": stop.message, "exits": stop.exits,
         "traceback": stop.detail.get("traceback", ""),
-        "console": bytes(console.buffer).decode("latin-1") if console is not None else None,
+        "console": bytes(console.output).decode("latin-1") if console is not None else None,
         "scratch": bytes(scratch.data).hex() if scratch is not None else None,
         "roms": {slot.name: bytes(slot.view).hex() for slot in machine.memory if slot.readonly},
         "trace": [[t.space.value, t.direction.value, t.address, t.size, t.value, t.device] for t in trace],
@@ -178,7 +178,7 @@ def in_process(profile: Path, *overrides: str, accel: str | None = None, timeout
                max_exits: int | None = None, plugins: Sequence[str] = ("tests.test_boot",)) -> dict[str, Any]:
     """Build with ``plugins`` (modules, default this one) and run on ``accel``, in a child.
 
-    The machine's report as a dict: the stop, the console's bytes (``output: memory``),
+    The machine's report as a dict: the stop, the console's bytes (``backend: memory``),
     the scratch device's registers, the ROM slots' bytes, every bus transaction, and
     ``stderr`` (where the log lines go).
     """

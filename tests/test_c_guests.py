@@ -51,7 +51,7 @@ def protected_mode_interrupts_on_kvm() -> str | None:
         f"p = Profile.from_yaml({profile_text(probe)!r})\n"
         "with Machine.build(p) as m:\n"
         "    stop = m.run('kvm', RunLimits(timeout=10))\n"
-        "    print(stop.kind, bytes(m.devices['console'].buffer).decode(), stop.code.hex() if stop.code else '')\n"
+        "    print(stop.kind, bytes(m.devices['console'].output).decode(), stop.code.hex() if stop.code else '')\n"
     )
     try:
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
@@ -67,7 +67,7 @@ def protected_mode_interrupts_on_kvm() -> str | None:
 def profile_text(probe: Path) -> str:
     return (f"cpu: {{mode: protected, entry: 0x1000, registers: {{rsp: 0x8000}}}}\n"
             f"memory: {{ram: {{size: 64K, image: {probe}}}}}\n"
-            "devices: {console: {type: debugcon, output: memory}}\n")
+            "devices: {console: {type: debugcon, backend: memory}}\n")
 
 
 @pytest.fixture(params=[pytest.param("kvm", marks=pytest.mark.kvm), "tcg"])

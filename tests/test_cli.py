@@ -15,6 +15,7 @@ import pytest
 
 from tests.test_profile import BUILD_ERRORS, PROFILE_ERRORS
 from vmcore.kvm import Kvm, KvmUnavailable
+from vmcore.stop import STATUS, StopReason
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,10 +58,10 @@ def test_devices_lists_debugcon_with_properties_defaults_and_docs(devices_output
     section = _section(devices_output, "debugcon")
     assert section[0] == "debugcon  (devices.debugcon, plugin debugcon)"
     assert "    Write-only debug console: each byte written to the port is output as is." in section
-    assert "    port: int = 0xf1  I/O port the console listens on." in section
-    assert "    readback: int = 0xe9  Byte returned by reads (QEMU returns 0xE9)." in section
-    output = next(line for line in section if line.startswith("    output: "))
-    assert "[stdout|stderr|file|memory] = 'stdout'" in output
+    assert "    port: int [0x0..0xffff] = 0xf1  I/O port the console listens on." in section
+    assert "    readback: int [0x0..0xff] = 0xe9  Byte returned by reads (QEMU returns 0xE9)." in section
+    backend = next(line for line in section if line.startswith("    backend: "))
+    assert "choice [stdio|stderr|file|memory|socket|null] = 'stdio'" in backend
     assert any(line.startswith("    path: str = ''") for line in section)
 
 
@@ -68,7 +69,7 @@ def test_devices_lists_debug_exit_with_properties_defaults_and_docs(devices_outp
     section = _section(devices_output, "debug-exit")
     assert section[0] == "debug-exit  (devices.debug_exit, plugin debug-exit)"
     assert any("a write of v exits with status (v << 1) | 1" in line for line in section)
-    assert "    port: int = 0x501  First I/O port (QEMU's iobase)." in section
+    assert "    port: int [0x0..0xffff] = 0x501  First I/O port (QEMU's iobase)." in section
     assert any(line.startswith("    width: int = ") and "Number of ports claimed" in line for line in section)
 
 
@@ -76,6 +77,29 @@ def test_devices_are_listed_in_name_order(devices_output: str) -> None:
     names = [line.split()[0] for line in devices_output.splitlines() if line and not line.startswith(" ")]
     assert names == sorted(names)
     assert {"debugcon", "debug-exit"} <= set(names)
+
+
+def test_devices_type_shows_only_that_type(devices_output: str) -> None:
+    result = vmcore("devices", "uart16550")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == _section(devices_output, "uart16550") + [""]
+
+
+def test_devices_type_shows_the_bounds_of_its_properties_in_their_notation() -> None:
+    lines = vmcore("devices", "uart16550").stdout.splitlines()
+    assert any(line.startswith("    port: int [0x0..0xfff8] = 0x3f8  ") for line in lines)  # a hex property
+    assert any(line.startswith("    irq: int [0..15] = 4  ") for line in lines)
+    assert any(line.startswith("    socket_mode: choice [server|client] = 'server'  ") for line in lines)
+    assert any(line.startswith("    input: str = ''  file backend:") for line in lines)  # no bounds, no brackets
+
+
+def test_devices_unknown_type_is_one_line_naming_the_known_ones() -> None:
+    result = vmcore("devices", "uart")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    message = one_line(result.stderr)
+    assert message.startswith("vmcore: unknown device type 'uart' (did you mean 'uart16550'?); known types: ")
+    assert {"debug-exit", "debugcon", "uart16550"} <= set(message.split("known types: ")[1].split(", "))
 
 
 # --- vmcore check on malformed profiles ----------------------------------------------------
@@ -195,6 +219,26 @@ def test_run_tcg_boots_hello_on_the_software_cpu() -> None:
     assert "(accelerator tcg, 6 exits, status 0)" in result.stderr
 
 
+def test_verbose_after_the_command_says_why_the_machine_stopped() -> None:
+    result = vmcore("run", "hello", "-v", "--accel", "tcg")
+    assert result.returncode == 0
+    assert result.stdout == "Hello\n"
+    assert "(accelerator tcg, 6 exits, status 0)" in result.stderr
+
+
+def test_without_verbose_a_clean_run_says_nothing_on_stderr() -> None:
+    result = vmcore("run", "hello", "--accel", "tcg")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "Hello\n", "")
+
+
+@pytest.mark.parametrize("command", ["run", "diff", "check", "devices", "info", "fuzz"])
+def test_every_command_takes_verbose(command: str) -> None:
+    from vmcore.cli import _parser
+
+    assert _parser().parse_args([command, "-v"] + (["hello"] if command == "check" else [])).verbose
+    assert not _parser().parse_args([command] + (["hello"] if command == "check" else [])).verbose
+
+
 # --- usage -----------------------------------------------------------------------------------
 
 
@@ -282,10 +326,48 @@ def test_check_with_a_quoted_null_gives_the_uart_the_null_backend(tmp_path: Path
     result = vmcore("check", str(path), "--set", 'devices.com1.backend="null"')
     assert result.returncode == 0, result.stderr
     bad = vmcore("check", str(path), "--set", 'devices.com1.backend="nul"')
-    assert "expected one of stdio, file, memory, socket, null, got 'nul'" in one_line(bad.stderr)
+    assert "expected one of stdio, stderr, file, memory, socket, null, got 'nul'" in one_line(bad.stderr)
 
 
 def test_a_profile_name_longer_than_the_host_allows_is_one_line() -> None:
     result = vmcore("check", "p" * 300)
     assert result.returncode == 2
     assert one_line(result.stderr) == f"vmcore: {'p' * 300}: cannot read the profile: File name too long"
+
+
+# --- vmcore diff: the exit status --------------------------------------------------------------
+
+
+def _stop(kind: str, status: int | None = None) -> StopReason:
+    return StopReason(kind, f"stopped with {kind}", STATUS[kind] if status is None else status)
+
+
+@pytest.mark.parametrize(("kvm", "tcg", "status"), [
+    (("halted",), ("halted",), 0),
+    (("exit", 85), ("exit", 85), 0),  # the guest's own status: the runs agree, and ended cleanly
+    (("timeout",), ("timeout",), 6),
+    (("max-exits",), ("max-exits",), 6),
+    (("shutdown",), ("shutdown",), 4),
+    (("device-error",), ("device-error",), 10),
+    (("halted",), ("timeout",), 1),
+    (("timeout",), ("shutdown",), 1),
+], ids=["halted", "guest-exit", "both-timeout", "both-max-exits", "both-triple-fault", "both-device-error",
+        "halted-vs-timeout", "timeout-vs-fault"])
+def test_diff_status_is_0_clean_1_different_else_the_stop_both_runs_share(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        kvm: tuple, tcg: tuple, status: int) -> None:
+    import vmcore.diff
+    from vmcore import cli
+
+    runs = vmcore.diff.compare(vmcore.diff.RecordedRun("kvm", _stop(*kvm), ()),
+                               vmcore.diff.RecordedRun("tcg", _stop(*tcg), ()))
+    monkeypatch.setattr(vmcore.diff, "differential", lambda *args, **kwargs: runs)
+    assert cli.main(["diff", "hello"]) == status
+    assert capsys.readouterr().out == runs.report() + "\n"
+
+
+def test_diff_help_documents_the_exit_statuses() -> None:
+    text = " ".join(vmcore("diff", "--help").stdout.split())
+    assert "exit status: 0 when the runs are identical and ended cleanly" in text
+    assert "1 when they differ" in text
+    assert "both stopped on a fault or a limit, that stop's status (4 guest fault, 6 run limit" in text

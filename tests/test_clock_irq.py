@@ -1,5 +1,7 @@
 """vmcore.clock (machine time and timers) and vmcore.irq (interrupt lines)."""
 
+import time
+
 import pytest
 
 from vmcore.clock import HostClock, ManualClock
@@ -119,6 +121,7 @@ def test_periodic_timer_rearming_from_its_callback_stays_exact():
 
 def test_host_clock_starts_near_zero_and_never_goes_backwards():
     clock = HostClock()
+    clock.start()
     first = clock.now()
     samples = [clock.now() for _ in range(1_000)]
     assert 0 <= first < 1_000_000_000
@@ -127,11 +130,163 @@ def test_host_clock_starts_near_zero_and_never_goes_backwards():
 
 def test_host_clock_runs_due_timers():
     clock = HostClock()
+    clock.start()
     fired = []
     clock.call_at(0, lambda: fired.append(True))
     clock.call_at(10**15, lambda: fired.append(False))
     assert clock.run_due() == 1
     assert fired == [True]
+
+
+# --- t=0: the guest's first instruction ----------------------------------------------------------
+
+
+def test_host_clock_reads_0_until_started():
+    clock = HostClock()
+    time.sleep(0.005)
+    assert clock.now() == 0
+    clock.start()
+    time.sleep(0.005)
+    assert clock.now() >= 5_000_000
+
+
+def test_starting_again_keeps_the_first_origin():
+    clock = HostClock()
+    clock.start()
+    time.sleep(0.005)
+    clock.start()
+    assert clock.now() >= 5_000_000
+
+
+def test_a_timer_armed_before_start_fires_its_delay_after_start_not_before():
+    delay = 200_000_000
+    clock = HostClock()
+    fired = []
+    clock.call_later(delay, lambda: fired.append(clock.now()))
+    assert clock.next_deadline() == delay
+    time.sleep(1.5 * delay / 1e9)  # a start-up longer than the delay
+    assert clock.run_due() == 0
+    clock.start()
+    assert clock.run_due() == 0
+    time.sleep(delay / 1e9)
+    while clock.now() < delay:
+        time.sleep(0.001)
+    assert clock.run_due() == 1
+    assert fired[0] >= delay
+
+
+# --- Timer.mod: re-arming one timer ------------------------------------------------------------------
+
+FAR = 10**15  # a deadline neither clock reaches in a test
+
+
+def started(make_clock):
+    clock = make_clock()
+    clock.start()
+    return clock
+
+
+@pytest.mark.parametrize("make_clock", [ManualClock, HostClock])
+def test_mod_moves_an_armed_timer_earlier(make_clock):
+    clock = started(make_clock)
+    fired = []
+    timer = clock.call_at(FAR, lambda: fired.append("moved"))
+    timer.mod(0)
+    assert timer.deadline == 0 and timer.armed
+    assert clock.run_due() == 1
+    assert fired == ["moved"]
+    assert clock.next_deadline() is None and clock.pending() == 0
+
+
+@pytest.mark.parametrize("make_clock", [ManualClock, HostClock])
+def test_mod_moves_an_armed_timer_later(make_clock):
+    clock = started(make_clock)
+    fired = []
+    timer = clock.call_at(0, lambda: fired.append("moved"))
+    timer.mod(FAR)
+    assert clock.run_due() == 0
+    assert fired == []
+    assert clock.next_deadline() == FAR and timer.armed
+
+
+def test_a_moved_timer_fires_once_at_its_new_deadline():
+    clock = ManualClock()
+    fired = []
+    timer = clock.call_at(100, lambda: fired.append(clock.now()))
+    timer.mod(50)
+    clock.step(200)
+    assert fired == [50]
+    timer.mod(300)
+    timer.mod(250)
+    clock.step(1_000)
+    assert fired == [50, 250]
+
+
+def test_mod_re_arms_a_fired_or_cancelled_timer_and_clears_cancelled():
+    clock = ManualClock()
+    fired = []
+    timer = clock.call_at(10, lambda: fired.append(clock.now()))
+    clock.step(10)
+    assert not timer.armed
+    timer.mod(20)
+    timer.cancel()
+    assert timer.cancelled and not timer.armed
+    timer.mod(30)
+    assert not timer.cancelled and timer.armed
+    clock.step(100)
+    assert fired == [10, 30]
+
+
+def test_a_timer_from_clock_timer_is_unarmed_until_modded():
+    clock = ManualClock()
+    fired = []
+    timer = clock.timer(lambda: fired.append(clock.now()))
+    assert not timer.armed and clock.pending() == 0
+    clock.step(100)
+    assert fired == []
+    timer.mod(150)
+    clock.step(100)
+    assert fired == [150]
+
+
+def test_a_timer_re_armed_with_mod_from_its_callback_ticks_exactly_and_keeps_one_entry():
+    clock = ManualClock()
+    ticks = []
+
+    def tick():
+        ticks.append(clock.now())
+        timer.mod(timer.deadline + 1_000)
+
+    timer = clock.call_at(1_000, tick)
+    clock.step(3_500)
+    assert ticks == [1_000, 2_000, 3_000]
+    assert clock.pending() == 1 and clock.next_deadline() == 4_000
+
+
+def test_moving_a_timer_before_all_others_tells_the_run_loop_the_new_earliest_deadline():
+    clock = ManualClock()
+    told = []
+    clock.deadline_changed = told.append
+    clock.call_at(500, lambda: None)
+    timer = clock.call_at(1_000, lambda: None)
+    timer.mod(800)  # not the earliest: the loop's wake-up at 500 stands
+    timer.mod(200)
+    assert told == [500, 200]
+
+
+@pytest.mark.parametrize("make_clock", [ManualClock, HostClock])
+def test_100k_mods_keep_the_queue_within_twice_the_live_timers_and_count_only_those_live(make_clock):
+    clock = started(make_clock)
+    fired = []
+    timers = [clock.call_at(FAR, lambda: fired.append(True)) for _ in range(3)]
+    largest = 0
+    for n in range(100_000):
+        timers[n % 3].mod(FAR + n)
+        largest = max(largest, clock.pending())
+        assert clock.live() == 3
+    assert largest <= 2 * len(timers) + 1
+    assert clock.next_deadline() == FAR + 100_000 - 3
+    assert clock.run_due() == 0 and fired == []
 
 
 # --- cancelled timers leave the queue ------------------------------------------------------------
@@ -175,6 +330,18 @@ def test_a_re_armed_timer_still_fires_once_at_its_new_deadline():
     assert dog.expired == 0
     clock.step(1)
     assert dog.expired == 1
+
+
+def test_cancelled_timers_leave_the_queue_once_they_are_more_than_half_of_it():
+    clock = ManualClock()
+    timers = [clock.call_at(10 + n, lambda: None) for n in range(4)]
+    timers[0].cancel()
+    timers[1].cancel()
+    assert (clock.pending(), clock.live()) == (4, 2)  # half dead: kept
+    timers[2].cancel()
+    assert (clock.pending(), clock.live()) == (1, 1)  # more than half: all dead ones dropped
+    timers[3].cancel()
+    assert clock.pending() == 0
 
 
 def test_cancelling_a_timer_that_already_fired_drops_no_live_timer():

@@ -364,7 +364,7 @@ def profile(folder: Path, name: str, code: bytes, devices: str = DEVICES, consol
     path.write_text(
         f"name: {name}\ncpu: {{mode: real, entry: 0x0}}\n"
         f"memory:\n  ram: {{base: 0x0, size: 4K, kind: ram, image: {name}.bin}}\n"
-        f"devices:\n  console: {{type: debugcon, port: 0xF1, output: {console}}}\n"
+        f"devices:\n  console: {{type: debugcon, port: 0xF1, backend: {console}}}\n"
         f"  exit: {{type: debug-exit, port: 0x501}}\n{devices}"
         f"limits: {{timeout: {timeout}}}\n"
     )
@@ -411,7 +411,7 @@ for run in spec["runs"]:
         result = {
             **run, "kind": stop.kind, "status": stop.status, "exits": stop.exits, "message": stop.message,
             "entries": vcpu.entries if vcpu is not None else None,
-            "console": bytes(machine.devices["console"].buffer).hex(),
+            "console": bytes(machine.devices["console"].output).hex(),
             "log": [list(entry) for entry in getattr(machine.devices.get("bell"), "log", [])],
             "trace": [[t.space.value, t.direction.value, t.address, t.size, t.value, t.device] for t in trace],
         }
@@ -476,7 +476,7 @@ def test_ctrl_c_delivers_what_the_guest_posted(tmp_path: Path) -> None:
 
 
 def test_the_debug_console_declares_its_port_posted(fake_bus: Any) -> None:
-    console = fake_bus.attach("debugcon", output="memory")
+    console = fake_bus.attach("debugcon", backend="memory")
     (region,) = console.regions()
     assert region.posted and region.read is not None  # reads (the 0xE9 probe) still exit
 
@@ -490,7 +490,7 @@ def test_posted_output_appears_while_the_guest_runs_on_without_exiting(tmp_path:
         0xB0, 0x0A,          # mov al, '\n'
         0xE6, 0xF1,          # out 0xF1, al        posted
         0xEB, 0xFE,          # jmp $               no exit for the ring to be drained at
-    ]), devices="", console="stdout", timeout=20)
+    ]), devices="", console="stdio", timeout=20)
     proc = subprocess.Popen([sys.executable, "-m", "vmcore", "run", "--accel", "kvm", str(path)], cwd=REPO,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:

@@ -166,7 +166,8 @@ def test_attrs_builtin_validator_error_carries_the_key():
 def test_properties_lists_every_field_with_type_default_doc_and_choices():
     info = {p.name: p for p in properties(WidgetConfig)}
     assert list(info) == ["base", "ram", "enabled", "mode", "label", "parity", "timeout", "queue", "queue_size"]
-    assert info["base"] == PropertyInfo("base", "int", 0x1000, "Base address of the register window.", None)
+    assert info["base"] == PropertyInfo("base", "int", 0x1000, "Base address of the register window.", None,
+                                        bounds=(0, 0xFFFF))
     assert info["enabled"] == PropertyInfo("enabled", "bool", True, "Whether the widget answers at all.", None)
     assert info["label"].type == "str"
     assert info["mode"].choices == ("fast", "slow")
@@ -174,6 +175,19 @@ def test_properties_lists_every_field_with_type_default_doc_and_choices():
     assert info["mode"].type == "choice"
     assert info["parity"].choices == ("none", "even")
     assert info["parity"].type == "Parity"
+
+
+def test_properties_carry_the_in_range_bounds_shown_in_the_propertys_notation():
+    @attrs.frozen
+    class Config:
+        port: int = prop(0x60, "Port.", hex=True, validator=in_range(0, 0xFFFC))
+        irq: int = prop(1, "IRQ.", validator=[attrs.validators.instance_of(int), in_range(0, 15)])
+        size: int = prop(1, "Size.")
+
+    info = {p.name: p for p in properties(Config)}
+    assert (info["port"].bounds, info["port"].bounds_text()) == ((0, 0xFFFC), "0x0..0xfffc")
+    assert (info["irq"].bounds, info["irq"].bounds_text()) == ((0, 15), "0..15")  # found inside attrs' and_
+    assert (info["size"].bounds, info["size"].bounds_text()) == (None, "")
 
 
 def test_properties_of_a_factory_default_show_the_built_value():

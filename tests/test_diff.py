@@ -152,6 +152,10 @@ def profile_and_plugins(name: str, folder: Path) -> tuple[Path, tuple[str, ...]]
         from tests.test_bus_hostile import unaligned_profile
 
         return unaligned_profile(folder), ("tests.test_bus_hostile",)  # its recording devices
+    if name == "one_irq":
+        from tests.test_machine_clock import build_alarm_profile
+
+        return build_alarm_profile(folder), ("tests.test_machine_clock",)  # its build-alarm device
     profile = bundled_profiles().get(SOURCES[name].binary)
     if profile is None:
         pytest.fail(f"guest program {name!r} has no profile in machines/ and no case in {__name__}")
@@ -319,6 +323,13 @@ def test_runs_that_differ_only_in_how_they_stop_say_so(tmp_path: Path) -> None:
 # --- the command line -------------------------------------------------------------------------
 
 HELLO_IDENTICAL = b"identical: 6 transactions; both stopped with halted (status 0)\n"
+SPIN = TinyGuest("spin", code=bytes([0xEB, 0xFE]))  # jmp $: never an exit
+
+
+def test_cli_differential_of_runs_that_both_time_out_exits_with_the_timeout_status(tmp_path: Path) -> None:
+    run = vmcore("diff", str(profile_for(SPIN, tmp_path)), "--timeout", "1")
+    assert run.status == 6, run.stderr
+    assert run.stdout == b"identical: 0 transactions; both stopped with timeout (status 6)\n"
 
 
 @pytest.mark.parametrize("argv", [("diff", "hello"), ("run", "--accel", "both", "hello")],

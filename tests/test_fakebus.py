@@ -140,7 +140,7 @@ class Bomb(Device):
 
 
 def test_attach_by_registered_type_name(fake_bus):
-    console = fake_bus.attach("debugcon", output="memory")
+    console = fake_bus.attach("debugcon", backend="memory")
     assert fake_bus.devices == {"debugcon": console}
     assert type(console).__module__ == "devices.debugcon"
 
@@ -153,8 +153,8 @@ def test_attach_by_class_converts_properties_like_a_profile(fake_bus):
 
 
 def test_second_device_of_a_type_gets_a_distinct_name(fake_bus):
-    first = fake_bus.attach("debugcon", output="memory")
-    second = fake_bus.attach("debugcon", output="memory", port=0xE9)
+    first = fake_bus.attach("debugcon", backend="memory")
+    second = fake_bus.attach("debugcon", backend="memory", port=0xE9)
     assert fake_bus.devices["debugcon"] is first
     assert [name for name, dev in fake_bus.devices.items() if dev is second] != ["debugcon"]
     assert len(fake_bus.devices) == 2
@@ -340,11 +340,11 @@ def test_fixtures_arrive_in_a_fresh_pytest_run_through_the_entry_point(pytester)
     pytester.makepyfile(
         test_console="""
         def test_console(fake_bus, fake_clock, fake_memory, device_registry):
-            console = fake_bus.attach("debugcon", output="memory")
+            console = fake_bus.attach("debugcon", backend="memory")
             fake_bus.outb(0xF1, ord("A"))
             fake_clock.step(10)
             fake_memory.write(0, b"x")
-            assert console.buffer == b"A"
+            assert console.output == b"A"
             assert fake_clock.now() == 10
             assert "debug-exit" in device_registry
         """

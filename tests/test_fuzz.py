@@ -1,4 +1,4 @@
-"""vmcore/fuzz.py: the hostile guest finds planted bugs, shrinks them, and every built-in survives it.
+"""vmcore.fuzz: the hostile guest finds planted bugs, shrinks them, and every built-in survives it.
 
 Budgets are small and seeds fixed, so the file is quick and CI is repeatable; bench/fuzz.py
 runs the long campaign.
@@ -9,19 +9,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import attrs
 import pytest
 
 from vmcore.bus import Region, Space
 from vmcore.device import Device, PropertyError, prop
-from vmcore.fuzz import Op, assert_survives_fuzzing, fuzz_all, fuzz_device, replay
+from vmcore.fuzz import (SCRATCH_DISK_BYTES, FuzzScratch, Op, assert_survives_fuzzing, fuzz_all, fuzz_device,
+                         replay)
 from vmcore.hookspecs import hookimpl
 from vmcore.plugins import DeviceRegistry
 
 REPO = Path(__file__).resolve().parent.parent
+FUZZ_SOURCES = sorted((REPO / "vmcore" / "fuzz").glob("*.py"))
 BUILTINS = {"debugcon", "debug-exit", "i8259", "i8254", "cmos-rtc", "uart16550", "i8042", "fw-cfg"}
 REGISTERED = DeviceRegistry.default().names()
 SEED = 20261125
@@ -202,6 +205,39 @@ class QuitsBuilding(Regs):
         raise SystemExit("no, thanks")
 
 
+@attrs.frozen
+class DeclaresConfig:
+    port: int = prop(0x600, "First of four byte registers.", hex=True)
+    image: str = prop("/srv/acme/disk.img", "A host disk image the device writes.")
+    notes: str = prop("/srv/acme/notes.txt", "A host file the device writes.")
+
+
+class Declares(Regs):
+    """Declares the scratch resources to fuzz it with, in place of a user's files."""
+
+    type_name = "test-declares"
+    Config = DeclaresConfig
+    built_with: ClassVar[list[DeclaresConfig]] = []  # every Config an instance was built with
+
+    @classmethod
+    def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
+        return {"image": scratch.disk(5), "notes": str(scratch.folder() / "notes.txt")}
+
+    def __init__(self, config: DeclaresConfig, ctx) -> None:
+        super().__init__(config, ctx)
+        Declares.built_with.append(config)
+
+
+class DeclaresTypo(Regs):
+    """Declares a fuzzing property its Config does not have."""
+
+    type_name = "test-declares-typo"
+
+    @classmethod
+    def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
+        return {"prot": "0x700"}
+
+
 # --- every built-in survives ------------------------------------------------------------------
 
 
@@ -240,6 +276,64 @@ def test_builtins_get_properties_that_keep_them_off_the_host() -> None:
     assert report.props == {"backend": "memory"}
     report = fuzz_device("uart16550", {"port": "0x2f8"}, runs=1, steps=5, seed=1, mode="random")
     assert report.props == {"backend": "memory", "port": "0x2f8"}
+
+
+# --- the properties a type declares for fuzzing ----------------------------------------------
+
+
+def test_a_type_is_built_with_the_properties_it_declares_for_fuzzing() -> None:
+    Declares.built_with.clear()
+    report = fuzz_device(Declares, runs=3, steps=5, seed=1, mode="random")
+    assert report.ok, str(report)
+    scratch = FuzzScratch()
+    assert report.props == {"image": scratch.disk(5), "notes": str(scratch.folder() / "notes.txt")}
+    assert Declares.built_with  # the probe and each run
+    assert {(c.image, c.notes) for c in Declares.built_with} == {(report.props["image"], report.props["notes"])}
+
+
+def test_the_callers_properties_win_over_the_declared_ones() -> None:
+    Declares.built_with.clear()
+    report = fuzz_device(Declares, {"notes": "elsewhere.txt"}, runs=1, steps=5, seed=1, mode="random")
+    assert report.props["notes"] == "elsewhere.txt"
+    assert {c.notes for c in Declares.built_with} == {"elsewhere.txt"}
+
+
+def test_replay_builds_the_type_with_its_declared_properties() -> None:
+    Declares.built_with.clear()
+    assert replay(Declares, [Op("write", 0x600, 1, 7)]) == ["outb 0x600 0x07", "ok"]
+    assert {c.image for c in Declares.built_with} == {FuzzScratch().disk(5)}
+
+
+def test_a_declared_property_the_type_does_not_have_is_a_construction_failure() -> None:
+    report = fuzz_device(DeclaresTypo, runs=3, steps=5, seed=1, mode="random")
+    [failure] = report.failures
+    assert failure.kind == "construction"
+    assert "prot" in failure.message
+    assert report.runs == 0
+
+
+def test_a_scratch_disk_is_zero_filled_and_one_per_index() -> None:
+    scratch = FuzzScratch()
+    first, again, second = scratch.disk(0), scratch.disk(0), scratch.disk(1)
+    assert first == again != second
+    assert Path(second).read_bytes() == bytes(SCRATCH_DISK_BYTES)
+
+
+def test_the_scratch_folder_is_one_folder_in_the_temp_folder() -> None:
+    folder = FuzzScratch().folder()
+    assert folder == FuzzScratch().folder()
+    assert folder.is_dir()
+    assert folder.parent == Path(tempfile.gettempdir())
+
+
+def test_the_fuzzer_names_no_builtin_device_type() -> None:
+    registry = DeviceRegistry.default()
+    builtins = [name for name in REGISTERED if registry.get(name).cls.__module__.startswith("devices.")]
+    assert set(builtins) >= BUILTINS
+    for source in FUZZ_SOURCES:
+        text = source.read_text(encoding="utf-8")
+        named = [name for name in builtins if f'"{name}"' in text or f"'{name}'" in text]
+        assert not named, f"{source.name} names built-in types {named}: they declare fuzz_props instead"
 
 
 # --- what it finds, and how short the reproduction is -------------------------------------

@@ -1,4 +1,4 @@
-"""vmcore/fuzz.py's hang detection holds under a tracer, a profiler and load, and leaves nothing behind.
+"""vmcore/fuzz/watchdog.py's hang detection holds under a tracer, a profiler and load, and leaves nothing behind.
 
 A hang that the watchdog fails to interrupt never ends, and no in-process timeout can end it
 (the interpreter spins where no signal handler runs), so each hang here runs in a child
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from vmcore.fuzz import _async_raiser, _Hang, _Hung, _Watchdog
+from vmcore.fuzz.watchdog import Hang, Hung, Watchdog, _async_raiser
 
 pytestmark = pytest.mark.skipif(_async_raiser() is None, reason="needs CPython's PyThreadState_SetAsyncExc")
 
@@ -101,7 +101,7 @@ def test_a_device_that_catches_the_interrupt_is_interrupted_again() -> None:
 def test_an_interrupt_sent_as_the_call_ends_lands_inside_the_watchdog() -> None:
     # The race, played out by hand: the watchdog decides to interrupt just as the call returns,
     # while the caller waits for the watchdog's lock to end the call.
-    watchdog = _Watchdog(timeout=60)  # its own thread stays quiet here
+    watchdog = Watchdog(timeout=60)  # its own thread stays quiet here
     caller = threading.get_ident()
     returning, holding = threading.Event(), threading.Event()
 
@@ -111,7 +111,7 @@ def test_an_interrupt_sent_as_the_call_ends_lands_inside_the_watchdog() -> None:
             holding.set()
             time.sleep(0.1)  # the caller is now blocked on the lock, ending the call
             assert watchdog._raise is not None
-            watchdog._raise(caller, _Hang)
+            watchdog._raise(caller, Hang)
             watchdog._interrupted = True
 
     def device_call() -> None:
@@ -121,7 +121,7 @@ def test_an_interrupt_sent_as_the_call_ends_lands_inside_the_watchdog() -> None:
     racer = threading.Thread(target=interrupt_as_it_returns)
     racer.start()
     try:
-        with pytest.raises(_Hung):
+        with pytest.raises(Hung):
             watchdog.call(device_call)
         total = 0
         for i in range(100_000):  # checks for pending interrupts all the way: none is left to land
@@ -133,7 +133,7 @@ def test_an_interrupt_sent_as_the_call_ends_lands_inside_the_watchdog() -> None:
 
 
 def test_a_call_within_the_timeout_is_never_interrupted() -> None:
-    watchdog = _Watchdog(timeout=0.2)
+    watchdog = Watchdog(timeout=0.2)
     try:
         assert [watchdog.call(time.sleep, 0.01) for _ in range(20)] == [None] * 20
         time.sleep(0.5)  # past the last call's deadline: the watchdog must not interrupt this

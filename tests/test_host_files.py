@@ -35,7 +35,7 @@ def write_profile(tmp_path: Path, devices: str) -> Path:
         "memory:\n"
         "  ram: {size: 4K, image: hello.bin}\n"
         "devices:\n"
-        "  console: {type: debugcon, port: 0xF1, output: memory}\n"
+        "  console: {type: debugcon, port: 0xF1, backend: memory}\n"
         f"{devices}"
     )
     return profile
@@ -88,7 +88,7 @@ def test_check_creates_and_truncates_no_output(capsys, tmp_path):
     profile = write_profile(
         tmp_path,
         f"  com1: {{type: uart16550, backend: file, path: {uart_out}}}\n"
-        f"  log: {{type: debugcon, port: 0x402, output: file, path: {console_out}}}\n"
+        f"  log: {{type: debugcon, port: 0x402, backend: file, path: {console_out}}}\n"
         f"  com2: {{type: uart16550, preset: com2, backend: file, path: {absent}}}\n",
     )
     before = identity(uart_out), identity(console_out)

@@ -1,13 +1,15 @@
-"""The machine's side of time and IRQ lines: a bounded IRQ log, and device timers under ``device_errors``.
+"""The machine's side of time and IRQ lines: a bounded IRQ log, t=0, and device timers under ``device_errors``.
 
 The timer tests boot a few real-mode bytes on both accelerators in a child process;
-this module is also the vmcore plugin those children load, for its ``ticker`` device.
+this module is also the vmcore plugin those children load, for its ``ticker`` and
+``build-alarm`` devices.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -15,10 +17,12 @@ import attrs
 import pytest
 
 from tests.test_boot import REPO, child
+from vmcore.accel import RunLimits
 from vmcore.bus import Region, Space
 from vmcore.device import Device, DeviceContext, in_range, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.machine import IRQ_LOG_LENGTH, Machine
+from vmcore.plugins import DeviceRegistry
 from vmcore.profile import Profile
 
 # --- the IRQ log ---------------------------------------------------------------------------------
@@ -76,9 +80,77 @@ class Ticker(Device):
         raise RuntimeError(f"tick {self.fired} is not modelled")
 
 
+@attrs.frozen
+class BuildAlarmConfig:
+    irq: int = prop(5, "IRQ line pulsed when the alarm goes off.", validator=in_range(0, 15))
+    delay_ns: int = prop(20_000_000, "Machine time from t=0 to the alarm.", validator=in_range(0, 10**10))
+
+
+class BuildAlarm(Device):
+    """Arms its timer while the machine is built, as a device with a power-on timer does; pulses its IRQ once."""
+
+    type_name = "build-alarm"
+    Config = BuildAlarmConfig
+
+    def __init__(self, config: BuildAlarmConfig, ctx: DeviceContext) -> None:
+        super().__init__(config, ctx)
+        self.line = ctx.irq(config.irq)
+        self.rang_at: int | None = None  # machine time the alarm went off
+        ctx.clock.call_later(config.delay_ns, self.ring)
+
+    def regions(self) -> Sequence[Region]:
+        return []
+
+    def ring(self) -> None:
+        self.rang_at = self.ctx.clock.now()
+        self.line.pulse()
+
+
 @hookimpl
 def vmcore_device_types() -> list[type]:
-    return [Ticker]
+    return [Ticker, BuildAlarm]
+
+
+# --- t=0 is the guest's first instruction --------------------------------------------------------
+
+
+def build_alarm_profile(folder: Path) -> Path:
+    """guest/one_irq.bin, which waits for IRQ 5, beside a build-alarm on IRQ 5 (20 ms); needs this plugin."""
+    profile = folder / "build-alarm.yaml"
+    profile.write_text(
+        "name: build-alarm\n"
+        f"extends: {REPO / 'machines' / 'base' / 'real-mode.yaml'}\n"
+        "irqchip: userspace\n"
+        f"memory: {{ram: {{image: {REPO / 'guest' / 'one_irq.bin'}}}}}\n"
+        "devices:\n"
+        "  pic: {type: i8259}\n"
+        "  alarm: {type: build-alarm}\n"
+    )
+    return profile
+
+
+def build_alarm_machine(folder: Path) -> Machine:
+    registry = DeviceRegistry.default(plugins=[sys.modules[__name__]])
+    return Machine.build(Profile.load(build_alarm_profile(folder)), registry)
+
+
+def test_machine_time_stays_0_from_build_until_the_run_starts_the_guest(tmp_path: Path) -> None:
+    with build_alarm_machine(tmp_path) as machine:
+        assert machine.clock.now() == 0
+        time.sleep(0.01)
+        assert machine.clock.now() == 0
+        assert machine.clock.next_deadline() == BuildAlarmConfig().delay_ns  # armed at build, counted from t=0
+
+
+def test_a_device_timer_armed_at_build_fires_its_delay_into_the_run_and_the_guest_takes_its_irq(
+        accel: str, tmp_path: Path) -> None:
+    with build_alarm_machine(tmp_path) as machine:
+        delay = machine.devices["alarm"].config.delay_ns
+        time.sleep(2 * delay / 1e9)  # a start-up slower than the alarm's delay: it must not count
+        stop = machine.run(accel, RunLimits(timeout=20))
+        assert (stop.kind, stop.status) == ("exit", 43), stop.report()  # 43: after the guest's IRQ 5 handler ran
+        rang_at = machine.devices["alarm"].rang_at
+        assert rang_at is not None and rang_at >= delay
 
 
 _RUN = """\
@@ -92,7 +164,7 @@ from vmcore.profile import Profile
 with Machine.build(Profile.load(sys.argv[1]), DeviceRegistry.default(plugins=[plugin])) as machine:
     stop = machine.run(sys.argv[2])
     print("RESULT " + json.dumps({
-        "stop": stop.to_json(), "console": machine.devices["console"].buffer.decode("latin-1"),
+        "stop": stop.to_json(), "console": machine.devices["console"].output.decode("latin-1"),
         "timer_faults": [[*key, count] for key, count in machine.timer_faults.items()]}))
 """
 
@@ -110,7 +182,7 @@ def boot(tmp_path: Path, accel: str, policy: str, error: str = "runtime") -> tup
         "cpu: {mode: real}\n"
         f"memory: {{ram: {{size: 4K, image: {image}}}}}\n"
         "devices:\n"
-        "  console: {type: debugcon, output: memory}\n"
+        "  console: {type: debugcon, backend: memory}\n"
         f"  ticker: {{type: ticker, error: {error}}}\n"
         f"device_errors: {policy}\n"
         "limits: {timeout: 20}\n"

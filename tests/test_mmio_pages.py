@@ -54,7 +54,7 @@ def sweep_profile(folder: Path, passes: int = 1) -> Path:
         "name: mmio-sweep-device\n"
         f"cpu: {{registers: {{rcx: {PAGES}, rbx: {passes}, rdi: {DEVICE:#x}}}}}\n"
         "devices:\n"
-        "  console: {output: memory}\n"
+        "  console: {backend: memory}\n"
         f"  scratch: {{type: scratch, base: {DEVICE:#x}}}\n"
     )
     return profile
@@ -117,7 +117,7 @@ def test_unicorn_maps_the_slots_and_the_gaps_between_them_however_many_pages_are
     with Machine.build(Profile.load(sweep_profile(tmp_path)), registry) as machine:
         stop = machine.run(accel, RunLimits(timeout=60))
         assert stop.kind == "halted", stop.report()
-        assert machine.devices["console"].buffer == b"sweep ok\n"
+        assert machine.devices["console"].output == b"sweep ok\n"
         assert unicorn_regions(accel) == MAP
 
 
@@ -210,7 +210,7 @@ def test_memory_mapped_by_an_mmio_write_is_there_for_the_next_instruction(accel:
         "  ram: {base: 0x0, size: 2M, image: remap.bin, offset: 0x1000}\n"
         "  spare: {base: 0x300000, size: 4K}\n"
         "devices:\n"
-        "  console: {type: debugcon, port: 0xF1, output: memory}\n"
+        "  console: {type: debugcon, port: 0xF1, backend: memory}\n"
         "  remapper: {type: remapper}\n"
     )
     result = in_process(profile, accel=accel, plugins=("tests.test_mmio_pages",))

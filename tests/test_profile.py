@@ -70,7 +70,7 @@ memory:
   high: {base: 1M, size: 2MiB}
   rom: {base: 0xFFFF0000, size: 0x10000, kind: rom}
 devices:
-  console: {type: debugcon, port: 0xE9, output: memory, readback: 010}
+  console: {type: debugcon, port: 0xE9, backend: memory, readback: 010}
   exit: {type: debug-exit}
 limits: {timeout: 2.5, max_exits: 1K}
 """
@@ -123,7 +123,7 @@ def test_device_properties_stay_text_until_the_device_converts_them(full_profile
     p = Profile.load(full_profile)
     console = next(d for d in p.devices if d.name == "console")
     assert console.type == "debugcon"
-    assert console.props == {"port": "0xE9", "output": "memory", "readback": "010"}
+    assert console.props == {"port": "0xE9", "backend": "memory", "readback": "010"}
     assert [d.name for d in p.devices] == ["console", "exit"]
     with Machine.build(p) as machine:
         assert machine.devices["console"].config.port == 0xE9
@@ -572,7 +572,7 @@ PROFILE_ERRORS: list[Case] = [
      RAM_ONLY + "devices:\n  console:\n",
      4, ["devices.console", "expected 'type: NAME'"]),
     ("device-missing-type",
-     RAM_ONLY + "devices:\n  console:\n    port: 0xF1\n    output: memory\n",
+     RAM_ONLY + "devices:\n  console:\n    port: 0xF1\n    backend: memory\n",
      4, ["devices.console.type", "missing", "vmcore devices"]),
     ("device-type-is-a-list",
      RAM_ONLY + "devices:\n  console: {type: [debugcon]}\n",
@@ -699,8 +699,8 @@ BUILD_ERRORS: list[Case] = [
      RAM_ONLY + "devices:\n  console:\n    type: debugcon\n    port:\n",
      6, ["devices.console.port", "expected a value, got nothing"]),
     ("device-bad-choice",
-     RAM_ONLY + "devices:\n  console:\n    type: debugcon\n    output: printer\n",
-     6, ["devices.console.output", "expected one of stdout, stderr, file, memory", "'printer'"]),
+     RAM_ONLY + "devices:\n  console:\n    type: debugcon\n    backend: printer\n",
+     6, ["devices.console.backend", "expected one of stdio, stderr, file, memory, socket, null", "'printer'"]),
     ("device-ports-overlap",
      RAM_ONLY + "devices:\n  console:\n    type: debugcon\n    port: 0x501\n"
      "  exit:\n    type: debug-exit\n    port: 0x500\n",

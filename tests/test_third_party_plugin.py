@@ -397,9 +397,9 @@ def test_vmcore_devices_lists_the_plugin_type_with_module_and_properties(install
     block = lines[lines.index("scratch  (scratchpad.device, plugin scratch)"):]
     block = block[: block.index("")]
     assert "    Scratch registers A and B, their sum, and a counter that counts its own reads." in block
-    assert "    port: int = 0x510  First of the four I/O ports." in block
-    assert "    start: int = 0  Counter value at power-on and reset." in block
-    assert "    irq: int = 5  IRQ line pulsed when the counter wraps to 0." in block
+    assert "    port: int [0x0..0xfffc] = 0x510  First of the four I/O ports." in block
+    assert "    start: int [0..255] = 0  Counter value at power-on and reset." in block
+    assert "    irq: int [0..15] = 5  IRQ line pulsed when the counter wraps to 0." in block
     # The built-ins are still there, beside the plugin.
     assert any(line.startswith("debugcon  (devices.debugcon,") for line in lines)
 

@@ -17,7 +17,13 @@ device, which never touches host I/O itself. Its life has three steps, so that b
 Host input is bounded. A reader thread reads from the host only while the backend's
 :class:`InputBuffer` has room, and the device takes bytes from it as its receiver frees up (the
 backpressure vm-superio's ``fifo_capacity`` leaves to its caller): a guest that never reads leaves
-the rest in the host's file, pipe or socket, and nothing is lost or grows.
+the rest in the host's file, pipe or socket, and nothing is lost or grows. A device with no
+receiver (a debug console) has a buffer of capacity 0: what a socket peer sends is read and
+dropped, so its leaving is still seen, and stdin is never touched.
+
+Every device with a byte stream offers the same properties for its host end (``backend``,
+``path``, ``socket_mode``; :func:`backend_prop` and its siblings declare them) and builds the
+backend with :func:`make_backend`; what it wrote to a ``memory`` backend is its ``output``.
 """
 
 from __future__ import annotations
@@ -31,11 +37,11 @@ import socket
 import stat
 import sys
 import threading
-from typing import IO, Callable, Literal
+from typing import IO, Any, Callable, Literal
 
 import attrs
 
-from .device import PropertyError
+from .device import PropertyError, prop
 
 #: Most bytes one host read asks for.
 READ_CHUNK = 4096
@@ -69,7 +75,8 @@ class InputBuffer:
     than ``capacity`` bytes read from the host. It is woken once half the buffer is free, not
     for each byte a guest takes, so a reader and a guest reading byte by byte do not trade
     one-byte reads. ``ready`` is called (from the reader's thread) only when the buffer goes
-    from empty to non-empty, so at most one wake-up is ever in flight.
+    from empty to non-empty, so at most one wake-up is ever in flight. Capacity 0 is a device
+    with no receiver: readers read on and what they read is dropped.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -85,6 +92,8 @@ class InputBuffer:
 
     def wait_for_room(self) -> int:
         """Block until there is room (reader thread): how many bytes may be read, 0 once closed."""
+        if not self.capacity:  # no receiver: read on, and put() drops it
+            return 0 if self._closed else READ_CHUNK
         with self._changed:
             if len(self._data) >= self.capacity:
                 while not self._closed and len(self._data) > self._low_water:
@@ -93,7 +102,7 @@ class InputBuffer:
 
     def put(self, data: bytes) -> None:
         """Append host input (any thread): a reader puts no more than :meth:`wait_for_room` allowed."""
-        if not data:
+        if not data or not self.capacity:
             return
         with self._changed:
             was_empty = not self._data
@@ -579,6 +588,62 @@ class SocketBackend(Backend):
                     os.unlink(self.path)
             except OSError:
                 pass
+
+
+# --- the host end a device's properties choose ------------------------------------------
+
+#: The ``backend`` property: the host end of a device's byte stream.
+BackendKind = Literal["stdio", "stderr", "file", "memory", "socket", "null"]
+#: The ``socket_mode`` property: listen for a client, or connect to a server.
+SocketMode = Literal["server", "client"]
+
+
+def backend_prop() -> Any:
+    """The ``backend`` property, annotated :data:`BackendKind`."""
+    return prop("stdio", "Host end of the byte stream: stdio (stdout, and stdin in raw mode where the device "
+                         "receives), stderr, a file (see path), an in-memory buffer (device.output), a Unix "
+                         "socket (see path, socket_mode) or nothing (null).")
+
+
+def path_prop() -> Any:
+    """The ``path`` property: the file or socket of the ``file`` and ``socket`` backends."""
+    return prop("", "file: the output file (truncated when the machine starts); socket: the Unix socket path "
+                    "(server: never an existing file; client: a listening socket).")
+
+
+def socket_mode_prop() -> Any:
+    """The ``socket_mode`` property, annotated :data:`SocketMode`."""
+    return prop("server", "socket backend: listen on path and take one client at a time, holding the last "
+                          "4 KiB of output for a client not connected yet (server), or connect to path (client).")
+
+
+def check_backend_props(backend: BackendKind, path: str) -> None:
+    """The checks between these properties a Config makes in ``__attrs_post_init__``."""
+    if backend in ("file", "socket") and not path:
+        raise PropertyError("backend", f"path must be set when backend is {backend!r}")
+
+
+def make_backend(log: logging.Logger, backend: BackendKind, output: bytearray, *, path: str = "",
+                 socket_mode: SocketMode = "server", input_path: str = "", input_capacity: int = 0) -> Backend:
+    """The host end the properties choose; it opens nothing until the device starts.
+
+    ``output`` is the device's buffer for the ``memory`` backend. ``input_capacity`` 0 is a
+    device that receives nothing: stdio leaves stdin alone and, as stderr always does, flushes
+    at each newline; a device that receives may print a prompt and wait, so its output is
+    flushed at each write.
+    """
+    if backend in ("stdio", "stderr"):
+        if backend == "stdio" and input_capacity:
+            return StdioBackend(log, input_capacity)
+        which: Literal["stdout", "stderr"] = "stdout" if backend == "stdio" else "stderr"
+        return StdoutBackend(log, which, input_capacity, flush_each=bool(input_capacity))
+    if backend == "file":
+        return FileBackend(log, path, input_path, input_capacity)
+    if backend == "memory":
+        return MemoryBackend(log, output, input_capacity)
+    if backend == "socket":
+        return SocketBackend(log, path, socket_mode, input_capacity)
+    return Backend(log, input_capacity)
 
 
 def _fd_reader(fd: int) -> Callable[[int], bytes]:

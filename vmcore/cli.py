@@ -45,12 +45,23 @@ def _positive_count(text: str) -> int:
     return value
 
 
+VERBOSE_HELP = "log more, and always say why the machine stopped"
+DIFF_STATUS = ("exit status: 0 when the runs are identical and ended cleanly (hlt or the guest's own exit); "
+               "1 when they differ; when they are identical but both stopped on a fault or a limit, that stop's "
+               "status (4 guest fault, 6 run limit, 10 device error, ...); 2 a configuration error; 8 when an "
+               "accelerator is unusable.")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmcore", description="A Python VMM for device models.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more, and always say why the machine stopped")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    # -v after the command too; SUPPRESS, so a command without it keeps what came before it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="boot a machine profile")
+    run = sub.add_parser("run", help="boot a machine profile", parents=[verbose],
+                         epilog="with --accel both: " + DIFF_STATUS)
     run.add_argument("profile", nargs="?", default="hello", help="a profile path or bundled name (default: hello)")
     run.add_argument("--accel", choices=("kvm", "tcg", "auto", "both"),
                      help="CPU accelerator (default: the profile's); 'both' runs a differential comparison")
@@ -67,21 +78,25 @@ def _parser() -> argparse.ArgumentParser:
                           "KEY=null removes the key, and a quoted VALUE is that text: "
                           "--set 'devices.com1.backend=\"null\"' gives the string null")
 
-    diff = sub.add_parser("diff", help="run a profile on KVM and on the software CPU and compare their transactions")
+    diff = sub.add_parser("diff", help="run a profile on KVM and on the software CPU and compare their transactions",
+                          parents=[verbose], epilog=DIFF_STATUS)
     diff.add_argument("profile", nargs="?", default="hello", help="a profile path or bundled name (default: hello)")
     diff.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="limit for each run")
     diff.add_argument("--max-exits", type=_positive_count, metavar="N", help="limit for each run")
     diff.add_argument("--show-output", action="store_true", help="let devices print to stdout during the runs")
     diff.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
 
-    check = sub.add_parser("check", help="validate a profile and build its machine without running it")
+    check = sub.add_parser("check", help="validate a profile and build its machine without running it",
+                           parents=[verbose])
     check.add_argument("profile", help="a profile path or bundled name")
     check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
 
-    sub.add_parser("devices", help="list device types with their properties")
-    sub.add_parser("info", help="show the host's KVM capabilities")
+    devices = sub.add_parser("devices", help="list device types with their properties", parents=[verbose])
+    devices.add_argument("type", nargs="?", help="show only this device type")
+    sub.add_parser("info", help="show the host's KVM capabilities", parents=[verbose])
 
-    fuzz = sub.add_parser("fuzz", help="drive a device type with a hostile guest and report what broke")
+    fuzz = sub.add_parser("fuzz", help="drive a device type with a hostile guest and report what broke",
+                          parents=[verbose])
     fuzz.add_argument("device", nargs="?", help="a device type name (see 'vmcore devices')")
     fuzz.add_argument("--all", action="store_true", help="every installed device type")
     fuzz.add_argument("--runs", type=_positive_count, default=200, metavar="N", help="runs, each on a fresh device "
@@ -111,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(args)
         if args.command == "devices":
-            return _devices()
+            return _devices(args.type)
         if args.command == "fuzz":
             return _fuzz(args)
         return _info()
@@ -213,7 +228,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    """Exit 0 when both runs match, 1 when they differ (like diff(1))."""
+    """Exit with :attr:`vmcore.diff.Difference.status`: 0 match, 1 differ (like diff(1)), else the shared stop's."""
     import contextlib
     import io
     import os
@@ -236,7 +251,7 @@ def _diff(args: argparse.Namespace) -> int:
             print(f"vmcore: diff needs both accelerators; {run.accel}: {run.stop.message}", file=sys.stderr)
             return STATUS["host-error"]
     print(result.report())
-    return 0 if result.identical else 1
+    return result.status
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -264,16 +279,17 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _devices() -> int:
+def _devices(name: str | None) -> int:
+    """Every device type, or the one named (an unknown name is a DeviceTypeError naming the known ones)."""
     registry = DeviceRegistry.default()
-    for dtype in registry:
+    for dtype in [registry.get(name)] if name else registry:
         print(f"{dtype.name}  ({dtype.module}, plugin {dtype.plugin})")
         for line in dtype.doc.splitlines():
             print(f"    {line}")
         for p in dtype.properties:
-            default = p.default_text()
-            choices = f" [{'|'.join(p.choices)}]" if p.choices else ""
-            print(f"    {p.name}: {p.type}{choices} = {default}  {p.doc}")
+            # What a value may be: one of the choices, or within the validator's bounds.
+            allowed = "|".join(p.choices) if p.choices else p.bounds_text()
+            print(f"    {p.name}: {p.type}{f' [{allowed}]' if allowed else ''} = {p.default_text()}  {p.doc}")
         print()
     return 0
 

@@ -2,6 +2,11 @@
 
 Devices never read wall-clock time; they ask the :class:`Clock` handed to them,
 so a :class:`ManualClock` can drive them step by step in tests.
+
+t=0 is the guest's first instruction: a machine's :class:`HostClock` reads 0
+while the machine is built and its devices start, and begins to move only when
+the run starts the guest (:meth:`Clock.start`). A timer armed while building,
+``call_later(20 ms)``, fires 20 ms into the guest's run, not during start-up.
 """
 
 from __future__ import annotations
@@ -14,26 +19,53 @@ from typing import Callable
 
 from .faults import DeviceFault, GuestExit
 
+#: ``Timer._seq`` of a timer with no live entry in its clock's queue (never armed, fired or cancelled).
+_NOT_QUEUED = -1
+
 
 class Timer:
-    """A scheduled callback; ``cancel()`` removes it."""
+    """A callback scheduled on a clock: ``mod()`` (re-)arms it, ``cancel()`` removes it.
 
-    __slots__ = ("deadline", "callback", "cancelled", "_clock")
+    A timer is one object for its whole life, as QEMU's ``QEMUTimer``: a device re-arms
+    the same timer rather than dropping it and asking for a new one.
+    """
 
-    def __init__(self, deadline: int, callback: Callable[[], None], clock: "Clock | None" = None) -> None:
+    __slots__ = ("deadline", "callback", "cancelled", "_clock", "_seq")
+
+    def __init__(self, deadline: int, callback: Callable[[], None], clock: "Clock") -> None:
         self.deadline = deadline
         self.callback = callback
         self.cancelled = False
-        # The clock whose queue still holds this timer; None once it fired or was dropped.
         self._clock = clock
+        # The sequence number of this timer's live queue entry; an entry with another
+        # number is a dead one (the timer was cancelled or moved since).
+        self._seq = _NOT_QUEUED
+
+    @property
+    def armed(self) -> bool:
+        """Queued: neither fired nor cancelled since it was last (re-)armed."""
+        return self._seq != _NOT_QUEUED
+
+    def mod(self, deadline: int) -> None:
+        """Fire at ``deadline`` (ns of machine time) instead, whether armed, fired or cancelled.
+
+        As QEMU's ``timer_mod``: the timer keeps its callback and identity, and an entry
+        it still had in the queue is dead from now on (dropped with the cancelled ones).
+        """
+        clock = self._clock
+        if self._seq != _NOT_QUEUED:
+            self._seq = _NOT_QUEUED
+            clock._entry_died()
+        self.cancelled = False
+        self.deadline = deadline
+        clock._push(self)
 
     def cancel(self) -> None:
-        if self.cancelled:
-            return
+        """Do not fire (until re-armed with ``mod()``); nothing happens if it already fired."""
         self.cancelled = True
-        clock, self._clock = self._clock, None
-        if clock is not None:
-            clock._timer_cancelled()
+        if self._seq != _NOT_QUEUED:
+            self._seq = _NOT_QUEUED
+            self._clock._entry_died()
 
 
 #: Called with a callback that raised and what it raised (see :attr:`Clock.on_error`).
@@ -41,16 +73,18 @@ ErrorHandler = Callable[[Callable[[], None], BaseException], None]
 
 
 class Clock:
-    """Nanosecond machine time with a timer queue (monotonic, starts at 0).
+    """Nanosecond machine time with a timer queue (monotonic; a machine's starts at :meth:`start`).
 
-    A cancelled timer stays queued until the queue is more than half cancelled
-    entries, then they are all dropped at once: a device re-arming a timer on every
-    guest kick keeps the queue at most about twice its live timers.
+    Cancelling or moving a timer leaves its old entry in the queue, dead, until
+    dead entries are more than half the queue; then they are all dropped at once:
+    a device re-arming a timer on every guest kick keeps the queue at most about
+    twice its live timers, at an amortised O(log n) per re-arm.
     """
 
     def __init__(self) -> None:
+        # (deadline, seq, timer); an entry is live while seq == timer._seq.
         self._queue: list[tuple[int, int, Timer]] = []
-        self._cancelled = 0  # cancelled timers still in the queue
+        self._dead = 0  # dead entries still in the queue
         self._order = itertools.count()
         # Callbacks posted from other threads (host input readers); deque appends are atomic.
         self._posted: collections.deque[Callable[[], None]] = collections.deque()
@@ -76,17 +110,24 @@ class Clock:
             wakeup()
 
     def now(self) -> int:
-        """Nanoseconds of machine time since the machine started."""
+        """Nanoseconds of machine time since the guest's first instruction (0 before it)."""
         raise NotImplementedError
+
+    def start(self) -> None:
+        """The guest runs from now on: a clock that follows the host takes t=0 here.
+
+        Later calls change nothing (a second run continues the machine's time); a
+        :class:`ManualClock` moves only when stepped, so starting it changes nothing.
+        """
+
+    def timer(self, callback: Callable[[], None]) -> Timer:
+        """A timer not yet armed: arm it with :meth:`Timer.mod`, as QEMU's ``timer_new``."""
+        return Timer(0, callback, self)
 
     def call_at(self, deadline: int, callback: Callable[[], None]) -> Timer:
         """Run ``callback`` once machine time reaches ``deadline`` (ns)."""
         timer = Timer(deadline, callback, self)
-        queue = self._queue
-        earliest = not queue or deadline < queue[0][0]
-        heapq.heappush(queue, (deadline, next(self._order), timer))
-        if earliest and self.deadline_changed is not None:
-            self.deadline_changed(deadline)
+        self._push(timer)
         return timer
 
     def call_later(self, delay: int, callback: Callable[[], None]) -> Timer:
@@ -94,15 +135,19 @@ class Clock:
         return self.call_at(self.now() + delay, callback)
 
     def pending(self) -> int:
-        """How many entries the timer queue holds (live timers and cancelled ones not yet dropped)."""
+        """How many entries the timer queue holds (live timers and dead entries not yet dropped)."""
         return len(self._queue)
+
+    def live(self) -> int:
+        """How many timers are armed (the queue's live entries)."""
+        return len(self._queue) - self._dead
 
     def next_deadline(self) -> int | None:
         """When the earliest pending timer is due, or None."""
         queue = self._queue
-        while queue and queue[0][2].cancelled:
+        while queue and queue[0][1] != queue[0][2]._seq:
             heapq.heappop(queue)
-            self._cancelled -= 1
+            self._dead -= 1
         return queue[0][0] if queue else None
 
     def run_due(self) -> int:
@@ -115,11 +160,11 @@ class Clock:
         now = self.now()
         queue = self._queue
         while queue and queue[0][0] <= now:
-            _, _, timer = heapq.heappop(queue)
-            if timer.cancelled:
-                self._cancelled -= 1
+            _, seq, timer = heapq.heappop(queue)
+            if seq != timer._seq:
+                self._dead -= 1
             else:
-                timer._clock = None  # fired: a later cancel() has nothing to drop
+                timer._seq = _NOT_QUEUED  # fired: a later cancel() or mod() has no entry to kill
                 fired += 1
                 self._call(timer.callback)
         return fired
@@ -134,25 +179,41 @@ class Clock:
                 raise
             self.on_error(callback, exc)
 
-    def _timer_cancelled(self) -> None:
-        self._cancelled += 1
+    def _push(self, timer: Timer) -> None:
+        """Queue ``timer`` at its deadline as its one live entry."""
+        deadline = timer.deadline
         queue = self._queue
-        if 2 * self._cancelled > len(queue):
+        earliest = not queue or deadline < queue[0][0]
+        seq = timer._seq = next(self._order)
+        heapq.heappush(queue, (deadline, seq, timer))
+        if earliest and self.deadline_changed is not None:
+            self.deadline_changed(deadline)
+
+    def _entry_died(self) -> None:
+        """A timer's queued entry was cancelled or moved: drop the dead ones once they are half the queue."""
+        self._dead += 1
+        queue = self._queue
+        if 2 * self._dead > len(queue):
             # In place: run_due may be iterating over this very list (a callback cancelling).
-            queue[:] = [entry for entry in queue if not entry[2].cancelled]
+            queue[:] = [entry for entry in queue if entry[1] == entry[2]._seq]
             heapq.heapify(queue)
-            self._cancelled = 0
+            self._dead = 0
 
 
 class HostClock(Clock):
-    """Machine time that follows the host's monotonic clock from machine start."""
+    """Machine time that follows the host's monotonic clock from :meth:`start` (the guest's first instruction)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._origin = time.monotonic_ns()
+        self._origin: int | None = None  # host monotonic ns at t=0; None: not started
+
+    def start(self) -> None:
+        if self._origin is None:
+            self._origin = time.monotonic_ns()
 
     def now(self) -> int:
-        return time.monotonic_ns() - self._origin
+        origin = self._origin
+        return 0 if origin is None else time.monotonic_ns() - origin
 
 
 class ManualClock(Clock):

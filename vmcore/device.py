@@ -27,6 +27,7 @@ from .units import parse_int
 
 if typing.TYPE_CHECKING:
     from .chardev import HostFile
+    from .fuzz.scratch import FuzzScratch
     from .pci import PciBus
 
 
@@ -125,6 +126,17 @@ class Device:
         """
         return ()
 
+    @classmethod
+    def fuzz_props(cls, scratch: "FuzzScratch") -> dict[str, Any]:
+        """Property values ``vmcore fuzz`` builds the type with (the caller's own win over them).
+
+        Return values that keep the device off the host's resources (the terminal, a user's
+        files, sockets) and make runs repeat (no host clock); point what it must read or write
+        at ``scratch`` (``vmcore.fuzz.FuzzScratch``: ``scratch.disk(index)``, ``scratch.folder()``).
+        Called once per campaign or replay. The default: none, the Config's defaults serve.
+        """
+        return {}
+
     def start(self) -> None:
         """Open host resources (output files, sockets, input readers): the machine is starting to run.
 
@@ -155,12 +167,21 @@ class PropertyInfo:
     doc: str
     choices: tuple[str, ...] | None = None
     hex: bool = False
+    #: The ``in_range`` bounds (low, high) its validators set, if any.
+    bounds: tuple[int, int] | None = None
 
     def default_text(self) -> str:
         """The default as a profile would write it."""
         if self.hex and isinstance(self.default, int):
             return f"{self.default:#x}"
         return repr(self.default)
+
+    def bounds_text(self) -> str:
+        """The bounds as ``low..high`` (hex for a hex property), or "" when it has none."""
+        if self.bounds is None:
+            return ""
+        low, high = self.bounds
+        return f"{low:#x}..{high:#x}" if self.hex else f"{low}..{high}"
 
 
 def _type_name(tp: Any) -> str:
@@ -169,6 +190,17 @@ def _type_name(tp: Any) -> str:
     if isinstance(tp, type):
         return tp.__name__
     return str(tp).replace("typing.", "")
+
+
+def _bounds(validator: Any) -> tuple[int, int] | None:
+    """The bounds of the :class:`InRange` in ``validator`` (attrs joins a list of them with and_)."""
+    if isinstance(validator, InRange):
+        return (validator.low, validator.high)
+    for part in getattr(validator, "_validators", ()):
+        found = _bounds(part)
+        if found is not None:
+            return found
+    return None
 
 
 def properties(config_cls: type) -> list[PropertyInfo]:
@@ -186,7 +218,7 @@ def properties(config_cls: type) -> list[PropertyInfo]:
         elif typing.get_origin(tp) is typing.Literal:
             choices = tuple(str(a) for a in typing.get_args(tp))
         out.append(PropertyInfo(field.name, _type_name(tp), default, field.metadata.get("doc", ""), choices,
-                                field.metadata.get("hex", False)))
+                                field.metadata.get("hex", False), _bounds(field.validator)))
     return out
 
 
@@ -280,11 +312,18 @@ def build_config(config_cls: type, props: dict[str, Any]) -> Any:
         raise PropertyError(key, str(exc)) from None
 
 
-def in_range(low: int, high: int) -> Callable[[Any, Any, int], None]:
-    """An attrs validator: ``low <= value <= high``, shown in hex."""
+@attrs.frozen
+class InRange:
+    """An attrs validator: ``low <= value <= high``, shown in hex; ``vmcore devices`` shows the bounds."""
 
-    def check(_instance: Any, attribute: Any, value: int) -> None:
-        if not low <= value <= high:
-            raise PropertyError(attribute.name, f"must be in {low:#x}..{high:#x}, got {value:#x}")
+    low: int
+    high: int
 
-    return check
+    def __call__(self, _instance: Any, attribute: Any, value: int) -> None:
+        if not self.low <= value <= self.high:
+            raise PropertyError(attribute.name, f"must be in {self.low:#x}..{self.high:#x}, got {value:#x}")
+
+
+def in_range(low: int, high: int) -> InRange:
+    """An attrs validator: ``low <= value <= high``."""
+    return InRange(low, high)

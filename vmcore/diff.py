@@ -53,6 +53,17 @@ class Difference:
     def identical(self) -> bool:
         return self.index is None and self.same_stop
 
+    @property
+    def status(self) -> int:
+        """The ``vmcore diff`` exit status: 0 identical runs that ended cleanly (``hlt`` or the guest's
+        own exit), 1 runs that differ, and for identical runs that both stopped on a fault or a limit,
+        that stop's status (4, 6, 10, ...: never 0 or 1), so agreeing on a failure is not a success.
+        """
+        if not self.identical:
+            return 1
+        stop = self.a.stop
+        return stop.status if stop.is_fault else 0
+
     def report(self) -> str:
         a, b = self.a, self.b
         if self.identical:

@@ -267,6 +267,9 @@ class Machine:
         except (AcceleratorUnavailable, OSError) as exc:
             return StopReason.of("host-error", f"{self.accelerator.name}: {exc}")
         self._start_devices()
+        # t=0 is the guest's first instruction: timers armed while building and starting
+        # (8-70 ms) count from here, so none fires before the guest could set up its PIC.
+        self.clock.start()
         stop = self._run(limits, controller)
         for bus in (self.pio, self.mmio):
             summary = bus.unclaimed_summary()

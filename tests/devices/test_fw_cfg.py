@@ -426,7 +426,7 @@ def test_an_output_naming_a_fw_cfg_file_is_refused_as_one_of_the_machine_inputs(
     profile = tmp_path / "fw.yaml"
     profile.write_text("name: fw\nmemory: {ram: {size: 64K}}\ndevices:\n"
                        f"  fw: {{type: fw-cfg, files: {{opt/d: {data}}}}}\n"
-                       f"  console: {{type: debugcon, output: file, path: {data}}}\n")
+                       f"  console: {{type: debugcon, backend: file, path: {data}}}\n")
     with pytest.raises(ProfileError, match="an input of this machine"):
         Machine.build(Profile.load(profile))
     assert data.read_bytes() == b"keep me"

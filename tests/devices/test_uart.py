@@ -573,7 +573,7 @@ def test_without_a_preset_the_defaults_are_com1(fake_bus):
         ({"backend": "file"}, "backend", "path must be set when backend is 'file'"),
         ({"backend": "socket"}, "backend", "path must be set when backend is 'socket'"),
         ({"backend": "memory", "input": "in.txt"}, "input", "file backend only"),
-        ({"backend": "tty"}, "backend", "expected one of stdio, file, memory, socket, null"),
+        ({"backend": "tty"}, "backend", "expected one of stdio, stderr, file, memory, socket, null"),
         ({"preset": "com5"}, "preset", "expected one of , com1, com2, com3, com4"),
         ({"socket_mode": "both"}, "socket_mode", "expected one of server, client"),
     ],

@@ -288,6 +288,14 @@ def test_stdio_with_a_pseudo_file_stdin_writes_output_to_stdout(fake_bus, capfd)
     assert not sys.stdout.closed
 
 
+def test_stderr_backend_writes_each_byte_to_stderr_at_once_and_reads_nothing(fake_bus, capfd):
+    uart = fake_bus.attach("uart16550", backend="stderr")
+    transmit(fake_bus, b"login: ")
+    assert capfd.readouterr() == ("", "login: ")  # flushed without waiting for a newline
+    assert not worker_threads()
+    uart.close()
+
+
 def test_stdio_with_a_closed_stdin_does_not_read(fake_bus, monkeypatch, capfd):
     closed = io.TextIOWrapper(io.BytesIO())
     closed.close()

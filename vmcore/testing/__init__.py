@@ -5,9 +5,9 @@ does, with a :class:`~vmcore.clock.ManualClock`, recorded IRQ lines and fake gue
 RAM for DMA; tests issue reads and writes of every width (qtest style)::
 
     def test_console(fake_bus):
-        console = fake_bus.attach("debugcon", output="memory")
+        console = fake_bus.attach("debugcon", backend="memory")
         fake_bus.outb(0xF1, ord("A"))
-        assert console.buffer == b"A"
+        assert console.output == b"A"
 
 Installed vmcore registers :mod:`vmcore.testing.pytest_plugin` through the
 ``pytest11`` entry point, so the ``fake_bus`` fixture is there in any project.
