@@ -140,6 +140,17 @@ def time_split(accel: str) -> tuple[float, dict[str, float], str]:
     return elapsed, buckets, f"{stop.kind} status {stop.status}"
 
 
+def kvm_unavailable() -> str | None:
+    """None when /dev/kvm opens, else why not (the bench then measures tcg only)."""
+    from vmcore.kvm import Kvm, KvmUnavailable
+
+    try:
+        Kvm.open().close()
+    except KvmUnavailable as exc:
+        return str(exc)
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -148,8 +159,6 @@ def main() -> int:
     if not FIRMWARE.is_file():
         print(f"{FIRMWARE} is absent: sudo apt-get install seabios", file=sys.stderr)
         return 2
-    from tests.test_boot import kvm_unavailable
-
     accels = ["tcg"] + ([] if kvm_unavailable() else ["kvm"])
     lines = [f"# bench/boot.py  {datetime.datetime.now():%Y-%m-%d %H:%M:%S}  {platform.node()}  "
              f"python {platform.python_version()}  median of {args.repeat} interleaved rounds"]

@@ -11,7 +11,7 @@ What firmware and operating systems see, as on QEMU's ``-M pc``:
   ISA IRQs 14 and 15, not INTx.
 - The legacy channels, claimed directly on the port bus: primary at 0x1F0-0x1F7 and
   0x3F6 on IRQ 14, secondary at 0x170-0x177 and 0x376 on IRQ 15, each an
-  :class:`devices.ide.AtaChannel` with the drives the ``primary_master`` ...
+  :class:`vmcore_devices.ide.AtaChannel` with the drives the ``primary_master`` ...
   ``secondary_slave`` properties name. A channel without drives reads 0 everywhere
   (see AtaChannel): SeaBIOS's probe sees BSY clear at once and the 0x55/0xAA register
   test fail, so it moves on without waiting.
@@ -44,7 +44,7 @@ PIO; SeaBIOS's ATA driver uses PIO anyway unless built with CONFIG_ATA_DMA, whic
 is off by default and in QEMU's SeaBIOS configurations (roms/config.seabios-*).
 
 Not modelled: native-mode channels, the PIIX4's UDMA registers (0x48-0x4A), LBA48
-(the drives are ``devices.ide`` drives: see its list), power management.
+(the drives are ``vmcore_devices.ide`` drives: see its list), power management.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ from typing import TYPE_CHECKING, Sequence
 
 import attrs
 
-from devices.ide import AtaChannel, Disk, _image_path, open_disks
 from vmcore.bus import Region, Space
 from vmcore.chardev import HostFile
 from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
@@ -70,6 +69,8 @@ from vmcore.pci import (
     PciConfig,
     bus_for,
 )
+
+from .ide import AtaChannel, Disk, _image_path, open_disks
 
 if TYPE_CHECKING:
     from vmcore.fuzz import FuzzScratch

@@ -6,189 +6,23 @@ is marked ``kvm`` and skipped with the reason where /dev/kvm cannot be opened; t
 legitimately differ (how an exit is counted, the internal-error message) the test
 says so per accelerator.
 
-Each boot runs in a child process with a timeout, so a hung guest fails its test
-instead of hanging the suite. This module is also a vmcore plugin (see
-:func:`vmcore_device_types`): the child processes of the MMIO and device-error
-tests import it to get the ``scratch`` and ``faulty`` device types.
+Each boot runs in a child process with a timeout (tests/helpers.py), so a hung guest
+fails its test instead of hanging the suite.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Literal, Sequence
 
-import attrs
 import pytest
 
-from vmcore.bus import Region, Space
-from vmcore.device import Device, DeviceContext, in_range, prop
-from vmcore.hookspecs import hookimpl
-from vmcore.kvm import Kvm, KvmUnavailable
-
-REPO = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).resolve().parent / "data"
-CHILD_TIMEOUT = 60
-NO_KVM = {"VMCORE_KVM_PATH": "/nonexistent"}  # vmcore then behaves as on a host without KVM
-
-
-@functools.cache
-def kvm_unavailable() -> str | None:
-    """None when /dev/kvm opens, else KvmUnavailable's one-line reason."""
-    try:
-        Kvm.open().close()
-    except KvmUnavailable as exc:
-        return str(exc)
-    return None
-
-
-def skip_without_kvm() -> None:
-    reason = kvm_unavailable()
-    if reason is not None:
-        pytest.skip(f"needs /dev/kvm: {reason}")
+from tests.helpers import DATA, NO_KVM, child, in_process, skip_without_kvm, vmcore
 
 
 @pytest.fixture
 def needs_kvm() -> None:
     skip_without_kvm()
-
-
-# --- the plugin the child processes load ----------------------------------------------------
-
-
-@attrs.frozen
-class ScratchConfig:
-    base: int = prop(0x10000000, "Guest-physical address of the 16-byte register block.")
-
-
-class Scratch(Device):
-    """16 bytes of MMIO registers that read back what was written (little-endian)."""
-
-    type_name = "scratch"
-    Config = ScratchConfig
-    SIZE = 16
-
-    def __init__(self, config: ScratchConfig, ctx: DeviceContext) -> None:
-        super().__init__(config, ctx)
-        self.data = bytearray(self.SIZE)
-
-    def regions(self) -> Sequence[Region]:
-        return [Region(Space.MMIO, self.config.base, self.SIZE, self.read, self.write, name="regs")]
-
-    def read(self, offset: int, size: int) -> int:
-        return int.from_bytes(self.data[offset : offset + size], "little")
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self.data[offset : offset + size] = value.to_bytes(size, "little")
-
-
-@attrs.frozen
-class FaultyConfig:
-    port: int = prop(0xF1, "I/O port.", validator=in_range(0, 0xFFFF))
-    error: Literal["runtime", "value", "os"] = prop("runtime", "Which exception write() raises.")
-
-
-class Faulty(Device):
-    """A byte port whose write raises: a device model with a bug."""
-
-    type_name = "faulty"
-    Config = FaultyConfig
-    ERRORS = {"runtime": RuntimeError, "value": ValueError, "os": OSError}
-
-    def regions(self) -> Sequence[Region]:
-        return [Region(Space.PIO, self.config.port, 1, None, self.write, name="data")]
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        raise self.ERRORS[self.config.error](f"model bug on byte {value:#x}")
-
-
-@hookimpl
-def vmcore_device_types() -> list[type]:
-    return [Scratch, Faulty]
-
-
-# --- running guests in child processes ------------------------------------------------------
-
-
-@attrs.frozen
-class Run:
-    status: int
-    stdout: bytes
-    stderr: str
-    seconds: float
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO),
-            "PYTHONDONTWRITEBYTECODE": "1", **(extra or {})}
-
-
-def child(argv: list[str], timeout: float = CHILD_TIMEOUT, env: dict[str, str] | None = None) -> Run:
-    """Run ``argv`` from the repository with it on PYTHONPATH; fail the test if it outlives ``timeout``."""
-    start = time.monotonic()
-    try:
-        result = subprocess.run(argv, capture_output=True, timeout=timeout, cwd=REPO, env=_env(env))
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(argv[2:])} did not finish in {timeout} s; stderr: {exc.stderr!r}")
-    return Run(result.returncode, result.stdout, result.stderr.decode("utf-8", "replace"),
-               time.monotonic() - start)
-
-
-def vmcore(*args: str, timeout: float = CHILD_TIMEOUT, env: dict[str, str] | None = None) -> Run:
-    """``python -m vmcore ARGS`` in a child process (``env`` adds to the environment)."""
-    return child([sys.executable, "-m", "vmcore", *args], timeout, env)
-
-
-_IN_PROCESS = """\
-import importlib, json, sys
-from vmcore.accel import RunLimits
-from vmcore.machine import Machine
-from vmcore.plugins import DeviceRegistry
-from vmcore.profile import Profile
-
-spec = json.loads(sys.argv[1])
-plugins = [importlib.import_module(name) for name in spec["plugins"]]
-profile = Profile.load(spec["profile"], spec["overrides"])
-trace = []
-with Machine.build(profile, DeviceRegistry.default(plugins=plugins)) as machine:
-    machine.set_tracer(trace.append)
-    stop = machine.run(spec["accel"], RunLimits(timeout=spec["timeout"], max_exits=spec["max_exits"]))
-    console = machine.devices.get("console")
-    scratch = machine.devices.get("scratch")
-    result = {
-        "accel": machine.accelerator.name if machine.accelerator else None,
-        "kind": stop.kind, "status": stop.status, "message": stop.message, "exits": stop.exits,
-        "traceback": stop.detail.get("traceback", ""),
-        "console": bytes(console.output).decode("latin-1") if console is not None else None,
-        "scratch": bytes(scratch.data).hex() if scratch is not None else None,
-        "roms": {slot.name: bytes(slot.view).hex() for slot in machine.memory if slot.readonly},
-        "trace": [[t.space.value, t.direction.value, t.address, t.size, t.value, t.device] for t in trace],
-    }
-print("RESULT " + json.dumps(result))
-"""
-
-
-def in_process(profile: Path, *overrides: str, accel: str | None = None, timeout: float | None = 20,
-               max_exits: int | None = None, plugins: Sequence[str] = ("tests.test_boot",)) -> dict[str, Any]:
-    """Build with ``plugins`` (modules, default this one) and run on ``accel``, in a child.
-
-    The machine's report as a dict: the stop, the console's bytes (``backend: memory``),
-    the scratch device's registers, the ROM slots' bytes, every bus transaction, and
-    ``stderr`` (where the log lines go).
-    """
-    spec = {"profile": str(profile), "overrides": list(overrides), "accel": accel, "timeout": timeout,
-            "max_exits": max_exits, "plugins": list(plugins)}
-    run = child([sys.executable, "-c", _IN_PROCESS, json.dumps(spec)])
-    assert run.status == 0, run.stderr
-    lines = [line for line in run.stdout.decode().splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, run.stdout
-    return {**json.loads(lines[0][len("RESULT "):]), "stderr": run.stderr}
 
 
 # --- the bundled guests -------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_boot import REPO, child, kvm_unavailable, vmcore
+from tests.helpers import REPO, child, kvm_unavailable, vmcore
 from vmcore.accel import RunLimits
 from vmcore.diff import differential
 from vmcore.machine import Machine
@@ -176,13 +176,15 @@ def test_kernel_irqchip_runs_a_guest_on_kvm_and_routes_lines_to_it() -> None:
         "from vmcore.accel import RunLimits\n"
         "m = Machine.build(Profile.load('machines/exit-status.yaml', ['irqchip=kernel']))\n"
         "stop = m.run('kvm', RunLimits(timeout=10))\n"
+        "route = m.irq_lines.route\n"
         "seen = []\n"
-        "m._kernel_irq = lambda n, level: seen.append((n, level))\n"
-        "m._irq_line(5).pulse()\n"
-        "print(stop.kind, m.accelerator.kernel_irqchip, seen)\n"
+        "m.irq_lines.route = lambda n, level: (seen.append((n, level)), route(n, level))\n"
+        "m.irq_lines.line(5).pulse()  # reaches KVM_IRQ_LINE through the route\n"
+        "print(stop.kind, m.accelerator.kernel_irqchip, route == m.accelerator.set_irq_line, seen)\n"
     )
     out = child([sys.executable, "-c", script])
-    assert out.stdout.decode().splitlines()[-1] == "exit True [(5, True), (5, False)]"  # after the guest's "bye"
+    # After the guest's "bye":
+    assert out.stdout.decode().splitlines()[-1] == "exit True True [(5, True), (5, False)]"
 
 
 def test_kernel_irqchip_on_the_software_cpu_is_a_host_error() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_profile import BUILD_ERRORS, PROFILE_ERRORS
+from tests.malformed_profiles import BUILD_ERRORS, PROFILE_ERRORS
 from vmcore.kvm import Kvm, KvmUnavailable
 from vmcore.stop import STATUS, StopReason
 
@@ -56,7 +56,7 @@ def _section(output: str, name: str) -> list[str]:
 
 def test_devices_lists_debugcon_with_properties_defaults_and_docs(devices_output: str) -> None:
     section = _section(devices_output, "debugcon")
-    assert section[0] == "debugcon  (devices.debugcon, plugin debugcon)"
+    assert section[0] == "debugcon  (vmcore_devices.debugcon, plugin debugcon)"
     assert "    Write-only debug console: each byte written to the port is output as is." in section
     assert "    port: int [0x0..0xffff] = 0xf1  I/O port the console listens on." in section
     assert "    readback: int [0x0..0xff] = 0xe9  Byte returned by reads (QEMU returns 0xE9)." in section
@@ -67,7 +67,7 @@ def test_devices_lists_debugcon_with_properties_defaults_and_docs(devices_output
 
 def test_devices_lists_debug_exit_with_properties_defaults_and_docs(devices_output: str) -> None:
     section = _section(devices_output, "debug-exit")
-    assert section[0] == "debug-exit  (devices.debug_exit, plugin debug-exit)"
+    assert section[0] == "debug-exit  (vmcore_devices.debug_exit, plugin debug-exit)"
     assert any("a write of v exits with status (v << 1) | 1" in line for line in section)
     assert "    port: int [0x0..0xffff] = 0x501  First I/O port (QEMU's iobase)." in section
     assert any(line.startswith("    width: int = ") and "Number of ports claimed" in line for line in section)

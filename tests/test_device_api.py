@@ -204,8 +204,8 @@ def test_properties_of_a_factory_default_show_the_built_value():
 def test_registry_finds_the_built_in_devices_through_entry_points(device_registry):
     assert "debugcon" in device_registry
     assert "debug-exit" in device_registry
-    assert device_registry.get("debugcon").module == "devices.debugcon"
-    assert device_registry.get("debug-exit").module == "devices.debug_exit"
+    assert device_registry.get("debugcon").module == "vmcore_devices.debugcon"
+    assert device_registry.get("debug-exit").module == "vmcore_devices.debug_exit"
     assert device_registry.get("debugcon").plugin == "debugcon"
     assert {"debugcon", "debug-exit"} <= set(device_registry.names())
 
@@ -271,7 +271,7 @@ def test_third_party_type_clashing_with_a_built_in_is_rejected():
     clash = _plugin("acme_plugin", _device_class("debugcon", "acme.console"))
     with pytest.raises(DeviceTypeError) as excinfo:
         DeviceRegistry.default(plugins=[clash])
-    assert "devices.debugcon" in str(excinfo.value)
+    assert "vmcore_devices.debugcon" in str(excinfo.value)
     assert "acme.console" in str(excinfo.value)
 
 

@@ -2,7 +2,7 @@
 
 Every guest program in guest/ must give the same bus transactions and the same stop
 on both accelerators (``vmcore.diff.differential``), and so must the small guests of
-tests/test_accel_tcg.py. Then the comparison itself: a device whose answer depends on
+tests/tiny_guests.py. Then the comparison itself: a device whose answer depends on
 how many machines the process built before (state leaking across machines) must be
 caught at that very transaction, and a difference in how the runs stop alone must be
 reported as such.
@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import struct
-import sys
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import attrs
 import pytest
 
-from tests.test_accel_tcg import DIFFERENTIAL, TinyGuest, profile_for
-from tests.test_boot import DATA, REPO, child, skip_without_kvm, vmcore
+from tests.helpers import DATA, REPO, differential, skip_without_kvm, vmcore
+from tests.tiny_guests import DIFFERENTIAL, TinyGuest, profile_for
 from vmcore.bus import Region, Space
 from vmcore.device import Device, DeviceContext, in_range, prop
 from vmcore.hookspecs import hookimpl
@@ -53,43 +51,6 @@ def _load_guest_build() -> Any:
 
 
 SOURCES = _load_guest_build().SOURCES
-
-
-# --- running a differential in a child process ---------------------------------------------
-
-_DIFFERENTIAL = """\
-import importlib, json, sys
-from vmcore.accel import RunLimits
-from vmcore.diff import differential
-from vmcore.plugins import DeviceRegistry
-from vmcore.profile import Profile
-
-spec = json.loads(sys.argv[1])
-plugins = [importlib.import_module(name) for name in spec["plugins"]]
-result = differential(Profile.load(spec["profile"]), registry=DeviceRegistry.default(plugins=plugins),
-                      limits=RunLimits(timeout=spec["timeout"]))
-
-def txn(t):
-    return [t.space.value, t.direction.value, t.address, t.size, t.value, t.device]
-
-out = {
-    "identical": result.identical, "index": result.index, "same_stop": result.same_stop,
-    "report": result.report(),
-    "runs": [{"accel": r.accel, "kind": r.stop.kind, "status": r.stop.status, "message": r.stop.message,
-              "transactions": [txn(t) for t in r.transactions]} for r in (result.a, result.b)],
-}
-print("\\nRESULT " + json.dumps(out))  # after whatever the guests printed
-"""
-
-
-def differential(profile: Path, plugins: Sequence[str] = (), timeout: float = 20) -> dict[str, Any]:
-    """``vmcore.diff.differential(profile)`` (KVM first, then tcg) in a child; the outcome as a dict."""
-    spec = {"profile": str(profile), "plugins": list(plugins), "timeout": timeout}
-    run = child([sys.executable, "-c", _DIFFERENTIAL, json.dumps(spec)])
-    assert run.status == 0, run.stderr
-    lines = [line for line in run.stdout.decode("latin-1").splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, run.stdout
-    return json.loads(lines[0][len("RESULT "):])
 
 
 # --- which profile boots which guest program ----------------------------------------------
@@ -143,7 +104,7 @@ def profile_and_plugins(name: str, folder: Path) -> tuple[Path, tuple[str, ...]]
     if name in ("pio_loop", "pio_read_loop"):
         return loop_profile(name, folder), ()
     if name == "mmio":
-        return DATA / "mmio.yaml", ("tests.test_boot",)  # the scratch device it needs
+        return DATA / "mmio.yaml", ("tests.helpers",)  # the scratch device it needs
     if name == "mmio_sweep":
         return MACHINES / "hostile" / "mmio-sweep.yaml", ()  # hostile guests have a folder of their own
     if name in COUNTED_HOSTILE:

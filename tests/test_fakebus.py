@@ -142,7 +142,7 @@ class Bomb(Device):
 def test_attach_by_registered_type_name(fake_bus):
     console = fake_bus.attach("debugcon", backend="memory")
     assert fake_bus.devices == {"debugcon": console}
-    assert type(console).__module__ == "devices.debugcon"
+    assert type(console).__module__ == "vmcore_devices.debugcon"
 
 
 def test_attach_by_class_converts_properties_like_a_profile(fake_bus):

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_boot import REPO, child, kvm_unavailable
+from tests.helpers import REPO, child, kvm_unavailable
 
 FAULTY_PLUGIN = "tests.test_faults"
 

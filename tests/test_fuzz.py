@@ -328,7 +328,7 @@ def test_the_scratch_folder_is_one_folder_in_the_temp_folder() -> None:
 
 def test_the_fuzzer_names_no_builtin_device_type() -> None:
     registry = DeviceRegistry.default()
-    builtins = [name for name in REGISTERED if registry.get(name).cls.__module__.startswith("devices.")]
+    builtins = [name for name in REGISTERED if registry.get(name).cls.__module__.startswith("vmcore_devices.")]
     assert set(builtins) >= BUILTINS
     for source in FUZZ_SOURCES:
         text = source.read_text(encoding="utf-8")

@@ -16,7 +16,7 @@ from typing import Any, Literal, Sequence
 import attrs
 import pytest
 
-from tests.test_boot import REPO, child
+from tests.helpers import REPO, child
 from vmcore.accel import RunLimits
 from vmcore.bus import Region, Space
 from vmcore.device import Device, DeviceContext, in_range, prop
@@ -30,7 +30,7 @@ from vmcore.profile import Profile
 
 def test_a_long_run_of_irq_line_changes_keeps_only_the_latest_and_counts_them_all() -> None:
     with Machine.build(Profile.load(REPO / "machines" / "timer-tick.yaml")) as machine:
-        line = machine.irq_lines[0]  # the PIT's
+        line = machine.irq_lines.line(0)  # the PIT's
         for _ in range(100_000):
             line.pulse()
         assert len(machine.irq_log) == IRQ_LOG_LENGTH

@@ -1,6 +1,6 @@
 """docs/malformed-profiles.md: every malformed-profile case and the message it gives.
 
-The page is rendered from the case tables in tests/test_profile.py by running every case, so
+The page is rendered from the case tables in tests/malformed_profiles.py by running every case, so
 it cannot say something vmcore no longer says. After changing a message or a case, regenerate it:
 
     python -m tests.test_malformed_doc --write      # or: ... > docs/malformed-profiles.md
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_profile import (
+from tests.malformed_profiles import (
     ALL_CASES,
     BUILD_ERRORS,
     CASE_FILE,
@@ -60,7 +60,7 @@ SECTIONS: list[tuple[str, str, str, list[Case]]] = [
      BUILD_ERRORS),
     ("plugin", "Found when the machine is built, with a device from a plugin",
      ("No built-in type can put an MMIO region where these cases need one, so they are built with `window`, "
-      "a device type defined in `tests/test_profile.py`: 16 bytes of MMIO registers at its `base`. A device's "
+      "a device type defined in `tests/malformed_profiles.py`: 16 bytes of MMIO registers at its `base`. A device's "
       "MMIO region may lie over a memory slot only where a device decodes that memory itself (an overlay, as "
       "the `i440fx`'s PAM segments): elsewhere the memory answers and the device is never reached."),
      PLUGIN_ERRORS),

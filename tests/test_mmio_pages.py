@@ -20,9 +20,8 @@ from typing import Any, Sequence
 
 import attrs
 
-from tests import test_boot as scratch_plugin  # the ``scratch`` device type
-from tests.test_boot import in_process, skip_without_kvm
-from tests.test_diff import differential
+from tests import helpers as scratch_plugin  # the ``scratch`` device type
+from tests.helpers import differential, in_process, skip_without_kvm
 from vmcore.accel import RunLimits
 from vmcore.accel.unicorn import UnicornAccelerator
 from vmcore.bus import Region, Space
@@ -91,7 +90,7 @@ def test_the_device_at_a_far_page_keeps_what_was_written_to_it(accel: str, tmp_p
 
 def test_the_sweep_runs_identically_on_kvm_and_tcg(tmp_path: Path) -> None:
     skip_without_kvm()
-    result = differential(sweep_profile(tmp_path), ("tests.test_boot",), timeout=60)
+    result = differential(sweep_profile(tmp_path), ("tests.helpers",), timeout=60)
     assert result["identical"], result["report"]
     assert len(result["runs"][1]["transactions"]) == len(expected_mmio()) + len("sweep ok\n")
 

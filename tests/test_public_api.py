@@ -25,7 +25,7 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
 def test_a_device_module_does_not_load_the_machine_accelerators_or_yaml() -> None:
     # Devices see only the bus, IRQ lines, clock and memory (the layering rule).
     code = (
-        "import sys, devices.debugcon, devices.debug_exit\n"
+        "import sys, vmcore_devices.debugcon, vmcore_devices.debug_exit\n"
         "heavy = [m for m in ('vmcore.machine', 'vmcore.accel', 'vmcore.kvm', 'vmcore.profile', 'yaml')"
         " if m in sys.modules]\n"
         "print(','.join(heavy))\n"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_boot import skip_without_kvm
+from tests.helpers import skip_without_kvm
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "machines" / "pc-bios.yaml"

@@ -1,7 +1,7 @@
 """A device package written outside vmcore reaches every layer through the ``vmcore`` entry points.
 
 The test writes a separate package, ``vmcore-scratchpad`` (module ``scratchpad``, its own
-top-level name, not ``devices.*``), into a temporary folder, installs it into a fresh venv
+top-level name, not ``vmcore_devices.*``), into a temporary folder, installs it into a fresh venv
 that sees vmcore and its dependencies through the system site-packages, and checks that
 
 - ``python -m vmcore devices`` lists the new type with its module and properties;
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from vmcore.kvm import Kvm, KvmUnavailable
+from tests.helpers import kvm_unavailable
 
 
 def _missing_tools() -> str | None:
@@ -347,14 +347,6 @@ def _make_venv(folder: Path) -> Path:
     return python
 
 
-def _kvm_unavailable() -> str | None:
-    try:
-        Kvm.open().close()
-    except KvmUnavailable as exc:
-        return str(exc)
-    return None
-
-
 def _offline_build_blocker() -> str | None:
     """Why the setuptools here cannot build a wheel without fetching anything, or None."""
     version = importlib.metadata.version("setuptools")
@@ -401,7 +393,7 @@ def test_vmcore_devices_lists_the_plugin_type_with_module_and_properties(install
     assert "    start: int [0..255] = 0  Counter value at power-on and reset." in block
     assert "    irq: int [0..15] = 5  IRQ line pulsed when the counter wraps to 0." in block
     # The built-ins are still there, beside the plugin.
-    assert any(line.startswith("debugcon  (devices.debugcon,") for line in lines)
+    assert any(line.startswith("debugcon  (vmcore_devices.debugcon,") for line in lines)
 
 
 @pytest.mark.kvm
@@ -417,7 +409,7 @@ def test_profile_with_the_plugin_device_checks_and_boots_on_kvm(installed: tuple
     assert check.returncode == 0, _explain(check)
     assert "  pio 0x520..0x523 scratch (regs)" in check.stdout.splitlines()
 
-    reason = _kvm_unavailable()
+    reason = kvm_unavailable()
     if reason is not None:
         pytest.skip(f"booting needs /dev/kvm: {reason}")
     boot = _run([python, "-m", "vmcore", "run", profile], folder)

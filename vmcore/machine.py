@@ -24,15 +24,15 @@ from .bus import Bus, BusError, Direction, Region, Space, Transaction
 from .chardev import HostFile
 from .clock import Clock, HostClock
 from .cpu import CpuSetupError, CpuState, start_state, tables_size
-from .device import DeviceContext, PropertyError, resolve_paths
-from .dma import DmaSpace
+from .device import PropertyError, resolve_paths
 from .faults import DeviceFault, GuestExit, obey
-from .irq import InterruptController, IrqLine
+from .irq import InterruptController
 from .memory import GuestMemory, GuestMemoryError
 from .pci import PciBus
 from .plugins import DeviceRegistry, DeviceTypeError
 from .profile import DeviceSpec, Profile, ProfileError, Where
 from .stop import StopReason
+from .wiring import IrqLines, build_device, claim_regions, controller_of
 
 log = logging.getLogger("vmcore.machine")
 
@@ -63,7 +63,7 @@ class Machine:
     """Memory slots, the two buses and the device instances of one profile."""
 
     def __init__(self, profile: Profile, memory: GuestMemory, pio: Bus, mmio: Bus,
-                 devices: dict[str, Any], clock: Clock, irq_lines: dict[int, IrqLine],
+                 devices: dict[str, Any], clock: Clock, irq_lines: IrqLines,
                  state: CpuState, pci: PciBus | None = None) -> None:
         self.profile = profile
         #: PCI bus 0 (config accesses are traced with the buses' transactions).
@@ -73,7 +73,10 @@ class Machine:
         self.mmio = mmio
         self.devices = devices
         self.clock = clock
+        #: The IRQ lines devices drive (vmcore.wiring.IrqLines); each change is logged below,
+        #: then routed to the controller or KVM's irqchip once the machine runs.
         self.irq_lines = irq_lines
+        irq_lines.record = self._record_irq
         self.state = state
         self.accelerator: Accelerator | None = None
         self._started = False  # devices' start() ran (see _start_devices)
@@ -84,8 +87,6 @@ class Machine:
         #: (device, exception type name) -> timer callback faults contained under ``continue``.
         self.timer_faults: dict[tuple[str, str], int] = {}
         clock.on_error = self._timer_failed
-        self._kernel_irq: Callable[[int, bool], None] | None = None
-        self._controller: InterruptController | None = None
         self._tracer: Callable[[Transaction], None] | None = None
         #: The last transactions, for fault reports (see keep_history).
         self.history: collections.deque[Transaction] | None = None
@@ -104,7 +105,7 @@ class Machine:
         pio, mmio = Bus(Space.PIO), Bus(Space.MMIO)
         pci = PciBus(pio, mmio)
         clock = HostClock()
-        irq_lines: dict[int, IrqLine] = {}
+        irq_lines = IrqLines()
         image_sizes: dict[str, int] = {}  # bytes loaded into each slot, for placing the CPU tables
         devices: dict[str, Any] = {}
         try:
@@ -139,26 +140,22 @@ class Machine:
                     where = spec.prop_where.get(exc.key, spec.where)
                     sub = f"{key}.{exc.key}" if exc.key else key
                     raise ProfileError(where, sub, exc.message) from None
-                ctx = DeviceContext(
-                    name=spec.name, clock=clock, memory=memory, irq_line=machine._irq_line,
-                    log=logging.getLogger(f"vmcore.device.{spec.name}"), pci=pci,
-                    dma=DmaSpace(spec.name, memory, mmio),
-                )
                 try:
-                    device = dtype.cls.create(config, ctx)
+                    device = build_device(dtype.cls, config, spec.name, clock=clock, memory=memory, mmio=mmio,
+                                          irq_lines=irq_lines, pci=pci)
                 except PropertyError as exc:  # e.g. a host path the device checked and refused
                     raise _property_error(spec, exc) from None
                 except (ValueError, TypeError, OSError) as exc:
                     raise ProfileError(spec.where, key, f"device {spec.type!r} could not be created: {exc}") from None
                 devices[spec.name] = device
-                for region in device.regions():
-                    bus = pio if region.space is Space.PIO else mmio
+                regions = list(device.regions())
+                for region in regions:
                     if region.space is Space.MMIO:
                         _check_mmio_clear_of_memory(region, spec.name, key, spec.where, profile, memory)
-                    try:
-                        bus.claim(region, spec.name)
-                    except BusError as exc:
-                        raise ProfileError(spec.where, key, str(exc)) from None
+                try:
+                    claim_regions(regions, spec.name, pio, mmio)
+                except BusError as exc:
+                    raise ProfileError(spec.where, key, str(exc)) from None
             _check_host_outputs(profile, devices)
         except BaseException:
             for device in devices.values():
@@ -167,29 +164,16 @@ class Machine:
             raise
         return machine
 
-    def _irq_line(self, number: int) -> IrqLine:
-        line = self.irq_lines.get(number)
-        if line is None:
-            line = self.irq_lines[number] = IrqLine(number, self._irq_changed)
-        return line
-
     @property
     def controller(self) -> InterruptController | None:
         """The device that takes IRQ lines (irqchip userspace), if the profile has one."""
         if self.profile.irqchip in ("none", "kernel"):
             return None
-        for device in self.devices.values():
-            if isinstance(device, InterruptController):
-                return device
-        return None
+        return controller_of(self.devices.values())
 
-    def _irq_changed(self, number: int, level: bool) -> None:
+    def _record_irq(self, number: int, level: bool) -> None:
         self.irq_log.append((self.clock.now(), number, level))
         self.irq_changes[number] += 1
-        if self._kernel_irq is not None:
-            self._kernel_irq(number, level)
-        elif self._controller is not None:
-            self._controller.set_irq(number, level)
 
     def _timer_failed(self, callback: Callable[[], None], exc: BaseException) -> None:
         """A device's timer (or posted) callback raised: obey ``device_errors`` as the buses do.
@@ -248,14 +232,13 @@ class Machine:
                 self.accelerator = create(accel or self.profile.accel, kernel_irqchip, self.profile.kernel_pit)
             except AcceleratorUnavailable as exc:
                 return StopReason.of("host-error", str(exc))
-        controller = self.controller
+        controller = None if kernel_irqchip else self.controller
         if kernel_irqchip:
-            self._kernel_irq = getattr(self.accelerator, "set_irq_line", None)
-            controller = None
-        self._controller = controller
-        if controller is not None:
+            self.irq_lines.route = self.accelerator.set_irq_line
+        elif controller is not None:
+            self.irq_lines.route = controller.set_irq
             # Lines that went high while the machine was built reach the controller now.
-            for line in self.irq_lines.values():
+            for line in self.irq_lines:
                 if line.level:
                     controller.set_irq(line.number, True)
         limits = RunLimits(
@@ -318,12 +301,9 @@ class Machine:
         """Add the vCPU's registers and code at RIP to a stop that did not come with them."""
         if stop.registers is not None or self.accelerator is None:
             return stop
-        taken = getattr(self.accelerator, "fault_snapshot", None)
-        snapshot = (lambda: taken) if taken is not None else getattr(self.accelerator, "snapshot", None)
-        if snapshot is None:
-            return stop
         try:
-            registers, segments, code_address, code = snapshot()
+            taken = self.accelerator.fault_snapshot
+            registers, segments, code_address, code = taken if taken is not None else self.accelerator.snapshot()
         except Exception as exc:  # the report must not fail on a half-torn-down CPU
             log.debug("no CPU snapshot for the report: %s", exc)
             return stop

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from vmcore.bus import Direction
-from devices.debugcon import Debugcon, DebugconConfig
+from vmcore_devices.debugcon import Debugcon, DebugconConfig
 from vmcore.device import DeviceContext, PropertyError, build_config
 
 DEFAULT_PORT = 0xF1
@@ -161,7 +161,7 @@ def test_file_backend_is_opened_by_start_not_when_built(fake_bus, tmp_path):
 
 
 def test_properties_of_the_host_end_are_the_uarts(fake_bus):
-    from devices.uart import Uart16550Config
+    from vmcore_devices.uart import Uart16550Config
     from vmcore.device import properties
 
     uart = {p.name: p for p in properties(Uart16550Config)}

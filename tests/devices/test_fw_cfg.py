@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devices.fw_cfg import LOGGED_BAD_DMA
+from vmcore_devices.fw_cfg import LOGGED_BAD_DMA
 from vmcore.device import PropertyError
 from vmcore.machine import Machine
 from vmcore.profile import Profile, ProfileError

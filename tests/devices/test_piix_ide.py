@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from tests.devices.test_ide import SeaBiosAta, ata_text, pattern, word
+from tests.devices.seabios_ata import SeaBiosAta, ata_text, pattern, word
 from vmcore.device import PropertyError
 from vmcore.fuzz import fuzz_device
 

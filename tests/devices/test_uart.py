@@ -2,7 +2,7 @@
 
 import pytest
 
-from devices.uart import Uart16550
+from vmcore_devices.uart import Uart16550
 from vmcore.device import PropertyError
 
 BASE = 0x3F8
@@ -47,7 +47,7 @@ def fifo_on(fake_bus, trigger_bits=0):
 def test_type_is_found_through_the_vmcore_entry_point(device_registry):
     dtype = device_registry.get("uart16550")
     assert dtype.cls is Uart16550
-    assert dtype.module == "devices.uart"
+    assert dtype.module == "vmcore_devices.uart"
     assert [p.name for p in dtype.properties] == [
         "port", "irq", "preset", "backend", "path", "input", "socket_mode"]
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import vmcore.chardev as chardev
-from devices.uart import FIFO_SIZE, HOST_INPUT_BUFFER
+from vmcore_devices.uart import FIFO_SIZE, HOST_INPUT_BUFFER
 from vmcore.device import PropertyError
 
 BASE = 0x3F8

@@ -42,10 +42,18 @@ class RunLimits:
     max_exits: int | None = attrs.field(default=None, validator=_positive)
 
 
+#: The vCPU for a report: registers, segments, the guest-physical address of the code at
+#: RIP and up to 16 bytes of it (None where they cannot be read).
+CpuSnapshot = tuple[dict[str, int], dict[str, dict[str, int]], "int | None", "bytes | None"]
+
+
 class Accelerator(abc.ABC):
-    """One vCPU on some CPU backend."""
+    """One vCPU on some CPU backend: everything the machine uses of one is declared here."""
 
     name: str
+    #: The vCPU as it was when a device raised inside the CPU backend, if the backend took it
+    #: then (the software CPU may run on to the end of a block before it stops); else None.
+    fault_snapshot: CpuSnapshot | None = None
 
     @abc.abstractmethod
     def setup(self, memory: GuestMemory, state: CpuState) -> None:
@@ -59,6 +67,14 @@ class Accelerator(abc.ABC):
         ``clock``'s timers fire on time during the run (the loop is woken for them),
         and ``controller``'s INTR is delivered to the guest when it can take it.
         """
+
+    @abc.abstractmethod
+    def snapshot(self) -> CpuSnapshot:
+        """The vCPU now, for fault reports."""
+
+    def set_irq_line(self, line: int, level: bool) -> None:
+        """Drive an input of an in-kernel interrupt controller (KVM's irqchip; others have none)."""
+        raise AcceleratorUnavailable(f"{self.name} has no in-kernel interrupt controller")
 
     @abc.abstractmethod
     def close(self) -> None:

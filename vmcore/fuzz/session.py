@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import threading
 from typing import Any, Iterator
@@ -11,9 +12,9 @@ from typing import Any, Iterator
 import attrs
 
 from ..bus import SPACE_LIMITS, BusError, Region, Space
-from ..device import DeviceContext
 from ..faults import DeviceFault, GuestExit
 from ..irq import InterruptController, IrqLine
+from ..wiring import IrqLines, build_device, claim_regions
 from ..testing import FakeBus
 from .ops import ACCESS_MASKS, Op, hex_of_size
 from .problems import Problem, exception_problem, hang_problem, region_problem
@@ -85,7 +86,7 @@ class Session:
         # (as FakeBus and the machine route them). Not FakeBus's recorded lines: a counter at
         # 300 kHz pulses 600k times per second of machine time, and each change there costs a
         # Protocol isinstance check and a record.
-        self.lines: dict[int, IrqLine] = {}
+        self.irq_lines = IrqLines()
         self.device: Any = None
         self.controller: Any = None
         self.recent: collections.deque[int] = collections.deque(maxlen=8)
@@ -95,9 +96,11 @@ class Session:
     def start(self) -> Problem | None:
         """Build the device and claim its regions (read handlers checked for range)."""
         target, bus = self.target, self.bus
-        ctx = DeviceContext(name=target.name, clock=bus.clock, memory=bus.memory, irq_line=self.irq, log=target.log)
         try:
-            self.device = self.call(target.cls.create, target.config, ctx)
+            # No PCI bus: a PCI function makes a private one, as on a machine without a host bridge.
+            self.device = self.call(functools.partial(
+                build_device, target.cls, target.config, target.name, clock=bus.clock, memory=bus.memory,
+                mmio=bus.mmio, irq_lines=self.irq_lines, log=target.log))
         except Hung as exc:
             return hang_problem(exc, "building the device")
         except KeyboardInterrupt:
@@ -119,15 +122,14 @@ class Session:
             limit = SPACE_LIMITS.get(region.space)
             if limit is None or region.size <= 0 or region.base < 0 or region.base + region.size > limit:
                 return region_problem(f"region {region.name or hex(region.base)} is outside its space")
-        for region in regions:
-            claim = self.bus.pio if region.space is Space.PIO else self.bus.mmio
-            try:
-                claim.claim(_checked(region), target.name)
-            except BusError as exc:
-                return region_problem("regions overlap", exc)
+        try:
+            claim_regions([_checked(region) for region in regions], target.name, bus.pio, bus.mmio)
+        except BusError as exc:
+            return region_problem("regions overlap", exc)
         bus.devices[target.name] = self.device
         if isinstance(self.device, InterruptController):
             self.controller = self.device
+            self.irq_lines.route = self.device.set_irq
             if getattr(self.device, "intr_changed", None) is None:
                 self.device.intr_changed = _ignore  # as a machine would set it
         target.regions = target.regions or regions
@@ -194,14 +196,7 @@ class Session:
         return note, None
 
     def irq(self, number: int) -> IrqLine:
-        line = self.lines.get(number)
-        if line is None:
-            line = self.lines[number] = IrqLine(number, self._irq_changed)
-        return line
-
-    def _irq_changed(self, number: int, level: bool) -> None:
-        if self.controller is not None:
-            self.controller.set_irq(number, level)
+        return self.irq_lines.line(number)
 
     def close(self) -> Problem | None:
         if self._closed:

@@ -18,14 +18,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..bus import Bus, BusError, Space, Transaction
+from ..bus import Bus, Space, Transaction
 from ..clock import ManualClock
-from ..device import DeviceContext, GuestExit, build_config
-from ..dma import DmaSpace
+from ..device import GuestExit, build_config
 from ..irq import InterruptController, IrqLine
 from ..memory import GuestMemory
 from ..pci import PciBus
 from ..plugins import DeviceRegistry
+from ..wiring import IrqLines, build_device, claim_regions, controller_of
 
 __all__ = ["FakeBus", "IrqEvent"]
 
@@ -47,9 +47,12 @@ class FakeBus:
         #: The PCI bus over the two buses above: PCI devices attach their functions here.
         self.pci = PciBus(self.pio, self.mmio)
         self.devices: dict[str, Any] = {}
-        self.lines: dict[int, IrqLine] = {}
         #: Every IRQ line change, in order: (time, line, level).
         self.irq_events: list[IrqEvent] = []
+        #: The IRQ lines, wired as a machine wires them: each change recorded, then routed to
+        #: the attached interrupt controller, if any.
+        self.irq_lines = IrqLines(record=self._record_irq)
+        self.irq_lines.route = self._route_irq
         #: Every access that crossed either bus, in order.
         self.transactions: list[Transaction] = []
         #: Set when a device ended the run (debug-exit): the process status and why.
@@ -76,43 +79,35 @@ class FakeBus:
         cls = self.registry.get(device).cls if isinstance(device, str) else device
         name = name or f"{cls.type_name}{'' if cls.type_name not in self.devices else len(self.devices)}"
         config = build_config(cls.Config, props)
-        ctx = DeviceContext(name=name, clock=self.clock, memory=self.memory, irq_line=self.irq,
-                            log=logging.getLogger(f"vmcore.device.{name}"), pci=self.pci,
-                            dma=DmaSpace(name, self.memory, self.mmio))
-        instance = cls.create(config, ctx)
-        regions = list(instance.regions())
-        # Place every region on scratch copies of the buses first, so a rejected device
-        # (overlap, wrong space) leaves no claim behind on the real ones.
-        trial = {Space.PIO: Bus(Space.PIO), Space.MMIO: Bus(Space.MMIO)}
+        instance = build_device(cls, config, name, clock=self.clock, memory=self.memory, mmio=self.mmio,
+                                irq_lines=self.irq_lines, pci=self.pci)
         try:
-            for bus in (self.pio, self.mmio):
-                for region, owner in bus.claims():
-                    trial[bus.space].claim(region, owner)
-            for region in regions:
-                trial[region.space].claim(region, name)
+            regions = list(instance.regions())
+            claim_regions(regions, name, self.pio, self.mmio)  # all or none
+        except BaseException:
+            _close(instance)
+            raise
+        try:
             # The fake bus is a running machine: host files open now (Device.start).
             start = getattr(instance, "start", None)
             if start is not None:
                 start()
         except BaseException:
-            close = getattr(instance, "close", None)
-            if close is not None:
-                close()
+            for region in regions:
+                (self.pio if region.space is Space.PIO else self.mmio).unclaim(region)
+            _close(instance)
             raise
-        for region in regions:
-            (self.pio if region.space is Space.PIO else self.mmio).claim(region, name)
         self.devices[name] = instance
         return instance
 
     def irq(self, number: int) -> IrqLine:
         """The IRQ line ``number``, recorded in :attr:`irq_events`."""
-        line = self.lines.get(number)
-        if line is None:
-            line = self.lines[number] = IrqLine(number, self._irq_changed)
-        return line
+        return self.irq_lines.line(number)
 
-    def _irq_changed(self, number: int, level: bool) -> None:
+    def _record_irq(self, number: int, level: bool) -> None:
         self.irq_events.append((self.clock.now(), number, level))
+
+    def _route_irq(self, number: int, level: bool) -> None:
         controller = self.controller
         if controller is not None:
             self._guarded(controller.set_irq, number, level)
@@ -120,10 +115,7 @@ class FakeBus:
     @property
     def controller(self) -> InterruptController | None:
         """The attached interrupt controller (e.g. an i8259), which IRQ lines are routed to."""
-        for device in self.devices.values():
-            if isinstance(device, InterruptController):
-                return device
-        return None
+        return controller_of(self.devices.values())
 
     def intr(self) -> bool:
         """The INTR level the CPU would see from the attached controller (False without one)."""
@@ -215,3 +207,9 @@ class FakeBus:
 
     def writeq(self, address: int, value: int) -> None:
         self.mmio_write(address, 8, value)
+
+
+def _close(device: Any) -> None:
+    close = getattr(device, "close", None)
+    if close is not None:
+        close()

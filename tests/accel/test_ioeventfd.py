@@ -5,7 +5,7 @@ through the bus, on the machine thread, before the next exit is handled; with a 
 value that is the guest's value, without one it is 0 (the eventfd does not carry it).
 On the software CPU, and with ioeventfds off, doorbells are ordinary synchronous writes.
 
-Two tiers, as for coalescing (tests/test_coalesced.py): the exit loop with a scripted
+Two tiers, as for coalescing (tests/accel/test_coalesced.py): the exit loop with a scripted
 vCPU and real eventfds, then guests on KVM compared with the software CPU. This module
 is also a vmcore plugin (the ``bell`` device) for the child processes.
 """
@@ -19,9 +19,7 @@ from typing import Any, Callable, Sequence
 import attrs
 import pytest
 
-from tests.test_boot import skip_without_kvm
-from tests.test_coalesced import profile, run_child
-from tests.test_kvm_exits import ScriptedVcpu, io
+from tests.helpers import ScriptedVcpu, accel_runs, io, real_mode_profile, skip_without_kvm
 from vmcore.accel import RunLimits
 from vmcore.accel.kvm import KvmAccelerator
 from vmcore.bus import Bus, Doorbell, Region, Space
@@ -218,15 +216,15 @@ BELL_THEN_EXIT = bytes([
     0xEE,                          # out dx, al            debug-exit: status 15
     0xF4,                          # hlt (not reached)
 ])
-PLUGINS = ("tests.test_ioeventfd",)
+PLUGINS = ("tests.accel.test_ioeventfd",)
 WAYS = [{"accel": "kvm"}, {"accel": "kvm", "ioeventfds": False}, {"accel": "tcg"}]
 
 
 @pytest.mark.kvm
 def test_a_doorbell_reaches_the_device_while_the_guest_waits_without_exiting(tmp_path: Path) -> None:
     skip_without_kvm()
-    path = profile(tmp_path, "bell", WAIT_FOR_BELL, devices="  bell: {type: bell, port: 0x90}\n")
-    kvm, plain, tcg = run_child(path, WAYS, plugins=PLUGINS)
+    path = real_mode_profile(tmp_path, "bell", WAIT_FOR_BELL, devices="  bell: {type: bell, port: 0x90}\n")
+    kvm, plain, tcg = accel_runs(path, WAYS, PLUGINS)
     for result in (kvm, plain, tcg):
         assert result["kind"] == "halted", result
     assert kvm["log"] == [[0, 1, 0x5A], [2, 2, 0], [0, 1, 0x11]]  # the word bell carries no value: 0
@@ -237,8 +235,8 @@ def test_a_doorbell_reaches_the_device_while_the_guest_waits_without_exiting(tmp
 @pytest.mark.kvm
 def test_a_doorbell_keeps_its_place_before_the_exit_that_follows_it(tmp_path: Path) -> None:
     skip_without_kvm()
-    path = profile(tmp_path, "bell_exit", BELL_THEN_EXIT, devices="  bell: {type: bell, port: 0x90}\n")
-    kvm, plain, tcg = run_child(path, WAYS, plugins=PLUGINS)
+    path = real_mode_profile(tmp_path, "bell_exit", BELL_THEN_EXIT, devices="  bell: {type: bell, port: 0x90}\n")
+    kvm, plain, tcg = accel_runs(path, WAYS, PLUGINS)
     for result in (kvm, plain, tcg):
         assert (result["kind"], result["status"]) == ("exit", 15), result
         assert result["log"] == [[0, 1, 0x5A]]
@@ -247,7 +245,7 @@ def test_a_doorbell_keeps_its_place_before_the_exit_that_follows_it(tmp_path: Pa
 
 
 def test_on_the_software_cpu_the_bells_are_ordinary_writes(tmp_path: Path) -> None:
-    path = profile(tmp_path, "bell_tcg", WAIT_FOR_BELL, devices="  bell: {type: bell, port: 0x90}\n")
-    (tcg,) = run_child(path, [{"accel": "tcg"}], plugins=PLUGINS)
+    path = real_mode_profile(tmp_path, "bell_tcg", WAIT_FOR_BELL, devices="  bell: {type: bell, port: 0x90}\n")
+    (tcg,) = accel_runs(path, [{"accel": "tcg"}], PLUGINS)
     assert tcg["kind"] == "halted"
     assert tcg["log"] == [[0, 1, 0x5A], [2, 2, 0x1234], [0, 1, 0x11]]

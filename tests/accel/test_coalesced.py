@@ -2,7 +2,7 @@
 
 Two tiers:
 
-- the ring without /dev/kvm: a scripted vCPU (tests/test_kvm_exits.py) queues entries
+- the ring without /dev/kvm: a scripted vCPU (tests/helpers.py) queues entries
   in the ring page of its fake mapping, as the kernel does, before each scripted exit;
   the real exit loop must deliver them in order before that exit, count each as the
   exit it replaced, and deliver them at every kind of stop;
@@ -28,9 +28,19 @@ from typing import Any, Callable, Sequence
 import attrs
 import pytest
 
-from tests.test_accel_tcg import TinyGuest
-from tests.test_boot import CHILD_TIMEOUT, REPO, _env, child, skip_without_kvm
-from tests.test_kvm_exits import ScriptedVcpu, _hlt, io, reason
+from tests.helpers import (
+    ACCEL_RUNS_CHILD,
+    CHILD_TIMEOUT,
+    REPO,
+    ScriptedVcpu,
+    accel_runs,
+    child_env,
+    hlt,
+    io,
+    real_mode_profile,
+    reason,
+    skip_without_kvm,
+)
 from vmcore.accel import RunLimits
 from vmcore.accel.kvm import KvmAccelerator
 from vmcore.bus import Bus, Region, Space
@@ -54,7 +64,7 @@ def queue(buf: bytearray, address: int, data: bytes, pio: bool = True) -> None:
     struct.pack_into("<I", buf, RING + 4, (last + 1) % SLOTS)
 
 
-def posted(*writes: tuple[Any, ...], then: Callable[..., None] = _hlt) -> Callable[..., None]:
+def posted(*writes: tuple[Any, ...], then: Callable[..., None] = hlt) -> Callable[..., None]:
     """A KVM_RUN in which the guest made the posted ``writes`` (queued, no exit) and then exited as ``then``."""
     def step(run: Any, buf: bytearray) -> None:
         for write in writes:
@@ -355,79 +365,7 @@ DEVICES = ("  echo: {type: echo, port: 0x80}\n"
            "  broken: {type: faulty, port: 0x90}\n")
 
 
-def profile(folder: Path, name: str, code: bytes, devices: str = DEVICES, console: str = "memory",
-            timeout: float = 20) -> Path:
-    """A real-mode profile for ``code`` with debugcon, debug-exit and ``devices``."""
-    image = TinyGuest(name, code).image()
-    (folder / f"{name}.bin").write_bytes(image)
-    path = folder / f"{name}.yaml"
-    path.write_text(
-        f"name: {name}\ncpu: {{mode: real, entry: 0x0}}\n"
-        f"memory:\n  ram: {{base: 0x0, size: 4K, kind: ram, image: {name}.bin}}\n"
-        f"devices:\n  console: {{type: debugcon, port: 0xF1, backend: {console}}}\n"
-        f"  exit: {{type: debug-exit, port: 0x501}}\n{devices}"
-        f"limits: {{timeout: {timeout}}}\n"
-    )
-    return path
-
-
-_CHILD = """\
-import importlib, json, sys
-from vmcore.accel import RunLimits, create
-from vmcore.machine import Machine
-from vmcore.plugins import DeviceRegistry
-from vmcore.profile import Profile
-
-
-class Counting:
-    '''The vCPU, counting how often the guest is entered (each return is an exit or a wake-up).'''
-
-    def __init__(self, vcpu):
-        self._vcpu = vcpu
-        self.entries = 0
-
-    def __getattr__(self, name):
-        return getattr(self._vcpu, name)
-
-    def run(self):
-        self.entries += 1
-        self._vcpu.run()
-
-
-spec = json.loads(sys.argv[1])
-registry = DeviceRegistry.default(plugins=[importlib.import_module(name) for name in spec["plugins"]])
-for run in spec["runs"]:
-    trace = []
-    with Machine.build(Profile.load(spec["profile"]), registry) as machine:
-        machine.set_tracer(trace.append)
-        accel = create(run["accel"])
-        vcpu = None
-        if run["accel"] == "kvm":
-            accel.coalesce = run.get("coalesce", True)
-            accel.ioeventfds = run.get("ioeventfds", True)
-            vcpu = accel.vcpu = Counting(accel.vcpu)
-        print("RUNNING", file=sys.stderr, flush=True)
-        stop = machine.run(accel, RunLimits(timeout=spec["timeout"]))
-        result = {
-            **run, "kind": stop.kind, "status": stop.status, "exits": stop.exits, "message": stop.message,
-            "entries": vcpu.entries if vcpu is not None else None,
-            "console": bytes(machine.devices["console"].output).hex(),
-            "log": [list(entry) for entry in getattr(machine.devices.get("bell"), "log", [])],
-            "trace": [[t.space.value, t.direction.value, t.address, t.size, t.value, t.device] for t in trace],
-        }
-    print("RESULT " + json.dumps(result), flush=True)
-"""
-
-
-def run_child(path: Path, runs: list[dict[str, Any]], timeout: float = 20,
-              plugins: Sequence[str] = ("tests.test_boot", "tests.test_coalesced")) -> list[dict[str, Any]]:
-    """Each of ``runs`` (accel, coalesce, ioeventfds) on a fresh machine from ``path``, in one child."""
-    spec = {"profile": str(path), "runs": runs, "timeout": timeout, "plugins": list(plugins)}
-    result = child([sys.executable, "-c", _CHILD, json.dumps(spec)], timeout=CHILD_TIMEOUT + len(runs) * timeout)
-    assert result.status == 0, result.stderr
-    lines = [line for line in result.stdout.decode().splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == len(runs), result.stdout
-    return [json.loads(line[len("RESULT "):]) for line in lines]
+PLUGINS = ("tests.helpers", "tests.accel.test_coalesced")  # scratch and faulty; echo
 
 
 BOTH_WAYS = [{"accel": "kvm", "coalesce": True}, {"accel": "kvm", "coalesce": False}, {"accel": "tcg"}]
@@ -438,8 +376,8 @@ BOTH_WAYS = [{"accel": "kvm", "coalesce": True}, {"accel": "kvm", "coalesce": Fa
 def test_coalescing_keeps_console_and_trace_exact_at_every_stop(stop: str, tmp_path: Path) -> None:
     skip_without_kvm()
     tail, kind = STOPS[stop]
-    path = profile(tmp_path, "interleaved", INTERLEAVED + tail)
-    coalesced, plain, tcg = run_child(path, BOTH_WAYS, timeout=1.5 if stop == "timeout" else 20)
+    path = real_mode_profile(tmp_path, "interleaved", INTERLEAVED + tail, devices=DEVICES)
+    coalesced, plain, tcg = accel_runs(path, BOTH_WAYS, PLUGINS, timeout=1.5 if stop == "timeout" else 20)
     for result in (coalesced, plain, tcg):
         assert result["kind"] == kind, result
         assert bytes.fromhex(result["console"]) == EXPECTED, result
@@ -453,10 +391,10 @@ def test_coalescing_keeps_console_and_trace_exact_at_every_stop(stop: str, tmp_p
 @pytest.mark.kvm
 def test_ctrl_c_delivers_what_the_guest_posted(tmp_path: Path) -> None:
     skip_without_kvm()
-    path = profile(tmp_path, "spin", INTERLEAVED + STOPS["timeout"][0])
+    path = real_mode_profile(tmp_path, "spin", INTERLEAVED + STOPS["timeout"][0], devices=DEVICES)
     spec = {"profile": str(path), "runs": [{"accel": "kvm"}], "timeout": 30,
-            "plugins": ["tests.test_boot", "tests.test_coalesced"]}
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(spec)], cwd=REPO, env=_env(),
+            "plugins": list(PLUGINS)}
+    proc = subprocess.Popen([sys.executable, "-c", ACCEL_RUNS_CHILD, json.dumps(spec)], cwd=REPO, env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
@@ -484,7 +422,7 @@ def test_the_debug_console_declares_its_port_posted(fake_bus: Any) -> None:
 @pytest.mark.kvm
 def test_posted_output_appears_while_the_guest_runs_on_without_exiting(tmp_path: Path) -> None:
     skip_without_kvm()
-    path = profile(tmp_path, "print_spin", bytes([
+    path = real_mode_profile(tmp_path, "print_spin", bytes([
         0xB0, 0x58,          # mov al, 'X'
         0xE6, 0xF1,          # out 0xF1, al        posted
         0xB0, 0x0A,          # mov al, '\n'
@@ -492,7 +430,7 @@ def test_posted_output_appears_while_the_guest_runs_on_without_exiting(tmp_path:
         0xEB, 0xFE,          # jmp $               no exit for the ring to be drained at
     ]), devices="", console="stdio", timeout=20)
     proc = subprocess.Popen([sys.executable, "-m", "vmcore", "run", "--accel", "kvm", str(path)], cwd=REPO,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         start = time.monotonic()
         assert proc.stdout is not None

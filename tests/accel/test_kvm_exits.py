@@ -6,9 +6,7 @@ with count > 1) and every stop reason, byte for byte.
 
 from __future__ import annotations
 
-import ctypes
-from typing import Callable
-
+from tests.helpers import ScriptedVcpu, io, mmio, reason
 from vmcore.accel import RunLimits
 from vmcore.accel.kvm import KvmAccelerator
 from vmcore.bus import Bus, Region, Space
@@ -17,70 +15,9 @@ from vmcore.kvm import ioctl as k
 from vmcore.kvm import structs as s
 from vmcore.memory import GuestMemory
 
-PIO_DATA = 4096
-
-
-class ScriptedVcpu:
-    """Stands in for vmcore.kvm.Vcpu: each run() applies the next scripted exit."""
-
-    def __init__(self, script: list[Callable[[s.kvm_run, bytearray], None]]) -> None:
-        self.mmap = bytearray(3 * 4096)
-        self.run_struct = s.kvm_run.from_buffer(self.mmap)
-        self.script = list(script)
-        self.after: list[bytes] = []  # the PIO data page as the guest would see it, per exit
-        self.regs = s.kvm_regs(rip=0x10, rax=0x1234)
-        self.sregs = s.kvm_sregs()
-
-    def run(self) -> None:
-        self.after.append(bytes(self.mmap[PIO_DATA : PIO_DATA + 16]))
-        step = self.script.pop(0) if self.script else _hlt
-        step(self.run_struct, self.mmap)
-
-    def get_regs(self) -> s.kvm_regs:
-        return self.regs
-
-    def get_sregs(self) -> s.kvm_sregs:
-        return self.sregs
-
-    def close(self) -> None:
-        pass
-
-
 class _Closeable:
     def close(self) -> None:
         pass
-
-
-def _hlt(run: s.kvm_run, _buf: bytearray) -> None:
-    run.exit_reason = k.KVM_EXIT_HLT
-
-
-def io(direction: int, port: int, size: int, data: bytes = b"", count: int = 1) -> Callable[[s.kvm_run, bytearray], None]:
-    def step(run: s.kvm_run, buf: bytearray) -> None:
-        run.exit_reason = k.KVM_EXIT_IO
-        run.io.direction, run.io.port, run.io.size = direction, port, size
-        run.io.count = count if direction == k.KVM_EXIT_IO_IN else len(data) // size
-        run.io.data_offset = PIO_DATA
-        buf[PIO_DATA : PIO_DATA + 16] = bytes(16)
-        buf[PIO_DATA : PIO_DATA + len(data)] = data
-    return step
-
-
-def mmio(address: int, size: int, write: bytes | None = None) -> Callable[[s.kvm_run, bytearray], None]:
-    def step(run: s.kvm_run, _buf: bytearray) -> None:
-        run.exit_reason = k.KVM_EXIT_MMIO
-        run.mmio.phys_addr, run.mmio.len = address, size
-        run.mmio.is_write = int(write is not None)
-        data = (write or b"").ljust(8, b"\0")
-        ctypes.memmove(ctypes.addressof(run.mmio.data), data, 8)
-    return step
-
-
-def reason(code: int, fill: Callable[[s.kvm_run], None] = lambda run: None) -> Callable[[s.kvm_run, bytearray], None]:
-    def step(run: s.kvm_run, _buf: bytearray) -> None:
-        run.exit_reason = code
-        fill(run)
-    return step
 
 
 class Recorder:

@@ -1,0 +1,1 @@
+"""Tests of vmcore/accel: the software CPU, the KVM exit loop, coalesced regions and ioeventfds."""
