@@ -214,13 +214,9 @@ def table(runs: list[Soak], skipped: dict[str, str]) -> list[str]:
 
 def kvm_unavailable() -> str | None:
     """None when /dev/kvm opens, else why not (the bench then measures tcg only)."""
-    from vmcore.kvm import Kvm, KvmUnavailable
+    from vmcore.kvm import Kvm
 
-    try:
-        Kvm.open().close()
-    except KvmUnavailable as exc:
-        return str(exc)
-    return None
+    return Kvm.unavailable()
 
 
 def main() -> int:

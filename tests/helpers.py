@@ -23,7 +23,7 @@ import pytest
 from vmcore.bus import Region, Space
 from vmcore.device import Device, DeviceContext, in_range, prop
 from vmcore.hookspecs import hookimpl
-from vmcore.kvm import Kvm, KvmUnavailable
+from vmcore.kvm import Kvm
 from vmcore.kvm import ioctl as k
 from vmcore.kvm import structs as s
 
@@ -35,12 +35,8 @@ NO_KVM = {"VMCORE_KVM_PATH": "/nonexistent"}  # vmcore then behaves as on a host
 
 @functools.cache
 def kvm_unavailable() -> str | None:
-    """None when /dev/kvm opens, else KvmUnavailable's one-line reason."""
-    try:
-        Kvm.open().close()
-    except KvmUnavailable as exc:
-        return str(exc)
-    return None
+    """None when /dev/kvm opens, else KvmUnavailable's one-line reason (probed once per process)."""
+    return Kvm.unavailable()
 
 
 def skip_without_kvm() -> None:

@@ -30,7 +30,7 @@ from ..clock import Clock
 from ..irq import InterruptController
 from ..cpu import CpuState, cpuid1_without_apic, translate
 from ..device import GuestExit
-from ..faults import DeviceFault
+from ..faults import BadAnswer, DeviceFault
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
 from . import Accelerator, AcceleratorUnavailable, RunLimits
@@ -61,7 +61,9 @@ _FLAG_IF, _FLAG_TF = 1 << 9, 1 << 8
 _MSR_EFER = 0xC0000080
 _EFER_LMA = 1 << 10
 _MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
-_BITS = tuple(8 * n for n in range(9))
+# The bits an answer of n bytes must not have: `value & _OVER[n]` is the hooks' check of a
+# device's answer (non-zero: too wide or negative; a TypeError: not a number).
+_OVER = tuple(~((1 << (8 * n)) - 1) for n in range(9))
 _CR0_RESET = 0x60000010  # CD | NW | ET: CR0 after RESET, protection off
 #: Instructions per emu_start: how often the loop gets to serve timers and interrupts while the
 #: guest runs without exits (a few hundred microseconds of guest code on unicorn).
@@ -272,7 +274,7 @@ class UnicornAccelerator(Accelerator):
         # The two hot hooks count inline: a helper call per port access costs ~10% here.
         ab = self._abandoned
 
-        def on_in(_uc: Any, port: int, size: int, _ud: Any) -> int:
+        def on_in(_uc: Any, port: int, size: int, _ud: Any, over: tuple[int, ...] = _OVER) -> int:
             if stopping[0]:
                 return (1 << (8 * size)) - 1
             if ab.replaying and ab.kept and ab.kept[0][:3] == ("in", port, size):
@@ -283,10 +285,10 @@ class UnicornAccelerator(Accelerator):
                 handler, where = in_route(port, size)
             try:
                 value = handler(where, size)
-                if value.__class__ is not int or value >> _BITS[size]:
-                    value = pio.bad_answer(port, size, value)  # checked as the bus checks it
+                if value & over[size]:  # checked as the bus checks it (a TypeError: no number at all)
+                    value = pio.bad_answer(port, size, value)
             except BaseException as exc:
-                if not self._contain(pio, Direction.READ, port, size, None, exc):
+                if not self._contain(pio, Direction.READ, port, size, None, _answer_error(exc, locals(), size)):
                     return (1 << (8 * size)) - 1  # a value, or ctypes prints its own error about None
                 value = (1 << (8 * size)) - 1
             if ab.stop and self._at_string_in():
@@ -575,7 +577,7 @@ class UnicornAccelerator(Accelerator):
         ab = self._abandoned
         run_state = self._run_state
 
-        def read(_uc: Any, offset: int, size: int, _ud: Any) -> int:
+        def read(_uc: Any, offset: int, size: int, _ud: Any, over: tuple[int, ...] = _OVER) -> int:
             if stopping[0]:
                 return (1 << (8 * size)) - 1
             bus, box, max_exits, at_limit = run_state
@@ -588,10 +590,10 @@ class UnicornAccelerator(Accelerator):
                 handler, where = bus.read_route(address, size)
             try:
                 value = handler(where, size)
-                if value.__class__ is not int or value >> _BITS[size]:
+                if value & over[size]:
                     value = bus.bad_answer(address, size, value)
             except BaseException as exc:
-                self._contain(bus, Direction.READ, address, size, None, exc)
+                self._contain(bus, Direction.READ, address, size, None, _answer_error(exc, locals(), size))
                 return (1 << (8 * size)) - 1
             if ab.stop:
                 ab.kept.append(("r", address, size, value))
@@ -601,12 +603,12 @@ class UnicornAccelerator(Accelerator):
                 at_limit()
             return value
 
-        def write(_uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
+        def write(_uc: Any, offset: int, size: int, value: int, _ud: Any, masks: tuple[int, ...] = _MASKS) -> None:
             if stopping[0]:
                 return
             bus, box, max_exits, at_limit = run_state
             address = base + offset
-            value &= _MASKS[size]
+            value &= masks[size]
             if ab.replaying and ab.kept and ab.kept[0] == ("w", address, size, value):
                 ab.kept.pop(0)
                 return
@@ -956,6 +958,19 @@ def _narrow(name: str) -> str:
     if name.startswith("r") and name[1:] in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp", "ip"):
         return "e" + name[1:]
     return name
+
+
+def _answer_error(exc: BaseException, hook_locals: dict[str, Any], size: int) -> BaseException:
+    """What a read hook's try raised, as the bus would report it.
+
+    A TypeError raised by the hook's own check (not inside the device: the traceback
+    stops in the hook's frame, and the device did answer) means the answer was no number:
+    the bus's BadAnswer, naming the value, as on KVM.
+    """
+    tb = exc.__traceback__
+    if exc.__class__ is TypeError and tb is not None and tb.tb_next is None and "value" in hook_locals:
+        return BadAnswer(hook_locals["value"], size)
+    return exc
 
 
 def attr_exits(reason: StopReason, exits: int) -> StopReason:

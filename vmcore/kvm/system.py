@@ -94,6 +94,15 @@ class Kvm:
         self.path = path
 
     @classmethod
+    def unavailable(cls, path: str | None = None) -> str | None:
+        """None when KVM opens here, else the one-line reason (a probe for tools and tests)."""
+        try:
+            cls.open(path).close()
+        except KvmUnavailable as exc:
+            return str(exc)
+        return None
+
+    @classmethod
     def open(
         cls,
         path: str | None = None,
