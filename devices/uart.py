@@ -156,7 +156,7 @@ class Uart16550Config:
     backend: BackendKind = backend_prop()
     path: str = path_prop()
     input: str = prop("", "file backend: a file, FIFO or device whose bytes are received, read only as "
-                          "the guest takes them (optional).")
+                          "the guest takes them (optional). Relative to the profile that sets it.", path=True)
     socket_mode: SocketMode = socket_mode_prop()
 
     def __attrs_post_init__(self) -> None:

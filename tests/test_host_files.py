@@ -253,3 +253,22 @@ def test_an_output_that_is_a_disk_image_is_a_profile_error_and_the_disk_stays_un
     assert status == CONFIG_ERROR
     assert f"devices.com1.path: {disk} is the {key} of device 'disk', an input of this machine" in err
     assert identity(disk) == before and disk.read_bytes() == b"\x55" * 1024
+
+
+def test_relative_host_paths_are_taken_from_the_profiles_folder(capsys, tmp_path, monkeypatch):
+    folder = tmp_path / "machine"
+    folder.mkdir()
+    (folder / "keys.txt").write_bytes(b"")
+    profile = folder / "p.yaml"
+    profile.write_text(
+        f"extends: {REPO / 'machines' / 'hello.yaml'}\n"
+        "devices:\n"
+        "  console: {type: debugcon, backend: file, path: console.log}\n"
+        "  com1: {type: uart16550, backend: file, path: serial.log, input: keys.txt}\n"
+    )
+    monkeypatch.chdir(tmp_path)  # not the profile's folder
+    status, err = vmcore(capsys, "run", str(profile))
+    assert status == 0, err
+    assert (folder / "console.log").read_bytes() == b"Hello\n"
+    assert (folder / "serial.log").exists()
+    assert not (tmp_path / "console.log").exists() and not (tmp_path / "serial.log").exists()

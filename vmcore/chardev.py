@@ -608,7 +608,8 @@ def backend_prop() -> Any:
 def path_prop() -> Any:
     """The ``path`` property: the file or socket of the ``file`` and ``socket`` backends."""
     return prop("", "file: the output file (truncated when the machine starts); socket: the Unix socket path "
-                    "(server: never an existing file; client: a listening socket).")
+                    "(server: never an existing file; client: a listening socket). Relative to the profile "
+                    "that sets it.", path=True)
 
 
 def socket_mode_prop() -> Any:
