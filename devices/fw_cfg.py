@@ -226,8 +226,8 @@ class FwCfgConfig:
                          validator=in_range(0, (1 << 64) - 1))
     cpus: int = prop(1, "FW_CFG_NB_CPUS.", validator=in_range(1, 0xFFFF))
     max_cpus: int = prop(0, "FW_CFG_MAX_CPUS; 0: the same as cpus.", validator=in_range(0, 0xFFFF))
-    files: dict = prop(attrs.Factory(dict), "fw_cfg file name -> host path (relative to the current directory).",
-                       validator=_files)
+    files: dict = prop(attrs.Factory(dict), "fw_cfg file name -> host path (relative to the profile that sets it).",
+                       validator=_files, path=True)
     strings: dict = prop(attrs.Factory(dict), "fw_cfg file name -> content: text, or u8:/u16:/u32:/u64: and a "
                          "number for a little-endian integer (str: escapes a literal).", validator=_strings)
     max_file_size: int = prop(256 << 20, "Largest host file a files entry may name (the device is not built "

@@ -78,17 +78,28 @@ def prop(default: Any = attrs.NOTHING, doc: str = "", *, hex: bool = False, path
 
 
 def resolve_paths(config_cls: type, props: dict[str, Any], folders: dict[str, Any]) -> dict[str, Any]:
-    """``props`` with each relative ``path=True`` property joined to ``folders[key]`` (a Path), if given."""
+    """``props`` with each relative ``path=True`` property joined to ``folders[key]`` (a Path), if given.
+
+    A ``path=True`` property may also be a mapping whose values are paths (fw-cfg's ``files``).
+    """
     from pathlib import Path
+
+    def resolved(folder: Path, value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str(Path(folder) / value)
+        return value
 
     attrs.resolve_types(config_cls)
     marked = {f.name for f in attrs.fields(config_cls) if f.metadata.get("path")}
     out = dict(props)
     for key, value in props.items():
         folder = folders.get(key)
-        if key.replace("-", "_") in marked and folder is not None and isinstance(value, str) and value \
-                and not Path(value).is_absolute():
-            out[key] = str(Path(folder) / value)
+        if key.replace("-", "_") not in marked or folder is None:
+            continue
+        if isinstance(value, dict):
+            out[key] = {name: resolved(folder, path) for name, path in value.items()}
+        else:
+            out[key] = resolved(folder, value)
     return out
 
 

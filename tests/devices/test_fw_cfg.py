@@ -151,6 +151,18 @@ def test_relative_file_path_resolves_against_the_current_directory(fake_bus, tmp
     assert item(fake_bus, 0x20, 3) == b"rel"
 
 
+def test_a_relative_file_path_in_a_profile_resolves_against_the_profiles_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "machine"
+    folder.mkdir()
+    (folder / "data.bin").write_bytes(b"rel")
+    profile = folder / "fw.yaml"
+    profile.write_text("memory:\n  ram: {size: 4K}\ndevices:\n  fw: {type: fw-cfg, files: {opt/hello: data.bin}}\n")
+    monkeypatch.chdir(tmp_path)  # not the profile's folder
+    with Machine.build(Profile.load(profile)) as machine:
+        [host_file] = machine.devices["fw"].host_files()
+        assert host_file.path == str(folder / "data.bin")
+
+
 def test_selecting_again_restarts_at_offset_zero(fake_bus):
     fake_bus.attach("fw-cfg")
     select(fake_bus, FW_CFG_SIGNATURE)
