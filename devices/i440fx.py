@@ -23,7 +23,6 @@ instruction.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Sequence
 
 import attrs

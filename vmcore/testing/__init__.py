@@ -15,7 +15,6 @@ Installed vmcore registers :mod:`vmcore.testing.pytest_plugin` through the
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ..bus import Bus, Space, Transaction
