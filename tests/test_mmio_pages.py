@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import attrs
+import pytest
 
 from tests import helpers as scratch_plugin  # the ``scratch`` device type
 from tests.helpers import differential, in_process, skip_without_kvm
 from vmcore.accel import RunLimits
+from vmcore.accel import unicorn as unicorn_accel
 from vmcore.accel.unicorn import UnicornAccelerator
 from vmcore.bus import Region, Space
 from vmcore.device import Device, DeviceContext, prop
@@ -110,7 +112,12 @@ MAP_BOUNDS = sorted({0, 0x10000, *INSIDE, *(1 << bit for bit in range(20, 53))})
 MAP = [(first, end - 1) for first, end in zip(MAP_BOUNDS, MAP_BOUNDS[1:])]
 
 
-def test_unicorn_maps_the_slots_and_the_gaps_between_them_however_many_pages_are_touched(tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["c-callbacks", "binding-callbacks"])
+def test_unicorn_maps_the_slots_and_the_gaps_between_them_however_many_pages_are_touched(
+        tmp_path: Path, direct: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Callbacks registered with unicorn's C library (the default) or, where that library is
+    # not the one known, through the binding's public calls: the guest sees the same.
+    monkeypatch.setattr(unicorn_accel._Callbacks, "direct", direct)
     accel = UnicornAccelerator()
     registry = DeviceRegistry.default(plugins=[scratch_plugin])
     with Machine.build(Profile.load(sweep_profile(tmp_path)), registry) as machine:
@@ -118,6 +125,7 @@ def test_unicorn_maps_the_slots_and_the_gaps_between_them_however_many_pages_are
         assert stop.kind == "halted", stop.report()
         assert machine.devices["console"].output == b"sweep ok\n"
         assert unicorn_regions(accel) == MAP
+        assert (accel._callbacks._lib is not None) == direct  # type: ignore[union-attr]
 
 
 def test_an_endless_sweep_stops_at_its_time_limit_and_tears_down_at_once(tmp_path: Path) -> None:

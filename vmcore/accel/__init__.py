@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
+from typing import TYPE_CHECKING, Callable
 
 import attrs
 
@@ -19,6 +20,9 @@ from ..irq import InterruptController
 from ..cpu import CpuState
 from ..memory import GuestMemory
 from ..stop import StopReason
+
+if TYPE_CHECKING:
+    from .core import Diversion, RunCore
 
 
 log = logging.getLogger("vmcore.accel")
@@ -48,7 +52,12 @@ CpuSnapshot = tuple[dict[str, int], dict[str, dict[str, int]], "int | None", "by
 
 
 class Accelerator(abc.ABC):
-    """One vCPU on some CPU backend: everything the machine uses of one is declared here."""
+    """One vCPU on some CPU backend: everything the machine and the run core use of one is declared here.
+
+    A backend runs the CPU and decodes its exits; the loop around it, the accessors that
+    take an access to its device, the limits and the waiting are the run core's
+    (:mod:`vmcore.accel.core`), written once for every backend.
+    """
 
     name: str
     #: The vCPU as it was when a device raised inside the CPU backend, if the backend took it
@@ -59,18 +68,72 @@ class Accelerator(abc.ABC):
     def setup(self, memory: GuestMemory, state: CpuState) -> None:
         """Map every slot of ``memory`` and load the start state."""
 
-    @abc.abstractmethod
     def run(self, pio: Bus, mmio: Bus, limits: RunLimits, clock: Clock | None = None,
             controller: InterruptController | None = None) -> StopReason:
-        """Run the guest until it stops; device exceptions propagate to the caller.
+        """Run the guest until it stops; device exceptions other than GuestExit propagate to the caller.
 
         ``clock``'s timers fire on time during the run (the loop is woken for them),
         and ``controller``'s INTR is delivered to the guest when it can take it.
         """
+        from .core import RunCore
+
+        return RunCore(self, pio, mmio, limits, clock, controller).run()
+
+    # --- what the run core calls ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def begin(self, core: "RunCore") -> Callable[[], int]:
+        """Prepare a run on ``core``'s buses and accessors; the function that runs the CPU to its next exit.
+
+        That function returns an exit kind (:mod:`vmcore.accel.core`) with the access in
+        ``core.exit``, and raises :class:`~vmcore.accel.core.CpuStop` for a stop of its own.
+        """
+
+    @abc.abstractmethod
+    def end(self) -> None:
+        """Undo :meth:`begin` (called however the run ended)."""
+
+    @abc.abstractmethod
+    def offer_interrupt(self, controller: InterruptController) -> bool:
+        """Deliver the controller's pending interrupt if the guest can take it now; True when delivered."""
+
+    @abc.abstractmethod
+    def interrupts_enabled(self) -> bool:
+        """The guest's IF: whether an interrupt can end its ``hlt``."""
+
+    @abc.abstractmethod
+    def kick(self) -> None:
+        """From any thread: make ``enter`` come back (YIELD) soon, so timers and input are served."""
+
+    @abc.abstractmethod
+    def end_run(self) -> None:
+        """From any thread or an access: the run is over (a limit); no more accesses, come back at once."""
+
+    def diversion(self) -> "Diversion":
+        """The run's :class:`~vmcore.accel.core.Diversion` (by default one that never diverts)."""
+        from .core import Diversion
+
+        return Diversion()
+
+    def abort(self, exc: BaseException) -> None:
+        """A device access ended the run with ``exc`` (GuestExit, DeviceFault, Ctrl-C): by default, raise it.
+
+        A backend whose accesses are callbacks from its CPU stops the CPU and raises it after.
+        """
+        raise exc
+
+    def flush(self) -> None:
+        """Deliver, through the core's accessors, the writes the guest queued without an exit (posted, rung)."""
 
     @abc.abstractmethod
     def snapshot(self) -> CpuSnapshot:
         """The vCPU now, for fault reports."""
+
+    def stop_reason(self, kind: str, message: str) -> StopReason:
+        """A stop with the vCPU's registers and code at RIP, for the report."""
+        registers, segments, code_address, code = self.snapshot()
+        return StopReason.of(kind, message, registers=registers, segments=segments,
+                             code_address=code_address, code=code)
 
     def set_irq_line(self, line: int, level: bool) -> None:
         """Drive an input of an in-kernel interrupt controller (KVM's irqchip; others have none)."""

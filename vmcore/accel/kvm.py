@@ -1,21 +1,21 @@
-"""The KVM accelerator: the classic loop of KVM_RUN and exit handling.
+"""The KVM accelerator: a CPU backend that runs ``KVM_RUN`` and decodes its exits.
 
-The exit path is kept lean: the ``kvm_run`` fields are read in place from the
-vCPU's mmap through memoryviews made once per run; an exit's size and port (or
-address) pick a route from the bus's table (``Bus.read_route``: the device's
-handler and offset, or the bus's full path where there is splitting, tracing or
-logging to do), filled in on first use; nothing per exit allocates beyond the
-integers involved.
+The loop around it is the run core's (vmcore.accel.core). The exit path is kept
+lean: the ``kvm_run`` fields are read in place from the vCPU's mmap through
+memoryviews made once per run, and decoded into the core's exit record; nothing
+per exit allocates beyond the integers involved. String IO (``rep ins/outs``, one
+exit of many elements) is handed to the core element by element, and an MMIO
+access that crosses a page (one exit per page) as the one access it is.
 
 Two ways to leave the guest less often, both declared by devices on their bus
 regions and both invisible to them but for timing:
 
 * posted regions are registered as coalesced MMIO/PIO zones: KVM queues their
   writes in a ring page of the vCPU mapping without exiting; the ring is drained,
-  in order, before any other exit is handled, every ``_FLUSH_NS`` while the guest
-  runs on, and whenever the run stops;
+  in order, through the core's accessors, before any other exit is handled, every
+  ``_FLUSH_NS`` while the guest runs on, and whenever the run stops;
 * doorbells get an ioeventfd each: the write signals an eventfd in the kernel;
-  a watcher thread wakes the vCPU, and the loop delivers the writes on its own
+  a watcher thread wakes the vCPU, and the writes are delivered on the vCPU's
   thread, before any other exit is handled and whenever the run stops.
 """
 
@@ -28,22 +28,21 @@ import os
 import select
 import signal
 import threading
-import time
 from typing import Any, Callable
 
-from ..bus import Bus, Direction, Space
+import attrs
+
+from ..bus import Bus, Space
 from ..clock import Clock
 from ..irq import InterruptController
 from ..cpu import CpuState, Segment, code_bits, cpuid1_without_apic, memory_operand_size, translate
-from ..device import GuestExit
-from ..faults import DeviceFault
 from ..kvm import Kvm, KvmError, KvmUnavailable, Vcpu, Vm
 from ..kvm import ioctl as k
 from ..kvm import structs as s
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
-from . import Accelerator, AcceleratorUnavailable, RunLimits
-from .wakeup import Waker, sleep_until
+from . import Accelerator, AcceleratorUnavailable
+from .core import HALT, MMIO_READ, MMIO_WRITE, PIO_READ, PIO_WRITE, YIELD, CpuStop, RunCore
 
 log = logging.getLogger("vmcore.accel.kvm")
 
@@ -93,11 +92,15 @@ class KvmAccelerator(Accelerator):
         self.vcpu = vcpu
         self.kernel_irqchip = kernel_irqchip
         self.memory: GuestMemory | None = None
-        self._timed_out = False
-        self._intr = False  # the userspace controller's INTR output, kept by its callback
-        self._woken = threading.Event()
         self._vcpu_thread = 0
-        self._waker: Waker | None = None
+        self._signals = False  # a kick may signal the vCPU thread (see begin)
+        # What one run sets up (see begin/end).
+        self._core: RunCore | None = None
+        self._zones: list[tuple[int, int, bool]] = []
+        self._bells: list[_Bell] = []
+        self._watcher: _DoorbellWatcher | None = None
+        self._flush_timer: Any = None
+        self._strings: list[list[int]] = []  # the `rep ins/outs` in progress (see _string_element)
         #: Register posted regions as coalesced zones (False: every write exits, for comparison).
         self.coalesce = True
         #: Give doorbells an ioeventfd (False: they are ordinary exits).
@@ -106,7 +109,7 @@ class KvmAccelerator(Accelerator):
         #: (address, size, its bytes) (see _mmio_fragment).
         self._fragment: list[tuple[int, int, int] | None] = [None]
         #: KVM_RUN already returned the next exit (see _write_fragment): handle it before entering.
-        self._exit_waiting = False
+        self._exit_waiting = [False]
 
     @classmethod
     def open(cls, path: str | None = None, kernel_irqchip: bool = False,
@@ -197,71 +200,194 @@ class KvmAccelerator(Accelerator):
             setattr(regs, name, value)
         self.vcpu.set_regs(regs)
 
-    # --- the run loop ---------------------------------------------------------------
+    # --- a run: the CPU side of vmcore.accel.core's loop -----------------------------------
 
-    def run(self, pio: Bus, mmio: Bus, limits: RunLimits, clock: Clock | None = None,
-            controller: InterruptController | None = None) -> StopReason:
-        if controller is not None and self.kernel_irqchip:
+    def begin(self, core: RunCore) -> Callable[[], int]:
+        if core.controller is not None and self.kernel_irqchip:
             raise AcceleratorUnavailable("a userspace interrupt controller cannot drive KVM's in-kernel irqchip")
-        self._clock = clock
-        self._controller = controller
-        self._deadline = limits.timeout and time.monotonic() + limits.timeout
-        waker = self._start_waker(clock, controller)
-        try:
-            return self._run(pio, mmio, limits)
-        finally:
-            self._waker = None
-            if waker is not None:
-                waker.close()
-            if clock is not None:
-                clock.deadline_changed = clock.wakeup = None
-            if controller is not None:
-                controller.intr_changed = None
-
-    def _start_waker(self, clock: Clock | None, controller: InterruptController | None) -> Waker | None:
-        """Timers and host input wake KVM_RUN through a signal; only the main thread can take signals."""
-        if controller is not None:
-            self._intr = controller.pending()
-
-            def intr_changed(level: bool) -> None:
-                self._intr = level
-                if level:
-                    self._woken.set()
-
-            controller.intr_changed = intr_changed
-        if clock is None or threading.current_thread() is not threading.main_thread():
-            return None
+        self._core = core
+        # A kick interrupts KVM_RUN with a signal to this thread; only the main thread can set
+        # the handler (elsewhere a kick takes effect at the next exit).
         self._vcpu_thread = threading.get_ident()
-        signal.signal(signal.SIGUSR1, _ignore_signal)
-        waker = Waker(self._kick, clock.now)
-        clock.deadline_changed = waker.arm
-        clock.wakeup = waker.kick
-        self._waker = waker
-        waker.arm(clock.next_deadline())
-        return waker
+        self._signals = threading.current_thread() is threading.main_thread()
+        if self._signals:
+            signal.signal(signal.SIGUSR1, _ignore_signal)
+        self._zones, self._bells = [], []
+        self._whole = memoryview(self.vcpu.mmap)
+        if self.coalesce:
+            self._register_posted(core.pio, core.mmio, self._zones)
+        if self.ioeventfds:
+            self._assign_doorbells(core.pio, core.mmio, self._bells)
+        self._views = _Views(self._whole, self._ring_page if self._zones else None)
+        self._fragment[0], self._exit_waiting[0] = None, False
+        self._strings.clear()
+        self.flush = self._flusher(core)  # type: ignore[method-assign]
+        clock = core.clock
+        if self._bells and clock is not None:
+            self._watcher = _DoorbellWatcher([bell.fd for bell in self._bells], clock)
+            flush = self.flush
 
-    def _kick(self) -> None:
-        """From any thread: make KVM_RUN return to the loop soon."""
-        self.vcpu.run_struct.immediate_exit = 1
-        self._woken.set()
-        signal.pthread_kill(self._vcpu_thread, signal.SIGUSR1)
+            def from_watcher() -> None:
+                try:
+                    flush()
+                finally:
+                    watcher.drained()
 
-    def _service(self) -> bool:
-        """Between exits: run due timers and posted input, then offer a pending interrupt.
+            watcher = self._watcher
+            watcher.start(from_watcher)
+        if self._zones and clock is not None:
+            def tick() -> None:
+                # Only wakes the loop (KVM_RUN returns EINTR), which drains the ring first.
+                self._flush_timer = clock.call_later(_FLUSH_NS, tick)
+            tick()
+        return self._enter_function(core)
 
-        Returns True when an interrupt was injected.
-        """
-        clock = self._clock
-        if clock is not None:
-            clock.run_due()
-            waker = self._waker
-            if waker is not None:
-                waker.rearm(clock.next_deadline())
-        controller = self._controller
-        if controller is None:
-            return False
+    def end(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+        self._views.release()
+        self._whole.release()
+        for bell in self._bells:
+            bell.close(self.vm)
+        for addr, size, is_pio in self._zones:
+            try:
+                self.vm.unregister_coalesced_mmio(addr, size, is_pio)
+            except KvmError as exc:  # the VM is going away anyway
+                log.debug("unregistering coalesced zone %#x: %s", addr, exc)
+        self._bells, self._zones = [], []
+        self.__dict__.pop("flush", None)  # the run's flusher (see begin)
+        self._core = None
+
+    def _enter_function(self, core: RunCore) -> Callable[[], int]:
+        """KVM_RUN and the decoding of its exit into ``core.exit``: the hot path, all locals."""
         run = self.vcpu.run_struct
-        if self._intr:
+        vcpu_run = self.vcpu.run
+        views = self._views
+        u8, u16, u32, u64 = views.u8, views.u16, views.u32, views.u64
+        pio_data, mmio_data = views.pio, views.mmio
+        record = core.exit
+        flush = self.flush
+        queued = bool(self._zones or self._bells)
+        ending = core.ending
+        fragment, strings, waiting = self._fragment, self._strings, self._exit_waiting
+        EXIT_IO, EXIT_MMIO = k.KVM_EXIT_IO, k.KVM_EXIT_MMIO
+        PIO_DATA, MASKS = _PIO_DATA_OFFSET, _MASKS
+        target: Any = None  # where the answer to the read in progress goes (see core.ExitRecord)
+
+        def enter() -> int:
+            nonlocal target
+            if target is not None:
+                target[0] = record.value
+                target = None
+            while True:
+                if strings:
+                    kind, target = self._string_element(strings, record)
+                    return kind
+                if waiting[0]:
+                    waiting[0] = False  # an exit came back while serving the last one
+                else:
+                    try:
+                        vcpu_run()
+                    except InterruptedError:
+                        run.immediate_exit = 0
+                        if queued:
+                            flush()
+                        return YIELD
+                    except KvmError as exc:
+                        # The host failed, not a device: must not reach the machine's device-error report.
+                        raise CpuStop(StopReason.of("host-error", str(exc))) from None
+                    if queued:
+                        # Writes the guest posted or rang before this exit reach their devices first.
+                        flush()
+                        if ending[0] is not None:
+                            return YIELD  # the limit was reached on the way: the core stops
+                reason = u32[_EXIT_REASON]
+                if reason == EXIT_IO:
+                    size = u8[_IO_SIZE]
+                    record.address, record.size = u16[_IO_PORT], size
+                    if u32[_IO_COUNT] != 1 or u64[_IO_DATA_OFFSET] != PIO_DATA:
+                        strings.append(self._string_io(run.io))  # `rep ins/outs`: element by element
+                        continue
+                    if u8[_IO_DIRECTION]:
+                        record.value = pio_data[size][0]
+                        return PIO_WRITE
+                    target = pio_data[size]
+                    return PIO_READ
+                if reason == EXIT_MMIO:
+                    address, size = u64[_MMIO_ADDR], u32[_MMIO_LEN]
+                    view = mmio_data[size]
+                    if fragment[0] is not None or (size < 8 and not (address + size) & 0xFFF):
+                        kind, target = self._mmio_fragment(record, address, size, u8[_MMIO_IS_WRITE], view)
+                        if kind is None:
+                            continue  # served here: the rest of a read already answered
+                        if kind:
+                            return kind
+                    record.address, record.size = address, size
+                    if u8[_MMIO_IS_WRITE]:
+                        record.value = view[0] & MASKS[size]
+                        return MMIO_WRITE
+                    target = view
+                    return MMIO_READ
+                if reason == k.KVM_EXIT_HLT:
+                    return HALT
+                if reason == k.KVM_EXIT_IRQ_WINDOW_OPEN:
+                    return YIELD
+                raise CpuStop(self._other_exit(reason))
+
+        return enter
+
+    def _flusher(self, core: RunCore) -> Callable[[], None]:
+        """Deliver what the guest posted (the coalesced ring) and rang (ioeventfds), through the core's accessors."""
+        views = self._views
+        ring32, ring64, ring_slots = views.ring32, views.ring64, views.ring_slots
+        port_out, mmio_write = core.accessors.port_out, core.accessors.mmio_write
+        ending = core.ending
+        MASKS = _MASKS
+        poll_bells = None
+        if self._bells:
+            poller = select.poll()
+            by_fd = {bell.fd: bell for bell in self._bells}
+            for bell in self._bells:
+                poller.register(bell.fd, select.POLLIN)
+            poll_bells = poller.poll
+
+        def flush() -> None:
+            if ring32 is not None:
+                first, last = ring32[0], ring32[1]
+                while first != last and ending[0] is None:
+                    i = 1 + 3 * first  # the entry in u64 items: phys_addr, len|pio, data
+                    address, length, is_pio, data = ring64[i], ring32[2 * i + 2], ring32[2 * i + 3], ring64[i + 2]
+                    first += 1
+                    if first == ring_slots:
+                        first = 0
+                    # Consumed before it is delivered: a device that stops the run leaves the rest unseen.
+                    ring32[0] = first
+                    if is_pio:
+                        port_out(None, address, length, data & MASKS[length])
+                    else:
+                        mmio_write(None, address, length, data)
+            if poll_bells is not None and (ready := poll_bells(0)):
+                for fd, _event in ready:
+                    bell = by_fd[fd]
+                    try:
+                        rings = os.eventfd_read(fd)
+                    except BlockingIOError:
+                        continue
+                    write = port_out if bell.pio else mmio_write
+                    for _ in range(rings):  # one write per ring
+                        if ending[0] is not None:
+                            return
+                        write(None, bell.address, bell.size, bell.value)
+
+        return flush
+
+    def offer_interrupt(self, controller: InterruptController) -> bool:
+        run = self.vcpu.run_struct
+        if controller.pending():
             if run.ready_for_interrupt_injection and run.if_flag:
                 self.vcpu.interrupt(controller.acknowledge())
                 run.request_interrupt_window = 0
@@ -272,281 +398,43 @@ class KvmAccelerator(Accelerator):
             run.request_interrupt_window = 0
         return False
 
-    def _wait_halted(self) -> bool:
-        """A ``hlt`` with interrupts enabled: sleep until an interrupt can be injected.
+    def interrupts_enabled(self) -> bool:
+        return bool(self.vcpu.run_struct.if_flag)
 
-        Returns False when the wait ends because the run's time limit passed.
-        """
-        clock = self._clock
-        while True:
-            if self._service():
-                return True
-            remaining = None if not self._deadline else self._deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            sleep_until(clock.now, clock.next_deadline(), self._woken, remaining) if clock else \
-                self._woken.wait(remaining)
+    def kick(self) -> None:
+        """From any thread: KVM_RUN returns EINTR now (the signal) or at its next entry (immediate_exit)."""
+        self.vcpu.run_struct.immediate_exit = 1
+        if self._signals and threading.get_ident() != self._vcpu_thread:
+            signal.pthread_kill(self._vcpu_thread, signal.SIGUSR1)
 
-    def _run(self, pio: Bus, mmio: Bus, limits: RunLimits) -> StopReason:
-        zones: list[tuple[int, int, bool]] = []
-        bells: list[_Bell] = []
-        watcher = views = None
-        whole = memoryview(self.vcpu.mmap)
-        try:
-            if self.coalesce:
-                self._register_posted(pio, mmio, zones)
-            if self.ioeventfds:
-                self._assign_doorbells(pio, mmio, bells)
-            views = _Views(whole, self._ring_page if zones else None)
-            if bells:
-                watcher = _DoorbellWatcher([bell.fd for bell in bells], self._clock)
-            return self._loop(pio, mmio, limits, views, bells, watcher)
-        finally:
-            if watcher is not None:
-                watcher.close()
-            if views is not None:
-                views.release()
-            whole.release()
-            for bell in bells:
-                bell.close(self.vm)
-            for addr, size, is_pio in zones:
-                try:
-                    self.vm.unregister_coalesced_mmio(addr, size, is_pio)
-                except KvmError as exc:  # the VM is going away anyway
-                    log.debug("unregistering coalesced zone %#x: %s", addr, exc)
+    def end_run(self) -> None:
+        self.kick()
 
-    def _loop(self, pio: Bus, mmio: Bus, limits: RunLimits, views: "_Views", bells: list["_Bell"],
-              watcher: "_DoorbellWatcher | None") -> StopReason:
-        run = self.vcpu.run_struct
-        enter = self.vcpu.run
-        u8, u16, u32, u64 = views.u8, views.u16, views.u32, views.u64
-        ring32, ring64, ring_slots = views.ring32, views.ring64, views.ring_slots
-        coalesced = ring32 is not None
-        buf = self.vcpu.mmap
-        pio_read, pio_write = pio.read, pio.write
-        pio_data, mmio_data = views.pio, views.mmio
-        # The buses' route tables, by size then port or address (see Bus.read_route): a hit
-        # is the device method and the offset to call it with, a miss is filled in once.
-        pio_reads, pio_writes = pio.read_routes, pio.write_routes
-        mmio_reads, mmio_writes = mmio.read_routes, mmio.write_routes
-        pio_read_route, pio_write_route = pio.read_route, pio.write_route
-        mmio_read_route, mmio_write_route = mmio.read_route, mmio.write_route
-        fault_pio, fault_mmio = pio.fault, mmio.fault
-        bad_pio, bad_mmio = pio.bad_answer, mmio.bad_answer
-        fragment = self._fragment
-        fragment[0] = None
-        READ, WRITE = Direction.READ, Direction.WRITE
-        MASKS = _MASKS
-        max_exits = limits.max_exits if limits.max_exits is not None else -1
-        exits = 0
+    # --- `rep ins/outs` and MMIO accesses that cross a page --------------------------------
 
-        def drain_ring() -> None:
-            """Deliver every queued posted write, oldest first, each as the exit it replaced."""
-            nonlocal exits
-            first, last = ring32[0], ring32[1]
-            while first != last:
-                i = 1 + 3 * first  # the entry in u64 items: phys_addr, len|pio, data
-                address, length, is_pio, data = ring64[i], ring32[2 * i + 2], ring32[2 * i + 3], ring64[i + 2]
-                first += 1
-                if first == ring_slots:
-                    first = 0
-                # Consumed before it is delivered: a device that stops the run leaves the rest unseen.
-                ring32[0] = first
-                value = data & MASKS[length]
-                try:
-                    handler, where = (pio_writes if is_pio else mmio_writes)[length][address]
-                except KeyError:
-                    handler, where = (pio_write_route if is_pio else mmio_write_route)(address, length)
-                try:
-                    handler(where, length, value)
-                except (GuestExit, DeviceFault, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    (fault_pio if is_pio else fault_mmio)(WRITE, address, length, value, exc)
-                exits += 1
-                if exits == max_exits:
-                    raise _ExitLimit
+    @staticmethod
+    def _string_io(io: Any) -> list[int]:
+        """A string IO exit as [direction, port, size, data offset, elements left]."""
+        return [io.direction, io.port, io.size, io.data_offset, io.count]
 
-        poll_bells = None
-        if bells:
-            poller = select.poll()
-            by_fd = {bell.fd: bell for bell in bells}
-            for bell in bells:
-                poller.register(bell.fd, select.POLLIN)
-            poll_bells = poller.poll
+    def _string_element(self, strings: list[list[int]], record: Any) -> tuple[int, Any]:
+        """The next element of a ``rep outs``/``rep ins`` as an access of its own: every one reaches the device, in order."""
+        string = strings[0]
+        direction, port, size, offset, left = string
+        string[3], string[4] = offset + size, left - 1
+        if left == 1:
+            strings.clear()
+        record.address, record.size = port, size
+        if direction == k.KVM_EXIT_IO_OUT:
+            record.value = int.from_bytes(self.vcpu.mmap[offset : offset + size], "little")
+            return PIO_WRITE, None
+        return PIO_READ, _StringSlot(self.vcpu.mmap, offset, size)
 
-        def ring_bells(ready: list[tuple[int, int]]) -> None:
-            """Deliver the doorbells rung since the last look, one write per ring."""
-            nonlocal exits
-            for fd, _event in ready:
-                bell = by_fd[fd]
-                try:
-                    rings = os.eventfd_read(fd)
-                except BlockingIOError:
-                    continue
-                for _ in range(rings):
-                    bell.bus.write(bell.address, bell.size, bell.value)
-                    exits += 1
-                    if exits == max_exits:
-                        raise _ExitLimit
+    def _mmio_fragment(self, record: Any, address: int, size: int, is_write: int, view: Any) -> tuple[int | None, Any]:
+        """Split a page-crossing MMIO access as the software CPU does.
 
-        def flush() -> None:
-            """The run is stopping: what the guest posted or rang before it stopped reaches the devices."""
-            if coalesced and ring32[0] != ring32[1]:
-                drain_ring()
-            if poll_bells is not None and (ready := poll_bells(0)):
-                ring_bells(ready)
-
-        if watcher is not None:
-            def from_watcher() -> None:
-                try:
-                    if watcher.live:
-                        flush()
-                finally:
-                    watcher.drained()
-            watcher.start(from_watcher)
-        EXIT_IO, EXIT_MMIO = k.KVM_EXIT_IO, k.KVM_EXIT_MMIO
-        EXIT_HLT, EXIT_IRQ_WINDOW = k.KVM_EXIT_HLT, k.KVM_EXIT_IRQ_WINDOW_OPEN
-        PIO_DATA = _PIO_DATA_OFFSET
-        self._service()  # an interrupt may be pending before the first instruction
-        self._timed_out = False
-        restore = self._arm_timeout(limits.timeout)
-        flush_timer = None
-        clock = self._clock
-        if coalesced and clock is not None and self._waker is not None:
-            def tick() -> None:
-                # Only wakes the loop (KVM_RUN returns EINTR), which drains the ring first.
-                nonlocal flush_timer
-                flush_timer = clock.call_later(_FLUSH_NS, tick)
-            tick()
-        try:
-            while True:
-                try:
-                    if self._exit_waiting:
-                        self._exit_waiting = False  # an exit came back while serving the last one
-                    else:
-                        enter()
-                except InterruptedError:
-                    run.immediate_exit = 0
-                    flush()
-                    if self._timed_out:
-                        return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time", exits,
-                                          dump=True)
-                    self._service()
-                    continue
-                except KvmError as exc:
-                    flush()
-                    # The host failed, not a device: must not reach the machine's device-error report.
-                    return self._stop("host-error", str(exc), exits)
-                # Writes the guest posted or rang before this exit reach their devices first.
-                if coalesced and ring32[0] != ring32[1]:
-                    drain_ring()
-                if poll_bells is not None and (ready := poll_bells(0)):
-                    ring_bells(ready)
-                reason = u32[_EXIT_REASON]
-                if reason == EXIT_IO:
-                    if u32[_IO_COUNT] == 1 and u64[_IO_DATA_OFFSET] == PIO_DATA:
-                        size, port = u8[_IO_SIZE], u16[_IO_PORT]
-                        view = pio_data[size]
-                        if u8[_IO_DIRECTION]:
-                            value = view[0]
-                            try:
-                                handler, where = pio_writes[size][port]
-                            except KeyError:
-                                handler, where = pio_write_route(port, size)
-                            try:
-                                handler(where, size, value)
-                            except (GuestExit, DeviceFault, KeyboardInterrupt):
-                                raise
-                            except BaseException as exc:
-                                fault_pio(WRITE, port, size, value, exc)
-                        else:
-                            try:
-                                handler, where = pio_reads[size][port]
-                            except KeyError:
-                                handler, where = pio_read_route(port, size)
-                            try:
-                                value = handler(where, size)
-                            except (GuestExit, DeviceFault, KeyboardInterrupt):
-                                raise
-                            except BaseException as exc:
-                                value = MASKS[size]
-                                fault_pio(READ, port, size, None, exc)
-                            try:
-                                view[0] = value  # the store checks the answer: an int of that width
-                            except (TypeError, ValueError):
-                                view[0] = bad_pio(port, size, value)
-                    else:
-                        self._string_io(run.io, buf, pio_read, pio_write)
-                elif reason == EXIT_MMIO:
-                    address, size = u64[_MMIO_ADDR], u32[_MMIO_LEN]
-                    view = mmio_data[size]
-                    if (fragment[0] is not None or (size < 8 and not (address + size) & 0xFFF)) \
-                            and self._mmio_fragment(mmio, address, size, u8[_MMIO_IS_WRITE], view):
-                        pass  # a piece of an access that crosses a page: split as the software CPU does
-                    elif u8[_MMIO_IS_WRITE]:
-                        value = view[0] & MASKS[size]
-                        try:
-                            handler, where = mmio_writes[size][address]
-                        except KeyError:
-                            handler, where = mmio_write_route(address, size)
-                        try:
-                            handler(where, size, value)
-                        except (GuestExit, DeviceFault, KeyboardInterrupt):
-                            raise
-                        except BaseException as exc:
-                            fault_mmio(WRITE, address, size, value, exc)
-                    else:
-                        try:
-                            handler, where = mmio_reads[size][address]
-                        except KeyError:
-                            handler, where = mmio_read_route(address, size)
-                        try:
-                            value = handler(where, size)
-                        except (GuestExit, DeviceFault, KeyboardInterrupt):
-                            raise
-                        except BaseException as exc:
-                            value = MASKS[size]
-                            fault_mmio(READ, address, size, None, exc)
-                        try:
-                            view[0] = value
-                        except (TypeError, ValueError):
-                            view[0] = bad_mmio(address, size, value)
-                elif reason == EXIT_HLT and run.if_flag and self._controller is not None:
-                    # Waiting for an interrupt, as a CPU in HLT does; with IF clear it is a stop.
-                    if not self._wait_halted():
-                        return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time",
-                                          exits, dump=True)
-                    continue
-                elif reason == EXIT_IRQ_WINDOW:
-                    self._service()
-                    continue
-                else:
-                    return self._other_exit(reason, exits)
-                if self._intr:
-                    self._service()
-                # Only IO and MMIO exits count: the same measure the software CPU keeps.
-                exits += 1
-                if exits == max_exits:
-                    return self._stop("max-exits", f"reached the limit of {max_exits} exits", exits, dump=True)
-        except _ExitLimit:
-            # Reached while delivering posted or rung writes: the rest is dropped, as the guest would have stopped.
-            return self._stop("max-exits", f"reached the limit of {max_exits} exits", exits, dump=True)
-        except GuestExit as exc:
-            # A device ended the run (debug-exit) during this exit, which counts too.
-            return StopReason(kind="exit", message=exc.reason, status=exc.status, exits=exits + 1)
-        except KeyboardInterrupt:
-            flush()
-            raise
-        finally:
-            restore()
-            if flush_timer is not None:
-                flush_timer.cancel()
-
-    # --- MMIO accesses that cross a page -------------------------------------------------------
-
-    def _mmio_fragment(self, mmio: Bus, address: int, size: int, is_write: int, view: Any) -> bool:
-        """Split a page-crossing MMIO access as the software CPU does; True when this exit was served here.
+        Returns (kind, where the answer goes) for the access to hand the core, (None, None)
+        when this exit was served here, or (0, None) when it is an ordinary access.
 
         KVM hands such an access over in fragments, one per page, each of which may look
         aligned; QEMU's TCG splits the whole access instead (the bus's rule for any unaligned
@@ -554,37 +442,34 @@ class KvmAccelerator(Accelerator):
         first fragment ends at a page end:
 
         - a read exits before its instruction completes, so decoding the instruction at RIP
-          tells whether the access goes on; the second fragment is answered from what was read;
+          tells whether the access goes on: the whole access goes to the bus (which splits
+          it), the first fragment gets its bytes, the second is answered from the rest;
         - a write exits after KVM completed the instruction, so KVM_RUN is entered again with
           immediate_exit set: KVM then hands over the next fragment, if there is one, without
           running the guest (KVM's API: pending operations complete, no instruction runs), or
           returns EINTR when the write was whole.
         """
         if is_write:
-            return self._write_fragment(mmio, address, size, view)
+            return self._write_fragment(record, address, size, view), None
         pending = self._fragment[0]
         if pending is not None:
             self._fragment[0] = None
             where, length, rest = pending
             if where == address and length == size:
                 view[0] = rest
-                return True
+                return None, None
             # Not the fragment expected: an ordinary access.
         if size >= 8 or (address + size) & 0xFFF:
-            return False
+            return 0, None
         whole = self._access_size()
         if whole is None or not size < whole <= 8 or whole & (whole - 1):
-            return False
-        first = address & ~(whole - 1)
-        both = mmio.read(first, whole) | mmio.read(first + whole, whole) << (8 * whole)
-        value = (both >> (8 * (address - first))) & _MASKS[whole]
-        view[0] = value & _MASKS[size]
-        self._fragment[0] = (address + size, whole - size, value >> (8 * size))
-        return True
+            return 0, None
+        record.address, record.size = address, whole
+        return MMIO_READ, _FirstFragment(view, address, size, whole, self._fragment)
 
-    def _write_fragment(self, mmio: Bus, address: int, size: int, view: Any) -> bool:
+    def _write_fragment(self, record: Any, address: int, size: int, view: Any) -> int:
         if size >= 8 or (address + size) & 0xFFF:
-            return False
+            return 0
         first = view[0] & _MASKS[size]
         run = self.vcpu.run_struct
         # Left set: the loop's next KVM_RUN returns EINTR at once and clears it, so a kick from
@@ -593,17 +478,17 @@ class KvmAccelerator(Accelerator):
         try:
             self.vcpu.run()
         except InterruptedError:
-            return False  # nothing followed: the write was whole, served as any other
+            return 0  # nothing followed: the write was whole, served as any other
         io = run.mmio
+        record.address, record.size, record.value = address, size, first
         if run.exit_reason == k.KVM_EXIT_MMIO and io.is_write and io.phys_addr == address + size \
                 and size + io.len <= 8:
             rest = int.from_bytes(bytes(io.data)[: io.len], "little")
-            mmio.write(address, size + io.len, first | rest << (8 * size))  # the bus splits it
-            return True
+            record.size, record.value = size + io.len, first | rest << (8 * size)  # the bus splits it
+            return MMIO_WRITE
         # Another exit (KVM gives none here, by its API): serve this write whole, then that exit.
-        mmio.write(address, size, first)
-        self._exit_waiting = True
-        return True
+        self._exit_waiting[0] = True
+        return MMIO_WRITE
 
     def _access_size(self) -> int | None:
         """The size of the memory operand of the instruction at CS:RIP (decoded; None if unknown)."""
@@ -662,76 +547,32 @@ class KvmAccelerator(Accelerator):
                 os.close(fd)
                 log.warning("%s: doorbell at %#x stays synchronous: %s", owner, address, exc)
                 continue
-            bells.append(_Bell(fd, bus, address, bell.size, bell.value))
-
-    @staticmethod
-    def _string_io(io: Any, buf: mmap.mmap, read: Any, write: Any) -> None:
-        """``rep outs``/``rep ins``: every element reaches the device, in order."""
-        size, port, offset = io.size, io.port, io.data_offset
-        if io.direction == k.KVM_EXIT_IO_OUT:
-            for i in range(io.count):
-                start = offset + i * size
-                write(port, size, int.from_bytes(buf[start : start + size], "little"))
-        else:
-            for i in range(io.count):
-                start = offset + i * size
-                buf[start : start + size] = read(port, size).to_bytes(size, "little")
-
-    def _arm_timeout(self, timeout: float | None):  # type: ignore[no-untyped-def]
-        """Interrupt KVM_RUN after ``timeout`` s: SIGALRM + immediate_exit (main thread only)."""
-        if timeout is None or threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        run = self.vcpu.run_struct
-
-        def expire(_signum: int, _frame: Any) -> None:
-            # Either KVM_RUN is in progress (the signal kicks it out with EINTR) or
-            # about to start (immediate_exit makes it return EINTR at once).
-            self._timed_out = True
-            run.immediate_exit = 1
-
-        previous = signal.signal(signal.SIGALRM, expire)
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-
-        def restore() -> None:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-
-        return restore
+            bells.append(_Bell(fd, bus.space is Space.PIO, address, bell.size, bell.value))
 
     # --- stops ----------------------------------------------------------------------------
 
-    def _other_exit(self, reason: int, exits: int) -> StopReason:
+    def _other_exit(self, reason: int) -> StopReason:
         run = self.vcpu.run_struct
         name = k.EXIT_REASON_NAMES.get(reason, str(reason))
-        if reason == k.KVM_EXIT_HLT:
-            return StopReason.of("halted", "the guest executed hlt", exits=exits)
         if reason == k.KVM_EXIT_SHUTDOWN:
-            return self._stop("shutdown", "triple fault: the vCPU shut down", exits, dump=True)
+            return self.stop_reason("shutdown", "triple fault: the vCPU shut down")
         if reason == k.KVM_EXIT_FAIL_ENTRY:
             code = run.fail_entry.hardware_entry_failure_reason
-            return self._stop("fail-entry", f"KVM could not enter the guest (hardware reason {code:#x})", exits,
-                              dump=True, detail={"hardware_entry_failure_reason": hex(code)})
+            return attrs.evolve(self.stop_reason("fail-entry", f"KVM could not enter the guest (hardware reason {code:#x})"),
+                                detail={"hardware_entry_failure_reason": hex(code)})
         if reason == k.KVM_EXIT_INTERNAL_ERROR:
             internal = run.internal
             sub = internal.suberror
             data = [int(internal.data[i]) for i in range(min(internal.ndata, 16))]
             sub_name = k.INTERNAL_ERROR_NAMES.get(sub, str(sub))
-            return self._stop("internal-error", f"KVM internal error {sub} ({sub_name}); on a software-emulating "
-                              "KVM an unsupported instruction ends this way", exits, dump=True,
-                              detail={"suberror": sub, "data": " ".join(f"{d:#x}" for d in data)})
+            stop = self.stop_reason("internal-error", f"KVM internal error {sub} ({sub_name}); on a software-emulating "
+                                    "KVM an unsupported instruction ends this way")
+            return attrs.evolve(stop, detail={"suberror": sub, "data": " ".join(f"{d:#x}" for d in data)})
         if reason == k.KVM_EXIT_SYSTEM_EVENT:
             event = run.system_event
             kind = k.SYSTEM_EVENT_NAMES.get(event.type, str(event.type))
-            return self._stop("system-event", f"system event {kind}", exits, detail={"type": event.type})
-        return self._stop("unknown-exit", f"unhandled KVM exit {name} ({reason})", exits, dump=True)
-
-    def _stop(self, kind: str, message: str, exits: int, dump: bool = False,
-              detail: dict[str, Any] | None = None) -> StopReason:
-        if not dump:
-            return StopReason.of(kind, message, exits=exits, detail=detail or {})
-        registers, segments, code_address, code = self.snapshot()
-        return StopReason.of(kind, message, exits=exits, registers=registers, segments=segments,
-                             code_address=code_address, code=code, detail=detail or {})
+            return StopReason.of("system-event", f"system event {kind}", detail={"type": event.type})
+        return self.stop_reason("unknown-exit", f"unhandled KVM exit {name} ({reason})")
 
     def snapshot(self) -> tuple[dict[str, int], dict[str, dict[str, int]], int | None, bytes | None]:
         """Registers, segments, and up to 16 guest bytes at CS:RIP (for reports)."""
@@ -762,8 +603,33 @@ class KvmAccelerator(Accelerator):
             part.close()
 
 
-class _ExitLimit(Exception):
-    """max_exits was reached while delivering posted or rung writes."""
+class _StringSlot:
+    """Where the answer to one element of a ``rep ins`` goes: its place in the vCPU's IO data page."""
+
+    __slots__ = ("buf", "offset", "size")
+
+    def __init__(self, buf: Any, offset: int, size: int) -> None:
+        self.buf, self.offset, self.size = buf, offset, size
+
+    def __setitem__(self, _index: int, value: int) -> None:
+        self.buf[self.offset : self.offset + self.size] = value.to_bytes(self.size, "little")
+
+
+class _FirstFragment:
+    """Where the answer to a page-crossing read goes: its first fragment's bytes now, the rest kept.
+
+    KVM asks for the rest in the next exit (see KvmAccelerator._mmio_fragment).
+    """
+
+    __slots__ = ("view", "address", "size", "whole", "kept")
+
+    def __init__(self, view: Any, address: int, size: int, whole: int, kept: list[Any]) -> None:
+        self.view, self.address, self.size, self.whole, self.kept = view, address, size, whole, kept
+
+    def __setitem__(self, _index: int, value: int) -> None:
+        size = self.size
+        self.view[0] = value & _MASKS[size]
+        self.kept[0] = (self.address + size, self.whole - size, value >> (8 * size))
 
 
 class _Views:
@@ -801,16 +667,16 @@ class _Views:
 class _Bell:
     """One doorbell's eventfd, registered with KVM, and where its rings go."""
 
-    __slots__ = ("fd", "bus", "address", "size", "value", "match")
+    __slots__ = ("fd", "pio", "address", "size", "value", "match")
 
-    def __init__(self, fd: int, bus: Bus, address: int, size: int, match: int | None) -> None:
-        self.fd, self.bus, self.address, self.size, self.match = fd, bus, address, size, match
+    def __init__(self, fd: int, pio: bool, address: int, size: int, match: int | None) -> None:
+        self.fd, self.pio, self.address, self.size, self.match = fd, pio, address, size, match
         # The eventfd does not carry what the guest wrote: the match value, or 0 (see bus.Doorbell).
         self.value = match if match is not None else 0
 
     def close(self, vm: Vm) -> None:
         try:
-            vm.ioeventfd(self.fd, self.address, self.size, pio=self.bus.space is Space.PIO,
+            vm.ioeventfd(self.fd, self.address, self.size, pio=self.pio,
                          datamatch=self.match, deassign=True)
         except KvmError as exc:  # the VM is going away anyway
             log.debug("deassigning the doorbell at %#x: %s", self.address, exc)

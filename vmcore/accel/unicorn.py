@@ -20,21 +20,15 @@ from __future__ import annotations
 import ctypes
 import struct
 import sys
-import threading
-from typing import Any
+from typing import Any, Callable
 
-import attrs
-
-from ..bus import Bus, Direction
-from ..clock import Clock
 from ..irq import InterruptController
 from ..cpu import CpuState, cpuid1_without_apic, translate
 from ..device import GuestExit
-from ..faults import BadAnswer, DeviceFault
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
-from . import Accelerator, AcceleratorUnavailable, RunLimits
-from .wakeup import Waker, sleep_until
+from . import Accelerator, AcceleratorUnavailable
+from .core import HALT, YIELD, CpuStop, Diversion, RunCore
 
 try:
     import unicorn as uc_mod
@@ -61,9 +55,6 @@ _FLAG_IF, _FLAG_TF = 1 << 9, 1 << 8
 _MSR_EFER = 0xC0000080
 _EFER_LMA = 1 << 10
 _MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
-# The bits an answer of n bytes must not have: `value & _OVER[n]` is the hooks' check of a
-# device's answer (non-zero: too wide or negative; a TypeError: not a number).
-_OVER = tuple(~((1 << (8 * n)) - 1) for n in range(9))
 _CR0_RESET = 0x60000010  # CD | NW | ET: CR0 after RESET, protection off
 #: Instructions per emu_start: how often the loop gets to serve timers and interrupts while the
 #: guest runs without exits (a few hundred microseconds of guest code on unicorn).
@@ -78,14 +69,6 @@ _IF_POLL_NS, _IF_POLL_MAX_NS = 100_000, 5_000_000
 
 def _reg(name: str) -> int:
     return getattr(X, f"UC_X86_REG_{name.upper()}")
-
-
-class _Stop(Exception):
-    """Raised inside a hook to end the run with a reason (unicorn re-raises it)."""
-
-    def __init__(self, reason: StopReason) -> None:
-        super().__init__(reason.message)
-        self.reason = reason
 
 
 class UnicornAccelerator(Accelerator):
@@ -104,19 +87,18 @@ class UnicornAccelerator(Accelerator):
         self._windows: set[tuple[int, int]] = set()  # the MMIO windows unicorn maps, (base, end)
         # A map change seen inside an MMIO callback waits for emulation to stop (see _map_changed).
         self._map_stale = False
-        self._callback_code: frozenset[Any] = frozenset()  # the MMIO callbacks' code objects
         self._rom_write: tuple[MemorySlot, int, int] | None = None
-        self._reason: StopReason | None = None
-        # What the MMIO window callbacks (made per window, kept across runs) need of the
-        # run in progress: the bus, the exit count box, the limit and what reaching it does.
-        self._run_state: list[Any] = [None, [0], -1, None]
-        # Set once the run's end is decided inside a hook (a device raised, debug-exit,
-        # max-exits). emu_stop takes effect only at the end of the translation block, so
-        # the guest runs on a few instructions: from then on its IO must reach no device.
-        self._stopping = [False]
+        # The MMIO windows' callbacks outlive a run (see _map_window): they call the run's
+        # accessors from here, and drop accesses between runs.
+        self._mmio: list[Callable[..., Any]] = [_no_mmio_read, _no_mmio_write]
+        self._callback_code: frozenset[Any] = frozenset()  # the MMIO window callbacks' code objects
+        self._callbacks: _Callbacks | None = None
         self._pending: BaseException | None = None  # raised by a device in a hook, re-raised after emu_start
         self._flush_tb = False  # the memory map changed: translated code may be stale
-        self._abandoned = _AbandonedAccess()
+        self._diversion = _Diversion(self)
+        self._core: RunCore | None = None
+        self._hooks: list[int] = []
+        self._port_hooks: list[Any] = []
         self._if_poll_ns = _IF_POLL_NS
         self._running = False
         self._cpuid1: tuple[int, int, int, int] | None = None  # leaf 1 as the guest sees it (see on_cpuid)
@@ -128,6 +110,7 @@ class UnicornAccelerator(Accelerator):
     def setup(self, memory: GuestMemory, state: CpuState) -> None:
         self.memory = memory
         self.uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, getattr(uc_mod, _MODES[state.mode]))
+        self._callbacks = _Callbacks(self.uc)
         offset = _stop_request_offset()
         self._stop_flag = (None if offset is None else
                            ctypes.c_uint8.from_address(ctypes.cast(self.uc._uch, ctypes.c_void_p).value + offset))
@@ -184,6 +167,7 @@ class UnicornAccelerator(Accelerator):
             return
         for base, end in sorted(self._windows - windows):
             uc.mem_unmap(base, end - base)
+            self._callbacks.unmapped(base)  # type: ignore[union-attr]
         for slot in self._mapped:
             if id(slot) not in kept:
                 uc.mem_unmap(slot.base, slot.size)
@@ -234,103 +218,30 @@ class UnicornAccelerator(Accelerator):
             uc.reg_write(_reg(name if state.mode == "long" else _narrow(name)), value)
         self._pc = state.registers.get("rip", 0)
 
-    # --- the run loop ---------------------------------------------------------------
+    # --- a run: the CPU side of vmcore.accel.core's loop -----------------------------------
 
-    def run(self, pio: Bus, mmio: Bus, limits: RunLimits, clock: Clock | None = None,
-            controller: InterruptController | None = None) -> StopReason:
+    def diversion(self) -> Diversion:
+        self._diversion = _Diversion(self)
+        return self._diversion
+
+    def begin(self, core: RunCore) -> Callable[[], int]:
         uc = self.uc
-        self._reason = None
-        self._clock = clock
-        self._controller = controller
-        self._woken = threading.Event()
-        waker = None
-        if controller is not None:
-            def intr_changed(level: bool) -> None:
-                if level:
-                    self._kick()  # from a hook or a timer: delivered at the end of the slice
-
-            controller.intr_changed = intr_changed
-        if clock is not None:
-            waker = self._waker = Waker(self._kick, clock.now)
-            clock.deadline_changed = waker.arm
-            clock.wakeup = waker.kick
-            waker.arm(clock.next_deadline())
-        exits = [0]
-        max_exits = limits.max_exits if limits.max_exits is not None else -1
-        hooks = []
-        stopping = self._stopping
-        stopping[0] = False
+        self._core = core
         self._pending = None
-        # The bus's route tables, by size then port: the device method and the offset to
-        # call it with, or the bus's full path; a miss is filled in once (Bus.read_route).
-        in_routes, out_routes = pio.read_routes, pio.write_routes
-        in_route, out_route = pio.read_route, pio.write_route
-
-        def count() -> None:
-            exits[0] += 1
-            if exits[0] == max_exits:
-                count_limit()
-
-        # The two hot hooks count inline: a helper call per port access costs ~10% here.
-        ab = self._abandoned
-
-        def on_in(_uc: Any, port: int, size: int, _ud: Any, over: tuple[int, ...] = _OVER) -> int:
-            if stopping[0]:
-                return (1 << (8 * size)) - 1
-            if ab.replaying and ab.kept and ab.kept[0][:3] == ("in", port, size):
-                return ab.kept.pop(0)[3]  # the abandoned `ins` again: its value, not a second read
-            try:
-                handler, where = in_routes[size][port]
-            except KeyError:
-                handler, where = in_route(port, size)
-            try:
-                value = handler(where, size)
-                if value & over[size]:  # checked as the bus checks it (a TypeError: no number at all)
-                    value = pio.bad_answer(port, size, value)
-            except BaseException as exc:
-                if not self._contain(pio, Direction.READ, port, size, None, _answer_error(exc, locals(), size)):
-                    return (1 << (8 * size)) - 1  # a value, or ctypes prints its own error about None
-                value = (1 << (8 * size)) - 1
-            if ab.stop and self._at_string_in():
-                ab.kept.append(("in", port, size, value))
-            n = exits[0] = exits[0] + 1
-            if n == max_exits:
-                count_limit()
-            return value
-
-        def on_out(_uc: Any, port: int, size: int, value: int, _ud: Any) -> None:
-            if stopping[0]:
-                return
-            try:
-                handler, where = out_routes[size][port]
-            except KeyError:
-                handler, where = out_route(port, size)
-            try:
-                handler(where, size, value)
-            except BaseException as exc:  # a device bug, or debug-exit's GuestExit
-                if not self._contain(pio, Direction.WRITE, port, size, value, exc):
-                    return
-            n = exits[0] = exits[0] + 1
-            if n == max_exits:
-                count_limit()
-
-        def count_limit() -> None:
-            self._reason = self._stop_reason("max-exits", f"reached the limit of {max_exits} exits")
-            stopping[0] = True
-            self._request_stop()
-
-        # The MMIO window callbacks outlive the run; they count through these.
-        run_state = self._run_state
-        run_state[:] = [mmio, exits, max_exits, count_limit]
+        accessors = core.accessors
+        # The port hooks are the core's accessors themselves (see _Callbacks): a call more per
+        # access costs ~10% here.
+        self._mmio[:] = accessors.mmio_read, accessors.mmio_write
+        mmio_write = accessors.mmio_write
+        diversion = self._diversion
 
         def on_write_prot(_uc: Any, _access: int, address: int, size: int, value: int, _ud: Any) -> bool:
             slot = self.memory.slot_at(address) if self.memory else None
-            if slot is None or not slot.readonly or stopping[0]:
+            if slot is None or not slot.readonly or diversion.stopping:
                 return False
-            mmio.write(address, size, value & ((1 << (8 * size)) - 1))
-            count()
+            mmio_write(None, address, size, value)
             self._rom_write = (slot, address, size)
-            return False  # stop before the write; run() replays the instruction with the write discarded
+            return False  # stop before the write; enter() replays the instruction with the write discarded
 
         def on_intr(_uc: Any, vector: int, _ud: Any) -> None:
             self._deliver(vector)
@@ -339,10 +250,6 @@ class UnicornAccelerator(Accelerator):
             self._deliver(6)  # #UD
             return True
 
-        hooks.append(uc.hook_add(uc_mod.UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN))
-        hooks.append(uc.hook_add(uc_mod.UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT))
-        hooks.append(uc.hook_add(uc_mod.UC_HOOK_MEM_WRITE_PROT, on_write_prot))
-        hooks.append(uc.hook_add(uc_mod.UC_HOOK_INTR, on_intr))
         def on_cpuid(_uc: Any, _ud: Any) -> int:
             # No local APIC is modelled: leaf 1 hides it, as KVM's CPUID does with the PIC in
             # userspace (see vmcore.cpu). Every other leaf is unicorn's own (0: run it).
@@ -352,93 +259,67 @@ class UnicornAccelerator(Accelerator):
                 uc.reg_write(register, value)
             return 1  # done: unicorn skips its own
 
-        hooks.append(uc.hook_add(uc_mod.UC_HOOK_INSN_INVALID, on_invalid))
-        hooks.append(uc.hook_add(uc_mod.UC_HOOK_INSN, on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID))
-
-        expired = threading.Event()
-        timer = None
-        if limits.timeout is not None:
-            def expire() -> None:
-                expired.set()
-                self._woken.set()
-                self._request_stop()
-
-            timer = threading.Timer(limits.timeout, expire)
-            timer.daemon = True
-            timer.start()
+        self._hooks = [
+            uc.hook_add(uc_mod.UC_HOOK_MEM_WRITE_PROT, on_write_prot),
+            uc.hook_add(uc_mod.UC_HOOK_INTR, on_intr),
+            uc.hook_add(uc_mod.UC_HOOK_INSN_INVALID, on_invalid),
+            uc.hook_add(uc_mod.UC_HOOK_INSN, on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID),
+        ]
+        callbacks = self._callbacks
+        assert callbacks is not None
+        self._port_hooks = [callbacks.hook_port(X.UC_X86_INS_IN, accessors.port_in),
+                            callbacks.hook_port(X.UC_X86_INS_OUT, accessors.port_out)]
         self._running = True
-        try:
-            return self._loop(exits, expired, limits)
-        finally:
-            self._running = False
-            if timer is not None:
-                timer.cancel()
-            if waker is not None:
-                waker.close()
-                clock.deadline_changed = clock.wakeup = None  # type: ignore[union-attr]
-            if controller is not None:
-                controller.intr_changed = None
-            for h in hooks:
-                uc.hook_del(h)
+        return self._enter
 
-    def _loop(self, exits: list[int], expired: threading.Event, limits: RunLimits) -> StopReason:
-        pc = self._pc
-        if self._service():
-            pc = self._ip()  # an interrupt was pending at the start: its handler runs first
-        while True:
-            self._rom_write = None
-            error = None
+    def end(self) -> None:
+        self._running = False
+        for hook in self._hooks:
+            self.uc.hook_del(hook)
+        for handle in self._port_hooks:
+            self._callbacks.delete(handle)  # type: ignore[union-attr]
+        self._hooks, self._port_hooks = [], []
+        self._mmio[:] = _no_mmio_read, _no_mmio_write
+        self._core = None
+
+    def _enter(self) -> int:
+        """One slice of emulation; what ended it, as an exit kind (accesses went to the accessors meanwhile)."""
+        pc = self._ip() if self._pc is None else self._pc
+        self._pc = None
+        self._rom_write = None
+        diversion = self._diversion
+        error = None
+        try:
+            self._emulate(pc)
+        except uc_mod.UcError as exc:
+            error = exc
+        self._catch_up()
+        if diversion.was_abandoned() and error is None:
+            # The stop abandoned an access mid-instruction: finish that instruction (its
+            # access answered from what was kept) before an interrupt can move IP elsewhere.
+            # count=1 needs freshly translated blocks (see _replay_rom_write).
+            self.uc.ctl_flush_tb()
             try:
-                self._emulate(pc)
-            except _Stop as stop:
-                self._reason = stop.reason
-            except GuestExit as exc:
-                return StopReason(kind="exit", message=exc.reason, status=exc.status, exits=exits[0] + 1)
+                self._emulate(self._ip(), count=1, replay=diversion.kept)
             except uc_mod.UcError as exc:
                 error = exc
-            self._catch_up()
-            if self._abandoned.was_abandoned() and self._reason is None and error is None:
-                # The stop abandoned an access mid-instruction: finish that instruction (its
-                # access answered from what was kept) before an interrupt can move IP elsewhere.
-                # count=1 needs freshly translated blocks (see _replay_rom_write).
-                self.uc.ctl_flush_tb()
-                kept = self._abandoned.kept
-                try:
-                    self._emulate(self._ip(), count=1, replay=kept)
-                except uc_mod.UcError as exc:
-                    error = exc
-            if self._reason is not None:
-                reason, self._reason = self._reason, None
-                return attr_exits(reason, exits[0])
-            if error is not None and self._rom_write is not None:
-                pc = self._replay_rom_write(self._ip())
-                if expired.is_set():  # a guest that keeps writing to ROM must not outlive its limit
-                    return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time", exits[0])
-                continue
-            if error is not None:
-                return self._fault(error, exits[0])
-            if expired.is_set():
-                return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time", exits[0])
-            # A slice ended, or the guest executed hlt (unicorn stops after it).
-            halted = self._after_hlt()
-            if self._service():
-                halted = False  # an interrupt ended the HLT; the handler runs next
-            if halted:
-                # Only an interrupt ends HLT: with IF clear, or nothing to raise one, it is a stop.
-                if not self._interrupts_enabled() or self._controller is None:
-                    return StopReason.of("halted", "the guest executed hlt", exits=exits[0])
-                if not self._wait_for_interrupt(expired):
-                    return self._stop("timeout", f"no stop after {limits.timeout:g} s of wall-clock time",
-                                      exits[0])
-            pc = self._ip()
+        if diversion.stopping:
+            return YIELD  # the run's end is decided (a limit): the core reports it
+        if error is not None:
+            if self._rom_write is None:
+                raise CpuStop(self._fault(error))
+            self._replay_rom_write(self._ip())
+            return YIELD  # the core checks the limits: a guest that keeps writing to ROM must not outlive them
+        # A slice ended, or the guest executed hlt (unicorn stops after it).
+        return HALT if self._after_hlt() else YIELD
 
     def _emulate(self, pc: int, count: int = 0, replay: list[tuple[str, int, int, int]] | None = None) -> None:
         """emu_start; what a device raised in a hook comes first, before what it left unicorn doing.
 
-        ``replay``: the accesses the last run abandoned, answered without the device (see _AbandonedAccess).
+        ``replay``: the accesses the last run abandoned, answered without the device (see _Diversion).
         """
         self._catch_up()
-        self._abandoned.start(replay)
+        self._diversion.start(replay)
         try:
             self.uc.emu_start(pc, _NO_END, count=count or _SLICE)
         except BaseException:
@@ -448,24 +329,7 @@ class UnicornAccelerator(Accelerator):
         if pending is not None:
             raise pending
 
-    def _contain(self, bus: Bus, direction: Direction, address: int, size: int, value: int | None,
-                 exc: BaseException) -> bool:
-        """A route raised: contain a device's exception as the bus would; True when the run goes on.
-
-        Routes straight to a device skip the bus's own containment (Bus.direct), so what
-        they raise goes to Bus.fault here (SystemExit too); GuestExit, DeviceFault and
-        KeyboardInterrupt end the run.
-        """
-        if not isinstance(exc, (GuestExit, DeviceFault, KeyboardInterrupt)):
-            try:
-                bus.fault(direction, address, size, value, exc)
-                return True  # device_errors: continue
-            except BaseException as fault:
-                exc = fault
-        self._abandon(exc)
-        return False
-
-    def _abandon(self, exc: BaseException) -> None:
+    def abort(self, exc: BaseException) -> None:
         """A device raised (or ended the run) in a hook: keep the exception, let no more IO out, stop."""
         if self._pending is None:
             self._pending = exc
@@ -476,27 +340,30 @@ class UnicornAccelerator(Accelerator):
                     self.fault_snapshot = self.snapshot()
                 except Exception:  # the report must not fail on a half-stopped CPU
                     self.fault_snapshot = None
-        self._stopping[0] = True
+        self.end_run()
+
+    def end_run(self) -> None:
+        self._diversion.end()
         self._request_stop()
 
     def _request_stop(self) -> None:
-        """emu_stop, noted first (see _AbandonedAccess); from any thread."""
-        self._abandoned.stop_requested()
+        """emu_stop, noted first (see _Diversion); from any thread."""
+        if self._running:
+            self._diversion.stop_requested()
         uc = self.uc
         if uc is not None:
             uc.emu_stop()
 
-    def _kick(self) -> None:
-        """Make the loop look at timers, input and INTR soon (any thread, or a hook).
+    def kick(self) -> None:
+        """Nothing to do: the core wakes a halted loop, and slices end soon anyway.
 
         It never calls emu_stop: unicorn mishandles a stop that lands mid-block (it
         abandons an MMIO access or string IN already made and runs it again, and once
         resumed at a block's start with registers the block had changed: SeaBIOS went
         astray that way). Emulation runs in slices of ``_SLICE`` instructions instead,
-        which unicorn ends cleanly at an instruction boundary; the loop serves what
+        which unicorn ends cleanly at an instruction boundary; the core serves what
         was asked for between slices.
         """
-        self._woken.set()
 
     def _at_string_in(self) -> bool:
         """The IN being served belongs to an `ins` (EIP is exact in IN hooks): unicorn abandons those on a stop."""
@@ -511,17 +378,11 @@ class UnicornAccelerator(Accelerator):
             return byte in (0x6C, 0x6D)
         return False
 
-    def _interrupts_enabled(self) -> bool:
+    def interrupts_enabled(self) -> bool:
         return bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & _FLAG_IF)
 
-    def _service(self) -> bool:
-        """Run due timers and posted input; deliver a pending interrupt if IF allows. True if delivered."""
-        clock = self._clock
-        if clock is not None:
-            clock.run_due()
-            self._waker.rearm(clock.next_deadline())
-        controller = self._controller
-        if controller is not None and controller.pending() and self._interrupts_enabled():
+    def offer_interrupt(self, controller: InterruptController) -> bool:
+        if controller.pending() and self.interrupts_enabled():
             if self._previous_byte() == 0xFB:
                 # STI holds interrupts off for one more instruction, so "sti; hlt" cannot
                 # lose a wake-up. Any other instruction ending in 0xFB only delays by one.
@@ -530,33 +391,19 @@ class UnicornAccelerator(Accelerator):
                 # mode switch, where delivering would corrupt the guest.
                 self._catch_up()
                 self.uc.ctl_flush_tb()
-                self._abandoned.start()
-                self.uc.emu_start(self._ip(), _NO_END, count=1)
-                if not (controller.pending() and self._interrupts_enabled()):
+                self._emulate(self._ip(), count=1)
+                if not (controller.pending() and self.interrupts_enabled()):
                     return False
             self._deliver(controller.acknowledge(), external=True)
             self._if_poll_ns = _IF_POLL_NS
             return True
-        if controller is not None and clock is not None and controller.pending():
+        core = self._core
+        if controller.pending() and core is not None and core.clock is not None:
             # IF is clear: unicorn cannot tell us when the guest sets it (KVM has the
             # interrupt window exit for that), so look again shortly.
-            self._waker.arm(clock.now() + self._if_poll_ns)
+            core.wake_at(core.clock.now() + self._if_poll_ns)
             self._if_poll_ns = min(2 * self._if_poll_ns, _IF_POLL_MAX_NS)
         return False
-
-    def _wait_for_interrupt(self, expired: threading.Event) -> bool:
-        """The guest is in HLT with IF set: sleep until an interrupt was delivered (False: time limit)."""
-        clock = self._clock
-        while True:
-            if expired.is_set():
-                return False
-            if self._service():
-                return True
-            if clock is not None:
-                sleep_until(clock.now, clock.next_deadline(), self._woken, None)
-            else:
-                self._woken.wait()
-                self._woken.clear()
 
     # --- helpers used by the hooks ----------------------------------------------------
 
@@ -569,65 +416,19 @@ class UnicornAccelerator(Accelerator):
             self.uc.ctl_flush_tb()
 
     def _map_window(self, base: int, end: int) -> None:
-        """Send [base, end) to the MMIO bus: one pair of callbacks, the guest-physical address is base + offset."""
-        stopping = self._stopping
-        # The callbacks stay with the window until the map changes there, so they take the
-        # bus of the run in progress; its route tables as for ports (see run()).
+        """Send [base, end) to the MMIO bus through the run's accessors: the guest-physical address is base + offset.
 
-        ab = self._abandoned
-        run_state = self._run_state
+        The window outlives a run, so its callbacks find the run's accessors in ``_mmio``.
+        """
+        run = self._mmio
 
-        def read(_uc: Any, offset: int, size: int, _ud: Any, over: tuple[int, ...] = _OVER) -> int:
-            if stopping[0]:
-                return (1 << (8 * size)) - 1
-            bus, box, max_exits, at_limit = run_state
-            address = base + offset
-            if ab.replaying and ab.kept and ab.kept[0][:3] == ("r", address, size):
-                return ab.kept.pop(0)[3]
-            try:
-                handler, where = bus.read_routes[size][address]
-            except KeyError:
-                handler, where = bus.read_route(address, size)
-            try:
-                value = handler(where, size)
-                if value & over[size]:
-                    value = bus.bad_answer(address, size, value)
-            except BaseException as exc:
-                self._contain(bus, Direction.READ, address, size, None, _answer_error(exc, locals(), size))
-                return (1 << (8 * size)) - 1
-            if ab.stop:
-                ab.kept.append(("r", address, size, value))
-            # An MMIO access is an exit on KVM: count it the same here (inline: this is hot).
-            n = box[0] = box[0] + 1
-            if n == max_exits:
-                at_limit()
-            return value
+        def read(_uc: Any, offset: int, size: int, _data: Any) -> int:
+            return run[0](None, offset, size, base)
 
-        def write(_uc: Any, offset: int, size: int, value: int, _ud: Any, masks: tuple[int, ...] = _MASKS) -> None:
-            if stopping[0]:
-                return
-            bus, box, max_exits, at_limit = run_state
-            address = base + offset
-            value &= masks[size]
-            if ab.replaying and ab.kept and ab.kept[0] == ("w", address, size, value):
-                ab.kept.pop(0)
-                return
-            try:
-                handler, where = bus.write_routes[size][address]
-            except KeyError:
-                handler, where = bus.write_route(address, size)
-            try:
-                handler(where, size, value)
-            except BaseException as exc:
-                self._contain(bus, Direction.WRITE, address, size, value, exc)
-                return
-            if ab.stop:
-                ab.kept.append(("w", address, size, value))
-            n = box[0] = box[0] + 1
-            if n == max_exits:
-                at_limit()
+        def write(_uc: Any, offset: int, size: int, value: int, _data: Any) -> None:
+            run[1](None, offset, size, value, base)
 
-        self.uc.mmio_map(base, end - base, read, None, write, None)
+        self._callbacks.mmio_map(base, end - base, read, write)
         self._callback_code = frozenset((read.__code__, write.__code__))
 
     def _replay_rom_write(self, pc: int) -> int:
@@ -655,11 +456,12 @@ class UnicornAccelerator(Accelerator):
     def _deliver(self, vector: int, external: bool = False) -> None:
         """Deliver an interrupt or exception; a failed delivery is a triple fault, as on hardware."""
         uc = self.uc
+        self._pc = None  # emulation goes on from the handler (see _enter)
         idt = uc.reg_read(X.UC_X86_REG_IDTR)
         base, limit = idt[1], idt[2]
         if self.mode == "real":
             if vector * 4 + 3 > limit:
-                raise _Stop(self._stop_reason("shutdown", f"triple fault: vector {vector} is beyond the "
+                raise CpuStop(self.stop_reason("shutdown", f"triple fault: vector {vector} is beyond the "
                                               f"real-mode IVT limit {limit:#x}"))
             assert self.memory is not None
             offset, segment = struct.unpack("<HH", self.memory.read(base + vector * 4, 4))
@@ -677,7 +479,7 @@ class UnicornAccelerator(Accelerator):
         long_mode = self.mode == "long"
         size = 16 if long_mode else 8
         if vector * size + size - 1 > limit:
-            raise _Stop(self._stop_reason("shutdown", f"triple fault: vector {vector} is beyond the IDT limit {limit:#x}"))
+            raise CpuStop(self.stop_reason("shutdown", f"triple fault: vector {vector} is beyond the IDT limit {limit:#x}"))
         gate = self._read_linear(base + vector * size, size)
         offset_low, selector, _ist, attributes, offset_mid = struct.unpack_from("<HHBBH", gate)
         offset = offset_low | offset_mid << 16
@@ -685,7 +487,7 @@ class UnicornAccelerator(Accelerator):
             offset |= struct.unpack_from("<I", gate, 8)[0] << 32
         kind = attributes & 0xF
         if not attributes & 0x80 or kind not in (0xE, 0xF):
-            raise _Stop(self._stop_reason("shutdown", f"triple fault: IDT entry {vector} is not a present "
+            raise CpuStop(self.stop_reason("shutdown", f"triple fault: IDT entry {vector} is not a present "
                                           f"interrupt or trap gate (attributes {attributes:#x})"))
         flags = uc.reg_read(X.UC_X86_REG_EFLAGS)
         error = vector in _ERROR_CODE_VECTORS and not external
@@ -715,7 +517,7 @@ class UnicornAccelerator(Accelerator):
         for i, byte in enumerate(frame):
             slot = self.memory.slot_at(address + i)
             if slot is None:
-                raise _Stop(self._stop_reason("shutdown", f"triple fault: stack at {address + i:#x} is not memory"))
+                raise CpuStop(self.stop_reason("shutdown", f"triple fault: stack at {address + i:#x} is not memory"))
             if not slot.readonly:
                 slot.view[address + i - slot.base] = byte
 
@@ -723,7 +525,7 @@ class UnicornAccelerator(Accelerator):
         physical = self._physical(linear)
         assert self.memory is not None
         if physical is None:
-            raise _Stop(self._stop_reason("shutdown", f"triple fault: {linear:#x} is not mapped"))
+            raise CpuStop(self.stop_reason("shutdown", f"triple fault: {linear:#x} is not mapped"))
         return self.memory.read(physical, length)
 
     def _write_linear(self, linear: int, data: bytes) -> None:
@@ -734,7 +536,7 @@ class UnicornAccelerator(Accelerator):
             here = linear + done
             physical = self._physical(here)
             if physical is None or self.memory.slot_at(physical) is None:
-                raise _Stop(self._stop_reason("shutdown", f"triple fault: stack at {here:#x} is not writable RAM"))
+                raise CpuStop(self.stop_reason("shutdown", f"triple fault: stack at {here:#x} is not writable RAM"))
             chunk = min(len(data) - done, PAGE - (here & (PAGE - 1)))
             self.memory.write(physical, data[done : done + chunk])
             done += chunk
@@ -787,21 +589,14 @@ class UnicornAccelerator(Accelerator):
 
     # --- stops ------------------------------------------------------------------------
 
-    def _fault(self, error: Any, exits: int) -> StopReason:
+    def _fault(self, error: Any) -> StopReason:
         code = error.errno
         pc = self._linear_pc()
         if code in (uc_mod.UC_ERR_FETCH_UNMAPPED, uc_mod.UC_ERR_FETCH_PROT):
-            return self._stop("internal-error", f"instruction fetch from {pc:#x}, which is not RAM or ROM", exits)
+            return self.stop_reason("internal-error", f"instruction fetch from {pc:#x}, which is not RAM or ROM")
         if code == uc_mod.UC_ERR_INSN_INVALID:
-            return self._stop("shutdown", "invalid opcode with no handler", exits)
-        return self._stop("internal-error", f"software CPU error: {error}", exits)
-
-    def _stop_reason(self, kind: str, message: str) -> StopReason:
-        registers, segments, address, code = self.snapshot()
-        return StopReason.of(kind, message, registers=registers, segments=segments, code_address=address, code=code)
-
-    def _stop(self, kind: str, message: str, exits: int) -> StopReason:
-        return attr_exits(self._stop_reason(kind, message), exits)
+            return self.stop_reason("shutdown", "invalid opcode with no handler")
+        return self.stop_reason("internal-error", f"software CPU error: {error}")
 
     def snapshot(self) -> tuple[dict[str, int], dict[str, dict[str, int]], int | None, bytes | None]:
         uc = self.uc
@@ -833,23 +628,28 @@ class UnicornAccelerator(Accelerator):
             self.uc = None
 
 
-class _AbandonedAccess:
-    """Keeps the device accesses unicorn is about to run a second time, so the device sees each once.
+class _Diversion(Diversion):
+    """The software CPU's accesses that must not reach a device, or not twice (see core.Diversion).
 
-    unicorn acts on an emu_stop requested before or during an MMIO callback, or during the
-    IN of a string ``ins``, by abandoning that instruction after the access ran; on
-    resume it runs the instruction again. Every stop goes through ``stop_requested``; each
-    access that ends with a stop requested is kept (``kept``: kind, address, size, value),
-    in order: unicorn makes every part of an access it splits (an 8-byte MMIO access
-    reaches the callbacks as two 4-byte ones) before it abandons the instruction. After
-    emu_start returns with accesses kept, the loop re-runs that one instruction with them
-    as ``start``'s ``replay``, and its accesses, while they are the same, are answered
-    from them without reaching the device.
+    - Once the run's end is decided inside a hook (a device raised, debug-exit, a limit),
+      emu_stop takes effect only at the end of the translation block, so the guest runs
+      on a few instructions: from then on (``stopping``) its IO reaches no device.
+    - unicorn acts on an emu_stop requested before or during an MMIO callback, or during
+      the IN of a string ``ins``, by abandoning that instruction after the access ran; on
+      resume it runs the instruction again. Every stop goes through ``stop_requested``;
+      each access that ends with a stop requested is kept (``kept``: kind, address, size,
+      value), in order: unicorn makes every part of an access it splits (an 8-byte MMIO
+      access reaches the callbacks as two 4-byte ones) before it abandons the
+      instruction. After emu_start returns with accesses kept, the loop re-runs that one
+      instruction with them as ``start``'s ``replay``, and its accesses, while they are
+      the same, are answered from them without reaching the device.
     """
 
-    __slots__ = ("stop", "kept", "replaying")
+    __slots__ = ("accel", "stopping", "stop", "kept", "replaying", "active")
 
-    def __init__(self) -> None:
+    def __init__(self, accel: "UnicornAccelerator") -> None:
+        self.accel = accel
+        self.stopping = False
         self.start()
 
     def start(self, replay: list[tuple[str, int, int, int]] | None = None) -> None:
@@ -857,12 +657,37 @@ class _AbandonedAccess:
         self.stop = False
         self.kept: list[tuple[str, int, int, int]] = list(replay or ())
         self.replaying = bool(replay)
+        self.active = self.stopping or self.replaying
 
     def stop_requested(self) -> None:
-        self.stop = True
+        self.stop = self.active = True
+
+    def end(self) -> None:
+        self.stopping = self.active = True
 
     def was_abandoned(self) -> bool:
-        return bool(self.kept) and self.stop and not self.replaying
+        return bool(self.kept) and self.stop and not self.replaying and not self.stopping
+
+    def before(self, kind: str, address: int, size: int, value: int | None) -> int | bool | None:
+        if self.stopping:
+            return True if value is not None else (1 << (8 * size)) - 1
+        kept = self.kept
+        if self.replaying and kept and kept[0][:3] == (kind, address, size) and (value is None or kept[0][3] == value):
+            answer = kept.pop(0)[3]
+            return True if value is not None else answer
+        return None
+
+    def after(self, kind: str, address: int, size: int, value: int) -> None:
+        if self.stop and kind != "out" and (kind != "in" or self.accel._at_string_in()):
+            self.kept.append((kind, address, size, value))
+
+
+def _no_mmio_read(_cpu: Any, _offset: int, size: int, _base: int = 0) -> int:
+    return (1 << (8 * size)) - 1  # no run: nothing to reach
+
+
+def _no_mmio_write(_cpu: Any, _offset: int, _size: int, _value: int, _base: int = 0) -> None:
+    pass
 
 
 _CPUID_REGISTERS = ("EAX", "EBX", "ECX", "EDX")
@@ -960,18 +785,73 @@ def _narrow(name: str) -> str:
     return name
 
 
-def _answer_error(exc: BaseException, hook_locals: dict[str, Any], size: int) -> BaseException:
-    """What a read hook's try raised, as the bus would report it.
+class _Callbacks:
+    """Registers the hot callbacks (port IO hooks, MMIO windows) with unicorn's C library itself.
 
-    A TypeError raised by the hook's own check (not inside the device: the traceback
-    stops in the hook's frame, and the device did answer) means the answer was no number:
-    the bus's BadAnswer, naming the value, as on KVM.
+    The binding wraps every callback in two Python frames of its own (a guard that keeps
+    an exception for after emu_start, then an adapter), which cost more than the access's
+    own work; registered here, the core's accessor is the callback. Such a callback must
+    not raise (ctypes would print and drop the exception): the accessors contain what
+    devices raise and stop the run through ``abort``. Where unicorn's library or the
+    binding's layout is not the one known here, the binding's public calls are used.
     """
-    tb = exc.__traceback__
-    if exc.__class__ is TypeError and tb is not None and tb.tb_next is None and "value" in hook_locals:
-        return BadAnswer(hook_locals["value"], size)
-    return exc
+
+    #: Register with the C library (False: always through the binding, as a comparison).
+    direct = True
+
+    def __init__(self, uc: Any) -> None:
+        self.uc = uc
+        self._kept: dict[Any, tuple[Any, ...]] = {}  # the ctypes function objects C holds pointers to
+        self._lib: Any = None
+        if self.direct:
+            try:
+                from unicorn.unicorn_py3.unicorn import uclib
+
+                self._lib = uclib
+            except ImportError:  # another binding (unicorn 2.0): its public calls
+                pass
+
+    def hook_port(self, insn: int, callback: Callable[..., Any]) -> Any:
+        """``callback(handle, port, size[, value], user_data)`` for each IN (or OUT); a handle for :meth:`delete`."""
+        if self._lib is None:
+            return self.uc.hook_add(uc_mod.UC_HOOK_INSN, callback, 0, 1, 0, insn)  # user data: the base, 0
+        function = (_IN_CALLBACK if insn == X.UC_X86_INS_IN else _OUT_CALLBACK)(callback)
+        handle = ctypes.c_size_t()
+        status = self._lib.uc_hook_add(self.uc._uch, ctypes.byref(handle), uc_mod.UC_HOOK_INSN, function, 0,
+                                       ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(insn))
+        if status != uc_mod.UC_ERR_OK:
+            raise uc_mod.UcError(status)
+        self._kept[("hook", handle.value)] = (function,)
+        return ("hook", handle.value)
+
+    def delete(self, handle: Any) -> None:
+        if self._lib is None:
+            self.uc.hook_del(handle)
+            return
+        self._lib.uc_hook_del(self.uc._uch, ctypes.c_size_t(handle[1]))
+        del self._kept[handle]
+
+    def mmio_map(self, base: int, size: int, read: Callable[..., int], write: Callable[..., None]) -> None:
+        """``read(handle, offset, size, user_data)`` and ``write(handle, offset, size, value, user_data)`` for [base, base + size)."""
+        if self._lib is None:
+            self.uc.mmio_map(base, size, read, None, write, None)
+            return
+        functions = (_MMIO_READ_CALLBACK(read), _MMIO_WRITE_CALLBACK(write))
+        status = self._lib.uc_mmio_map(self.uc._uch, base, size, functions[0], None, functions[1], None)
+        if status != uc_mod.UC_ERR_OK:
+            raise uc_mod.UcError(status)
+        self._kept[("mmio", base)] = functions
+
+    def unmapped(self, base: int) -> None:
+        """The window at ``base`` was unmapped: its callbacks may go."""
+        self._kept.pop(("mmio", base), None)
 
 
-def attr_exits(reason: StopReason, exits: int) -> StopReason:
-    return attrs.evolve(reason, exits=exits)
+# The C signatures of the callbacks (unicorn.h): the engine, the access, the user data. The
+# port hooks' user data is the accessors' base (0), so it is taken as the integer it is
+# (a void * of 0 would arrive as None).
+_IN_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint64)
+_OUT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint64)
+_MMIO_READ_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint, ctypes.c_void_p)
+_MMIO_WRITE_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint, ctypes.c_uint64,
+                                        ctypes.c_void_p)

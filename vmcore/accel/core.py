@@ -1,0 +1,386 @@
+"""The run core: one vCPU loop for every accelerator.
+
+An accelerator is a CPU backend: it runs the guest until something needs the
+machine and says what, as an exit kind (a port or MMIO access, a pause, a
+``hlt``) with the access in the :class:`ExitRecord`, or raises :class:`CpuStop`.
+Everything else is written once, here, and is the same on every backend:
+
+* the accessors: an access reaches its device through the bus's route tables,
+  a device's exception is contained (or ends the run) in one place, a read's
+  answer is checked, every access counts as an exit against ``max_exits``;
+* the loop: due timers run, a pending interrupt is offered to the CPU, the CPU
+  runs to its next exit, the exit is dispatched, the limits are checked, and the
+  stop is reported with the exit count;
+* waiting in ``hlt`` for an interrupt, the wall-clock limit, and waking the vCPU
+  for timers and host input (a :class:`~vmcore.accel.wakeup.Waker`).
+
+A backend whose CPU calls back for each access instead of exiting (unicorn's
+hooks) registers the accessors as its callbacks: their signatures take the
+callback's leading and trailing arguments for that reason (``port_in(cpu, port,
+size, base)``: the engine, and the user data, which is the base the offset is
+from: 0 for ports).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+
+import attrs
+
+from ..bus import Bus, Direction
+from ..clock import Clock
+from ..device import GuestExit
+from ..faults import DeviceFault
+from ..irq import InterruptController
+from ..stop import StopReason
+from .wakeup import Waker, sleep_until
+
+if TYPE_CHECKING:
+    from . import Accelerator, RunLimits
+
+#: What a backend's ``enter`` returns: the exit kinds. The access ones carry the
+#: record's address, size (and value, for writes); the core answers a read by
+#: setting the record's value, which the backend hands the guest on the next ``enter``.
+PIO_READ, PIO_WRITE, MMIO_READ, MMIO_WRITE, YIELD, HALT = range(1, 7)
+#: YIELD: the CPU came back without an access (a slice ended, a kick, an interrupt
+#: window opened): timers and interrupts are served and the limits checked.
+#: HALT: the guest executed ``hlt``.
+
+_MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
+# The bits an answer of n bytes must not have: `value & _OVER[n]` non-zero is too wide or
+# negative, a TypeError is no number at all.
+_OVER = tuple(~((1 << (8 * n)) - 1) for n in range(9))
+_ENDS_RUN = (GuestExit, DeviceFault, KeyboardInterrupt)
+
+
+class CpuStop(Exception):
+    """Raised by a backend to end the run with ``reason`` (a triple fault, an exit it cannot serve)."""
+
+    def __init__(self, reason: StopReason) -> None:
+        super().__init__(reason.message)
+        self.reason = reason
+
+
+class ExitRecord:
+    """The access of the last exit, filled in by the backend (one per run: nothing per exit is allocated)."""
+
+    __slots__ = ("address", "size", "value")
+
+    def __init__(self) -> None:
+        self.address = self.size = self.value = 0
+
+
+class Diversion:
+    """Where a backend diverts accesses while ``active``: it answers them, or lets them through.
+
+    The software CPU needs this: once its run is decided it may execute a few more
+    instructions, whose accesses must reach no device, and it re-executes an access it
+    abandoned, which must be answered from what the device said the first time. The
+    accessors ask :meth:`before` (a value, or True for a write: handled, the device is not
+    called) and tell :meth:`after`, only while ``active``; the KVM backend never sets it.
+    """
+
+    active = False
+
+    def before(self, kind: str, address: int, size: int, value: int | None) -> int | bool | None:
+        return None
+
+    def after(self, kind: str, address: int, size: int, value: int) -> None:
+        pass
+
+
+class Accessors(NamedTuple):
+    """The four ways an access reaches a device, for one run (see the module's docstring)."""
+
+    port_in: Callable[..., int]
+    port_out: Callable[..., None]
+    mmio_read: Callable[..., int]
+    mmio_write: Callable[..., None]
+
+
+class RunCore:
+    """One run of one vCPU: the loop, the limits and the accessors, for any backend."""
+
+    def __init__(self, cpu: "Accelerator", pio: Bus, mmio: Bus, limits: "RunLimits", clock: Clock | None = None,
+                 controller: InterruptController | None = None) -> None:
+        self.cpu, self.pio, self.mmio = cpu, pio, mmio
+        self.limits, self.clock, self.controller = limits, clock, controller
+        self.exit = ExitRecord()
+        #: Exits so far (a box: the accessors count in it).
+        self.exits = [0]
+        self.max_exits = limits.max_exits if limits.max_exits is not None else -1
+        #: The stop decided inside an access (max-exits), with the registers of that moment.
+        self.ending: list[StopReason | None] = [None]
+        #: The interrupt controller's INTR output, kept by its callback.
+        self.intr = [False]
+        #: Set by whatever should wake a ``hlt`` wait: a timer, host input, INTR, the time limit.
+        self.woken = threading.Event()
+        self.expired = False
+        self.diversion = cpu.diversion()
+        self.accessors = self._accessors()
+        self._waker: Waker | None = None
+        self._deadline: float | None = None
+
+    # --- the accessors --------------------------------------------------------------------
+
+    def _accessors(self) -> Accessors:
+        """Built once per run, as closures: every name the hot path uses is a local or a cell."""
+        return Accessors(self._reader(self.pio, "in"), self._writer(self.pio, "out"),
+                         self._reader(self.mmio, "r"), self._writer(self.mmio, "w"))
+
+    def _reader(self, bus: Bus, kind: str) -> Callable[..., int]:
+        """``read(cpu, offset, size, base=0)``: the device's answer to the read at ``base + offset``."""
+        routes, route, bad = bus.read_routes, bus.read_route, bus.bad_answer
+        box, max_exits, at_limit, failed = self.exits, self.max_exits, self._at_limit, self._failed
+        divert = self.diversion  # its ``active`` is read per access: the backend flips it
+        READ = Direction.READ
+
+        def read(_cpu: Any, offset: int, size: int, base: int = 0, over: tuple[int, ...] = _OVER,
+                 masks: tuple[int, ...] = _MASKS) -> int:
+            address = base + offset
+            if divert.active and (kept := divert.before(kind, address, size, None)) is not None:
+                return kept  # type: ignore[return-value]
+            try:
+                handler, where = routes[size][address]
+            except KeyError:
+                handler, where = route(address, size)
+            try:
+                value = handler(where, size)
+                try:
+                    if value & over[size]:
+                        value = bad(address, size, value)
+                except TypeError:  # the answer is no number (the device did answer: not its error)
+                    value = bad(address, size, value)
+            except BaseException as exc:
+                if not failed(bus, READ, address, size, None, exc):
+                    return masks[size]  # the run ends: this exit does not count
+                value = masks[size]
+            if divert.active:
+                divert.after(kind, address, size, value)
+            n = box[0] = box[0] + 1
+            if n == max_exits:
+                at_limit()
+            return value
+
+        return read
+
+    def _writer(self, bus: Bus, kind: str) -> Callable[..., None]:
+        """``write(cpu, offset, size, value, base=0)``: the write at ``base + offset`` reaches its device."""
+        routes, route = bus.write_routes, bus.write_route
+        box, max_exits, at_limit, failed = self.exits, self.max_exits, self._at_limit, self._failed
+        divert = self.diversion
+        WRITE = Direction.WRITE
+
+        def write(_cpu: Any, offset: int, size: int, value: int, base: int = 0,
+                  masks: tuple[int, ...] = _MASKS) -> None:
+            address = base + offset
+            value &= masks[size]
+            if divert.active and divert.before(kind, address, size, value) is not None:
+                return
+            try:
+                handler, where = routes[size][address]
+            except KeyError:
+                handler, where = route(address, size)
+            try:
+                handler(where, size, value)
+            except BaseException as exc:
+                if not failed(bus, WRITE, address, size, value, exc):
+                    return
+            if divert.active:
+                divert.after(kind, address, size, value)
+            n = box[0] = box[0] + 1
+            if n == max_exits:
+                at_limit()
+
+        return write
+
+    def _failed(self, bus: Bus, direction: Direction, address: int, size: int, value: int | None,
+                exc: BaseException) -> bool:
+        """A device raised during an access: contain it as the bus does; True when the run goes on.
+
+        The routes call device handlers straight (Bus.direct), so what they raise goes to
+        Bus.fault here, which logs it under ``device_errors: continue`` (SystemExit too) or
+        raises DeviceFault; that, GuestExit and KeyboardInterrupt end the run, through the
+        backend's :meth:`~vmcore.accel.Accelerator.abort` (KVM raises at once; the software
+        CPU, inside a callback, stops and raises after).
+        """
+        if not isinstance(exc, _ENDS_RUN):
+            try:
+                bus.fault(direction, address, size, value, exc)
+                return True
+            except BaseException as fault:
+                exc = fault
+        self.cpu.abort(exc)
+        return False
+
+    def _at_limit(self) -> None:
+        """The access just made was the last one allowed: the run stops, with the registers of now."""
+        self.ending[0] = self.cpu.stop_reason("max-exits", f"reached the limit of {self.max_exits} exits")
+        self.cpu.end_run()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> StopReason:
+        """Run the guest until it stops; device exceptions other than GuestExit propagate."""
+        cpu = self.cpu
+        enter = cpu.begin(self)
+        self._start_waking()
+        timer = self._arm_timeout()
+        try:
+            return self._counted(self._loop(enter))
+        except CpuStop as stop:
+            self.drain()  # what the guest queued before it failed reaches its devices
+            return self._counted(stop.reason)
+        except GuestExit as exc:
+            # A device ended the run (debug-exit) during an access, which counts too.
+            return StopReason(kind="exit", message=exc.reason, status=exc.status, exits=self.exits[0] + 1)
+        except KeyboardInterrupt:
+            self.drain()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._stop_waking()
+            cpu.end()
+
+    def _loop(self, enter: Callable[[], int]) -> StopReason:
+        record = self.exit
+        port_in, port_out, mmio_read, mmio_write = self.accessors
+        ending, intr = self.ending, self.intr
+        self.service()  # an interrupt may be pending before the first instruction
+        while True:
+            kind = enter()
+            if kind == PIO_WRITE:
+                port_out(None, record.address, record.size, record.value)
+            elif kind == PIO_READ:
+                record.value = port_in(None, record.address, record.size)
+            elif kind == MMIO_WRITE:
+                mmio_write(None, record.address, record.size, record.value)
+            elif kind == MMIO_READ:
+                record.value = mmio_read(None, record.address, record.size)
+            else:
+                stop = self._control(kind)
+                if stop is not None:
+                    return stop
+                continue
+            if ending[0] is not None:
+                return ending[0]
+            if intr[0]:
+                self.service()  # the access raised an interrupt: offer it now
+
+    def _control(self, kind: int) -> StopReason | None:
+        """A YIELD or HALT: serve timers and interrupts, check the limits; a stop, or None to go on."""
+        if self.ending[0] is not None:
+            return self.ending[0]
+        if self.expired:
+            return self._timeout()
+        if kind == HALT:
+            # Only an interrupt ends HLT: with IF clear, or nothing to raise one, it is a stop.
+            if self.controller is None or not self.cpu.interrupts_enabled():
+                return StopReason.of("halted", "the guest executed hlt")
+            if not self.wait_for_interrupt():
+                return self._timeout()
+            return None
+        if kind == YIELD:
+            self.service()
+            return None
+        raise AssertionError(f"unknown exit kind {kind}")
+
+    def _timeout(self) -> StopReason:
+        assert self.limits.timeout is not None
+        return self.cpu.stop_reason("timeout", f"no stop after {self.limits.timeout:g} s of wall-clock time")
+
+    def _counted(self, stop: StopReason) -> StopReason:
+        return attrs.evolve(stop, exits=self.exits[0])
+
+    def drain(self) -> None:
+        """The run is stopping: the writes the guest queued without exiting (posted, rung) reach their devices."""
+        self.cpu.flush()
+
+    # --- timers and interrupts -------------------------------------------------------------
+
+    def service(self) -> bool:
+        """Run due timers and posted input, then offer a pending interrupt; True when one was delivered."""
+        clock = self.clock
+        if clock is not None:
+            clock.run_due()
+            waker = self._waker
+            if waker is not None:
+                waker.rearm(clock.next_deadline())
+        controller = self.controller
+        if controller is None:
+            return False
+        return self.cpu.offer_interrupt(controller)
+
+    def wait_for_interrupt(self) -> bool:
+        """The guest is in ``hlt`` with IF set: sleep until an interrupt was delivered (False: time limit)."""
+        clock = self.clock
+        while True:
+            if self.service():
+                return True
+            if self.expired:
+                return False
+            remaining = None if self._deadline is None else self._deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if clock is not None:
+                sleep_until(clock.now, clock.next_deadline(), self.woken, remaining)
+            else:
+                self.woken.wait(remaining)
+                self.woken.clear()
+
+    def wake_at(self, deadline: int) -> None:
+        """Come back to the loop at machine time ``deadline`` (ns) at the latest (no clock: never)."""
+        if self._waker is not None:
+            self._waker.arm(deadline)
+
+    def _start_waking(self) -> None:
+        controller, clock = self.controller, self.clock
+        if controller is not None:
+            self.intr[0] = controller.pending()
+
+            def intr_changed(level: bool) -> None:
+                self.intr[0] = level
+                if level:
+                    # Raised by an access or a timer on this thread: the loop offers it next;
+                    # only a hlt wait needs waking.
+                    self.woken.set()
+
+            controller.intr_changed = intr_changed
+        if clock is not None:
+            waker = self._waker = Waker(self._kick, clock.now)
+            clock.deadline_changed = waker.arm
+            clock.wakeup = waker.kick
+            waker.arm(clock.next_deadline())
+
+    def _stop_waking(self) -> None:
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
+        if self.clock is not None:
+            self.clock.deadline_changed = self.clock.wakeup = None
+        if self.controller is not None:
+            self.controller.intr_changed = None
+
+    def _kick(self) -> None:
+        """From any thread: the loop should look at timers, input and INTR soon."""
+        self.woken.set()
+        self.cpu.kick()
+
+    def _arm_timeout(self) -> threading.Timer | None:
+        timeout = self.limits.timeout
+        if timeout is None:
+            return None
+        self._deadline = time.monotonic() + timeout
+
+        def expire() -> None:
+            self.expired = True
+            self.woken.set()
+            self.cpu.end_run()
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+        return timer
