@@ -311,7 +311,9 @@ def test_accessors_ask_the_backends_diversion_while_it_is_active() -> None:
     from vmcore.accel.core import Diversion
 
     class Replay(Diversion):
-        active = True
+        def __init__(self) -> None:
+            super().__init__()
+            self.active = True
 
         def before(self, kind: str, address: int, size: int, value: int | None) -> int | bool | None:
             return 0x99 if kind == "in" else None

@@ -1,8 +1,10 @@
 """CPU accelerators: what the machine loop needs from a CPU, behind one interface.
 
-An accelerator maps the guest's memory slots, loads a :class:`~vmcore.cpu.CpuState`,
-and runs until something stops the machine, turning every IO and MMIO exit into
-a call on the port-IO or MMIO :class:`~vmcore.bus.Bus`.
+An accelerator maps the guest's memory slots, loads a :class:`~vmcore.cpu.CpuState`
+and runs the CPU, decoding what stops it. The loop around it, which turns every IO
+and MMIO exit into a call on the port-IO or MMIO :class:`~vmcore.bus.Bus`, serves
+timers and interrupts and enforces the limits, is the run core's
+(:mod:`vmcore.accel.core`), the same for every accelerator.
 """
 
 from __future__ import annotations

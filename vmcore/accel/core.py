@@ -82,7 +82,10 @@ class Diversion:
     called) and tell :meth:`after`, only while ``active``; the KVM backend never sets it.
     """
 
-    active = False
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = False  # an instance slot: read on every access, it must be a fast load
 
     def before(self, kind: str, address: int, size: int, value: int | None) -> int | bool | None:
         return None
@@ -115,6 +118,8 @@ class RunCore:
         self.ending: list[StopReason | None] = [None]
         #: The interrupt controller's INTR output, kept by its callback.
         self.intr = [False]
+        #: Set when the loop must look before the next exit: a stop was decided, or INTR is up.
+        self.attention = [False]
         #: Set by whatever should wake a ``hlt`` wait: a timer, host input, INTR, the time limit.
         self.woken = threading.Event()
         self.expired = False
@@ -167,16 +172,17 @@ class RunCore:
         return read
 
     def _writer(self, bus: Bus, kind: str) -> Callable[..., None]:
-        """``write(cpu, offset, size, value, base=0)``: the write at ``base + offset`` reaches its device."""
+        """``write(cpu, offset, size, value, base=0)``: the write at ``base + offset`` reaches its device.
+
+        ``value`` must fit ``size`` bytes (the backends mask what their CPU hands over).
+        """
         routes, route = bus.write_routes, bus.write_route
         box, max_exits, at_limit, failed = self.exits, self.max_exits, self._at_limit, self._failed
         divert = self.diversion
         WRITE = Direction.WRITE
 
-        def write(_cpu: Any, offset: int, size: int, value: int, base: int = 0,
-                  masks: tuple[int, ...] = _MASKS) -> None:
+        def write(_cpu: Any, offset: int, size: int, value: int, base: int = 0) -> None:
             address = base + offset
-            value &= masks[size]
             if divert.active and divert.before(kind, address, size, value) is not None:
                 return
             try:
@@ -218,6 +224,7 @@ class RunCore:
     def _at_limit(self) -> None:
         """The access just made was the last one allowed: the run stops, with the registers of now."""
         self.ending[0] = self.cpu.stop_reason("max-exits", f"reached the limit of {self.max_exits} exits")
+        self.attention[0] = True
         self.cpu.end_run()
 
     # --- the loop ---------------------------------------------------------------------------
@@ -248,7 +255,7 @@ class RunCore:
     def _loop(self, enter: Callable[[], int]) -> StopReason:
         record = self.exit
         port_in, port_out, mmio_read, mmio_write = self.accessors
-        ending, intr = self.ending, self.intr
+        attention = self.attention
         self.service()  # an interrupt may be pending before the first instruction
         while True:
             kind = enter()
@@ -265,10 +272,11 @@ class RunCore:
                 if stop is not None:
                     return stop
                 continue
-            if ending[0] is not None:
-                return ending[0]
-            if intr[0]:
+            if attention[0]:
+                if self.ending[0] is not None:
+                    return self.ending[0]
                 self.service()  # the access raised an interrupt: offer it now
+                attention[0] = self.intr[0]
 
     def _control(self, kind: int) -> StopReason | None:
         """A YIELD or HALT: serve timers and interrupts, check the limits; a stop, or None to go on."""
@@ -339,10 +347,11 @@ class RunCore:
     def _start_waking(self) -> None:
         controller, clock = self.controller, self.clock
         if controller is not None:
-            self.intr[0] = controller.pending()
+            self.intr[0] = self.attention[0] = controller.pending()
 
             def intr_changed(level: bool) -> None:
                 self.intr[0] = level
+                self.attention[0] = level or self.ending[0] is not None
                 if level:
                     # Raised by an access or a timer on this thread: the loop offers it next;
                     # only a hlt wait needs waking.

@@ -369,7 +369,7 @@ class KvmAccelerator(Accelerator):
                     if is_pio:
                         port_out(None, address, length, data & MASKS[length])
                     else:
-                        mmio_write(None, address, length, data)
+                        mmio_write(None, address, length, data & MASKS[length])
             if poll_bells is not None and (ready := poll_bells(0)):
                 for fd, _event in ready:
                     bell = by_fd[fd]

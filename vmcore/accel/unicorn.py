@@ -426,7 +426,7 @@ class UnicornAccelerator(Accelerator):
             return run[0](None, offset, size, base)
 
         def write(_uc: Any, offset: int, size: int, value: int, _data: Any) -> None:
-            run[1](None, offset, size, value, base)
+            run[1](None, offset, size, value & _MASKS[size], base)
 
         self._callbacks.mmio_map(base, end - base, read, write)
         self._callback_code = frozenset((read.__code__, write.__code__))
@@ -645,9 +645,10 @@ class _Diversion(Diversion):
       the same, are answered from them without reaching the device.
     """
 
-    __slots__ = ("accel", "stopping", "stop", "kept", "replaying", "active")
+    __slots__ = ("accel", "stopping", "stop", "kept", "replaying")
 
     def __init__(self, accel: "UnicornAccelerator") -> None:
+        super().__init__()
         self.accel = accel
         self.stopping = False
         self.start()
