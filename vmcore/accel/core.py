@@ -233,9 +233,10 @@ class RunCore:
         """Run the guest until it stops; device exceptions other than GuestExit propagate."""
         cpu = self.cpu
         enter = cpu.begin(self)
-        self._start_waking()
-        timer = self._arm_timeout()
+        timer = None
         try:
+            self._start_waking()
+            timer = self._arm_timeout()
             return self._counted(self._loop(enter))
         except CpuStop as stop:
             self.drain()  # what the guest queued before it failed reaches its devices

@@ -97,6 +97,8 @@ class KvmAccelerator(Accelerator):
         # What one run sets up (see begin/end).
         self._core: RunCore | None = None
         self._zones: list[tuple[int, int, bool]] = []
+        self._whole: memoryview | None = None  # the vCPU mapping, and typed views of it, for a run
+        self._views: _Views | None = None
         self._bells: list[_Bell] = []
         self._watcher: _DoorbellWatcher | None = None
         self._flush_timer: Any = None
@@ -212,15 +214,23 @@ class KvmAccelerator(Accelerator):
         self._signals = threading.current_thread() is threading.main_thread()
         if self._signals:
             signal.signal(signal.SIGUSR1, _ignore_signal)
-        self._zones, self._bells = [], []
+        self._fragment[0], self._exit_waiting[0] = None, False
+        self._strings.clear()
         self._whole = memoryview(self.vcpu.mmap)
+        try:
+            self._queues(core)
+        except BaseException:
+            self.end()  # what was registered goes again
+            raise
+        return self._enter_function(core)
+
+    def _queues(self, core: RunCore) -> None:
+        """Coalesced zones for posted regions, ioeventfds for doorbells, and what delivers their writes."""
         if self.coalesce:
             self._register_posted(core.pio, core.mmio, self._zones)
         if self.ioeventfds:
             self._assign_doorbells(core.pio, core.mmio, self._bells)
         self._views = _Views(self._whole, self._ring_page if self._zones else None)
-        self._fragment[0], self._exit_waiting[0] = None, False
-        self._strings.clear()
         self.flush = self._flusher(core)  # type: ignore[method-assign]
         clock = core.clock
         if self._bells and clock is not None:
@@ -240,7 +250,6 @@ class KvmAccelerator(Accelerator):
                 # Only wakes the loop (KVM_RUN returns EINTR), which drains the ring first.
                 self._flush_timer = clock.call_later(_FLUSH_NS, tick)
             tick()
-        return self._enter_function(core)
 
     def end(self) -> None:
         if self._flush_timer is not None:
@@ -249,8 +258,12 @@ class KvmAccelerator(Accelerator):
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
-        self._views.release()
-        self._whole.release()
+        if self._views is not None:
+            self._views.release()
+            self._views = None
+        if self._whole is not None:
+            self._whole.release()
+            self._whole = None
         for bell in self._bells:
             bell.close(self.vm)
         for addr, size, is_pio in self._zones:
@@ -267,6 +280,7 @@ class KvmAccelerator(Accelerator):
         run = self.vcpu.run_struct
         vcpu_run = self.vcpu.run
         views = self._views
+        assert views is not None
         u8, u16, u32, u64 = views.u8, views.u16, views.u32, views.u64
         pio_data, mmio_data = views.pio, views.mmio
         record = core.exit
@@ -343,6 +357,7 @@ class KvmAccelerator(Accelerator):
     def _flusher(self, core: RunCore) -> Callable[[], None]:
         """Deliver what the guest posted (the coalesced ring) and rang (ioeventfds), through the core's accessors."""
         views = self._views
+        assert views is not None
         ring32, ring64, ring_slots = views.ring32, views.ring64, views.ring_slots
         port_out, mmio_write = core.accessors.port_out, core.accessors.mmio_write
         ending = core.ending
