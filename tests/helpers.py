@@ -157,6 +157,8 @@ with Machine.build(profile, DeviceRegistry.default(plugins=plugins)) as machine:
         "scratch": bytes(scratch.data).hex() if scratch is not None else None,
         "roms": {slot.name: bytes(slot.view).hex() for slot in machine.memory if slot.readonly},
         "trace": [[t.space.value, t.direction.value, t.address, t.size, t.value, t.device] for t in trace],
+        # The vCPU where it stopped (the accelerator is still open inside the with).
+        "registers": machine.accelerator.snapshot()[0] if machine.accelerator else None,
     }
 print("RESULT " + json.dumps(result))
 """
@@ -167,7 +169,8 @@ def in_process(profile: Path, *overrides: str, accel: str | None = None, timeout
     """Build with ``plugins`` (modules, default this one: ``scratch`` and ``faulty``) and run on ``accel``, in a child.
 
     The machine's report as a dict: the stop, the console's bytes (``backend: memory``),
-    the scratch device's registers, the ROM slots' bytes, every bus transaction, and
+    the scratch device's registers, the ROM slots' bytes, every bus transaction, the
+    vCPU's registers where it stopped, and
     ``stderr`` (where the log lines go).
     """
     spec = {"profile": str(profile), "overrides": list(overrides), "accel": accel, "timeout": timeout,

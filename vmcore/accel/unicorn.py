@@ -104,6 +104,7 @@ class UnicornAccelerator(Accelerator):
         self._cpuid1: tuple[int, int, int, int] | None = None  # leaf 1 as the guest sees it (see on_cpuid)
         self._cpuid_registers: tuple[int, ...] = ()
         self._stop_flag: ctypes.c_uint8 | None = None  # unicorn's stop-request byte (see _after_hlt)
+        self.regs: Any = None  # register access in every mode (see _WideRegisters)
 
     # --- set-up ---------------------------------------------------------------------
 
@@ -111,12 +112,13 @@ class UnicornAccelerator(Accelerator):
         self.memory = memory
         self.uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, getattr(uc_mod, _MODES[state.mode]))
         self._callbacks = _Callbacks(self.uc)
+        self.regs = _WideRegisters(self.uc)
         offset = _stop_request_offset()
         self._stop_flag = (None if offset is None else
                            ctypes.c_uint8.from_address(ctypes.cast(self.uc._uch, ctypes.c_void_p).value + offset))
         self._cpuid1 = _cpuid_leaf1_without_apic(getattr(uc_mod, _MODES[state.mode]))
-        self._cpuid_registers = _registers(_CPUID_REGISTERS_64 if _MODES[state.mode] == "UC_MODE_64"
-                                           else _CPUID_REGISTERS)
+        # CPUID zero-extends into the 64-bit registers (written whole, as in long mode).
+        self._cpuid_registers = _registers(_CPUID_REGISTERS_64)
         self._follow_map()
         # Devices (a chipset's shadow-RAM decoding) may remap memory while the guest runs.
         memory.add_listener(self._map_changed)
@@ -185,37 +187,35 @@ class UnicornAccelerator(Accelerator):
     @property
     def mode(self) -> str:
         """The guest's current mode, from CR0.PE and EFER.LMA (it switches modes as it likes)."""
-        uc = self.uc
-        if not uc.reg_read(X.UC_X86_REG_CR0) & 1:
+        if not self.regs.reg_read(X.UC_X86_REG_CR0) & 1:
             return "real"
-        return "long" if uc.msr_read(_MSR_EFER) & _EFER_LMA else "protected"
+        return "long" if self.regs.msr_read(_MSR_EFER) & _EFER_LMA else "protected"
 
     def _load_state(self, state: CpuState) -> None:
-        uc = self.uc
         if state.mode not in ("real", "reset"):
-            uc.reg_write(X.UC_X86_REG_GDTR, (0, state.gdt[0], state.gdt[1], 0))
-            uc.reg_write(X.UC_X86_REG_IDTR, (0, state.idt[0], state.idt[1], 0))
+            self.regs.reg_write(X.UC_X86_REG_GDTR, (0, state.gdt[0], state.gdt[1], 0))
+            self.regs.reg_write(X.UC_X86_REG_IDTR, (0, state.idt[0], state.idt[1], 0))
             if state.mode == "long":
-                uc.reg_write(X.UC_X86_REG_CR3, state.cr3)
-                uc.reg_write(X.UC_X86_REG_CR4, state.cr4)
-                uc.msr_write(_MSR_EFER, state.efer)
-            uc.reg_write(X.UC_X86_REG_CR0, state.cr0)
+                self.regs.reg_write(X.UC_X86_REG_CR3, state.cr3)
+                self.regs.reg_write(X.UC_X86_REG_CR4, state.cr4)
+                self.regs.msr_write(_MSR_EFER, state.efer)
+            self.regs.reg_write(X.UC_X86_REG_CR0, state.cr0)
             # Segment writes in protected mode load the descriptor from the GDT just built.
-            uc.reg_write(X.UC_X86_REG_CS, state.cs.selector)
+            self.regs.reg_write(X.UC_X86_REG_CS, state.cs.selector)
             for name in ("ds", "es", "fs", "gs", "ss"):
-                uc.reg_write(_reg(name), state.data.selector)
+                self.regs.reg_write(_reg(name), state.data.selector)
         else:
-            uc.reg_write(X.UC_X86_REG_IDTR, (0, state.idt[0], state.idt[1], 0))
-            uc.reg_write(X.UC_X86_REG_CR0, state.cr0 or _CR0_RESET)  # PE clear: real mode
+            self.regs.reg_write(X.UC_X86_REG_IDTR, (0, state.idt[0], state.idt[1], 0))
+            self.regs.reg_write(X.UC_X86_REG_CR0, state.cr0 or _CR0_RESET)  # PE clear: real mode
             # Real mode: each base is selector * 16. The reset state's CS base (0xFFFF0000)
             # cannot be given to unicorn; see cpu.py's "reset" mode for why that is harmless.
-            uc.reg_write(X.UC_X86_REG_CS, state.cs.selector)
+            self.regs.reg_write(X.UC_X86_REG_CS, state.cs.selector)
             for name in ("ds", "es", "fs", "gs", "ss"):
-                uc.reg_write(_reg(name), state.data.selector)
+                self.regs.reg_write(_reg(name), state.data.selector)
         for name, value in state.registers.items():
             if name == "rip":
                 continue
-            uc.reg_write(_reg(name if state.mode == "long" else _narrow(name)), value)
+            self.regs.reg_write(_reg(name), value)
         self._pc = state.registers.get("rip", 0)
 
     # --- a run: the CPU side of vmcore.accel.core's loop -----------------------------------
@@ -253,10 +253,10 @@ class UnicornAccelerator(Accelerator):
         def on_cpuid(_uc: Any, _ud: Any) -> int:
             # No local APIC is modelled: leaf 1 hides it, as KVM's CPUID does with the PIC in
             # userspace (see vmcore.cpu). Every other leaf is unicorn's own (0: run it).
-            if self._cpuid1 is None or uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF != 1:
+            if self._cpuid1 is None or self.regs.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF != 1:
                 return 0
             for register, value in zip(self._cpuid_registers, self._cpuid1):
-                uc.reg_write(register, value)
+                self.regs.reg_write(register, value)
             return 1  # done: unicorn skips its own
 
         self._hooks = [
@@ -379,7 +379,7 @@ class UnicornAccelerator(Accelerator):
         return False
 
     def interrupts_enabled(self) -> bool:
-        return bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & _FLAG_IF)
+        return bool(self.regs.reg_read(X.UC_X86_REG_EFLAGS) & _FLAG_IF)
 
     def offer_interrupt(self, controller: InterruptController) -> bool:
         if controller.pending() and self.interrupts_enabled():
@@ -455,9 +455,8 @@ class UnicornAccelerator(Accelerator):
 
     def _deliver(self, vector: int, external: bool = False) -> None:
         """Deliver an interrupt or exception; a failed delivery is a triple fault, as on hardware."""
-        uc = self.uc
         self._pc = None  # emulation goes on from the handler (see _enter)
-        idt = uc.reg_read(X.UC_X86_REG_IDTR)
+        idt = self.regs.reg_read(X.UC_X86_REG_IDTR)
         base, limit = idt[1], idt[2]
         if self.mode == "real":
             if vector * 4 + 3 > limit:
@@ -465,16 +464,16 @@ class UnicornAccelerator(Accelerator):
                                               f"real-mode IVT limit {limit:#x}"))
             assert self.memory is not None
             offset, segment = struct.unpack("<HH", self.memory.read(base + vector * 4, 4))
-            sp = uc.reg_read(X.UC_X86_REG_SP)
-            ss_base = uc.reg_read(X.UC_X86_REG_SS) << 4
-            flags = uc.reg_read(X.UC_X86_REG_FLAGS)
-            frame = struct.pack("<HHH", uc.reg_read(X.UC_X86_REG_EIP) & 0xFFFF, uc.reg_read(X.UC_X86_REG_CS), flags)
+            sp = self.regs.reg_read(X.UC_X86_REG_SP)
+            ss_base = self.regs.reg_read(X.UC_X86_REG_SS) << 4
+            flags = self.regs.reg_read(X.UC_X86_REG_FLAGS)
+            frame = struct.pack("<HHH", self.regs.reg_read(X.UC_X86_REG_EIP) & 0xFFFF, self.regs.reg_read(X.UC_X86_REG_CS), flags)
             sp = (sp - 6) & 0xFFFF
             self._push(ss_base + sp, frame)
-            uc.reg_write(X.UC_X86_REG_SP, sp)
-            uc.reg_write(X.UC_X86_REG_FLAGS, flags & ~(_FLAG_IF | _FLAG_TF))
-            uc.reg_write(X.UC_X86_REG_CS, segment)
-            uc.reg_write(X.UC_X86_REG_EIP, offset)  # all of EIP: writing IP keeps bits 31:16
+            self.regs.reg_write(X.UC_X86_REG_SP, sp)
+            self.regs.reg_write(X.UC_X86_REG_FLAGS, flags & ~(_FLAG_IF | _FLAG_TF))
+            self.regs.reg_write(X.UC_X86_REG_CS, segment)
+            self.regs.reg_write(X.UC_X86_REG_EIP, offset)  # all of EIP: writing IP keeps bits 31:16
             return
         long_mode = self.mode == "long"
         size = 16 if long_mode else 8
@@ -489,27 +488,27 @@ class UnicornAccelerator(Accelerator):
         if not attributes & 0x80 or kind not in (0xE, 0xF):
             raise CpuStop(self.stop_reason("shutdown", f"triple fault: IDT entry {vector} is not a present "
                                           f"interrupt or trap gate (attributes {attributes:#x})"))
-        flags = uc.reg_read(X.UC_X86_REG_EFLAGS)
+        flags = self.regs.reg_read(X.UC_X86_REG_EFLAGS)
         error = vector in _ERROR_CODE_VECTORS and not external
         if long_mode:
-            rsp = uc.reg_read(X.UC_X86_REG_RSP)
-            frame = [uc.reg_read(X.UC_X86_REG_SS), rsp, flags, uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(X.UC_X86_REG_RIP)]
+            rsp = self.regs.reg_read(X.UC_X86_REG_RSP)
+            frame = [self.regs.reg_read(X.UC_X86_REG_SS), rsp, flags, self.regs.reg_read(X.UC_X86_REG_CS), self.regs.reg_read(X.UC_X86_REG_RIP)]
             if error:
                 frame.append(0)  # unicorn does not report the error code; 0 stands in
             sp = (rsp & ~0xF) - 8 * len(frame)
             self._write_linear(sp, struct.pack(f"<{len(frame)}Q", *reversed(frame)))
-            uc.reg_write(X.UC_X86_REG_RSP, sp)
+            self.regs.reg_write(X.UC_X86_REG_RSP, sp)
         else:
-            frame = [flags, uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(X.UC_X86_REG_EIP)]
+            frame = [flags, self.regs.reg_read(X.UC_X86_REG_CS), self.regs.reg_read(X.UC_X86_REG_EIP)]
             if error:
                 frame.append(0)
-            sp = (uc.reg_read(X.UC_X86_REG_ESP) - 4 * len(frame)) & 0xFFFFFFFF
+            sp = (self.regs.reg_read(X.UC_X86_REG_ESP) - 4 * len(frame)) & 0xFFFFFFFF
             self._write_linear(sp, struct.pack(f"<{len(frame)}I", *reversed(frame)))
-            uc.reg_write(X.UC_X86_REG_ESP, sp)
+            self.regs.reg_write(X.UC_X86_REG_ESP, sp)
         cleared = _FLAG_TF | (_FLAG_IF if kind == 0xE else 0)  # an interrupt gate also masks IF
-        uc.reg_write(X.UC_X86_REG_EFLAGS, flags & ~cleared)
-        uc.reg_write(X.UC_X86_REG_CS, selector)
-        uc.reg_write(X.UC_X86_REG_RIP if long_mode else X.UC_X86_REG_EIP, offset)
+        self.regs.reg_write(X.UC_X86_REG_EFLAGS, flags & ~cleared)
+        self.regs.reg_write(X.UC_X86_REG_CS, selector)
+        self.regs.reg_write(X.UC_X86_REG_RIP if long_mode else X.UC_X86_REG_EIP, offset)
 
     def _push(self, address: int, frame: bytes) -> None:
         """Write a real-mode interrupt frame; bytes landing in ROM are dropped, as the CPU's would be."""
@@ -543,15 +542,39 @@ class UnicornAccelerator(Accelerator):
 
     def _ip(self) -> int:
         """EIP/RIP: also where emu_start resumes (a 32/64-bit instance takes IP, not CS:IP)."""
-        return self.uc.reg_read(X.UC_X86_REG_RIP if self.mode == "long" else X.UC_X86_REG_EIP)
+        return self.regs.reg_read(X.UC_X86_REG_RIP)
 
     def _linear_pc(self) -> int:
         cs_base = self._segment_base("cs")
         return cs_base + self._ip()
 
+    def _segment(self, name: str) -> dict[str, int]:
+        """A segment register for reports: its selector and, outside real mode, its descriptor in the GDT.
+
+        unicorn gives the selector only; the descriptor is read back from the guest's GDT
+        (what the CPU loaded, unless the guest changed the table since).
+        """
+        selector = self.regs.reg_read(_reg(name))
+        if self.mode == "real":
+            return {"selector": selector, "base": selector << 4, "limit": 0xFFFF, "type": 3, "l": 0, "db": 0}
+        segment = {"selector": selector, "base": 0, "limit": 0xFFFFFFFF, "type": 0, "l": 0, "db": 0}
+        _, base, limit, _ = self.regs.reg_read(X.UC_X86_REG_GDTR)
+        index = selector & ~7
+        if selector & 4 or index == 0 or index + 7 > limit:
+            return segment  # the LDT or the null selector: not looked up
+        try:
+            low, high = struct.unpack("<II", self._read_linear(base + index, 8))
+        except CpuStop:
+            return segment  # the GDT is not mapped
+        limit = (low & 0xFFFF) | (high & 0xF0000)
+        segment.update(base=(low >> 16) | (high & 0xFF) << 16 | (high & 0xFF000000),
+                       limit=(limit << 12 | 0xFFF) if high & (1 << 23) else limit,
+                       type=(high >> 8) & 0xF, l=(high >> 21) & 1, db=(high >> 22) & 1)
+        return segment
+
     def _segment_base(self, name: str) -> int:
         if self.mode == "real":
-            return self.uc.reg_read(_reg(name)) << 4
+            return self.regs.reg_read(_reg(name)) << 4
         if self.mode == "long" and name in ("cs", "ds", "es", "ss"):
             return 0
         # Flat segments are what the VMM loads; a guest that reloads them is not followed here.
@@ -578,13 +601,12 @@ class UnicornAccelerator(Accelerator):
         return self.memory.read(physical, 1)[0]
 
     def _physical(self, linear: int) -> int | None:
-        uc = self.uc
         if self.memory is None:
             return None
-        cr0 = uc.reg_read(X.UC_X86_REG_CR0)
-        cr3 = uc.reg_read(X.UC_X86_REG_CR3)
-        cr4 = uc.reg_read(X.UC_X86_REG_CR4)
-        efer = uc.msr_read(_MSR_EFER)
+        cr0 = self.regs.reg_read(X.UC_X86_REG_CR0)
+        cr3 = self.regs.reg_read(X.UC_X86_REG_CR3)
+        cr4 = self.regs.reg_read(X.UC_X86_REG_CR4)
+        efer = self.regs.msr_read(_MSR_EFER)
         return translate(self.memory, cr0, cr3, cr4, efer, linear)
 
     # --- stops ------------------------------------------------------------------------
@@ -599,19 +621,13 @@ class UnicornAccelerator(Accelerator):
         return self.stop_reason("internal-error", f"software CPU error: {error}")
 
     def snapshot(self) -> tuple[dict[str, int], dict[str, dict[str, int]], int | None, bytes | None]:
-        uc = self.uc
         registers = {}
         for name in _GPRS:
-            if self.mode != "long" and name[1:].isdigit():
-                continue  # r8..r15 exist only in long mode
-            registers[name] = uc.reg_read(_reg(name if self.mode == "long" else _narrow(name)))
+            registers[name] = self.regs.reg_read(_reg(name))
         for name in ("cr0", "cr2", "cr3", "cr4"):
-            registers[name] = uc.reg_read(_reg(name))
-        registers["efer"] = uc.msr_read(_MSR_EFER)
-        segments = {}
-        for name in _SEGMENTS:
-            segments[name] = {"selector": uc.reg_read(_reg(name)), "base": self._segment_base(name),
-                              "limit": 0xFFFF if self.mode == "real" else 0xFFFFFFFF, "type": 0, "l": 0, "db": 0}
+            registers[name] = self.regs.reg_read(_reg(name))
+        registers["efer"] = self.regs.msr_read(_MSR_EFER)
+        segments = {name: self._segment(name) for name in _SEGMENTS}
         physical = self._physical(self._linear_pc())
         code = None
         if physical is not None and self.memory is not None:
@@ -856,3 +872,51 @@ _OUT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.
 _MMIO_READ_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint, ctypes.c_void_p)
 _MMIO_WRITE_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint, ctypes.c_uint64,
                                         ctypes.c_void_p)
+
+
+class _WideRegisters:
+    """Register access that is right whatever mode the guest has switched to.
+
+    unicorn answers register reads and writes by the mode its engine was made in, not the
+    guest's: a 32-bit engine has no RAX or R8 and cuts RIP, CR3 and the IDT base to 32 bits,
+    which a guest that went on into long mode needs whole; a 64-bit engine loads only the
+    selector of CS, DS, ES or SS, where a segment load must take its descriptor (real mode:
+    selector * 16). The engine's mode is the second field of its ``uc_struct`` (after the
+    architecture): for each access it is set to the mode whose path is right, 64-bit for
+    everything but segment loads, which take the 32-bit path (QEMU's ``cpu_x86_load_seg``,
+    a load as the CPU makes it in its current mode), then put back. Where the field is not
+    found there (another unicorn), accesses go by the engine's mode, as unicorn does.
+    """
+
+    def __init__(self, uc: Any) -> None:
+        self.uc = uc
+        field = ctypes.c_int.from_address(ctypes.cast(uc._uch, ctypes.c_void_p).value + 4)
+        self._mode: ctypes.c_int | None = field if field.value == uc.ctl_get_mode() else None
+
+    def _as(self, mode: int, call: Callable[..., Any], *args: Any) -> Any:
+        field = self._mode
+        if field is None:
+            return call(*args)
+        saved = field.value
+        field.value = mode
+        try:
+            return call(*args)
+        finally:
+            field.value = saved
+
+    def reg_read(self, register: int) -> Any:
+        return self._as(uc_mod.UC_MODE_64, self.uc.reg_read, register)
+
+    def reg_write(self, register: int, value: Any) -> None:
+        mode = uc_mod.UC_MODE_32 if register in _SEGMENT_REGISTERS else uc_mod.UC_MODE_64
+        self._as(mode, self.uc.reg_write, register, value)
+
+    def msr_read(self, msr: int) -> int:
+        return int(self._as(uc_mod.UC_MODE_64, self.uc.msr_read, msr))
+
+    def msr_write(self, msr: int, value: int) -> None:
+        self._as(uc_mod.UC_MODE_64, self.uc.msr_write, msr, value)
+
+
+_SEGMENT_REGISTERS = (frozenset(getattr(X, f"UC_X86_REG_{name}") for name in ("CS", "DS", "ES", "SS", "FS", "GS"))
+                      if X is not None else frozenset())

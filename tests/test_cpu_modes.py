@@ -1,0 +1,35 @@
+"""The CPU follows the guest through every mode, on both accelerators.
+
+guest/mode_switch.S goes real -> protected -> long -> compatibility -> real mode,
+as OS loaders and kvm-unit-tests' realmode test do. The software CPU's engine is
+made for one mode; the registers must still read right in whatever mode the guest
+switched to (64-bit registers after a switch into long mode; segment loads that take
+their descriptor in protected mode and selector * 16 in real mode).
+"""
+
+from __future__ import annotations
+
+from tests.helpers import REPO, in_process
+
+PROFILE = REPO / "machines" / "mode-switch.yaml"
+
+
+def test_a_guest_goes_through_every_mode_and_back(accel: str) -> None:
+    result = in_process(PROFILE, "devices.console.backend=memory", accel=accel)
+    assert (result["kind"], result["console"]) == ("halted", "RPLCB\n"), result["message"]
+    registers = result["registers"]
+    # What long mode left in R8 and R15 is still there in real mode, as on hardware.
+    assert registers["r8"] == 0x8877665544332211
+    assert registers["r15"] == 0x0123456789ABCDEF
+    assert registers["cr0"] & 0x80000001 == 0  # paging and protection off again
+    assert registers["efer"] & 0x500 == 0  # LME and LMA clear
+    assert registers["rip"] < 0x10000  # an IP in the program's real-mode code, past the hlt
+
+
+def test_registers_read_whole_in_long_mode_on_an_engine_started_in_real_mode() -> None:
+    # A run cut short in long mode (the 4th exit is the 'L'): the report has the full RIP.
+    result = in_process(PROFILE, "devices.console.backend=memory", accel="tcg", max_exits=3)
+    assert (result["kind"], result["console"]) == ("max-exits", "RPL")
+    registers = result["registers"]
+    assert registers["efer"] & 0x500 == 0x500  # in long mode
+    assert registers["cr0"] & 0x80000001 == 0x80000001
