@@ -9,6 +9,8 @@ their descriptor in protected mode and selector * 16 in real mode).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.helpers import REPO, in_process
 
 PROFILE = REPO / "machines" / "mode-switch.yaml"
@@ -33,3 +35,13 @@ def test_registers_read_whole_in_long_mode_on_an_engine_started_in_real_mode() -
     registers = result["registers"]
     assert registers["efer"] & 0x500 == 0x500  # in long mode
     assert registers["cr0"] & 0x80000001 == 0x80000001
+
+
+def test_cpuid_shows_an_xapic_only_with_a_lapic_device(accel: str, tmp_path: Path) -> None:
+    from tests.tiny_guests import CPUID_APIC, profile_for
+
+    # APIC, x2APIC, TSC-deadline bits of leaf 1, one console byte each.
+    without = in_process(profile_for(CPUID_APIC, tmp_path), accel=accel)
+    assert without["console"] == "\0\0\0"
+    with_apic = in_process(profile_for(CPUID_APIC, tmp_path, devices="  apic: {type: lapic}\n"), accel=accel)
+    assert (with_apic["kind"], with_apic["console"]) == ("halted", "\1\0\0")

@@ -28,8 +28,9 @@ EFER_LMA = 1 << 10
 RFLAGS_RESERVED = 1 << 1  # bit 1 always reads as 1
 
 # CPUID leaf 1 bits that advertise a local APIC. Without an APIC model behind them (the
-# PIC in userspace), both accelerators clear them: the APIC page would be MMIO nobody
-# answers, and firmware that sees the bit (SeaBIOS's SMP and MP-table set-up) drives it.
+# PIC in userspace, no ``lapic`` device), both accelerators clear them: the APIC page would
+# be MMIO nobody answers, and firmware that sees the bit (SeaBIOS's SMP and MP-table set-up)
+# drives it.
 CPUID1_EDX_APIC = 1 << 9
 CPUID1_ECX_X2APIC = 1 << 21
 CPUID1_ECX_TSC_DEADLINE = 1 << 24  # the APIC timer's TSC-deadline mode
@@ -40,6 +41,15 @@ def cpuid1_without_apic(ecx: int, edx: int) -> tuple[int, int]:
     return ecx & ~(CPUID1_ECX_X2APIC | CPUID1_ECX_TSC_DEADLINE), edx & ~CPUID1_EDX_APIC
 
 
+def cpuid1_apic(ecx: int, edx: int, local_apic: bool) -> tuple[int, int]:
+    """CPUID leaf 1's ECX and EDX for a CPU with a userspace local APIC model (``local_apic``) or none.
+
+    The model is an xAPIC: the APIC bit, and neither x2APIC nor the TSC-deadline timer.
+    """
+    ecx, edx = cpuid1_without_apic(ecx, edx)
+    return ecx, edx | (CPUID1_EDX_APIC if local_apic else 0)
+
+
 PAGE = 4096
 #: Page-table entry bits: present, writable, page size (2 MiB in a PD entry).
 PTE_P, PTE_W, PTE_PS = 1 << 0, 1 << 1, 1 << 7
@@ -48,6 +58,8 @@ PTE_P, PTE_W, PTE_PS = 1 << 0, 1 << 1, 1 << 7
 CODE_SELECTOR = 0x08
 DATA_SELECTOR = 0x10
 IDENTITY_MAPPED = 4 << 30  # long mode maps the first 4 GiB
+#: IA32_APIC_BASE with a local APIC: the default base, enabled (bit 11), this CPU the BSP (bit 8).
+APIC_BASE_MSR = 0xFEE0_0000 | 1 << 11 | 1 << 8
 
 
 class CpuSetupError(Exception):
@@ -98,6 +110,9 @@ class CpuState:
     efer: int = 0
     gdt: tuple[int, int] = (0, 0xFFFF)  # base, limit
     idt: tuple[int, int] = (0, 0xFFFF)
+    #: A local APIC device answers at APIC_BASE (0xFEE00000): CPUID shows one and IA32_APIC_BASE
+    #: is enabled; without one both are off (unless KVM's in-kernel irqchip models it).
+    local_apic: bool = False
 
 
 def tables_size(mode: str) -> int:

@@ -68,3 +68,24 @@ class InterruptController(Protocol):
 
     def acknowledge(self) -> int:
         """The INTA cycle: return the vector to deliver and update in-service state."""
+
+
+@runtime_checkable
+class LocalInterruptController(Protocol):
+    """The CPU's own interrupt controller (a local APIC): it raises INTR and answers the INTA cycle.
+
+    It takes no IRQ lines itself: the machine wires the board's interrupt controller (the
+    8259 pair) to it with :meth:`connect_external`, and the CPU then asks this one, which
+    offers its own interrupts and passes the external one on (LINT0 in ExtINT mode).
+    """
+
+    intr_changed: Callable[[bool], None] | None
+
+    def connect_external(self, controller: InterruptController) -> None:
+        """Take ``controller``'s INTR as an input; its INTA cycle goes through this one."""
+
+    def pending(self) -> bool:
+        """True while INTR to the CPU is asserted."""
+
+    def acknowledge(self) -> int:
+        """The INTA cycle: the vector to deliver."""

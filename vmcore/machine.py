@@ -26,13 +26,13 @@ from .clock import Clock, HostClock
 from .cpu import CpuSetupError, CpuState, start_state, tables_size
 from .device import PropertyError, resolve_paths
 from .faults import DeviceFault, GuestExit, obey
-from .irq import InterruptController
+from .irq import InterruptController, LocalInterruptController
 from .memory import GuestMemory, GuestMemoryError
 from .pci import PciBus
 from .plugins import DeviceRegistry, DeviceTypeError
 from .profile import DeviceSpec, Profile, ProfileError, Where
 from .stop import StopReason
-from .wiring import IrqLines, build_device, claim_regions, controller_of
+from .wiring import IrqLines, build_device, claim_regions, controller_of, cpu_interrupts
 
 log = logging.getLogger("vmcore.machine")
 
@@ -245,15 +245,18 @@ class Machine:
             timeout=limits.timeout if limits.timeout is not None else self.profile.limits.timeout,
             max_exits=limits.max_exits if limits.max_exits is not None else self.profile.limits.max_exits,
         )
+        # The CPU's INTR: a local APIC device (the IRQ-line controller on its LINT0), or that controller.
+        cpu = None if self.profile.irqchip in ("none", "kernel") else cpu_interrupts(self.devices.values(), controller)
+        state = attrs.evolve(self.state, local_apic=isinstance(cpu, LocalInterruptController))
         try:
-            self.accelerator.setup(self.memory, self.state)
+            self.accelerator.setup(self.memory, state)
         except (AcceleratorUnavailable, OSError) as exc:
             return StopReason.of("host-error", f"{self.accelerator.name}: {exc}")
         self._start_devices()
         # t=0 is the guest's first instruction: timers armed while building and starting
         # (8-70 ms) count from here, so none fires before the guest could set up its PIC.
         self.clock.start()
-        stop = self._run(limits, controller)
+        stop = self._run(limits, cpu)
         for bus in (self.pio, self.mmio):
             summary = bus.unclaimed_summary()
             if summary is not None:
@@ -278,7 +281,7 @@ class Machine:
             except (ValueError, TypeError, OSError) as exc:
                 raise ProfileError(spec.where, f"devices.{name}", f"device {spec.type!r} could not start: {exc}") from None
 
-    def _run(self, limits: RunLimits, controller: InterruptController | None) -> StopReason:
+    def _run(self, limits: RunLimits, controller: Any) -> StopReason:
         assert self.accelerator is not None
         try:
             return self.accelerator.run(self.pio, self.mmio, limits, self.clock, controller)

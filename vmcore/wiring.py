@@ -16,7 +16,7 @@ from .bus import Bus, BusError, Region, Space
 from .clock import Clock
 from .device import DeviceContext
 from .dma import DmaSpace
-from .irq import InterruptController, IrqLine
+from .irq import InterruptController, IrqLine, LocalInterruptController
 from .memory import GuestMemory
 from .pci import PciBus
 
@@ -96,3 +96,15 @@ def controller_of(devices: Iterable[Any]) -> InterruptController | None:
         if isinstance(device, InterruptController):
             return device
     return None
+
+
+def cpu_interrupts(devices: Iterable[Any], lines: InterruptController | None
+                   ) -> InterruptController | LocalInterruptController | None:
+    """What raises the CPU's INTR: a local APIC among ``devices``, with ``lines`` (the controller
+    that takes the IRQ lines) wired to it; without one, ``lines`` itself."""
+    for device in devices:
+        if isinstance(device, LocalInterruptController):
+            if lines is not None:
+                device.connect_external(lines)
+            return device
+    return lines

@@ -35,7 +35,7 @@ import attrs
 from ..bus import Bus, Space
 from ..clock import Clock
 from ..irq import InterruptController
-from ..cpu import CpuState, Segment, code_bits, cpuid1_without_apic, memory_operand_size, translate
+from ..cpu import APIC_BASE_MSR, CpuState, Segment, code_bits, cpuid1_apic, memory_operand_size, translate
 from ..kvm import Kvm, KvmError, KvmUnavailable, Vcpu, Vm
 from ..kvm import ioctl as k
 from ..kvm import structs as s
@@ -133,12 +133,8 @@ class KvmAccelerator(Accelerator):
                 if kernel_pit:
                     vm.create_pit2()
             vcpu = vm.create_vcpu(0)
-            # Long mode needs CPUID to advertise LM; give the guest what the host supports,
-            # but no local APIC unless KVM models one (in-kernel irqchip; see vmcore.cpu).
-            cpuid = kvm.supported_cpuid()
-            if not kernel_irqchip:
-                _hide_apic(cpuid)
-            vcpu.set_cpuid2(cpuid)
+            if kernel_irqchip:
+                vcpu.set_cpuid2(kvm.supported_cpuid())  # KVM's own APIC (see setup for the others)
         except KvmError as exc:
             kvm.close()
             raise AcceleratorUnavailable(f"KVM is present but unusable: {exc}") from None
@@ -182,6 +178,12 @@ class KvmAccelerator(Accelerator):
             self._slot_ids[id(slot)] = number
 
     def _load_state(self, state: CpuState) -> None:
+        if not self.kernel_irqchip:
+            # Long mode needs CPUID to advertise LM: the guest gets what the host supports,
+            # with a local APIC only where a device models one (see vmcore.cpu).
+            cpuid = self.kvm.supported_cpuid()
+            _set_apic(cpuid, state.local_apic)
+            self.vcpu.set_cpuid2(cpuid)
         sregs = self.vcpu.get_sregs()
         _set_segment(sregs.cs, state.cs)
         for name in ("ds", "es", "fs", "gs", "ss"):
@@ -194,8 +196,8 @@ class KvmAccelerator(Accelerator):
             sregs.tr.type, sregs.tr.present, sregs.tr.s, sregs.tr.limit = 0xB, 1, 0, 0x67
         if not self.kernel_irqchip:
             # KVM recomputes CPUID's APIC bit from IA32_APIC_BASE's enable bit whenever it is
-            # set (KVM_SET_SREGS included): the reset value (enabled) would undo _hide_apic.
-            sregs.apic_base = 0
+            # set (KVM_SET_SREGS included): the two must agree.
+            sregs.apic_base = APIC_BASE_MSR if state.local_apic else 0
         self.vcpu.set_sregs(sregs)
         regs = s.kvm_regs()
         for name, value in state.registers.items():
@@ -750,12 +752,12 @@ class _DoorbellWatcher:
         os.close(self._stop_fd)
 
 
-def _hide_apic(cpuid: Any) -> None:
-    """Clear the APIC feature bits of CPUID leaf 1 in a KVM_GET_SUPPORTED_CPUID result."""
+def _set_apic(cpuid: Any, local_apic: bool) -> None:
+    """CPUID leaf 1's APIC bits in a KVM_GET_SUPPORTED_CPUID result, for a userspace APIC model or none."""
     for i in range(cpuid.nent):
         entry = cpuid.entries[i]
         if entry.function == 1:
-            entry.ecx, entry.edx = cpuid1_without_apic(entry.ecx, entry.edx)
+            entry.ecx, entry.edx = cpuid1_apic(entry.ecx, entry.edx, local_apic)
 
 
 def _ignore_signal(_signum: int, _frame: Any) -> None:

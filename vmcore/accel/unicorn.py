@@ -23,7 +23,7 @@ import sys
 from typing import Any, Callable
 
 from ..irq import InterruptController
-from ..cpu import CpuState, cpuid1_without_apic, translate
+from ..cpu import CpuState, cpuid1_apic, translate
 from ..device import GuestExit
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
@@ -116,7 +116,7 @@ class UnicornAccelerator(Accelerator):
         offset = _stop_request_offset()
         self._stop_flag = (None if offset is None else
                            ctypes.c_uint8.from_address(ctypes.cast(self.uc._uch, ctypes.c_void_p).value + offset))
-        self._cpuid1 = _cpuid_leaf1_without_apic(getattr(uc_mod, _MODES[state.mode]))
+        self._cpuid1 = _cpuid_leaf1(getattr(uc_mod, _MODES[state.mode]), state.local_apic)
         # CPUID zero-extends into the 64-bit registers (written whole, as in long mode).
         self._cpuid_registers = _registers(_CPUID_REGISTERS_64)
         self._follow_map()
@@ -251,8 +251,8 @@ class UnicornAccelerator(Accelerator):
             return True
 
         def on_cpuid(_uc: Any, _ud: Any) -> int:
-            # No local APIC is modelled: leaf 1 hides it, as KVM's CPUID does with the PIC in
-            # userspace (see vmcore.cpu). Every other leaf is unicorn's own (0: run it).
+            # Leaf 1 shows a local APIC only where a device models one, as KVM's CPUID does
+            # (see vmcore.cpu). Every other leaf is unicorn's own (0: run it).
             if self._cpuid1 is None or self.regs.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF != 1:
                 return 0
             for register, value in zip(self._cpuid_registers, self._cpuid1):
@@ -715,8 +715,8 @@ def _registers(names: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(getattr(X, f"UC_X86_REG_{name}") for name in names)
 
 
-def _cpuid_leaf1_without_apic(mode: int) -> tuple[int, int, int, int] | None:
-    """unicorn's CPUID leaf 1 for an engine of ``mode`` (asked of a scratch engine), APIC bits cleared.
+def _cpuid_leaf1(mode: int, local_apic: bool) -> tuple[int, int, int, int] | None:
+    """unicorn's CPUID leaf 1 for an engine of ``mode`` (asked of a scratch engine), APIC bits as ``local_apic``.
 
     None if the scratch engine cannot answer: the guest then sees unicorn's own leaf.
     """
@@ -730,7 +730,7 @@ def _cpuid_leaf1_without_apic(mode: int) -> tuple[int, int, int, int] | None:
         eax, ebx, ecx, edx = (uc.reg_read(r) & 0xFFFFFFFF for r in _registers(_CPUID_REGISTERS))
     except Exception:  # noqa: BLE001 - a best effort; the run must not fail for it
         return None
-    ecx, edx = cpuid1_without_apic(ecx, edx)
+    ecx, edx = cpuid1_apic(ecx, edx, local_apic)
     return eax, ebx, ecx, edx
 
 

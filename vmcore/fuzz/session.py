@@ -13,7 +13,7 @@ import attrs
 
 from ..bus import SPACE_LIMITS, BusError, Region, Space
 from ..faults import DeviceFault, GuestExit
-from ..irq import InterruptController, IrqLine
+from ..irq import InterruptController, IrqLine, LocalInterruptController
 from ..wiring import IrqLines, build_device, claim_regions
 from ..testing import FakeBus
 from .ops import ACCESS_MASKS, Op, hex_of_size
@@ -127,9 +127,10 @@ class Session:
         except BusError as exc:
             return region_problem("regions overlap", exc)
         bus.devices[target.name] = self.device
-        if isinstance(self.device, InterruptController):
+        if isinstance(self.device, (InterruptController, LocalInterruptController)):
             self.controller = self.device
-            self.irq_lines.route = self.device.set_irq
+            if isinstance(self.device, InterruptController):
+                self.irq_lines.route = self.device.set_irq
             if getattr(self.device, "intr_changed", None) is None:
                 self.device.intr_changed = _ignore  # as a machine would set it
         target.regions = target.regions or regions

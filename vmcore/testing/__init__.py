@@ -24,7 +24,7 @@ from ..irq import InterruptController, IrqLine
 from ..memory import GuestMemory
 from ..pci import PciBus
 from ..plugins import DeviceRegistry
-from ..wiring import IrqLines, build_device, claim_regions, controller_of
+from ..wiring import IrqLines, build_device, claim_regions, controller_of, cpu_interrupts
 
 __all__ = ["FakeBus", "IrqEvent"]
 
@@ -116,14 +116,20 @@ class FakeBus:
         """The attached interrupt controller (e.g. an i8259), which IRQ lines are routed to."""
         return controller_of(self.devices.values())
 
+    @property
+    def cpu_controller(self) -> Any:
+        """What the CPU asks for interrupts: an attached local APIC (the controller above on its
+        LINT0), else the controller itself, as a machine wires them."""
+        return cpu_interrupts(self.devices.values(), self.controller)
+
     def intr(self) -> bool:
-        """The INTR level the CPU would see from the attached controller (False without one)."""
-        controller = self.controller
+        """The INTR level the CPU would see (False without an interrupt controller)."""
+        controller = self.cpu_controller
         return controller is not None and controller.pending()
 
     def acknowledge(self) -> int:
         """Take the pending interrupt as the CPU would (INTA): its vector."""
-        controller = self.controller
+        controller = self.cpu_controller
         if controller is None:
             raise RuntimeError("no interrupt controller is attached")
         return controller.acknowledge()

@@ -1,0 +1,369 @@
+"""The local APIC (xAPIC): the CPU's own interrupt controller, its timer and inter-processor interrupts.
+
+Modelled from the Intel SDM vol. 3A, chapter 11 ("Advanced Programmable Interrupt
+Controller"), at its register interface: 4 KiB of MMIO at ``base`` (IA32_APIC_BASE's
+default, 0xFEE00000), 32-bit registers at 16-byte aligned offsets.
+
+- ID (0x20, bits 24-31 writable), version (0x30: 0x14, six LVT entries), TPR (0x80),
+  APR (0x90, reads 0), PPR (0xA0, computed), EOI (0xB0), LDR (0xD0), DFR (0xE0), SVR
+  (0xF0), ISR/TMR/IRR (0x100-0x270, eight 32-bit words each), ESR (0x280), ICR
+  (0x300/0x310), the LVT (CMCI 0x2F0, timer 0x320, thermal 0x330, performance 0x340,
+  LINT0 0x350, LINT1 0x360, error 0x370), and the timer's initial count (0x380),
+  current count (0x390) and divide configuration (0x3E0).
+- Interrupts are accepted into IRR (and TMR for level-triggered ones); the CPU is
+  offered the highest IRR vector whose priority class is above PPR's, with the APIC
+  software-enabled (SVR bit 8); taking it moves it to ISR. An EOI clears the highest
+  ISR bit, and tells the EOI listeners (an IOAPIC) when TMR says it was level-triggered.
+  Vectors 0-15 are illegal: they set ESR bit 6 (received) or 5 (sent) and are dropped.
+- The PIC: connected by the machine to LINT0 (:meth:`connect_external`). While LINT0 is
+  unmasked in ExtINT mode, or the APIC is globally disabled, the PIC's INTR reaches the
+  CPU behind the APIC's own interrupts, and the CPU's INTA goes to the PIC. At reset
+  LINT0 is ExtINT and unmasked, as QEMU makes it for the bootstrap processor, so PIC
+  interrupts get through without firmware to program it (the "virtual wire" mode).
+- The timer: one-shot and periodic, counting the initial count down at one tick per
+  ``divide`` ns (the bus clock is 1 GHz, as KVM's and QEMU's); the current count is
+  computed from machine time. A timer interrupt is accepted unless the LVT masks it.
+- ICR: fixed and lowest-priority interrupts to this APIC (the "self" and "all
+  including self" shorthands, its own physical ID, a logical destination that matches
+  LDR in flat mode, or the broadcast ID 0xFF) are accepted; the delivery status is
+  always idle. There is one CPU: INIT, SIPI, SMI and NMI are logged once and dropped.
+
+Approximations (documented): no x2APIC mode and no TSC-deadline timer mode yet (both
+need the CPU's MSRs); the APIC stays at ``base`` (a write to IA32_APIC_BASE does not
+move it); accesses that are not 4-byte reads or writes of a register take the bus's
+rule for the region's sizes; unimplemented offsets read 0 and set ESR bit 7.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import attrs
+
+from vmcore.bus import Region, Space
+from vmcore.clock import Timer
+from vmcore.device import Device, DeviceContext, in_range, prop
+from vmcore.hookspecs import hookimpl
+from vmcore.irq import InterruptController
+
+VERSION = 0x0005_0014  # version 0x14 (integrated APIC), max LVT entry 5 (six entries)
+LVT_OFFSETS = (0x2F0, 0x320, 0x330, 0x340, 0x350, 0x360, 0x370)  # CMCI, timer, thermal, perf, LINT0, LINT1, error
+LVT_CMCI, LVT_TIMER, LVT_THERMAL, LVT_PERF, LVT_LINT0, LVT_LINT1, LVT_ERROR = range(7)
+MASKED = 1 << 16
+SVR_ENABLE = 1 << 8
+DELIVERY_MODE = 0x700
+EXTINT = 0x700
+NMI = 0x400
+TIMER_PERIODIC = 1 << 17
+TIMER_MODE = 3 << 17
+# ESR bits (SDM 11.5.3).
+ESR_SEND_ILLEGAL_VECTOR = 1 << 5
+ESR_RECEIVE_ILLEGAL_VECTOR = 1 << 6
+ESR_ILLEGAL_REGISTER = 1 << 7
+# The LVT bits a write keeps, per entry (vector, delivery mode, polarity, trigger, mask, timer mode).
+_LVT_WRITABLE = (0x107FF, 0x700FF, 0x107FF, 0x107FF, 0x1A7FF, 0x1A7FF, 0x100FF)
+
+
+@attrs.frozen
+class LocalApicConfig:
+    base: int = prop(0xFEE0_0000, "Guest-physical address of the 4 KiB register page (IA32_APIC_BASE).", hex=True,
+                     validator=in_range(0, (1 << 52) - 0x1000))
+    apic_id: int = prop(0, "The APIC ID (register 0x20 bits 24-31).", validator=in_range(0, 0xFE))
+
+    def __attrs_post_init__(self) -> None:
+        if self.base & 0xFFF:
+            raise ValueError(f"base {self.base:#x} is not 4 KiB aligned")
+
+
+class LocalApic(Device):
+    """The CPU's local APIC: IRR/ISR/TMR, TPR/PPR, EOI, the LVT, the timer and self-IPIs."""
+
+    type_name = "lapic"
+    Config = LocalApicConfig
+
+    def __init__(self, config: LocalApicConfig, ctx: DeviceContext) -> None:
+        super().__init__(config, ctx)
+        #: Set by the machine (the run core): called with the new INTR level whenever it changes.
+        self.intr_changed: Callable[[bool], None] | None = None
+        #: Told the vector of each EOI of a level-triggered interrupt (an IOAPIC's remote IRR).
+        self.eoi_listeners: list[Callable[[int], None]] = []
+        self._external: InterruptController | None = None
+        self._timer: Timer = ctx.clock.timer(self._timer_fired)
+        self._warned: set[str] = set()
+        self._intr = False
+        self.reset()
+
+    def reset(self) -> None:
+        """Power-on state (SDM 11.4.7.1), with LINT0 in ExtINT mode as QEMU leaves the BSP's."""
+        self.id = self.config.apic_id << 24
+        self.tpr = 0
+        self.ldr = 0
+        self.dfr = 0xFFFF_FFFF
+        self.svr = 0xFF
+        self.irr = self.isr = self.tmr = 0  # 256-bit sets, bit v for vector v
+        self.esr = self._esr_pending = 0
+        self.icr = 0  # ICR as one 64-bit value (destination in bits 56-63)
+        self.lvt = [MASKED] * 7
+        self.lvt[LVT_LINT0] = EXTINT
+        self.initial_count = 0
+        self.divide_config = 0
+        self._timer.cancel()
+        self._started = 0  # machine time the count was loaded (ns)
+        self._update()
+
+    def regions(self) -> Sequence[Region]:
+        return [Region(Space.MMIO, self.config.base, 0x1000, self.read, self.write, sizes=(4,), name="registers")]
+
+    # --- the CPU side (vmcore.irq.InterruptController) -----------------------------------------
+
+    def connect_external(self, controller: InterruptController) -> None:
+        """Wire an external interrupt controller (the PC's 8259 pair) to LINT0."""
+        self._external = controller
+        controller.intr_changed = lambda _level: self._update()
+        self._update()
+
+    def pending(self) -> bool:
+        return self._intr
+
+    def acknowledge(self) -> int:
+        """The CPU takes an interrupt: the APIC's own first, else the PIC's through LINT0 (INTA)."""
+        vector = self._deliverable()
+        if vector is not None:
+            self.irr &= ~(1 << vector)
+            self.isr |= 1 << vector
+            self._update()
+            return vector
+        if self._external_open() and self._external is not None and self._external.pending():
+            vector = self._external.acknowledge()
+            self._update()
+            return vector
+        self._update()
+        return self.svr & 0xFF  # the request went away before the INTA cycle: the spurious vector
+
+    def accept(self, vector: int, level: bool = False) -> None:
+        """An interrupt arrives for this APIC (its timer, an IPI, an IOAPIC): into IRR."""
+        if vector < 16:
+            self._error(ESR_RECEIVE_ILLEGAL_VECTOR)
+            return
+        self.irr |= 1 << vector
+        if level:
+            self.tmr |= 1 << vector
+        else:
+            self.tmr &= ~(1 << vector)
+        self._update()
+
+    # --- registers ---------------------------------------------------------------------------
+
+    def read(self, offset: int, size: int) -> int:
+        if offset & 0xF:
+            return 0  # between registers
+        if offset == 0x20:
+            return self.id
+        if offset == 0x30:
+            return VERSION
+        if offset == 0x80:
+            return self.tpr
+        if offset == 0x90:
+            return 0  # APR: arbitration priority, not modelled (one CPU)
+        if offset == 0xA0:
+            return self.ppr
+        if offset == 0xD0:
+            return self.ldr
+        if offset == 0xE0:
+            return self.dfr
+        if offset == 0xF0:
+            return self.svr
+        if 0x100 <= offset < 0x280:
+            group, word = divmod(offset - 0x100, 0x80)
+            return ((self.isr, self.tmr, self.irr)[group] >> (32 * (word // 0x10))) & 0xFFFF_FFFF
+        if offset == 0x280:
+            return self.esr
+        if offset == 0x300:
+            return self.icr & 0xFFFF_EFFF  # delivery status (bit 12): always idle
+        if offset == 0x310:
+            return self.icr >> 32
+        if offset in LVT_OFFSETS:
+            return self.lvt[LVT_OFFSETS.index(offset)]
+        if offset == 0x380:
+            return self.initial_count
+        if offset == 0x390:
+            return self.current_count()
+        if offset == 0x3E0:
+            return self.divide_config
+        if offset == 0xB0:
+            return 0  # EOI is write-only
+        self._error(ESR_ILLEGAL_REGISTER)
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if offset & 0xF:
+            return
+        if offset == 0x20:
+            self.id = value & 0xFF00_0000
+        elif offset == 0x80:
+            self.tpr = value & 0xFF
+            self._update()
+        elif offset == 0xB0:
+            self._eoi()
+        elif offset == 0xD0:
+            self.ldr = value & 0xFF00_0000
+        elif offset == 0xE0:
+            self.dfr = (value & 0xF000_0000) | 0x0FFF_FFFF
+        elif offset == 0xF0:
+            self._write_svr(value)
+        elif offset == 0x280:
+            self.esr, self._esr_pending = self._esr_pending, 0  # a write latches the errors since the last
+        elif offset == 0x300:
+            self.icr = (self.icr & ~0xFFFF_FFFF) | (value & 0x000C_CFFF)
+            self._send_ipi()
+        elif offset == 0x310:
+            self.icr = (self.icr & 0xFFFF_FFFF) | (value & 0xFF00_0000) << 32
+        elif offset in LVT_OFFSETS:
+            self._write_lvt(LVT_OFFSETS.index(offset), value)
+        elif offset == 0x380:
+            self._load_count(value)
+        elif offset == 0x3E0:
+            self.divide_config = value & 0xB
+            if self._timer.armed:
+                self._load_count(self.initial_count)  # a new rate: the count starts again (approximation)
+        elif offset in (0x30, 0x90, 0xA0, 0x390) or 0x100 <= offset < 0x280:
+            pass  # read-only
+        else:
+            self._error(ESR_ILLEGAL_REGISTER)
+
+    @property
+    def ppr(self) -> int:
+        """Processor priority: TPR, or the in-service vector's class if that is higher (SDM 11.8.3.1)."""
+        isrv = self.isr.bit_length() - 1 if self.isr else 0
+        return self.tpr if (self.tpr >> 4) >= (isrv >> 4) else isrv & 0xF0
+
+    @property
+    def software_enabled(self) -> bool:
+        return bool(self.svr & SVR_ENABLE)
+
+    def _write_svr(self, value: int) -> None:
+        self.svr = value & 0x13FF
+        if not self.software_enabled:
+            # Software-disabled: every LVT entry is masked and stays so (SDM 11.4.7.2).
+            self.lvt = [entry | MASKED for entry in self.lvt]
+        self._update()
+
+    def _write_lvt(self, index: int, value: int) -> None:
+        value &= _LVT_WRITABLE[index]
+        if not self.software_enabled:
+            value |= MASKED
+        was_periodic = self.lvt[LVT_TIMER] & TIMER_MODE
+        self.lvt[index] = value
+        if index == LVT_TIMER and (value & TIMER_MODE) != was_periodic and value & TIMER_MODE == 2 << 17:
+            self._warn_once("tsc-deadline", "TSC-deadline timer mode is not modelled; the timer stays stopped")
+            self._timer.cancel()
+        self._update()
+
+    def _eoi(self) -> None:
+        if not self.isr:
+            return
+        vector = self.isr.bit_length() - 1
+        self.isr &= ~(1 << vector)
+        if self.tmr >> vector & 1:
+            for listener in self.eoi_listeners:
+                listener(vector)
+        self._update()
+
+    def _send_ipi(self) -> None:
+        low = self.icr & 0xFFFF_FFFF
+        vector, mode, shorthand = low & 0xFF, low & DELIVERY_MODE, (low >> 18) & 3
+        if shorthand == 3 or (shorthand == 0 and not self._is_destination(self.icr >> 56, bool(low & 0x800))):
+            return  # to other CPUs only, and there are none
+        if mode in (0x000, 0x100):  # fixed, lowest priority
+            if vector < 16:
+                self._error(ESR_SEND_ILLEGAL_VECTOR)
+                return
+            self.accept(vector, level=bool(low & 0x8000))
+        else:
+            names = {0x200: "SMI", 0x400: "NMI", 0x500: "INIT", 0x600: "SIPI"}
+            self._warn_once(f"ipi-{mode}", f"{names.get(mode, 'reserved')} IPIs are not modelled (one CPU); dropped")
+
+    def _is_destination(self, destination: int, logical: bool) -> bool:
+        if destination == 0xFF:
+            return True
+        if not logical:
+            return destination == self.id >> 24
+        if self.dfr >> 28 == 0xF:  # flat model: a bit per APIC
+            return bool(destination & (self.ldr >> 24))
+        return (destination >> 4) == (self.ldr >> 28) and bool(destination & (self.ldr >> 24) & 0xF)  # cluster
+
+    def _error(self, bit: int) -> None:
+        self._esr_pending |= bit
+        entry = self.lvt[LVT_ERROR]
+        if not entry & MASKED:
+            self.accept(entry & 0xFF)
+
+    # --- the timer ---------------------------------------------------------------------------
+
+    @property
+    def tick_ns(self) -> int:
+        """Nanoseconds per count: the 1 GHz bus clock through the divide configuration (SDM 11.5.4)."""
+        code = (self.divide_config & 3) | (self.divide_config & 8) >> 1
+        return 1 if code == 7 else 2 << code
+
+    def _load_count(self, count: int) -> None:
+        self.initial_count = count & 0xFFFF_FFFF
+        self._started = self.ctx.clock.now()
+        if self.initial_count and self.lvt[LVT_TIMER] & TIMER_MODE != 2 << 17:
+            self._timer.mod(self._started + self.initial_count * self.tick_ns)
+        else:
+            self._timer.cancel()
+
+    def current_count(self) -> int:
+        if not self._timer.armed or not self.initial_count:
+            return 0
+        ticks = (self.ctx.clock.now() - self._started) // self.tick_ns
+        if self.lvt[LVT_TIMER] & TIMER_PERIODIC:
+            return self.initial_count - ticks % self.initial_count
+        return max(0, self.initial_count - ticks)
+
+    def _timer_fired(self) -> None:
+        entry = self.lvt[LVT_TIMER]
+        if entry & TIMER_PERIODIC and self.initial_count:
+            period = self.initial_count * self.tick_ns
+            self._started += period
+            self._timer.mod(self._started + period)
+        if not entry & MASKED:
+            self.accept(entry & 0xFF)
+
+    # --- the INTR output ---------------------------------------------------------------------
+
+    def _deliverable(self) -> int | None:
+        """The IRR vector the CPU may take now, if any."""
+        if not self.irr or not self.software_enabled:
+            return None
+        vector = self.irr.bit_length() - 1
+        return vector if (vector >> 4) > (self.ppr >> 4) else None
+
+    def _external_open(self) -> bool:
+        entry = self.lvt[LVT_LINT0]
+        return not entry & MASKED and entry & DELIVERY_MODE == EXTINT
+
+    def _update(self) -> None:
+        level = self._deliverable() is not None or (
+            self._external is not None and self._external_open() and self._external.pending())
+        if level != self._intr:
+            self._intr = level
+            if self.intr_changed is not None:
+                self.intr_changed(level)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.ctx.log.warning("%s: %s", self.ctx.name, message)
+
+    def state(self) -> dict[str, Any]:
+        """The registers, for reports and tests."""
+        return {"id": self.id, "tpr": self.tpr, "ppr": self.ppr, "svr": self.svr, "irr": self.irr,
+                "isr": self.isr, "tmr": self.tmr, "lvt": list(self.lvt), "initial_count": self.initial_count,
+                "current_count": self.current_count()}
+
+
+@hookimpl
+def vmcore_device_types() -> list[type]:
+    return [LocalApic]

@@ -1,0 +1,214 @@
+"""devices/lapic.py: the local APIC (xAPIC) on the fake bus, one test per behaviour (Intel SDM vol. 3A ch. 11)."""
+
+import pytest
+
+BASE = 0xFEE0_0000
+ID, VERSION, TPR, PPR, EOI, LDR, DFR, SVR = 0x20, 0x30, 0x80, 0xA0, 0xB0, 0xD0, 0xE0, 0xF0
+ISR, TMR, IRR, ESR, ICR_LOW, ICR_HIGH = 0x100, 0x180, 0x200, 0x280, 0x300, 0x310
+LVT_TIMER, LVT_LINT0, LVT_LINT1, LVT_ERROR = 0x320, 0x350, 0x360, 0x370
+INITIAL, CURRENT, DIVIDE = 0x380, 0x390, 0x3E0
+MASKED, PERIODIC = 1 << 16, 1 << 17
+# ICR: shorthand self / all including self / all excluding self; level; logical destination.
+SELF, ALL, OTHERS, LEVEL, LOGICAL = 1 << 18, 2 << 18, 3 << 18, 1 << 15, 1 << 11
+
+
+def rd(bus, offset: int) -> int:
+    return bus.readl(BASE + offset)
+
+
+def wr(bus, offset: int, value: int) -> None:
+    bus.writel(BASE + offset, value)
+
+
+def bit(bus, group: int, vector: int) -> bool:
+    """Vector's bit in ISR, TMR or IRR (eight 32-bit registers, 16 bytes apart)."""
+    return bool(rd(bus, group + 0x10 * (vector // 32)) >> (vector % 32) & 1)
+
+
+@pytest.fixture
+def apic(fake_bus):
+    device = fake_bus.attach("lapic")
+    wr(fake_bus, SVR, 0x1FF)  # software-enabled, spurious vector 0xFF
+    return device
+
+
+def test_power_on_registers(fake_bus):
+    fake_bus.attach("lapic", apic_id=3)
+    assert rd(fake_bus, ID) == 3 << 24
+    assert rd(fake_bus, VERSION) == 0x0005_0014
+    assert rd(fake_bus, SVR) == 0xFF  # software-disabled
+    assert rd(fake_bus, DFR) == 0xFFFF_FFFF
+    assert rd(fake_bus, LVT_TIMER) == MASKED and rd(fake_bus, LVT_LINT1) == MASKED
+    assert rd(fake_bus, LVT_LINT0) == 0x700  # ExtINT, unmasked: the PIC gets through with no firmware
+    assert rd(fake_bus, TPR) == rd(fake_bus, PPR) == rd(fake_bus, CURRENT) == 0
+    assert not fake_bus.intr()
+
+
+def test_a_self_ipi_is_taken_into_isr_and_eoi_clears_it(fake_bus, apic):
+    wr(fake_bus, ICR_LOW, SELF | 0x40)
+    assert bit(fake_bus, IRR, 0x40) and fake_bus.intr()
+    assert rd(fake_bus, ICR_LOW) & (1 << 12) == 0  # delivery status: idle
+    assert fake_bus.acknowledge() == 0x40
+    assert bit(fake_bus, ISR, 0x40) and not bit(fake_bus, IRR, 0x40) and not fake_bus.intr()
+    assert rd(fake_bus, PPR) == 0x40
+    wr(fake_bus, EOI, 0)
+    assert not bit(fake_bus, ISR, 0x40) and rd(fake_bus, PPR) == 0
+
+
+def test_priority_classes_tpr_and_in_service_vectors_hold_lower_ones_back(fake_bus, apic):
+    wr(fake_bus, TPR, 0x50)
+    wr(fake_bus, ICR_LOW, SELF | 0x52)  # same class as TPR: held
+    assert bit(fake_bus, IRR, 0x52) and not fake_bus.intr()
+    wr(fake_bus, ICR_LOW, SELF | 0x61)
+    assert fake_bus.acknowledge() == 0x61
+    wr(fake_bus, TPR, 0)
+    wr(fake_bus, ICR_LOW, SELF | 0x65)  # same class as the one in service: held until its EOI
+    assert not fake_bus.intr()
+    wr(fake_bus, EOI, 0)
+    assert fake_bus.acknowledge() == 0x65  # the highest first
+    wr(fake_bus, EOI, 0)
+    assert fake_bus.acknowledge() == 0x52
+
+
+def test_the_highest_vector_is_delivered_first_and_eoi_ends_the_highest_in_service(fake_bus, apic):
+    for vector in (0x30, 0x90, 0x70):
+        wr(fake_bus, ICR_LOW, ALL | vector)  # "all including self" reaches this APIC too
+    assert fake_bus.acknowledge() == 0x90
+    wr(fake_bus, EOI, 0)
+    assert fake_bus.acknowledge() == 0x70
+    assert fake_bus.acknowledge() != 0x30  # class 3 is below the in-service class 7: spurious
+    wr(fake_bus, EOI, 0)
+    assert fake_bus.acknowledge() == 0x30
+
+
+def test_ipis_to_other_cpus_and_to_other_ids_are_dropped(fake_bus, apic):
+    wr(fake_bus, ICR_LOW, OTHERS | 0x40)
+    wr(fake_bus, ICR_HIGH, 5 << 24)
+    wr(fake_bus, ICR_LOW, 0x41)  # physical destination 5; this APIC is 0
+    assert rd(fake_bus, IRR + 0x20) == 0 and not fake_bus.intr()
+    wr(fake_bus, ICR_HIGH, 0)
+    wr(fake_bus, ICR_LOW, 0x42)  # physical destination 0: this one
+    assert bit(fake_bus, IRR, 0x42)
+
+
+def test_a_logical_destination_matches_the_ldr_in_flat_mode(fake_bus, apic):
+    wr(fake_bus, LDR, 0x04 << 24)
+    wr(fake_bus, ICR_HIGH, 0x02 << 24)
+    wr(fake_bus, ICR_LOW, LOGICAL | 0x50)
+    assert not bit(fake_bus, IRR, 0x50)
+    wr(fake_bus, ICR_HIGH, 0x06 << 24)
+    wr(fake_bus, ICR_LOW, LOGICAL | 0x50)
+    assert bit(fake_bus, IRR, 0x50)
+
+
+def test_level_triggered_interrupts_set_tmr_and_their_eoi_is_broadcast(fake_bus, apic):
+    eois = []
+    apic.eoi_listeners.append(eois.append)
+    wr(fake_bus, ICR_LOW, SELF | LEVEL | 0x80)
+    assert bit(fake_bus, TMR, 0x80)
+    assert fake_bus.acknowledge() == 0x80
+    wr(fake_bus, EOI, 0)
+    assert eois == [0x80]
+    wr(fake_bus, ICR_LOW, SELF | 0x81)
+    fake_bus.acknowledge()
+    wr(fake_bus, EOI, 0)
+    assert eois == [0x80]  # edge-triggered: no broadcast
+
+
+def test_illegal_vectors_are_dropped_and_reported_in_esr(fake_bus, apic):
+    wr(fake_bus, ICR_LOW, SELF | 0x05)
+    assert rd(fake_bus, IRR) == 0
+    wr(fake_bus, ESR, 0)  # a write latches the errors seen since the last one
+    assert rd(fake_bus, ESR) == 1 << 5  # send illegal vector
+    wr(fake_bus, ESR, 0)
+    assert rd(fake_bus, ESR) == 0
+
+
+def test_an_unimplemented_register_reads_zero_and_sets_esr(fake_bus, apic):
+    assert rd(fake_bus, 0x40) == 0
+    wr(fake_bus, ESR, 0)
+    assert rd(fake_bus, ESR) == 1 << 7
+
+
+def test_nothing_is_offered_while_software_disabled_and_the_lvt_stays_masked(fake_bus):
+    fake_bus.attach("lapic")
+    wr(fake_bus, ICR_LOW, SELF | 0x40)
+    assert bit(fake_bus, IRR, 0x40) and not fake_bus.intr()
+    wr(fake_bus, LVT_TIMER, 0x30)
+    assert rd(fake_bus, LVT_TIMER) == MASKED | 0x30
+    wr(fake_bus, SVR, 0x1FF)
+    assert fake_bus.intr()
+
+
+def test_one_shot_timer_counts_down_and_interrupts_once(fake_bus, apic):
+    wr(fake_bus, DIVIDE, 0xB)  # divide by 1: one count per ns
+    wr(fake_bus, LVT_TIMER, 0x31)
+    wr(fake_bus, INITIAL, 1000)
+    fake_bus.step(400)
+    assert rd(fake_bus, CURRENT) == 600 and not fake_bus.intr()
+    fake_bus.step(600)
+    assert rd(fake_bus, CURRENT) == 0 and fake_bus.acknowledge() == 0x31
+    wr(fake_bus, EOI, 0)
+    fake_bus.step(5000)
+    assert not fake_bus.intr()
+
+
+def test_periodic_timer_reloads_and_the_divider_scales_it(fake_bus, apic):
+    wr(fake_bus, DIVIDE, 0x3)  # divide by 16
+    wr(fake_bus, LVT_TIMER, PERIODIC | 0x32)
+    wr(fake_bus, INITIAL, 100)  # 1600 ns a period
+    ticks = 0
+    for _ in range(5):
+        fake_bus.step(1600)
+        if fake_bus.intr():
+            assert fake_bus.acknowledge() == 0x32
+            wr(fake_bus, EOI, 0)
+            ticks += 1
+    assert ticks == 5
+    fake_bus.step(800)
+    assert rd(fake_bus, CURRENT) == 50
+
+
+def test_a_masked_timer_does_not_interrupt_and_a_zero_count_stops_it(fake_bus, apic):
+    wr(fake_bus, DIVIDE, 0xB)
+    wr(fake_bus, LVT_TIMER, MASKED | 0x33)
+    wr(fake_bus, INITIAL, 10)
+    fake_bus.step(100)
+    assert not fake_bus.intr()
+    wr(fake_bus, LVT_TIMER, PERIODIC | 0x33)
+    wr(fake_bus, INITIAL, 10)
+    wr(fake_bus, INITIAL, 0)
+    fake_bus.step(100)
+    assert not fake_bus.intr() and rd(fake_bus, CURRENT) == 0
+
+
+def test_the_pic_reaches_the_cpu_through_lint0_in_extint_mode(fake_bus, apic):
+    fake_bus.attach("i8259")
+    for port, value in ((0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01)):  # ICW1-4: vectors 0x20..
+        fake_bus.outb(port, value)
+    fake_bus.irq(1).raise_()
+    assert fake_bus.intr()
+    assert fake_bus.acknowledge() == 0x21  # the PIC's INTA, through the APIC
+    fake_bus.outb(0x20, 0x20)
+    # The APIC's own interrupts come first; masking LINT0 keeps the PIC out.
+    fake_bus.irq(1).lower()
+    fake_bus.irq(3).raise_()
+    wr(fake_bus, ICR_LOW, SELF | 0xE0)
+    assert fake_bus.acknowledge() == 0xE0
+    wr(fake_bus, EOI, 0)
+    wr(fake_bus, LVT_LINT0, MASKED | 0x700)
+    assert not fake_bus.intr()
+    wr(fake_bus, LVT_LINT0, 0x700)
+    assert fake_bus.acknowledge() == 0x23
+
+
+def test_an_error_interrupt_when_the_error_lvt_is_unmasked(fake_bus, apic):
+    wr(fake_bus, LVT_ERROR, 0xFE)
+    wr(fake_bus, ICR_LOW, SELF | 0x01)  # illegal vector
+    assert fake_bus.acknowledge() == 0xFE
+
+
+def test_survives_fuzzing():
+    from vmcore.fuzz import assert_survives_fuzzing
+
+    assert_survives_fuzzing("lapic", runs=10, steps=300)
