@@ -45,6 +45,16 @@ def skip_without_kvm() -> None:
         pytest.skip(f"needs /dev/kvm: {reason}")
 
 
+@functools.cache
+def kvm_unit_tests_suite() -> Path:
+    """The pinned kvm-unit-tests, built once into .cache/ (scripts/build-kvm-unit-tests); skips with its reason."""
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "build-kvm-unit-tests")], capture_output=True,
+                          text=True, timeout=900)
+    if done.returncode != 0:
+        pytest.skip(done.stderr.strip() or "scripts/build-kvm-unit-tests failed")
+    return Path(done.stdout.strip())
+
+
 # --- the plugin the child processes load: ``plugins=("tests.helpers",)`` ----------------------
 
 

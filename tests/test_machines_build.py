@@ -13,6 +13,8 @@ from vmcore.accel import RunLimits
 from vmcore.machine import Machine, bundled_machines, resolve_profile
 from vmcore.profile import Profile, ProfileError
 
+from tests.helpers import kvm_unit_tests_suite  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 MACHINES = sorted((REPO / "machines").glob("*.yaml"))  # not machines/base/: those are only bases
 SEABIOS = Path("/usr/share/seabios/bios.bin")
@@ -34,6 +36,8 @@ def test_bundled_machines_folder_is_the_checkouts() -> None:
 
 @pytest.mark.parametrize("path", machine_params(MACHINES))
 def test_profile_loads_and_builds(path: Path) -> None:
+    if path.stem == "kvm-unit-tests":
+        kvm_unit_tests_suite()  # its kernels: built once into .cache/, or a skip with the reason
     profile = Profile.load(path)
     assert profile.name == path.stem
     with Machine.build(profile) as machine:
@@ -63,8 +67,9 @@ def test_profile_loads_and_builds(path: Path) -> None:
             assert machine.state.registers["rip"] != 0
 
 
-#: Profiles whose guest a firmware boots: it prints through the BIOS (int 10h, COM1), not port 0xF1.
-FIRMWARE_PROFILES = {"pc-bios"}
+#: Profiles whose guest is not one of guest/: a firmware's (it prints through the BIOS, int 10h,
+#: COM1) or kvm-unit-tests' (COM1, debug-exit at 0xF4), not port 0xF1.
+FIRMWARE_PROFILES = {"pc-bios", "kvm-unit-tests"}
 
 
 @pytest.mark.parametrize("path", [p for p in MACHINES if p.stem not in FIRMWARE_PROFILES],
@@ -107,6 +112,8 @@ def _expected_claims(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("path", machine_params(MACHINES))
 def test_vmcore_check_lists_the_claims(path: Path) -> None:
+    if path.stem == "kvm-unit-tests":
+        kvm_unit_tests_suite()
     result = _vmcore("check", str(path))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""

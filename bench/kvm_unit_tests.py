@@ -1,0 +1,176 @@
+"""kvm-unit-tests on each accelerator: the 28 x86 tests of ../shared/peers, a table of results.
+
+Builds the pinned suite once (scripts/build-kvm-unit-tests, into .cache/kvm-unit-tests),
+then runs each test as `vmcore run machines/kvm-unit-tests.yaml` with the test's kernel
+(x86/<file>.flat) and its arguments from x86/unittests.cfg (``test_args``, or the
+``-append`` of ``extra_params``) as the multiboot command line, on each accelerator, with
+a time limit of 60 s (``--timeout``). A test passes when it leaves through debug-exit
+with 0 (vmcore's status 1), is skipped with 77 (SKIP, as the suite's own runner says),
+and fails otherwise; a failure's note is the first line of its serial output that says
+FAIL, or else how the run stopped. What QEMU needs other options for (``qemu_params``
+such as ``-cpu max``, more than one CPU) is noted, not emulated.
+
+    python3 bench/kvm_unit_tests.py [--accel kvm,tcg] [--tests a,b] [--timeout 60] [--jobs 2]
+                                    [--out bench/results/kvm-unit-tests.txt]
+
+The 28 tests are the sections of x86/unittests.cfg that run on a plain PC (the VMX, SVM,
+Hyper-V and vmexit micro-benchmark groups, the i386-only and KVM-only ones, and the tests
+of features this host's CPU lacks (pks, lam, cet, rdpru, tsx-ctrl) and of kvmclock are
+left out), plus ``dummy`` and ``vmexit_cpuid``: the set whose QEMU results
+../shared/peers/README.md gives. No thresholds are asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import configparser
+import datetime
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PROFILE = REPO / "machines" / "kvm-unit-tests.yaml"
+TESTS = ("dummy", "setjmp", "realmode", "idt_test", "eventinj", "syscall", "umip", "sieve", "memory", "tsc",
+         "tsc_adjust", "xsave", "smptest", "rmap_chain", "vmexit_cpuid", "intel_iommu", "la57", "x2apic", "xapic",
+         "ioapic", "smap", "pku", "asyncpf", "emulator", "hypercall", "msr", "s3", "debug")
+#: dummy is not a section of unittests.cfg: its file, no arguments.
+EXTRA = {"dummy": {"file": "dummy.flat"}}
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+
+
+def build() -> Path:
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "build-kvm-unit-tests")], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr.strip() or "scripts/build-kvm-unit-tests failed")
+    return Path(done.stdout.strip())
+
+
+def test_specs(suite: Path) -> dict[str, dict[str, str]]:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read(suite / "x86" / "unittests.cfg")
+    specs = {name: dict(parser[name]) for name in parser.sections()}
+    specs.update(EXTRA)
+    return specs
+
+
+def cmdline(spec: dict[str, str]) -> str:
+    if "test_args" in spec:
+        return " ".join(shlex.split(spec["test_args"]))
+    words = shlex.split(spec.get("extra_params", ""))
+    if "-append" in words and words.index("-append") + 1 < len(words):
+        return words[words.index("-append") + 1]
+    return ""
+
+
+def run_one(suite: Path, name: str, spec: dict[str, str], accel: str, timeout: float) -> tuple[str, float, str]:
+    """(result, seconds, note) of one test on one accelerator."""
+    kernel = suite / "x86" / spec["file"]
+    if not kernel.is_file():
+        return FAIL, 0.0, f"{spec['file']} was not built"
+    argv = [sys.executable, "-m", "vmcore", "run", str(PROFILE), "--accel", accel, "--timeout", str(timeout),
+            "--history", "0", "--set", f"loader.kernel={kernel}", "--set", f"loader.cmdline={cmdline(spec)!r}"]
+    start = time.monotonic()
+    try:
+        done = subprocess.run(argv, capture_output=True, cwd=REPO, timeout=timeout + 60)
+    except subprocess.TimeoutExpired:
+        return FAIL, time.monotonic() - start, "vmcore did not stop"
+    seconds = time.monotonic() - start
+    out = done.stdout.decode("latin-1")
+    err = done.stderr.decode("latin-1")
+    status = done.returncode
+    if status & 1 and status != 1 and status >> 1 == 77:
+        return SKIP, seconds, _first(out, "SKIP") or "skipped"
+    if status == 1:
+        return PASS, seconds, ""
+    note = _first(out, "FAIL") or _stop_line(err) or f"exit status {status}"
+    return FAIL, seconds, note
+
+
+def _first(text: str, word: str) -> str:
+    for line in text.splitlines():
+        if word in line:
+            return line.strip()[:120]
+    return ""
+
+
+def _stop_line(err: str) -> str:
+    for line in err.splitlines():
+        if line.startswith("vmcore: "):
+            return line[len("vmcore: "):].strip()[:120]
+    return ""
+
+
+def notes(spec: dict[str, str]) -> str:
+    wants = []
+    if spec.get("qemu_params") or spec.get("extra_params", "").replace("-append", "").strip(" '\""):
+        params = spec.get("qemu_params", "") + " " + re.sub(r"-append\s+('[^']*'|\"[^\"]*\"|\S+)", "",
+                                                             spec.get("extra_params", ""))
+        if params.strip():
+            wants.append(f"QEMU: {params.strip()}")
+    if spec.get("smp", "1") not in ("1", ""):
+        wants.append(f"smp {spec['smp']}")
+    return "; ".join(wants)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accel", default="kvm,tcg")
+    parser.add_argument("--tests", default=",".join(TESTS))
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "kvm-unit-tests.txt")
+    args = parser.parse_args()
+    suite = build()
+    specs = test_specs(suite)
+    accels = args.accel.split(",")
+    names = args.tests.split(",")
+    unknown = [name for name in names if name not in specs]
+    if unknown:
+        raise SystemExit(f"unknown tests: {', '.join(unknown)}")
+    results: dict[tuple[str, str], tuple[str, float, str]] = {}
+    wall: dict[str, float] = {accel: 0.0 for accel in accels}
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(run_one, suite, name, specs[name], accel, args.timeout): (name, accel)
+                   for name in names for accel in accels}
+        for future in concurrent.futures.as_completed(futures):
+            name, accel = futures[future]
+            results[name, accel] = future.result()
+            wall[accel] += results[name, accel][1]
+            print(f"{name:14s} {accel:4s} {results[name, accel][0]} {results[name, accel][1]:5.1f} s "
+                  f"{results[name, accel][2]}", flush=True)
+    lines = [f"# bench/kvm_unit_tests.py  {datetime.datetime.now():%Y-%m-%d %H:%M}  {platform.node()}  "
+             f"python {platform.python_version()}  timeout {args.timeout:g} s  suite {suite}",
+             "", "| test | " + " | ".join(f"{a} | s" for a in accels) + " | notes |",
+             "|---|" + "---|---|" * len(accels) + "---|"]
+    for name in names:
+        cells = []
+        failures = []
+        for accel in accels:
+            result, seconds, note = results[name, accel]
+            cells.append(f"{result} | {seconds:.1f}")
+            if note:
+                failures.append(f"{accel}: {note}")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {'; '.join(failures + [notes(specs[name])]).strip('; ')} |")
+    passed = {accel: sum(results[n, accel][0] == PASS for n in names) for accel in accels}
+    either = sum(any(results[n, a][0] == PASS for a in accels) for n in names)
+    lines += ["", "passed: " + ", ".join(f"{a} {passed[a]} of {len(names)}" for a in accels)
+              + f"; on one or the other: {either}",
+              "wall time of the whole run (sum of the runs' seconds): "
+              + ", ".join(f"{a} {wall[a]:.0f} s" for a in accels)]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
