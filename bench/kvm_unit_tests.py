@@ -5,9 +5,10 @@ then runs each test as `vmcore run machines/kvm-unit-tests.yaml` with the test's
 (x86/<file>.flat) and its arguments from x86/unittests.cfg (``test_args``, or the
 ``-append`` of ``extra_params``) as the multiboot command line, on each accelerator, with
 a time limit of 60 s (``--timeout``). A test passes when it leaves through debug-exit
-with 0 (vmcore's status 1), is skipped with 77 (SKIP, as the suite's own runner says),
-and fails otherwise; a failure's note is the first line of its serial output that says
-FAIL, or else how the run stopped. What QEMU needs other options for (``qemu_params``
+with 0 (vmcore's status 1), is skipped when the status is 77 (it wrote 38: the suite's
+SKIP, as its scripts/runtime.bash reads it; the note is its last line), and fails
+otherwise; a failure's note is the first line of its serial output that says FAIL (or
+an assert, or an unhandled exception), or else how the run stopped. What QEMU needs other options for (``qemu_params``
 such as ``-cpu max``, more than one CPU) is noted, not emulated.
 
     python3 bench/kvm_unit_tests.py [--accel kvm,tcg] [--tests a,b] [--timeout 60] [--jobs 2]
@@ -86,12 +87,12 @@ def run_one(suite: Path, name: str, spec: dict[str, str], accel: str, timeout: f
     out = done.stdout.decode("latin-1")
     err = done.stderr.decode("latin-1")
     status = done.returncode
-    if status & 1 and status != 1 and status >> 1 == 77:
-        return SKIP, seconds, _first(out, "SKIP") or "skipped"
+    if status == 77:  # the guest wrote 77 >> 1: the suite's SKIP, as its scripts/runtime.bash reads it
+        return SKIP, seconds, _last(out) or "skipped"
     if status == 1:
         return PASS, seconds, ""
-    note = _first(out, "FAIL") or _stop_line(err) or f"exit status {status}"
-    return FAIL, seconds, note
+    note = _first(out, "FAIL") or _first(out, "assert") or _first(out, "Unhandled") or _stop_line(err)
+    return FAIL, seconds, note or f"exit status {status}"
 
 
 def _first(text: str, word: str) -> str:
@@ -99,6 +100,11 @@ def _first(text: str, word: str) -> str:
         if word in line:
             return line.strip()[:120]
     return ""
+
+
+def _last(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("SUMMARY")]
+    return lines[-1][:120] if lines else ""
 
 
 def _stop_line(err: str) -> str:
@@ -160,8 +166,9 @@ def main() -> None:
                 failures.append(f"{accel}: {note}")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {'; '.join(failures + [notes(specs[name])]).strip('; ')} |")
     passed = {accel: sum(results[n, accel][0] == PASS for n in names) for accel in accels}
+    skipped = {accel: sum(results[n, accel][0] == SKIP for n in names) for accel in accels}
     either = sum(any(results[n, a][0] == PASS for a in accels) for n in names)
-    lines += ["", "passed: " + ", ".join(f"{a} {passed[a]} of {len(names)}" for a in accels)
+    lines += ["", "passed: " + ", ".join(f"{a} {passed[a]} of {len(names)} ({skipped[a]} skipped)" for a in accels)
               + f"; on one or the other: {either}",
               "wall time of the whole run (sum of the runs' seconds): "
               + ", ".join(f"{a} {wall[a]:.0f} s" for a in accels)]
