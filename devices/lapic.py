@@ -272,7 +272,7 @@ class LocalApic(Device):
     def _send_ipi(self) -> None:
         low = self.icr & 0xFFFF_FFFF
         vector, mode, shorthand = low & 0xFF, low & DELIVERY_MODE, (low >> 18) & 3
-        if shorthand == 3 or (shorthand == 0 and not self._is_destination(self.icr >> 56, bool(low & 0x800))):
+        if shorthand == 3 or (shorthand == 0 and not self.matches(self.icr >> 56, bool(low & 0x800))):
             return  # to other CPUs only, and there are none
         if mode in (0x000, 0x100):  # fixed, lowest priority
             if vector < 16:
@@ -283,7 +283,8 @@ class LocalApic(Device):
             names = {0x200: "SMI", 0x400: "NMI", 0x500: "INIT", 0x600: "SIPI"}
             self._warn_once(f"ipi-{mode}", f"{names.get(mode, 'reserved')} IPIs are not modelled (one CPU); dropped")
 
-    def _is_destination(self, destination: int, logical: bool) -> bool:
+    def matches(self, destination: int, logical: bool) -> bool:
+        """Whether an interrupt message for ``destination`` (physical ID, or logical in flat/cluster mode) is for this APIC."""
         if destination == 0xFF:
             return True
         if not logical:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 #: Receives (line number, new level) whenever a line changes; a pulse is 1 then 0.
 IrqSink = Callable[[int, bool], None]
@@ -89,3 +89,14 @@ class LocalInterruptController(Protocol):
 
     def acknowledge(self) -> int:
         """The INTA cycle: the vector to deliver."""
+
+
+@runtime_checkable
+class IoInterruptController(Protocol):
+    """An interrupt controller that takes IRQ lines and sends messages to local APICs (an I/O APIC)."""
+
+    def set_irq(self, line: int, level: bool) -> None:
+        """An input pin changed level."""
+
+    def connect_local(self, apic: Any) -> None:
+        """Send interrupts to ``apic`` (a local APIC model); connecting one twice changes nothing."""

@@ -32,7 +32,7 @@ from .pci import PciBus
 from .plugins import DeviceRegistry, DeviceTypeError
 from .profile import DeviceSpec, Profile, ProfileError, Where
 from .stop import StopReason
-from .wiring import IrqLines, build_device, claim_regions, controller_of, cpu_interrupts
+from .wiring import IrqLines, build_device, claim_regions, controller_of, cpu_interrupts, irq_route
 
 log = logging.getLogger("vmcore.machine")
 
@@ -235,12 +235,13 @@ class Machine:
         controller = None if kernel_irqchip else self.controller
         if kernel_irqchip:
             self.irq_lines.route = self.accelerator.set_irq_line
-        elif controller is not None:
-            self.irq_lines.route = controller.set_irq
-            # Lines that went high while the machine was built reach the controller now.
+        elif (route := irq_route(self.devices.values(), controller)) is not None:
+            # The 8259 pair and any I/O APIC, as a PC wires them.
+            self.irq_lines.route = route
+            # Lines that went high while the machine was built reach the controllers now.
             for line in self.irq_lines:
                 if line.level:
-                    controller.set_irq(line.number, True)
+                    route(line.number, True)
         limits = RunLimits(
             timeout=limits.timeout if limits.timeout is not None else self.profile.limits.timeout,
             max_exits=limits.max_exits if limits.max_exits is not None else self.profile.limits.max_exits,

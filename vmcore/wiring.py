@@ -16,7 +16,7 @@ from .bus import Bus, BusError, Region, Space
 from .clock import Clock
 from .device import DeviceContext
 from .dma import DmaSpace
-from .irq import InterruptController, IrqLine, LocalInterruptController
+from .irq import InterruptController, IoInterruptController, IrqLine, LocalInterruptController
 from .memory import GuestMemory
 from .pci import PciBus
 
@@ -102,9 +102,38 @@ def cpu_interrupts(devices: Iterable[Any], lines: InterruptController | None
                    ) -> InterruptController | LocalInterruptController | None:
     """What raises the CPU's INTR: a local APIC among ``devices``, with ``lines`` (the controller
     that takes the IRQ lines) wired to it; without one, ``lines`` itself."""
+    devices = list(devices)
     for device in devices:
         if isinstance(device, LocalInterruptController):
             if lines is not None:
                 device.connect_external(lines)
+            for ioapic in devices:
+                if isinstance(ioapic, IoInterruptController):
+                    ioapic.connect_local(device)  # idempotent
             return device
     return lines
+
+
+def ioapic_pin(line: int) -> int | None:
+    """The I/O APIC pin a PC wires IRQ line ``line`` to: the same number, but the timer's
+    line 0 on pin 2 (the override PC firmware announces) and nothing for the cascade's line 2."""
+    if line == 0:
+        return 2
+    return None if line == 2 else line
+
+
+def irq_route(devices: Iterable[Any], lines: InterruptController | None) -> Callable[[int, bool], None] | None:
+    """Where IRQ line changes go, as on a PC: to ``lines`` (the 8259 pair) and to every I/O APIC."""
+    ioapics = [device for device in devices if isinstance(device, IoInterruptController)]
+    if not ioapics:
+        return lines.set_irq if lines is not None else None
+
+    def route(number: int, level: bool) -> None:
+        if lines is not None:
+            lines.set_irq(number, level)
+        pin = ioapic_pin(number)
+        if pin is not None:
+            for ioapic in ioapics:
+                ioapic.set_irq(pin, level)
+
+    return route

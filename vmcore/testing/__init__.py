@@ -24,7 +24,7 @@ from ..irq import InterruptController, IrqLine
 from ..memory import GuestMemory
 from ..pci import PciBus
 from ..plugins import DeviceRegistry
-from ..wiring import IrqLines, build_device, claim_regions, controller_of, cpu_interrupts
+from ..wiring import IrqLines, build_device, claim_regions, controller_of, cpu_interrupts, irq_route
 
 __all__ = ["FakeBus", "IrqEvent"]
 
@@ -97,6 +97,9 @@ class FakeBus:
             _close(instance)
             raise
         self.devices[name] = instance
+        # Interrupt controllers are wired as a machine wires them: an 8259 to a local APIC's
+        # LINT0, I/O APICs to the local APIC.
+        cpu_interrupts(self.devices.values(), self.controller)
         return instance
 
     def irq(self, number: int) -> IrqLine:
@@ -107,9 +110,9 @@ class FakeBus:
         self.irq_events.append((self.clock.now(), number, level))
 
     def _route_irq(self, number: int, level: bool) -> None:
-        controller = self.controller
-        if controller is not None:
-            self._guarded(controller.set_irq, number, level)
+        route = irq_route(self.devices.values(), self.controller)
+        if route is not None:
+            self._guarded(route, number, level)
 
     @property
     def controller(self) -> InterruptController | None:
