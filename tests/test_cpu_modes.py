@@ -45,3 +45,23 @@ def test_cpuid_shows_an_xapic_only_with_a_lapic_device(accel: str, tmp_path: Pat
     assert without["console"] == "\0\0\0"
     with_apic = in_process(profile_for(CPUID_APIC, tmp_path, devices="  apic: {type: lapic}\n"), accel=accel)
     assert (with_apic["kind"], with_apic["console"]) == ("halted", "\1\0\0")
+
+
+def test_cr4_starts_clear_and_cpuid_osxsave_follows_it(accel: str, tmp_path: Path) -> None:
+    from tests.tiny_guests import TinyGuest, profile_for
+
+    # CR4's low byte, then CPUID leaf 1's OSXSAVE bit (ECX bit 27), one console byte each:
+    # after RESET CR4 is 0, and OSXSAVE mirrors CR4.OSXSAVE (the software CPU's engine
+    # starts with CR4.OSXSAVE set of its own).
+    guest = TinyGuest("cr4_osxsave", code=bytes([
+        0x0F, 0x20, 0xE0,                    # mov eax, cr4
+        0xE6, 0xF1,                          # out 0xF1, al
+        0x66, 0xB8, 0x01, 0x00, 0x00, 0x00,  # mov eax, 1
+        0x0F, 0xA2,                          # cpuid
+        0x66, 0x89, 0xC8,                    # mov eax, ecx
+        0x66, 0xC1, 0xE8, 0x1B,              # shr eax, 27
+        0x24, 0x01, 0xE6, 0xF1,              # and al, 1; out 0xF1, al
+        0xF4,                                # hlt
+    ]))
+    result = in_process(profile_for(guest, tmp_path), accel=accel)
+    assert (result["kind"], result["console"]) == ("halted", "\0\0")

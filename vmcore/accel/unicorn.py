@@ -55,6 +55,8 @@ _FLAG_IF, _FLAG_TF = 1 << 9, 1 << 8
 _MSR_EFER = 0xC0000080
 _EFER_LMA = 1 << 10
 _MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
+_CPUID1_ECX_OSXSAVE = 1 << 27
+_CR4_OSXSAVE = 1 << 18
 _CR0_RESET = 0x60000010  # CD | NW | ET: CR0 after RESET, protection off
 #: Instructions per emu_start: how often the loop gets to serve timers and interrupts while the
 #: guest runs without exits (a few hundred microseconds of guest code on unicorn).
@@ -192,6 +194,10 @@ class UnicornAccelerator(Accelerator):
         return "long" if self.regs.msr_read(_MSR_EFER) & _EFER_LMA else "protected"
 
     def _load_state(self, state: CpuState) -> None:
+        # CR4 as the state says (0 outside long mode, as after RESET and on KVM): unicorn's
+        # own start value has OSFXSR and OSXSAVE set, which the guest has not asked for.
+        if state.mode != "long":
+            self.regs.reg_write(X.UC_X86_REG_CR4, state.cr4)
         if state.mode not in ("real", "reset"):
             self.regs.reg_write(X.UC_X86_REG_GDTR, (0, state.gdt[0], state.gdt[1], 0))
             self.regs.reg_write(X.UC_X86_REG_IDTR, (0, state.idt[0], state.idt[1], 0))
@@ -255,7 +261,12 @@ class UnicornAccelerator(Accelerator):
             # (see vmcore.cpu). Every other leaf is unicorn's own (0: run it).
             if self._cpuid1 is None or self.regs.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF != 1:
                 return 0
-            for register, value in zip(self._cpuid_registers, self._cpuid1):
+            eax, ebx, ecx, edx = self._cpuid1
+            # OSXSAVE mirrors CR4.OSXSAVE now, not when the leaf was taken (SDM: CPUID leaf 1).
+            ecx &= ~_CPUID1_ECX_OSXSAVE
+            if self.regs.reg_read(X.UC_X86_REG_CR4) & _CR4_OSXSAVE:
+                ecx |= _CPUID1_ECX_OSXSAVE
+            for register, value in zip(self._cpuid_registers, (eax, ebx, ecx, edx)):
                 self.regs.reg_write(register, value)
             return 1  # done: unicorn skips its own
 
