@@ -163,8 +163,6 @@ class IoApic(Device):
             if self._asserted(pin) and entry & LEVEL:
                 self._service(pin)  # unmasked (or re-aimed) while asserted
 
-    def state(self) -> dict[str, Any]:
-        return {"id": self.id, "entries": list(self.entries), "levels": list(self.levels)}
 
 
 @hookimpl

@@ -36,7 +36,7 @@ rule for the region's sizes; unimplemented offsets read 0 and set ESR bit 7.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import attrs
 
@@ -53,7 +53,6 @@ MASKED = 1 << 16
 SVR_ENABLE = 1 << 8
 DELIVERY_MODE = 0x700
 EXTINT = 0x700
-NMI = 0x400
 TIMER_PERIODIC = 1 << 17
 TIMER_MODE = 3 << 17
 # ESR bits (SDM 11.5.3).
@@ -358,11 +357,6 @@ class LocalApic(Device):
             self._warned.add(key)
             self.ctx.log.warning("%s: %s", self.ctx.name, message)
 
-    def state(self) -> dict[str, Any]:
-        """The registers, for reports and tests."""
-        return {"id": self.id, "tpr": self.tpr, "ppr": self.ppr, "svr": self.svr, "irr": self.irr,
-                "isr": self.isr, "tmr": self.tmr, "lvt": list(self.lvt), "initial_count": self.initial_count,
-                "current_count": self.current_count()}
 
 
 @hookimpl

@@ -59,6 +59,13 @@ def kvm_unit_tests_suite() -> Path:
 
 
 @attrs.frozen
+class RegsConfig:
+    """Four byte registers at ``port`` (the fuzzing tests' devices)."""
+
+    port: int = prop(0x600, "First of four byte registers.", hex=True)
+
+
+@attrs.frozen
 class ScratchConfig:
     base: int = prop(0x10000000, "Guest-physical address of the 16-byte register block.")
 
@@ -232,6 +239,13 @@ def differential(profile: Path, plugins: Sequence[str] = (), timeout: float = 20
 # --- a scripted vCPU: the KVM exit path without /dev/kvm --------------------------------------
 
 PIO_DATA = 4096
+
+
+class Closeable:
+    """Stands in for the Kvm and Vm handles a KvmAccelerator closes (tests that script the vCPU)."""
+
+    def close(self) -> None:
+        pass
 
 
 class ScriptedVcpu:

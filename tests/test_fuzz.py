@@ -16,6 +16,7 @@ from typing import ClassVar, Sequence
 import attrs
 import pytest
 
+from tests.helpers import RegsConfig
 from vmcore.bus import Region, Space
 from vmcore.device import Device, PropertyError, prop
 from vmcore.fuzz import (SCRATCH_DISK_BYTES, FuzzScratch, Op, assert_survives_fuzzing, fuzz_all, fuzz_device,
@@ -31,11 +32,6 @@ SEED = 20261125
 
 
 # --- devices to fuzz: one well-behaved, and one planted bug of each kind -----------------------
-
-
-@attrs.frozen
-class RegsConfig:
-    port: int = prop(0x600, "First of four byte registers.", hex=True)
 
 
 class Regs(Device):

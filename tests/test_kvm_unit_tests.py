@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import REPO, kvm_unit_tests_suite, vmcore
+from tests.helpers import REPO, kvm_unit_tests_suite, skip_without_kvm, vmcore
 
 PROFILE = REPO / "machines" / "kvm-unit-tests.yaml"
 PASS = 1  # debug-exit of 0: (0 << 1) | 1
@@ -31,8 +31,6 @@ def test_passes_on_both_accelerators(accel: str, name: str, summary: str) -> Non
 
 
 def test_realmode_passes_on_kvm() -> None:
-    from tests.helpers import skip_without_kvm
-
     skip_without_kvm()
     status, out, err = run_test("realmode", "kvm")
     assert status == PASS, err

@@ -29,6 +29,7 @@ import attrs
 import pytest
 
 from tests.helpers import (
+    Closeable,
     ACCEL_RUNS_CHILD,
     CHILD_TIMEOUT,
     REPO,
@@ -100,11 +101,6 @@ class FakeVm:
         pass
 
 
-class _Closeable:
-    def close(self) -> None:
-        pass
-
-
 class Scripted:
     """A scripted vCPU with: a posted console port, a posted MMIO log, a synchronous port,
     debug-exit, and a posted port whose device raises. Every delivery goes to ``events``."""
@@ -113,7 +109,7 @@ class Scripted:
         self.events: list[tuple[str, int, int]] = []
         self.vcpu = ScriptedVcpu([])
         self.vm = vm or FakeVm()
-        self.accel = KvmAccelerator(_Closeable(), self.vm, self.vcpu)  # type: ignore[arg-type]
+        self.accel = KvmAccelerator(Closeable(), self.vm, self.vcpu)  # type: ignore[arg-type]
         self.accel.coalesce = coalesce
         self.pio, self.mmio = Bus(Space.PIO), Bus(Space.MMIO)
         self.pio.claim(Region(Space.PIO, CONSOLE, 1, lambda o, s: 0xE9, self.logger("console"), sizes=(1,),

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import attrs
 import pytest
 
-from tests.helpers import ScriptedVcpu, accel_runs, io, real_mode_profile, skip_without_kvm
+from tests.helpers import Closeable, ScriptedVcpu, accel_runs, io, real_mode_profile, skip_without_kvm
 from vmcore.accel import RunLimits
 from vmcore.accel.kvm import KvmAccelerator
 from vmcore.bus import Bus, Doorbell, Region, Space
@@ -54,11 +54,6 @@ class FakeVm:
         pass
 
 
-class _Closeable:
-    def close(self) -> None:
-        pass
-
-
 class Scripted:
     """A scripted vCPU and a bus with a doorbell device (byte bell at +0 matching 0x5A, word bell
     at +2 matching anything) and a synchronous port; deliveries are logged in order."""
@@ -67,7 +62,7 @@ class Scripted:
         self.events: list[tuple[Any, ...]] = []
         self.vcpu = ScriptedVcpu([])
         self.vm = vm or FakeVm()
-        self.accel = KvmAccelerator(_Closeable(), self.vm, self.vcpu)  # type: ignore[arg-type]
+        self.accel = KvmAccelerator(Closeable(), self.vm, self.vcpu)  # type: ignore[arg-type]
         self.pio, self.mmio = Bus(Space.PIO), Bus(Space.MMIO)
         self.pio.claim(Region(Space.PIO, BELL, 4, None, self.bell, sizes=(1, 2),
                               doorbells=(Doorbell(0, 1, value=0x5A), Doorbell(2, 2))), "bell")

@@ -6,7 +6,7 @@ with count > 1) and every stop reason, byte for byte.
 
 from __future__ import annotations
 
-from tests.helpers import ScriptedVcpu, io, mmio, reason
+from tests.helpers import Closeable, ScriptedVcpu, io, mmio, reason
 from vmcore.accel import RunLimits
 from vmcore.accel.kvm import KvmAccelerator
 from vmcore.bus import Bus, Region, Space
@@ -14,11 +14,6 @@ from vmcore.device import GuestExit
 from vmcore.kvm import ioctl as k
 from vmcore.kvm import structs as s
 from vmcore.memory import GuestMemory
-
-class _Closeable:
-    def close(self) -> None:
-        pass
-
 
 class Recorder:
     """A device region that logs accesses and answers reads from a counter."""
@@ -39,7 +34,7 @@ class Recorder:
 
 def run_script(script, limits: RunLimits = RunLimits()):  # type: ignore[no-untyped-def]
     vcpu = ScriptedVcpu(script)
-    accel = KvmAccelerator(_Closeable(), _Closeable(), vcpu)  # type: ignore[arg-type]
+    accel = KvmAccelerator(Closeable(), Closeable(), vcpu)  # type: ignore[arg-type]
     memory = GuestMemory()
     memory.add_slot("ram", 0, 4096)
     memory.load(0x10, bytes(range(0xA0, 0xB0)))
@@ -145,7 +140,7 @@ def test_max_exits_limit_stops_the_loop() -> None:
 
 def test_guest_exit_from_a_device_ends_the_run_with_its_status() -> None:
     vcpu = ScriptedVcpu([io(k.KVM_EXIT_IO_OUT, 0xF1, 1, b"x"), io(k.KVM_EXIT_IO_OUT, 0x501, 1, b"\x2a")])
-    accel = KvmAccelerator(_Closeable(), _Closeable(), vcpu)  # type: ignore[arg-type]
+    accel = KvmAccelerator(Closeable(), Closeable(), vcpu)  # type: ignore[arg-type]
     pio = Bus(Space.PIO)
 
     def exit_write(offset: int, size: int, value: int) -> None:

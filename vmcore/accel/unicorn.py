@@ -804,14 +804,6 @@ def _mmio_windows(slots: list[MemorySlot]) -> set[tuple[int, int]]:
     return windows
 
 
-def _narrow(name: str) -> str:
-    """The 32-bit register name unicorn uses outside long mode (rax -> eax)."""
-    if name == "rflags":
-        return "eflags"
-    if name.startswith("r") and name[1:] in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp", "ip"):
-        return "e" + name[1:]
-    return name
-
 
 class _Callbacks:
     """Registers the hot callbacks (port IO hooks, MMIO windows) with unicorn's C library itself.
