@@ -112,3 +112,11 @@ def test_messages_go_only_to_a_matching_destination(pc):
 
 def test_survives_fuzzing():
     assert_survives_fuzzing("ioapic", runs=10, steps=300)
+
+
+def test_a_flood_of_unmodelled_messages_is_logged_once(pc, caplog):
+    route(pc, 7, 0x400 | 0x20)  # NMI delivery mode
+    for _ in range(1000):
+        pc.irq(7).pulse()
+    assert sum("NMI messages are not modelled" in r.getMessage() for r in caplog.records) == 1
+    assert not pc.intr()

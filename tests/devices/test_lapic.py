@@ -212,3 +212,10 @@ def test_survives_fuzzing():
     from vmcore.fuzz import assert_survives_fuzzing
 
     assert_survives_fuzzing("lapic", runs=10, steps=300)
+
+
+def test_a_flood_of_unmodelled_ipis_is_logged_once(fake_bus, apic, caplog):
+    for _ in range(1000):
+        wr(fake_bus, ICR_LOW, SELF | 0x400)  # NMI: one CPU, not modelled
+    assert sum("NMI IPIs are not modelled" in r.getMessage() for r in caplog.records) == 1
+    assert rd(fake_bus, IRR + 0x20) == 0
