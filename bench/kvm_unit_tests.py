@@ -63,12 +63,19 @@ def test_specs(suite: Path) -> dict[str, dict[str, str]]:
 
 
 def cmdline(spec: dict[str, str]) -> str:
+    """The multiboot command line QEMU gives the test: the kernel's file name, then its arguments.
+
+    The tests take the first word as argv[0] (QEMU's multiboot loader puts the file name
+    there, as GRUB does), so without it the first argument would be lost.
+    """
+    args = ""
     if "test_args" in spec:
-        return " ".join(shlex.split(spec["test_args"]))
-    words = shlex.split(spec.get("extra_params", ""))
-    if "-append" in words and words.index("-append") + 1 < len(words):
-        return words[words.index("-append") + 1]
-    return ""
+        args = " ".join(shlex.split(spec["test_args"]))
+    else:
+        words = shlex.split(spec.get("extra_params", ""))
+        if "-append" in words and words.index("-append") + 1 < len(words):
+            args = words[words.index("-append") + 1]
+    return f"{spec['file']} {args}".strip()
 
 
 def run_one(suite: Path, name: str, spec: dict[str, str], accel: str, timeout: float) -> tuple[str, float, str]:

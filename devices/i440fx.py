@@ -88,6 +88,8 @@ class I440fxConfig:
                     "empty: no shadowing, the area is left as the profile maps it.")
     bios: str = prop("bios", "ROM slot whose top 128K (or all, if smaller) PCI shows at "
                      "0xE0000-0xFFFFF (the ROM at the top of 4G, typically); empty: none.")
+    assign_bars: bool = prop(False, "Give every PCI function's BARs an address and enable decoding before "
+                             "the guest starts, as firmware would (for a kernel booted without firmware).")
 
 
 class I440fx(Device):
@@ -107,6 +109,7 @@ class I440fx(Device):
         self.pci_config = PciConfig()
         self.bars: list = []
         self.address = 0
+        self.byte_select = 0
         self.memory = ctx.memory
         self.log = ctx.log
         self.ram: MemoryBlock | None = None
@@ -143,6 +146,10 @@ class I440fx(Device):
         except GuestMemoryError as exc:
             raise ValueError(str(exc)) from None
 
+    def start(self) -> None:
+        if self.config.assign_bars:
+            self.pci.assign()
+
     def regions(self) -> Sequence[Region]:
         regions = [
             Region(Space.PIO, CONFIG_ADDRESS, 4, self.read_address, self.write_address, sizes=(1, 2, 4),
@@ -170,6 +177,7 @@ class I440fx(Device):
         config.set_byte(SMRAM, SMRAM_DEFAULT)
         config.set_mask(SMRAM, 1, writable=SMRAM_WRITABLE)
         self.address = 0
+        self.byte_select = 0
         self._decode()
 
     # --- config space side effects --------------------------------------------------------
@@ -266,26 +274,30 @@ class I440fx(Device):
     def write_address(self, offset: int, size: int, value: int) -> None:
         if offset == 0 and size == 4:
             self.address = value & ADDRESS_BITS
+            # Bits 1:0 read back as 0, yet select the byte the data port starts at, as in
+            # QEMU (register | port offset): kvm-unit-tests reads the device ID by writing
+            # register 2 here and reading a word at 0xCFC.
+            self.byte_select = value & 0x3
 
     def _target(self) -> tuple[int, int, int, int] | None:
         address = self.address
         if not address & ENABLE:
             return None
-        return (address >> 16) & 0xFF, (address >> 11) & 0x1F, (address >> 8) & 0x7, address & 0xFC
+        return (address >> 16) & 0xFF, (address >> 11) & 0x1F, (address >> 8) & 0x7, address & 0xFC | self.byte_select
 
     def read_data(self, offset: int, size: int) -> int:
         target = self._target()
         if target is None:
             return (1 << (8 * size)) - 1
         bus, device, function, register = target
-        return self.pci.config_read(bus, device, function, register + offset, size)
+        return self.pci.config_read(bus, device, function, register | offset, size)
 
     def write_data(self, offset: int, size: int, value: int) -> None:
         target = self._target()
         if target is None:
             return
         bus, device, function, register = target
-        self.pci.config_write(bus, device, function, register + offset, size, value)
+        self.pci.config_write(bus, device, function, register | offset, size, value)
 
 
 _ACCESS_NAMES = {0: "PCI (ROM)", PAM_RE: "DRAM read-only", PAM_WE: "DRAM write-only",

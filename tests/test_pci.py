@@ -215,3 +215,50 @@ def test_overlapping_bar_is_logged_and_left_unmapped(buses, caplog):
     assert [owner for _, owner in pio.claims()] == ["other"]
     pci.config_write(0, 3, 0, BAR0, 4, 0xD000)  # a free place: mapped
     assert pci.mapping(function, 0) == 0xD000
+
+
+# --- assign: BARs laid out as firmware does --------------------------------------------------
+
+
+class BigFunction(Function):
+    """A 64-bit prefetchable memory BAR2 of 64 KiB and an I/O BAR4 of 256 ports, besides Function's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bars += [Bar(2, "mem64", 0x10000, prefetchable=True), Bar(4, "io", 0x100)]
+        self.pci_config.add_bars(self.bars[2:])
+
+    def bar_region(self, index: int, base: int) -> Region:
+        if index < 2:
+            return super().bar_region(index, base)
+        size, space = (0x100, Space.PIO) if index == 4 else (0x10000, Space.MMIO)
+        return Region(space, base, size, lambda o, s: 0, None, name=f"bar{index}")
+
+
+def test_assign_lays_bars_out_largest_first_aligned_and_enables_decoding(buses):
+    pio, mmio, pci = buses
+    small, big = Function(), BigFunction()
+    pci.attach(small, 3, name="small")
+    pci.attach(big, 4, name="big")
+    pci.assign()
+    assert pci.mapping(big, 2) == 0xE000_0000  # 64 KiB first
+    assert pci.mapping(small, 1) == 0xE001_0000 and pci.mapping(big, 1) == 0xE001_1000
+    assert pci.mapping(big, 4) == 0xC000  # 256 ports, then the 32
+    assert pci.mapping(small, 0) == 0xC100 and pci.mapping(big, 0) == 0xC120
+    for function in (small, big):
+        assert function.pci_config.word(COMMAND) & 0x3 == 0x3
+    assert big.pci_config.long(0x18) == 0xE000_000C and big.pci_config.long(0x1C) == 0  # type bits kept
+    assert small.pci_config.long(BAR0) == 0xC101
+    assert [region.name for region in pci.bar_regions()] == ["bar0", "bar1", "bar0", "bar1", "bar2", "bar4"]
+    assert pio.read(0xC105, 1) == 5 and small.seen == [(0, 5, 1)]
+
+
+def test_assign_leaves_a_bar_that_does_not_fit_at_zero_and_logs_it(buses, caplog):
+    _pio, _mmio, pci = buses
+    function = Function()
+    pci.attach(function, 3, name="tight")
+    with caplog.at_level(logging.WARNING, logger="vmcore.pci"):
+        pci.assign(memory_window=(0xE000_0000, 0xE000_0800))
+    assert pci.mapping(function, 1) is None and function.pci_config.long(BAR1) & ~0xF == 0
+    assert pci.mapping(function, 0) == 0xC000
+    assert "tight: no room for BAR1" in caplog.text

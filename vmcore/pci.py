@@ -355,6 +355,12 @@ class PciBus:
                 return None if placed is None else placed[0]
         return None
 
+    def bar_regions(self) -> list[Region]:
+        """The regions every mapped BAR has claimed, in slot and BAR order."""
+        return [region for key in sorted(self._slots) for _base, claimed in
+                (self._slots[key].mapped[index] for index in sorted(self._slots[key].mapped))
+                for _bus, region in claimed]
+
     # --- configuration access ------------------------------------------------------------
 
     def config_read(self, bus: int, device: int, function: int, offset: int, size: int) -> int:
@@ -387,6 +393,35 @@ class PciBus:
         for slot in self._slots.values():
             if slot.function is function:
                 self._update(slot)
+
+    def assign(self, memory_window: tuple[int, int] = (0xE000_0000, 0xFEC0_0000),
+               io_window: tuple[int, int] = (0xC000, 0x10000)) -> None:
+        """Give every BAR an address and turn decoding on, as PC firmware does before it boots.
+
+        For machines that load a kernel without firmware (kvm-unit-tests reads the BARs it
+        finds, as SeaBIOS left them). BARs are laid out largest first, each aligned to its
+        size, memory ones in ``memory_window`` (below the I/O APIC), I/O ones in
+        ``io_window``; a BAR that does not fit is left at 0 and logged.
+        """
+        cursors = {"io": io_window[0], "mem": memory_window[0]}
+        ends = {"io": io_window[1], "mem": memory_window[1]}
+        wanted = [(bar.size, key, bar) for key in sorted(self._slots) for bar in self._slots[key].function.bars]
+        for size, key, bar in sorted(wanted, key=lambda item: (-item[0], item[1], item[2].index)):
+            slot = self._slots[key]
+            config = slot.function.pci_config
+            kind = "io" if bar.kind == "io" else "mem"
+            base = (cursors[kind] + size - 1) & ~(size - 1)
+            if base + size > ends[kind]:
+                log.warning("%s: no room for BAR%d (%#x bytes) in the %s window", slot.name, bar.index, size, kind)
+                continue
+            cursors[kind] = base + size
+            type_bits = config.long(bar.offset) & (0x3 if kind == "io" else 0xF)
+            config.set_long(bar.offset, type_bits | base & 0xFFFFFFFF)
+            if bar.kind == "mem64":
+                config.set_long(bar.offset + 4, base >> 32)
+            config.set_word(COMMAND, config.word(COMMAND) | (COMMAND_IO if kind == "io" else COMMAND_MEMORY))
+        for slot in self._slots.values():
+            self._update(slot)
 
     # --- BAR placement ---------------------------------------------------------------------
 

@@ -149,6 +149,15 @@ def test_address_register_reads_back_the_latched_address(pc):
     assert pc.inl(ADDRESS) == 0x80001234  # bits 1:0 read as 0
 
 
+def test_address_bits_1_0_select_the_byte_the_data_port_starts_at(pc):
+    """As QEMU decodes them (register | port offset): kvm-unit-tests reads a word at register 2 this way."""
+    pc.outl(ADDRESS, cfg(0, 0) | 0x2)
+    assert pc.inw(DATA) == 0x1237
+    assert pc.inb(DATA + 1) == 0x12
+    pc.outl(ADDRESS, cfg(0, 0))
+    assert pc.inw(DATA) == 0x8086
+
+
 def test_byte_access_to_the_address_port_does_not_change_it(pc):
     pc.outl(ADDRESS, cfg(1, 0))
     pc.outb(ADDRESS + 1, 0x06)  # 0xCF9 is the reset control register, not CONFIG_ADDRESS

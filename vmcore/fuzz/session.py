@@ -14,6 +14,7 @@ import attrs
 from ..bus import SPACE_LIMITS, BusError, Region, Space
 from ..faults import DeviceFault, GuestExit
 from ..irq import InterruptController, IrqLine, LocalInterruptController
+from ..pci import PciBus
 from ..wiring import IrqLines, build_device, claim_regions
 from ..testing import FakeBus
 from .ops import ACCESS_MASKS, Op, hex_of_size
@@ -81,6 +82,7 @@ class Session:
         self.target = target
         self.call = target.watchdog.call
         self.bus = FakeBus(trace=False)
+        self.pci = PciBus(self.bus.pio, self.bus.mmio)
         self.bus.pio.device_errors = self.bus.mmio.device_errors = "stop"  # a device exception must surface
         # The device's IRQ lines, routed straight to the device when it is an interrupt controller
         # (as FakeBus and the machine route them). Not FakeBus's recorded lines: a counter at
@@ -97,10 +99,11 @@ class Session:
         """Build the device and claim its regions (read handlers checked for range)."""
         target, bus = self.target, self.bus
         try:
-            # No PCI bus: a PCI function makes a private one, as on a machine without a host bridge.
+            # A PCI function gets its BARs placed as firmware would (pci.assign below), so the guest
+            # reaches them; there is no host bridge, so config space stays out of its reach.
             self.device = self.call(functools.partial(
                 build_device, target.cls, target.config, target.name, clock=bus.clock, memory=bus.memory,
-                mmio=bus.mmio, irq_lines=self.irq_lines, log=target.log))
+                mmio=bus.mmio, irq_lines=self.irq_lines, pci=self.pci, log=target.log))
         except Hung as exc:
             return hang_problem(exc, "building the device")
         except KeyboardInterrupt:
@@ -127,6 +130,15 @@ class Session:
         except BusError as exc:
             return region_problem("regions overlap", exc)
         bus.devices[target.name] = self.device
+        try:
+            self.call(self.pci.assign)
+        except Hung as exc:
+            return hang_problem(exc, "bar_region()")
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            return region_problem("placing its BARs raised", exc)
+        regions += self.pci.bar_regions()
         if isinstance(self.device, (InterruptController, LocalInterruptController)):
             self.controller = self.device
             if isinstance(self.device, InterruptController):
