@@ -185,12 +185,29 @@ def test_a_slice_ending_after_an_f4_byte_is_not_taken_for_hlt(tmp_path: Path, sl
     assert result["exits"] == 1
 
 
-def test_unicorn_exposes_the_stop_request_flag_the_loop_reads() -> None:
-    # Found by experiment on a scratch engine; a unicorn build that moves it would make
-    # every slice end after an F4 byte look like a hlt (the fallback), so fail loudly here.
-    from vmcore.accel.unicorn import _stop_request_offset
+def test_unicorn_shows_the_engine_fields_the_software_cpu_reads() -> None:
+    # Found by experiment on a scratch engine (vmcore/accel/unicorn_layout.py). A unicorn
+    # build that moves them makes the software CPU fall back: a stop after an F4 byte taken
+    # for a hlt, exceptions delivered without their error codes, the guest run in counted
+    # slices (many times slower); so fail loudly here.
+    from vmcore.accel.unicorn_layout import cpu_layout, hook_bounds_offset
 
-    assert _stop_request_offset() is not None
+    layout = cpu_layout()
+    assert layout is not None and layout.error_code is not None and layout.old_exception is not None
+    assert hook_bounds_offset() is not None
+    # The layout holds for engines made for every mode (read through the wide registers).
+    import unicorn
+
+    from vmcore.accel.unicorn import _WideRegisters
+    from vmcore.accel.unicorn_layout import registers_match
+
+    for mode in (unicorn.UC_MODE_16, unicorn.UC_MODE_32, unicorn.UC_MODE_64):
+        uc = unicorn.Uc(unicorn.UC_ARCH_X86, mode)
+        regs = _WideRegisters(uc)
+        regs.reg_write(unicorn.x86_const.UC_X86_REG_RBX, 0x1234_5678_9ABC_DEF0)
+        assert registers_match(uc, layout, regs.reg_read)
+        regs.reg_write(unicorn.x86_const.UC_X86_REG_RBX, 0x0FED_CBA9_8765_4321)
+        assert registers_match(uc, layout, regs.reg_read)
 
 
 # --- CPUID ---------------------------------------------------------------------------------

@@ -103,6 +103,10 @@ class Accelerator(abc.ABC):
     def interrupts_enabled(self) -> bool:
         """The guest's IF: whether an interrupt can end its ``hlt``."""
 
+    #: False where ``enter`` goes on past accesses (the software CPU calls the accessors from
+    #: inside its run): the core then kicks it when an access raises INTR, to offer it at once.
+    returns_per_access = True
+
     @abc.abstractmethod
     def kick(self) -> None:
         """From any thread: make ``enter`` come back (YIELD) soon, so timers and input are served."""

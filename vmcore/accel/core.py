@@ -350,13 +350,17 @@ class RunCore:
         if controller is not None:
             self.intr[0] = self.attention[0] = controller.pending()
 
+            kicks = not self.cpu.returns_per_access
+
             def intr_changed(level: bool) -> None:
                 self.intr[0] = level
                 self.attention[0] = level or self.ending[0] is not None
                 if level:
-                    # Raised by an access or a timer on this thread: the loop offers it next;
-                    # only a hlt wait needs waking.
+                    # Raised by an access or a timer on this thread: the loop offers it next
+                    # (a CPU that runs on past accesses is stopped for it); only a hlt wait needs waking.
                     self.woken.set()
+                    if kicks:
+                        self.cpu.kick()
 
             controller.intr_changed = intr_changed
         if clock is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import struct
 import sys
+import threading
 from typing import Any, Callable
 
 from ..irq import InterruptController
@@ -29,6 +30,8 @@ from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
 from . import Accelerator, AcceleratorUnavailable
 from .core import HALT, YIELD, CpuStop, Diversion, RunCore
+from .idt import IdtDelivery
+from .unicorn_layout import add_c_block_hook, cpu_layout, hook_bounds_offset, registers_match
 
 try:
     import unicorn as uc_mod
@@ -58,15 +61,17 @@ _MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
 _CPUID1_ECX_OSXSAVE = 1 << 27
 _CR4_OSXSAVE = 1 << 18
 _CR0_RESET = 0x60000010  # CD | NW | ET: CR0 after RESET, protection off
-#: Instructions per emu_start: how often the loop gets to serve timers and interrupts while the
-#: guest runs without exits (a few hundred microseconds of guest code on unicorn).
+#: Instructions per emu_start where no _Kicker can be installed (another unicorn build): how
+#: often the loop then gets to serve timers and interrupts (a few hundred microseconds of guest
+#: code). A count costs much: unicorn then calls a counting helper at every instruction.
 _SLICE = 20_000
-_ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
 _NO_END = (1 << 64) - 1  # emu_start's "until": an address never reached
 # With an interrupt pending and IF clear, look again after this long, doubling up to the
 # cap while IF stays clear (firmware runs long stretches with interrupts off; every look
 # stops emulation).
 _IF_POLL_NS, _IF_POLL_MAX_NS = 100_000, 5_000_000
+#: Blocks run one at a time, looking for IF set, before falling back to those looks.
+_WINDOW_BLOCKS = 4096
 
 
 def _reg(name: str) -> int:
@@ -77,6 +82,7 @@ class UnicornAccelerator(Accelerator):
     """One x86 vCPU emulated by unicorn."""
 
     name = "tcg"
+    returns_per_access = False
 
     def __init__(self) -> None:
         if uc_mod is None:
@@ -102,11 +108,17 @@ class UnicornAccelerator(Accelerator):
         self._hooks: list[int] = []
         self._port_hooks: list[Any] = []
         self._if_poll_ns = _IF_POLL_NS
+        self._window = False  # the next run is to stop after one block (see offer_interrupt)
+        self._window_blocks = 0
         self._running = False
-        self._cpuid1: tuple[int, int, int, int] | None = None  # leaf 1 as the guest sees it (see on_cpuid)
+        self._cpuid: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # leaves as the guest sees them (see on_cpuid)
         self._cpuid_registers: tuple[int, ...] = ()
-        self._stop_flag: ctypes.c_uint8 | None = None  # unicorn's stop-request byte (see _after_hlt)
+        self._halted: ctypes.c_uint32 | None = None  # the engine's CPU halted flag (see _after_hlt)
+        self._exception: _ExceptionInfo | None = None  # what unicorn knows of the exception it reports
+        self._idt: IdtDelivery | None = None
         self.regs: Any = None  # register access in every mode (see _WideRegisters)
+        self._kicker = _Kicker(None)  # until setup: nothing to stop
+        self._vcpu_thread = 0
 
     # --- set-up ---------------------------------------------------------------------
 
@@ -114,11 +126,21 @@ class UnicornAccelerator(Accelerator):
         self.memory = memory
         self.uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, getattr(uc_mod, _MODES[state.mode]))
         self._callbacks = _Callbacks(self.uc)
+        self._kicker = _Kicker(self.uc)
+        # No exit address: emulation ends at a hlt, a kick, a count or an error. With one (even
+        # emu_start's "until" of _NO_END) unicorn drops the code translated at the address before
+        # it when a run ends, and in doing so walks the guest's page tables for it, which sets
+        # CR2 when that address is unmapped: a #PF handler could read the wrong address.
+        self.uc.ctl_exits_enabled(True)
+        self.uc.ctl_set_exits([])
         self.regs = _WideRegisters(self.uc)
-        offset = _stop_request_offset()
-        self._stop_flag = (None if offset is None else
-                           ctypes.c_uint8.from_address(ctypes.cast(self.uc._uch, ctypes.c_void_p).value + offset))
-        self._cpuid1 = _cpuid_leaf1(getattr(uc_mod, _MODES[state.mode]), state.local_apic)
+        layout = cpu_layout()
+        if layout is not None and not registers_match(self.uc, layout, self.regs.reg_read):
+            layout = None  # not this engine's layout after all: the fallbacks
+        self._halted = None if layout is None else ctypes.c_uint32.from_address(layout.cpu(self.uc) + layout.halted)
+        self._exception = None if layout is None else _ExceptionInfo.of(self.uc, layout)
+        self._idt = IdtDelivery(self.regs, memory, self.stop_reason)
+        self._cpuid = _cpuid_table(getattr(uc_mod, _MODES[state.mode]), state.local_apic)
         # CPUID zero-extends into the 64-bit registers (written whole, as in long mode).
         self._cpuid_registers = _registers(_CPUID_REGISTERS_64)
         self._follow_map()
@@ -250,22 +272,26 @@ class UnicornAccelerator(Accelerator):
             return False  # stop before the write; enter() replays the instruction with the write discarded
 
         def on_intr(_uc: Any, vector: int, _ud: Any) -> None:
-            self._deliver(vector)
+            error, software = self._exception.take() if self._exception is not None else (None, False)
+            self._deliver(vector, error=error, software=software)
 
         def on_invalid(_uc: Any, _ud: Any) -> bool:
             self._deliver(6)  # #UD
             return True
 
         def on_cpuid(_uc: Any, _ud: Any) -> int:
-            # Leaf 1 shows a local APIC only where a device models one, as KVM's CPUID does
-            # (see vmcore.cpu). Every other leaf is unicorn's own (0: run it).
-            if self._cpuid1 is None or self.regs.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF != 1:
+            # The leaves unicorn gets wrong come from _cpuid_table; every other is unicorn's own (0: run it).
+            leaf = self.regs.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF
+            subleaf = self.regs.reg_read(X.UC_X86_REG_ECX) & 0xFFFFFFFF if leaf in _SUBLEAF_LEAVES else 0
+            values = self._cpuid.get((leaf, subleaf))
+            if values is None:
                 return 0
-            eax, ebx, ecx, edx = self._cpuid1
-            # OSXSAVE mirrors CR4.OSXSAVE now, not when the leaf was taken (SDM: CPUID leaf 1).
-            ecx &= ~_CPUID1_ECX_OSXSAVE
-            if self.regs.reg_read(X.UC_X86_REG_CR4) & _CR4_OSXSAVE:
-                ecx |= _CPUID1_ECX_OSXSAVE
+            eax, ebx, ecx, edx = values
+            if leaf == 1:
+                # OSXSAVE mirrors CR4.OSXSAVE now, not when the leaf was taken (SDM: CPUID leaf 1).
+                ecx &= ~_CPUID1_ECX_OSXSAVE
+                if self.regs.reg_read(X.UC_X86_REG_CR4) & _CR4_OSXSAVE:
+                    ecx |= _CPUID1_ECX_OSXSAVE
             for register, value in zip(self._cpuid_registers, (eax, ebx, ecx, edx)):
                 self.regs.reg_write(register, value)
             return 1  # done: unicorn skips its own
@@ -281,6 +307,7 @@ class UnicornAccelerator(Accelerator):
         self._port_hooks = [callbacks.hook_port(X.UC_X86_INS_IN, accessors.port_in),
                             callbacks.hook_port(X.UC_X86_INS_OUT, accessors.port_out)]
         self._running = True
+        self._vcpu_thread = threading.get_ident()
         return self._enter
 
     def end(self) -> None:
@@ -331,11 +358,22 @@ class UnicornAccelerator(Accelerator):
         """
         self._catch_up()
         self._diversion.start(replay)
+        kicker = self._kicker
+        if count:
+            kicker.hold()
+        elif self._window:
+            self._window = False
+            kicker.step_from(pc)  # the guest has IF clear and an interrupt waits: look again after this block
         try:
-            self.uc.emu_start(pc, _NO_END, count=count or _SLICE)
+            self.regs.emu_start(pc, count or (0 if kicker.usable else _SLICE))
         except BaseException:
             if self._pending is None:
                 raise
+        finally:
+            if count:
+                kicker.release()  # a kick that waited for the step stops the next run at once
+            else:
+                kicker.settle()  # the loop serves what the kick was for before it runs the guest again
         pending, self._pending = self._pending, None
         if pending is not None:
             raise pending
@@ -355,7 +393,10 @@ class UnicornAccelerator(Accelerator):
 
     def end_run(self) -> None:
         self._diversion.end()
-        self._request_stop()
+        if self._kicker.usable and threading.get_ident() != self._vcpu_thread:
+            self._kicker.kick()  # emu_stop from another thread is not safe (see kick)
+        else:
+            self._request_stop()
 
     def _request_stop(self) -> None:
         """emu_stop, noted first (see _Diversion); from any thread."""
@@ -366,15 +407,18 @@ class UnicornAccelerator(Accelerator):
             uc.emu_stop()
 
     def kick(self) -> None:
-        """Nothing to do: the core wakes a halted loop, and slices end soon anyway.
+        """Stop emulation at the start of the next translation block (any thread).
 
-        It never calls emu_stop: unicorn mishandles a stop that lands mid-block (it
-        abandons an MMIO access or string IN already made and runs it again, and once
-        resumed at a block's start with registers the block had changed: SeaBIOS went
-        astray that way). Emulation runs in slices of ``_SLICE`` instructions instead,
-        which unicorn ends cleanly at an instruction boundary; the core serves what
-        was asked for between slices.
+        Never emu_stop from another thread: unicorn acts on a stop in the middle of a
+        block, after a memory access was made but with IP still on its instruction,
+        which then runs twice on resume (a read-modify-write of RAM too, not only device
+        accesses), or with IP set back to the block's start and the registers the block
+        changed kept (SeaBIOS went astray that way). The :class:`_Kicker` has the vCPU
+        thread stop itself where a block starts, which is exact. Without one (another
+        unicorn build) emulation runs in slices of ``_SLICE`` instructions and the core
+        serves what was asked for between slices.
         """
+        self._kicker.kick()
 
     def _at_string_in(self) -> bool:
         """The IN being served belongs to an `ins` (EIP is exact in IN hooks): unicorn abandons those on a stop."""
@@ -403,17 +447,30 @@ class UnicornAccelerator(Accelerator):
                 self._catch_up()
                 self.uc.ctl_flush_tb()
                 self._emulate(self._ip(), count=1)
-                if not (controller.pending() and self.interrupts_enabled()):
-                    return False
-            self._deliver(controller.acknowledge(), external=True)
-            self._if_poll_ns = _IF_POLL_NS
-            return True
+            if controller.pending() and self.interrupts_enabled():
+                self._deliver(controller.acknowledge(), external=True)
+                self._if_poll_ns = _IF_POLL_NS
+                self._window_blocks = 0
+                return True
+            # The instruction in the shadow cleared IF (an int n through an interrupt gate, cli):
+            # look for the window as below.
+        if not controller.pending():
+            self._window_blocks = 0
+            return False
+        # IF is clear: unicorn has no interrupt window exit (KVM's tells when the guest sets
+        # IF). An instruction that sets IF (sti, popf, iret) ends its translation block, so
+        # running a block at a time and looking after each finds the window where hardware
+        # would; a guest that keeps IF clear longer than _WINDOW_BLOCKS blocks is looked at
+        # again later instead, at growing intervals, so it runs at full speed meanwhile.
+        if self._kicker.usable and self._window_blocks < _WINDOW_BLOCKS:
+            self._window_blocks += 1
+            self._window = True
+            return False
         core = self._core
-        if controller.pending() and core is not None and core.clock is not None:
-            # IF is clear: unicorn cannot tell us when the guest sets it (KVM has the
-            # interrupt window exit for that), so look again shortly.
+        if core is not None and core.clock is not None:
             core.wake_at(core.clock.now() + self._if_poll_ns)
             self._if_poll_ns = min(2 * self._if_poll_ns, _IF_POLL_MAX_NS)
+            self._window_blocks = 0
         return False
 
     # --- helpers used by the hooks ----------------------------------------------------
@@ -464,72 +521,12 @@ class UnicornAccelerator(Accelerator):
             uc.mem_protect(first, length, uc_mod.UC_PROT_READ | uc_mod.UC_PROT_EXEC)
         return self._ip()
 
-    def _deliver(self, vector: int, external: bool = False) -> None:
-        """Deliver an interrupt or exception; a failed delivery is a triple fault, as on hardware."""
+    def _deliver(self, vector: int, *, error: int | None = None, software: bool = False,
+                 external: bool = False) -> None:
+        """Deliver an interrupt or exception through the guest's IDT (vmcore.accel.idt); a triple fault stops."""
         self._pc = None  # emulation goes on from the handler (see _enter)
-        idt = self.regs.reg_read(X.UC_X86_REG_IDTR)
-        base, limit = idt[1], idt[2]
-        if self.mode == "real":
-            if vector * 4 + 3 > limit:
-                raise CpuStop(self.stop_reason("shutdown", f"triple fault: vector {vector} is beyond the "
-                                              f"real-mode IVT limit {limit:#x}"))
-            assert self.memory is not None
-            offset, segment = struct.unpack("<HH", self.memory.read(base + vector * 4, 4))
-            sp = self.regs.reg_read(X.UC_X86_REG_SP)
-            ss_base = self.regs.reg_read(X.UC_X86_REG_SS) << 4
-            flags = self.regs.reg_read(X.UC_X86_REG_FLAGS)
-            frame = struct.pack("<HHH", self.regs.reg_read(X.UC_X86_REG_EIP) & 0xFFFF, self.regs.reg_read(X.UC_X86_REG_CS), flags)
-            sp = (sp - 6) & 0xFFFF
-            self._push(ss_base + sp, frame)
-            self.regs.reg_write(X.UC_X86_REG_SP, sp)
-            self.regs.reg_write(X.UC_X86_REG_FLAGS, flags & ~(_FLAG_IF | _FLAG_TF))
-            self.regs.reg_write(X.UC_X86_REG_CS, segment)
-            self.regs.reg_write(X.UC_X86_REG_EIP, offset)  # all of EIP: writing IP keeps bits 31:16
-            return
-        long_mode = self.mode == "long"
-        size = 16 if long_mode else 8
-        if vector * size + size - 1 > limit:
-            raise CpuStop(self.stop_reason("shutdown", f"triple fault: vector {vector} is beyond the IDT limit {limit:#x}"))
-        gate = self._read_linear(base + vector * size, size)
-        offset_low, selector, _ist, attributes, offset_mid = struct.unpack_from("<HHBBH", gate)
-        offset = offset_low | offset_mid << 16
-        if long_mode:
-            offset |= struct.unpack_from("<I", gate, 8)[0] << 32
-        kind = attributes & 0xF
-        if not attributes & 0x80 or kind not in (0xE, 0xF):
-            raise CpuStop(self.stop_reason("shutdown", f"triple fault: IDT entry {vector} is not a present "
-                                          f"interrupt or trap gate (attributes {attributes:#x})"))
-        flags = self.regs.reg_read(X.UC_X86_REG_EFLAGS)
-        error = vector in _ERROR_CODE_VECTORS and not external
-        if long_mode:
-            rsp = self.regs.reg_read(X.UC_X86_REG_RSP)
-            frame = [self.regs.reg_read(X.UC_X86_REG_SS), rsp, flags, self.regs.reg_read(X.UC_X86_REG_CS), self.regs.reg_read(X.UC_X86_REG_RIP)]
-            if error:
-                frame.append(0)  # unicorn does not report the error code; 0 stands in
-            sp = (rsp & ~0xF) - 8 * len(frame)
-            self._write_linear(sp, struct.pack(f"<{len(frame)}Q", *reversed(frame)))
-            self.regs.reg_write(X.UC_X86_REG_RSP, sp)
-        else:
-            frame = [flags, self.regs.reg_read(X.UC_X86_REG_CS), self.regs.reg_read(X.UC_X86_REG_EIP)]
-            if error:
-                frame.append(0)
-            sp = (self.regs.reg_read(X.UC_X86_REG_ESP) - 4 * len(frame)) & 0xFFFFFFFF
-            self._write_linear(sp, struct.pack(f"<{len(frame)}I", *reversed(frame)))
-            self.regs.reg_write(X.UC_X86_REG_ESP, sp)
-        cleared = _FLAG_TF | (_FLAG_IF if kind == 0xE else 0)  # an interrupt gate also masks IF
-        self.regs.reg_write(X.UC_X86_REG_EFLAGS, flags & ~cleared)
-        self.regs.reg_write(X.UC_X86_REG_CS, selector)
-        self.regs.reg_write(X.UC_X86_REG_RIP if long_mode else X.UC_X86_REG_EIP, offset)
-
-    def _push(self, address: int, frame: bytes) -> None:
-        """Write a real-mode interrupt frame; bytes landing in ROM are dropped, as the CPU's would be."""
-        assert self.memory is not None
-        for i, byte in enumerate(frame):
-            slot = self.memory.slot_at(address + i)
-            if slot is None:
-                raise CpuStop(self.stop_reason("shutdown", f"triple fault: stack at {address + i:#x} is not memory"))
-            if not slot.readonly:
-                slot.view[address + i - slot.base] = byte
+        assert self._idt is not None
+        self._idt.deliver(vector, error=error, software=software, external=external)
 
     def _read_linear(self, linear: int, length: int) -> bytes:
         physical = self._physical(linear)
@@ -537,19 +534,6 @@ class UnicornAccelerator(Accelerator):
         if physical is None:
             raise CpuStop(self.stop_reason("shutdown", f"triple fault: {linear:#x} is not mapped"))
         return self.memory.read(physical, length)
-
-    def _write_linear(self, linear: int, data: bytes) -> None:
-        """Write a stack frame (flat segments: linear = offset); page by page through the guest's tables."""
-        assert self.memory is not None
-        done = 0
-        while done < len(data):
-            here = linear + done
-            physical = self._physical(here)
-            if physical is None or self.memory.slot_at(physical) is None:
-                raise CpuStop(self.stop_reason("shutdown", f"triple fault: stack at {here:#x} is not writable RAM"))
-            chunk = min(len(data) - done, PAGE - (here & (PAGE - 1)))
-            self.memory.write(physical, data[done : done + chunk])
-            done += chunk
 
     def _ip(self) -> int:
         """EIP/RIP: also where emu_start resumes (a 32/64-bit instance takes IP, not CS:IP)."""
@@ -592,14 +576,15 @@ class UnicornAccelerator(Accelerator):
         return 0
 
     def _after_hlt(self) -> bool:
-        """True when emulation stopped because the guest executed ``hlt``, not at a slice's end.
+        """True when emulation stopped because the guest executed ``hlt``, not at a kick or a slice's end.
 
-        Both leave EIP after the last instruction. unicorn ends a slice through its own stop
-        request, which a hlt does not raise: the flag is read from the engine (see
-        _stop_request_offset); where it cannot be found, a preceding F4 byte decides.
+        Both can leave IP after an F4 byte, and a stop asked for during a block may take
+        effect only after a hlt later in it: the CPU's halted flag tells (found in the
+        engine by experiment, see unicorn_layout.cpu_layout); where it cannot be found, a
+        preceding F4 byte decides.
         """
-        if self._stop_flag is not None and self._stop_flag.value != 0:
-            return False  # the common case, read without touching a register
+        if self._halted is not None:
+            return self._halted.value != 0
         return self._previous_byte() == 0xF4
 
     def _previous_byte(self) -> int | None:
@@ -650,7 +635,7 @@ class UnicornAccelerator(Accelerator):
     def close(self) -> None:
         if self.memory is not None:
             self.memory.remove_listener(self._map_changed)
-        self._stop_flag = None  # points into the engine, freed with it
+        self._halted = self._exception = None  # point into the engine, freed with it
         if self.uc is not None:
             self.uc = None
 
@@ -726,67 +711,45 @@ def _registers(names: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(getattr(X, f"UC_X86_REG_{name}") for name in names)
 
 
-def _cpuid_leaf1(mode: int, local_apic: bool) -> tuple[int, int, int, int] | None:
-    """unicorn's CPUID leaf 1 for an engine of ``mode`` (asked of a scratch engine), APIC bits as ``local_apic``.
+#: Leaves whose answer depends on ECX (the subleaf).
+_SUBLEAF_LEAVES = frozenset((0x4, 0x7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18, 0x1D, 0x1E, 0x1F, 0x20))
+_XSTATE_X87_SSE = 0x3
+_XSAVE_LEGACY_AND_HEADER = 512 + 64  # XSAVE area size for x87 and SSE state only
 
-    None if the scratch engine cannot answer: the guest then sees unicorn's own leaf.
+
+def _cpuid_table(mode: int, local_apic: bool) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+    """The CPUID leaves the guest must see other than unicorn answers them, asked of a scratch engine.
+
+    - leaf 1: a local APIC only where a device models one, as KVM's CPUID does (see vmcore.cpu);
+    - leaf 0xD: unicorn (QEMU 5.0's TCG) executes no AVX instruction, yet offers the YMM state
+      in XCR0; offered here: x87 and SSE only, with their XSAVE area size, and no YMM
+      subleaf (an OS or test that trusted it would run vmovdqa into #UD).
+
+    Empty if the scratch engine cannot answer: the guest then sees unicorn's own leaves.
     """
+    table: dict[tuple[int, int], tuple[int, int, int, int]] = {}
     try:
         uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, mode)
         uc.mem_map(0, 0x1000)
         uc.mem_write(0x100, bytes([0x0F, 0xA2, 0xF4]))  # cpuid; hlt
-        uc.reg_write(X.UC_X86_REG_EAX, 1)
-        uc.reg_write(X.UC_X86_REG_ECX, 0)
-        uc.emu_start(0x100, _NO_END, count=2)
-        eax, ebx, ecx, edx = (uc.reg_read(r) & 0xFFFFFFFF for r in _registers(_CPUID_REGISTERS))
+
+        def ask(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+            uc.reg_write(X.UC_X86_REG_EAX, leaf)
+            uc.reg_write(X.UC_X86_REG_ECX, subleaf)
+            uc.emu_start(0x100, _NO_END, count=2)
+            eax, ebx, ecx, edx = (uc.reg_read(r) & 0xFFFFFFFF for r in _registers(_CPUID_REGISTERS))
+            return eax, ebx, ecx, edx
+
+        eax, ebx, ecx, edx = ask(1)
+        ecx, edx = cpuid1_apic(ecx, edx, local_apic)
+        table[(1, 0)] = (eax, ebx, ecx, edx)
+        if ask(0)[0] >= 0xD:
+            eax, ebx, ecx, edx = ask(0xD)
+            table[(0xD, 0)] = (eax & _XSTATE_X87_SSE, _XSAVE_LEGACY_AND_HEADER, _XSAVE_LEGACY_AND_HEADER, 0)
+            table[(0xD, 2)] = (0, 0, 0, 0)
     except Exception:  # noqa: BLE001 - a best effort; the run must not fail for it
-        return None
-    ecx, edx = cpuid1_apic(ecx, edx, local_apic)
-    return eax, ebx, ecx, edx
-
-
-_STOP_OFFSET: list[int | None] = []
-
-
-def _allocation_size(address: int) -> int:
-    """How many bytes of the engine's allocation may be read: glibc knows; else one page, to be safe."""
-    try:
-        usable = ctypes.CDLL(None).malloc_usable_size
-        usable.restype, usable.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
-        return int(usable(address)) or 0x1000
-    except (AttributeError, OSError):  # not glibc
-        return 0x1000
-
-
-def _stop_request_offset() -> int | None:
-    """Where unicorn keeps its stop-request flag in the engine, found once by experiment.
-
-    unicorn has no API to say why emu_start returned. Its instruction count ends a run by
-    setting a stop request, a hlt does not: on a scratch engine, runs ended both ways
-    (twice each) must leave exactly one byte of the engine 1 after a count and 0 after a
-    hlt. None if no single byte behaves so (another unicorn build): callers fall back.
-    """
-    if _STOP_OFFSET:
-        return _STOP_OFFSET[0]
-    found: int | None = None
-    try:
-        uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, uc_mod.UC_MODE_32)
-        uc.mem_map(0, 0x1000)
-        uc.mem_write(0x100, bytes([0x90, 0x90, 0xF4, 0x90, 0x90, 0xF4]))
-        address = ctypes.cast(uc._uch, ctypes.c_void_p).value
-        size = _allocation_size(address)
-        snapshots = []
-        for begin, count in ((0x100, 1), (0x101, 10), (0x103, 1), (0x104, 10)):
-            uc.emu_start(begin, _NO_END, count=count)
-            snapshots.append(ctypes.string_at(address, size))
-        after_count, after_hlt = snapshots[0::2], snapshots[1::2]
-        candidates = [i for i in range(size) if all(s[i] == 1 for s in after_count) and all(s[i] == 0 for s in after_hlt)]
-        if len(candidates) == 1:
-            found = candidates[0]
-    except Exception:  # an engine that does not allow this: fall back
-        found = None
-    _STOP_OFFSET.append(found)
-    return found
+        return {}
+    return table
 
 
 def _mmio_windows(slots: list[MemorySlot]) -> set[tuple[int, int]]:
@@ -877,6 +840,121 @@ _MMIO_WRITE_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, 
                                         ctypes.c_void_p)
 
 
+class _ExceptionInfo:
+    """The x86 state's fields for the exception unicorn's interrupt hook reports (see unicorn_layout)."""
+
+    __slots__ = ("error_code", "is_int", "old_exception")
+
+    def __init__(self, error_code: ctypes.c_int32, is_int: ctypes.c_int32, old_exception: ctypes.c_int32) -> None:
+        self.error_code, self.is_int, self.old_exception = error_code, is_int, old_exception
+
+    @classmethod
+    def of(cls, uc: Any, layout: Any) -> "_ExceptionInfo | None":
+        if layout.error_code is None or layout.old_exception is None:
+            return None
+        env = layout.cpu(uc) + layout.env
+        return cls(ctypes.c_int32.from_address(env + layout.error_code),
+                   ctypes.c_int32.from_address(env + layout.error_code + 4),
+                   ctypes.c_int32.from_address(env + layout.old_exception))
+
+    def take(self) -> tuple[int, bool]:
+        """(error code, software interrupt?) of the exception being reported; the CPU then forgets it.
+
+        QEMU's CPU remembers the exception in flight (``old_exception``) to turn a second
+        one into #DF, and forgets it once it delivered the first; unicorn's hook delivers
+        instead, so it is forgotten here, or the next #GP would become a #DF.
+        """
+        self.old_exception.value = -1
+        return self.error_code.value & 0xFFFFFFFF, bool(self.is_int.value)
+
+
+class _Kicker:
+    """Makes emulation stop where the next translation block starts, asked from any thread.
+
+    Two block hooks registered with unicorn's C library, whose callbacks are functions of
+    unicorn itself, so no Python runs per block: the first, over every address, has
+    unicorn translate a call to its hook loop into every block (its callback,
+    ``uc_errno``, only reads a field); the second calls ``uc_emu_stop`` over no address
+    (its range: the one address ``_NEVER``) until :meth:`kick` widens it to every
+    address, by one aligned 8-byte store of its end bound, which the hook loop reads at
+    each block's start. :meth:`settle` narrows it again once emulation stopped. The
+    bounds' place in unicorn's ``struct hook`` is found once by experiment
+    (:func:`~vmcore.accel.unicorn_layout.hook_bounds_offset`); where it or the C library cannot be found,
+    ``usable`` is False and the caller runs the guest in counted slices instead.
+    """
+
+    def __init__(self, uc: Any) -> None:
+        self.usable = False
+        self._end: ctypes.c_uint64 | None = None
+        self._lock = threading.Lock()
+        self._holding = self._deferred = self._stepping = False
+        self._step: list[ctypes.c_uint64] = []
+        if uc is None:
+            return
+        try:
+            from unicorn.unicorn_py3.unicorn import uclib
+        except ImportError:  # another binding (unicorn 2.0)
+            return
+        offset = hook_bounds_offset()
+        if offset is None:
+            return
+        every = add_c_block_hook(uclib, uc, uclib.uc_errno, 1, 0)
+        stopper = add_c_block_hook(uclib, uc, uclib.uc_emu_stop, _NEVER, _NEVER)
+        below = add_c_block_hook(uclib, uc, uclib.uc_emu_stop, _NEVER, _NEVER)
+        above = add_c_block_hook(uclib, uc, uclib.uc_emu_stop, _NEVER, _NEVER)
+        if every is None or stopper is None or below is None or above is None:
+            return
+        self._end = ctypes.c_uint64.from_address(stopper + offset + 8)
+        # (begin, end) of the two stop hooks that make a run one block long (see step_from).
+        self._step = [ctypes.c_uint64.from_address(hook + offset + k) for hook in (below, above) for k in (0, 8)]
+        self.usable = True
+
+    def kick(self) -> None:
+        with self._lock:
+            if self._holding:
+                self._deferred = True
+            elif self._end is not None:
+                self._end.value = 0  # begin (_NEVER) > end: unicorn's "every address"
+
+    def settle(self) -> None:
+        if self._end is not None:
+            self._end.value = _NEVER
+        if self._stepping:
+            self._stepping = False
+            for bound in self._step:
+                bound.value = _NEVER
+
+    def step_from(self, pc: int) -> None:
+        """Make the next run stop where a block starts anywhere but at ``pc``: it runs the block at
+        ``pc`` (and again, if that loops on itself), no more. Only between runs, on the vCPU thread."""
+        if self._end is None or pc in (0, _NEVER):
+            return
+        below_begin, below_end, above_begin, above_end = self._step
+        below_begin.value, below_end.value = 0, pc - 1
+        above_end.value, above_begin.value = _NEVER, pc + 1
+        self._stepping = True
+
+    def hold(self) -> None:
+        """Until :meth:`release`, kicks wait: a single step must run its instruction, not stop before it."""
+        with self._lock:
+            self._holding = True
+            if self._end is not None and self._end.value != _NEVER:
+                self._deferred = True
+                self._end.value = _NEVER
+
+    def release(self) -> None:
+        with self._lock:
+            self._holding = False
+            if self._deferred:
+                self._deferred = False
+                if self._end is not None:
+                    self._end.value = 0
+
+
+#: An address no block starts at: the stop hook's range while no stop is asked for.
+_NEVER = (1 << 64) - 1
+
+
 class _WideRegisters:
     """Register access that is right whatever mode the guest has switched to.
 
@@ -906,6 +984,10 @@ class _WideRegisters:
             return call(*args)
         finally:
             field.value = saved
+
+    def emu_start(self, begin: int, count: int) -> None:
+        """emu_start at RIP ``begin``: a 32-bit engine would write only EIP, losing a long-mode RIP's top half."""
+        self._as(uc_mod.UC_MODE_64, self.uc.emu_start, begin, _NO_END, 0, count)
 
     def reg_read(self, register: int) -> Any:
         return self._as(uc_mod.UC_MODE_64, self.uc.reg_read, register)

@@ -1,0 +1,281 @@
+"""Where unicorn keeps what its API does not show, found once per process by experiment.
+
+The software CPU needs a few facts from inside the engine that unicorn 2 has no call
+for: whether the guest's last instruction was a ``hlt`` (the CPU's halted flag), the
+error code and kind of the exception its interrupt hook reports (the x86 state's
+``error_code`` and ``exception_is_int``), and where a hook's address range is kept (to
+widen one from another thread, see ``unicorn._Kicker``). Each is found on a scratch
+engine by making it take known values and looking for the one place that holds them
+all; a build where no single place fits gives None, and the caller falls back to what
+it can do without (every probe here is tested, so a new unicorn that moves them fails
+loudly in the test run rather than quietly here).
+
+Reads of memory the engine may not own go through ``/proc/self/mem``, which fails
+cleanly where a plain read would crash the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import struct
+from typing import Any
+
+import attrs
+
+try:
+    import unicorn as uc_mod
+    from unicorn import x86_const as X
+except ImportError:  # pragma: no cover - the accelerator says so
+    uc_mod = None
+
+_NO_END = (1 << 64) - 1
+_MAGIC = tuple(0x5EED_0000_0000_0001 + 0x0101_0101 * i for i in range(4))  # rax, rcx, rdx, rbx
+
+
+@attrs.frozen
+class CpuLayout:
+    """Offsets into the engine: its CPU object and the x86 state inside it."""
+
+    #: Offset in the engine (uc_struct) of the pointer to its CPU object (X86CPU).
+    cpu_pointer: int
+    #: Offset in the CPU object of ``halted`` (a 32-bit flag hlt sets).
+    halted: int
+    #: Offset in the CPU object of the x86 state (CPUX86State, which starts with the registers).
+    env: int
+    #: Offset in the x86 state of ``error_code`` (int32); ``exception_is_int`` (int32) follows.
+    error_code: int | None
+    #: Offset in the x86 state of ``old_exception`` (int32): the exception in flight, -1 for none.
+    old_exception: int | None
+
+    def cpu(self, uc: Any) -> int:
+        """The address of ``uc``'s CPU object."""
+        engine = ctypes.cast(uc._uch, ctypes.c_void_p).value
+        return int(ctypes.c_uint64.from_address(engine + self.cpu_pointer).value)
+
+
+def _read(address: int, length: int) -> bytes | None:
+    """``length`` bytes at ``address`` of this process, or None where that is not readable memory."""
+    try:
+        fd = os.open("/proc/self/mem", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, length, address)
+    except (OSError, OverflowError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) == length else None
+
+
+def _engine(code: bytes, mode: int) -> Any:
+    uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, mode)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(0x1000, code)
+    uc.reg_write(X.UC_X86_REG_RSP if mode == uc_mod.UC_MODE_64 else X.UC_X86_REG_ESP, 0x8000)
+    return uc
+
+
+_GENERAL = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX) if uc_mod is not None else ()
+
+
+def _find_cpu(uc: Any) -> tuple[int, int] | None:
+    """(offset of the CPU pointer in the engine, offset of the registers in the CPU object).
+
+    Several of the engine's pointers may lead to memory holding the registers (any heap
+    pointer up to 64 KiB before them): only the pair that is the same on three engines
+    is the CPU object's.
+    """
+    found: set[tuple[int, int]] | None = None
+    for _ in range(3):
+        here = set(_cpu_candidates(uc if found is None else _engine(b"\x90", uc_mod.UC_MODE_64)))
+        found = here if found is None else found & here
+    return found.pop() if found is not None and len(found) == 1 else None
+
+
+def _cpu_candidates(uc: Any) -> list[tuple[int, int]]:
+    """Every (engine offset of a pointer, offset from it) at which ``uc``'s live registers are.
+
+    Live: they follow a second set of values written through the API (a stale copy
+    elsewhere in the heap would not).
+    """
+    def load(values: tuple[int, ...]) -> bytes:
+        for register, value in zip(_GENERAL, values):
+            uc.reg_write(register, value)
+        return struct.pack("<4Q", *values)
+
+    pattern = load(_MAGIC)
+    engine = ctypes.cast(uc._uch, ctypes.c_void_p).value
+    head = _read(engine, 0x1000)
+    if head is None:
+        return []
+    candidates = []
+    for offset in range(0, len(head), 8):
+        pointer = struct.unpack_from("<Q", head, offset)[0]
+        if not 0x10000 <= pointer < 1 << 47:
+            continue
+        blob = _read(pointer, 0x10000)
+        found = -1 if blob is None else blob.find(pattern)
+        if found >= 0:
+            candidates.append((offset, pointer, found))
+    second = load(tuple(value ^ 0xFFFF_0000_FFFF_0000 for value in _MAGIC))
+    return [(offset, found) for offset, pointer, found in candidates if _read(pointer + found, 32) == second]
+
+
+def registers_match(uc: Any, layout: CpuLayout, read: Any) -> bool:
+    """Whether ``layout`` shows ``uc``'s registers where it says (checked before a run relies on it).
+
+    ``read(register)``: the 64-bit register's value (an engine made for 16 or 32-bit code
+    refuses RAX through the plain API).
+    """
+    try:
+        live = _read(layout.cpu(uc) + layout.env, 32)
+        return live == struct.pack("<4Q", *(read(register) for register in _GENERAL))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@functools.cache
+def cpu_layout() -> CpuLayout | None:
+    """The CPU object's layout (see CpuLayout), or None where the experiments find no single answer."""
+    if uc_mod is None:
+        return None
+    try:
+        return _probe_cpu_layout()
+    except Exception:  # noqa: BLE001 - an engine that does not allow this: callers fall back
+        return None
+
+
+def _probe_cpu_layout() -> CpuLayout | None:
+    # halted: 1 after a run that ended in hlt, 0 after one ended by its instruction count.
+    uc = _engine(bytes([0x90, 0x90, 0xF4, 0x90, 0x90, 0xF4]), uc_mod.UC_MODE_64)
+    found = _find_cpu(uc)
+    if found is None:
+        return None
+    cpu_pointer, env = found
+    cpu = int(ctypes.c_uint64.from_address(ctypes.cast(uc._uch, ctypes.c_void_p).value + cpu_pointer).value)
+    snapshots = []
+    for begin, count in ((0x1000, 1), (0x1001, 10), (0x1003, 1), (0x1004, 10)):
+        uc.emu_start(begin, _NO_END, count=count)
+        snapshots.append(ctypes.string_at(cpu, env))
+    halted = [i for i in range(0, env, 4)
+              if [struct.unpack_from("<I", s, i)[0] for s in snapshots] == [0, 1, 0, 1]]
+    if len(halted) != 1:
+        return None
+    error_code, old_exception = _probe_exception_fields(cpu_pointer, env)
+    return CpuLayout(cpu_pointer=cpu_pointer, halted=halted[0], env=env, error_code=error_code,
+                     old_exception=old_exception)
+
+
+def _probe_exception_fields(cpu_pointer: int, env: int) -> tuple[int | None, int | None]:
+    """(error_code, old_exception) offsets in the x86 state.
+
+    error_code holds a #GP's selector error code (twice, two selectors), with
+    exception_is_int next to it: 0 then, 1 after ``int``. old_exception, the exception in
+    flight, is 13 after each #GP and still -1 (none) after the ``int``.
+    """
+    window = 0x8000
+    states = []
+    # 64-bit code: nop; mov ax, selector; mov ds, ax (beyond the empty GDT: #GP(selector)); int 0x41
+    for selector in (0x1234, 0x2348, None):
+        if selector is None:
+            code = bytes([0x90, 0xCD, 0x41, 0xF4])
+        else:
+            code = bytes([0x90, 0x66, 0xB8]) + struct.pack("<H", selector) + bytes([0x8E, 0xD8, 0xF4])
+        uc = _engine(code, uc_mod.UC_MODE_64)
+        cpu = int(ctypes.c_uint64.from_address(ctypes.cast(uc._uch, ctypes.c_void_p).value + cpu_pointer).value)
+        seen: list[bytes] = []
+
+        def on_intr(_uc: Any, _vector: int, _ud: Any, cpu: int = cpu, seen: list[bytes] = seen) -> None:
+            seen.append(ctypes.string_at(cpu + env, window))
+            _uc.emu_stop()
+
+        uc.hook_add(uc_mod.UC_HOOK_INTR, on_intr)
+        uc.emu_start(0x1000, _NO_END, count=10)
+        if len(seen) != 1:
+            return None, None
+        states.append(seen[0])
+    gp1, gp2, soft = states
+    codes = [i for i in range(0, window - 8, 4)
+             if struct.unpack_from("<ii", gp1, i) == (0x1234, 0)
+             and struct.unpack_from("<ii", gp2, i) == (0x2348, 0)
+             and struct.unpack_from("<i", soft, i + 4)[0] == 1]
+    in_flight = [i for i in range(0, window - 4, 4)
+                 if struct.unpack_from("<i", gp1, i)[0] == 13 and struct.unpack_from("<i", gp2, i)[0] == 13
+                 and struct.unpack_from("<i", soft, i)[0] == -1]
+    return (codes[0] if len(codes) == 1 else None), (in_flight[0] if len(in_flight) == 1 else None)
+
+
+@functools.cache
+def stop_request_offset() -> int | None:
+    """Where unicorn keeps its stop-request flag in the engine.
+
+    Its instruction count ends a run by requesting a stop, a hlt does not: on a scratch
+    engine, runs ended both ways (twice each) must leave exactly one byte of the engine 1
+    after a count and 0 after a hlt. None if no single byte behaves so.
+    """
+    if uc_mod is None:
+        return None
+    try:
+        uc = _engine(bytes([0x90, 0x90, 0xF4, 0x90, 0x90, 0xF4]), uc_mod.UC_MODE_32)
+        address = ctypes.cast(uc._uch, ctypes.c_void_p).value
+        size = _allocation_size(address)
+        snapshots = []
+        for begin, count in ((0x1000, 1), (0x1001, 10), (0x1003, 1), (0x1004, 10)):
+            uc.emu_start(begin, _NO_END, count=count)
+            snapshots.append(ctypes.string_at(address, size))
+        after_count, after_hlt = snapshots[0::2], snapshots[1::2]
+        candidates = [i for i in range(size) if all(s[i] == 1 for s in after_count) and all(s[i] == 0 for s in after_hlt)]
+        return candidates[0] if len(candidates) == 1 else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _allocation_size(address: int) -> int:
+    """How many bytes of the engine's allocation may be read: glibc knows; else one page, to be safe."""
+    try:
+        usable = ctypes.CDLL(None).malloc_usable_size
+        usable.restype, usable.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+        return int(usable(address)) or 0x1000
+    except (AttributeError, OSError):  # not glibc
+        return 0x1000
+
+
+def add_c_block_hook(lib: Any, uc: Any, function: Any, begin: int, end: int) -> int | None:
+    """Register C ``function`` as a UC_HOOK_BLOCK callback over [begin, end]; its struct hook's address."""
+    handle = ctypes.c_size_t()
+    status = lib.uc_hook_add(uc._uch, ctypes.byref(handle), uc_mod.UC_HOOK_BLOCK,
+                             ctypes.cast(function, ctypes.c_void_p), None, ctypes.c_uint64(begin), ctypes.c_uint64(end))
+    return handle.value if status == uc_mod.UC_ERR_OK and handle.value else None
+
+
+@functools.cache
+def hook_bounds_offset() -> int | None:
+    """Where unicorn's struct hook keeps a hook's begin bound (its end follows).
+
+    A hook handle is the address of its struct hook. On a scratch engine, two hooks with
+    distinct bounds must each show begin, end and the callback's address as consecutive
+    8-byte fields at one offset within the first 128 bytes. None where no offset fits both.
+    """
+    if uc_mod is None:
+        return None
+    try:
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, uc_mod.UC_MODE_64)
+        callback = ctypes.cast(uclib.uc_errno, ctypes.c_void_p).value
+        candidates: set[int] | None = None
+        for begin, end in ((0x1111_2222_3333_4444, 0x5555_6666_7777_8888),
+                           (0x0123_4567_89AB_CDEF, 0x7EDC_BA98_7654_3210)):
+            address = add_c_block_hook(uclib, uc, uclib.uc_errno, begin, end)
+            if address is None:
+                return None
+            raw = ctypes.string_at(address, 128)
+            here = {offset for offset in range(0, 128 - 24, 8)
+                    if struct.unpack_from("<QQQ", raw, offset) == (begin, end, callback)}
+            candidates = here if candidates is None else candidates & here
+        return candidates.pop() if candidates is not None and len(candidates) == 1 else None
+    except Exception:  # noqa: BLE001
+        return None
