@@ -26,7 +26,8 @@ default, 0xFEE00000), 32-bit registers at 16-byte aligned offsets.
 - ICR: fixed and lowest-priority interrupts to this APIC (the "self" and "all
   including self" shorthands, its own physical ID, a logical destination that matches
   LDR in flat mode, or the broadcast ID 0xFF) are accepted; the delivery status is
-  always idle. There is one CPU: INIT, SIPI, SMI and NMI are logged once and dropped.
+  always idle. An NMI to this APIC is latched for the CPU (``take_nmi``), which takes it
+  whatever IF says. There is one CPU: INIT, SIPI and SMI are logged once and dropped.
 
 Approximations (documented): no x2APIC mode and no TSC-deadline timer mode yet (both
 need the CPU's MSRs); the APIC stays at ``base`` (a write to IA32_APIC_BASE does not
@@ -84,6 +85,9 @@ class LocalApic(Device):
         super().__init__(config, ctx)
         #: Set by the machine (the run core): called with the new INTR level whenever it changes.
         self.intr_changed: Callable[[bool], None] | None = None
+        #: Set by the machine (the run core): called when an NMI is latched for the CPU.
+        self.nmi_raised: Callable[[], None] | None = None
+        self._nmi = False
         #: Told the vector of each EOI of a level-triggered interrupt (an IOAPIC's remote IRR).
         self.eoi_listeners: list[Callable[[int], None]] = []
         self._external: InterruptController | None = None
@@ -108,6 +112,7 @@ class LocalApic(Device):
         self.divide_config = 0
         self._timer.cancel()
         self._started = 0  # machine time the count was loaded (ns)
+        self._nmi = False
         self._update()
 
     def regions(self) -> Sequence[Region]:
@@ -123,6 +128,11 @@ class LocalApic(Device):
 
     def pending(self) -> bool:
         return self._intr
+
+    def take_nmi(self) -> bool:
+        """Whether an NMI waits for the CPU; taking it clears the latch (the CPU's own NMI blocking does the rest)."""
+        nmi, self._nmi = self._nmi, False
+        return nmi
 
     def acknowledge(self) -> int:
         """The CPU takes an interrupt: the APIC's own first, else the PIC's through LINT0 (INTA)."""
@@ -278,8 +288,12 @@ class LocalApic(Device):
                 self._error(ESR_SEND_ILLEGAL_VECTOR)
                 return
             self.accept(vector, level=bool(low & 0x8000))
+        elif mode == 0x400:
+            self._nmi = True
+            if self.nmi_raised is not None:
+                self.nmi_raised()
         else:
-            names = {0x200: "SMI", 0x400: "NMI", 0x500: "INIT", 0x600: "SIPI"}
+            names = {0x200: "SMI", 0x500: "INIT", 0x600: "SIPI"}
             self._warn_once(f"ipi-{mode}", f"{names.get(mode, 'reserved')} IPIs are not modelled (one CPU); dropped")
 
     def matches(self, destination: int, logical: bool) -> bool:

@@ -37,6 +37,19 @@ def test_passes_on_both_accelerators(accel: str, name: str, args: str, summary: 
     assert summary in out and "FAIL" not in out
 
 
+@pytest.mark.parametrize("name, summary", [
+    # Exceptions, software and external interrupts through the IDT (faults while delivering
+    # them, #NP, interrupt windows after sti and iret, self-IPIs, NMIs and their blocking).
+    ("eventinj", "SUMMARY: 13 tests"),
+    # XSAVE/XGETBV/XSETBV with the CPUID the software CPU offers (x87 and SSE state).
+    ("xsave", "SUMMARY: 299 tests"),
+])
+def test_passes_on_the_software_cpu(name: str, summary: str) -> None:
+    status, out, err = run_test(name, "tcg")
+    assert status == PASS, err
+    assert summary in out and "FAIL" not in out
+
+
 def test_vmexit_drives_every_pci_testdev_test_on_the_software_cpu() -> None:
     """vmexit's pci-mem and pci-io walk the device's tests on both BARs, as lib/pci-testdev.c does."""
     status, out, err = run_test("vmexit", "tcg", args="pci-mem pci-io")

@@ -22,6 +22,7 @@ CR0_ET = 1 << 4
 CR0_NE = 1 << 5
 CR0_WP = 1 << 16
 CR0_PG = 1 << 31
+CR4_PSE = 1 << 4
 CR4_PAE = 1 << 5
 EFER_LME = 1 << 8
 EFER_LMA = 1 << 10
@@ -192,15 +193,44 @@ def _place(memory: GuestMemory, address: int, data: bytes) -> None:
 def translate(memory: GuestMemory, cr0: int, cr3: int, cr4: int, efer: int, linear: int) -> int | None:
     """Linear -> guest-physical through the guest's page tables (None if unmapped).
 
-    Handles no paging and 4-level long-mode paging (4K, 2M, 1G pages): enough to
-    show the instruction bytes at RIP in a fault report.
+    Handles no paging, 32-bit paging (4K and 4M pages), PAE paging (4K, 2M) and 4-level
+    long-mode paging (4K, 2M, 1G pages): for fault reports and for delivering interrupts
+    through tables the guest keeps at linear addresses. Permissions are not checked.
     """
     if not cr0 & CR0_PG:
         return linear & 0xFFFFFFFF if not efer & EFER_LMA else linear
-    if not (efer & EFER_LMA and cr4 & CR4_PAE):
+    if not cr4 & CR4_PAE:
+        return _translate_32(memory, cr3, cr4, linear & 0xFFFFFFFF)
+    if not efer & EFER_LMA:
+        try:
+            pdpte = memory.read_int((cr3 & 0xFFFFFFE0) + ((linear >> 30) & 3) * 8, 8)
+        except GuestMemoryError:
+            return None
+        if not pdpte & PTE_P:
+            return None
+        return _walk(memory, pdpte & 0x000FFFFFFFFFF000, linear & 0xFFFFFFFF, (21, 12), first_level=2)
+    return _walk(memory, cr3 & ~0xFFF & ((1 << 52) - 1), linear, (39, 30, 21, 12), first_level=0)
+
+
+def _translate_32(memory: GuestMemory, cr3: int, cr4: int, linear: int) -> int | None:
+    """32-bit paging: a page directory of 1024 entries, 4M pages where PSE allows them."""
+    try:
+        pde = memory.read_int((cr3 & 0xFFFFF000) + (linear >> 22) * 4, 4)
+        if not pde & PTE_P:
+            return None
+        if pde & PTE_PS and cr4 & CR4_PSE:
+            return (pde & 0xFFC00000) | (pde & 0x1FE000) << 19 | (linear & 0x3FFFFF)
+        pte = memory.read_int((pde & 0xFFFFF000) + ((linear >> 12) & 0x3FF) * 4, 4)
+    except GuestMemoryError:
         return None
-    table = cr3 & ~0xFFF & ((1 << 52) - 1)
-    for level, shift in enumerate((39, 30, 21, 12)):
+    if not pte & PTE_P:
+        return None
+    return (pte & 0xFFFFF000) | (linear & 0xFFF)
+
+
+def _walk(memory: GuestMemory, table: int, linear: int, shifts: tuple[int, ...], first_level: int) -> int | None:
+    """Walk 8-byte-entry tables (PAE and long mode); levels 1 and 2 may map large pages."""
+    for level, shift in enumerate(shifts, start=first_level):
         try:
             entry = memory.read_int(table + ((linear >> shift) & 0x1FF) * 8, 8)
         except GuestMemoryError:

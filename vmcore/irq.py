@@ -90,6 +90,9 @@ class LocalInterruptController(Protocol):
     def acknowledge(self) -> int:
         """The INTA cycle: the vector to deliver."""
 
+    # Optionally, NMIs: ``take_nmi() -> bool`` (whether one waits; taking clears it) and a
+    # ``nmi_raised`` callback attribute the machine sets, called when one is latched.
+
 
 @runtime_checkable
 class IoInterruptController(Protocol):

@@ -341,3 +341,39 @@ def test_a_kick_from_another_thread_brings_the_loop_back_to_serve_posted_input()
         target=lambda: clock.call_soon_threadsafe(lambda: (served.set(), setattr(cpu, "script", [])))).start())
     stop = cpu.run(pio, mmio, RunLimits(timeout=10), clock)
     assert served.is_set() and stop.kind == "halted"
+
+
+class NmiController(Controller):
+    """A local APIC's NMI latch besides its INTR (vmcore.irq: take_nmi, nmi_raised)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nmi = False
+        self.nmi_raised: Callable[[], None] | None = None
+
+    def raise_nmi(self) -> None:
+        self.nmi = True
+        if self.nmi_raised is not None:
+            self.nmi_raised()
+
+    def take_nmi(self) -> bool:
+        nmi, self.nmi = self.nmi, False
+        return nmi
+
+
+def test_an_nmi_raised_by_an_access_is_injected_before_intr_and_whatever_if_says() -> None:
+    pio, mmio, _ = buses()
+    controller = NmiController()
+    nmis: list[list[int]] = []
+    cpu = ScriptedCpu([], if_flag=False)
+    cpu.inject_nmi = lambda: nmis.append(list(cpu.delivered))  # type: ignore[method-assign]
+
+    def access() -> int:
+        controller.raise_nmi()
+        controller.set_irq(0, True)  # an INTR too: with IF clear it waits
+        return YIELD
+
+    cpu.script = [access, lambda: HALT]
+    stop = cpu.run(pio, mmio, RunLimits(timeout=0.5), controller=controller)  # type: ignore[arg-type]
+    assert nmis == [[]] and cpu.delivered == []  # the NMI once, before any INTR; INTR held by IF
+    assert stop.kind == "halted" and controller.nmi_raised is None  # the core unhooks itself

@@ -216,6 +216,18 @@ def test_survives_fuzzing():
 
 def test_a_flood_of_unmodelled_ipis_is_logged_once(fake_bus, apic, caplog):
     for _ in range(1000):
-        wr(fake_bus, ICR_LOW, SELF | 0x400)  # NMI: one CPU, not modelled
-    assert sum("NMI IPIs are not modelled" in r.getMessage() for r in caplog.records) == 1
+        wr(fake_bus, ICR_LOW, SELF | 0x500)  # INIT: one CPU, not modelled
+    assert sum("INIT IPIs are not modelled" in r.getMessage() for r in caplog.records) == 1
     assert rd(fake_bus, IRR + 0x20) == 0
+
+
+def test_an_nmi_ipi_to_itself_is_latched_for_the_cpu_once(fake_bus, apic):
+    raised = []
+    apic.nmi_raised = lambda: raised.append(True)
+    wr(fake_bus, ICR_LOW, SELF | 0x400 | 0x2)  # NMI: the vector field is ignored
+    wr(fake_bus, ICR_LOW, SELF | 0x400)         # a second before the CPU took the first: still one NMI
+    assert raised == [True, True]
+    assert not fake_bus.intr() and rd(fake_bus, IRR + 0x00) == 0  # not an INTR, no IRR bit
+    assert apic.take_nmi() and not apic.take_nmi()
+    wr(fake_bus, ICR_LOW, OTHERS | 0x400)  # to the other CPUs: there are none
+    assert not apic.take_nmi()

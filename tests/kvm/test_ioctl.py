@@ -43,6 +43,7 @@ def test_flexible_array_struct_encodes_only_its_header() -> None:
     # sizeof(struct kvm_cpuid2) is 8: the entries[] array does not count.
     assert K.KVM_GET_SUPPORTED_CPUID == 0xC008AE05
     assert K.KVM_SET_CPUID2 == 0x4008AE90
+    assert K.KVM_NMI == 0xAE9A  # linux/kvm.h: _IO(KVMIO, 0x9a)
 
 
 @pytest.mark.parametrize(

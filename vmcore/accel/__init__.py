@@ -99,6 +99,10 @@ class Accelerator(abc.ABC):
     def offer_interrupt(self, controller: InterruptController) -> bool:
         """Deliver the controller's pending interrupt if the guest can take it now; True when delivered."""
 
+    def inject_nmi(self) -> None:
+        """Deliver an NMI: taken whatever IF says, then none until the guest's next iret (SDM 6.7.1)."""
+        raise NotImplementedError(f"{self.name}: NMIs are not supported")
+
     @abc.abstractmethod
     def interrupts_enabled(self) -> bool:
         """The guest's IF: whether an interrupt can end its ``hlt``."""

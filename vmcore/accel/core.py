@@ -126,6 +126,7 @@ class RunCore:
         self.diversion = cpu.diversion()
         self.accessors = self._accessors()
         self._waker: Waker | None = None
+        self._take_nmi: Callable[[], bool] | None = None
         self._deadline: float | None = None
 
     # --- the accessors --------------------------------------------------------------------
@@ -321,6 +322,10 @@ class RunCore:
         controller = self.controller
         if controller is None:
             return False
+        take_nmi = self._take_nmi
+        if take_nmi is not None and take_nmi():
+            self.cpu.inject_nmi()
+            return True
         return self.cpu.offer_interrupt(controller)
 
     def wait_for_interrupt(self) -> bool:
@@ -363,6 +368,16 @@ class RunCore:
                         self.cpu.kick()
 
             controller.intr_changed = intr_changed
+            self._take_nmi = getattr(controller, "take_nmi", None)
+            if self._take_nmi is not None:
+
+                def nmi_raised() -> None:
+                    self.attention[0] = True
+                    self.woken.set()
+                    if kicks:
+                        self.cpu.kick()
+
+                controller.nmi_raised = nmi_raised  # type: ignore[attr-defined]
         if clock is not None:
             waker = self._waker = Waker(self._kick, clock.now)
             clock.deadline_changed = waker.arm
@@ -377,6 +392,8 @@ class RunCore:
             self.clock.deadline_changed = self.clock.wakeup = None
         if self.controller is not None:
             self.controller.intr_changed = None
+            if self._take_nmi is not None:
+                self.controller.nmi_raised = None  # type: ignore[attr-defined]
 
     def _kick(self) -> None:
         """From any thread: the loop should look at timers, input and INTR soon."""

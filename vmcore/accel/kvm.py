@@ -415,6 +415,9 @@ class KvmAccelerator(Accelerator):
             run.request_interrupt_window = 0
         return False
 
+    def inject_nmi(self) -> None:
+        self.vcpu.nmi()  # KVM holds it until the guest can take it (its own NMI window)
+
     def interrupts_enabled(self) -> bool:
         return bool(self.vcpu.run_struct.if_flag)
 

@@ -116,6 +116,7 @@ class UnicornAccelerator(Accelerator):
         self._halted: ctypes.c_uint32 | None = None  # the engine's CPU halted flag (see _after_hlt)
         self._exception: _ExceptionInfo | None = None  # what unicorn knows of the exception it reports
         self._idt: IdtDelivery | None = None
+        self._raise_interrupt: Callable[[int], None] | None = None  # see _interrupt_request
         self.regs: Any = None  # register access in every mode (see _WideRegisters)
         self._kicker = _Kicker(None)  # until setup: nothing to stop
         self._vcpu_thread = 0
@@ -140,6 +141,7 @@ class UnicornAccelerator(Accelerator):
         self._halted = None if layout is None else ctypes.c_uint32.from_address(layout.cpu(self.uc) + layout.halted)
         self._exception = None if layout is None else _ExceptionInfo.of(self.uc, layout)
         self._idt = IdtDelivery(self.regs, memory, self.stop_reason)
+        self._raise_interrupt = None if layout is None else _interrupt_request(layout.cpu(self.uc))
         self._cpuid = _cpuid_table(getattr(uc_mod, _MODES[state.mode]), state.local_apic)
         # CPUID zero-extends into the 64-bit registers (written whole, as in long mode).
         self._cpuid_registers = _registers(_CPUID_REGISTERS_64)
@@ -432,6 +434,14 @@ class UnicornAccelerator(Accelerator):
                 continue  # prefixes
             return byte in (0x6C, 0x6D)
         return False
+
+    def inject_nmi(self) -> None:
+        """Raise the engine's own NMI request: QEMU's CPU takes it at the next block, whatever IF
+        says, and blocks NMIs until the guest's next iret, as hardware does (SDM 6.7.1)."""
+        if self._raise_interrupt is None:
+            raise CpuStop(self.stop_reason("internal-error", "the software CPU cannot take NMIs with this "
+                                           "unicorn build (its CPU interrupt handler was not found)"))
+        self._raise_interrupt(_CPU_INTERRUPT_NMI)
 
     def interrupts_enabled(self) -> bool:
         return bool(self.regs.reg_read(X.UC_X86_REG_EFLAGS) & _FLAG_IF)
@@ -838,6 +848,29 @@ _OUT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.
 _MMIO_READ_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint, ctypes.c_void_p)
 _MMIO_WRITE_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint, ctypes.c_uint64,
                                         ctypes.c_void_p)
+
+
+#: QEMU's CPU_INTERRUPT_NMI (CPU_INTERRUPT_TGT_EXT_3): a request bit its x86 CPU serves as an NMI.
+_CPU_INTERRUPT_NMI = 0x0200
+
+
+def _interrupt_request(cpu: int) -> Callable[[int], None] | None:
+    """A function that raises interrupt-request bits of the engine's CPU (``cpu``: its address).
+
+    unicorn's library exports the handler QEMU's ``cpu_interrupt`` calls
+    (``cpu_interrupt_handler``, a pointer to the TCG one), which sets the bits and makes the
+    CPU look at them at its next block. None where it is not exported.
+    """
+    try:
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        pointer = ctypes.c_void_p.in_dll(ctypes.CDLL(uclib._name), "cpu_interrupt_handler").value
+    except (ImportError, ValueError, AttributeError, OSError):
+        return None
+    if not pointer:
+        return None
+    handler = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int)(pointer)
+    return lambda mask: handler(cpu, mask)
 
 
 class _ExceptionInfo:

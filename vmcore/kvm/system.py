@@ -390,6 +390,10 @@ class Vcpu:
         """KVM_INTERRUPT: queue external interrupt ``vector`` (no in-kernel irqchip only)."""
         _call(self.fd, _k.KVM_INTERRUPT, _s.kvm_interrupt(vector))
 
+    def nmi(self) -> None:
+        """KVM_NMI: queue an NMI (userspace local APIC only)."""
+        _call(self.fd, _k.KVM_NMI)
+
     def set_cpuid2(self, cpuid: ctypes.Structure) -> None:
         """Set the guest CPUID table (a cpuid2_type(n) instance with ``nent`` set)."""
         _call(self.fd, _k.KVM_SET_CPUID2, cpuid)
