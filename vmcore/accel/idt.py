@@ -76,10 +76,14 @@ class IdtDelivery:
     ``stop_reason(kind, message)`` builds the report of a stop (a triple fault).
     """
 
-    def __init__(self, regs: Any, memory: GuestMemory, stop_reason: Callable[[str, str], StopReason]) -> None:
+    def __init__(self, regs: Any, memory: GuestMemory, stop_reason: Callable[[str, str], StopReason],
+                 set_cpl: Callable[[int], None] | None = None) -> None:
         self.regs = regs
         self.memory = memory
         self.stop_reason = stop_reason
+        #: Makes the CPU's privilege level the handler's before its segments are loaded (a CPU
+        #: whose segment loads are checked against the current CPL, as unicorn's are).
+        self.set_cpl = set_cpl
 
     # --- the entry point ------------------------------------------------------------------
 
@@ -215,6 +219,8 @@ class IdtDelivery:
             self._write(stack_base + sp, struct.pack(f"<{len(frame)}I", *(value & 0xFFFFFFFF for value in reversed(frame))))
         cleared = _FLAG_TF | _FLAG_NT | _FLAG_RF | _FLAG_VM | (_FLAG_IF if kind == _GATE_INTERRUPT else 0)
         regs.reg_write(X.UC_X86_REG_EFLAGS, flags & ~cleared)
+        if new_cpl != cpl and self.set_cpl is not None:
+            self.set_cpl(new_cpl)
         if new_ss != ss:
             regs.reg_write(X.UC_X86_REG_SS, new_ss)
         regs.reg_write(X.UC_X86_REG_CS, (selector & 0xFFFC) | new_cpl)

@@ -30,6 +30,7 @@ from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
 from . import Accelerator, AcceleratorUnavailable
 from .core import HALT, YIELD, CpuStop, Diversion, RunCore
+from .fastcall import FastCall
 from .idt import IdtDelivery
 from .unicorn_layout import add_c_block_hook, cpu_layout, hook_bounds_offset, registers_match
 
@@ -117,6 +118,7 @@ class UnicornAccelerator(Accelerator):
         self._exception: _ExceptionInfo | None = None  # what unicorn knows of the exception it reports
         self._idt: IdtDelivery | None = None
         self._raise_interrupt: Callable[[int], None] | None = None  # see _interrupt_request
+        self._fastcall: FastCall | None = None
         self.regs: Any = None  # register access in every mode (see _WideRegisters)
         self._kicker = _Kicker(None)  # until setup: nothing to stop
         self._vcpu_thread = 0
@@ -140,8 +142,21 @@ class UnicornAccelerator(Accelerator):
             layout = None  # not this engine's layout after all: the fallbacks
         self._halted = None if layout is None else ctypes.c_uint32.from_address(layout.cpu(self.uc) + layout.halted)
         self._exception = None if layout is None else _ExceptionInfo.of(self.uc, layout)
-        self._idt = IdtDelivery(self.regs, memory, self.stop_reason)
+        set_cpl = None
+        if layout is not None and layout.hflags is not None:
+            hflags = ctypes.c_uint32.from_address(layout.cpu(self.uc) + layout.env + layout.hflags)
+
+            def set_cpl(cpl: int) -> None:
+                # QEMU keeps the CPL in hflags (from SS's DPL) and checks segment loads made
+                # through the API against it: a handler's ring-0 CS would be refused at CPL 3.
+                hflags.value = (hflags.value & ~3) | cpl
+
+        self._idt = IdtDelivery(self.regs, memory, self.stop_reason, set_cpl)
         self._raise_interrupt = None if layout is None else _interrupt_request(layout.cpu(self.uc))
+        _, ebx, ecx, edx = self._cpuid.get((0, 0), (0, 0, 0, 0))
+        amd = struct.pack("<III", ebx, edx, ecx) == b"AuthenticAMD"
+        self._fastcall = FastCall(self.regs, self._deliver, lambda: bool(self._segment("cs")["l"]), amd=amd,
+                                  set_cpl=set_cpl)
         self._cpuid = _cpuid_table(getattr(uc_mod, _MODES[state.mode]), state.local_apic)
         # CPUID zero-extends into the 64-bit registers (written whole, as in long mode).
         self._cpuid_registers = _registers(_CPUID_REGISTERS_64)
@@ -298,7 +313,18 @@ class UnicornAccelerator(Accelerator):
                 self.regs.reg_write(register, value)
             return 1  # done: unicorn skips its own
 
+        def on_syscall(_uc: Any, _ud: Any) -> None:
+            assert self._fastcall is not None
+            self._fast_call(self._fastcall.syscall)
+
+        def on_sysenter(_uc: Any, _ud: Any) -> None:
+            assert self._fastcall is not None
+            fastcall = self._fastcall
+            self._fast_call(lambda _next: fastcall.sysenter())
+
         self._hooks = [
+            uc.hook_add(uc_mod.UC_HOOK_INSN, on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL),
+            uc.hook_add(uc_mod.UC_HOOK_INSN, on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER),
             uc.hook_add(uc_mod.UC_HOOK_MEM_WRITE_PROT, on_write_prot),
             uc.hook_add(uc_mod.UC_HOOK_INTR, on_intr),
             uc.hook_add(uc_mod.UC_HOOK_INSN_INVALID, on_invalid),
@@ -538,6 +564,20 @@ class UnicornAccelerator(Accelerator):
         assert self._idt is not None
         self._idt.deliver(vector, error=error, software=software, external=external)
 
+    def _fast_call(self, action: Callable[[int], None]) -> None:
+        """SYSCALL or SYSENTER (vmcore.accel.fastcall) at RIP; unicorn then adds the instruction's
+        length to RIP, which is taken off here first."""
+        ip = self._ip()
+        length = 2
+        try:
+            code = self._read_linear(self._linear_pc(), 16)
+            while length < len(code) and code[length - 2] != 0x0F:  # prefixes before 0F 05 / 0F 34
+                length += 1
+        except CpuStop:
+            pass
+        action(ip + length)
+        self.regs.reg_write(X.UC_X86_REG_RIP, (self._ip() - length) & _MASKS[8])
+
     def _read_linear(self, linear: int, length: int) -> bytes:
         physical = self._physical(linear)
         assert self.memory is not None
@@ -750,10 +790,11 @@ def _cpuid_table(mode: int, local_apic: bool) -> dict[tuple[int, int], tuple[int
             eax, ebx, ecx, edx = (uc.reg_read(r) & 0xFFFFFFFF for r in _registers(_CPUID_REGISTERS))
             return eax, ebx, ecx, edx
 
+        table[(0, 0)] = ask(0)  # as unicorn answers it: the vendor, for what depends on it
         eax, ebx, ecx, edx = ask(1)
         ecx, edx = cpuid1_apic(ecx, edx, local_apic)
         table[(1, 0)] = (eax, ebx, ecx, edx)
-        if ask(0)[0] >= 0xD:
+        if table[(0, 0)][0] >= 0xD:
             eax, ebx, ecx, edx = ask(0xD)
             table[(0xD, 0)] = (eax & _XSTATE_X87_SSE, _XSAVE_LEGACY_AND_HEADER, _XSAVE_LEGACY_AND_HEADER, 0)
             table[(0xD, 2)] = (0, 0, 0, 0)
@@ -1027,6 +1068,10 @@ class _WideRegisters:
 
     def reg_write(self, register: int, value: Any) -> None:
         mode = uc_mod.UC_MODE_32 if register in _SEGMENT_REGISTERS else uc_mod.UC_MODE_64
+        if register == X.UC_X86_REG_SS and not value & ~3:
+            # A null SS, which long mode loads on a privilege change (SDM 6.14.4): the 32-bit
+            # path refuses it; the 64-bit one takes the selector, all there is to it then.
+            mode = uc_mod.UC_MODE_64
         self._as(mode, self.uc.reg_write, register, value)
 
     def msr_read(self, msr: int) -> int:

@@ -48,6 +48,8 @@ class CpuLayout:
     error_code: int | None
     #: Offset in the x86 state of ``old_exception`` (int32): the exception in flight, -1 for none.
     old_exception: int | None
+    #: Offset in the x86 state of ``hflags`` (uint32), whose bits 1:0 are the CPL.
+    hflags: int | None
 
     def cpu(self, uc: Any) -> int:
         """The address of ``uc``'s CPU object."""
@@ -166,7 +168,26 @@ def _probe_cpu_layout() -> CpuLayout | None:
         return None
     error_code, old_exception = _probe_exception_fields(cpu_pointer, env)
     return CpuLayout(cpu_pointer=cpu_pointer, halted=halted[0], env=env, error_code=error_code,
-                     old_exception=old_exception)
+                     old_exception=old_exception, hflags=_probe_hflags(cpu_pointer, env))
+
+
+_HF_PE, _HF_CS32, _HF_SS32, _HF_LMA, _HF_CS64 = 1 << 7, 1 << 4, 1 << 5, 1 << 14, 1 << 15
+
+
+def _probe_hflags(cpu_pointer: int, env: int) -> int | None:
+    """hflags, QEMU's summary of the CPU's mode: in a 64-bit engine PE, CS32, SS32, LMA and CS64
+    are set and the CPL (bits 1:0) is 0; in a 32-bit one PE, CS32 and SS32 but neither LMA nor CS64."""
+    values = []
+    for mode in (uc_mod.UC_MODE_64, uc_mod.UC_MODE_32):
+        uc = _engine(b"\x90", mode)
+        cpu = int(ctypes.c_uint64.from_address(ctypes.cast(uc._uch, ctypes.c_void_p).value + cpu_pointer).value)
+        values.append(ctypes.string_at(cpu + env, 0x400))
+    long64, prot32 = values
+    want64 = _HF_PE | _HF_CS32 | _HF_SS32 | _HF_LMA | _HF_CS64
+    found = [i for i in range(0, 0x400, 4)
+             if struct.unpack_from("<I", long64, i)[0] & (want64 | 3) == want64
+             and struct.unpack_from("<I", prot32, i)[0] & (want64 | 3) == _HF_PE | _HF_CS32 | _HF_SS32]
+    return found[0] if len(found) == 1 else None
 
 
 def _probe_exception_fields(cpu_pointer: int, env: int) -> tuple[int | None, int | None]:
