@@ -407,8 +407,8 @@ def main() -> int:
             lines.append(f"tcg {kind:11} vmcore {got['vmcore tcg'] * 1e6:7.3f}  "
                          f"bare-unicorn {got['bare unicorn hooks'] * 1e6:7.3f}  vmcore/bare {ratio:5.2f}x "
                          f"{verdict(ratio, TARGETS['tcg'])}")
-        # Guest code with no exits: what running in instruction slices (unicorn's counted
-        # emu_start, so timers and interrupts are served without an emu_stop) costs.
+        # Guest code with no exits: what the software CPU's way of being stopped from other
+        # threads (a block hook in every translated block, see unicorn._Kicker) costs.
         iterations = 10_000_000
         code = compute_guest(iterations)
         compute = Path(folder) / "compute.bin"
@@ -420,7 +420,7 @@ def main() -> int:
         }, args.repeat)
         lines.append(f"tcg compute      vmcore {1e-6 / got['vmcore tcg']:6.0f} M instr/s  "
                      f"bare-unicorn {1e-6 / got['bare unicorn']:6.0f} M instr/s  "
-                     f"vmcore/bare time {got['vmcore tcg'] / got['bare unicorn']:5.2f}x (no target: the price of slices)")
+                     f"vmcore/bare time {got['vmcore tcg'] / got['bare unicorn']:5.2f}x (no target: the price of the block hooks)")
 
     print("start-up:")
     script = Path(sys.executable).with_name("vmcore")

@@ -43,6 +43,32 @@ TESTS = ("dummy", "setjmp", "realmode", "idt_test", "eventinj", "syscall", "umip
          "ioapic", "smap", "pku", "asyncpf", "emulator", "hypercall", "msr", "s3", "debug")
 #: dummy is not a section of unittests.cfg: its file, no arguments.
 EXTRA = {"dummy": {"file": "dummy.flat"}}
+
+#: Why a test does not pass where the cause was found (the table adds it after the test's own
+#: first error line). Only causes seen here; the others keep just their error line.
+REASONS = {
+    ("realmode", "tcg"): "unicorn keeps RFLAGS.RF set after iret and its smsw writes only 16 bits of a "
+                         "32-bit register (both seen on a bare engine)",
+    ("idt_test", "tcg"): "unicorn takes reserved CR4 bits without #GP: after mov cr4=0xffffffff every fetch "
+                         "page-faults",
+    ("la57", "tcg"): "unicorn does not check CR4 writes (as idt_test)",
+    ("sieve", "tcg"): "unicorn's engine alone needs 68 s for it (75 s with vmcore's block hooks); the suite's "
+                      "own timeout for sieve is 180 s",
+    ("syscall", "tcg"): "SYSCALL in compatibility mode is #UD on Intel, which the software CPU's CPUID "
+                        "shows; QEMU runs it as AuthenticAMD (no CPU models yet)",
+    ("xapic", "tcg"): "unicorn answers RDMSR(IA32_APIC_BASE) without the enable bit and unicorn 2.1.4 "
+                      "cannot hook RDMSR/WRMSR",
+    ("x2apic", "tcg"): "as xapic; no x2APIC mode in the lapic model yet",
+    ("xapic", "kvm"): "the lapic model does not follow IA32_APIC_BASE (needs KVM's userspace MSR exits)",
+    ("x2apic", "kvm"): "as xapic",
+    ("intel_iommu", "kvm"): "needs a q35 machine with a VT-d IOMMU and QEMU's edu device, not modelled",
+    ("intel_iommu", "tcg"): "as on kvm",
+    ("emulator", "tcg"): "unicorn (QEMU 5.0's TCG) raises no #GP for a misaligned movaps",
+    ("msr", "tcg"): "unicorn takes a non-canonical FS base without #GP",
+    ("hypercall", "tcg"): "VMCALL is #UD without a hypervisor to take it (QEMU's TCG fails it too)",
+    ("s3", "kvm"): "no ACPI tables (FACS) without firmware",
+    ("s3", "tcg"): "as on kvm",
+}
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
 
@@ -169,8 +195,9 @@ def main() -> None:
         for accel in accels:
             result, seconds, note = results[name, accel]
             cells.append(f"{result} | {seconds:.1f}")
-            if note:
-                failures.append(f"{accel}: {note}")
+            reason = REASONS.get((name, accel)) if result != PASS else None
+            if note or reason:
+                failures.append(f"{accel}: {'; '.join(part for part in (note, reason) if part)}")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {'; '.join(failures + [notes(specs[name])]).strip('; ')} |")
     passed = {accel: sum(results[n, accel][0] == PASS for n in names) for accel in accels}
     skipped = {accel: sum(results[n, accel][0] == SKIP for n in names) for accel in accels}

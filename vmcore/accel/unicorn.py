@@ -349,7 +349,8 @@ class UnicornAccelerator(Accelerator):
         self._core = None
 
     def _enter(self) -> int:
-        """One slice of emulation; what ended it, as an exit kind (accesses went to the accessors meanwhile)."""
+        """One emu_start: the guest runs until a hlt, a kick or a stop; what ended it, as an exit kind
+        (accesses went to the accessors meanwhile)."""
         pc = self._ip() if self._pc is None else self._pc
         self._pc = None
         self._rom_write = None
@@ -376,7 +377,7 @@ class UnicornAccelerator(Accelerator):
                 raise CpuStop(self._fault(error))
             self._replay_rom_write(self._ip())
             return YIELD  # the core checks the limits: a guest that keeps writing to ROM must not outlive them
-        # A slice ended, or the guest executed hlt (unicorn stops after it).
+        # A kick (or a slice's end) stopped it, or the guest executed hlt (unicorn stops after it).
         return HALT if self._after_hlt() else YIELD
 
     def _emulate(self, pc: int, count: int = 0, replay: list[tuple[str, int, int, int]] | None = None) -> None:

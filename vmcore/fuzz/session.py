@@ -111,14 +111,10 @@ class Session:
         except BaseException as exc:  # SystemExit, GeneratorExit...: the device's, a failure like any other
             problem = exception_problem(exc, "create()")
             return attrs.evolve(problem, kind="construction", message=f"cannot build it: {problem.message}")
-        try:
-            regions = list(self.call(self.device.regions))
-        except Hung as exc:
-            return hang_problem(exc, "regions()")
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
-            return region_problem("regions() raised", exc)
+        made, problem = self._placing(self.device.regions, "regions()", "regions() raised")
+        if problem is not None:
+            return problem
+        regions = list(made)
         for region in regions:
             if not isinstance(region, Region):
                 return region_problem(f"regions() returned {region!r}, not a Region")
@@ -130,14 +126,9 @@ class Session:
         except BusError as exc:
             return region_problem("regions overlap", exc)
         bus.devices[target.name] = self.device
-        try:
-            self.call(self.pci.assign)
-        except Hung as exc:
-            return hang_problem(exc, "bar_region()")
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
-            return region_problem("placing its BARs raised", exc)
+        _, problem = self._placing(self.pci.assign, "bar_region()", "placing its BARs raised")
+        if problem is not None:
+            return problem
         regions += self.pci.bar_regions()
         if isinstance(self.device, (InterruptController, LocalInterruptController)):
             self.controller = self.device
@@ -148,6 +139,17 @@ class Session:
         target.regions = target.regions or regions
         target.controller = self.controller is not None
         return None
+
+    def _placing(self, function: Any, name: str, failure: str) -> tuple[Any, Problem | None]:
+        """Call what places the device's regions, under the watchdog: (its result, None) or (None, the problem)."""
+        try:
+            return self.call(function), None
+        except Hung as exc:
+            return None, hang_problem(exc, name)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            return None, region_problem(failure, exc)
 
     def execute(self, op: Op) -> tuple[str, Problem | None]:
         """Run one op: (what it returned, for the report; the problem it showed, if any)."""
