@@ -49,9 +49,10 @@ EXTRA = {"dummy": {"file": "dummy.flat"}}
 REASONS = {
     ("realmode", "tcg"): "unicorn keeps RFLAGS.RF set after iret and its smsw writes only 16 bits of a "
                          "32-bit register (both seen on a bare engine)",
-    ("idt_test", "tcg"): "unicorn takes reserved CR4 bits without #GP: after mov cr4=0xffffffff every fetch "
-                         "page-faults",
-    ("la57", "tcg"): "unicorn does not check CR4 writes (as idt_test)",
+    ("idt_test", "tcg"): "unicorn takes reserved CR4 bits without #GP and keeps no old value to give the "
+                         "#GP late; the software CPU stops, naming the bits",
+    ("la57", "tcg"): "unicorn checks neither CR4.LA57 changes in long mode nor canonical descriptor-table "
+                     "bases",
     ("sieve", "tcg"): "unicorn's engine alone needs 68 s for it (75 s with vmcore's block hooks); the suite's "
                       "own timeout for sieve is 180 s",
     ("syscall", "tcg"): "SYSCALL in compatibility mode is #UD on Intel, which the software CPU's CPUID "

@@ -242,3 +242,30 @@ def test_translate_walks_32_bit_pae_and_long_mode_tables() -> None:
     _idt, _regs, paged = machine(long_mode=True)
     assert translate(paged, pg | pe, PML4, 0x20, EFER_LMA, 0x212345) == 0x212345
     assert translate(paged, pg | pe, PML4, 0x20, EFER_LMA, 0x40000000) is None
+
+
+# --- vmcore.accel.cr4: the bits a mov to CR4 may set --------------------------------------------
+
+
+def test_allowed_cr4_follows_the_cpuid() -> None:
+    from vmcore.accel.cr4 import allowed_cr4
+
+    pae_pse = (1 << 6) | (1 << 3)  # leaf 1 EDX: PAE, PSE
+    cpuid = {(1, 0): (0, 0, 1 << 26, pae_pse), (7, 0): (0, 1 << 7, 0, 0)}  # XSAVE; SMEP
+    allowed = allowed_cr4(cpuid)
+    assert allowed == (1 << 5) | (1 << 4) | (1 << 8) | (1 << 18) | (1 << 20)  # PAE PSE PCE OSXSAVE SMEP
+    assert not allowed & (1 << 15) and not allowed >> 25  # reserved whatever the CPUID
+
+
+def test_reserved_cr4_bits_stop_the_software_cpu_with_the_bits_named(tmp_path) -> None:
+    from tests.accel.test_accel_tcg import run_tcg
+    from tests.tiny_guests import TinyGuest
+
+    guest = TinyGuest("cr4_reserved", code=bytes([
+        0x66, 0xB8, 0x00, 0x80, 0x00, 0x00,  # mov eax, 0x8000      bit 15: reserved on every CPU
+        0x0F, 0x22, 0xE0,                    # mov cr4, eax          a processor: #GP(0); unicorn takes it
+        0xF4,                                # hlt
+    ]))
+    result = run_tcg(guest, tmp_path)
+    assert result["kind"] == "internal-error"
+    assert "CR4 is 0x8000, with bits 0x8000 this CPU does not have" in result["message"]

@@ -30,6 +30,7 @@ from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
 from . import Accelerator, AcceleratorUnavailable
 from .core import HALT, YIELD, CpuStop, Diversion, RunCore
+from .cr4 import allowed_cr4
 from .fastcall import FastCall
 from .idt import IdtDelivery
 from .unicorn_layout import add_c_block_hook, cpu_layout, hook_bounds_offset, registers_match
@@ -119,6 +120,7 @@ class UnicornAccelerator(Accelerator):
         self._idt: IdtDelivery | None = None
         self._raise_interrupt: Callable[[int], None] | None = None  # see _interrupt_request
         self._fastcall: FastCall | None = None
+        self._cr4_allowed: int | None = None  # the CR4 bits this CPUID allows (see _check_cr4)
         self.regs: Any = None  # register access in every mode (see _WideRegisters)
         self._kicker = _Kicker(None)  # until setup: nothing to stop
         self._vcpu_thread = 0
@@ -153,11 +155,12 @@ class UnicornAccelerator(Accelerator):
 
         self._idt = IdtDelivery(self.regs, memory, self.stop_reason, set_cpl)
         self._raise_interrupt = None if layout is None else _interrupt_request(layout.cpu(self.uc))
+        self._cpuid = _cpuid_table(getattr(uc_mod, _MODES[state.mode]), state.local_apic)
+        self._cr4_allowed = allowed_cr4(self._cpuid) if (7, 0) in self._cpuid else None
         _, ebx, ecx, edx = self._cpuid.get((0, 0), (0, 0, 0, 0))
         amd = struct.pack("<III", ebx, edx, ecx) == b"AuthenticAMD"
         self._fastcall = FastCall(self.regs, self._deliver, lambda: bool(self._segment("cs")["l"]), amd=amd,
                                   set_cpl=set_cpl)
-        self._cpuid = _cpuid_table(getattr(uc_mod, _MODES[state.mode]), state.local_apic)
         # CPUID zero-extends into the 64-bit registers (written whole, as in long mode).
         self._cpuid_registers = _registers(_CPUID_REGISTERS_64)
         self._follow_map()
@@ -290,6 +293,7 @@ class UnicornAccelerator(Accelerator):
 
         def on_intr(_uc: Any, vector: int, _ud: Any) -> None:
             error, software = self._exception.take() if self._exception is not None else (None, False)
+            self._check_cr4()
             self._deliver(vector, error=error, software=software)
 
         def on_invalid(_uc: Any, _ud: Any) -> bool:
@@ -377,8 +381,21 @@ class UnicornAccelerator(Accelerator):
                 raise CpuStop(self._fault(error))
             self._replay_rom_write(self._ip())
             return YIELD  # the core checks the limits: a guest that keeps writing to ROM must not outlive them
+        self._check_cr4()
         # A kick (or a slice's end) stopped it, or the guest executed hlt (unicorn stops after it).
         return HALT if self._after_hlt() else YIELD
+
+    def _check_cr4(self) -> None:
+        """Stop when CR4 holds what no processor with this CPUID would (vmcore.accel.cr4): a #GP went missing."""
+        allowed = self._cr4_allowed
+        if allowed is None:
+            return
+        cr4 = self.regs.reg_read(X.UC_X86_REG_CR4)
+        if cr4 & ~allowed:
+            raise CpuStop(self.stop_reason(
+                "internal-error", f"CR4 is {cr4:#x}, with bits {cr4 & ~allowed:#x} this CPU does not have: a "
+                "processor raises #GP at the mov that loads them; unicorn took them, and the software CPU "
+                "cannot undo it"))
 
     def _emulate(self, pc: int, count: int = 0, replay: list[tuple[str, int, int, int]] | None = None) -> None:
         """emu_start; what a device raised in a hook comes first, before what it left unicorn doing.
@@ -580,10 +597,14 @@ class UnicornAccelerator(Accelerator):
         self.regs.reg_write(X.UC_X86_REG_RIP, (self._ip() - length) & _MASKS[8])
 
     def _read_linear(self, linear: int, length: int) -> bytes:
+        """Guest bytes at a linear address, for reports and decoding; CpuStop where it is not mapped.
+
+        The stop carries no register snapshot: taking one reads the GDT through here.
+        """
         physical = self._physical(linear)
         assert self.memory is not None
         if physical is None:
-            raise CpuStop(self.stop_reason("shutdown", f"triple fault: {linear:#x} is not mapped"))
+            raise CpuStop(StopReason.of("shutdown", f"{linear:#x} is not mapped"))
         return self.memory.read(physical, length)
 
     def _ip(self) -> int:
@@ -792,6 +813,8 @@ def _cpuid_table(mode: int, local_apic: bool) -> dict[tuple[int, int], tuple[int
             return eax, ebx, ecx, edx
 
         table[(0, 0)] = ask(0)  # as unicorn answers it: the vendor, for what depends on it
+        if table[(0, 0)][0] >= 7:
+            table[(7, 0)] = ask(7)  # as unicorn answers it: the features CR4 may enable (see cr4.py)
         eax, ebx, ecx, edx = ask(1)
         ecx, edx = cpuid1_apic(ecx, edx, local_apic)
         table[(1, 0)] = (eax, ebx, ecx, edx)
