@@ -18,6 +18,8 @@ imports it for the ``broken-read`` device type.
 
 from __future__ import annotations
 
+import struct
+
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -245,6 +247,27 @@ def test_int_n_goes_through_the_ivt_and_iret_returns(tmp_path: Path) -> None:
     result = run_tcg(INT_21, tmp_path)
     assert (result["kind"], result["status"]) == ("halted", 0)
     assert result["console"] == "AB"
+
+
+ICEBP = TinyGuest("icebp", code=bytes([
+    0xBC, 0x00, 0x08,              # mov sp, 0x800
+    0x0F, 0x01, 0x1E, 0x30, 0x00,  # lidt [0x30]        the IVT at 0x100
+    0xF1,                          # int1 (ICEBP)       #DB, a trap: the handler returns after it
+    0xB0, 0x41,                    # mov al, 'A'
+    0xE6, 0xF1,                    # out 0xF1, al
+    0xF4,                          # hlt
+]), data={
+    0x20: bytes([0xB0, 0x44, 0xE6, 0xF1, 0xCF]),  # vector 1: mov al, 'D'; out 0xF1, al; iret
+    0x30: struct.pack("<HI", 0x3FF, 0x100),
+    0x104: struct.pack("<HH", 0x20, 0),
+})
+
+
+def test_icebp_raises_a_debug_trap_not_an_invalid_opcode(tmp_path: Path) -> None:
+    # unicorn reports F1 as an invalid opcode (QEMU 5.0 hands it to its own debugger).
+    result = run_tcg(ICEBP, tmp_path)
+    assert (result["kind"], result["status"]) == ("halted", 0)
+    assert result["console"] == "DA"
 
 
 def test_divide_error_is_delivered_to_its_ivt_handler(tmp_path: Path) -> None:

@@ -291,12 +291,33 @@ class UnicornAccelerator(Accelerator):
             self._rom_write = (slot, address, size)
             return False  # stop before the write; enter() replays the instruction with the write discarded
 
+        def contained(body: Callable[..., Any]) -> Callable[..., Any]:
+            # A stop raised in a hook (a triple fault) is kept for after emu_start, as a device's
+            # exception is (abort): raised through unicorn's binding it would come out as the
+            # engine's own error, or not at all.
+            def hook(*args: Any) -> Any:
+                try:
+                    return body(*args)
+                except CpuStop as stop:
+                    self.abort(stop)
+                    return True
+            return hook
+
+        @contained
         def on_intr(_uc: Any, vector: int, _ud: Any) -> None:
             error, software = self._exception.take() if self._exception is not None else (None, False)
             self._check_cr4()
             self._deliver(vector, error=error, software=software)
 
+        @contained
         def on_invalid(_uc: Any, _ud: Any) -> bool:
+            if self._at_icebp():
+                # INT1 (ICEBP, F1): QEMU 5.0 sends it to its own debugger, which unicorn reports
+                # as an invalid opcode. A processor raises #DB as a trap after it, with no gate
+                # DPL check (SDM volume 3, 17.3.1.2), as it does for a hardware event.
+                self.regs.reg_write(X.UC_X86_REG_RIP, self._ip() + 1)
+                self._deliver(1, external=True)
+                return True
             self._deliver(6)  # #UD
             return True
 
@@ -317,10 +338,12 @@ class UnicornAccelerator(Accelerator):
                 self.regs.reg_write(register, value)
             return 1  # done: unicorn skips its own
 
+        @contained
         def on_syscall(_uc: Any, _ud: Any) -> None:
             assert self._fastcall is not None
             self._fast_call(self._fastcall.syscall)
 
+        @contained
         def on_sysenter(_uc: Any, _ud: Any) -> None:
             assert self._fastcall is not None
             fastcall = self._fastcall
@@ -581,6 +604,12 @@ class UnicornAccelerator(Accelerator):
         self._pc = None  # emulation goes on from the handler (see _enter)
         assert self._idt is not None
         self._idt.deliver(vector, error=error, software=software, external=external)
+
+    def _at_icebp(self) -> bool:
+        try:
+            return self._read_linear(self._linear_pc(), 1) == b"\xf1"
+        except CpuStop:
+            return False
 
     def _fast_call(self, action: Callable[[int], None]) -> None:
         """SYSCALL or SYSENTER (vmcore.accel.fastcall) at RIP; unicorn then adds the instruction's
