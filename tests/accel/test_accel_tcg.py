@@ -172,10 +172,10 @@ def test_debug_exit_ends_the_run_before_the_next_instruction_reaches_a_device(tm
     assert result["trace"] == [["pio", "write", 0x501, 1, 42, "exit"]]
 
 
-# --- instruction slices ------------------------------------------------------------------
-# unicorn runs the guest in slices of _SLICE instructions (never emu_stop from another
-# thread: a stop landing mid-block corrupts it). A slice's end and a hlt both leave EIP
-# after the last instruction; the loop tells them apart by unicorn's stop-request flag.
+# --- stops and slices --------------------------------------------------------------------
+# unicorn runs the guest until a kick stops it at a block's start or, where no kick can be
+# installed, in slices of _SLICE instructions. A stop and a hlt can both leave EIP after an
+# F4 byte; the loop tells them apart by the engine's halted flag.
 
 
 @pytest.mark.parametrize("slices", ["default", "one instruction"])
@@ -185,6 +185,14 @@ def test_a_slice_ending_after_an_f4_byte_is_not_taken_for_hlt(tmp_path: Path, sl
     assert (result["kind"], result["status"]) == ("halted", 0)
     assert result["console"] == "*"
     assert result["exits"] == 1
+
+
+def test_guests_run_the_same_in_counted_slices_where_no_kick_can_be_installed(tmp_path: Path) -> None:
+    for guest in (F4_OPERANDS, OUT_BURST, ICEBP):
+        quick = in_process(profile_for(guest, tmp_path), accel="tcg")
+        sliced = in_process(profile_for(guest, tmp_path), accel="tcg", plugins=("tests.accel.tcg_one_instruction_slices",))
+        for key in ("kind", "status", "console", "trace", "registers"):
+            assert sliced[key] == quick[key], (guest.name, key)
 
 
 def test_unicorn_shows_the_engine_fields_the_software_cpu_reads() -> None:

@@ -216,7 +216,8 @@ class IdtDelivery:
             frame += [image, cs, ip] + ([error or 0] if pushes_error else [])
             stack_base = self._segment_base(new_ss)
             sp = (sp - 4 * len(frame)) & 0xFFFFFFFF
-            self._write(stack_base + sp, struct.pack(f"<{len(frame)}I", *(value & 0xFFFFFFFF for value in reversed(frame))))
+            words = [value & 0xFFFFFFFF for value in reversed(frame)]
+            self._write(stack_base + sp, struct.pack(f"<{len(words)}I", *words))
         cleared = _FLAG_TF | _FLAG_NT | _FLAG_RF | _FLAG_VM | (_FLAG_IF if kind == _GATE_INTERRUPT else 0)
         regs.reg_write(X.UC_X86_REG_EFLAGS, flags & ~cleared)
         if new_cpl != cpl and self.set_cpl is not None:

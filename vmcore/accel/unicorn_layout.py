@@ -229,41 +229,6 @@ def _probe_exception_fields(cpu_pointer: int, env: int) -> tuple[int | None, int
     return (codes[0] if len(codes) == 1 else None), (in_flight[0] if len(in_flight) == 1 else None)
 
 
-@functools.cache
-def stop_request_offset() -> int | None:
-    """Where unicorn keeps its stop-request flag in the engine.
-
-    Its instruction count ends a run by requesting a stop, a hlt does not: on a scratch
-    engine, runs ended both ways (twice each) must leave exactly one byte of the engine 1
-    after a count and 0 after a hlt. None if no single byte behaves so.
-    """
-    if uc_mod is None:
-        return None
-    try:
-        uc = _engine(bytes([0x90, 0x90, 0xF4, 0x90, 0x90, 0xF4]), uc_mod.UC_MODE_32)
-        address = ctypes.cast(uc._uch, ctypes.c_void_p).value
-        size = _allocation_size(address)
-        snapshots = []
-        for begin, count in ((0x1000, 1), (0x1001, 10), (0x1003, 1), (0x1004, 10)):
-            uc.emu_start(begin, _NO_END, count=count)
-            snapshots.append(ctypes.string_at(address, size))
-        after_count, after_hlt = snapshots[0::2], snapshots[1::2]
-        candidates = [i for i in range(size) if all(s[i] == 1 for s in after_count) and all(s[i] == 0 for s in after_hlt)]
-        return candidates[0] if len(candidates) == 1 else None
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _allocation_size(address: int) -> int:
-    """How many bytes of the engine's allocation may be read: glibc knows; else one page, to be safe."""
-    try:
-        usable = ctypes.CDLL(None).malloc_usable_size
-        usable.restype, usable.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
-        return int(usable(address)) or 0x1000
-    except (AttributeError, OSError):  # not glibc
-        return 0x1000
-
-
 def add_c_block_hook(lib: Any, uc: Any, function: Any, begin: int, end: int) -> int | None:
     """Register C ``function`` as a UC_HOOK_BLOCK callback over [begin, end]; its struct hook's address."""
     handle = ctypes.c_size_t()
