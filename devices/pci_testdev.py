@@ -81,7 +81,7 @@ class _Bar:
             return
         if TESTS[n] == "datamatch-eventfd" and value != DATA:
             return
-        self.count += 1
+        self.count = (self.count + 1) & 0xFFFF_FFFF  # the header's u32, wrapping as a register would
 
 
 class PciTestdev(Device):

@@ -82,6 +82,16 @@ class Segment:
     l: int = 0  # 64-bit code
     g: int = 0  # 4K granularity
 
+    @classmethod
+    def from_descriptor(cls, selector: int, descriptor: int) -> "Segment":
+        """The segment an 8-byte GDT descriptor describes (the inverse of :meth:`descriptor`)."""
+        access, flags = (descriptor >> 40) & 0xFF, (descriptor >> 52) & 0xF
+        limit = (descriptor & 0xFFFF) | ((descriptor >> 48) & 0xF) << 16
+        g = flags >> 3 & 1
+        return cls(selector=selector, base=(descriptor >> 16) & 0xFFFFFF | ((descriptor >> 56) & 0xFF) << 24,
+                   limit=(limit << 12 | 0xFFF) if g else limit, type=access & 0xF, s=access >> 4 & 1,
+                   dpl=access >> 5 & 3, present=access >> 7, db=flags >> 2 & 1, l=flags >> 1 & 1, g=g)
+
     def descriptor(self) -> int:
         """The 8-byte GDT descriptor for this segment."""
         limit = self.limit >> 12 if self.g else self.limit

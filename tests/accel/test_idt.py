@@ -269,3 +269,12 @@ def test_reserved_cr4_bits_stop_the_software_cpu_with_the_bits_named(tmp_path) -
     result = run_tcg(guest, tmp_path)
     assert result["kind"] == "internal-error"
     assert "CR4 is 0x8000, with bits 0x8000 this CPU does not have" in result["message"]
+
+
+def test_segment_from_descriptor_inverts_descriptor() -> None:
+    from vmcore.cpu import Segment
+
+    for segment in (Segment(selector=0x08, base=0x1234_5678, limit=0xFFFF_FFFF, type=0xB, dpl=3, db=1, g=1),
+                    Segment(selector=0x38, limit=0xFFFF_FFFF, type=0xA, l=1, g=1),
+                    Segment(selector=0x10, base=0xABC, limit=0x1234, present=0)):
+        assert Segment.from_descriptor(segment.selector, segment.descriptor()) == segment

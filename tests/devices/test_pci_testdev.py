@@ -102,3 +102,12 @@ def test_without_assignment_bars_stay_unmapped(fake_bus):
 def test_survives_a_hostile_guest_on_its_bars():
     report = fuzz_device("pci-testdev", runs=20, steps=60, seed=3)
     assert report.ok, str(report)
+
+
+def test_the_write_count_wraps_at_32_bits(pc):
+    base = bars(pc)[0] & ~0xF
+    pc.mmio_write(base, 1, 0)
+    offset = pc.mmio_read(base + 4, 4)
+    pc.devices["pcitest"].state[0].count = 0xFFFF_FFFF  # as after 2^32 - 1 writes
+    pc.mmio_write(base + offset, 2, 0)
+    assert pc.mmio_read(base + 12, 4) == 0

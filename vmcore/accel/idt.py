@@ -30,7 +30,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Callable
 
-from ..cpu import translate
+from ..cpu import Segment, translate
 from ..memory import GuestMemory
 from ..stop import StopReason
 from .core import CpuStop
@@ -181,12 +181,11 @@ class IdtDelivery:
         if not present:
             raise Fault(NP, idt_error)
         code = self._descriptor(selector, ext)
-        if code is None or not code[1] & 0x8:  # not a code segment
+        if code is None or not code.type & 0x8:  # not a code segment
             raise Fault(GP, (selector & 0xFFFC) + ext)
-        _code_base, code_type, code_dpl, code_present = code
-        if not code_present:
+        if not code.present:
             raise Fault(NP, (selector & 0xFFFC) + ext)
-        new_cpl = cpl if code_type & 0x4 else code_dpl  # conforming code keeps CPL
+        new_cpl = cpl if code.type & 0x4 else code.dpl  # conforming code keeps CPL
         if new_cpl > cpl:
             raise Fault(GP, (selector & 0xFFFC) + ext)
 
@@ -234,8 +233,8 @@ class IdtDelivery:
 
     # --- descriptors and the TSS ------------------------------------------------------------
 
-    def _descriptor(self, selector: int, ext: int) -> tuple[int, int, int, bool] | None:
-        """(base, type, DPL, present) of a GDT descriptor; None for the null selector."""
+    def _descriptor(self, selector: int, ext: int) -> Segment | None:
+        """The segment a GDT selector names; None for the null selector."""
         if selector & 4:
             raise self._shutdown(f"a handler's code segment {selector:#x} is in the LDT, which is not modelled")
         index = selector & ~7
@@ -244,13 +243,11 @@ class IdtDelivery:
         _, base, limit, _ = self.regs.reg_read(X.UC_X86_REG_GDTR)
         if index + 7 > limit:
             raise Fault(GP, (selector & 0xFFFC) + ext)
-        low, high = struct.unpack("<II", self._read(base + index, 8))
-        segment_base = (low >> 16) | (high & 0xFF) << 16 | (high & 0xFF000000)
-        return segment_base, (high >> 8) & 0xF, (high >> 13) & 3, bool(high & (1 << 15))
+        return Segment.from_descriptor(selector, int.from_bytes(self._read(base + index, 8), "little"))
 
     def _segment_base(self, selector: int) -> int:
         described = self._descriptor(selector, 1) if selector & ~7 else None
-        return 0 if described is None else described[0]
+        return 0 if described is None else described.base
 
     def _tss_base(self) -> int:
         tr = self.regs.reg_read(X.UC_X86_REG_TR)

@@ -24,7 +24,7 @@ import threading
 from typing import Any, Callable
 
 from ..irq import InterruptController
-from ..cpu import CpuState, cpuid1_apic, translate
+from ..cpu import CpuState, Segment, cpuid1_apic, translate
 from ..device import GuestExit
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
@@ -142,11 +142,12 @@ class UnicornAccelerator(Accelerator):
         layout = cpu_layout()
         if layout is not None and not registers_match(self.uc, layout, self.regs.reg_read):
             layout = None  # not this engine's layout after all: the fallbacks
-        self._halted = None if layout is None else ctypes.c_uint32.from_address(layout.cpu(self.uc) + layout.halted)
-        self._exception = None if layout is None else _ExceptionInfo.of(self.uc, layout)
+        cpu = 0 if layout is None else layout.cpu(self.uc)
+        self._halted = None if layout is None else ctypes.c_uint32.from_address(cpu + layout.halted)
+        self._exception = None if layout is None else _ExceptionInfo.of(cpu + layout.env, layout)
         set_cpl = None
         if layout is not None and layout.hflags is not None:
-            hflags = ctypes.c_uint32.from_address(layout.cpu(self.uc) + layout.env + layout.hflags)
+            hflags = ctypes.c_uint32.from_address(cpu + layout.env + layout.hflags)
 
             def set_cpl(cpl: int) -> None:
                 # QEMU keeps the CPL in hflags (from SS's DPL) and checks segment loads made
@@ -154,7 +155,7 @@ class UnicornAccelerator(Accelerator):
                 hflags.value = (hflags.value & ~3) | cpl
 
         self._idt = IdtDelivery(self.regs, memory, self.stop_reason, set_cpl)
-        self._raise_interrupt = None if layout is None else _interrupt_request(layout.cpu(self.uc))
+        self._raise_interrupt = None if layout is None else _interrupt_request(cpu)
         self._cpuid = _cpuid_table(getattr(uc_mod, _MODES[state.mode]), state.local_apic)
         self._cr4_allowed = allowed_cr4(self._cpuid) if (7, 0) in self._cpuid else None
         _, ebx, ecx, edx = self._cpuid.get((0, 0), (0, 0, 0, 0))
@@ -659,13 +660,11 @@ class UnicornAccelerator(Accelerator):
         if selector & 4 or index == 0 or index + 7 > limit:
             return segment  # the LDT or the null selector: not looked up
         try:
-            low, high = struct.unpack("<II", self._read_linear(base + index, 8))
+            raw = int.from_bytes(self._read_linear(base + index, 8), "little")
         except CpuStop:
             return segment  # the GDT is not mapped
-        limit = (low & 0xFFFF) | (high & 0xF0000)
-        segment.update(base=(low >> 16) | (high & 0xFF) << 16 | (high & 0xFF000000),
-                       limit=(limit << 12 | 0xFFF) if high & (1 << 23) else limit,
-                       type=(high >> 8) & 0xF, l=(high >> 21) & 1, db=(high >> 22) & 1)
+        loaded = Segment.from_descriptor(selector, raw)
+        segment.update(base=loaded.base, limit=loaded.limit, type=loaded.type, l=loaded.l, db=loaded.db)
         return segment
 
     def _segment_base(self, name: str) -> int:
@@ -976,10 +975,10 @@ class _ExceptionInfo:
         self.error_code, self.is_int, self.old_exception = error_code, is_int, old_exception
 
     @classmethod
-    def of(cls, uc: Any, layout: Any) -> "_ExceptionInfo | None":
+    def of(cls, env: int, layout: Any) -> "_ExceptionInfo | None":
+        """The fields in the x86 state at address ``env``."""
         if layout.error_code is None or layout.old_exception is None:
             return None
-        env = layout.cpu(uc) + layout.env
         return cls(ctypes.c_int32.from_address(env + layout.error_code),
                    ctypes.c_int32.from_address(env + layout.error_code + 4),
                    ctypes.c_int32.from_address(env + layout.old_exception))
