@@ -23,9 +23,8 @@ def _plugins(extra: tuple[str, ...]) -> tuple[str, ...]:
 
 
 #: Guests whose timer interrupts come by host time: when the loop looks decides which
-#: instruction one lands after (rm_timer's 11th tick can fall between its last iret and its
-#: cli when the host is loaded), so their traces differ by design.
-TIMED = {"one_irq", "rm_timer"}
+#: instruction one lands after, so their traces differ by design.
+TIMED = {"one_irq"}
 
 
 @pytest.mark.parametrize("name", sorted(set(SOURCES) - FIRMWARE_BOOTED - HOST_TIMED - TIMED))
