@@ -46,6 +46,25 @@ def skip_without_kvm() -> None:
 
 
 @functools.cache
+def kvm_ignores_set_cpuid() -> str | None:
+    """Why this host's KVM guests do not see the CPUID vmcore sets, or None where they do.
+
+    Probed once per process: machines/cpuid-dump.yaml with FPU removed must print leaf 1
+    without it (a paravirtualized KVM here answers leaves 1, 7 and 0xD from the host).
+    """
+    skip_without_kvm()
+    run = vmcore("run", str(REPO / "machines" / "cpuid-dump.yaml"), "--accel", "kvm",
+                 "--set", "cpu.features=-pni,-svm,-fpu")
+    lines = run.stdout.decode().splitlines()
+    if run.status != 35 or len(lines) < 2:
+        return f"cpuid-dump did not run on KVM: {run.stderr.strip()[:200]}"
+    if int(lines[1].split()[-1], 16) & 1:
+        return ("this host's KVM answers CPUID leaf 1 from the host, not from KVM_SET_CPUID2 "
+                f"(leaf 1 is {lines[1]!r} with FPU removed)")
+    return None
+
+
+@functools.cache
 def kvm_unit_tests_suite() -> Path:
     """The pinned kvm-unit-tests, built once into .cache/ (scripts/build-kvm-unit-tests); skips with its reason."""
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "build-kvm-unit-tests")], capture_output=True,

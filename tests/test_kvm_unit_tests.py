@@ -16,12 +16,12 @@ PROFILE = REPO / "machines" / "kvm-unit-tests.yaml"
 PASS = 1  # debug-exit of 0: (0 << 1) | 1
 
 
-def run_test(name: str, accel: str, timeout: float = 30, args: str = "") -> tuple[int, str, str]:
+def run_test(name: str, accel: str, timeout: float = 30, args: str = "", *overrides: str) -> tuple[int, str, str]:
     kernel = kvm_unit_tests_suite() / "x86" / f"{name}.flat"
     # The file name first, as QEMU's multiboot loader does: the tests read it as argv[0].
     run = vmcore("run", str(PROFILE), "--accel", accel, "--timeout", str(timeout), "--history", "0",
                  "--set", f"loader.kernel={kernel}", "--set", f"loader.cmdline={name}.flat {args}".strip(),
-                 timeout=timeout + 30)
+                 *(arg for override in overrides for arg in ("--set", override)), timeout=timeout + 30)
     return run.status, run.stdout.decode("latin-1"), run.stderr
 
 
@@ -48,6 +48,17 @@ def test_passes_on_the_software_cpu(name: str, summary: str) -> None:
     status, out, err = run_test(name, "tcg")
     assert status == PASS, err
     assert summary in out and "FAIL" not in out
+
+
+def test_syscall_passes_on_the_software_cpu_as_an_amd_opteron() -> None:
+    """unittests.cfg runs syscall with -cpu Opteron_G1,vendor=AuthenticAMD: SYSCALL from 32-bit
+    user code (compatibility mode, AMD only) and its single-step trap after SYSRET."""
+    status, out, err = run_test("syscall", "tcg", 30, "", "cpu.model=Opteron_G1", "cpu.vendor=AuthenticAMD")
+    assert status == PASS, err
+    assert "PASS: syscall TF handling" in out and "SUMMARY: 2 tests" in out and "FAIL" not in out
+    # As GenuineIntel (the software CPU's own vendor) the same SYSCALL is #UD.
+    status, out, _ = run_test("syscall", "tcg", 30, "", "cpu.model=Opteron_G1", "cpu.vendor=GenuineIntel")
+    assert status != PASS and "Unhandled exception 6 #UD" in out
 
 
 def test_vmexit_drives_every_pci_testdev_test_on_the_software_cpu() -> None:

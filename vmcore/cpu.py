@@ -13,6 +13,7 @@ import struct
 
 import attrs
 
+from .cpu_model import ModelSpec
 from .memory import GuestMemory, GuestMemoryError
 
 CR0_PE = 1 << 0
@@ -28,27 +29,7 @@ EFER_LME = 1 << 8
 EFER_LMA = 1 << 10
 RFLAGS_RESERVED = 1 << 1  # bit 1 always reads as 1
 
-# CPUID leaf 1 bits that advertise a local APIC. Without an APIC model behind them (the
-# PIC in userspace, no ``lapic`` device), both accelerators clear them: the APIC page would
-# be MMIO nobody answers, and firmware that sees the bit (SeaBIOS's SMP and MP-table set-up)
-# drives it.
-CPUID1_EDX_APIC = 1 << 9
-CPUID1_ECX_X2APIC = 1 << 21
 CPUID1_ECX_TSC_DEADLINE = 1 << 24  # the APIC timer's TSC-deadline mode
-
-
-def cpuid1_without_apic(ecx: int, edx: int) -> tuple[int, int]:
-    """CPUID leaf 1's ECX and EDX with the local APIC's feature bits cleared."""
-    return ecx & ~(CPUID1_ECX_X2APIC | CPUID1_ECX_TSC_DEADLINE), edx & ~CPUID1_EDX_APIC
-
-
-def cpuid1_apic(ecx: int, edx: int, local_apic: bool) -> tuple[int, int]:
-    """CPUID leaf 1's ECX and EDX for a CPU with a userspace local APIC model (``local_apic``) or none.
-
-    The model is an xAPIC: the APIC bit, and neither x2APIC nor the TSC-deadline timer.
-    """
-    ecx, edx = cpuid1_without_apic(ecx, edx)
-    return ecx, edx | (CPUID1_EDX_APIC if local_apic else 0)
 
 
 PAGE = 4096
@@ -124,6 +105,8 @@ class CpuState:
     #: A local APIC device answers at APIC_BASE (0xFEE00000): CPUID shows one and IA32_APIC_BASE
     #: is enabled; without one both are off (unless KVM's in-kernel irqchip models it).
     local_apic: bool = False
+    #: The CPU model the guest's CPUID shows (the profile's cpu.model/features/vendor).
+    model: ModelSpec = ModelSpec()
 
 
 def tables_size(mode: str) -> int:

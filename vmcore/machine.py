@@ -24,6 +24,7 @@ from .bus import Bus, BusError, Direction, Region, Space, Transaction
 from .chardev import HostFile
 from .clock import Clock, HostClock
 from .cpu import CpuSetupError, CpuState, start_state, tables_size
+from .cpu_model import CpuModelError
 from .device import PropertyError, resolve_paths
 from .faults import DeviceFault, GuestExit, obey
 from .irq import InterruptController, LocalInterruptController
@@ -248,9 +249,12 @@ class Machine:
         )
         # The CPU's INTR: a local APIC device (the IRQ-line controller on its LINT0), or that controller.
         cpu = None if self.profile.irqchip in ("none", "kernel") else cpu_interrupts(self.devices.values(), controller)
-        state = attrs.evolve(self.state, local_apic=isinstance(cpu, LocalInterruptController))
+        state = attrs.evolve(self.state, local_apic=isinstance(cpu, LocalInterruptController),
+                             model=self.profile.cpu.model)
         try:
             self.accelerator.setup(self.memory, state)
+        except CpuModelError as exc:
+            return StopReason.of("config-error", f"{self.accelerator.name}: {exc}")
         except (AcceleratorUnavailable, OSError) as exc:
             return StopReason.of("host-error", f"{self.accelerator.name}: {exc}")
         self._start_devices()

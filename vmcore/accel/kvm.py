@@ -35,7 +35,9 @@ import attrs
 from ..bus import Bus, Space
 from ..clock import Clock
 from ..irq import InterruptController
-from ..cpu import APIC_BASE_MSR, CpuState, Segment, code_bits, cpuid1_apic, memory_operand_size, translate
+from ..cpu import (APIC_BASE_MSR, CPUID1_ECX_TSC_DEADLINE, CpuState, Segment, code_bits, memory_operand_size,
+                   translate)
+from ..cpu_model import SUBLEAF_LEAVES, CpuidTable, cpuid_for
 from ..kvm import Kvm, KvmError, KvmUnavailable, Vcpu, Vm
 from ..kvm import ioctl as k
 from ..kvm import structs as s
@@ -133,8 +135,6 @@ class KvmAccelerator(Accelerator):
                 if kernel_pit:
                     vm.create_pit2()
             vcpu = vm.create_vcpu(0)
-            if kernel_irqchip:
-                vcpu.set_cpuid2(kvm.supported_cpuid())  # KVM's own APIC (see setup for the others)
         except KvmError as exc:
             kvm.close()
             raise AcceleratorUnavailable(f"KVM is present but unusable: {exc}") from None
@@ -178,12 +178,7 @@ class KvmAccelerator(Accelerator):
             self._slot_ids[id(slot)] = number
 
     def _load_state(self, state: CpuState) -> None:
-        if not self.kernel_irqchip:
-            # Long mode needs CPUID to advertise LM: the guest gets what the host supports,
-            # with a local APIC only where a device models one (see vmcore.cpu).
-            cpuid = self.kvm.supported_cpuid()
-            _set_apic(cpuid, state.local_apic)
-            self.vcpu.set_cpuid2(cpuid)
+        self.vcpu.set_cpuid2(_cpuid2(self.cpuid_table(state)))
         sregs = self.vcpu.get_sregs()
         _set_segment(sregs.cs, state.cs)
         for name in ("ds", "es", "fs", "gs", "ss"):
@@ -203,6 +198,28 @@ class KvmAccelerator(Accelerator):
         for name, value in state.registers.items():
             setattr(regs, name, value)
         self.vcpu.set_regs(regs)
+
+    def cpuid_table(self, state: CpuState) -> CpuidTable:
+        """The guest's CPUID: the profile's CPU model (vmcore.cpu_model) over what this KVM supports.
+
+        A local APIC is there where a device models one or KVM's in-kernel irqchip does;
+        x2APIC and the TSC-deadline timer only with KVM's (the lapic model is an xAPIC).
+        """
+        supported = _cpuid_dict(self.kvm.supported_cpuid())
+        unavailable: dict[str, str] = {}
+        if self.kernel_irqchip:
+            if self.vm.check_extension(k.KVM_CAP_TSC_DEADLINE_TIMER) > 0:
+                # KVM emulates it with its APIC but leaves the bit to the VMM (as QEMU sets it).
+                eax, ebx, ecx, edx = supported[(1, 0)]
+                supported[(1, 0)] = (eax, ebx, ecx | CPUID1_ECX_TSC_DEADLINE, edx)
+        else:
+            why = "needs irqchip: kernel on KVM (vmcore's lapic model is an xAPIC)"
+            unavailable = {"x2apic": why, "tsc-deadline": why}
+        result = cpuid_for(state.model, supported, accel="this KVM", unavailable=unavailable,
+                           local_apic=state.local_apic or self.kernel_irqchip)
+        if result.dropped:
+            log.warning("cpu %s: this KVM lacks %s: left out", state.model.describe(), ", ".join(result.dropped))
+        return result.table
 
     # --- a run: the CPU side of vmcore.accel.core's loop -----------------------------------
 
@@ -755,12 +772,27 @@ class _DoorbellWatcher:
         os.close(self._stop_fd)
 
 
-def _set_apic(cpuid: Any, local_apic: bool) -> None:
-    """CPUID leaf 1's APIC bits in a KVM_GET_SUPPORTED_CPUID result, for a userspace APIC model or none."""
+def _cpuid_dict(cpuid: Any) -> CpuidTable:
+    """A kvm_cpuid2 as a table; a leaf without a significant index is subleaf 0."""
+    table: CpuidTable = {}
     for i in range(cpuid.nent):
-        entry = cpuid.entries[i]
-        if entry.function == 1:
-            entry.ecx, entry.edx = cpuid1_apic(entry.ecx, entry.edx, local_apic)
+        e = cpuid.entries[i]
+        subleaf = e.index if e.flags & k.KVM_CPUID_FLAG_SIGNIFCANT_INDEX else 0
+        table[(e.function, subleaf)] = (e.eax, e.ebx, e.ecx, e.edx)
+    return table
+
+
+def _cpuid2(table: CpuidTable) -> Any:
+    """A table as a kvm_cpuid2 for KVM_SET_CPUID2."""
+    cpuid = s.cpuid2_type(len(table))()
+    cpuid.nent = len(table)
+    indexed = SUBLEAF_LEAVES | {leaf for leaf, subleaf in table if subleaf}
+    for i, ((leaf, subleaf), values) in enumerate(sorted(table.items())):
+        e = cpuid.entries[i]
+        e.function, e.index = leaf, subleaf
+        e.flags = k.KVM_CPUID_FLAG_SIGNIFCANT_INDEX if leaf in indexed else 0
+        e.eax, e.ebx, e.ecx, e.edx = values
+    return cpuid
 
 
 def _ignore_signal(_signum: int, _frame: Any) -> None:

@@ -18,13 +18,15 @@ and to tear down.
 from __future__ import annotations
 
 import ctypes
-import struct
+import functools
+import logging
 import sys
 import threading
 from typing import Any, Callable
 
 from ..irq import InterruptController
-from ..cpu import CpuState, Segment, cpuid1_apic, translate
+from ..cpu import CpuState, Segment, translate
+from ..cpu_model import PASS_THROUGH, CpuidTable, answer, cpuid_for, vendor_of
 from ..device import GuestExit
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
@@ -33,7 +35,7 @@ from .core import HALT, YIELD, CpuStop, Diversion, RunCore
 from .cr4 import allowed_cr4
 from .fastcall import FastCall
 from .idt import IdtDelivery
-from .unicorn_layout import add_c_block_hook, cpu_layout, hook_bounds_offset, registers_match
+from .unicorn_layout import EngineFeatures, add_c_block_hook, cpu_layout, hook_bounds_offset, registers_match
 
 try:
     import unicorn as uc_mod
@@ -41,6 +43,8 @@ try:
 except ImportError:  # pragma: no cover - exercised where unicorn is absent
     uc_mod = None
     X = None
+
+log = logging.getLogger(__name__)
 
 PAGE = 4096
 #: Where the MMIO windows end: the largest physical address x86 paging can form (MAXPHYADDR 52).
@@ -156,10 +160,23 @@ class UnicornAccelerator(Accelerator):
 
         self._idt = IdtDelivery(self.regs, memory, self.stop_reason, set_cpl)
         self._raise_interrupt = None if layout is None else _interrupt_request(cpu)
-        self._cpuid = _cpuid_table(getattr(uc_mod, _MODES[state.mode]), state.local_apic)
-        self._cr4_allowed = allowed_cr4(self._cpuid) if (7, 0) in self._cpuid else None
-        _, ebx, ecx, edx = self._cpuid.get((0, 0), (0, 0, 0, 0))
-        amd = struct.pack("<III", ebx, edx, ecx) == b"AuthenticAMD"
+        supported = dict(engine_cpuid(getattr(uc_mod, _MODES[state.mode])))
+        if not supported:
+            raise AcceleratorUnavailable("unicorn did not answer CPUID on a scratch engine")
+        result = cpuid_for(state.model, supported, accel="the software CPU", unavailable=UNAVAILABLE,
+                           local_apic=state.local_apic)
+        if result.dropped:
+            log.warning("cpu %s: the software CPU lacks %s: left out", state.model.describe(),
+                        ", ".join(result.dropped))
+        self._cpuid = result.table
+        features = None if layout is None else EngineFeatures.of(cpu + layout.env, layout)
+        if features is not None:
+            features.follow(self._cpuid)
+        elif state.model.remove or state.model.name not in PASS_THROUGH:
+            log.warning("cpu %s: this unicorn build's feature words were not found: CPUID shows the model, "
+                        "but the engine runs every instruction it knows", state.model.describe())
+        self._cr4_allowed = allowed_cr4(self._cpuid)
+        amd = vendor_of(self._cpuid) == "AuthenticAMD"
         self._fastcall = FastCall(self.regs, self._deliver, lambda: bool(self._segment("cs")["l"]), amd=amd,
                                   set_cpl=set_cpl)
         # CPUID zero-extends into the 64-bit registers (written whole, as in long mode).
@@ -323,13 +340,10 @@ class UnicornAccelerator(Accelerator):
             return True
 
         def on_cpuid(_uc: Any, _ud: Any) -> int:
-            # The leaves unicorn gets wrong come from _cpuid_table; every other is unicorn's own (0: run it).
+            # Every leaf from the model's table (vmcore.cpu_model), as KVM answers from its own.
             leaf = self.regs.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF
-            subleaf = self.regs.reg_read(X.UC_X86_REG_ECX) & 0xFFFFFFFF if leaf in _SUBLEAF_LEAVES else 0
-            values = self._cpuid.get((leaf, subleaf))
-            if values is None:
-                return 0
-            eax, ebx, ecx, edx = values
+            subleaf = self.regs.reg_read(X.UC_X86_REG_ECX) & 0xFFFFFFFF
+            eax, ebx, ecx, edx = answer(self._cpuid, leaf, subleaf)
             if leaf == 1:
                 # OSXSAVE mirrors CR4.OSXSAVE now, not when the leaf was taken (SDM: CPUID leaf 1).
                 ecx &= ~_CPUID1_ECX_OSXSAVE
@@ -811,23 +825,22 @@ def _registers(names: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(getattr(X, f"UC_X86_REG_{name}") for name in names)
 
 
-#: Leaves whose answer depends on ECX (the subleaf).
-_SUBLEAF_LEAVES = frozenset((0x4, 0x7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18, 0x1D, 0x1E, 0x1F, 0x20))
-_XSTATE_X87_SSE = 0x3
-_XSAVE_LEGACY_AND_HEADER = 512 + 64  # XSAVE area size for x87 and SSE state only
+#: What the software CPU cannot honour although the engine's CPUID may offer it (feature -> why).
+UNAVAILABLE = {
+    "x2apic": "the software CPU cannot send x2APIC MSRs to the lapic model (unicorn 2.1 hooks no RDMSR/WRMSR)",
+    "tsc-deadline": "the software CPU cannot send IA32_TSC_DEADLINE to the lapic model (unicorn 2.1 hooks "
+                    "no RDMSR/WRMSR)",
+}
 
 
-def _cpuid_table(mode: int, local_apic: bool) -> dict[tuple[int, int], tuple[int, int, int, int]]:
-    """The CPUID leaves the guest must see other than unicorn answers them, asked of a scratch engine.
+@functools.lru_cache(maxsize=None)
+def engine_cpuid(mode: int) -> tuple[tuple[tuple[int, int], tuple[int, int, int, int]], ...]:
+    """Every CPUID leaf of unicorn's own CPU (QEMU 5.0's TCG, its features filtered to what the
+    TCG runs), asked of a scratch engine: what the software CPU supports (``max``).
 
-    - leaf 1: a local APIC only where a device models one, as KVM's CPUID does (see vmcore.cpu);
-    - leaf 0xD: unicorn (QEMU 5.0's TCG) executes no AVX instruction, yet offers the YMM state
-      in XCR0; offered here: x87 and SSE only, with their XSAVE area size, and no YMM
-      subleaf (an OS or test that trusted it would run vmovdqa into #UD).
-
-    Empty if the scratch engine cannot answer: the guest then sees unicorn's own leaves.
+    Empty if the scratch engine cannot answer.
     """
-    table: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+    table: CpuidTable = {}
     try:
         uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, mode)
         uc.mem_map(0, 0x1000)
@@ -838,21 +851,32 @@ def _cpuid_table(mode: int, local_apic: bool) -> dict[tuple[int, int], tuple[int
             uc.reg_write(X.UC_X86_REG_ECX, subleaf)
             uc.emu_start(0x100, _NO_END, count=2)
             eax, ebx, ecx, edx = (uc.reg_read(r) & 0xFFFFFFFF for r in _registers(_CPUID_REGISTERS))
-            return eax, ebx, ecx, edx
+            values = (eax, ebx, ecx, edx)
+            table[(leaf, subleaf)] = values
+            return values
 
-        table[(0, 0)] = ask(0)  # as unicorn answers it: the vendor, for what depends on it
-        if table[(0, 0)][0] >= 7:
-            table[(7, 0)] = ask(7)  # as unicorn answers it: the features CR4 may enable (see cr4.py)
-        eax, ebx, ecx, edx = ask(1)
-        ecx, edx = cpuid1_apic(ecx, edx, local_apic)
-        table[(1, 0)] = (eax, ebx, ecx, edx)
-        if table[(0, 0)][0] >= 0xD:
-            eax, ebx, ecx, edx = ask(0xD)
-            table[(0xD, 0)] = (eax & _XSTATE_X87_SSE, _XSAVE_LEGACY_AND_HEADER, _XSAVE_LEGACY_AND_HEADER, 0)
-            table[(0xD, 2)] = (0, 0, 0, 0)
+        level = ask(0)[0]
+        for leaf in range(1, min(level, 0x20) + 1):
+            first = ask(leaf)
+            if leaf == 4:
+                for subleaf in range(1, 8):
+                    if not ask(leaf, subleaf)[0] & 0x1F:
+                        break
+            elif leaf == 7:
+                for subleaf in range(1, min(first[0], 4) + 1):
+                    ask(leaf, subleaf)
+            elif leaf == 0xB:
+                ask(leaf, 1)
+            elif leaf == 0xD:
+                for subleaf in range(1, 32):
+                    if subleaf == 1 or (first[0] | first[3]) >> subleaf & 1:
+                        ask(leaf, subleaf)
+        xlevel = ask(0x80000000)[0]
+        for leaf in range(0x80000001, min(xlevel, 0x80000020) + 1):
+            ask(leaf)
     except Exception:  # noqa: BLE001 - a best effort; the run must not fail for it
-        return {}
-    return table
+        return ()
+    return tuple(table.items())
 
 
 def _mmio_windows(slots: list[MemorySlot]) -> set[tuple[int, int]]:

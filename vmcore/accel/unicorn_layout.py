@@ -50,6 +50,8 @@ class CpuLayout:
     old_exception: int | None
     #: Offset in the x86 state of ``hflags`` (uint32), whose bits 1:0 are the CPL.
     hflags: int | None
+    #: Offset in the x86 state of ``features`` (uint64 per CPUID feature word, see EngineFeatures).
+    features: int | None = None
 
     def cpu(self, uc: Any) -> int:
         """The address of ``uc``'s CPU object."""
@@ -168,7 +170,8 @@ def _probe_cpu_layout() -> CpuLayout | None:
         return None
     error_code, old_exception = _probe_exception_fields(cpu_pointer, env)
     return CpuLayout(cpu_pointer=cpu_pointer, halted=halted[0], env=env, error_code=error_code,
-                     old_exception=old_exception, hflags=_probe_hflags(cpu_pointer, env))
+                     old_exception=old_exception, hflags=_probe_hflags(cpu_pointer, env),
+                     features=_probe_features(cpu_pointer, env))
 
 
 _HF_PE, _HF_CS32, _HF_SS32, _HF_LMA, _HF_CS64 = 1 << 7, 1 << 4, 1 << 5, 1 << 14, 1 << 15
@@ -227,6 +230,95 @@ def _probe_exception_fields(cpu_pointer: int, env: int) -> tuple[int | None, int
                  if struct.unpack_from("<i", gp1, i)[0] == 13 and struct.unpack_from("<i", gp2, i)[0] == 13
                  and struct.unpack_from("<i", soft, i)[0] == -1]
     return (codes[0] if len(codes) == 1 else None), (in_flight[0] if len(in_flight) == 1 else None)
+
+
+#: QEMU's feature words (FeatureWord order in target/i386/cpu.h) as (leaf, subleaf, register).
+FEATURE_WORDS = ((1, 0, 3), (1, 0, 2), (7, 0, 1), (7, 0, 2), (7, 0, 3), None, (0x80000001, 0, 3),
+                 (0x80000001, 0, 2))
+_POPCNT = 1 << 23  # leaf 1 ECX
+
+
+def _probe_features(cpu_pointer: int, env: int) -> int | None:
+    """Where the x86 state keeps its CPUID feature words (``features[FEAT_1_EDX]`` first).
+
+    Candidates hold the scratch engine's leaf 1 EDX, leaf 1 ECX (less OSXSAVE, which CPUID
+    adds from CR4) and leaf 7 EBX as consecutive 64-bit words; the one is where clearing
+    POPCNT makes a fresh engine's ``popcnt`` an invalid instruction, as QEMU's translator
+    checks the words.
+    """
+    cpuid = dict(_ask_cpuid(((1, 0), (7, 0))))
+    if len(cpuid) != 2:
+        return None
+    words = struct.pack("<3Q", cpuid[(1, 0)][3], cpuid[(1, 0)][2] & ~(1 << 27), cpuid[(7, 0)][1])
+    window = 0x20000
+    uc = _engine(b"\x90", uc_mod.UC_MODE_64)
+    state = _read(_cpu_of(uc, cpu_pointer) + env, window)
+    if state is None or not cpuid[(1, 0)][2] & _POPCNT:
+        return None
+    found = []
+    for offset in range(0, window - len(words), 8):
+        if state[offset:offset + len(words)] != words:
+            continue
+        probe = _engine(bytes.fromhex("f3480fb8c1f4"), uc_mod.UC_MODE_64)  # popcnt rax, rcx; hlt
+        word = ctypes.c_uint64.from_address(_cpu_of(probe, cpu_pointer) + env + offset + 8)
+        word.value &= ~_POPCNT
+        try:
+            probe.emu_start(0x1000, _NO_END, count=2)
+        except uc_mod.UcError as exc:
+            if exc.errno == uc_mod.UC_ERR_INSN_INVALID:
+                found.append(offset)
+    return found[0] if len(found) == 1 else None
+
+
+def _cpu_of(uc: Any, cpu_pointer: int) -> int:
+    return int(ctypes.c_uint64.from_address(ctypes.cast(uc._uch, ctypes.c_void_p).value + cpu_pointer).value)
+
+
+def _ask_cpuid(leaves: tuple[tuple[int, int], ...]) -> list[tuple[tuple[int, int], tuple[int, ...]]]:
+    uc = _engine(bytes([0x0F, 0xA2, 0xF4]), uc_mod.UC_MODE_64)
+    answers = []
+    for leaf, subleaf in leaves:
+        uc.reg_write(X.UC_X86_REG_RAX, leaf)
+        uc.reg_write(X.UC_X86_REG_RCX, subleaf)
+        uc.emu_start(0x1000, _NO_END, count=2)
+        answers.append(((leaf, subleaf), tuple(uc.reg_read(r) & 0xFFFFFFFF for r in (
+            X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))))
+    return answers
+
+
+class EngineFeatures:
+    """The engine's CPUID feature words, which its translator checks: an instruction of a
+    feature whose bit is clear is an invalid opcode (#UD), as on a processor without it.
+
+    The software CPU clears here what a CPU model leaves out (``-cx16``: cmpxchg16b is #UD).
+    Bits are only ever cleared: one the engine's own CPU lacks would ask its translator for
+    code it may not have.
+    """
+
+    def __init__(self, address: int) -> None:
+        self._words = [None if leaf is None else ctypes.c_uint64.from_address(address + 8 * i)
+                       for i, leaf in enumerate(FEATURE_WORDS)]
+
+    @classmethod
+    def of(cls, env: int, layout: CpuLayout) -> EngineFeatures | None:
+        """The feature words of the engine whose x86 state is at ``env``, if the layout knows them."""
+        return None if layout.features is None else cls(env + layout.features)
+
+    def follow(self, table: dict[tuple[int, int], tuple[int, int, int, int]]) -> None:
+        """Clear every feature bit ``table`` (the guest's CPUID) does not offer.
+
+        The local APIC bit stays as the engine has it: the software CPU's APIC is a device
+        model behind MMIO, whatever QEMU's own APIC code would make of the bit.
+        """
+        for word, where in zip(self._words, FEATURE_WORDS):
+            if word is None or where is None:
+                continue
+            leaf, subleaf, register = where
+            offered = table.get((leaf, subleaf), (0, 0, 0, 0))[register]
+            keep = 1 << 9 if (leaf, register) == (1, 3) else 0  # APIC
+            if (leaf, register) == (1, 2):
+                keep |= 1 << 27  # OSXSAVE: from CR4, not a feature word
+            word.value &= offered | keep
 
 
 def add_c_block_hook(lib: Any, uc: Any, function: Any, begin: int, end: int) -> int | None:

@@ -304,3 +304,6 @@ CAP_NAMES: dict[int, str] = {
     for name, value in list(globals().items())
     if name.startswith("KVM_CAP_")
 }
+
+# kvm_cpuid_entry2.flags: the entry applies to one ECX (``index``) only (the kernel's spelling).
+KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1 << 0

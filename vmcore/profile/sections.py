@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..cpu_model import VENDORS, ModelSpec, model_names, parse_features
 from .errors import ProfileError, Where
 from .host_paths import host_path, not_a_file
 from .specs import CpuSpec, DeviceSpec, LoaderSpec, Limits
 from .values import choice, int_value, plain, scalar_node, unknown_keys
-from .yaml_tree import Mapping, Node, Scalar
+from .yaml_tree import Mapping, Node, Scalar, Sequence
 
 MODES = ("real", "protected", "long", "reset")
 LOADER_FORMATS = ("auto", "multiboot", "elf", "flat")
@@ -50,7 +51,7 @@ def validate_loader(node: Mapping | None, key_where: Where | None) -> LoaderSpec
 def validate_cpu(node: Mapping | None, key_where: Where | None = None) -> CpuSpec:
     if node is None:
         return CpuSpec()
-    unknown_keys(node, ("mode", "entry", "tables", "registers"), "cpu")
+    unknown_keys(node, ("mode", "entry", "tables", "registers", "model", "features", "vendor"), "cpu")
     mode = choice(node["mode"], "cpu.mode", MODES) if "mode" in node else "real"
     entry = int_value(node["entry"], "cpu.entry", "an address like 0x1000") if "entry" in node else 0
     if not 0 <= entry < 1 << 64:
@@ -75,7 +76,37 @@ def validate_cpu(node: Mapping | None, key_where: Where | None = None) -> CpuSpe
             registers[reg] = int_value(value, f"cpu.registers.{reg}", "a number")
             if not 0 <= registers[reg] < 1 << 64:
                 raise ProfileError(value.where, f"cpu.registers.{reg}", "must fit in 64 bits")
-    return CpuSpec(mode=mode, entry=entry, tables=tables, registers=registers, where=key_where or node.where)
+    return CpuSpec(mode=mode, entry=entry, tables=tables, registers=registers, model=_model(node),
+                   where=key_where or node.where)
+
+
+def _model(node: Mapping) -> ModelSpec:
+    """``cpu.model``, ``cpu.features`` and ``cpu.vendor`` (see vmcore.cpu_model)."""
+    name = "max"
+    if "model" in node:
+        name_node = scalar_node(node["model"], "cpu.model", "a CPU model name")
+        names = {n.lower(): n for n in model_names()}
+        if name_node.value.lower() not in names:
+            raise ProfileError(name_node.where, "cpu.model",
+                               f"unknown CPU model {name_node.value!r}; known: {', '.join(model_names())}")
+        name = names[name_node.value.lower()]
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+    features = node.get("features")
+    if features is not None and not (isinstance(features, Scalar) and features.null):
+        if isinstance(features, Sequence):
+            items = [scalar_node(item, "cpu.features", "+name or -name").value for item in features]
+            text: str | list[str] = items
+        else:
+            text = scalar_node(features, "cpu.features", "features like +x2apic,-cx16").value
+        try:
+            add, remove = parse_features(text)
+        except ValueError as exc:
+            raise ProfileError(features.where, "cpu.features", str(exc)) from None
+    vendor = None
+    if "vendor" in node:
+        vendor = choice(node["vendor"], "cpu.vendor", VENDORS)
+    return ModelSpec(name=name, add=add, remove=remove, vendor=vendor)
 
 
 def validate_device(name: str, node: Node, key_where: Where) -> DeviceSpec:

@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 
+from ..cpu_model import ModelSpec
 from .errors import ProfileError, Where
 from .host_paths import read_bounded
 
@@ -65,6 +66,8 @@ class CpuSpec:
     entry: int = 0
     tables: int | None = None
     registers: dict[str, int] = attrs.Factory(dict)
+    #: The CPU model: the CPUID the guest sees (vmcore.cpu_model).
+    model: ModelSpec = ModelSpec()
     where: Where = Where("<default>")
 
 
