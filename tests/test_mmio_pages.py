@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import attrs
 import pytest
 
+from vmcore.accel.intercepts import SCRATCH_SIZE
+
 from tests import helpers as scratch_plugin  # the ``scratch`` device type
 from tests.helpers import differential, in_process, skip_without_kvm
 from vmcore.accel import RunLimits
@@ -107,8 +109,10 @@ def unicorn_regions(accel: UnicornAccelerator) -> list[tuple[int, int]]:
 
 #: What unicorn maps for the profile, as (first, last): its two slots and the MMIO windows, the
 #: gaps between them cut at each power of two from 1 MiB (so that a map change near an address
-#: unmaps little) up to 2^52; 36 regions however many pages the guest touches.
-MAP_BOUNDS = sorted({0, 0x10000, *INSIDE, *(1 << bit for bit in range(20, 53))})
+#: unmaps little) up to the intercepts' scratch pages just below 2^52, and those pages; 37
+#: regions however many pages the guest touches.
+SCRATCH = (1 << 52) - SCRATCH_SIZE
+MAP_BOUNDS = sorted({0, 0x10000, *INSIDE, *(1 << bit for bit in range(20, 52)), SCRATCH, 1 << 52})
 MAP = [(first, end - 1) for first, end in zip(MAP_BOUNDS, MAP_BOUNDS[1:])]
 
 

@@ -10,6 +10,7 @@ Each accelerator translates a CpuState into its own register set.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import attrs
 
@@ -241,11 +242,11 @@ def _walk(memory: GuestMemory, table: int, linear: int, shifts: tuple[int, ...],
 _DISASSEMBLERS: dict[int, object] = {}
 
 
-def memory_operand_size(code: bytes, bits: int) -> int | None:
-    """How many bytes the instruction at the start of ``code`` reads or writes in memory, or None.
+def decode_one(code: bytes, bits: int) -> Any:
+    """The instruction at the start of ``code`` (capstone, with operand details), or None.
 
-    ``bits`` is the code size (16, 32 or 64). Decoded with capstone; None when it is not
-    installed, the bytes do not decode, or the instruction has no memory operand.
+    ``bits`` is the code size (16, 32 or 64). None when capstone is not installed or the
+    bytes do not decode.
     """
     engine = _DISASSEMBLERS.get(bits)
     if engine is None:
@@ -257,9 +258,17 @@ def memory_operand_size(code: bytes, bits: int) -> int | None:
         engine = _DISASSEMBLERS[bits] = capstone.Cs(capstone.CS_ARCH_X86, mode)
         engine.detail = True  # type: ignore[attr-defined]
     for insn in engine.disasm(code, 0, 1):  # type: ignore[attr-defined]
-        for operand in insn.operands:
-            if operand.type == 3:  # X86_OP_MEM
-                return int(operand.size)
+        return insn
+    return None
+
+
+def memory_operand_size(code: bytes, bits: int) -> int | None:
+    """How many bytes the instruction at the start of ``code`` reads or writes in memory, or None
+    (capstone missing, bytes that do not decode, no memory operand); ``bits``: the code size."""
+    insn = decode_one(code, bits)
+    for operand in insn.operands if insn is not None else ():
+        if operand.type == 3:  # X86_OP_MEM
+            return int(operand.size)
     return None
 
 

@@ -196,6 +196,12 @@ def features_of(table: CpuidTable) -> set[str]:
     return {name for name, bit in FEATURES.items() if _has(table, bit)}
 
 
+def add_features(table: CpuidTable, names: tuple[str, ...]) -> None:
+    """Offer ``names`` in ``table`` too (features an accelerator provides beyond its CPUID)."""
+    for name in names:
+        _set(table, FEATURES[name], True)
+
+
 def vendor_of(table: CpuidTable) -> str:
     _, ebx, ecx, edx = table.get((0, 0), (0, 0, 0, 0))
     return struct.pack("<III", ebx, edx, ecx).decode("latin-1")

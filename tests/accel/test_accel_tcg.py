@@ -76,8 +76,9 @@ def vmcore_device_types() -> list[type]:
     return [BrokenRead]
 
 
-def run_tcg(guest: TinyGuest, folder: Path, devices: str = "", **options: Any) -> dict[str, Any]:
-    plugins = ("tests.accel.test_accel_tcg",) if devices else ()
+def run_tcg(guest: TinyGuest, folder: Path, devices: str = "", plugins: tuple[str, ...] = (),
+            **options: Any) -> dict[str, Any]:
+    plugins = (*plugins, "tests.accel.test_accel_tcg") if devices else plugins
     return in_process(profile_for(guest, folder, devices), accel="tcg", plugins=plugins, **options)
 
 
@@ -199,11 +200,12 @@ def test_unicorn_shows_the_engine_fields_the_software_cpu_reads() -> None:
     # Found by experiment on a scratch engine (vmcore/accel/unicorn_layout.py). A unicorn
     # build that moves them makes the software CPU fall back: a stop after an F4 byte taken
     # for a hlt, exceptions delivered without their error codes, the guest run in counted
-    # slices (many times slower); so fail loudly here.
+    # slices (many times slower), a CPU model's left-out features still run; so fail loudly here.
     from vmcore.accel.unicorn_layout import cpu_layout, hook_bounds_offset
 
     layout = cpu_layout()
     assert layout is not None and layout.error_code is not None and layout.old_exception is not None
+    assert layout.hflags is not None and layout.features is not None and layout.svm is not None
     assert hook_bounds_offset() is not None
     # The layout holds for engines made for every mode (read through the wide registers).
     import unicorn

@@ -17,24 +17,27 @@ and to tear down.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..irq import InterruptController
-from ..cpu import CpuState, Segment, translate
-from ..cpu_model import PASS_THROUGH, CpuidTable, answer, cpuid_for, vendor_of
+from ..cpu import CpuState, Segment, code_bits, decode_one, translate
+from ..cpu_model import PASS_THROUGH, CpuidTable, add_features, answer, cpuid_for, features_of, vendor_of
 from ..device import GuestExit
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
 from . import Accelerator, AcceleratorUnavailable
 from .core import HALT, YIELD, CpuStop, Diversion, RunCore
-from .cr4 import allowed_cr4
+from .control_registers import allowed_cr4
 from .fastcall import FastCall
 from .idt import IdtDelivery
+from .intercepts import EMULATED, EXCP_VMEXIT, MSR, SCRATCH_SIZE, InterceptControls, InterceptHandler, Step
+from .msrs import MsrRules
 from .unicorn_layout import EngineFeatures, add_c_block_hook, cpu_layout, hook_bounds_offset, registers_match
 
 try:
@@ -47,8 +50,11 @@ except ImportError:  # pragma: no cover - exercised where unicorn is absent
 log = logging.getLogger(__name__)
 
 PAGE = 4096
-#: Where the MMIO windows end: the largest physical address x86 paging can form (MAXPHYADDR 52).
+#: The largest physical address x86 paging can form (MAXPHYADDR 52).
 _PHYSICAL_TOP = 1 << 52
+#: The intercepts' VMCB and MSR permission map (vmcore.accel.intercepts), at the top; the
+#: MMIO windows end below them.
+_SCRATCH = _PHYSICAL_TOP - SCRATCH_SIZE
 #: MMIO windows are also cut at each power of two from 1 MiB up: unicorn flushes the TLB page
 #: by page over a region it unmaps (about 14 ns a page here), so a map change near address x
 #: costs at most about x / 4096 of those, never a sweep over 2^52 bytes; and 32 cuts at most.
@@ -66,6 +72,7 @@ _EFER_LMA = 1 << 10
 _MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
 _CPUID1_ECX_OSXSAVE = 1 << 27
 _CR4_OSXSAVE = 1 << 18
+_HF2_NMI = 1 << 2
 _CR0_RESET = 0x60000010  # CD | NW | ET: CR0 after RESET, protection off
 #: Instructions per emu_start where no _Kicker can be installed (another unicorn build): how
 #: often the loop then gets to serve timers and interrupts (a few hundred microseconds of guest
@@ -125,6 +132,8 @@ class UnicornAccelerator(Accelerator):
         self._raise_interrupt: Callable[[int], None] | None = None  # see _interrupt_request
         self._fastcall: FastCall | None = None
         self._cr4_allowed: int | None = None  # the CR4 bits this CPUID allows (see _check_cr4)
+        self._intercepts: InterceptHandler | None = None  # instructions checked here (vmcore.accel.intercepts)
+        self._step: Step | None = None  # an intercepted instruction to run once, its intercept off
         self.regs: Any = None  # register access in every mode (see _WideRegisters)
         self._kicker = _Kicker(None)  # until setup: nothing to stop
         self._vcpu_thread = 0
@@ -163,6 +172,9 @@ class UnicornAccelerator(Accelerator):
         supported = dict(engine_cpuid(getattr(uc_mod, _MODES[state.mode])))
         if not supported:
             raise AcceleratorUnavailable("unicorn did not answer CPUID on a scratch engine")
+        intercepting = layout is not None and layout.svm is not None and layout.hflags is not None
+        if intercepting:
+            add_features(supported, EMULATED)  # what the intercepts do that the engine does not
         result = cpuid_for(state.model, supported, accel="the software CPU", unavailable=UNAVAILABLE,
                            local_apic=state.local_apic)
         if result.dropped:
@@ -185,6 +197,12 @@ class UnicornAccelerator(Accelerator):
         # Devices (a chipset's shadow-RAM decoding) may remap memory while the guest runs.
         memory.add_listener(self._map_changed)
         self._load_state(state)
+        if intercepting:
+            assert layout is not None and layout.svm is not None and layout.hflags is not None
+            controls = InterceptControls(self.uc, cpu + layout.env, layout.svm, layout.hflags, _SCRATCH)
+            self.regs.intercepts = controls
+            rules = MsrRules(self.regs, features_of(self._cpuid), state.local_apic)
+            self._intercepts = InterceptHandler(controls, _InterceptedCpu(self, hflags), self._cr4_allowed, rules)
 
     def _map_changed(self, _removed: list[MemorySlot], _added: list[MemorySlot]) -> None:
         """Follow the guest-physical map: memory slots and, between them, the MMIO windows.
@@ -324,6 +342,13 @@ class UnicornAccelerator(Accelerator):
         @contained
         def on_intr(_uc: Any, vector: int, _ud: Any) -> None:
             error, software = self._exception.take() if self._exception is not None else (None, False)
+            if vector >= EXCP_VMEXIT and self._intercepts is not None:
+                try:
+                    self._intercepts.handle(vector - EXCP_VMEXIT, error or 0)
+                except Step as step:
+                    self._step = step
+                    self._request_stop()
+                return
             self._check_cr4()
             self._deliver(vector, error=error, software=software)
 
@@ -398,11 +423,16 @@ class UnicornAccelerator(Accelerator):
         self._rom_write = None
         diversion = self._diversion
         error = None
+        if self._intercepts is not None:
+            self._intercepts.controls.assert_guest()
         try:
             self._emulate(pc)
         except uc_mod.UcError as exc:
             error = exc
         self._catch_up()
+        if self._step is not None and error is None and not diversion.stopping:
+            self._run_step()
+            return YIELD
         if diversion.was_abandoned() and error is None:
             # The stop abandoned an access mid-instruction: finish that instruction (its
             # access answered from what was kept) before an interrupt can move IP elsewhere.
@@ -423,11 +453,33 @@ class UnicornAccelerator(Accelerator):
         # A kick (or a slice's end) stopped it, or the guest executed hlt (unicorn stops after it).
         return HALT if self._after_hlt() else YIELD
 
+    def _run_step(self) -> None:
+        """Run the intercepted instruction at RIP once, with its intercept off (see intercepts.Step)."""
+        step, self._step = self._step, None
+        assert step is not None and self._intercepts is not None
+        ip = self._ip()
+        restore = self._intercepts.controls.suspend(step.code)
+        one_block = step.ends_block and self._kicker.usable
+        if one_block:
+            self._kicker.step_from(ip)  # the block at IP is the instruction alone: no count needed
+        else:
+            # count=1 needs blocks translated with the counting hook (see _replay_rom_write):
+            # drop the ones that start here.
+            self.uc.ctl_remove_cache(self._linear_pc(), self._linear_pc() + 1)
+        try:
+            self._emulate(ip, count=0 if one_block else 1)
+        except uc_mod.UcError as exc:
+            raise CpuStop(self._fault(exc)) from None
+        finally:
+            restore()
+        if step.after is not None:
+            step.after()
+
     def _check_cr4(self) -> None:
-        """Stop when CR4 holds what no processor with this CPUID would (vmcore.accel.cr4): a #GP went missing."""
+        """Stop when CR4 holds what no processor with this CPUID would (vmcore.accel.control_registers): a #GP went missing."""
         allowed = self._cr4_allowed
-        if allowed is None:
-            return
+        if allowed is None or self._intercepts is not None:
+            return  # trapped at the mov instead
         cr4 = self.regs.reg_read(X.UC_X86_REG_CR4)
         if cr4 & ~allowed:
             raise CpuStop(self.stop_reason(
@@ -884,7 +936,7 @@ def _mmio_windows(slots: list[MemorySlot]) -> set[tuple[int, int]]:
     bounds = [0]
     for slot in slots:
         bounds += [slot.base, slot.end]
-    bounds.append(_PHYSICAL_TOP)
+    bounds.append(_SCRATCH)
     windows: set[tuple[int, int]] = set()
     for base, end in zip(bounds[::2], bounds[1::2]):
         cuts = [cut for cut in _WINDOW_CUTS if base < cut < end]
@@ -1012,10 +1064,63 @@ class _ExceptionInfo:
 
         QEMU's CPU remembers the exception in flight (``old_exception``) to turn a second
         one into #DF, and forgets it once it delivered the first; unicorn's hook delivers
-        instead, so it is forgotten here, or the next #GP would become a #DF.
+        instead, so it is forgotten here, or the next #GP would become a #DF. So is the
+        software-interrupt flag: unicorn moves EIP past the instruction before the hook
+        whenever it is set, and an intercepted instruction (which does not set it) must stay
+        where it is.
         """
         self.old_exception.value = -1
-        return self.error_code.value & 0xFFFFFFFF, bool(self.is_int.value)
+        software = bool(self.is_int.value)
+        self.is_int.value = 0
+        return self.error_code.value & 0xFFFFFFFF, software
+
+
+class _InterceptedCpu:
+    """What vmcore.accel.intercepts needs of the software CPU at an intercepted instruction."""
+
+    def __init__(self, accel: UnicornAccelerator, hflags: ctypes.c_uint32) -> None:
+        self._accel = accel
+        self._hflags = hflags
+        self._hflags2 = ctypes.c_uint32.from_address(ctypes.addressof(hflags) + 4)
+        self.regs = accel.regs
+
+    def decode(self) -> Any:
+        """The instruction at RIP (capstone, with operand details), or None."""
+        accel = self._accel
+        try:
+            code = accel._read_linear(accel._linear_pc(), 15)
+        except CpuStop:
+            return None
+        cs = accel._segment("cs")
+        bits = code_bits(self.regs.reg_read(X.UC_X86_REG_CR0), cs["l"], cs["db"])
+        return decode_one(code, bits)
+
+    def advance(self, length: int) -> None:
+        """RIP past an instruction done here."""
+        cs = self._accel._segment("cs")
+        bits = code_bits(self.regs.reg_read(X.UC_X86_REG_CR0), cs["l"], cs["db"])
+        mask = _MASKS[8] if bits == 64 else _MASKS[4] if bits == 32 else _MASKS[2]
+        self.regs.reg_write(X.UC_X86_REG_RIP, (self.regs.reg_read(X.UC_X86_REG_RIP) + length) & mask)
+
+    def cpl(self) -> int:
+        return self._hflags.value & 3
+
+    def read_linear(self, linear: int, length: int) -> bytes:
+        return self._accel._read_linear(linear, length)
+
+    def linear_pc(self) -> int:
+        return self._accel._linear_pc()
+
+    def unblock_nmi(self) -> None:
+        """What an iret does to NMI blocking: QEMU keeps it in hflags2 (HF2_NMI_MASK, bit 2),
+        the word after hflags, as iret's own helper clears it."""
+        self._hflags2.value &= ~_HF2_NMI
+
+    def segment(self, name: str) -> dict[str, int]:
+        return self._accel._segment(name)
+
+    def deliver(self, vector: int, error: int | None = None) -> None:
+        self._accel._deliver(vector, error=error)
 
 
 class _Kicker:
@@ -1121,6 +1226,8 @@ class _WideRegisters:
 
     def __init__(self, uc: Any) -> None:
         self.uc = uc
+        #: The engine's intercept controls once set (vmcore.accel.intercepts): MSR access suspends them.
+        self.intercepts: InterceptControls | None = None
         field = ctypes.c_int.from_address(ctypes.cast(uc._uch, ctypes.c_void_p).value + 4)
         self._mode: ctypes.c_int | None = field if field.value == uc.ctl_get_mode() else None
 
@@ -1151,10 +1258,23 @@ class _WideRegisters:
         self._as(mode, self.uc.reg_write, register, value)
 
     def msr_read(self, msr: int) -> int:
-        return int(self._as(uc_mod.UC_MODE_64, self.uc.msr_read, msr))
+        with self._msr_access():
+            return int(self._as(uc_mod.UC_MODE_64, self.uc.msr_read, msr))
 
     def msr_write(self, msr: int, value: int) -> None:
-        self._as(uc_mod.UC_MODE_64, self.uc.msr_write, msr, value)
+        with self._msr_access():
+            self._as(uc_mod.UC_MODE_64, self.uc.msr_write, msr, value)
+
+    @contextlib.contextmanager
+    def _msr_access(self) -> Iterator[None]:
+        # unicorn reads and writes MSRs through the rdmsr/wrmsr helpers, which check the MSR
+        # intercept first: a trap there would leave the engine from under this call.
+        restore = None if self.intercepts is None else self.intercepts.suspend(MSR)
+        try:
+            yield
+        finally:
+            if restore is not None:
+                restore()
 
 
 _SEGMENT_REGISTERS = (frozenset(getattr(X, f"UC_X86_REG_{name}") for name in ("CS", "DS", "ES", "SS", "FS", "GS"))

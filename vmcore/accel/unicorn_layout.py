@@ -52,6 +52,8 @@ class CpuLayout:
     hflags: int | None
     #: Offset in the x86 state of ``features`` (uint64 per CPUID feature word, see EngineFeatures).
     features: int | None = None
+    #: Where the x86 state keeps QEMU's SVM intercept controls (see vmcore.accel.intercepts).
+    svm: SvmFields | None = None
 
     def cpu(self, uc: Any) -> int:
         """The address of ``uc``'s CPU object."""
@@ -169,9 +171,11 @@ def _probe_cpu_layout() -> CpuLayout | None:
     if len(halted) != 1:
         return None
     error_code, old_exception = _probe_exception_fields(cpu_pointer, env)
+    hflags = _probe_hflags(cpu_pointer, env)
+    features = _probe_features(cpu_pointer, env)
+    svm = None if hflags is None or features is None else _probe_svm(cpu_pointer, env, hflags, features)
     return CpuLayout(cpu_pointer=cpu_pointer, halted=halted[0], env=env, error_code=error_code,
-                     old_exception=old_exception, hflags=_probe_hflags(cpu_pointer, env),
-                     features=_probe_features(cpu_pointer, env))
+                     old_exception=old_exception, hflags=hflags, features=features, svm=svm)
 
 
 _HF_PE, _HF_CS32, _HF_SS32, _HF_LMA, _HF_CS64 = 1 << 7, 1 << 4, 1 << 5, 1 << 14, 1 << 15
@@ -268,6 +272,86 @@ def _probe_features(cpu_pointer: int, env: int) -> int | None:
             if exc.errno == uc_mod.UC_ERR_INSN_INVALID:
                 found.append(offset)
     return found[0] if len(found) == 1 else None
+
+
+@attrs.frozen
+class SvmFields:
+    """Offsets in the x86 state of the SVM intercept controls QEMU's TCG checks in guest mode."""
+
+    #: ``vm_vmcb`` (uint64): the guest-physical address of the VMCB (its MSR permission map pointer).
+    vmcb: int
+    #: ``intercept`` (uint64): bit n intercepts exit code 0x60 + n (IRET, MSR, ...).
+    intercept: int
+    #: ``intercept_cr_read`` and ``intercept_cr_write`` (uint16 each): bit n for CRn.
+    cr_read: int
+    cr_write: int
+    #: The hflags bit that says the CPU runs as an SVM guest (QEMU's HF_GUEST_MASK).
+    guest_flag: int
+
+
+_VMCB_MAGIC = struct.pack("<HHHHIQ", 0xA1B2, 0xC3D4, 0xE5F6, 0x1728, 0x5A5A5A5A, 0x1122_3344_5566_7788)
+_SVM_EXIT_HLT = 0x78
+_EXCP_VMEXIT = 0x100
+
+
+def _probe_svm(cpu_pointer: int, env: int, hflags_offset: int, features: int) -> SvmFields | None:
+    """Run a VMRUN on a scratch engine and find where it put the VMCB's intercept controls.
+
+    The engine gets SVM (its feature word and EFER.SVME) for this experiment only. The VMCB
+    asks for distinctive intercept values and a guest that is the current state (64-bit, flat),
+    whose first instruction is a ``hlt`` the VMCB intercepts: the hlt must come back as
+    exception EXCP_VMEXIT + SVM_EXIT_HLT, and the controls must each be found once.
+    """
+    vmcb = 0x1D_3000
+    uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, uc_mod.UC_MODE_64)
+    uc.mem_map(0, 0x20_0000)
+    state = _cpu_of(uc, cpu_pointer) + env
+    ctypes.c_uint64.from_address(state + features + 8 * 7).value |= 1 << 2  # 8000_0001 ECX: SVM
+    efer = uc.msr_read(0xC0000080)
+    uc.msr_write(0xC0000080, efer | 1 << 12)  # SVME
+    save = bytearray(0xC00)
+    for offset, selector, attrib in ((0x00, 0x10, 0xC93), (0x10, 0x08, 0xA9B), (0x20, 0x10, 0xC93), (0x30, 0x10, 0xC93)):
+        struct.pack_into("<HHIQ", save, offset, selector, attrib, 0xFFFFFFFF, 0)  # es, cs (64-bit), ss, ds
+    struct.pack_into("<Q", save, 0xD0, efer | 1 << 12)
+    for offset, register in ((0x148, X.UC_X86_REG_CR4), (0x150, X.UC_X86_REG_CR3), (0x158, X.UC_X86_REG_CR0)):
+        struct.pack_into("<Q", save, offset, uc.reg_read(register))
+    struct.pack_into("<QQ", save, 0x170, 0x2, 0x2000)  # rflags, rip
+    struct.pack_into("<Q", save, 0x1D8, 0x3000)  # rsp
+    control = bytearray(_VMCB_MAGIC)
+    control[12 + 3] |= 1 << ((_SVM_EXIT_HLT - 0x60) - 24)  # intercept hlt (bit 24 of the intercept word)
+    uc.mem_write(vmcb, bytes(control))
+    uc.mem_write(vmcb + 0x400, bytes(save))
+    uc.mem_write(0x1000, bytes.fromhex("0f01d8f4"))  # vmrun; hlt (never reached)
+    uc.mem_write(0x2000, bytes.fromhex("f4"))  # the guest: hlt
+    uc.reg_write(X.UC_X86_REG_RAX, vmcb)
+    hflags = ctypes.c_uint32.from_address(state + hflags_offset)
+    before = hflags.value
+    seen: list[int] = []
+
+    def on_intr(engine: Any, number: int, _ud: Any) -> None:
+        seen.append(number)
+        engine.emu_stop()
+
+    uc.hook_add(uc_mod.UC_HOOK_INTR, on_intr)
+    uc.emu_start(0x1000, _NO_END, count=4)
+    if seen != [_EXCP_VMEXIT + _SVM_EXIT_HLT]:
+        return None
+    new_bits = hflags.value & ~before
+    if new_bits == 0 or new_bits & (new_bits - 1):
+        return None  # one bit, HF_GUEST, must be the difference
+    data = ctypes.string_at(state, 0x20000)
+    intercept = int.from_bytes(control[12:20], "little")
+
+    def find(fmt: str, value: int) -> int | None:
+        hits = [i for i in range(0, len(data) - 8, 2) if struct.unpack_from(fmt, data, i)[0] == value]
+        return hits[0] if len(hits) == 1 else None
+
+    fields = (find("<Q", vmcb), find("<Q", intercept), find("<H", 0xA1B2), find("<H", 0xC3D4))
+    if None in fields:
+        return None
+    vmcb_at, intercept_at, cr_read, cr_write = fields
+    assert vmcb_at is not None and intercept_at is not None and cr_read is not None and cr_write is not None
+    return SvmFields(vmcb=vmcb_at, intercept=intercept_at, cr_read=cr_read, cr_write=cr_write, guest_flag=new_bits)
 
 
 def _cpu_of(uc: Any, cpu_pointer: int) -> int:

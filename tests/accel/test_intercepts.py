@@ -1,0 +1,135 @@
+"""The instructions the software CPU traps through QEMU's SVM intercepts (vmcore.accel.intercepts).
+
+Each guest is a few real-mode instructions whose #GP handler (IVT at 0x100, vector 13 at
+0x40) prints 'G', steps over the 2-byte instruction that faulted and returns; what a
+processor would give is printed on the console.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from tests.accel.test_accel_tcg import console, run_tcg
+from tests.tiny_guests import TinyGuest
+from vmcore.accel.control_registers import cr0_fault, cr4_fault
+from vmcore.accel.msrs import canonical
+
+SETUP = bytes([0xBC, 0x00, 0x08,              # mov sp, 0x800
+               0x0F, 0x01, 0x1E, 0x30, 0x00])  # lidt [0x30]: the IVT at 0x100
+GP_HANDLER = bytes([0xB0, 0x47, 0xE6, 0xF1,   # mov al, 'G'; out 0xF1, al
+                    0x89, 0xE5,               # mov bp, sp
+                    0x83, 0x46, 0x00, 0x02,   # add word [bp], 2: past the 2-byte wrmsr/rdmsr
+                    0xCF])                    # iret
+IVT = {0x30: struct.pack("<HI", 0x3FF, 0x100), 0x40: GP_HANDLER, 0x134: struct.pack("<HH", 0x40, 0)}
+
+
+def guest(name: str, code: bytes) -> TinyGuest:
+    assert len(SETUP + code) <= 0x30
+    return TinyGuest(name, code=SETUP + code, data=IVT)
+
+
+def test_reserved_cr4_bits_raise_gp_and_leave_cr4_as_it_was(tmp_path: Path) -> None:
+    handler = bytes([0xB0, 0x47, 0xE6, 0xF1,  # mov al, 'G'; out
+                     0x0F, 0x20, 0xE0,        # mov eax, cr4
+                     0xE6, 0xF1, 0xF4])       # out 0xF1, al (CR4's low byte); hlt
+    result = run_tcg(TinyGuest("cr4_gp", code=SETUP + bytes([
+        0x66, 0xB8, 0x10, 0x80, 0x00, 0x00,   # mov eax, 0x8010: PSE and bit 15 (reserved everywhere)
+        0x0F, 0x22, 0xE0,                     # mov cr4, eax: #GP(0), nothing loaded
+        0xF4]), data={**IVT, 0x40: handler}), tmp_path)
+    assert (result["kind"], console(result)) == ("halted", b"G\x00"), result["message"]
+
+
+def test_paging_without_protection_raises_gp(tmp_path: Path) -> None:
+    handler = bytes([0xB0, 0x47, 0xE6, 0xF1,  # mov al, 'G'; out
+                     0x0F, 0x20, 0xC0,        # mov eax, cr0
+                     0x66, 0xC1, 0xE8, 0x18,  # shr eax, 24
+                     0xE6, 0xF1, 0xF4])       # out 0xF1, al (CR0.PG is bit 31: clear); hlt
+    result = run_tcg(TinyGuest("cr0_gp", code=SETUP + bytes([
+        0x66, 0xB8, 0x10, 0x00, 0x00, 0x80,   # mov eax, 0x80000010: PG without PE
+        0x0F, 0x22, 0xC0,                     # mov cr0, eax: #GP(0), nothing loaded
+        0xF4]), data={**IVT, 0x40: handler}), tmp_path)
+    assert result["kind"] == "halted", result["message"]
+    assert console(result)[:1] == b"G" and not console(result)[1] & 0x80
+
+
+def test_smsw_into_a_32_bit_register_stores_all_of_cr0(tmp_path: Path) -> None:
+    result = run_tcg(guest("smsw32", bytes([
+        0x0F, 0x20, 0xC0,                     # mov eax, cr0
+        0x66, 0x0D, 0x00, 0x00, 0x00, 0x40,   # or eax, 0x40000000 (CD)
+        0x0F, 0x22, 0xC0,                     # mov cr0, eax
+        0x66, 0x31, 0xC0,                     # xor eax, eax
+        0x66, 0x0F, 0x01, 0xE0,               # smsw eax: unicorn wrote the low 16 bits only
+        0x66, 0xC1, 0xE8, 0x18,               # shr eax, 24
+        0xE6, 0xF1, 0xF4])), tmp_path)        # out 0xF1, al; hlt
+    assert result["kind"] == "halted", result["message"]
+    assert console(result)[0] & 0x40  # CR0.CD, bit 30
+
+
+def test_real_mode_iret_leaves_rf_clear_after_the_next_instruction(tmp_path: Path) -> None:
+    target = 0x26
+    code = SETUP + bytes([
+        0x66, 0x9C, 0x66, 0x58,               # pushfd; pop eax
+        0x66, 0x0D, 0x00, 0x00, 0x01, 0x00,   # or eax, RF
+        0x66, 0x50, 0x66, 0x0E,               # push eax; push cs (32-bit)
+        0x66, 0x68, target, 0, 0, 0,          # push dword target
+        0x66, 0xCF])                          # iretd: RF set in the image
+    code += bytes(target - len(code)) + bytes([
+        0x66, 0x9C, 0x66, 0x58,               # pushfd; pop eax
+        0x66, 0xC1, 0xE8, 0x10,               # shr eax, 16
+        0x24, 0x01, 0x04, 0x30,               # and al, 1; add al, '0'
+        0xE6, 0xF1, 0xF4])                    # out 0xF1, al; hlt
+    result = run_tcg(TinyGuest("iret_rf", code=code, data={0x40: bytes([0xF4]), 0x134: b"\0\0\0\0"}), tmp_path)
+    assert (result["kind"], console(result)) == ("halted", b"0"), result["message"]
+
+
+def test_msrs_that_do_not_exist_or_take_no_such_value_raise_gp(tmp_path: Path) -> None:
+    code = SETUP + bytes([0xE9, 0x00, 0x02])  # jmp 0x30b (past the IVT's data, to 0x20b + 3)
+    main = bytes([
+        0x66, 0xB9, 0xEF, 0xBE, 0xAD, 0xDE,   # mov ecx, 0xDEADBEEF: no such MSR
+        0x0F, 0x32,                           # rdmsr: #GP
+        0x66, 0xB9, 0x00, 0x01, 0x00, 0xC0,   # mov ecx, IA32_FS_BASE
+        0x66, 0xBA, 0x00, 0x00, 0x00, 0x80,   # mov edx, 0x80000000: not canonical
+        0x0F, 0x30,                           # wrmsr: #GP
+        0x66, 0xBA, 0x34, 0x12, 0x00, 0x00,   # mov edx, 0x1234: canonical
+        0x0F, 0x30,                           # wrmsr
+        0x66, 0x31, 0xD2, 0x0F, 0x32,         # xor edx, edx; rdmsr
+        0x88, 0xD0, 0xE6, 0xF1,               # mov al, dl; out: 0x34
+        0x66, 0xB9, 0x1B, 0x00, 0x00, 0x00,   # mov ecx, IA32_APIC_BASE
+        0x0F, 0x32,                           # rdmsr
+        0x88, 0xE0, 0xE6, 0xF1,               # mov al, ah; out: BSP, no EN (no APIC modelled)
+        0xF4])
+    result = run_tcg(TinyGuest("msr_gp", code=code, data={**IVT, 0x20B: main}), tmp_path)
+    assert (result["kind"], console(result)) == ("halted", b"GG\x34\x01"), result["message"]
+
+
+@pytest.mark.parametrize("new, fault", [
+    (0x80000011, None), (0x80000010, "paging without protection"), (0x20000011, "not-write-through"),
+    (1 << 32 | 0x11, "bits 63:32"),
+])
+def test_cr0_rules(new: int, fault: str | None) -> None:
+    why = cr0_fault(new, cr4=0x20, efer=0, code64=False)
+    assert (why is None) if fault is None else (why is not None and fault in why)
+
+
+def test_cr0_rules_of_long_mode() -> None:
+    assert "without PAE" in (cr0_fault(0x80000011, cr4=0, efer=1 << 8, code64=False) or "")
+    assert "64-bit mode" in (cr0_fault(0x11, cr4=0x20, efer=(1 << 8) | (1 << 10), code64=True) or "")
+
+
+def test_cr4_rules() -> None:
+    allowed = 0x3FFFFF
+    lma = (1 << 8) | (1 << 10)
+    assert cr4_fault(0x20, 0x8020, allowed=0x20, efer=0, cr3=0) is not None
+    assert cr4_fault(0x20, 0x20 | 1 << 12, allowed=allowed, efer=lma, cr3=0) == "LA57 changed in IA-32e mode"
+    assert cr4_fault(0x20, 0x0, allowed=allowed, efer=lma, cr3=0) == "PAE cleared in IA-32e mode"
+    assert cr4_fault(0x20, 0x20 | 1 << 17, allowed=allowed, efer=lma, cr3=0x5) is not None
+    assert cr4_fault(0x20, 0x20 | 1 << 17, allowed=allowed, efer=lma, cr3=0x1000) is None
+
+
+def test_canonical_addresses() -> None:
+    assert canonical(0x0000_7FFF_FFFF_FFFF) and canonical(0xFFFF_8000_0000_0000)
+    assert not canonical(0x0000_8000_0000_0000) and not canonical(0xAAAA_AAAA_AAAA_AAAA)
+    assert canonical(0x00FF_FFFF_FFFF_FFFF, bits=57) and not canonical(0x0100_0000_0000_0000, bits=57)

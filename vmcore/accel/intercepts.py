@@ -1,0 +1,296 @@
+"""Instructions the software CPU takes control at, through QEMU's own SVM intercept checks.
+
+unicorn (QEMU 5.0's TCG) runs a few privileged instructions other than a processor does
+and has no hook for them: a mov to CR0 or CR4 loads reserved bits where a processor raises
+#GP(0); ``smsw`` into a 32-bit register writes 16 bits; sgdt, sidt, sldt, str and smsw ignore
+CR4.UMIP; a real-mode ``iret`` leaves RFLAGS.RF set; rdmsr and wrmsr take any MSR and any
+value. QEMU's translator, though, checks SVM intercepts before each of these when the CPU
+runs as an SVM guest. So the software CPU sets that state, and nothing else of SVM: the
+hflags bit that says "guest", the intercept words, and a VMCB pointer whose MSR permission
+map says which MSRs to trap. An intercepted instruction then comes back from the engine as
+exception ``EXCP_VMEXIT + exit code`` (RIP at the instruction, the exit information in the
+error code) to the interrupt hook, where :class:`InterceptHandler` decides: a #GP, the
+instruction done right here (emulated), or the instruction run once by the engine with the
+intercept off (a step).
+
+The engine's fields are found by experiment (``unicorn_layout._probe_svm``). The VMCB and
+the permission map live in guest-physical pages above every MMIO window (``SCRATCH``), which
+the engine reads itself; a guest that mapped them could change its own intercepts, which
+would hurt only its own fidelity.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Callable
+
+from .control_registers import CR0_ET, CR0_PE, cr0_fault, cr4_fault
+
+try:
+    from unicorn import x86_const as X
+except ImportError:  # pragma: no cover - the accelerator says so
+    X = None
+
+#: The exception number an intercept arrives as: EXCP_VMEXIT + the SVM exit code.
+EXCP_VMEXIT = 0x100
+READ_CR0, WRITE_CR0, WRITE_CR4 = 0x00, 0x10, 0x14
+IDTR_READ, GDTR_READ, LDTR_READ, TR_READ = 0x66, 0x67, 0x68, 0x69
+IRET, MSR = 0x74, 0x7C
+#: Exit codes 0x60 and up are bits of the intercept word.
+_INTERCEPT_BASE = 0x60
+_UMIP_READS = (IDTR_READ, GDTR_READ, LDTR_READ, TR_READ)
+
+#: Where the VMCB (first page) and the MSR permission map (the next two) are, guest-physical.
+SCRATCH_SIZE = 0x4000
+_MSRPM_OFFSET = 0x1000
+_VMCB_MSRPM_BASE = 0x48  # control.msrpm_base_pa
+#: The MSR ranges a permission map covers, and where each range's bits start (2 per MSR: read, write).
+_MSRPM_RANGES = ((0x0000_0000, 0), (0xC000_0000, 0x800), (0xC001_0000, 0x1000))
+
+CR4_UMIP = 1 << 11
+#: The flags a real-mode IRET loads from its image (QEMU's helper_iret_real, SDM IRET):
+#: TF, IF, IOPL, NT, RF, AC, ID; the arithmetic flags and DF are always loaded.
+_IRET_REAL_MASK = (1 << 8) | (1 << 9) | (3 << 12) | (1 << 14) | (1 << 16) | (1 << 18) | (1 << 21)
+_ARITHMETIC_AND_DF = 0x8D5 | (1 << 10)
+#: CPU features the intercepts provide that the engine alone does not (vmcore.cpu_model names).
+EMULATED = ("umip",)
+RFLAGS_RF = 1 << 16
+
+
+class InterceptControls:
+    """The engine's SVM intercept controls (see the module docstring)."""
+
+    def __init__(self, uc: Any, env: int, fields: Any, hflags_offset: int, scratch: int) -> None:
+        self.scratch = scratch
+        uc.mem_map(scratch, SCRATCH_SIZE)
+        uc.mem_write(scratch + _VMCB_MSRPM_BASE, (scratch + _MSRPM_OFFSET).to_bytes(8, "little"))
+        self._uc = uc
+        self._hflags = ctypes.c_uint32.from_address(env + hflags_offset)
+        self._guest = fields.guest_flag
+        self._vmcb = ctypes.c_uint64.from_address(env + fields.vmcb)
+        self._intercept = ctypes.c_uint64.from_address(env + fields.intercept)
+        self._cr_read = ctypes.c_uint16.from_address(env + fields.cr_read)
+        self._cr_write = ctypes.c_uint16.from_address(env + fields.cr_write)
+        self._msrpm = bytearray(0x3000 - _MSRPM_OFFSET + 0x1000)
+        self.assert_guest()
+
+    def assert_guest(self) -> None:
+        """Run as an SVM guest (again: a CPU reset in the engine clears the bit)."""
+        self._vmcb.value = self.scratch
+        self._hflags.value |= self._guest
+
+    def set_cr(self, read: int, write: int) -> None:
+        """Intercept reads of the CRs whose bits are set in ``read`` and writes likewise."""
+        self._cr_read.value, self._cr_write.value = read, write
+
+    def set_exit(self, code: int, on: bool) -> None:
+        """Intercept (or not) the instructions of exit ``code`` (0x60 and up: IRET, MSR, ...)."""
+        bit = 1 << (code - _INTERCEPT_BASE)
+        self._intercept.value = self._intercept.value | bit if on else self._intercept.value & ~bit
+
+    def is_set(self, code: int) -> bool:
+        if code < _INTERCEPT_BASE:
+            return bool(self._cr_read.value >> code & 1) if code < 0x10 else bool(self._cr_write.value >> (code - 0x10) & 1)
+        return bool(self._intercept.value >> (code - _INTERCEPT_BASE) & 1)
+
+    def trap_msr(self, index: int, read: bool = True, write: bool = True) -> None:
+        """Intercept rdmsr/wrmsr of MSR ``index`` (MSRs outside the map's ranges always are)."""
+        for base, start in _MSRPM_RANGES:
+            if base <= index < base + 0x2000:
+                bit = (start * 8 + (index - base) * 2)
+                byte, shift = divmod(bit, 8)
+                self._msrpm[byte] |= (int(read) | int(write) << 1) << shift
+                self._uc.mem_write(self.scratch + _MSRPM_OFFSET + byte, bytes([self._msrpm[byte]]))
+                return
+        raise ValueError(f"MSR {index:#x} is outside the permission map: always intercepted")
+
+    def suspend(self, code: int) -> Callable[[], None]:
+        """Turn exit ``code``'s intercept off for a step; the returned call turns it back on."""
+        if code < 0x10:
+            saved = self._cr_read.value
+            self._cr_read.value = saved & ~(1 << code)
+
+            def restore() -> None:
+                self._cr_read.value = saved
+        elif code < 0x20:
+            saved = self._cr_write.value
+            self._cr_write.value = saved & ~(1 << (code - 0x10))
+
+            def restore() -> None:
+                self._cr_write.value = saved
+        else:
+            was = self.is_set(code)
+            self.set_exit(code, False)
+
+            def restore() -> None:
+                self.set_exit(code, was)
+        return restore
+
+
+class Step(Exception):
+    """Raised by a handler: run the instruction once in the engine, its intercept off;
+    ``after`` runs once it has (with the engine's registers at the next instruction).
+    ``ends_block``: the instruction ends its translation block (a jump such as iret), so
+    running the one block that starts at it runs just it."""
+
+    def __init__(self, code: int, after: Callable[[], None] | None = None, ends_block: bool = False) -> None:
+        super().__init__(code)
+        self.code = code
+        self.after = after
+        self.ends_block = ends_block
+
+
+class InterceptHandler:
+    """What the software CPU does at each intercepted instruction.
+
+    ``cpu`` is the accelerator (registers through ``regs``, ``deliver``, ``read_code``,
+    ``cpl``, ``segment``); ``allowed_cr4`` the CR4 bits its CPUID allows; ``msrs`` the
+    MSR rules (vmcore.accel.msrs).
+    """
+
+    def __init__(self, controls: InterceptControls, cpu: Any, allowed_cr4: int, msrs: Any) -> None:
+        self.controls = controls
+        self.cpu = cpu
+        self.allowed_cr4 = allowed_cr4
+        self.msrs = msrs
+        controls.set_cr(read=1 << 0, write=(1 << 0) | (1 << 4))
+        controls.set_exit(MSR, True)
+        for index, read, write in msrs.trapped():
+            controls.trap_msr(index, read, write)
+        self.follow_state()
+
+    def follow_state(self) -> None:
+        """Intercept what the guest's current state needs: UMIP's reads while CR4.UMIP is set,
+        ``iret`` in real mode (where unicorn leaves RF set after it)."""
+        regs = self.cpu.regs
+        umip = bool(regs.reg_read(X.UC_X86_REG_CR4) & CR4_UMIP)
+        for code in _UMIP_READS:
+            self.controls.set_exit(code, umip)
+        self.controls.set_exit(IRET, not regs.reg_read(X.UC_X86_REG_CR0) & CR0_PE)
+
+    def handle(self, code: int, info: int) -> None:
+        """The instruction at RIP was intercepted with exit ``code``; deliver, emulate or raise Step."""
+        if code == WRITE_CR0 or code == WRITE_CR4:
+            self._write_cr(code)
+        elif code == READ_CR0:
+            self._read_cr0()
+        elif code in _UMIP_READS:
+            self._umip_read(code)
+        elif code == IRET:
+            self._iret_real()
+        elif code == MSR:
+            self._msr(write=bool(info & 1))
+        else:
+            raise Step(code)
+
+    # --- control registers --------------------------------------------------------------------
+
+    def _write_cr(self, code: int) -> None:
+        insn = self.cpu.decode()
+        if insn is None or insn.mnemonic != "mov":
+            raise Step(code, self.follow_state)  # lmsw, clts: no #GP for their values
+        regs = self.cpu.regs
+        value = regs.reg_read(getattr(X, f"UC_X86_REG_{insn.reg_name(insn.operands[1].reg).upper()}"))
+        efer = regs.msr_read(0xC0000080)
+        if code == WRITE_CR0:
+            value |= CR0_ET  # hardwired to 1 since the i486, whatever is written (QEMU sets it too)
+            cs = self.cpu.segment("cs")
+            why = cr0_fault(value, cr4=regs.reg_read(X.UC_X86_REG_CR4), efer=efer,
+                            code64=bool(cs["l"]) and bool(efer & (1 << 10)))
+            register = X.UC_X86_REG_CR0
+        else:
+            why = cr4_fault(regs.reg_read(X.UC_X86_REG_CR4), value, allowed=self.allowed_cr4, efer=efer,
+                            cr3=regs.reg_read(X.UC_X86_REG_CR3))
+            register = X.UC_X86_REG_CR4
+        if why is not None:
+            self.cpu.deliver(13, error=0)
+            return
+        regs.reg_write(register, value)
+        self.cpu.advance(insn.size)
+        self.follow_state()
+
+    def _read_cr0(self) -> None:
+        insn = self.cpu.decode()
+        if insn is None or insn.mnemonic != "smsw":
+            raise Step(READ_CR0)  # mov from CR0: right in the engine
+        if self._umip_fault():
+            return
+        operand = insn.operands[0]
+        if operand.type != _OP_REG or operand.size == 2:
+            raise Step(READ_CR0)  # a 16-bit register or memory: 16 bits stored, as the engine does
+        # SMSW r32/r64: CR0's bits, zero-extended into the whole register (the engine wrote 16).
+        name = insn.reg_name(operand.reg)
+        wide = _WIDE.get(name, name)
+        self.cpu.regs.reg_write(getattr(X, f"UC_X86_REG_{wide.upper()}"),
+                                self.cpu.regs.reg_read(X.UC_X86_REG_CR0) & 0xFFFFFFFF)
+        self.cpu.advance(insn.size)
+
+    def _umip_fault(self) -> bool:
+        """#GP(0) for a UMIP instruction at CPL > 0 with CR4.UMIP set (SDM, 2.5); True if given."""
+        if self.cpu.cpl() and self.cpu.regs.reg_read(X.UC_X86_REG_CR4) & CR4_UMIP:
+            self.cpu.deliver(13, error=0)
+            return True
+        return False
+
+    def _umip_read(self, code: int) -> None:
+        if not self._umip_fault():
+            raise Step(code)
+
+    # --- real-mode iret -----------------------------------------------------------------------
+
+    def _iret_real(self) -> None:
+        """IRET in real mode, done here as QEMU's helper does it (SP 16 bits wide, NMIs unblocked)
+        but for RF: a processor clears RF once the instruction after the iret completes, and
+        unicorn keeps it (its pushf then shows it). It is cleared at once here, unless a debug
+        register could match that next instruction, the only place the difference shows."""
+        regs = self.cpu.regs
+        # Real-mode code is 16-bit: 66 CF is IRETD (no other prefix changes what iret does).
+        wide = self.cpu.read_linear(self.cpu.linear_pc(), 1) == b"\x66"
+        esp = regs.reg_read(X.UC_X86_REG_ESP)
+        sp = esp & 0xFFFF
+        stack = regs.reg_read(X.UC_X86_REG_SS) << 4
+        size = 4 if wide else 2
+        if sp + 3 * size <= 0x10000:
+            data = self.cpu.read_linear(stack + sp, 3 * size)
+            words = [int.from_bytes(data[k * size:(k + 1) * size], "little") for k in range(3)]
+        else:  # the frame wraps around the 64 KiB segment
+            words = [int.from_bytes(self.cpu.read_linear(stack + ((sp + k * size) & 0xFFFF), size), "little")
+                     for k in range(3)]
+        ip, cs, image = words
+        mask = _IRET_REAL_MASK if wide else _IRET_REAL_MASK & 0xFFFF
+        mask |= _ARITHMETIC_AND_DF  # always loaded
+        flags = (regs.reg_read(X.UC_X86_REG_EFLAGS) & ~mask) | (image & mask) | 0x2
+        if not regs.reg_read(X.UC_X86_REG_DR7) & 0xFF:
+            flags &= ~RFLAGS_RF
+        regs.reg_write(X.UC_X86_REG_ESP, (esp & ~0xFFFF) | ((sp + 3 * size) & 0xFFFF))
+        regs.reg_write(X.UC_X86_REG_CS, cs & 0xFFFF)
+        regs.reg_write(X.UC_X86_REG_RIP, ip if wide else ip & 0xFFFF)
+        regs.reg_write(X.UC_X86_REG_EFLAGS, flags)
+        self.cpu.unblock_nmi()
+
+    # --- MSRs ---------------------------------------------------------------------------------
+
+    def _msr(self, write: bool) -> None:
+        regs = self.cpu.regs
+        index = regs.reg_read(X.UC_X86_REG_ECX) & 0xFFFFFFFF
+        if write:
+            value = (regs.reg_read(X.UC_X86_REG_EDX) & 0xFFFFFFFF) << 32 | regs.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF
+            outcome = self.msrs.write(index, value)
+        else:
+            outcome = self.msrs.read(index)
+        if outcome is None:
+            self.cpu.deliver(13, error=0)
+            return
+        if not write:
+            regs.reg_write(X.UC_X86_REG_RAX, outcome & 0xFFFFFFFF)
+            regs.reg_write(X.UC_X86_REG_RDX, outcome >> 32)
+        self.cpu.advance(2)  # rdmsr and wrmsr are 0F 32 and 0F 30 (prefixes do not apply)
+        if write and index == 0xC0000080:
+            self.follow_state()
+
+
+_OP_REG = 1  # capstone's X86_OP_REG
+#: A 32-bit register's 64-bit whole: a 32-bit result is zero-extended into it in 64-bit mode,
+#: and outside it the upper half is not visible.
+_WIDE = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")}
+_WIDE.update({f"r{n}d": f"r{n}" for n in range(8, 16)})
