@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterator
 
 from ..irq import InterruptController
 from ..cpu import CpuState, Segment, code_bits, decode_one, translate
-from ..cpu_model import PASS_THROUGH, CpuidTable, add_features, answer, cpuid_for, features_of, vendor_of
+from ..cpu_model import (FEATURES, PASS_THROUGH, CpuidTable, add_features, answer, cpuid_for, features_of,
+                         vendor_of)
 from ..device import GuestExit
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
@@ -72,6 +73,8 @@ _EFER_LMA = 1 << 10
 _MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
 _CPUID1_ECX_OSXSAVE = 1 << 27
 _CR4_OSXSAVE = 1 << 18
+_CPUID7_ECX_OSPKE = 1 << 4
+_CR4_PKE = 1 << 22
 _HF2_NMI = 1 << 2
 _CR0_RESET = 0x60000010  # CD | NW | ET: CR0 after RESET, protection off
 #: Instructions per emu_start where no _Kicker can be installed (another unicorn build): how
@@ -175,13 +178,17 @@ class UnicornAccelerator(Accelerator):
         intercepting = layout is not None and layout.svm is not None and layout.hflags is not None
         if intercepting:
             add_features(supported, EMULATED)  # what the intercepts do that the engine does not
+        features = None if layout is None else EngineFeatures.of(cpu + layout.env, layout)
+        if features is not None:
+            add_features(supported, ENGINE_EXTRA)
+            features.enable([(FEATURES[n].leaf, FEATURES[n].subleaf, FEATURES[n].register, FEATURES[n].bit)
+                             for n in ENGINE_EXTRA])
         result = cpuid_for(state.model, supported, accel="the software CPU", unavailable=UNAVAILABLE,
                            local_apic=state.local_apic)
         if result.dropped:
             log.warning("cpu %s: the software CPU lacks %s: left out", state.model.describe(),
                         ", ".join(result.dropped))
         self._cpuid = result.table
-        features = None if layout is None else EngineFeatures.of(cpu + layout.env, layout)
         if features is not None:
             features.follow(self._cpuid)
         elif state.model.remove or state.model.name not in PASS_THROUGH:
@@ -374,6 +381,11 @@ class UnicornAccelerator(Accelerator):
                 ecx &= ~_CPUID1_ECX_OSXSAVE
                 if self.regs.reg_read(X.UC_X86_REG_CR4) & _CR4_OSXSAVE:
                     ecx |= _CPUID1_ECX_OSXSAVE
+            elif leaf == 7 and subleaf == 0:
+                # OSPKE mirrors CR4.PKE likewise (leaf 7 ECX bit 4).
+                ecx &= ~_CPUID7_ECX_OSPKE
+                if self.regs.reg_read(X.UC_X86_REG_CR4) & _CR4_PKE:
+                    ecx |= _CPUID7_ECX_OSPKE
             for register, value in zip(self._cpuid_registers, (eax, ebx, ecx, edx)):
                 self.regs.reg_write(register, value)
             return 1  # done: unicorn skips its own
@@ -883,6 +895,12 @@ UNAVAILABLE = {
     "tsc-deadline": "the software CPU cannot send IA32_TSC_DEADLINE to the lapic model (unicorn 2.1 hooks "
                     "no RDMSR/WRMSR)",
 }
+
+
+#: Features QEMU 5.0's TCG implements (its TCG_7_0_EBX/ECX feature masks) that unicorn's own
+#: CPU model (a Haswell) does not list: set in the engine's feature words, offered in CPUID.
+#: kvm-unit-tests' smap and pku pass with them (tests/test_kvm_unit_tests.py).
+ENGINE_EXTRA = ("smap", "pku")
 
 
 @functools.lru_cache(maxsize=None)

@@ -375,8 +375,8 @@ class EngineFeatures:
     feature whose bit is clear is an invalid opcode (#UD), as on a processor without it.
 
     The software CPU clears here what a CPU model leaves out (``-cx16``: cmpxchg16b is #UD).
-    Bits are only ever cleared: one the engine's own CPU lacks would ask its translator for
-    code it may not have.
+    Bits are set only for features known to be implemented by the translator (see
+    ``unicorn.ENGINE_EXTRA``): one it lacks would ask it for code it may not have.
     """
 
     def __init__(self, address: int) -> None:
@@ -387,6 +387,16 @@ class EngineFeatures:
     def of(cls, env: int, layout: CpuLayout) -> EngineFeatures | None:
         """The feature words of the engine whose x86 state is at ``env``, if the layout knows them."""
         return None if layout.features is None else cls(env + layout.features)
+
+    def enable(self, bits: list[tuple[int, int, int, int]]) -> None:
+        """Set feature bits, each (leaf, subleaf, register, bit), in the engine's words: for
+        features its translator implements although its own CPU model lacks them."""
+        for leaf, subleaf, register, bit in bits:
+            where = (leaf, subleaf, register)
+            if where in FEATURE_WORDS:
+                word = self._words[FEATURE_WORDS.index(where)]
+                if word is not None:
+                    word.value |= 1 << bit
 
     def follow(self, table: dict[tuple[int, int], tuple[int, int, int, int]]) -> None:
         """Clear every feature bit ``table`` (the guest's CPUID) does not offer.
