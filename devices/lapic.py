@@ -29,10 +29,17 @@ default, 0xFEE00000), 32-bit registers at 16-byte aligned offsets.
   always idle. An NMI to this APIC is latched for the CPU (``take_nmi``), which takes it
   whatever IF says. There is one CPU: INIT, SIPI and SMI are logged once and dropped.
 
-Approximations (documented): no x2APIC mode and no TSC-deadline timer mode yet (both
-need the CPU's MSRs); the APIC stays at ``base`` (a write to IA32_APIC_BASE does not
-move it); accesses that are not 4-byte reads or writes of a register take the bus's
-rule for the region's sizes; unimplemented offsets read 0 and set ESR bit 7.
+- IA32_APIC_BASE (MSR 0x1B, through vmcore.irq.ModelSpecificRegisters): the base, BSP and
+  global enable (EN). Clearing EN disables the APIC globally (SDM 11.4.3): its registers
+  go back to their power-up state, its page is not decoded (reads all ones, writes
+  ignored), it offers none of its own interrupts, and the PIC's INTR reaches the CPU
+  directly; setting EN again brings it back in that state.
+
+Approximations (documented): no x2APIC mode (EXTD is refused) and no TSC-deadline timer
+mode yet; the registers stay at ``base`` (a write to IA32_APIC_BASE that moves them is
+kept and read back, and warned about once); accesses that are not 4-byte reads or writes
+of a register take the bus's rule for the region's sizes; unimplemented offsets read 0
+and set ESR bit 7.
 """
 
 from __future__ import annotations
@@ -60,6 +67,10 @@ TIMER_MODE = 3 << 17
 ESR_SEND_ILLEGAL_VECTOR = 1 << 5
 ESR_RECEIVE_ILLEGAL_VECTOR = 1 << 6
 ESR_ILLEGAL_REGISTER = 1 << 7
+# IA32_APIC_BASE (SDM 11.4.4): the bootstrap processor, x2APIC mode, global enable.
+MSR_APIC_BASE = 0x1B
+APIC_BASE_BSP, APIC_BASE_EXTD, APIC_BASE_EN = 1 << 8, 1 << 10, 1 << 11
+_APIC_BASE_RESERVED = 0xFF | 1 << 9  # bits 0-7 and 9; address bits above MAXPHYADDR: the CPU's
 # The LVT bits a write keeps, per entry (vector, delivery mode, polarity, trigger, mask, timer mode).
 _LVT_WRITABLE = (0x107FF, 0x700FF, 0x107FF, 0x107FF, 0x1A7FF, 0x1A7FF, 0x100FF)
 
@@ -97,6 +108,12 @@ class LocalApic(Device):
         self.reset()
 
     def reset(self) -> None:
+        """A CPU reset: IA32_APIC_BASE at its default (enabled, the bootstrap processor's) and the
+        registers at power-up."""
+        self.apic_base = self.config.base | APIC_BASE_BSP | APIC_BASE_EN
+        self._power_up()
+
+    def _power_up(self) -> None:
         """Power-on state (SDM 11.4.7.1), with LINT0 in ExtINT mode as QEMU leaves the BSP's."""
         self.id = self.config.apic_id << 24
         self.tpr = 0
@@ -117,6 +134,42 @@ class LocalApic(Device):
 
     def regions(self) -> Sequence[Region]:
         return [Region(Space.MMIO, self.config.base, 0x1000, self.read, self.write, sizes=(4,), name="registers")]
+
+    @property
+    def hardware_enabled(self) -> bool:
+        """IA32_APIC_BASE.EN: the APIC is globally enabled."""
+        return bool(self.apic_base & APIC_BASE_EN)
+
+    # --- CR8 -----------------------------------------------------------------------------------
+
+    def task_priority(self) -> int:
+        """TPR, which the CPU's CR8 shows (bits 7:4) in 64-bit mode."""
+        return self.tpr
+
+    def set_task_priority(self, value: int) -> None:
+        """A write of CR8: TPR bits 7:4 (bits 3:0 clear, SDM 10.8.6.1)."""
+        self.tpr = value & 0xF0
+        self._update()
+
+    # --- IA32_APIC_BASE (vmcore.irq.ModelSpecificRegisters) ----------------------------------
+
+    def msr_indices(self) -> tuple[int, ...]:
+        return (MSR_APIC_BASE,)
+
+    def read_msr(self, index: int) -> int | None:
+        return self.apic_base if index == MSR_APIC_BASE else None
+
+    def write_msr(self, index: int, value: int) -> bool:
+        if index != MSR_APIC_BASE or value & _APIC_BASE_RESERVED or value & APIC_BASE_EXTD:
+            return False  # reserved bits; x2APIC mode is not modelled
+        was_enabled = self.hardware_enabled
+        self.apic_base = value & ~0xFF | (self.apic_base & APIC_BASE_BSP)  # BSP is read-only
+        if value & ~0xFFF != self.config.base:
+            self._warn_once("relocate", f"IA32_APIC_BASE moves the registers to {value & ~0xFFF:#x}: not "
+                            f"modelled, they stay at {self.config.base:#x}")
+        if was_enabled != self.hardware_enabled:
+            self._power_up()  # disabled or enabled again: the power-up state either way (SDM 11.4.3)
+        return True
 
     # --- the CPU side (vmcore.irq.InterruptController) -----------------------------------------
 
@@ -151,6 +204,8 @@ class LocalApic(Device):
 
     def accept(self, vector: int, level: bool = False) -> None:
         """An interrupt arrives for this APIC (its timer, an IPI, an IOAPIC): into IRR."""
+        if not self.hardware_enabled:
+            return  # globally disabled: it takes no messages
         if vector < 16:
             self._error(ESR_RECEIVE_ILLEGAL_VECTOR)
             return
@@ -164,6 +219,8 @@ class LocalApic(Device):
     # --- registers ---------------------------------------------------------------------------
 
     def read(self, offset: int, size: int) -> int:
+        if not self.hardware_enabled:
+            return 0xFFFF_FFFF  # globally disabled: the page is not decoded
         if offset & 0xF:
             return 0  # between registers
         if offset == 0x20:
@@ -205,7 +262,7 @@ class LocalApic(Device):
         return 0
 
     def write(self, offset: int, size: int, value: int) -> None:
-        if offset & 0xF:
+        if offset & 0xF or not self.hardware_enabled:
             return
         if offset == 0x20:
             self.id = value & 0xFF00_0000
@@ -349,12 +406,14 @@ class LocalApic(Device):
 
     def _deliverable(self) -> int | None:
         """The IRR vector the CPU may take now, if any."""
-        if not self.irr or not self.software_enabled:
+        if not self.irr or not self.software_enabled or not self.hardware_enabled:
             return None
         vector = self.irr.bit_length() - 1
         return vector if (vector >> 4) > (self.ppr >> 4) else None
 
     def _external_open(self) -> bool:
+        if not self.hardware_enabled:
+            return True  # globally disabled: INTR goes straight to the CPU
         entry = self.lvt[LVT_LINT0]
         return not entry & MASKED and entry & DELIVERY_MODE == EXTINT
 

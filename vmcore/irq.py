@@ -91,7 +91,28 @@ class LocalInterruptController(Protocol):
         """The INTA cycle: the vector to deliver."""
 
     # Optionally, NMIs: ``take_nmi() -> bool`` (whether one waits; taking clears it) and a
-    # ``nmi_raised`` callback attribute the machine sets, called when one is latched.
+    # ``nmi_raised`` callback attribute the machine sets, called when one is latched; and
+    # model-specific registers (ModelSpecificRegisters below), such as IA32_APIC_BASE.
+
+
+@runtime_checkable
+class ModelSpecificRegisters(Protocol):
+    """Registers a device shows the CPU as MSRs (the local APIC's IA32_APIC_BASE).
+
+    The CPU side (vmcore.accel) routes rdmsr/wrmsr of :meth:`msr_indices` here, on each
+    accelerator that can trap them, and raises #GP(0) where :meth:`read_msr` returns None or
+    :meth:`write_msr` False. Checks that depend on the CPU (reserved address bits above its
+    MAXPHYADDR, features its CPUID lacks) are the CPU side's; the device checks the rest.
+    """
+
+    def msr_indices(self) -> tuple[int, ...]:
+        """The MSRs this device answers."""
+
+    def read_msr(self, index: int) -> int | None:
+        """The MSR's value, or None for #GP."""
+
+    def write_msr(self, index: int, value: int) -> bool:
+        """Take a write; False for #GP (and nothing changed)."""
 
 
 @runtime_checkable

@@ -231,3 +231,56 @@ def test_an_nmi_ipi_to_itself_is_latched_for_the_cpu_once(fake_bus, apic):
     assert apic.take_nmi() and not apic.take_nmi()
     wr(fake_bus, ICR_LOW, OTHERS | 0x400)  # to the other CPUs: there are none
     assert not apic.take_nmi()
+
+
+# --- IA32_APIC_BASE and CR8 (the CPU side routes them here: vmcore.irq.ModelSpecificRegisters) --
+
+APIC_BASE = 0x1B
+EN, BSP, EXTD = 1 << 11, 1 << 8, 1 << 10
+
+
+def test_apic_base_reads_the_bootstrap_processors_enabled_apic(apic):
+    assert apic.msr_indices() == (APIC_BASE,)
+    assert apic.read_msr(APIC_BASE) == BASE | BSP | EN
+    assert apic.read_msr(0x1C) is None
+
+
+def test_reserved_apic_base_bits_and_x2apic_mode_are_refused(apic):
+    for value in (BASE | BSP | EN | 1, BASE | BSP | EN | 1 << 9, BASE | BSP | EN | EXTD):
+        assert apic.write_msr(APIC_BASE, value) is False
+    assert apic.read_msr(APIC_BASE) == BASE | BSP | EN
+
+
+def test_a_globally_disabled_apic_decodes_nothing_and_comes_back_at_power_up(fake_bus, apic):
+    wr(fake_bus, TPR, 0x20)
+    wr(fake_bus, ICR_LOW, SELF | 0x40)
+    assert fake_bus.intr()
+    assert apic.write_msr(APIC_BASE, BASE | BSP)  # EN clear
+    assert apic.read_msr(APIC_BASE) == BASE | BSP
+    assert not fake_bus.intr()  # its own interrupts are gone with its state
+    assert rd(fake_bus, VERSION) == 0xFFFF_FFFF  # the page is not decoded
+    wr(fake_bus, SVR, 0x1FF)
+    apic.accept(0x50)  # takes no messages either
+    assert apic.write_msr(APIC_BASE, BASE | BSP | EN)
+    assert rd(fake_bus, VERSION) == 0x0005_0014
+    assert rd(fake_bus, SVR) == 0xFF and rd(fake_bus, TPR) == 0 and not bit(fake_bus, IRR, 0x50)
+
+
+def test_bsp_is_read_only_and_a_move_is_kept_but_warned_about(apic, caplog):
+    assert apic.write_msr(APIC_BASE, 0xFED4_0000 | EN)
+    assert apic.read_msr(APIC_BASE) == 0xFED4_0000 | BSP | EN  # as written, BSP kept
+    assert "not modelled" in caplog.text
+    assert rd_at(apic, VERSION) == 0x0005_0014  # still answering at its configured base
+
+
+def rd_at(apic, offset: int) -> int:
+    return apic.read(offset, 4)
+
+
+def test_cr8_is_tpr_bits_7_to_4(fake_bus, apic):
+    apic.set_task_priority(0x5F)
+    assert rd(fake_bus, TPR) == 0x50 and apic.task_priority() == 0x50
+    wr(fake_bus, ICR_LOW, SELF | 0x52)  # same class: held back
+    assert not fake_bus.intr()
+    apic.set_task_priority(0x40)
+    assert fake_bus.intr()

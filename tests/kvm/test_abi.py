@@ -37,6 +37,9 @@ PUBLIC_STRUCTS: list[type[ctypes.Structure]] = [
     S.kvm_coalesced_mmio,
     S.kvm_coalesced_mmio_ring,
     S.kvm_ioeventfd,
+    S.kvm_enable_cap,
+    S.kvm_msr_filter_range,
+    S.kvm_msr_filter,
     S.kvm_debug_exit_arch,
     S.kvm_run,
 ]

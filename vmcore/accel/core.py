@@ -33,7 +33,7 @@ from ..bus import Bus, Direction
 from ..clock import Clock
 from ..device import GuestExit
 from ..faults import DeviceFault
-from ..irq import InterruptController
+from ..irq import InterruptController, ModelSpecificRegisters
 from ..stop import StopReason
 from .wakeup import Waker, sleep_until
 
@@ -128,6 +128,24 @@ class RunCore:
         self._waker: Waker | None = None
         self._take_nmi: Callable[[], bool] | None = None
         self._deadline: float | None = None
+        #: The MSRs devices answer (vmcore.irq.ModelSpecificRegisters), by index: the CPU's own
+        #: interrupt controller's (a local APIC's IA32_APIC_BASE). Each accelerator that can trap
+        #: rdmsr/wrmsr sends those here.
+        self.msrs: dict[int, ModelSpecificRegisters] = {}
+        if isinstance(controller, ModelSpecificRegisters):
+            self.msrs = {index: controller for index in controller.msr_indices()}
+
+    # --- model-specific registers devices answer -----------------------------------------------
+
+    def read_msr(self, index: int) -> int | None:
+        """An rdmsr the accelerator trapped, answered by the device behind it; None for #GP."""
+        device = self.msrs.get(index)
+        return None if device is None else device.read_msr(index)
+
+    def write_msr(self, index: int, value: int) -> bool:
+        """A wrmsr the accelerator trapped, taken by the device behind it; False for #GP."""
+        device = self.msrs.get(index)
+        return device is not None and device.write_msr(index, value)
 
     # --- the accessors --------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - the accelerator says so
 
 #: The exception number an intercept arrives as: EXCP_VMEXIT + the SVM exit code.
 EXCP_VMEXIT = 0x100
-READ_CR0, WRITE_CR0, WRITE_CR4 = 0x00, 0x10, 0x14
+READ_CR0, READ_CR8, WRITE_CR0, WRITE_CR4, WRITE_CR8 = 0x00, 0x08, 0x10, 0x14, 0x18
 IDTR_READ, GDTR_READ, LDTR_READ, TR_READ = 0x66, 0x67, 0x68, 0x69
 IRET, MSR = 0x74, 0x7C
 #: Exit codes 0x60 and up are bits of the intercept word.
@@ -153,7 +153,9 @@ class InterceptHandler:
         self.cpu = cpu
         self.allowed_cr4 = allowed_cr4
         self.msrs = msrs
-        controls.set_cr(read=1 << 0, write=(1 << 0) | (1 << 4))
+        #: The local APIC whose TPR CR8 is (set for each run where one is modelled), else None.
+        self.apic: Any = None
+        controls.set_cr(read=(1 << 0) | (1 << 8), write=(1 << 0) | (1 << 4) | (1 << 8))
         controls.set_exit(MSR, True)
         for index, read, write in msrs.trapped():
             controls.trap_msr(index, read, write)
@@ -174,6 +176,8 @@ class InterceptHandler:
             self._write_cr(code)
         elif code == READ_CR0:
             self._read_cr0()
+        elif code in (READ_CR8, WRITE_CR8):
+            self._cr8(write=code == WRITE_CR8)
         elif code in _UMIP_READS:
             self._umip_read(code)
         elif code == IRET:
@@ -223,6 +227,25 @@ class InterceptHandler:
         wide = _WIDE.get(name, name)
         self.cpu.regs.reg_write(getattr(X, f"UC_X86_REG_{wide.upper()}"),
                                 self.cpu.regs.reg_read(X.UC_X86_REG_CR0) & 0xFFFFFFFF)
+        self.cpu.advance(insn.size)
+
+    def _cr8(self, write: bool) -> None:
+        """CR8 is the local APIC's TPR bits 7:4 (SDM 10.8.6.1); QEMU's own APIC, which unicorn
+        does not have, would hold it. Without an APIC model the engine's CR8 stays."""
+        apic = self.apic
+        insn = self.cpu.decode()
+        if apic is None or insn is None or insn.mnemonic != "mov":
+            raise Step(WRITE_CR8 if write else READ_CR8)
+        regs = self.cpu.regs
+        if write:
+            value = regs.reg_read(getattr(X, f"UC_X86_REG_{insn.reg_name(insn.operands[1].reg).upper()}"))
+            if value >> 4:
+                self.cpu.deliver(13, error=0)  # bits 63:4 are reserved
+                return
+            apic.set_task_priority(value << 4)
+        else:
+            name = insn.reg_name(insn.operands[0].reg)
+            regs.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), apic.task_priority() >> 4)
         self.cpu.advance(insn.size)
 
     def _umip_fault(self) -> bool:

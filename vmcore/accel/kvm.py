@@ -37,10 +37,12 @@ from ..clock import Clock
 from ..irq import InterruptController
 from ..cpu import (APIC_BASE_MSR, CPUID1_ECX_TSC_DEADLINE, CpuState, Segment, code_bits, memory_operand_size,
                    translate)
-from ..cpu_model import SUBLEAF_LEAVES, CpuidTable, cpuid_for
+from ..cpu_model import SUBLEAF_LEAVES, CpuidTable, cpuid_for, features_of
 from ..kvm import Kvm, KvmError, KvmUnavailable, Vcpu, Vm
 from ..kvm import ioctl as k
 from ..kvm import structs as s
+from .msrs import APIC_BASE as MSR_APIC_BASE
+from .msrs import apic_base_refused
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
 from . import Accelerator, AcceleratorUnavailable
@@ -94,6 +96,9 @@ class KvmAccelerator(Accelerator):
         self.vcpu = vcpu
         self.kernel_irqchip = kernel_irqchip
         self.memory: GuestMemory | None = None
+        self._msr_exits = False  # IA32_APIC_BASE comes to userspace (see _apic_base_exits)
+        self._physical_bits = 36  # the guest's MAXPHYADDR, from its CPUID
+        self._x2apic = False
         self._vcpu_thread = 0
         self._signals = False  # a kick may signal the vCPU thread (see begin)
         # What one run sets up (see begin/end).
@@ -178,7 +183,12 @@ class KvmAccelerator(Accelerator):
             self._slot_ids[id(slot)] = number
 
     def _load_state(self, state: CpuState) -> None:
-        self.vcpu.set_cpuid2(_cpuid2(self.cpuid_table(state)))
+        table = self.cpuid_table(state)
+        self.vcpu.set_cpuid2(_cpuid2(table))
+        self._physical_bits = table.get((0x80000008, 0), (36,))[0] & 0xFF or 36
+        self._x2apic = "x2apic" in features_of(table)
+        if not self.kernel_irqchip and state.local_apic:
+            self._apic_base_exits()
         sregs = self.vcpu.get_sregs()
         _set_segment(sregs.cs, state.cs)
         for name in ("ds", "es", "fs", "gs", "ss"):
@@ -198,6 +208,17 @@ class KvmAccelerator(Accelerator):
         for name, value in state.registers.items():
             setattr(regs, name, value)
         self.vcpu.set_regs(regs)
+
+    def _apic_base_exits(self) -> None:
+        """Have IA32_APIC_BASE come to userspace, where the lapic model answers it (RunCore.msrs):
+        KVM's user-space MSR exits for a filter that denies that one MSR to the guest's KVM."""
+        try:
+            self.vm.enable_cap(k.KVM_CAP_X86_USER_SPACE_MSR, k.KVM_MSR_EXIT_REASON_FILTER)
+            self.vm.deny_msrs([MSR_APIC_BASE])
+        except KvmError as exc:
+            log.warning("this KVM cannot send IA32_APIC_BASE to the lapic model (%s): KVM keeps it", exc)
+            return
+        self._msr_exits = True
 
     def cpuid_table(self, state: CpuState) -> CpuidTable:
         """The guest's CPUID: the profile's CPU model (vmcore.cpu_model) over what this KVM supports.
@@ -310,6 +331,9 @@ class KvmAccelerator(Accelerator):
         EXIT_IO, EXIT_MMIO = k.KVM_EXIT_IO, k.KVM_EXIT_MMIO
         PIO_DATA, MASKS = _PIO_DATA_OFFSET, _MASKS
         target: Any = None  # where the answer to the read in progress goes (see core.ExitRecord)
+        # CR8 is the lapic model's TPR (bits 7:4). KVM without its own APIC keeps CR8 in kvm_run:
+        # given before each KVM_RUN, read back after (as QEMU's kvm_arch_pre_run/post_run do).
+        apic = core.controller if hasattr(core.controller, "set_task_priority") else None
 
         def enter() -> int:
             nonlocal target
@@ -323,16 +347,23 @@ class KvmAccelerator(Accelerator):
                 if waiting[0]:
                     waiting[0] = False  # an exit came back while serving the last one
                 else:
+                    if apic is not None:
+                        tpr = apic.task_priority() >> 4
+                        run.cr8 = tpr
                     try:
                         vcpu_run()
                     except InterruptedError:
                         run.immediate_exit = 0
+                        if apic is not None and run.cr8 != tpr:
+                            apic.set_task_priority(run.cr8 << 4)
                         if queued:
                             flush()
                         return YIELD
                     except KvmError as exc:
                         # The host failed, not a device: must not reach the machine's device-error report.
                         raise CpuStop(StopReason.of("host-error", str(exc))) from None
+                    if apic is not None and run.cr8 != tpr:
+                        apic.set_task_priority(run.cr8 << 4)
                     if queued:
                         # Writes the guest posted or rang before this exit reach their devices first.
                         flush()
@@ -369,9 +400,32 @@ class KvmAccelerator(Accelerator):
                     return HALT
                 if reason == k.KVM_EXIT_IRQ_WINDOW_OPEN:
                     return YIELD
+                if reason == k.KVM_EXIT_X86_RDMSR or reason == k.KVM_EXIT_X86_WRMSR:
+                    self._msr_exit(core, run.msr, write=reason == k.KVM_EXIT_X86_WRMSR)
+                    continue
                 raise CpuStop(self._other_exit(reason))
 
         return enter
+
+    def _msr_exit(self, core: RunCore, msr: Any, write: bool) -> None:
+        """An rdmsr/wrmsr the MSR filter sent here: the device behind it answers (RunCore); error
+        1 has KVM raise #GP(0) in the guest."""
+        index = msr.index
+        if not write:
+            value = core.read_msr(index)
+            msr.error = value is None
+            if value is not None:
+                msr.data = value
+            return
+        value = msr.data
+        refused = index == MSR_APIC_BASE and apic_base_refused(value, self._physical_bits, self._x2apic)
+        ok = not refused and core.write_msr(index, value)
+        msr.error = not ok
+        if ok and index == MSR_APIC_BASE:
+            # KVM shows CPUID's APIC bit from its own copy of the MSR: keep that in step.
+            sregs = self.vcpu.get_sregs()
+            sregs.apic_base = value
+            self.vcpu.set_sregs(sregs)
 
     def _flusher(self, core: RunCore) -> Callable[[], None]:
         """Deliver what the guest posted (the coalesced ring) and rang (ioeventfds), through the core's accessors."""

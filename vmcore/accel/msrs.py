@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..irq import ModelSpecificRegisters
+
 try:
     from unicorn import x86_const as X
 except ImportError:  # pragma: no cover - the accelerator says so
@@ -41,6 +43,12 @@ def canonical(value: int, bits: int = 48) -> bool:
     return top == 0 or top == (1 << (65 - bits)) - 1
 
 
+def apic_base_refused(value: int, physical_bits: int, x2apic: bool) -> bool:
+    """Whether a processor refuses this IA32_APIC_BASE write before its APIC sees it (#GP(0)):
+    an address above MAXPHYADDR, or x2APIC mode (EXTD) where CPUID offers none (SDM 10.12.1)."""
+    return bool(value >> physical_bits) or bool(value & APIC_BASE_EXTD) and not x2apic
+
+
 class MsrRules:
     """Reads and writes of the trapped MSRs for a CPU whose CPUID offers ``features``.
 
@@ -52,6 +60,8 @@ class MsrRules:
     def __init__(self, regs: Any, features: set[str], local_apic: bool, physical_bits: int = 40) -> None:
         self.regs = regs
         self.features = features
+        #: The MSRs devices answer (RunCore.msrs, set for each run): IA32_APIC_BASE of a lapic.
+        self.devices: dict[int, ModelSpecificRegisters] = {}
         self.apic_base = APIC_DEFAULT_BASE | APIC_BASE_BSP | (APIC_BASE_EN if local_apic else 0)
         self._physical_mask = (1 << physical_bits) - 1
         efer = 0
@@ -60,6 +70,12 @@ class MsrRules:
             if feature in features:
                 efer |= bits
         self._efer_bits = efer
+
+    def apic_enabled(self) -> bool | None:
+        """IA32_APIC_BASE.EN where a device answers it (CPUID's APIC bit follows it), else None."""
+        device = self.devices.get(APIC_BASE)
+        value = None if device is None else device.read_msr(APIC_BASE)
+        return None if value is None else bool(value & APIC_BASE_EN)
 
     def trapped(self) -> list[tuple[int, bool, bool]]:
         """(MSR, trap reads, trap writes) for the permission map."""
@@ -84,7 +100,8 @@ class MsrRules:
         if not self._exists(index):
             return None
         if index == APIC_BASE:
-            return self.apic_base
+            device = self.devices.get(index)
+            return self.apic_base if device is None else device.read_msr(index)
         return int(self.regs.msr_read(index))
 
     def write(self, index: int, value: int) -> bool | None:
@@ -101,9 +118,13 @@ class MsrRules:
                 return None
             value = (value & ~EFER_LMA) | (current & EFER_LMA)  # LMA is the CPU's to set
         elif index == APIC_BASE:
-            reserved = ~(APIC_BASE_BSP | APIC_BASE_EN | (self._physical_mask & ~0xFFF))
-            if value & reserved or value & APIC_BASE_EXTD:
-                return None  # no x2APIC mode here
+            if apic_base_refused(value, self._physical_mask.bit_length(), "x2apic" in self.features):
+                return None
+            device = self.devices.get(index)
+            if device is not None:
+                return True if device.write_msr(index, value) else None
+            if value & ~(APIC_BASE_BSP | APIC_BASE_EN | (self._physical_mask & ~0xFFF)):
+                return None
             self.apic_base = value
             return True
         elif index == TSC_AUX and value >> 32:

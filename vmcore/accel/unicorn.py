@@ -74,6 +74,7 @@ _MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
 _CPUID1_ECX_OSXSAVE = 1 << 27
 _CR4_OSXSAVE = 1 << 18
 _CPUID7_ECX_OSPKE = 1 << 4
+_CPUID1_EDX_APIC = 1 << 9
 _CR4_PKE = 1 << 22
 _HF2_NMI = 1 << 2
 _CR0_RESET = 0x60000010  # CD | NW | ET: CR0 after RESET, protection off
@@ -381,6 +382,9 @@ class UnicornAccelerator(Accelerator):
                 ecx &= ~_CPUID1_ECX_OSXSAVE
                 if self.regs.reg_read(X.UC_X86_REG_CR4) & _CR4_OSXSAVE:
                     ecx |= _CPUID1_ECX_OSXSAVE
+                # The APIC bit says whether the APIC is enabled in IA32_APIC_BASE (SDM 11.4.3).
+                if self._intercepts is not None and self._intercepts.msrs.apic_enabled() is False:
+                    edx &= ~_CPUID1_EDX_APIC
             elif leaf == 7 and subleaf == 0:
                 # OSPKE mirrors CR4.PKE likewise (leaf 7 ECX bit 4).
                 ecx &= ~_CPUID7_ECX_OSPKE
@@ -413,6 +417,11 @@ class UnicornAccelerator(Accelerator):
         assert callbacks is not None
         self._port_hooks = [callbacks.hook_port(X.UC_X86_INS_IN, accessors.port_in),
                             callbacks.hook_port(X.UC_X86_INS_OUT, accessors.port_out)]
+        if self._intercepts is not None:
+            self._intercepts.msrs.devices = core.msrs
+            # CR8 is the local APIC's TPR where one is modelled.
+            apic = core.controller
+            self._intercepts.apic = apic if hasattr(apic, "set_task_priority") else None
         self._running = True
         self._vcpu_thread = threading.get_ident()
         return self._enter

@@ -93,6 +93,8 @@ KVM_REGISTER_COALESCED_MMIO = IOW(KVMIO, 0x67, _s.kvm_coalesced_mmio_zone)
 KVM_UNREGISTER_COALESCED_MMIO = IOW(KVMIO, 0x68, _s.kvm_coalesced_mmio_zone)
 KVM_CREATE_PIT2 = IOW(KVMIO, 0x77, _s.kvm_pit_config)
 KVM_IOEVENTFD = IOW(KVMIO, 0x79, _s.kvm_ioeventfd)
+KVM_ENABLE_CAP = IOW(KVMIO, 0xA3, _s.kvm_enable_cap)
+KVM_X86_SET_MSR_FILTER = IOW(KVMIO, 0xC6, _s.kvm_msr_filter)
 
 # vcpu ioctls.
 KVM_RUN = IO(KVMIO, 0x80)
@@ -294,6 +296,7 @@ KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_X86_DISABLE_EXITS = 143
 KVM_CAP_COALESCED_PIO = 162
 KVM_CAP_X86_USER_SPACE_MSR = 188
+KVM_CAP_X86_MSR_FILTER = 189
 KVM_CAP_DIRTY_LOG_RING = 192
 KVM_CAP_EXIT_HYPERCALL = 201
 KVM_CAP_SYSTEM_EVENT_DATA = 215
@@ -307,3 +310,12 @@ CAP_NAMES: dict[int, str] = {
 
 # kvm_cpuid_entry2.flags: the entry applies to one ECX (``index``) only (the kernel's spelling).
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1 << 0
+
+# KVM_CAP_X86_USER_SPACE_MSR: which failed or filtered rdmsr/wrmsr exit to userspace.
+KVM_MSR_EXIT_REASON_INVAL = 1 << 0
+KVM_MSR_EXIT_REASON_UNKNOWN = 1 << 1
+KVM_MSR_EXIT_REASON_FILTER = 1 << 2
+# kvm_msr_filter and its ranges.
+KVM_MSR_FILTER_DEFAULT_ALLOW = 0
+KVM_MSR_FILTER_READ = 1 << 0
+KVM_MSR_FILTER_WRITE = 1 << 1

@@ -19,6 +19,7 @@ from ctypes import (
     c_uint16,
     c_uint32,
     c_uint64,
+    c_void_p,
 )
 
 __all__ = [
@@ -39,6 +40,10 @@ __all__ = [
     "kvm_coalesced_mmio_ring",
     "coalesced_mmio_ring_type",
     "kvm_ioeventfd",
+    "kvm_enable_cap",
+    "kvm_msr_filter_range",
+    "kvm_msr_filter",
+    "KVM_MSR_FILTER_MAX_RANGES",
     "kvm_debug_exit_arch",
     "kvm_run",
     "KVM_NR_INTERRUPTS",
@@ -259,6 +264,35 @@ class kvm_ioeventfd(Structure):
         ("fd", c_int32),
         ("flags", c_uint32),
         ("pad", c_uint8 * 36),
+    ]
+
+
+class kvm_enable_cap(Structure):
+    _fields_ = [
+        ("cap", c_uint32),
+        ("flags", c_uint32),
+        ("args", c_uint64 * 4),
+        ("pad", c_uint8 * 64),
+    ]
+
+
+#: <linux/kvm.h>: how many ranges one MSR filter holds.
+KVM_MSR_FILTER_MAX_RANGES = 16
+
+
+class kvm_msr_filter_range(Structure):
+    _fields_ = [
+        ("flags", c_uint32),
+        ("nmsrs", c_uint32),  # bits in bitmap: one per MSR from base
+        ("base", c_uint32),
+        ("bitmap", c_void_p),  # a set bit allows the access, a clear one sends it to userspace
+    ]
+
+
+class kvm_msr_filter(Structure):
+    _fields_ = [
+        ("flags", c_uint32),
+        ("ranges", kvm_msr_filter_range * KVM_MSR_FILTER_MAX_RANGES),
     ]
 
 

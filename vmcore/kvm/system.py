@@ -13,7 +13,7 @@ import fcntl
 import functools
 import mmap
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
 from vmcore.kvm import ioctl as _k
@@ -261,6 +261,27 @@ class Vm:
     def set_identity_map_addr(self, addr: int) -> None:
         """One page for the EPT identity map used while the guest runs unpaged."""
         _call(self.fd, _k.KVM_SET_IDENTITY_MAP_ADDR, ctypes.c_uint64(addr))
+
+    def enable_cap(self, cap: int, *args: int) -> None:
+        """KVM_ENABLE_CAP on the VM with up to four arguments."""
+        request = _s.kvm_enable_cap(cap=cap)
+        for i, value in enumerate(args):
+            request.args[i] = value
+        _call(self.fd, _k.KVM_ENABLE_CAP, request)
+
+    def deny_msrs(self, indices: Sequence[int]) -> None:
+        """Send rdmsr/wrmsr of ``indices`` to userspace (KVM_X86_SET_MSR_FILTER; every other MSR
+        stays KVM's). Needs KVM_CAP_X86_USER_SPACE_MSR enabled with KVM_MSR_EXIT_REASON_FILTER."""
+        if len(indices) > _s.KVM_MSR_FILTER_MAX_RANGES:
+            raise ValueError(f"at most {_s.KVM_MSR_FILTER_MAX_RANGES} MSRs, got {len(indices)}")
+        request = _s.kvm_msr_filter(flags=_k.KVM_MSR_FILTER_DEFAULT_ALLOW)
+        bitmaps = [ctypes.c_uint8(0) for _ in indices]  # a clear bit denies; KVM copies them in the call
+        for i, index in enumerate(indices):
+            entry = request.ranges[i]
+            entry.flags = _k.KVM_MSR_FILTER_READ | _k.KVM_MSR_FILTER_WRITE
+            entry.nmsrs, entry.base = 1, index
+            entry.bitmap = ctypes.addressof(bitmaps[i])
+        _call(self.fd, _k.KVM_X86_SET_MSR_FILTER, request)
 
     def create_irqchip(self) -> None:
         """In-kernel PIC pair, IOAPIC and local APICs (create before vcpus)."""

@@ -1,0 +1,35 @@
+"""The local APIC model as the CPU reaches it, on both accelerators (guest/apic_base.S).
+
+IA32_APIC_BASE is trapped (the software CPU's MSR intercepts; KVM's user-space MSR exits
+through a filter) and answered by the lapic device (vmcore.irq.ModelSpecificRegisters); CR8
+is its TPR (the software CPU's CR8 intercepts; kvm_run.cr8 before and after each KVM_RUN).
+"""
+
+from __future__ import annotations
+
+from tests.helpers import REPO, vmcore
+
+PROFILE = REPO / "machines" / "apic-base.yaml"
+
+
+def test_apic_base_and_cr8_reach_the_lapic_model(accel: str) -> None:
+    run = vmcore("run", str(PROFILE), "--accel", accel)
+    # E: EN read; 5: CR8 -> TPR 0x50; c: CPUID's APIC bit clear once disabled; F: the page reads
+    # ones; V: the version register back after enabling; 0: CR8 back at power-up.
+    assert run.stdout == b"E5cFV0\n", run.stderr
+    assert run.status == 67
+
+
+def test_an_apic_base_write_a_processor_refuses_is_a_gp(tmp_path) -> None:
+    from tests.accel.test_accel_tcg import run_tcg
+    from tests.accel.test_intercepts import IVT, SETUP
+    from tests.tiny_guests import TinyGuest
+
+    guest = TinyGuest("apic_base_extd", code=SETUP + bytes([
+        0x66, 0xB9, 0x1B, 0x00, 0x00, 0x00,   # mov ecx, IA32_APIC_BASE
+        0x0F, 0x32,                           # rdmsr
+        0x66, 0x0D, 0x00, 0x04, 0x00, 0x00,   # or eax, EXTD: x2APIC mode, which CPUID does not offer
+        0x0F, 0x30,                           # wrmsr: #GP
+        0xF4]), data=IVT)
+    result = run_tcg(guest, tmp_path, devices="  apic: {type: lapic}\n")
+    assert (result["kind"], result["console"]) == ("halted", "G"), result["message"]
