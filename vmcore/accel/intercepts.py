@@ -25,6 +25,7 @@ import ctypes
 from typing import Any, Callable
 
 from .control_registers import CR0_ET, CR0_PE, cr0_fault, cr4_fault
+from .msrs import canonical
 
 try:
     from unicorn import x86_const as X
@@ -35,6 +36,8 @@ except ImportError:  # pragma: no cover - the accelerator says so
 EXCP_VMEXIT = 0x100
 READ_CR0, READ_CR8, WRITE_CR0, WRITE_CR4, WRITE_CR8 = 0x00, 0x08, 0x10, 0x14, 0x18
 IDTR_READ, GDTR_READ, LDTR_READ, TR_READ = 0x66, 0x67, 0x68, 0x69
+IDTR_WRITE, GDTR_WRITE, LDTR_WRITE, TR_WRITE = 0x6A, 0x6B, 0x6C, 0x6D
+_TABLE_LOADS = (IDTR_WRITE, GDTR_WRITE, LDTR_WRITE, TR_WRITE)
 IRET, MSR = 0x74, 0x7C
 #: Exit codes 0x60 and up are bits of the intercept word.
 _INTERCEPT_BASE = 0x60
@@ -157,6 +160,8 @@ class InterceptHandler:
         self.apic: Any = None
         controls.set_cr(read=(1 << 0) | (1 << 8), write=(1 << 0) | (1 << 4) | (1 << 8))
         controls.set_exit(MSR, True)
+        for code in _TABLE_LOADS:
+            controls.set_exit(code, True)
         for index, read, write in msrs.trapped():
             controls.trap_msr(index, read, write)
         self.follow_state()
@@ -184,6 +189,8 @@ class InterceptHandler:
             self._iret_real()
         elif code == MSR:
             self._msr(write=bool(info & 1))
+        elif code in _TABLE_LOADS:
+            self._table_load(code)
         else:
             raise Step(code)
 
@@ -291,6 +298,43 @@ class InterceptHandler:
         regs.reg_write(X.UC_X86_REG_EFLAGS, flags)
         self.cpu.unblock_nmi()
 
+    # --- descriptor-table loads ---------------------------------------------------------------
+
+    def _table_load(self, code: int) -> None:
+        """lgdt, lidt, lldt and ltr in 64-bit mode load a 64-bit base, which must be canonical
+        (#GP(0) for lgdt/lidt, #GP(selector) for the descriptor of lldt/ltr; SDM instruction
+        reference); unicorn loads any. Elsewhere, and for canonical bases, the engine runs it."""
+        cpu = self.cpu
+        cs = cpu.segment("cs")
+        if not cs["l"] or not cpu.regs.msr_read(0xC0000080) & (1 << 10):
+            raise Step(code)
+        insn = cpu.decode()
+        if insn is None or not insn.operands:
+            raise Step(code)
+        operand = insn.operands[0]
+        if code in (GDTR_WRITE, IDTR_WRITE):
+            if operand.type != _OP_MEM:
+                raise Step(code)
+            base = int.from_bytes(cpu.read_linear(cpu.effective_address(insn, operand) + 2, 8), "little")
+            if not canonical(base):
+                cpu.deliver(13, error=0)
+                return
+            raise Step(code)
+        if operand.type == _OP_REG:
+            selector = cpu.regs.reg_read(getattr(X, f"UC_X86_REG_{insn.reg_name(operand.reg).upper()}")) & 0xFFFF
+        else:
+            selector = int.from_bytes(cpu.read_linear(cpu.effective_address(insn, operand), 2), "little")
+        index = selector & ~7
+        _, gdt, limit, _ = cpu.regs.reg_read(X.UC_X86_REG_GDTR)
+        if selector & 4 or index == 0 or index + 15 > limit:
+            raise Step(code)  # the LDT, a null selector, past the GDT: the engine's faults
+        raw = cpu.read_linear(gdt + index, 16)
+        base = (int.from_bytes(raw[2:5], "little") | raw[7] << 24 | int.from_bytes(raw[8:12], "little") << 32)
+        if not canonical(base):
+            cpu.deliver(13, error=selector & 0xFFFC)
+            return
+        raise Step(code)
+
     # --- MSRs ---------------------------------------------------------------------------------
 
     def _msr(self, write: bool) -> None:
@@ -312,7 +356,7 @@ class InterceptHandler:
             self.follow_state()
 
 
-_OP_REG = 1  # capstone's X86_OP_REG
+_OP_REG, _OP_MEM = 1, 3  # capstone's X86_OP_REG and X86_OP_MEM
 #: A 32-bit register's 64-bit whole: a 32-bit result is zero-extended into it in 64-bit mode,
 #: and outside it the upper half is not visible.
 _WIDE = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")}

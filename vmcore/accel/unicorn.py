@@ -1138,6 +1138,23 @@ class _InterceptedCpu:
     def linear_pc(self) -> int:
         return self._accel._linear_pc()
 
+    def effective_address(self, insn: Any, operand: Any) -> int:
+        """The linear address of ``insn``'s memory operand in 64-bit mode: base + index * scale +
+        displacement (RIP-relative from the next instruction), plus FS's or GS's base."""
+        mem = operand.mem
+        address = mem.disp
+        if mem.base:
+            name = insn.reg_name(mem.base)
+            address += (self.regs.reg_read(X.UC_X86_REG_RIP) + insn.size if name == "rip"
+                        else self.regs.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}")))
+        if mem.index:
+            address += self.regs.reg_read(getattr(X, f"UC_X86_REG_{insn.reg_name(mem.index).upper()}")) * mem.scale
+        if mem.segment:
+            segment = insn.reg_name(mem.segment)
+            if segment in ("fs", "gs"):
+                address += self.regs.msr_read(0xC0000100 if segment == "fs" else 0xC0000101)
+        return address & _MASKS[8]
+
     def unblock_nmi(self) -> None:
         """What an iret does to NMI blocking: QEMU keeps it in hflags2 (HF2_NMI_MASK, bit 2),
         the word after hflags, as iret's own helper clears it."""
