@@ -122,7 +122,8 @@ def test_max_is_the_accelerator_less_what_the_machine_cannot_honour() -> None:
 def test_host_is_kvms_only() -> None:
     with pytest.raises(CpuModelError, match="host's CPU through KVM"):
         build(ModelSpec("host"))
-    table = cpuid_for(ModelSpec("host"), table_with(EVERYTHING), accel="kvm", unavailable={}, local_apic=True).table
+    table = cpuid_for(ModelSpec("host"), table_with(EVERYTHING), accel="this KVM", unavailable={}, local_apic=True,
+                      host=True).table
     assert features_of(table) == EVERYTHING | {"apic"}
 
 
@@ -207,6 +208,16 @@ def test_kvm_shows_the_same_cpuid_as_the_software_cpu() -> None:
     if reason is not None:
         pytest.skip(reason)
     assert lines == QEMU64_LINES
+
+
+def test_kvm_takes_the_host_model_with_the_hosts_vendor() -> None:
+    skip_without_kvm()
+    run = vmcore("run", str(DUMP), "--accel", "kvm", "--set", "cpu.model=host", "--set", "cpu.features=''")
+    assert run.status == 35, run.stderr
+    _leaf, _eax, ebx, ecx, edx = run.stdout.decode().splitlines()[0].split()
+    vendor = b"".join(int(r, 16).to_bytes(4, "little") for r in (ebx, edx, ecx)).decode()
+    host = next(line.split(":")[1].strip() for line in open("/proc/cpuinfo") if line.startswith("vendor_id"))
+    assert vendor == host
 
 
 def test_kvm_with_a_userspace_apic_refuses_x2apic() -> None:

@@ -232,12 +232,13 @@ class CpuidResult:
 
 
 def cpuid_for(spec: ModelSpec, supported: CpuidTable, *, accel: str, unavailable: dict[str, str],
-              local_apic: bool) -> CpuidResult:
+              local_apic: bool, host: bool = False) -> CpuidResult:
     """The CPUID table for ``spec`` on an accelerator that supports ``supported``.
 
     ``unavailable`` names features the accelerator's CPUID offers but the machine cannot
     honour here (feature -> why), e.g. x2APIC without an x2APIC-capable APIC; ``local_apic``
-    whether an APIC answers at all (the APIC bit follows it).
+    whether an APIC answers at all (the APIC bit follows it); ``host`` whether ``supported``
+    is the host's CPU (KVM), which ``cpu.model: host`` asks for.
     """
     have = features_of(supported) - set(unavailable)
     for name in spec.add:
@@ -246,7 +247,7 @@ def cpuid_for(spec: ModelSpec, supported: CpuidTable, *, accel: str, unavailable
         if name not in have and name not in _DYNAMIC:
             raise CpuModelError(f"cpu.features +{name}: {accel} cannot run it (not in its CPUID)")
     if spec.name in PASS_THROUGH:
-        if spec.name == "host" and accel != "kvm":
+        if spec.name == "host" and not host:
             raise CpuModelError("cpu.model host is the host's CPU through KVM: use max on the software CPU")
         table = {key: values for key, values in supported.items()}
         for name in unavailable:

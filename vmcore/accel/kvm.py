@@ -237,7 +237,7 @@ class KvmAccelerator(Accelerator):
             why = "needs irqchip: kernel on KVM (vmcore's lapic model is an xAPIC)"
             unavailable = {"x2apic": why, "tsc-deadline": why}
         result = cpuid_for(state.model, supported, accel="this KVM", unavailable=unavailable,
-                           local_apic=state.local_apic or self.kernel_irqchip)
+                           local_apic=state.local_apic or self.kernel_irqchip, host=True)
         if result.dropped:
             log.warning("cpu %s: this KVM lacks %s: left out", state.model.describe(), ", ".join(result.dropped))
         return result.table
