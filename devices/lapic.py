@@ -29,14 +29,20 @@ default, 0xFEE00000), 32-bit registers at 16-byte aligned offsets.
   always idle. An NMI to this APIC is latched for the CPU (``take_nmi``), which takes it
   whatever IF says. There is one CPU: INIT, SIPI and SMI are logged once and dropped.
 
-- IA32_APIC_BASE (MSR 0x1B, through vmcore.irq.ModelSpecificRegisters): the base, BSP and
-  global enable (EN). Clearing EN disables the APIC globally (SDM 11.4.3): its registers
-  go back to their power-up state, its page is not decoded (reads all ones, writes
-  ignored), it offers none of its own interrupts, and the PIC's INTR reaches the CPU
-  directly; setting EN again brings it back in that state.
+- IA32_APIC_BASE (MSR 0x1B, through vmcore.irq.ModelSpecificRegisters): the base, BSP,
+  global enable (EN) and x2APIC mode (EXTD). Clearing EN disables the APIC globally (SDM
+  11.4.3): its registers go back to their power-up state, its page is not decoded (reads
+  all ones, writes ignored), it offers none of its own interrupts, and the PIC's INTR
+  reaches the CPU directly; setting EN again brings it back in that state. The modes go
+  disabled, xAPIC, x2APIC and back to disabled; any other step is refused (#GP, SDM 10.12.5).
+- x2APIC mode (SDM 10.12): the registers are MSRs 0x800 + offset / 16 and the page is not
+  decoded. The ID is the 32-bit x2APIC ID (read-only), LDR is derived from it (cluster in
+  bits 31:16, one bit of 16 below), ICR is one 64-bit MSR with a 32-bit destination, and
+  SELF IPI (0x83F) sends a fixed interrupt to this APIC. Reads of write-only registers,
+  writes of read-only ones, registers x2APIC mode has not (APR, RRD, DFR, the ICR's high
+  half), reserved bits set and non-zero writes to EOI or ESR are refused (#GP).
 
-Approximations (documented): no x2APIC mode (EXTD is refused) and no TSC-deadline timer
-mode yet; the registers stay at ``base`` (a write to IA32_APIC_BASE that moves them is
+Approximations (documented): no TSC-deadline timer mode yet; the registers stay at ``base`` (a write to IA32_APIC_BASE that moves them is
 kept and read back, and warned about once); accesses that are not 4-byte reads or writes
 of a register take the bus's rule for the region's sizes; unimplemented offsets read 0
 and set ESR bit 7.
@@ -69,6 +75,13 @@ ESR_RECEIVE_ILLEGAL_VECTOR = 1 << 6
 ESR_ILLEGAL_REGISTER = 1 << 7
 # IA32_APIC_BASE (SDM 11.4.4): the bootstrap processor, x2APIC mode, global enable.
 MSR_APIC_BASE = 0x1B
+# x2APIC mode: register offset / 16 + 0x800.
+MSR_X2APIC_FIRST = 0x800
+X2APIC_MSRS = tuple(range(MSR_X2APIC_FIRST, MSR_X2APIC_FIRST + 0x100))
+# ICR bits an x2APIC write may not set: 31:20, 17:16 and 13 (and the delivery status, 12).
+_X2APIC_ICR_RESERVED = 0xFFF0_0000 | 0x3_0000 | 1 << 13 | 1 << 12
+# Offsets of registers x2APIC mode reads (besides ISR/TMR/IRR and the LVT).
+_X2APIC_READABLE = frozenset((0x20, 0x30, 0x80, 0xA0, 0xD0, 0xF0, 0x280, 0x300, 0x380, 0x390, 0x3E0))
 APIC_BASE_BSP, APIC_BASE_EXTD, APIC_BASE_EN = 1 << 8, 1 << 10, 1 << 11
 _APIC_BASE_RESERVED = 0xFF | 1 << 9  # bits 0-7 and 9; address bits above MAXPHYADDR: the CPU's
 # The LVT bits a write keeps, per entry (vector, delivery mode, polarity, trigger, mask, timer mode).
@@ -154,21 +167,103 @@ class LocalApic(Device):
     # --- IA32_APIC_BASE (vmcore.irq.ModelSpecificRegisters) ----------------------------------
 
     def msr_indices(self) -> tuple[int, ...]:
-        return (MSR_APIC_BASE,)
+        return (MSR_APIC_BASE, *X2APIC_MSRS)
+
+    @property
+    def x2apic_mode(self) -> bool:
+        return self.apic_base & (APIC_BASE_EN | APIC_BASE_EXTD) == APIC_BASE_EN | APIC_BASE_EXTD
 
     def read_msr(self, index: int) -> int | None:
-        return self.apic_base if index == MSR_APIC_BASE else None
+        if index == MSR_APIC_BASE:
+            return self.apic_base
+        if index in X2APIC_MSRS and self.x2apic_mode:
+            return self._x2apic_read((index - MSR_X2APIC_FIRST) << 4)
+        return None
 
     def write_msr(self, index: int, value: int) -> bool:
-        if index != MSR_APIC_BASE or value & _APIC_BASE_RESERVED or value & APIC_BASE_EXTD:
-            return False  # reserved bits; x2APIC mode is not modelled
-        was_enabled = self.hardware_enabled
+        if index == MSR_APIC_BASE:
+            return self._write_apic_base(value)
+        if index in X2APIC_MSRS and self.x2apic_mode:
+            return self._x2apic_write((index - MSR_X2APIC_FIRST) << 4, value)
+        return False
+
+    def _write_apic_base(self, value: int) -> bool:
+        if value & _APIC_BASE_RESERVED:
+            return False
+        mode = value & (APIC_BASE_EN | APIC_BASE_EXTD)
+        current = self.apic_base & (APIC_BASE_EN | APIC_BASE_EXTD)
+        # Disabled -> xAPIC -> x2APIC -> disabled (SDM 10.12.5): EXTD alone is invalid, and
+        # x2APIC cannot go straight back to xAPIC nor disabled straight to x2APIC.
+        if mode == APIC_BASE_EXTD or (current == APIC_BASE_EN | APIC_BASE_EXTD and mode == APIC_BASE_EN) \
+                or (current == 0 and mode == APIC_BASE_EN | APIC_BASE_EXTD):
+            return False
         self.apic_base = value & ~0xFF | (self.apic_base & APIC_BASE_BSP)  # BSP is read-only
         if value & ~0xFFF != self.config.base:
             self._warn_once("relocate", f"IA32_APIC_BASE moves the registers to {value & ~0xFFF:#x}: not "
                             f"modelled, they stay at {self.config.base:#x}")
-        if was_enabled != self.hardware_enabled:
+        if (current == 0) != (mode == 0):
             self._power_up()  # disabled or enabled again: the power-up state either way (SDM 11.4.3)
+        elif mode != current:
+            self._update()  # xAPIC -> x2APIC: the same state, seen through the MSRs (and a new ID)
+        return True
+
+    # --- x2APIC mode (SDM 10.12) ----------------------------------------------------------------
+
+    @property
+    def x2apic_id(self) -> int:
+        return self.config.apic_id
+
+    @property
+    def x2apic_ldr(self) -> int:
+        """Cluster (ID bits 19:4) in bits 31:16, the ID's low 4 bits as one bit below (SDM 10.12.10.2)."""
+        return (self.x2apic_id >> 4) << 16 | 1 << (self.x2apic_id & 0xF)
+
+    def _x2apic_read(self, offset: int) -> int | None:
+        if offset == 0x20:
+            return self.x2apic_id
+        if offset == 0xD0:
+            return self.x2apic_ldr
+        if offset == 0x300:
+            return self.icr & ~(1 << 12)
+        if offset in _X2APIC_READABLE or 0x100 <= offset < 0x280 or offset in LVT_OFFSETS:
+            return self._read_register(offset)
+        return None  # write-only (EOI, SELF IPI) or not there in x2APIC mode
+
+    def _x2apic_write(self, offset: int, value: int) -> bool:
+        if offset == 0x300:
+            if value & _X2APIC_ICR_RESERVED:
+                return False
+            self.icr = value
+            self._send_ipi()
+            return True
+        if value >> 32:
+            return False
+        if offset == 0x80:
+            if value & ~0xFF:
+                return False
+        elif offset == 0xB0 or offset == 0x280:
+            if value:
+                return False  # EOI and ESR take only 0
+        elif offset == 0xF0:
+            if value & ~0x13FF:
+                return False
+        elif offset in LVT_OFFSETS:
+            if value & ~_LVT_WRITABLE[LVT_OFFSETS.index(offset)]:
+                return False
+        elif offset == 0x3E0:
+            if value & ~0xB:
+                return False
+        elif offset == 0x3F0:  # SELF IPI: a fixed, edge interrupt to this APIC
+            if value & ~0xFF:
+                return False
+            if value < 16:
+                self._error(ESR_SEND_ILLEGAL_VECTOR)
+            else:
+                self.accept(value)
+            return True
+        elif offset != 0x380:
+            return False  # read-only, or not there in x2APIC mode
+        self._write_register(offset, value)
         return True
 
     # --- the CPU side (vmcore.irq.InterruptController) -----------------------------------------
@@ -219,8 +314,15 @@ class LocalApic(Device):
     # --- registers ---------------------------------------------------------------------------
 
     def read(self, offset: int, size: int) -> int:
-        if not self.hardware_enabled:
-            return 0xFFFF_FFFF  # globally disabled: the page is not decoded
+        if not self.hardware_enabled or self.x2apic_mode:
+            return 0xFFFF_FFFF  # globally disabled or in x2APIC mode: the page is not decoded
+        return self._read_register(offset)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if self.hardware_enabled and not self.x2apic_mode:
+            self._write_register(offset, value)
+
+    def _read_register(self, offset: int) -> int:
         if offset & 0xF:
             return 0  # between registers
         if offset == 0x20:
@@ -261,8 +363,8 @@ class LocalApic(Device):
         self._error(ESR_ILLEGAL_REGISTER)
         return 0
 
-    def write(self, offset: int, size: int, value: int) -> None:
-        if offset & 0xF or not self.hardware_enabled:
+    def _write_register(self, offset: int, value: int) -> None:
+        if offset & 0xF:
             return
         if offset == 0x20:
             self.id = value & 0xFF00_0000
@@ -338,7 +440,11 @@ class LocalApic(Device):
     def _send_ipi(self) -> None:
         low = self.icr & 0xFFFF_FFFF
         vector, mode, shorthand = low & 0xFF, low & DELIVERY_MODE, (low >> 18) & 3
-        if shorthand == 3 or (shorthand == 0 and not self.matches(self.icr >> 56, bool(low & 0x800))):
+        if self.x2apic_mode:
+            addressed = self._matches_x2apic(self.icr >> 32, bool(low & 0x800))
+        else:
+            addressed = self.matches(self.icr >> 56, bool(low & 0x800))
+        if shorthand == 3 or (shorthand == 0 and not addressed):
             return  # to other CPUs only, and there are none
         if mode in (0x000, 0x100):  # fixed, lowest priority
             if vector < 16:
@@ -352,6 +458,15 @@ class LocalApic(Device):
         else:
             names = {0x200: "SMI", 0x500: "INIT", 0x600: "SIPI"}
             self._warn_once(f"ipi-{mode}", f"{names.get(mode, 'reserved')} IPIs are not modelled (one CPU); dropped")
+
+    def _matches_x2apic(self, destination: int, logical: bool) -> bool:
+        """An x2APIC ICR's 32-bit destination: 0xFFFFFFFF is everyone; logical is cluster and bits."""
+        if destination == 0xFFFF_FFFF:
+            return True
+        if not logical:
+            return destination == self.x2apic_id
+        ldr = self.x2apic_ldr
+        return destination >> 16 == ldr >> 16 and bool(destination & ldr & 0xFFFF)
 
     def matches(self, destination: int, logical: bool) -> bool:
         """Whether an interrupt message for ``destination`` (physical ID, or logical in flat/cluster mode) is for this APIC."""

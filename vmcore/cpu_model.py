@@ -85,6 +85,8 @@ _ALIASES = {"sse3": "pni", "sse4-1": "sse4.1", "sse4_1": "sse4.1", "sse4-2": "ss
             "fxsr_opt": "fxsr-opt", "cr8-legacy": "cr8legacy", "pdpe1g": "pdpe1gb"}
 #: Bits the CPU sets from its state, never from a model (a profile cannot ask for them).
 _DYNAMIC = frozenset(("osxsave", "ospke"))
+#: Features of the local APIC: a machine without one offers none of them.
+_APIC_FEATURES = ("apic", "x2apic", "tsc-deadline")
 #: The leaf-1 EDX bits AMD repeats in leaf 0x80000001 EDX (QEMU's CPUID_EXT2_AMD_ALIASES).
 _AMD_ALIASES = 0x0183F3FF
 
@@ -244,6 +246,9 @@ def cpuid_for(spec: ModelSpec, supported: CpuidTable, *, accel: str, unavailable
     for name in spec.add:
         if name in unavailable:
             raise CpuModelError(f"cpu.features +{name}: {unavailable[name]}")
+        if name in _APIC_FEATURES and not local_apic:
+            raise CpuModelError(f"cpu.features +{name}: this machine has no local APIC (add a lapic device, "
+                                "irqchip userspace)")
         if name not in have and name not in _DYNAMIC:
             raise CpuModelError(f"cpu.features +{name}: {accel} cannot run it (not in its CPUID)")
     if spec.name in PASS_THROUGH:

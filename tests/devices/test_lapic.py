@@ -240,15 +240,20 @@ EN, BSP, EXTD = 1 << 11, 1 << 8, 1 << 10
 
 
 def test_apic_base_reads_the_bootstrap_processors_enabled_apic(apic):
-    assert apic.msr_indices() == (APIC_BASE,)
+    assert apic.msr_indices() == (APIC_BASE, *range(0x800, 0x900))
     assert apic.read_msr(APIC_BASE) == BASE | BSP | EN
     assert apic.read_msr(0x1C) is None
+    assert apic.read_msr(0x803) is None  # x2APIC registers: only in x2APIC mode
 
 
-def test_reserved_apic_base_bits_and_x2apic_mode_are_refused(apic):
-    for value in (BASE | BSP | EN | 1, BASE | BSP | EN | 1 << 9, BASE | BSP | EN | EXTD):
-        assert apic.write_msr(APIC_BASE, value) is False
+def test_reserved_apic_base_bits_and_invalid_mode_changes_are_refused(apic):
+    for value in (BASE | BSP | EN | 1, BASE | BSP | EN | 1 << 9, BASE | BSP | EXTD):
+        assert apic.write_msr(APIC_BASE, value) is False  # reserved bits; EXTD without EN
     assert apic.read_msr(APIC_BASE) == BASE | BSP | EN
+    assert apic.write_msr(APIC_BASE, BASE | EN | EXTD)  # xAPIC -> x2APIC
+    assert apic.write_msr(APIC_BASE, BASE | EN) is False  # x2APIC -> xAPIC: only through disabled
+    assert apic.write_msr(APIC_BASE, BASE)
+    assert apic.write_msr(APIC_BASE, BASE | EN | EXTD) is False  # disabled -> x2APIC: only through xAPIC
 
 
 def test_a_globally_disabled_apic_decodes_nothing_and_comes_back_at_power_up(fake_bus, apic):
@@ -284,3 +289,49 @@ def test_cr8_is_tpr_bits_7_to_4(fake_bus, apic):
     assert not fake_bus.intr()
     apic.set_task_priority(0x40)
     assert fake_bus.intr()
+
+
+# --- x2APIC mode (SDM 10.12) ------------------------------------------------------------------
+
+
+@pytest.fixture
+def x2apic(fake_bus):
+    device = fake_bus.attach("lapic", apic_id=0x23)
+    assert device.write_msr(APIC_BASE, BASE | BSP | EN | EXTD)
+    assert device.write_msr(0x80F, 0x1FF)  # SVR: software-enabled
+    return device
+
+
+def test_x2apic_registers_are_msrs_and_the_page_is_not_decoded(fake_bus, x2apic):
+    assert x2apic.read_msr(0x802) == 0x23  # the 32-bit x2APIC ID
+    assert x2apic.read_msr(0x803) == 0x0005_0014
+    assert x2apic.read_msr(0x80D) == (0x2 << 16) | 1 << 3  # LDR: cluster 2, bit 3
+    assert rd(fake_bus, VERSION) == 0xFFFF_FFFF
+    wr(fake_bus, TPR, 0x70)
+    assert x2apic.read_msr(0x808) == 0  # the MMIO write went nowhere
+    assert x2apic.write_msr(0x808, 0x30) and x2apic.read_msr(0x808) == 0x30 and x2apic.task_priority() == 0x30
+
+
+def test_x2apic_refuses_what_a_processor_refuses(x2apic):
+    assert x2apic.read_msr(0x80B) is None and x2apic.read_msr(0x83F) is None  # write-only: EOI, SELF IPI
+    for index in (0x809, 0x80C, 0x80E, 0x831):  # APR, RRD, DFR, ICR high: not in x2APIC mode
+        assert x2apic.read_msr(index) is None and not x2apic.write_msr(index, 0)
+    assert not x2apic.write_msr(0x802, 5) and not x2apic.write_msr(0x803, 0)  # read-only
+    assert not x2apic.write_msr(0x80B, 1) and not x2apic.write_msr(0x828, 1)  # EOI, ESR: 0 only
+    assert not x2apic.write_msr(0x808, 1 << 32) and not x2apic.write_msr(0x808, 0x100)  # reserved bits
+    assert not x2apic.write_msr(0x83F, 0x100)  # SELF IPI bits 31:8
+    assert not x2apic.write_msr(0x830, 1 << 13 | 0x40)  # ICR reserved bit 13
+
+
+def test_x2apic_self_ipi_and_icr_with_a_32_bit_destination(fake_bus, x2apic):
+    assert x2apic.write_msr(0x83F, 0x41)
+    assert fake_bus.acknowledge() == 0x41
+    assert x2apic.write_msr(0x80B, 0)  # EOI
+    assert x2apic.write_msr(0x830, 0x23 << 32 | 0x42)  # physical, to our 32-bit ID
+    assert fake_bus.acknowledge() == 0x42
+    assert x2apic.write_msr(0x80B, 0)
+    assert x2apic.write_msr(0x830, 0x24 << 32 | 0x43)  # another CPU: not here
+    assert not fake_bus.intr()
+    assert x2apic.write_msr(0x830, (0x2 << 16 | 1 << 3) << 32 | LOGICAL | 0x44)  # logical: our cluster and bit
+    assert fake_bus.acknowledge() == 0x44
+    assert x2apic.read_msr(0x830) == (0x2 << 16 | 1 << 3) << 32 | LOGICAL | 0x44

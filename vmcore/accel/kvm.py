@@ -183,12 +183,12 @@ class KvmAccelerator(Accelerator):
             self._slot_ids[id(slot)] = number
 
     def _load_state(self, state: CpuState) -> None:
+        if not self.kernel_irqchip and state.local_apic:
+            self._apic_msr_exits()
         table = self.cpuid_table(state)
         self.vcpu.set_cpuid2(_cpuid2(table))
         self._physical_bits = table.get((0x80000008, 0), (36,))[0] & 0xFF or 36
         self._x2apic = "x2apic" in features_of(table)
-        if not self.kernel_irqchip and state.local_apic:
-            self._apic_base_exits()
         sregs = self.vcpu.get_sregs()
         _set_segment(sregs.cs, state.cs)
         for name in ("ds", "es", "fs", "gs", "ss"):
@@ -209,14 +209,18 @@ class KvmAccelerator(Accelerator):
             setattr(regs, name, value)
         self.vcpu.set_regs(regs)
 
-    def _apic_base_exits(self) -> None:
-        """Have IA32_APIC_BASE come to userspace, where the lapic model answers it (RunCore.msrs):
-        KVM's user-space MSR exits for a filter that denies that one MSR to the guest's KVM."""
+    def _apic_msr_exits(self) -> None:
+        """Have IA32_APIC_BASE and the x2APIC MSRs come to userspace, where the lapic model answers
+        them (RunCore.msrs): KVM's user-space MSR exits, for IA32_APIC_BASE through a filter that
+        denies it to KVM, for the x2APIC MSRs (which no filter covers) because KVM without its own
+        APIC fails them (exit reason INVAL; UNKNOWN too: both end as the same #GP in the core)."""
         try:
-            self.vm.enable_cap(k.KVM_CAP_X86_USER_SPACE_MSR, k.KVM_MSR_EXIT_REASON_FILTER)
-            self.vm.deny_msrs([MSR_APIC_BASE])
+            self.vm.enable_cap(k.KVM_CAP_X86_USER_SPACE_MSR, k.KVM_MSR_EXIT_REASON_FILTER
+                               | k.KVM_MSR_EXIT_REASON_INVAL | k.KVM_MSR_EXIT_REASON_UNKNOWN)
+            self.vm.deny_msrs([(MSR_APIC_BASE, 1)])
         except KvmError as exc:
-            log.warning("this KVM cannot send IA32_APIC_BASE to the lapic model (%s): KVM keeps it", exc)
+            log.warning("this KVM cannot send the APIC's MSRs to the lapic model (%s): no x2APIC, and KVM "
+                        "keeps IA32_APIC_BASE", exc)
             return
         self._msr_exits = True
 
@@ -224,7 +228,8 @@ class KvmAccelerator(Accelerator):
         """The guest's CPUID: the profile's CPU model (vmcore.cpu_model) over what this KVM supports.
 
         A local APIC is there where a device models one or KVM's in-kernel irqchip does;
-        x2APIC and the TSC-deadline timer only with KVM's (the lapic model is an xAPIC).
+        x2APIC with the lapic model where its MSRs can come to userspace, the TSC-deadline
+        timer only with KVM's own APIC.
         """
         supported = _cpuid_dict(self.kvm.supported_cpuid())
         unavailable: dict[str, str] = {}
@@ -234,8 +239,9 @@ class KvmAccelerator(Accelerator):
                 eax, ebx, ecx, edx = supported[(1, 0)]
                 supported[(1, 0)] = (eax, ebx, ecx | CPUID1_ECX_TSC_DEADLINE, edx)
         else:
-            why = "needs irqchip: kernel on KVM (vmcore's lapic model is an xAPIC)"
-            unavailable = {"x2apic": why, "tsc-deadline": why}
+            unavailable = {"tsc-deadline": "the lapic model has no TSC-deadline timer mode yet"}
+            if state.local_apic and not self._msr_exits:
+                unavailable["x2apic"] = "this KVM cannot send x2APIC MSRs to the lapic model (no user-space MSR exits)"
         result = cpuid_for(state.model, supported, accel="this KVM", unavailable=unavailable,
                            local_apic=state.local_apic or self.kernel_irqchip, host=True)
         if result.dropped:

@@ -87,7 +87,7 @@ class MsrRules:
 
     def _exists(self, index: int) -> bool:
         if X2APIC_FIRST <= index <= X2APIC_LAST:
-            return False  # x2APIC mode is not modelled on the software CPU (no "x2apic" feature)
+            return False  # no APIC model answers them
         if index == TSC_DEADLINE:
             return "tsc-deadline" in self.features
         if index == TSC_AUX:
@@ -97,14 +97,22 @@ class MsrRules:
         return index in (APIC_BASE, SYSENTER_ESP, SYSENTER_EIP, EFER)
 
     def read(self, index: int) -> int | None:
+        device = self.devices.get(index)
+        if device is not None:
+            return device.read_msr(index)
         if not self._exists(index):
             return None
         if index == APIC_BASE:
-            device = self.devices.get(index)
-            return self.apic_base if device is None else device.read_msr(index)
+            return self.apic_base
         return int(self.regs.msr_read(index))
 
     def write(self, index: int, value: int) -> bool | None:
+        device = self.devices.get(index)
+        if device is not None:
+            if index == APIC_BASE and apic_base_refused(value, self._physical_mask.bit_length(),
+                                                        "x2apic" in self.features):
+                return None
+            return True if device.write_msr(index, value) else None
         if not self._exists(index):
             return None
         if index in ADDRESS_MSRS:
@@ -118,11 +126,6 @@ class MsrRules:
                 return None
             value = (value & ~EFER_LMA) | (current & EFER_LMA)  # LMA is the CPU's to set
         elif index == APIC_BASE:
-            if apic_base_refused(value, self._physical_mask.bit_length(), "x2apic" in self.features):
-                return None
-            device = self.devices.get(index)
-            if device is not None:
-                return True if device.write_msr(index, value) else None
             if value & ~(APIC_BASE_BSP | APIC_BASE_EN | (self._physical_mask & ~0xFFF)):
                 return None
             self.apic_base = value

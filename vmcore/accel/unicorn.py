@@ -900,9 +900,7 @@ def _registers(names: tuple[str, ...]) -> tuple[int, ...]:
 
 #: What the software CPU cannot honour although the engine's CPUID may offer it (feature -> why).
 UNAVAILABLE = {
-    "x2apic": "the software CPU cannot send x2APIC MSRs to the lapic model (unicorn 2.1 hooks no RDMSR/WRMSR)",
-    "tsc-deadline": "the software CPU cannot send IA32_TSC_DEADLINE to the lapic model (unicorn 2.1 hooks "
-                    "no RDMSR/WRMSR)",
+    "tsc-deadline": "the lapic model has no TSC-deadline timer mode yet",
 }
 
 

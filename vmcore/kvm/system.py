@@ -269,17 +269,19 @@ class Vm:
             request.args[i] = value
         _call(self.fd, _k.KVM_ENABLE_CAP, request)
 
-    def deny_msrs(self, indices: Sequence[int]) -> None:
-        """Send rdmsr/wrmsr of ``indices`` to userspace (KVM_X86_SET_MSR_FILTER; every other MSR
-        stays KVM's). Needs KVM_CAP_X86_USER_SPACE_MSR enabled with KVM_MSR_EXIT_REASON_FILTER."""
-        if len(indices) > _s.KVM_MSR_FILTER_MAX_RANGES:
-            raise ValueError(f"at most {_s.KVM_MSR_FILTER_MAX_RANGES} MSRs, got {len(indices)}")
+    def deny_msrs(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Send rdmsr/wrmsr of the MSRs in ``ranges`` ((first, count) each) to userspace
+        (KVM_X86_SET_MSR_FILTER; every other MSR stays KVM's). Needs KVM_CAP_X86_USER_SPACE_MSR
+        enabled with KVM_MSR_EXIT_REASON_FILTER."""
+        if len(ranges) > _s.KVM_MSR_FILTER_MAX_RANGES:
+            raise ValueError(f"at most {_s.KVM_MSR_FILTER_MAX_RANGES} ranges, got {len(ranges)}")
         request = _s.kvm_msr_filter(flags=_k.KVM_MSR_FILTER_DEFAULT_ALLOW)
-        bitmaps = [ctypes.c_uint8(0) for _ in indices]  # a clear bit denies; KVM copies them in the call
-        for i, index in enumerate(indices):
+        # All bits clear: every MSR of the range denied. KVM copies the bitmaps in the call.
+        bitmaps = [(ctypes.c_uint8 * ((count + 7) // 8))() for _first, count in ranges]
+        for i, (first, count) in enumerate(ranges):
             entry = request.ranges[i]
             entry.flags = _k.KVM_MSR_FILTER_READ | _k.KVM_MSR_FILTER_WRITE
-            entry.nmsrs, entry.base = 1, index
+            entry.nmsrs, entry.base = count, first
             entry.bitmap = ctypes.addressof(bitmaps[i])
         _call(self.fd, _k.KVM_X86_SET_MSR_FILTER, request)
 
