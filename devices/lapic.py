@@ -82,6 +82,8 @@ X2APIC_MSRS = tuple(range(MSR_X2APIC_FIRST, MSR_X2APIC_FIRST + 0x100))
 _X2APIC_ICR_RESERVED = 0xFFF0_0000 | 0x3_0000 | 1 << 13 | 1 << 12
 # Offsets of registers x2APIC mode reads (besides ISR/TMR/IRR and the LVT).
 _X2APIC_READABLE = frozenset((0x20, 0x30, 0x80, 0xA0, 0xD0, 0xF0, 0x280, 0x300, 0x380, 0x390, 0x3E0))
+# The LVT as x2APIC mode has it: the version register counts six entries, so no CMCI (0x2F0).
+_X2APIC_LVTS = frozenset(LVT_OFFSETS[1:])
 APIC_BASE_BSP, APIC_BASE_EXTD, APIC_BASE_EN = 1 << 8, 1 << 10, 1 << 11
 _APIC_BASE_RESERVED = 0xFF | 1 << 9  # bits 0-7 and 9; address bits above MAXPHYADDR: the CPU's
 # The LVT bits a write keeps, per entry (vector, delivery mode, polarity, trigger, mask, timer mode).
@@ -225,7 +227,7 @@ class LocalApic(Device):
             return self.x2apic_ldr
         if offset == 0x300:
             return self.icr & ~(1 << 12)
-        if offset in _X2APIC_READABLE or 0x100 <= offset < 0x280 or offset in LVT_OFFSETS:
+        if offset in _X2APIC_READABLE or 0x100 <= offset < 0x280 or offset in _X2APIC_LVTS:
             return self._read_register(offset)
         return None  # write-only (EOI, SELF IPI) or not there in x2APIC mode
 
@@ -247,7 +249,7 @@ class LocalApic(Device):
         elif offset == 0xF0:
             if value & ~0x13FF:
                 return False
-        elif offset in LVT_OFFSETS:
+        elif offset in _X2APIC_LVTS:
             if value & ~_LVT_WRITABLE[LVT_OFFSETS.index(offset)]:
                 return False
         elif offset == 0x3E0:

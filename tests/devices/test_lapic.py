@@ -314,7 +314,7 @@ def test_x2apic_registers_are_msrs_and_the_page_is_not_decoded(fake_bus, x2apic)
 
 def test_x2apic_refuses_what_a_processor_refuses(x2apic):
     assert x2apic.read_msr(0x80B) is None and x2apic.read_msr(0x83F) is None  # write-only: EOI, SELF IPI
-    for index in (0x809, 0x80C, 0x80E, 0x831):  # APR, RRD, DFR, ICR high: not in x2APIC mode
+    for index in (0x809, 0x80C, 0x80E, 0x831, 0x82F):  # APR, RRD, DFR, ICR high, CMCI: not in x2APIC mode
         assert x2apic.read_msr(index) is None and not x2apic.write_msr(index, 0)
     assert not x2apic.write_msr(0x802, 5) and not x2apic.write_msr(0x803, 0)  # read-only
     assert not x2apic.write_msr(0x80B, 1) and not x2apic.write_msr(0x828, 1)  # EOI, ESR: 0 only

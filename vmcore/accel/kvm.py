@@ -408,7 +408,7 @@ class KvmAccelerator(Accelerator):
                     return YIELD
                 if reason == k.KVM_EXIT_X86_RDMSR or reason == k.KVM_EXIT_X86_WRMSR:
                     self._msr_exit(core, run.msr, write=reason == k.KVM_EXIT_X86_WRMSR)
-                    continue
+                    return YIELD  # a write may have raised an interrupt (a self-IPI): the core offers it
                 raise CpuStop(self._other_exit(reason))
 
         return enter
