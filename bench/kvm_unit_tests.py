@@ -65,7 +65,7 @@ REASONS = {
     ("intel_iommu", "kvm"): "needs a q35 machine with a VT-d IOMMU and QEMU's edu device, not modelled",
     ("intel_iommu", "tcg"): "as on kvm",
     ("emulator", "tcg"): "unicorn (QEMU 5.0's TCG) raises no #GP for a misaligned movaps",
-    ("msr", "tcg"): "the machine-check bank MSRs: unicorn takes any value and has every bank up to 32",
+    ("msr", "tcg"): "unicorn takes a non-canonical value in the machine-check bank MSRs without #GP",
     ("hypercall", "tcg"): "VMCALL is #UD without a hypervisor to take it (QEMU's TCG fails it too)",
     ("ioapic", "kvm"): "this host's KVM opens the interrupt window late: the second interrupt came 4 "
                        "instructions after the first one's iret (QEMU with this KVM fails ioapic too)",

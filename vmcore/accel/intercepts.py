@@ -160,8 +160,6 @@ class InterceptHandler:
         self.apic: Any = None
         controls.set_cr(read=(1 << 0) | (1 << 8), write=(1 << 0) | (1 << 4) | (1 << 8))
         controls.set_exit(MSR, True)
-        for code in _TABLE_LOADS:
-            controls.set_exit(code, True)
         for index, read, write in msrs.trapped():
             controls.trap_msr(index, read, write)
         self.follow_state()
@@ -174,6 +172,11 @@ class InterceptHandler:
         for code in _UMIP_READS:
             self.controls.set_exit(code, umip)
         self.controls.set_exit(IRET, not regs.reg_read(X.UC_X86_REG_CR0) & CR0_PE)
+        # Descriptor-table loads take 64-bit bases only in IA-32e mode (firmware that switches
+        # modes often loads them in the others, where there is nothing to check).
+        long_mode = bool(regs.msr_read(0xC0000080) & (1 << 10))
+        for code in _TABLE_LOADS:
+            self.controls.set_exit(code, long_mode)
 
     def handle(self, code: int, info: int) -> None:
         """The instruction at RIP was intercepted with exit ``code``; deliver, emulate or raise Step."""
@@ -222,8 +225,14 @@ class InterceptHandler:
 
     def _read_cr0(self) -> None:
         insn = self.cpu.decode()
+        if insn is not None and insn.mnemonic == "mov":
+            # mov from CR0: done here (cheaper than a step; firmware does it at every mode switch).
+            name = insn.reg_name(insn.operands[0].reg)
+            self.cpu.regs.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), self.cpu.regs.reg_read(X.UC_X86_REG_CR0))
+            self.cpu.advance(insn.size)
+            return
         if insn is None or insn.mnemonic != "smsw":
-            raise Step(READ_CR0)  # mov from CR0: right in the engine
+            raise Step(READ_CR0)
         if self._umip_fault():
             return
         operand = insn.operands[0]

@@ -39,7 +39,8 @@ from .fastcall import FastCall
 from .idt import IdtDelivery
 from .intercepts import EMULATED, EXCP_VMEXIT, MSR, SCRATCH_SIZE, InterceptControls, InterceptHandler, Step
 from .msrs import MsrRules
-from .unicorn_layout import EngineFeatures, add_c_block_hook, cpu_layout, hook_bounds_offset, registers_match
+from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineFeatures, add_c_block_hook, cpu_layout, hook_bounds_offset,
+                             registers_match)
 
 try:
     import unicorn as uc_mod
@@ -63,6 +64,8 @@ _WINDOW_CUTS = tuple(1 << bit for bit in range(20, 52))
 _GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
          "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
 _SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
+#: QEMU's order of the segment caches (R_ES, R_CS, R_SS, R_DS, R_FS, R_GS).
+_SEGMENT_SLOTS = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
 # Real-mode guests run in a 32-bit instance with CR0.PE clear: a 16-bit one keeps IP to
 # 16 bits when emulation resumes, so a guest that switched to protected mode (firmware
 # does) could not be resumed above 64K.
@@ -137,6 +140,7 @@ class UnicornAccelerator(Accelerator):
         self._fastcall: FastCall | None = None
         self._cr4_allowed: int | None = None  # the CR4 bits this CPUID allows (see _check_cr4)
         self._intercepts: InterceptHandler | None = None  # instructions checked here (vmcore.accel.intercepts)
+        self._segment_caches: int | None = None  # the engine's segment descriptor caches (see _segment)
         self._step: Step | None = None  # an intercepted instruction to run once, its intercept off
         self.regs: Any = None  # register access in every mode (see _WideRegisters)
         self._kicker = _Kicker(None)  # until setup: nothing to stop
@@ -161,6 +165,8 @@ class UnicornAccelerator(Accelerator):
             layout = None  # not this engine's layout after all: the fallbacks
         cpu = 0 if layout is None else layout.cpu(self.uc)
         self._halted = None if layout is None else ctypes.c_uint32.from_address(cpu + layout.halted)
+        if layout is not None and layout.segments is not None:
+            self._segment_caches = cpu + layout.env + layout.segments
         self._exception = None if layout is None else _ExceptionInfo.of(cpu + layout.env, layout)
         set_cpl = None
         if layout is not None and layout.hflags is not None:
@@ -738,6 +744,15 @@ class UnicornAccelerator(Accelerator):
         unicorn gives the selector only; the descriptor is read back from the guest's GDT
         (what the CPU loaded, unless the guest changed the table since).
         """
+        caches = self._segment_caches
+        if caches is not None:
+            # What the CPU loaded (its descriptor cache), whatever the tables say now.
+            at = caches + SEGMENT_CACHE_SIZE * _SEGMENT_SLOTS[name]
+            flags = ctypes.c_uint32.from_address(at + 20).value
+            return {"selector": ctypes.c_uint32.from_address(at).value & 0xFFFF,
+                    "base": ctypes.c_uint64.from_address(at + 8).value,
+                    "limit": ctypes.c_uint32.from_address(at + 16).value, "type": flags >> 8 & 0xF,
+                    "l": flags >> 21 & 1, "db": flags >> 22 & 1}
         selector = self.regs.reg_read(_reg(name))
         if self.mode == "real":
             return {"selector": selector, "base": selector << 4, "limit": 0xFFFF, "type": 3, "l": 0, "db": 0}
@@ -755,11 +770,15 @@ class UnicornAccelerator(Accelerator):
         return segment
 
     def _segment_base(self, name: str) -> int:
+        caches = self._segment_caches
+        if caches is not None:  # what the CPU loaded (see _segment)
+            return ctypes.c_uint64.from_address(caches + SEGMENT_CACHE_SIZE * _SEGMENT_SLOTS[name] + 8).value
         if self.mode == "real":
             return self.regs.reg_read(_reg(name)) << 4
         if self.mode == "long" and name in ("cs", "ds", "es", "ss"):
             return 0
-        # Flat segments are what the VMM loads; a guest that reloads them is not followed here.
+        # Flat segments are what the VMM loads; without the engine's caches a guest that reloads
+        # them is not followed here.
         return 0
 
     def _after_hlt(self) -> bool:

@@ -54,6 +54,9 @@ class CpuLayout:
     features: int | None = None
     #: Where the x86 state keeps QEMU's SVM intercept controls (see vmcore.accel.intercepts).
     svm: SvmFields | None = None
+    #: Offset in the x86 state of the segment caches (``segs``: ES, CS, SS, DS, FS, GS, 24 bytes
+    #: each: selector u32, base u64 at +8, limit u32 at +16, flags u32 at +20, QEMU's layout).
+    segments: int | None = None
 
     def cpu(self, uc: Any) -> int:
         """The address of ``uc``'s CPU object."""
@@ -174,8 +177,9 @@ def _probe_cpu_layout() -> CpuLayout | None:
     hflags = _probe_hflags(cpu_pointer, env)
     features = _probe_features(cpu_pointer, env)
     svm = None if hflags is None or features is None else _probe_svm(cpu_pointer, env, hflags, features)
+    segments = None if hflags is None else _probe_segments(cpu_pointer, env, hflags + 8)
     return CpuLayout(cpu_pointer=cpu_pointer, halted=halted[0], env=env, error_code=error_code,
-                     old_exception=old_exception, hflags=hflags, features=features, svm=svm)
+                     old_exception=old_exception, hflags=hflags, features=features, svm=svm, segments=segments)
 
 
 _HF_PE, _HF_CS32, _HF_SS32, _HF_LMA, _HF_CS64 = 1 << 7, 1 << 4, 1 << 5, 1 << 14, 1 << 15
@@ -259,19 +263,43 @@ def _probe_features(cpu_pointer: int, env: int) -> int | None:
     state = _read(_cpu_of(uc, cpu_pointer) + env, window)
     if state is None or not cpuid[(1, 0)][2] & _POPCNT:
         return None
-    found = []
     for offset in range(0, window - len(words), 8):
         if state[offset:offset + len(words)] != words:
             continue
+        # The first place that holds them, in the probe engine's state too (read safely first:
+        # a later match may lie past the x86 state, in memory a write must not touch).
         probe = _engine(bytes.fromhex("f3480fb8c1f4"), uc_mod.UC_MODE_64)  # popcnt rax, rcx; hlt
-        word = ctypes.c_uint64.from_address(_cpu_of(probe, cpu_pointer) + env + offset + 8)
+        address = _cpu_of(probe, cpu_pointer) + env + offset
+        if _read(address, len(words)) != words:
+            return None
+        word = ctypes.c_uint64.from_address(address + 8)
         word.value &= ~_POPCNT
         try:
             probe.emu_start(0x1000, _NO_END, count=2)
         except uc_mod.UcError as exc:
-            if exc.errno == uc_mod.UC_ERR_INSN_INVALID:
-                found.append(offset)
-    return found[0] if len(found) == 1 else None
+            return offset if exc.errno == uc_mod.UC_ERR_INSN_INVALID else None
+        return None
+    return None
+
+
+SEGMENT_CACHE_SIZE = 24
+
+
+def _probe_segments(cpu_pointer: int, env: int, candidate: int) -> int | None:
+    """``candidate`` if the segment caches start there: in real mode, CS and SS loaded with two
+    selectors must show them and their bases (selector * 16) in slots 1 and 2 (QEMU keeps the
+    caches right after hflags and hflags2)."""
+    uc = _engine(b"\x90", uc_mod.UC_MODE_32)
+    uc.reg_write(X.UC_X86_REG_CR0, 0x10)  # real mode
+    uc.reg_write(X.UC_X86_REG_CS, 0x1234)
+    uc.reg_write(X.UC_X86_REG_SS, 0x2345)
+    state = _cpu_of(uc, cpu_pointer) + env
+    for slot, selector in ((1, 0x1234), (2, 0x2345)):
+        at = state + candidate + SEGMENT_CACHE_SIZE * slot
+        if ctypes.c_uint32.from_address(at).value != selector \
+                or ctypes.c_uint64.from_address(at + 8).value != selector << 4:
+            return None
+    return candidate
 
 
 @attrs.frozen
@@ -339,7 +367,9 @@ def _probe_svm(cpu_pointer: int, env: int, hflags_offset: int, features: int) ->
     new_bits = hflags.value & ~before
     if new_bits == 0 or new_bits & (new_bits - 1):
         return None  # one bit, HF_GUEST, must be the difference
-    data = ctypes.string_at(state, 0x20000)
+    data = _read(state, 0x20000)  # past the x86 state may be unmapped: read through /proc
+    if data is None:
+        return None
     intercept = int.from_bytes(control[12:20], "little")
 
     def find(fmt: str, value: int) -> int | None:
