@@ -37,7 +37,7 @@ from .core import HALT, YIELD, CpuStop, Diversion, RunCore
 from .control_registers import allowed_cr4
 from .fastcall import FastCall
 from .idt import IdtDelivery
-from .intercepts import EMULATED, EXCP_VMEXIT, MSR, SCRATCH_SIZE, InterceptControls, InterceptHandler, Step
+from .intercepts import EMULATED, EXCP_VMEXIT, MSR, SCRATCH_SIZE, VINTR, InterceptControls, InterceptHandler, Step
 from .msrs import MsrRules
 from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineFeatures, add_c_block_hook, cpu_layout, hook_bounds_offset,
                              registers_match)
@@ -137,6 +137,8 @@ class UnicornAccelerator(Accelerator):
         self._exception: _ExceptionInfo | None = None  # what unicorn knows of the exception it reports
         self._idt: IdtDelivery | None = None
         self._raise_interrupt: Callable[[int], None] | None = None  # see _interrupt_request
+        self._reset_interrupt: Callable[[int], None] | None = None  # see _interrupt_request
+        self._window_armed = False  # the VINTR intercept waits for the guest to set IF (offer_interrupt)
         self._fastcall: FastCall | None = None
         self._cr4_allowed: int | None = None  # the CR4 bits this CPUID allows (see _check_cr4)
         self._intercepts: InterceptHandler | None = None  # instructions checked here (vmcore.accel.intercepts)
@@ -179,6 +181,7 @@ class UnicornAccelerator(Accelerator):
 
         self._idt = IdtDelivery(self.regs, memory, self.stop_reason, set_cpl)
         self._raise_interrupt = None if layout is None else _interrupt_request(cpu)
+        self._reset_interrupt = None if layout is None else _interrupt_reset(cpu)
         supported = dict(engine_cpuid(getattr(uc_mod, _MODES[state.mode])))
         if not supported:
             raise AcceleratorUnavailable("unicorn did not answer CPUID on a scratch engine")
@@ -356,6 +359,9 @@ class UnicornAccelerator(Accelerator):
         @contained
         def on_intr(_uc: Any, vector: int, _ud: Any) -> None:
             error, software = self._exception.take() if self._exception is not None else (None, False)
+            if vector == EXCP_VMEXIT + VINTR and self._intercepts is not None:
+                self._window_open()
+                return
             if vector >= EXCP_VMEXIT and self._intercepts is not None:
                 try:
                     self._intercepts.handle(vector - EXCP_VMEXIT, error or 0)
@@ -619,6 +625,7 @@ class UnicornAccelerator(Accelerator):
                 self.uc.ctl_flush_tb()
                 self._emulate(self._ip(), count=1)
             if controller.pending() and self.interrupts_enabled():
+                self._disarm_window()
                 self._deliver(controller.acknowledge(), external=True)
                 self._if_poll_ns = _IF_POLL_NS
                 self._window_blocks = 0
@@ -627,6 +634,16 @@ class UnicornAccelerator(Accelerator):
             # look for the window as below.
         if not controller.pending():
             self._window_blocks = 0
+            self._disarm_window()
+            return False
+        if self._intercepts is not None and self._reset_interrupt is not None and self._raise_interrupt is not None:
+            # IF is clear: QEMU's own virtual-interrupt window (an SVM guest's V_IRQ) comes back as
+            # a VINTR intercept at the first instruction boundary where the guest can take an
+            # interrupt (IF set, no interrupt shadow), which is where KVM would exit too.
+            if not self._window_armed:
+                self._window_armed = True
+                self._intercepts.controls.set_exit(VINTR, True)
+                self._raise_interrupt(_CPU_INTERRUPT_VIRQ)
             return False
         # IF is clear: unicorn has no interrupt window exit (KVM's tells when the guest sets
         # IF). An instruction that sets IF (sti, popf, iret) ends its translation block, so
@@ -643,6 +660,21 @@ class UnicornAccelerator(Accelerator):
             self._if_poll_ns = min(2 * self._if_poll_ns, _IF_POLL_MAX_NS)
             self._window_blocks = 0
         return False
+
+    def _disarm_window(self) -> None:
+        if self._window_armed:
+            self._window_armed = False
+            assert self._intercepts is not None and self._reset_interrupt is not None
+            self._intercepts.controls.set_exit(VINTR, False)
+            self._reset_interrupt(_CPU_INTERRUPT_VIRQ)
+
+    def _window_open(self) -> None:
+        """The VINTR intercept: the guest can take an interrupt now; the controller's goes in here."""
+        self._disarm_window()
+        core = self._core
+        controller = None if core is None else core.controller
+        if controller is not None and controller.pending():
+            self._deliver(controller.acknowledge(), external=True)
 
     # --- helpers used by the hooks ----------------------------------------------------
 
@@ -1065,6 +1097,8 @@ _MMIO_WRITE_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, 
 
 #: QEMU's CPU_INTERRUPT_NMI (CPU_INTERRUPT_TGT_EXT_3): a request bit its x86 CPU serves as an NMI.
 _CPU_INTERRUPT_NMI = 0x0200
+#: QEMU's CPU_INTERRUPT_VIRQ (CPU_INTERRUPT_TGT_INT_0): an SVM guest's virtual interrupt request.
+_CPU_INTERRUPT_VIRQ = 0x0100
 
 
 def _interrupt_request(cpu: int) -> Callable[[int], None] | None:
@@ -1084,6 +1118,19 @@ def _interrupt_request(cpu: int) -> Callable[[int], None] | None:
         return None
     handler = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int)(pointer)
     return lambda mask: handler(cpu, mask)
+
+
+def _interrupt_reset(cpu: int) -> Callable[[int], None] | None:
+    """A function that clears interrupt-request bits of the engine's CPU: QEMU's
+    ``cpu_reset_interrupt``, which unicorn's library exports. None where it does not."""
+    try:
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        function = ctypes.CDLL(uclib._name).cpu_reset_interrupt
+    except (ImportError, AttributeError, OSError):
+        return None
+    function.argtypes, function.restype = (ctypes.c_void_p, ctypes.c_int), None
+    return lambda mask: function(cpu, mask)
 
 
 class _ExceptionInfo:
