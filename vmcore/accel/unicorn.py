@@ -186,6 +186,9 @@ class UnicornAccelerator(Accelerator):
         if not supported:
             raise AcceleratorUnavailable("unicorn did not answer CPUID on a scratch engine")
         intercepting = layout is not None and layout.svm is not None and layout.hflags is not None
+        if not intercepting:
+            log.warning("this unicorn build's SVM intercept controls were not found: the software CPU does "
+                        "not trap CR, MSR, UMIP and real-mode iret instructions (see vmcore.accel.intercepts)")
         if intercepting:
             add_features(supported, EMULATED)  # what the intercepts do that the engine does not
         features = None if layout is None else EngineFeatures.of(cpu + layout.env, layout)

@@ -367,21 +367,25 @@ def _probe_svm(cpu_pointer: int, env: int, hflags_offset: int, features: int) ->
     new_bits = hflags.value & ~before
     if new_bits == 0 or new_bits & (new_bits - 1):
         return None  # one bit, HF_GUEST, must be the difference
-    data = _read(state, 0x20000)  # past the x86 state may be unmapped: read through /proc
+    # The x86 state only (the SVM fields sit just before the feature words): a wider window
+    # reads other allocations, where a 16-bit magic value turns up by chance.
+    data = _read(state, features)
     if data is None:
         return None
     intercept = int.from_bytes(control[12:20], "little")
 
-    def find(fmt: str, value: int) -> int | None:
-        hits = [i for i in range(0, len(data) - 8, 2) if struct.unpack_from(fmt, data, i)[0] == value]
+    def find(value: int) -> int | None:
+        hits = [i for i in range(0, len(data) - 8, 8) if struct.unpack_from("<Q", data, i)[0] == value]
         return hits[0] if len(hits) == 1 else None
 
-    fields = (find("<Q", vmcb), find("<Q", intercept), find("<H", 0xA1B2), find("<H", 0xC3D4))
-    if None in fields:
+    vmcb_at, intercept_at = find(vmcb), find(intercept)
+    if vmcb_at is None or intercept_at is None:
         return None
-    vmcb_at, intercept_at, cr_read, cr_write = fields
-    assert vmcb_at is not None and intercept_at is not None and cr_read is not None and cr_write is not None
-    return SvmFields(vmcb=vmcb_at, intercept=intercept_at, cr_read=cr_read, cr_write=cr_write, guest_flag=new_bits)
+    # intercept_cr_read and intercept_cr_write follow the intercept word (QEMU's CPUX86State).
+    if struct.unpack_from("<HH", data, intercept_at + 8) != (0xA1B2, 0xC3D4):
+        return None
+    return SvmFields(vmcb=vmcb_at, intercept=intercept_at, cr_read=intercept_at + 8, cr_write=intercept_at + 10,
+                     guest_flag=new_bits)
 
 
 def _cpu_of(uc: Any, cpu_pointer: int) -> int:
