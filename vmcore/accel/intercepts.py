@@ -24,8 +24,8 @@ from __future__ import annotations
 import ctypes
 from typing import Any, Callable
 
-from .control_registers import CR0_ET, CR0_PE, cr0_fault, cr4_fault
-from .msrs import canonical
+from .control_registers import CR0_ET, CR0_PE, EFER_LMA, cr0_fault, cr4_fault
+from .msrs import EFER, canonical
 
 try:
     from unicorn import x86_const as X
@@ -46,6 +46,7 @@ _UMIP_READS = (IDTR_READ, GDTR_READ, LDTR_READ, TR_READ)
 #: Where the VMCB (first page) and the MSR permission map (the next two) are, guest-physical.
 SCRATCH_SIZE = 0x4000
 _MSRPM_OFFSET = 0x1000
+_MSRPM_SIZE = 0x2000
 _VMCB_MSRPM_BASE = 0x48  # control.msrpm_base_pa
 #: The MSR ranges a permission map covers, and where each range's bits start (2 per MSR: read, write).
 _MSRPM_RANGES = ((0x0000_0000, 0), (0xC000_0000, 0x800), (0xC001_0000, 0x1000))
@@ -74,7 +75,7 @@ class InterceptControls:
         self._intercept = ctypes.c_uint64.from_address(env + fields.intercept)
         self._cr_read = ctypes.c_uint16.from_address(env + fields.cr_read)
         self._cr_write = ctypes.c_uint16.from_address(env + fields.cr_write)
-        self._msrpm = bytearray(0x3000 - _MSRPM_OFFSET + 0x1000)
+        self._msrpm = bytearray(_MSRPM_SIZE)
         self.assert_guest()
 
     def assert_guest(self) -> None:
@@ -132,23 +133,20 @@ class InterceptControls:
 
 class Step(Exception):
     """Raised by a handler: run the instruction once in the engine, its intercept off;
-    ``after`` runs once it has (with the engine's registers at the next instruction).
-    ``ends_block``: the instruction ends its translation block (a jump such as iret), so
-    running the one block that starts at it runs just it."""
+    ``after`` runs once it has (with the engine's registers at the next instruction)."""
 
-    def __init__(self, code: int, after: Callable[[], None] | None = None, ends_block: bool = False) -> None:
+    def __init__(self, code: int, after: Callable[[], None] | None = None) -> None:
         super().__init__(code)
         self.code = code
         self.after = after
-        self.ends_block = ends_block
 
 
 class InterceptHandler:
     """What the software CPU does at each intercepted instruction.
 
-    ``cpu`` is the accelerator (registers through ``regs``, ``deliver``, ``read_code``,
-    ``cpl``, ``segment``); ``allowed_cr4`` the CR4 bits its CPUID allows; ``msrs`` the
-    MSR rules (vmcore.accel.msrs).
+    ``cpu`` is the software CPU as ``unicorn._InterceptedCpu`` shows it (``regs``, ``decode``,
+    ``advance``, ``deliver``, ``cpl``, ``segment``, ``read_linear``, ...); ``allowed_cr4`` the
+    CR4 bits its CPUID allows; ``msrs`` the MSR rules (vmcore.accel.msrs).
     """
 
     def __init__(self, controls: InterceptControls, cpu: Any, allowed_cr4: int, msrs: Any) -> None:
@@ -174,7 +172,7 @@ class InterceptHandler:
         self.controls.set_exit(IRET, not regs.reg_read(X.UC_X86_REG_CR0) & CR0_PE)
         # Descriptor-table loads take 64-bit bases only in IA-32e mode (firmware that switches
         # modes often loads them in the others, where there is nothing to check).
-        long_mode = bool(regs.msr_read(0xC0000080) & (1 << 10))
+        long_mode = bool(regs.msr_read(EFER) & EFER_LMA)
         for code in _TABLE_LOADS:
             self.controls.set_exit(code, long_mode)
 
@@ -204,13 +202,13 @@ class InterceptHandler:
         if insn is None or insn.mnemonic != "mov":
             raise Step(code, self.follow_state)  # lmsw, clts: no #GP for their values
         regs = self.cpu.regs
-        value = regs.reg_read(getattr(X, f"UC_X86_REG_{insn.reg_name(insn.operands[1].reg).upper()}"))
-        efer = regs.msr_read(0xC0000080)
+        value = regs.reg_read(_register(insn, insn.operands[1].reg))
+        efer = regs.msr_read(EFER)
         if code == WRITE_CR0:
             value |= CR0_ET  # hardwired to 1 since the i486, whatever is written (QEMU sets it too)
             cs = self.cpu.segment("cs")
             why = cr0_fault(value, cr4=regs.reg_read(X.UC_X86_REG_CR4), efer=efer,
-                            code64=bool(cs["l"]) and bool(efer & (1 << 10)))
+                            code64=bool(cs["l"]) and bool(efer & EFER_LMA))
             register = X.UC_X86_REG_CR0
         else:
             why = cr4_fault(regs.reg_read(X.UC_X86_REG_CR4), value, allowed=self.allowed_cr4, efer=efer,
@@ -227,8 +225,7 @@ class InterceptHandler:
         insn = self.cpu.decode()
         if insn is not None and insn.mnemonic == "mov":
             # mov from CR0: done here (cheaper than a step; firmware does it at every mode switch).
-            name = insn.reg_name(insn.operands[0].reg)
-            self.cpu.regs.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), self.cpu.regs.reg_read(X.UC_X86_REG_CR0))
+            self.cpu.regs.reg_write(_register(insn, insn.operands[0].reg), self.cpu.regs.reg_read(X.UC_X86_REG_CR0))
             self.cpu.advance(insn.size)
             return
         if insn is None or insn.mnemonic != "smsw":
@@ -240,8 +237,7 @@ class InterceptHandler:
             raise Step(READ_CR0)  # a 16-bit register or memory: 16 bits stored, as the engine does
         # SMSW r32/r64: CR0's bits, zero-extended into the whole register (the engine wrote 16).
         name = insn.reg_name(operand.reg)
-        wide = _WIDE.get(name, name)
-        self.cpu.regs.reg_write(getattr(X, f"UC_X86_REG_{wide.upper()}"),
+        self.cpu.regs.reg_write(getattr(X, f"UC_X86_REG_{_WIDE.get(name, name).upper()}"),
                                 self.cpu.regs.reg_read(X.UC_X86_REG_CR0) & 0xFFFFFFFF)
         self.cpu.advance(insn.size)
 
@@ -254,14 +250,13 @@ class InterceptHandler:
             raise Step(WRITE_CR8 if write else READ_CR8)
         regs = self.cpu.regs
         if write:
-            value = regs.reg_read(getattr(X, f"UC_X86_REG_{insn.reg_name(insn.operands[1].reg).upper()}"))
+            value = regs.reg_read(_register(insn, insn.operands[1].reg))
             if value >> 4:
                 self.cpu.deliver(13, error=0)  # bits 63:4 are reserved
                 return
             apic.set_task_priority(value << 4)
         else:
-            name = insn.reg_name(insn.operands[0].reg)
-            regs.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), apic.task_priority() >> 4)
+            regs.reg_write(_register(insn, insn.operands[0].reg), apic.task_priority() >> 4)
         self.cpu.advance(insn.size)
 
     def _umip_fault(self) -> bool:
@@ -315,7 +310,7 @@ class InterceptHandler:
         reference); unicorn loads any. Elsewhere, and for canonical bases, the engine runs it."""
         cpu = self.cpu
         cs = cpu.segment("cs")
-        if not cs["l"] or not cpu.regs.msr_read(0xC0000080) & (1 << 10):
+        if not cs["l"] or not cpu.regs.msr_read(EFER) & EFER_LMA:
             raise Step(code)
         insn = cpu.decode()
         if insn is None or not insn.operands:
@@ -330,7 +325,7 @@ class InterceptHandler:
                 return
             raise Step(code)
         if operand.type == _OP_REG:
-            selector = cpu.regs.reg_read(getattr(X, f"UC_X86_REG_{insn.reg_name(operand.reg).upper()}")) & 0xFFFF
+            selector = cpu.regs.reg_read(_register(insn, operand.reg)) & 0xFFFF
         else:
             selector = int.from_bytes(cpu.read_linear(cpu.effective_address(insn, operand), 2), "little")
         index = selector & ~7
@@ -361,11 +356,16 @@ class InterceptHandler:
             regs.reg_write(X.UC_X86_REG_RAX, outcome & 0xFFFFFFFF)
             regs.reg_write(X.UC_X86_REG_RDX, outcome >> 32)
         self.cpu.advance(2)  # rdmsr and wrmsr are 0F 32 and 0F 30 (prefixes do not apply)
-        if write and index == 0xC0000080:
+        if write and index == EFER:
             self.follow_state()
 
 
 _OP_REG, _OP_MEM = 1, 3  # capstone's X86_OP_REG and X86_OP_MEM
+
+
+def _register(insn: Any, reg: int) -> int:
+    """unicorn's number for capstone's register ``reg`` of ``insn``."""
+    return int(getattr(X, f"UC_X86_REG_{insn.reg_name(reg).upper()}"))
 #: A 32-bit register's 64-bit whole: a 32-bit result is zero-extended into it in 64-bit mode,
 #: and outside it the upper half is not visible.
 _WIDE = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")}

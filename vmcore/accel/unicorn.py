@@ -495,15 +495,11 @@ class UnicornAccelerator(Accelerator):
         assert step is not None and self._intercepts is not None
         ip = self._ip()
         restore = self._intercepts.controls.suspend(step.code)
-        one_block = step.ends_block and self._kicker.usable
-        if one_block:
-            self._kicker.step_from(ip)  # the block at IP is the instruction alone: no count needed
-        else:
-            # count=1 needs blocks translated with the counting hook (see _replay_rom_write):
-            # drop the ones that start here.
-            self.uc.ctl_remove_cache(self._linear_pc(), self._linear_pc() + 1)
+        # count=1 needs blocks translated with the counting hook (see _replay_rom_write): drop
+        # the ones that start here.
+        self.uc.ctl_remove_cache(self._linear_pc(), self._linear_pc() + 1)
         try:
-            self._emulate(ip, count=0 if one_block else 1)
+            self._emulate(ip, count=1)
         except uc_mod.UcError as exc:
             raise CpuStop(self._fault(exc)) from None
         finally:
