@@ -65,6 +65,20 @@ def kvm_ignores_set_cpuid() -> str | None:
 
 
 @functools.cache
+def kvm_refuses_pae_paging() -> str | None:
+    """Why this host's KVM cannot run guest/smc.S's paging part, or None where it runs it all.
+
+    Probed once per process: machines/smc.yaml on KVM must get past the ``mov cr0`` that turns
+    on 32-bit PAE paging (a paravirtualized KVM here runs long-mode paging, not that).
+    """
+    skip_without_kvm()
+    run = vmcore("run", str(REPO / "machines" / "smc.yaml"), "--accel", "kvm")
+    if run.status != 0 and "triple fault" in run.stderr and "mov cr0, eax" in run.stderr.split("=>", 1)[-1][:80]:
+        return "this host's KVM shuts the guest down where it turns on 32-bit PAE paging (mov cr0 with PG)"
+    return None
+
+
+@functools.cache
 def kvm_unit_tests_suite() -> Path:
     """The pinned kvm-unit-tests, built once into .cache/ (scripts/build-kvm-unit-tests); skips with its reason."""
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "build-kvm-unit-tests")], capture_output=True,

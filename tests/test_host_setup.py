@@ -13,7 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "test-host-setup"
-PACKAGES = ["binutils", "gcc", "libc6-dev", "linux-libc-dev", "make", "seabios"]
+PACKAGES = ["binutils", "cmake", "gcc", "libc6-dev", "linux-libc-dev", "make", "patch", "seabios"]
 
 # Says "install ok installed" for the packages in $INSTALLED, fails as dpkg-query does for the rest.
 DPKG_QUERY = """#!/bin/sh
@@ -47,7 +47,7 @@ def test_as_root_it_updates_then_installs_only_the_missing_packages(tmp_path: Pa
     result, calls = setup(tmp_path, installed=["binutils", "gcc", "libc6-dev"])
     assert result.returncode == 0, result.stderr
     assert calls == ["apt-get update -qq",
-                     "apt-get install -y -qq --no-install-recommends linux-libc-dev make seabios"]
+                     "apt-get install -y -qq --no-install-recommends cmake linux-libc-dev make patch seabios"]
 
 
 def test_with_every_package_installed_it_installs_nothing(tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_without_root_it_names_what_is_missing_installs_nothing_and_succeeds(tmp
     result, calls = setup(tmp_path, installed=["gcc"], uid=1000)
     assert result.returncode == 0
     assert calls == []
-    assert "not root" in result.stderr and "binutils libc6-dev linux-libc-dev make seabios" in result.stderr
+    assert "not root" in result.stderr and "binutils cmake libc6-dev linux-libc-dev make patch seabios" in result.stderr
 
 
 def test_without_apt_get_it_installs_nothing_and_succeeds(tmp_path: Path) -> None:

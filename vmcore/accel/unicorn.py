@@ -39,8 +39,8 @@ from .fastcall import FastCall
 from .idt import IdtDelivery
 from .intercepts import EMULATED, EXCP_VMEXIT, MSR, SCRATCH_SIZE, VINTR, InterceptControls, InterceptHandler, Step
 from .msrs import MsrRules
-from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineFeatures, add_c_block_hook, cpu_layout, hook_bounds_offset,
-                             registers_match)
+from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineFeatures, add_c_block_hook, cpu_layout, engine_kick,
+                             hook_bounds_offset, registers_match)
 
 try:
     import unicorn as uc_mod
@@ -649,7 +649,7 @@ class UnicornAccelerator(Accelerator):
         # running a block at a time and looking after each finds the window where hardware
         # would; a guest that keeps IF clear longer than _WINDOW_BLOCKS blocks is looked at
         # again later instead, at growing intervals, so it runs at full speed meanwhile.
-        if self._kicker.usable and self._window_blocks < _WINDOW_BLOCKS:
+        if self._kicker.can_step and self._window_blocks < _WINDOW_BLOCKS:
             self._window_blocks += 1
             self._window = True
             return False
@@ -1233,21 +1233,29 @@ class _InterceptedCpu:
 class _Kicker:
     """Makes emulation stop where the next translation block starts, asked from any thread.
 
-    Two block hooks registered with unicorn's C library, whose callbacks are functions of
-    unicorn itself, so no Python runs per block: the first, over every address, has
-    unicorn translate a call to its hook loop into every block (its callback,
-    ``uc_errno``, only reads a field); the second calls ``uc_emu_stop`` over no address
-    (its range: the one address ``_NEVER``) until :meth:`kick` widens it to every
-    address, by one aligned 8-byte store of its end bound, which the hook loop reads at
-    each block's start. :meth:`settle` narrows it again once emulation stopped. The
-    bounds' place in unicorn's ``struct hook`` is found once by experiment
-    (:func:`~vmcore.accel.unicorn_layout.hook_bounds_offset`); where it or the C library cannot be found,
+    Two ways, by what the engine offers. vmcore's build of unicorn (``engine/unicorn``)
+    exports ``vmcore_kick``: a flag that the engine reads in the check it makes where
+    every block starts anyway, so a kick costs nothing per block; a kick made while
+    no emulation runs stops the next run before its first instruction.
+
+    A stock unicorn gets two block hooks registered with its C library, whose callbacks
+    are functions of unicorn itself, so no Python runs per block: the first, over every
+    address, has unicorn translate a call to its hook loop into every block (its
+    callback, ``uc_errno``, only reads a field); the second calls ``uc_emu_stop`` over
+    no address (its range: the one address ``_NEVER``) until :meth:`kick` widens it to
+    every address, by one aligned 8-byte store of its end bound, which the hook loop
+    reads at each block's start. The bounds' place in unicorn's ``struct hook`` is
+    found once by experiment (:func:`~vmcore.accel.unicorn_layout.hook_bounds_offset`).
+    Only this way can make a run one block long (:meth:`step_from`, ``can_step``).
+
+    :meth:`settle` drops a kick once emulation stopped. Where neither way is found,
     ``usable`` is False and the caller runs the guest in counted slices instead.
     """
 
     def __init__(self, uc: Any) -> None:
-        self.usable = False
+        self.usable = self.can_step = False
         self._end: ctypes.c_uint64 | None = None
+        self._engine: tuple[Callable[[], None], Callable[[], int]] | None = None
         self._lock = threading.Lock()
         self._holding = self._deferred = self._stepping = False
         self._step: list[ctypes.c_uint64] = []
@@ -1256,6 +1264,13 @@ class _Kicker:
         try:
             from unicorn.unicorn_py3.unicorn import uclib
         except ImportError:  # another binding (unicorn 2.0)
+            return
+        functions = engine_kick(uclib)
+        if functions is not None:
+            kick, unkick = functions
+            handle = uc._uch
+            self._engine = (lambda: kick(handle), lambda: unkick(handle))
+            self.usable = True
             return
         offset = hook_bounds_offset()
         if offset is None:
@@ -1269,18 +1284,32 @@ class _Kicker:
         self._end = ctypes.c_uint64.from_address(stopper + offset + 8)
         # (begin, end) of the two stop hooks that make a run one block long (see step_from).
         self._step = [ctypes.c_uint64.from_address(hook + offset + k) for hook in (below, above) for k in (0, 8)]
-        self.usable = True
+        self.usable = self.can_step = True
+
+    def _arm(self) -> None:
+        if self._engine is not None:
+            self._engine[0]()
+        elif self._end is not None:
+            self._end.value = 0  # begin (_NEVER) > end: unicorn's "every address"
+
+    def _disarm(self) -> bool:
+        """Drop a kick not taken yet; whether there was one."""
+        if self._engine is not None:
+            return bool(self._engine[1]())
+        if self._end is not None and self._end.value != _NEVER:
+            self._end.value = _NEVER
+            return True
+        return False
 
     def kick(self) -> None:
         with self._lock:
             if self._holding:
                 self._deferred = True
-            elif self._end is not None:
-                self._end.value = 0  # begin (_NEVER) > end: unicorn's "every address"
+            else:
+                self._arm()
 
     def settle(self) -> None:
-        if self._end is not None:
-            self._end.value = _NEVER
+        self._disarm()
         if self._stepping:
             self._stepping = False
             for bound in self._step:
@@ -1288,8 +1317,9 @@ class _Kicker:
 
     def step_from(self, pc: int) -> None:
         """Make the next run stop where a block starts anywhere but at ``pc``: it runs the block at
-        ``pc`` (and again, if that loops on itself), no more. Only between runs, on the vCPU thread."""
-        if self._end is None or pc in (0, _NEVER):
+        ``pc`` (and again, if that loops on itself), no more. Only between runs, on the vCPU thread,
+        and only where ``can_step``."""
+        if not self._step or pc in (0, _NEVER):
             return
         below_begin, below_end, above_begin, above_end = self._step
         below_begin.value, below_end.value = 0, pc - 1
@@ -1300,17 +1330,15 @@ class _Kicker:
         """Until :meth:`release`, kicks wait: a single step must run its instruction, not stop before it."""
         with self._lock:
             self._holding = True
-            if self._end is not None and self._end.value != _NEVER:
+            if self._disarm():
                 self._deferred = True
-                self._end.value = _NEVER
 
     def release(self) -> None:
         with self._lock:
             self._holding = False
             if self._deferred:
                 self._deferred = False
-                if self._end is not None:
-                    self._end.value = 0
+                self._arm()
 
 
 #: An address no block starts at: the stop hook's range while no stop is asked for.

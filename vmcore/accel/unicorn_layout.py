@@ -449,6 +449,23 @@ class EngineFeatures:
             word.value &= offered | keep
 
 
+def engine_kick(lib: Any) -> tuple[Any, Any] | None:
+    """``vmcore_kick`` and ``vmcore_unkick`` of vmcore's engine build (``engine/unicorn``): a stop
+    where the next block starts, from any thread, at no cost per block. None in a stock unicorn."""
+    try:
+        kick, unkick = lib.vmcore_kick, lib.vmcore_unkick
+    except AttributeError:
+        return None
+    kick.argtypes, kick.restype = (ctypes.c_void_p,), None
+    unkick.argtypes, unkick.restype = (ctypes.c_void_p,), ctypes.c_int
+    return kick, unkick
+
+
+def engine_build(lib: Any) -> bool:
+    """Whether the loaded unicorn is vmcore's build (its patches: ``engine/unicorn/README.md``)."""
+    return engine_kick(lib) is not None
+
+
 def add_c_block_hook(lib: Any, uc: Any, function: Any, begin: int, end: int) -> int | None:
     """Register C ``function`` as a UC_HOOK_BLOCK callback over [begin, end]; its struct hook's address."""
     handle = ctypes.c_size_t()

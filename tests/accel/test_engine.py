@@ -1,0 +1,159 @@
+"""The software CPU's engine: vmcore's build of unicorn (engine/unicorn) and the stock wheel.
+
+``scripts/build-engine`` (part of README's test command) builds unicorn's release with
+vmcore's patches: RAM writes that go straight to memory once no translated code is left
+in a page, and a kick read where each translation block starts. Self-modifying code must
+still run as written (guest/smc.S), on every engine; the kick must stop the guest between
+instructions, never in one, from any thread, also when it comes before the run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, in_process, kvm_refuses_pae_paging
+
+unicorn = pytest.importorskip("unicorn")
+from unicorn import x86_const as X  # noqa: E402
+from unicorn.unicorn_py3.unicorn import uclib  # noqa: E402
+
+from vmcore.accel.unicorn_layout import engine_kick  # noqa: E402
+
+SMC = REPO / "machines" / "smc.yaml"
+BUILD_ENGINE = REPO / "scripts" / "build-engine"
+STOCK = REPO / ".cache" / "engine" / "stock"  # the wheel's library, kept by scripts/build-engine
+
+needs_engine_build = pytest.mark.skipif(engine_kick(uclib) is None,
+                                        reason="the stock unicorn is installed: scripts/build-engine builds vmcore's")
+
+
+def test_self_modifying_code_runs_as_rewritten(accel: str) -> None:
+    if accel == "kvm" and (reason := kvm_refuses_pae_paging()) is not None:
+        pytest.skip(reason)
+    result = in_process(SMC, "devices.console.backend=memory", accel=accel)
+    assert (result["kind"], result["console"]) == ("halted", "abdxy\n"), result["message"]
+
+
+def test_the_stock_engine_runs_self_modifying_code_and_timers_too() -> None:
+    """The software CPU without vmcore's patches (the wheel from PyPI): block hooks for kicks."""
+    library = STOCK / "libunicorn.so.2"
+    if not library.exists():
+        pytest.skip(f"no stock unicorn library at {library} (scripts/build-engine keeps one there)")
+    code = ("import ctypes, json, sys\n"
+            "from unicorn.unicorn_py3.unicorn import uclib\n"
+            "assert not hasattr(uclib, 'vmcore_kick'), 'not the stock library'\n"
+            "from tests.helpers import in_process\n"
+            "out = {name: in_process(path, 'devices.console.backend=memory', accel='tcg')\n"
+            "       for name, path in json.loads(sys.argv[1]).items()}\n"
+            "print(json.dumps({k: (v['kind'], v['console']) for k, v in out.items()}))\n")
+    profiles = {"smc": str(SMC), "rm_timer": str(REPO / "machines" / "rm-timer.yaml")}
+    env = {**os.environ, "LIBUNICORN_PATH": str(STOCK)}
+    import json
+    run = subprocess.run([sys.executable, "-c", code, json.dumps(profiles)], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["smc"] == ["halted", "abdxy\n"]
+    assert got["rm_timer"] == ["exit", "rm ticks: 10\n"]  # ten timer interrupts, each taken where it came
+
+
+# --- the kick, on a bare engine -------------------------------------------------------------------
+
+# 64-bit: inc rax; inc rbx; jmp back: two registers that are equal between instructions of the loop
+# only where a stop falls on the jump's target (the block start), never between the incs.
+LOOP = bytes([0x48, 0xFF, 0xC0, 0x48, 0xFF, 0xC3, 0xEB, 0xF8])
+BASE = 0x1000
+NO_END = (1 << 64) - 1
+
+
+def _engine() -> object:
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(BASE, LOOP)
+    return uc
+
+
+@needs_engine_build
+def test_a_kick_before_the_run_stops_it_before_its_first_instruction() -> None:
+    kick, unkick = engine_kick(uclib)
+    uc = _engine()
+    kick(uc._uch)
+    uc.emu_start(BASE, NO_END)
+    assert uc.reg_read(X.UC_X86_REG_RIP) == BASE
+    assert uc.reg_read(X.UC_X86_REG_RAX) == 0
+    assert unkick(uc._uch) == 0  # taken by the run
+
+
+@needs_engine_build
+def test_a_kick_from_another_thread_stops_the_guest_at_a_block_start() -> None:
+    kick, unkick = engine_kick(uclib)
+    uc = _engine()
+    for _ in range(20):
+        timer = threading.Timer(0.002, kick, (uc._uch,))
+        timer.start()
+        uc.emu_start(uc.reg_read(X.UC_X86_REG_RIP) or BASE, NO_END)
+        timer.join()
+        rax, rbx = uc.reg_read(X.UC_X86_REG_RAX), uc.reg_read(X.UC_X86_REG_RBX)
+        assert uc.reg_read(X.UC_X86_REG_RIP) == BASE
+        assert rax == rbx and rax > 0
+    assert unkick(uc._uch) == 0
+
+
+@needs_engine_build
+def test_unkick_drops_a_kick_not_taken() -> None:
+    kick, unkick = engine_kick(uclib)
+    uc = _engine()
+    kick(uc._uch)
+    assert unkick(uc._uch) == 1
+    uc.emu_start(BASE, NO_END, count=1000)  # runs: the count ends it, not a kick
+    assert uc.reg_read(X.UC_X86_REG_RAX) > 0
+
+
+# --- scripts/build-engine -------------------------------------------------------------------------
+
+def test_build_engine_says_which_engine_is_installed() -> None:
+    run = subprocess.run([sys.executable, str(BUILD_ENGINE), "--check"], capture_output=True, text=True, timeout=60)
+    lines = dict(line.split(": ", 1) for line in run.stdout.splitlines())
+    assert lines["this tree"].startswith("unicorn_2_1_4_vmcore_")
+    assert run.returncode == (0 if lines["installed"] == lines["this tree"] else 1)
+    if all(shutil.which(tool) for tool in ("cmake", "make", "patch", "gcc")):
+        # README's test command runs scripts/build-engine first: with the tools there, it is this tree's build.
+        assert run.returncode == 0, f"{run.stdout}(run scripts/build-engine)"
+
+
+@needs_engine_build
+def test_the_engine_names_its_build() -> None:
+    function = uclib.vmcore_engine
+    function.restype = ctypes.c_char_p
+    assert function().decode().startswith("unicorn_2_1_4_vmcore_")
+
+
+def test_the_accelerators_kicker_stops_a_run_before_it_starts_on_either_engine() -> None:
+    """vmcore's build: the engine's kick, no block hooks (one-block steps need the hooks: can_step is
+    False). The stock wheel: the block hooks."""
+    from vmcore.accel.unicorn import _Kicker
+    uc = _engine()
+    kicker = _Kicker(uc)
+    assert kicker.usable
+    assert kicker.can_step == (engine_kick(uclib) is None)
+    kicker.kick()
+    uc.emu_start(BASE, NO_END)
+    kicker.settle()
+    assert (uc.reg_read(X.UC_X86_REG_RIP), uc.reg_read(X.UC_X86_REG_RAX)) == (BASE, 0)
+    kicker.hold()  # a kick while held waits for release
+    kicker.kick()
+    uc.ctl_flush_tb()  # a count needs blocks translated with unicorn's counting hook (as the accelerator does)
+    uc.emu_start(BASE, NO_END, count=6)
+    assert uc.reg_read(X.UC_X86_REG_RAX) == 2
+    kicker.release()
+    uc.emu_start(BASE, NO_END)
+    kicker.settle()
+    assert uc.reg_read(X.UC_X86_REG_RAX) == 2
