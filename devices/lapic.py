@@ -23,6 +23,13 @@ default, 0xFEE00000), 32-bit registers at 16-byte aligned offsets.
 - The timer: one-shot and periodic, counting the initial count down at one tick per
   ``divide`` ns (the bus clock is 1 GHz, as KVM's and QEMU's); the current count is
   computed from machine time. A timer interrupt is accepted unless the LVT masks it.
+- TSC-deadline mode (LVT timer mode 10b, SDM 11.5.4.1): IA32_TSC_DEADLINE (MSR 0x6E0)
+  arms the timer for when the guest's TSC reaches the value written (``ctx.tsc``, which
+  the machine binds to the accelerator's TSC), at once if it already has; writing 0
+  disarms it, and it reads 0 once fired. Entering or leaving the mode disarms the timer;
+  in it the initial count is ignored and the current count reads 0, in the other modes
+  the MSR reads 0 and writes are ignored. Whether the MSR exists at all is the CPU
+  model's (CPUID.1:ECX.TSC_DEADLINE): the accelerator refuses it (#GP) without.
 - ICR: fixed and lowest-priority interrupts to this APIC (the "self" and "all
   including self" shorthands, its own physical ID, a logical destination that matches
   LDR in flat mode, or the broadcast ID 0xFF) are accepted; the delivery status is
@@ -42,7 +49,7 @@ default, 0xFEE00000), 32-bit registers at 16-byte aligned offsets.
   writes of read-only ones, registers x2APIC mode has not (APR, RRD, DFR, the ICR's high
   half), reserved bits set and non-zero writes to EOI or ESR are refused (#GP).
 
-Approximations (documented): no TSC-deadline timer mode yet; the registers stay at ``base`` (a write to IA32_APIC_BASE that moves them is
+Approximations (documented): the registers stay at ``base`` (a write to IA32_APIC_BASE that moves them is
 kept and read back, and warned about once); accesses that are not 4-byte reads or writes
 of a register take the bus's rule for the region's sizes; unimplemented offsets read 0
 and set ESR bit 7.
@@ -69,12 +76,14 @@ DELIVERY_MODE = 0x700
 EXTINT = 0x700
 TIMER_PERIODIC = 1 << 17
 TIMER_MODE = 3 << 17
+TIMER_TSC_DEADLINE = 2 << 17
 # ESR bits (SDM 11.5.3).
 ESR_SEND_ILLEGAL_VECTOR = 1 << 5
 ESR_RECEIVE_ILLEGAL_VECTOR = 1 << 6
 ESR_ILLEGAL_REGISTER = 1 << 7
 # IA32_APIC_BASE (SDM 11.4.4): the bootstrap processor, x2APIC mode, global enable.
 MSR_APIC_BASE = 0x1B
+MSR_TSC_DEADLINE = 0x6E0
 # x2APIC mode: register offset / 16 + 0x800.
 MSR_X2APIC_FIRST = 0x800
 X2APIC_MSRS = tuple(range(MSR_X2APIC_FIRST, MSR_X2APIC_FIRST + 0x100))
@@ -142,6 +151,7 @@ class LocalApic(Device):
         self.lvt[LVT_LINT0] = EXTINT
         self.initial_count = 0
         self.divide_config = 0
+        self.tsc_deadline = 0  # IA32_TSC_DEADLINE: the TSC value the timer fires at; 0: disarmed
         self._timer.cancel()
         self._started = 0  # machine time the count was loaded (ns)
         self._nmi = False
@@ -169,7 +179,7 @@ class LocalApic(Device):
     # --- IA32_APIC_BASE (vmcore.irq.ModelSpecificRegisters) ----------------------------------
 
     def msr_indices(self) -> tuple[int, ...]:
-        return (MSR_APIC_BASE, *X2APIC_MSRS)
+        return (MSR_APIC_BASE, MSR_TSC_DEADLINE, *X2APIC_MSRS)
 
     @property
     def x2apic_mode(self) -> bool:
@@ -178,6 +188,8 @@ class LocalApic(Device):
     def read_msr(self, index: int) -> int | None:
         if index == MSR_APIC_BASE:
             return self.apic_base
+        if index == MSR_TSC_DEADLINE:
+            return self.tsc_deadline if self._deadline_mode else 0  # reads 0 in the other modes
         if index in X2APIC_MSRS and self.x2apic_mode:
             return self._x2apic_read((index - MSR_X2APIC_FIRST) << 4)
         return None
@@ -185,6 +197,9 @@ class LocalApic(Device):
     def write_msr(self, index: int, value: int) -> bool:
         if index == MSR_APIC_BASE:
             return self._write_apic_base(value)
+        if index == MSR_TSC_DEADLINE:
+            self._write_deadline(value & 0xFFFF_FFFF_FFFF_FFFF)
+            return True
         if index in X2APIC_MSRS and self.x2apic_mode:
             return self._x2apic_write((index - MSR_X2APIC_FIRST) << 4, value)
         return False
@@ -391,10 +406,11 @@ class LocalApic(Device):
         elif offset in LVT_OFFSETS:
             self._write_lvt(LVT_OFFSETS.index(offset), value)
         elif offset == 0x380:
-            self._load_count(value)
+            if not self._deadline_mode:  # ignored in TSC-deadline mode (SDM 11.5.4.1)
+                self._load_count(value)
         elif offset == 0x3E0:
             self.divide_config = value & 0xB
-            if self._timer.armed:
+            if self._timer.armed and not self._deadline_mode:
                 self._load_count(self.initial_count)  # a new rate: the count starts again (approximation)
         elif offset in (0x30, 0x90, 0xA0, 0x390) or 0x100 <= offset < 0x280:
             pass  # read-only
@@ -422,11 +438,13 @@ class LocalApic(Device):
         value &= _LVT_WRITABLE[index]
         if not self.software_enabled:
             value |= MASKED
-        was_periodic = self.lvt[LVT_TIMER] & TIMER_MODE
+        mode = self.lvt[LVT_TIMER] & TIMER_MODE
         self.lvt[index] = value
-        if index == LVT_TIMER and (value & TIMER_MODE) != was_periodic and value & TIMER_MODE == 2 << 17:
-            self._warn_once("tsc-deadline", "TSC-deadline timer mode is not modelled; the timer stays stopped")
+        if index == LVT_TIMER and (value & TIMER_MODE) != mode \
+                and TIMER_TSC_DEADLINE in (mode, value & TIMER_MODE):
+            # Into or out of TSC-deadline mode: the timer is disarmed (SDM 11.5.4.1).
             self._timer.cancel()
+            self.tsc_deadline = 0
         self._update()
 
     def _eoi(self) -> None:
@@ -494,6 +512,21 @@ class LocalApic(Device):
         code = (self.divide_config & 3) | (self.divide_config & 8) >> 1
         return 1 if code == 7 else 2 << code
 
+    @property
+    def _deadline_mode(self) -> bool:
+        return self.lvt[LVT_TIMER] & TIMER_MODE == TIMER_TSC_DEADLINE
+
+    def _write_deadline(self, value: int) -> None:
+        """IA32_TSC_DEADLINE: in TSC-deadline mode, arm the timer for when the guest's TSC reaches
+        ``value`` (at once if it has), or disarm it with 0; ignored in the other modes."""
+        if not self._deadline_mode:
+            return
+        self.tsc_deadline = value
+        if value:
+            self._timer.mod(self.ctx.tsc.when(value))
+        else:
+            self._timer.cancel()
+
     def _load_count(self, count: int) -> None:
         self.initial_count = count & 0xFFFF_FFFF
         self._started = self.ctx.clock.now()
@@ -503,7 +536,7 @@ class LocalApic(Device):
             self._timer.cancel()
 
     def current_count(self) -> int:
-        if not self._timer.armed or not self.initial_count:
+        if not self._timer.armed or not self.initial_count or self._deadline_mode:
             return 0
         ticks = (self.ctx.clock.now() - self._started) // self.tick_ns
         if self.lvt[LVT_TIMER] & TIMER_PERIODIC:
@@ -512,7 +545,9 @@ class LocalApic(Device):
 
     def _timer_fired(self) -> None:
         entry = self.lvt[LVT_TIMER]
-        if entry & TIMER_PERIODIC and self.initial_count:
+        if entry & TIMER_MODE == TIMER_TSC_DEADLINE:
+            self.tsc_deadline = 0  # fired: reads 0 until the next deadline
+        elif entry & TIMER_PERIODIC and self.initial_count:
             period = self.initial_count * self.tick_ns
             self._started += period
             self._timer.mod(self._started + period)

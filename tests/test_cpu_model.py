@@ -192,9 +192,11 @@ def test_a_feature_left_out_faults_on_the_software_cpu() -> None:
 
 
 def test_a_feature_the_software_cpu_cannot_honour_is_a_config_error() -> None:
-    run = vmcore("run", str(DUMP), "--accel", "tcg", "--set", "cpu.features=+tsc-deadline")
+    run = vmcore("run", str(DUMP), "--accel", "tcg", "--set", "cpu.features=+avx2")
     assert run.status == 2
-    assert "cpu.features +tsc-deadline: the lapic model has no TSC-deadline timer mode yet" in run.stderr
+    assert "cpu.features +avx2: the software CPU cannot run it (not in its CPUID)" in run.stderr
+    timer = vmcore("run", str(DUMP), "--accel", "tcg", "--set", "cpu.features=+tsc-deadline")
+    assert timer.status == 2 and "cpu.features +tsc-deadline: this machine has no local APIC" in timer.stderr
     apicless = vmcore("run", str(DUMP), "--accel", "tcg", "--set", "cpu.features=+x2apic")
     assert apicless.status == 2 and "cpu.features +x2apic: this machine has no local APIC" in apicless.stderr
     host = vmcore("run", str(DUMP), "--accel", "tcg", "--set", "cpu.model=host")

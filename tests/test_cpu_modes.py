@@ -41,11 +41,11 @@ def test_cpuid_shows_an_apic_only_with_a_lapic_device(accel: str, tmp_path: Path
     from tests.tiny_guests import CPUID_APIC, profile_for
 
     # APIC, x2APIC, TSC-deadline bits of leaf 1, one console byte each: the lapic model has
-    # x2APIC mode (its MSRs reach it on both accelerators), no TSC-deadline timer yet.
+    # x2APIC mode and the TSC-deadline timer (their MSRs reach it on both accelerators).
     without = in_process(profile_for(CPUID_APIC, tmp_path), accel=accel)
     assert without["console"] == "\0\0\0"
     with_apic = in_process(profile_for(CPUID_APIC, tmp_path, devices="  apic: {type: lapic}\n"), accel=accel)
-    assert (with_apic["kind"], with_apic["console"]) == ("halted", "\1\1\0")
+    assert (with_apic["kind"], with_apic["console"]) == ("halted", "\1\1\1")
 
 
 def test_cr4_starts_clear_and_cpuid_osxsave_follows_it(accel: str, tmp_path: Path) -> None:

@@ -134,7 +134,7 @@ FIRMWARE_BOOTED = {"bootsector"}
 #: Hostile guests driven by host time or host input (a PIT at divisor 1, RTC update timers, a
 #: flood of host bytes, a TSC deadline polled for): how many interrupts or bytes arrive between
 #: two guest accesses depends on the host, so traces differ by design. tests/test_hostile.py
-#: (tests/test_lapic_tsc_deadline.py for tsc_deadline) runs them on both accelerators.
+#: (tests/accel/test_apic_cpu.py for tsc_deadline) runs them on both accelerators.
 HOST_TIMED = {"pit_storm", "rtc_kick", "uart_flood", "tsc_deadline"}
 #: Guests that run an instruction their CPU model leaves out: the software CPU faults as a
 #: processor without it would, while under KVM the processor runs it (hardware cannot hide an

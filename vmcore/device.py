@@ -23,6 +23,7 @@ from .clock import Clock
 from .dma import DmaSpace
 from .irq import IrqLine
 from .memory import GuestMemory
+from .tsc import TimeStampCounter
 from .units import parse_int
 
 if typing.TYPE_CHECKING:
@@ -56,6 +57,11 @@ class DeviceContext:
     #: registers through the MMIO bus, never re-entering a device mid-DMA. The machine gives
     #: every device one on its MMIO bus; by default it reaches memory alone.
     dma: DmaSpace = attrs.field(default=attrs.Factory(lambda self: DmaSpace(self.name, self.memory), takes_self=True))
+    #: The guest CPU's time-stamp counter (``vmcore.tsc``), for devices of the CPU (the local
+    #: APIC's TSC-deadline timer). The machine binds it to its accelerator; by default (the
+    #: fake bus) it counts machine time at 1 GHz.
+    tsc: TimeStampCounter = attrs.field(default=attrs.Factory(lambda self: TimeStampCounter(self.clock),
+                                                              takes_self=True))
 
     def irq(self, number: int) -> IrqLine:
         """The interrupt line ``number`` (shared by every device that asks for it)."""

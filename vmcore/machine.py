@@ -29,6 +29,7 @@ from .device import PropertyError, resolve_paths
 from .faults import DeviceFault, GuestExit, obey
 from .irq import InterruptController, LocalInterruptController
 from .memory import GuestMemory, GuestMemoryError
+from .tsc import TimeStampCounter
 from .pci import PciBus
 from .plugins import DeviceRegistry, DeviceTypeError
 from .profile import DeviceSpec, Profile, ProfileError, Where
@@ -74,6 +75,8 @@ class Machine:
         self.mmio = mmio
         self.devices = devices
         self.clock = clock
+        #: The guest's time-stamp counter as devices see it: bound to the accelerator while it runs.
+        self.tsc = TimeStampCounter(clock)
         #: The IRQ lines devices drive (vmcore.wiring.IrqLines); each change is logged below,
         #: then routed to the controller or KVM's irqchip once the machine runs.
         self.irq_lines = irq_lines
@@ -143,7 +146,7 @@ class Machine:
                     raise ProfileError(where, sub, exc.message) from None
                 try:
                     device = build_device(dtype.cls, config, spec.name, clock=clock, memory=memory, mmio=mmio,
-                                          irq_lines=irq_lines, pci=pci)
+                                          irq_lines=irq_lines, pci=pci, tsc=machine.tsc)
                 except PropertyError as exc:  # e.g. a host path the device checked and refused
                     raise _property_error(spec, exc) from None
                 except (ValueError, TypeError, OSError) as exc:
@@ -288,6 +291,9 @@ class Machine:
 
     def _run(self, limits: RunLimits, controller: Any) -> StopReason:
         assert self.accelerator is not None
+        counter = self.accelerator.time_stamp_counter()
+        if counter is not None:
+            self.tsc.bind(*counter)
         try:
             return self.accelerator.run(self.pio, self.mmio, limits, self.clock, controller)
         except GuestExit as exc:

@@ -19,6 +19,7 @@ from .dma import DmaSpace
 from .irq import InterruptController, IoInterruptController, IrqLine, LocalInterruptController
 from .memory import GuestMemory
 from .pci import PciBus
+from .tsc import TimeStampCounter
 
 #: Receives (line, level) for every change of any line.
 IrqRoute = Callable[[int, bool], None]
@@ -64,7 +65,8 @@ class IrqLines:
 
 
 def build_device(cls: type, config: Any, name: str, *, clock: Clock, memory: GuestMemory, mmio: Bus | None,
-                 irq_lines: IrqLines, pci: PciBus | None = None, log: logging.Logger | None = None) -> Any:
+                 irq_lines: IrqLines, pci: PciBus | None = None, log: logging.Logger | None = None,
+                 tsc: TimeStampCounter | None = None) -> Any:
     """An instance of device type ``cls`` with ``config``, handed what its world offers.
 
     Raises what the device's ``create`` raises: each caller turns that into its own report
@@ -72,7 +74,7 @@ def build_device(cls: type, config: Any, name: str, *, clock: Clock, memory: Gue
     """
     ctx = DeviceContext(name=name, clock=clock, memory=memory, irq_line=irq_lines.line,
                         log=log if log is not None else logging.getLogger(f"vmcore.device.{name}"), pci=pci,
-                        dma=DmaSpace(name, memory, mmio))
+                        dma=DmaSpace(name, memory, mmio), tsc=tsc if tsc is not None else TimeStampCounter(clock))
     return cls.create(config, ctx)
 
 

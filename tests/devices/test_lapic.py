@@ -236,11 +236,12 @@ def test_an_nmi_ipi_to_itself_is_latched_for_the_cpu_once(fake_bus, apic):
 # --- IA32_APIC_BASE and CR8 (the CPU side routes them here: vmcore.irq.ModelSpecificRegisters) --
 
 APIC_BASE = 0x1B
+TSC_DEADLINE = 0x6E0
 EN, BSP, EXTD = 1 << 11, 1 << 8, 1 << 10
 
 
 def test_apic_base_reads_the_bootstrap_processors_enabled_apic(apic):
-    assert apic.msr_indices() == (APIC_BASE, *range(0x800, 0x900))
+    assert apic.msr_indices() == (APIC_BASE, TSC_DEADLINE, *range(0x800, 0x900))
     assert apic.read_msr(APIC_BASE) == BASE | BSP | EN
     assert apic.read_msr(0x1C) is None
     assert apic.read_msr(0x803) is None  # x2APIC registers: only in x2APIC mode
@@ -335,3 +336,64 @@ def test_x2apic_self_ipi_and_icr_with_a_32_bit_destination(fake_bus, x2apic):
     assert x2apic.write_msr(0x830, (0x2 << 16 | 1 << 3) << 32 | LOGICAL | 0x44)  # logical: our cluster and bit
     assert fake_bus.acknowledge() == 0x44
     assert x2apic.read_msr(0x830) == (0x2 << 16 | 1 << 3) << 32 | LOGICAL | 0x44
+
+
+# --- the TSC-deadline timer (SDM 11.5.4.1); on the fake bus the TSC counts machine time at 1 GHz --
+
+DEADLINE_MODE = 2 << 17
+
+
+def test_tsc_deadline_mode_fires_when_the_tsc_reaches_the_deadline_and_clears_it(fake_bus, apic):
+    wr(fake_bus, LVT_TIMER, DEADLINE_MODE | 0x41)
+    assert rd(fake_bus, LVT_TIMER) & (3 << 17) == DEADLINE_MODE
+    fake_bus.step(1000)
+    assert apic.ctx.tsc.read() == 1000
+    assert apic.write_msr(TSC_DEADLINE, 1500)
+    assert apic.read_msr(TSC_DEADLINE) == 1500
+    fake_bus.step(499)
+    assert not fake_bus.intr()
+    fake_bus.step(1)
+    assert fake_bus.acknowledge() == 0x41
+    assert apic.read_msr(TSC_DEADLINE) == 0  # fired: reads 0 until the next deadline
+    wr(fake_bus, EOI, 0)
+    fake_bus.step(10_000)
+    assert not fake_bus.intr()  # one-shot: nothing more
+
+
+def test_a_past_deadline_fires_at_once_and_zero_disarms(fake_bus, apic):
+    wr(fake_bus, LVT_TIMER, DEADLINE_MODE | 0x42)
+    fake_bus.step(5000)
+    apic.write_msr(TSC_DEADLINE, 10)
+    fake_bus.step(0)
+    assert fake_bus.acknowledge() == 0x42
+    wr(fake_bus, EOI, 0)
+    apic.write_msr(TSC_DEADLINE, 6000)
+    apic.write_msr(TSC_DEADLINE, 0)
+    fake_bus.step(10_000)
+    assert not fake_bus.intr() and apic.read_msr(TSC_DEADLINE) == 0
+
+
+def test_entering_or_leaving_deadline_mode_disarms_and_the_counts_do_not_apply(fake_bus, apic):
+    wr(fake_bus, DIVIDE, 0xB)
+    wr(fake_bus, LVT_TIMER, DEADLINE_MODE | 0x43)
+    wr(fake_bus, INITIAL, 100)  # ignored in TSC-deadline mode
+    assert rd(fake_bus, CURRENT) == 0
+    apic.write_msr(TSC_DEADLINE, 1000)
+    wr(fake_bus, LVT_TIMER, 0x43)  # one-shot: the armed deadline is dropped
+    assert apic.read_msr(TSC_DEADLINE) == 0
+    fake_bus.step(5000)
+    assert not fake_bus.intr()
+    assert apic.write_msr(TSC_DEADLINE, 9000)  # taken, ignored: reads 0, never fires
+    assert apic.read_msr(TSC_DEADLINE) == 0
+    fake_bus.step(10_000)
+    assert not fake_bus.intr()
+    wr(fake_bus, INITIAL, 100)  # one-shot mode counts again
+    fake_bus.step(100)
+    assert fake_bus.acknowledge() == 0x43
+
+
+def test_a_masked_deadline_timer_still_clears_the_msr_but_does_not_interrupt(fake_bus, apic):
+    wr(fake_bus, LVT_TIMER, MASKED | DEADLINE_MODE | 0x44)
+    apic.write_msr(TSC_DEADLINE, 100)
+    fake_bus.step(100)
+    assert not fake_bus.intr() and apic.read_msr(TSC_DEADLINE) == 0

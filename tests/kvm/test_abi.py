@@ -30,6 +30,8 @@ PUBLIC_STRUCTS: list[type[ctypes.Structure]] = [
     S.kvm_userspace_memory_region,
     S.kvm_cpuid_entry2,
     S.kvm_cpuid2,
+    S.kvm_msr_entry,
+    S.kvm_msrs,
     S.kvm_irq_level,
     S.kvm_interrupt,
     S.kvm_pit_config,

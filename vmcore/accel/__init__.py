@@ -81,6 +81,11 @@ class Accelerator(abc.ABC):
 
         return RunCore(self, pio, mmio, limits, clock, controller).run()
 
+    def time_stamp_counter(self) -> tuple[Callable[[], int], Callable[[], int]] | None:
+        """The guest's TSC as two functions: its value now (on the vCPU thread, during a run) and
+        its rate in Hz (vmcore.tsc binds devices to them). None where the backend cannot tell."""
+        return None
+
     # --- what the run core calls ---------------------------------------------------------
 
     @abc.abstractmethod

@@ -57,7 +57,8 @@ CR4_UMIP = 1 << 11
 _IRET_REAL_MASK = (1 << 8) | (1 << 9) | (3 << 12) | (1 << 14) | (1 << 16) | (1 << 18) | (1 << 21)
 _ARITHMETIC_AND_DF = 0x8D5 | (1 << 10)
 #: CPU features the intercepts provide that the engine alone does not (vmcore.cpu_model names).
-EMULATED = ("umip", "x2apic")  # x2APIC: its MSRs reach the lapic model (vmcore.accel.msrs)
+#: x2APIC and the TSC-deadline timer: their MSRs reach the lapic model (vmcore.accel.msrs).
+EMULATED = ("umip", "x2apic", "tsc-deadline")
 RFLAGS_RF = 1 << 16
 
 

@@ -42,6 +42,7 @@ from ..kvm import Kvm, KvmError, KvmUnavailable, Vcpu, Vm
 from ..kvm import ioctl as k
 from ..kvm import structs as s
 from .msrs import APIC_BASE as MSR_APIC_BASE
+from .msrs import TSC_DEADLINE as MSR_TSC_DEADLINE
 from .msrs import apic_base_refused
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
@@ -99,6 +100,7 @@ class KvmAccelerator(Accelerator):
         self._msr_exits = False  # IA32_APIC_BASE comes to userspace (see _apic_base_exits)
         self._physical_bits = 36  # the guest's MAXPHYADDR, from its CPUID
         self._x2apic = False
+        self._tsc_deadline = False  # the guest's CPUID has the TSC-deadline timer (its MSR exists)
         self._vcpu_thread = 0
         self._signals = False  # a kick may signal the vCPU thread (see begin)
         # What one run sets up (see begin/end).
@@ -189,6 +191,7 @@ class KvmAccelerator(Accelerator):
         self.vcpu.set_cpuid2(_cpuid2(table))
         self._physical_bits = table.get((0x80000008, 0), (36,))[0] & 0xFF or 36
         self._x2apic = "x2apic" in features_of(table)
+        self._tsc_deadline = "tsc-deadline" in features_of(table)
         sregs = self.vcpu.get_sregs()
         _set_segment(sregs.cs, state.cs)
         for name in ("ds", "es", "fs", "gs", "ss"):
@@ -210,14 +213,15 @@ class KvmAccelerator(Accelerator):
         self.vcpu.set_regs(regs)
 
     def _apic_msr_exits(self) -> None:
-        """Have IA32_APIC_BASE and the x2APIC MSRs come to userspace, where the lapic model answers
-        them (RunCore.msrs): KVM's user-space MSR exits, for IA32_APIC_BASE through a filter that
-        denies it to KVM, for the x2APIC MSRs (which no filter covers) because KVM without its own
-        APIC fails them (exit reason INVAL; UNKNOWN too: both end as the same #GP in the core)."""
+        """Have the APIC's MSRs come to userspace, where the lapic model answers them (RunCore.msrs):
+        KVM's user-space MSR exits, for IA32_APIC_BASE and IA32_TSC_DEADLINE (which KVM without its
+        own APIC would ignore) through a filter that denies them to KVM, for the x2APIC MSRs (which
+        no filter covers) because KVM without its own APIC fails them (exit reason INVAL; UNKNOWN
+        too: both end as the same #GP in the core)."""
         try:
             self.vm.enable_cap(k.KVM_CAP_X86_USER_SPACE_MSR, k.KVM_MSR_EXIT_REASON_FILTER
                                | k.KVM_MSR_EXIT_REASON_INVAL | k.KVM_MSR_EXIT_REASON_UNKNOWN)
-            self.vm.deny_msrs([(MSR_APIC_BASE, 1)])
+            self.vm.deny_msrs([(MSR_APIC_BASE, 1), (MSR_TSC_DEADLINE, 1)])
         except KvmError as exc:
             log.warning("this KVM cannot send the APIC's MSRs to the lapic model (%s): no x2APIC, and KVM "
                         "keeps IA32_APIC_BASE", exc)
@@ -228,25 +232,28 @@ class KvmAccelerator(Accelerator):
         """The guest's CPUID: the profile's CPU model (vmcore.cpu_model) over what this KVM supports.
 
         A local APIC is there where a device models one or KVM's in-kernel irqchip does;
-        x2APIC with the lapic model where its MSRs can come to userspace, the TSC-deadline
-        timer only with KVM's own APIC.
+        x2APIC and the TSC-deadline timer with the lapic model where its MSRs can come to
+        userspace, the TSC-deadline timer with KVM's own APIC where KVM has it.
         """
         supported = _cpuid_dict(self.kvm.supported_cpuid())
         unavailable: dict[str, str] = {}
-        if self.kernel_irqchip:
-            if self.vm.check_extension(k.KVM_CAP_TSC_DEADLINE_TIMER) > 0:
-                # KVM emulates it with its APIC but leaves the bit to the VMM (as QEMU sets it).
-                eax, ebx, ecx, edx = supported[(1, 0)]
-                supported[(1, 0)] = (eax, ebx, ecx | CPUID1_ECX_TSC_DEADLINE, edx)
-        else:
-            unavailable = {"tsc-deadline": "the lapic model has no TSC-deadline timer mode yet"}
-            if state.local_apic and not self._msr_exits:
-                unavailable["x2apic"] = "this KVM cannot send x2APIC MSRs to the lapic model (no user-space MSR exits)"
+        if self.kernel_irqchip and self.vm.check_extension(k.KVM_CAP_TSC_DEADLINE_TIMER) > 0 \
+                or not self.kernel_irqchip and state.local_apic and self._msr_exits:
+            # KVM's APIC, or the lapic model, has it; the bit is the VMM's to set (as QEMU sets it).
+            eax, ebx, ecx, edx = supported[(1, 0)]
+            supported[(1, 0)] = (eax, ebx, ecx | CPUID1_ECX_TSC_DEADLINE, edx)
+        if not self.kernel_irqchip and state.local_apic and not self._msr_exits:
+            why = "this KVM cannot send the APIC's MSRs to the lapic model (no user-space MSR exits)"
+            unavailable = {"x2apic": why, "tsc-deadline": why}
         result = cpuid_for(state.model, supported, accel="this KVM", unavailable=unavailable,
                            local_apic=state.local_apic or self.kernel_irqchip, host=True)
         if result.dropped:
             log.warning("cpu %s: this KVM lacks %s: left out", state.model.describe(), ", ".join(result.dropped))
         return result.table
+
+    def time_stamp_counter(self) -> tuple[Callable[[], int], Callable[[], int]] | None:
+        vcpu = self.vcpu
+        return (lambda: vcpu.get_msr(0x10)), (lambda: vcpu.tsc_khz() * 1000)
 
     # --- a run: the CPU side of vmcore.accel.core's loop -----------------------------------
 
@@ -417,6 +424,9 @@ class KvmAccelerator(Accelerator):
         """An rdmsr/wrmsr the MSR filter sent here: the device behind it answers (RunCore); error
         1 has KVM raise #GP(0) in the guest."""
         index = msr.index
+        if index == MSR_TSC_DEADLINE and not self._tsc_deadline:
+            msr.error = True  # filtered for the lapic model, but not in this CPU model: #GP
+            return
         if not write:
             value = core.read_msr(index)
             msr.error = value is None

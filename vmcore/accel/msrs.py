@@ -98,6 +98,8 @@ class MsrRules:
 
     def read(self, index: int) -> int | None:
         device = self.devices.get(index)
+        if index == TSC_DEADLINE and not self._exists(index):
+            return None  # the lapic has the register, the CPU model does not
         if device is not None:
             return device.read_msr(index)
         if not self._exists(index):
@@ -108,6 +110,8 @@ class MsrRules:
 
     def write(self, index: int, value: int) -> bool | None:
         device = self.devices.get(index)
+        if index == TSC_DEADLINE and not self._exists(index):
+            return None
         if device is not None:
             if index == APIC_BASE and apic_base_refused(value, self._physical_mask.bit_length(),
                                                         "x2apic" in self.features):

@@ -107,6 +107,8 @@ KVM_NMI = IO(KVMIO, 0x9A)
 KVM_GET_FPU = IOR(KVMIO, 0x8C, _s.kvm_fpu)
 KVM_SET_FPU = IOW(KVMIO, 0x8D, _s.kvm_fpu)
 KVM_SET_CPUID2 = IOW(KVMIO, 0x90, _s.kvm_cpuid2)
+KVM_GET_MSRS = IOWR(KVMIO, 0x88, _s.kvm_msrs)
+KVM_GET_TSC_KHZ = IO(KVMIO, 0xA3)
 
 # Names for error messages; only the ioctls above.
 IOCTL_NAMES: dict[int, str] = {

@@ -32,6 +32,9 @@ __all__ = [
     "kvm_cpuid_entry2",
     "kvm_cpuid2",
     "cpuid2_type",
+    "kvm_msr_entry",
+    "kvm_msrs",
+    "msrs_type",
     "kvm_irq_level",
     "kvm_interrupt",
     "kvm_pit_config",
@@ -182,6 +185,31 @@ def cpuid2_type(n: int) -> type[Structure]:
             ]
         },
     )
+
+
+class kvm_msr_entry(Structure):
+    _fields_ = [
+        ("index", c_uint32),
+        ("reserved", c_uint32),
+        ("data", c_uint64),
+    ]
+
+
+class kvm_msrs(Structure):
+    # A flexible array of kvm_msr_entry follows the 8-byte header (what the ioctl numbers
+    # encode); msrs_type(n) has room for n.
+    _fields_ = [
+        ("nmsrs", c_uint32),
+        ("pad", c_uint32),
+        ("entries", kvm_msr_entry * 0),
+    ]
+
+
+@functools.cache
+def msrs_type(n: int) -> type[Structure]:
+    """A kvm_msrs layout with room for ``n`` entries (cached per ``n``)."""
+    return type(f"kvm_msrs_{n}", (Structure,), {"_fields_": [("nmsrs", c_uint32), ("pad", c_uint32),
+                                                              ("entries", kvm_msr_entry * n)]})
 
 
 class _irq_or_status(Union):

@@ -409,6 +409,19 @@ class Vcpu:
     def set_fpu(self, fpu: _s.kvm_fpu) -> None:
         _call(self.fd, _k.KVM_SET_FPU, fpu)
 
+    def get_msr(self, index: int) -> int:
+        """The guest's MSR ``index`` (KVM_GET_MSRS of one entry)."""
+        request = _s.msrs_type(1)(nmsrs=1)
+        request.entries[0].index = index
+        got = _call(self.fd, _k.KVM_GET_MSRS, request)
+        if got != 1:
+            raise KvmError(f"KVM_GET_MSRS: KVM did not return MSR {index:#x}")
+        return int(request.entries[0].data)
+
+    def tsc_khz(self) -> int:
+        """The guest's TSC rate in kHz (KVM_GET_TSC_KHZ)."""
+        return _call(self.fd, _k.KVM_GET_TSC_KHZ)
+
     def interrupt(self, vector: int) -> None:
         """KVM_INTERRUPT: queue external interrupt ``vector`` (no in-kernel irqchip only)."""
         _call(self.fd, _k.KVM_INTERRUPT, _s.kvm_interrupt(vector))
