@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vmcore.accel import RunLimits  # noqa: E402
+from vmcore.accel.unicorn_layout import engine_name  # noqa: E402
 from vmcore.bus import Direction, Space  # noqa: E402
 from vmcore.machine import Machine  # noqa: E402
 from vmcore.profile import Profile  # noqa: E402
@@ -157,7 +158,8 @@ def main() -> int:
         return 2
     accels = ["tcg"] + ([] if kvm_unavailable() else ["kvm"])
     lines = [f"# bench/boot.py  {datetime.datetime.now():%Y-%m-%d %H:%M:%S}  {platform.node()}  "
-             f"python {platform.python_version()}  median of {args.repeat} interleaved rounds"]
+             f"python {platform.python_version()}  median of {args.repeat} interleaved rounds  "
+             f"engine {engine_name()}"]
     times: dict[str, list[tuple[float, int]]] = {a: [] for a in accels}
     qemu_times: dict[str, list[float]] = {a: [] for a in accels}
     with tempfile.TemporaryDirectory() as folder:
