@@ -6,11 +6,11 @@
 # different vector per check. Prints one line:
 #   C  CPUID.1:ECX.TSC_DEADLINE (bit 24) is set
 #   M  the LVT timer takes mode 10b (TSC-deadline) and reads it back
-#   R  IA32_TSC_DEADLINE (MSR 0x6E0) reads back the deadline written (TSC + 2M)
-#   T  the interrupt comes (IRR bit of vector 0x40) once the TSC passes the deadline
+#   R  IA32_TSC_DEADLINE (MSR 0x6E0) reads back the deadline written (TSC + 2^40)
+#   T  the interrupt comes (IRR bit of vector 0x40) once the TSC passes a deadline 2M ahead
 #   Z  and IA32_TSC_DEADLINE reads 0 after it fired
 #   P  a deadline already past fires at once (vector 0x41)
-#   D  writing 0 disarms: no interrupt (vector 0x42) by TSC + 20M
+#   D  writing 0 disarms a deadline 20M ahead: no interrupt (vector 0x42) in the next 40M
 #   O  leaving TSC-deadline mode disarms too (vector 0x43): IA32_TSC_DEADLINE reads 0
 #   I  in one-shot mode a write to IA32_TSC_DEADLINE is ignored: it reads 0, nothing fires
 # each letter replaced by '-' where that is not so; then debug-exit 0x23 (status 71).
@@ -45,11 +45,12 @@ _start:
         mov     $'M', %al
         call    say
 
-        # R, T, Z: a deadline 2M TSC ticks ahead.
+        # R: a deadline far ahead (2^40 ticks) reads back; then T, Z: one 2M ticks ahead.
         rdtsc
         shl     $32, %rdx
         or      %rax, %rdx
-        lea     2000000(%rdx), %rsi             # the deadline
+        mov     $1 << 40, %rsi
+        add     %rdx, %rsi                      # the far deadline
         mov     %rsi, %rax
         mov     %rsi, %rdx
         shr     $32, %rdx
@@ -63,7 +64,10 @@ _start:
         test    %dl, %dl
         mov     $'R', %al
         call    say
+        mov     $2000000, %esi
+        call    arm_ahead
         mov     $1 << 0, %edi                   # vector 0x40
+        mov     $1 << 31, %r9d                  # a long wait: a busy host may be slow to fire it
         call    wait_irr
         mov     $'T', %al
         call    say
@@ -82,18 +86,21 @@ _start:
         xor     %edx, %edx
         wrmsr
         mov     $1 << 1, %edi
+        mov     $1 << 31, %r9d
         call    wait_irr
         mov     $'P', %al
         call    say
 
         # D: armed, then disarmed by writing 0.
         movl    $DEADLINE_MODE | 0x42, LVT_TIMER(%r12)
+        mov     $20000000, %esi
         call    arm_ahead
         mov     $0x6e0, %ecx
         xor     %eax, %eax
         xor     %edx, %edx
         wrmsr
         mov     $1 << 2, %edi
+        mov     $40000000, %r9d                 # twice the armed delay: a timer left armed fires in it
         call    wait_irr                        # times out: ZF set
         setz    %dl
         test    %dl, %dl
@@ -102,6 +109,7 @@ _start:
 
         # O: armed, then the LVT leaves TSC-deadline mode (one-shot, count 0: stopped).
         movl    $DEADLINE_MODE | 0x43, LVT_TIMER(%r12)
+        mov     $20000000, %esi
         call    arm_ahead
         movl    $0x43, LVT_TIMER(%r12)
         mov     $0x6e0, %ecx
@@ -110,6 +118,7 @@ _start:
         sete    %dl
         mov     %dl, %bl
         mov     $1 << 3, %edi
+        mov     $40000000, %r9d                 # twice the armed delay: a timer left armed fires in it
         call    wait_irr
         setz    %dl
         and     %bl, %dl
@@ -119,6 +128,7 @@ _start:
 
         # I: one-shot mode ignores IA32_TSC_DEADLINE writes.
         movl    $0x44, LVT_TIMER(%r12)
+        mov     $20000000, %esi
         call    arm_ahead
         mov     $0x6e0, %ecx
         rdmsr
@@ -126,6 +136,7 @@ _start:
         sete    %dl
         mov     %dl, %bl
         mov     $1 << 4, %edi
+        mov     $40000000, %r9d                 # twice the armed delay: a timer left armed fires in it
         call    wait_irr
         setz    %dl
         and     %bl, %dl
@@ -142,24 +153,24 @@ halt:
         hlt
         jmp     halt
 
-# Write IA32_TSC_DEADLINE = TSC + 2M.
+# Write IA32_TSC_DEADLINE = TSC + %rsi.
 arm_ahead:
         rdtsc
         shl     $32, %rdx
         or      %rax, %rdx
-        add     $2000000, %rdx
+        add     %rsi, %rdx
         mov     %edx, %eax
         shr     $32, %rdx
         mov     $0x6e0, %ecx
         wrmsr
         ret
 
-# Wait until IRR_64 has a bit of %edi (ZF clear), or the TSC is 20M past the start (ZF set).
+# Wait until IRR_64 has a bit of %edi (ZF clear), or the TSC is %r9 past the start (ZF set).
 wait_irr:
         rdtsc
         shl     $32, %rdx
         or      %rax, %rdx
-        lea     20000000(%rdx), %r8
+        lea     (%rdx,%r9), %r8
 1:      test    %edi, IRR_64(%r12)
         jnz     2f
         pause

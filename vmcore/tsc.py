@@ -44,7 +44,8 @@ class TimeStampCounter:
 
     def when(self, value: int) -> int:
         """The machine time (ns) at which the TSC reaches ``value``: now, if it has already."""
+        hz = self.hz  # first: finding the rate may take a measurement, which must not age the sample
         now, tsc = self.clock.now(), self.read()
         if value <= tsc:
             return now
-        return now + -(-(value - tsc) * 1_000_000_000 // self.hz)  # rounded up: never early
+        return now + -(-(value - tsc) * 1_000_000_000 // hz)  # rounded up: never early

@@ -611,8 +611,8 @@ class UnicornAccelerator(Accelerator):
         self._raise_interrupt(_CPU_INTERRUPT_NMI)
 
     def time_stamp_counter(self) -> tuple[Callable[[], int], Callable[[], int]] | None:
-        counter = host_tsc()
-        return counter.read, counter.hz
+        # Lazily: the scratch engine behind it is made when a device first asks.
+        return (lambda: host_tsc().read()), (lambda: host_tsc().hz())
 
     def interrupts_enabled(self) -> bool:
         return bool(self.regs.reg_read(X.UC_X86_REG_EFLAGS) & _FLAG_IF)
@@ -962,7 +962,8 @@ class _HostTsc:
 
     unicorn's MSR read of IA32_TSC gives 0 (QEMU's rdmsr helper has no case for it), so a
     scratch engine runs ``rdtsc`` (about 10 us). The rate is measured once against the
-    monotonic clock over 20 ms, each sample put at the middle of the two clock reads around it.
+    monotonic clock over 20 ms, each sample put at the middle of the two clock reads around
+    it, when first asked for (a guest's first TSC deadline: that wrmsr takes 20 ms longer).
     """
 
     def __init__(self) -> None:

@@ -461,9 +461,20 @@ def engine_kick(lib: Any) -> tuple[Any, Any] | None:
     return kick, unkick
 
 
-def engine_build(lib: Any) -> bool:
-    """Whether the loaded unicorn is vmcore's build (its patches: ``engine/unicorn/README.md``)."""
-    return engine_kick(lib) is not None
+def engine_name() -> str:
+    """Which engine the software CPU runs on: vmcore's build names itself (``vmcore_engine()``),
+    else the stock unicorn and its version (for benchmark headers and reports)."""
+    if uc_mod is None:
+        return "no unicorn"
+    try:
+        from unicorn.unicorn_py3.unicorn import uclib
+    except ImportError:
+        return f"unicorn {uc_mod.__version__}"
+    function = getattr(uclib, "vmcore_engine", None)
+    if function is None:
+        return f"unicorn {uc_mod.__version__} (stock)"
+    function.restype = ctypes.c_char_p
+    return str(function().decode())
 
 
 def add_c_block_hook(lib: Any, uc: Any, function: Any, begin: int, end: int) -> int | None:
