@@ -169,22 +169,18 @@ class kvm_cpuid2(Structure):
     ]
 
 
+def _with_entries(header: type[Structure], n: int) -> type[Structure]:
+    """``header`` (a C struct ending in a flexible array, declared with 0 entries) with room for ``n``."""
+    if n < 0:
+        raise ValueError(f"{header.__name__} entry count must be >= 0, got {n}")
+    *fields, (name, empty) = header._fields_
+    return type(f"{header.__name__}_{n}", (Structure,), {"_fields_": [*fields, (name, empty._type_ * n)]})
+
+
 @functools.cache
 def cpuid2_type(n: int) -> type[Structure]:
     """A kvm_cpuid2 layout with room for ``n`` entries (cached per ``n``)."""
-    if n < 0:
-        raise ValueError(f"cpuid entry count must be >= 0, got {n}")
-    return type(
-        f"kvm_cpuid2_{n}",
-        (Structure,),
-        {
-            "_fields_": [
-                ("nent", c_uint32),
-                ("padding", c_uint32),
-                ("entries", kvm_cpuid_entry2 * n),
-            ]
-        },
-    )
+    return _with_entries(kvm_cpuid2, n)
 
 
 class kvm_msr_entry(Structure):
@@ -208,8 +204,7 @@ class kvm_msrs(Structure):
 @functools.cache
 def msrs_type(n: int) -> type[Structure]:
     """A kvm_msrs layout with room for ``n`` entries (cached per ``n``)."""
-    return type(f"kvm_msrs_{n}", (Structure,), {"_fields_": [("nmsrs", c_uint32), ("pad", c_uint32),
-                                                              ("entries", kvm_msr_entry * n)]})
+    return _with_entries(kvm_msrs, n)
 
 
 class _irq_or_status(Union):
@@ -270,18 +265,7 @@ def coalesced_mmio_ring_type(page_size: int) -> type[Structure]:
     Mirrors KVM_COALESCED_MMIO_MAX = (PAGE_SIZE - sizeof(ring)) / sizeof(entry).
     """
     header = ctypes.sizeof(kvm_coalesced_mmio_ring)
-    n = (page_size - header) // ctypes.sizeof(kvm_coalesced_mmio)
-    return type(
-        f"kvm_coalesced_mmio_ring_{n}",
-        (Structure,),
-        {
-            "_fields_": [
-                ("first", c_uint32),
-                ("last", c_uint32),
-                ("coalesced_mmio", kvm_coalesced_mmio * n),
-            ]
-        },
-    )
+    return _with_entries(kvm_coalesced_mmio_ring, (page_size - header) // ctypes.sizeof(kvm_coalesced_mmio))
 
 
 class kvm_ioeventfd(Structure):
