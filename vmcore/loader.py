@@ -43,6 +43,7 @@ import attrs
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from .linux_boot import LinuxBootError, is_bzimage, load_linux
 from .memory import GuestMemory, GuestMemoryError, MemorySlot
 from .profile import read_bounded
 
@@ -90,7 +91,12 @@ EM_386, EM_X86_64 = 3, 62
 
 
 class LoaderError(Exception):
-    """The kernel image cannot be loaded; the message says what is wrong with it."""
+    """The kernel image cannot be loaded; the message says what is wrong with it, ``key`` which
+    profile key it belongs to."""
+
+    def __init__(self, message: str, key: str = "loader.kernel") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @attrs.frozen
@@ -142,13 +148,28 @@ def load_kernel(spec: LoaderSpec, memory: GuestMemory) -> BootInfo:
     if len(image) > limit:
         raise LoaderError(f"kernel {path} holds more than {limit:#x} bytes: all of guest memory "
                           f"plus {KERNEL_FILE_SLACK >> 20} MiB for headers and symbols")
+    initrd = None
+    if spec.initrd is not None:
+        ram = sum(slot.size for slot in memory.home_slots() if not slot.readonly)
+        try:
+            initrd = read_bounded(spec.initrd, ram + 1)
+        except OSError as exc:
+            raise LoaderError(f"cannot read initrd {spec.initrd}: {exc.strerror or exc}", "loader.initrd") from None
+        if len(initrd) > ram:
+            raise LoaderError(f"initrd {spec.initrd} is larger than the machine's {ram >> 20} MiB of RAM",
+                              "loader.initrd")
     return load_image(image, memory, format=spec.format, cmdline=spec.cmdline, address=spec.address,
-                      name=path.name)
+                      name=path.name, initrd=initrd, initrd_name=None if spec.initrd is None else spec.initrd.name)
 
 
 def load_image(image: bytes, memory: GuestMemory, *, format: str = "auto", cmdline: str = "",
-               address: int | None = None, name: str = "kernel") -> BootInfo:
+               address: int | None = None, name: str = "kernel", initrd: bytes | None = None,
+               initrd_name: str | None = None) -> BootInfo:
     """Load ``image`` (the bytes of a kernel file) as :func:`load_kernel` does."""
+    if format == "linux" or (format == "auto" and is_bzimage(image)):
+        return _load_linux(image, memory, cmdline, initrd, name, initrd_name or "initrd")
+    if initrd is not None:
+        raise LoaderError(f"{name} is not a Linux bzImage: only a Linux kernel takes an initrd", "loader.initrd")
     if format == "auto":
         header = find_multiboot_header(image)
         if header is not None:
@@ -165,7 +186,18 @@ def load_image(image: bytes, memory: GuestMemory, *, format: str = "auto", cmdli
         return _load_elf(image, memory, name)
     if format == "flat":
         return _load_flat(image, memory, address, name, detected=False)
-    raise LoaderError(f"{name}: unknown loader format {format!r}; expected auto, multiboot, elf or flat")
+    raise LoaderError(f"{name}: unknown loader format {format!r}; expected auto, multiboot, elf, flat or linux")
+
+
+def _load_linux(image: bytes, memory: GuestMemory, cmdline: str, initrd: bytes | None, name: str,
+                initrd_name: str) -> BootInfo:
+    """The Linux boot protocol (vmcore.linux_boot): the 64-bit entry, RSI at boot_params."""
+    try:
+        boot = load_linux(image, memory, cmdline=cmdline, initrd=initrd, name=name, initrd_name=initrd_name)
+    except LinuxBootError as exc:
+        raise LoaderError(str(exc), exc.key) from None
+    return BootInfo(mode="long", entry=boot.entry, registers={"rsi": boot.boot_params}, description=boot.description,
+                    regions=boot.regions)
 
 
 # --- multiboot ------------------------------------------------------------------------------

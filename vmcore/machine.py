@@ -374,7 +374,9 @@ def _cpu_state(profile: Profile, memory: GuestMemory, image_sizes: dict[str, int
         try:
             boot = load_kernel(profile.loader, memory)
         except LoaderError as exc:
-            raise ProfileError(profile.loader.where, "loader.kernel", str(exc)) from None
+            loader = profile.loader
+            where = loader.initrd_where if exc.key == "loader.initrd" and loader.initrd_where else loader.where
+            raise ProfileError(where, exc.key, str(exc)) from None
         mode = boot.mode or mode
         entry = boot.entry
         registers.update(boot.registers)
@@ -383,7 +385,7 @@ def _cpu_state(profile: Profile, memory: GuestMemory, image_sizes: dict[str, int
     tables = cpu.tables
     need = tables_size(mode)
     if need and tables is None:
-        tables = _default_tables(profile, need, mode, image_sizes)
+        tables = _default_tables(profile, need, mode, image_sizes, loaded)
     if need and tables is not None:
         _check_tables(profile, tables, need, image_sizes)
         for start, end, what in loaded:
@@ -396,15 +398,20 @@ def _cpu_state(profile: Profile, memory: GuestMemory, image_sizes: dict[str, int
         raise ProfileError(cpu.where, "cpu.tables", str(exc)) from None
 
 
-def _default_tables(profile: Profile, need: int, mode: str, image_sizes: dict[str, int]) -> int:
-    """Top of the lowest RAM slot, below 4 GiB, clear of every image."""
+def _default_tables(profile: Profile, need: int, mode: str, image_sizes: dict[str, int],
+                    loaded: tuple[tuple[int, int, str], ...] = ()) -> int:
+    """Top of the lowest RAM slot, below 4 GiB, clear of every image; else just below what the
+    loader placed there (a Linux initrd sits at the top of RAM)."""
     for slot in sorted(profile.memory, key=lambda s: s.base):
         if slot.kind != "ram" or slot.base + slot.size > 1 << 32:
             continue
-        candidate = slot.base + slot.size - need
         image_end = slot.base + slot.offset + image_sizes.get(slot.name, 0)
-        if candidate >= image_end and candidate >= slot.base:
-            return candidate
+        tops = [slot.base + slot.size] + sorted((start & ~0xFFF for start, _end, _what in loaded), reverse=True)
+        for top in tops:
+            candidate = (top - need) & ~0xFFF
+            clear = all(end <= candidate or candidate + need <= start for start, end, _what in loaded)
+            if clear and candidate >= image_end and candidate >= slot.base and top <= slot.base + slot.size:
+                return candidate
     raise ProfileError(
         profile.cpu.where, "cpu.tables",
         f"{mode} mode needs {need // 1024}K of RAM below 4G for the GDT"

@@ -13,7 +13,7 @@ from .values import choice, int_value, plain, scalar_node, unknown_keys
 from .yaml_tree import Mapping, Node, Scalar, Sequence
 
 MODES = ("real", "protected", "long", "reset")
-LOADER_FORMATS = ("auto", "multiboot", "elf", "flat")
+LOADER_FORMATS = ("auto", "multiboot", "elf", "flat", "linux")
 REGISTERS = (
     "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rflags",
@@ -24,7 +24,7 @@ MAX_TIMEOUT = 1e9  # seconds; setitimer and lock waits overflow past ~9.2e9
 def validate_loader(node: Mapping | None, key_where: Where | None) -> LoaderSpec | None:
     if node is None:
         return None
-    unknown_keys(node, ("kernel", "format", "cmdline", "address"), "loader")
+    unknown_keys(node, ("kernel", "format", "cmdline", "address", "initrd"), "loader")
     if "kernel" not in node:
         raise ProfileError(key_where or node.where, "loader.kernel", "missing; the path of the kernel image")
     kernel_node = scalar_node(node["kernel"], "loader.kernel", "the path of a kernel image")
@@ -45,7 +45,19 @@ def validate_loader(node: Mapping | None, key_where: Where | None) -> LoaderSpec
             raise ProfileError(cmd.where, "loader.cmdline",
                                f"must be ASCII text without NUL (a C string for the kernel), got {cmdline!r}")
     address = int_value(node["address"], "loader.address", "an address like 0x100000") if "address" in node else None
-    return LoaderSpec(kernel=kernel, format=fmt, cmdline=cmdline, address=address, where=key_where or node.where)
+    initrd = initrd_where = None
+    if "initrd" in node:
+        initrd_node = scalar_node(node["initrd"], "loader.initrd", "the path of an initrd (an initramfs)")
+        initrd_where = initrd_node.where
+        if fmt not in ("auto", "linux"):
+            raise ProfileError(initrd_where, "loader.initrd", f"only a Linux kernel takes an initrd (format: linux), "
+                               f"not format {fmt}")
+        initrd = host_path(folder, initrd_node.value)
+        problem = not_a_file(initrd) if initrd_node.value.strip() else "is empty"
+        if problem:
+            raise ProfileError(initrd_where, "loader.initrd", f"initrd {initrd_node.value} {problem} (looked at {initrd})")
+    return LoaderSpec(kernel=kernel, format=fmt, cmdline=cmdline, address=address, where=key_where or node.where,
+                      initrd=initrd, initrd_where=initrd_where)
 
 
 def validate_cpu(node: Mapping | None, key_where: Where | None = None) -> CpuSpec:

@@ -76,10 +76,12 @@ class LoaderSpec:
     """A kernel image to load instead of (or on top of) slot images."""
 
     kernel: Path
-    format: str  # auto | multiboot | elf | flat
+    format: str  # auto | multiboot | elf | flat | linux
     cmdline: str
     address: int | None  # flat images: where to load (default: cpu.entry)
     where: Where
+    initrd: Path | None = None  # linux: the initial RAM disk
+    initrd_where: Where | None = None
 
 
 @attrs.frozen
