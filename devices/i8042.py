@@ -38,8 +38,8 @@ anything else 0xFE (resend). The keyboard buffers 16 bytes; more are dropped.
 
 Reset: output-port bit 0 is the CPU reset line. A reset request (command 0xFE or
 any 0xF0-0xFF with bit 0 clear, 0xD1 with bit 0 clear, or a 1 written to bit 0 of
-port 0x92) ends the run with status 0 and a reason beginning "reset:", as QEMU
-does with -no-reboot: vmcore does not reboot machines.
+port 0x92) ends the run with a stop of its own kind, ``reset`` (status 0, ctx.reset), as
+QEMU does with -no-reboot: vmcore does not reboot machines.
 
 Port 0x92 (System Control Port A, ``port92``; 0 leaves it unclaimed): bit 1 is
 the "fast A20" gate, bit 0 the fast reset. A20 (here and in output-port bit 1) is
@@ -241,7 +241,7 @@ class I8042(Device):
             self._reset_request("output port bit 0 cleared (command 0xD1)")
 
     def _reset_request(self, how: str) -> None:
-        self.ctx.exit(0, f"reset: the guest asked for a system reset ({how}); vmcore stops on reset")
+        self.ctx.reset(f"the guest asked for a system reset ({how}); vmcore stops on reset")
 
     # --- status and command port -----------------------------------------------------------
 

@@ -149,3 +149,13 @@ def test_debians_kernel_boots_to_its_init_and_runs_a_command_on_the_software_cpu
     status = lines.index("vmcore-linux: status 0")
     assert lines[status - 1].endswith("-amd64")  # uname -r: Debian's release
     assert run.status == 0
+
+
+def test_a_reboot_through_the_keyboard_controller_ends_the_run_with_a_reset_stop() -> None:
+    linux_files()
+    run = vmcore("run", str(LINUX), "--accel", "tcg", "--set",
+                 "loader.cmdline=console=ttyS0 noapic nolapic vmcore.run=reboot", timeout=240)
+    assert "vmcore-linux: init" in run.stdout.decode(errors="replace"), run.stderr[-2000:]
+    assert run.status == 0
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        "vmcore: reset: the guest asked for a system reset (command 0xfe pulsed the reset line)")

@@ -24,7 +24,7 @@ _EXPORTS = {
     "CpuState": "cpu",
     "Device": "device", "DeviceContext": "device", "PropertyError": "device",
     "DmaError": "dma", "DmaSpace": "dma",
-    "GuestExit": "faults", "DeviceFault": "faults", "BadAnswer": "faults",
+    "GuestExit": "faults", "GuestReset": "faults", "DeviceFault": "faults", "BadAnswer": "faults",
     "in_range": "device", "prop": "device",
     "hookimpl": "hookspecs", "hookspec": "hookspecs",
     "IrqLine": "irq",
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from .cpu import CpuState
     from .device import Device, DeviceContext, PropertyError, in_range, prop
     from .dma import DmaError, DmaSpace
-    from .faults import BadAnswer, DeviceFault, GuestExit
+    from .faults import BadAnswer, DeviceFault, GuestExit, GuestReset
     from .hookspecs import hookimpl, hookspec
     from .irq import IrqLine
     from .machine import Machine, resolve_profile

@@ -207,7 +207,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"vmcore: {stop.report()}", file=sys.stderr)
         if args.verbose and "traceback" in stop.detail:
             print(stop.detail["traceback"], file=sys.stderr)
-    elif args.verbose:
+    elif args.verbose or stop.kind == "reset":
         print(f"vmcore: {stop.summary()} (accelerator {accel}, {stop.exits} exits, status {stop.status})",
               file=sys.stderr)
     if args.json_report:

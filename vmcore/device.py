@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import attrs
 
 from .bus import Region
-from .faults import GuestExit
+from .faults import GuestExit, GuestReset
 from .clock import Clock
 from .dma import DmaSpace
 from .irq import IrqLine
@@ -70,6 +70,10 @@ class DeviceContext:
     def exit(self, status: int, reason: str) -> typing.NoReturn:
         """End the run with process status ``status``; does not return."""
         raise GuestExit(status, reason)
+
+    def reset(self, reason: str) -> typing.NoReturn:
+        """The guest reset the machine: end the run with a ``reset`` stop (status 0); does not return."""
+        raise GuestReset(reason)
 
 
 def prop(default: Any = attrs.NOTHING, doc: str = "", *, hex: bool = False, path: bool = False,

@@ -18,6 +18,14 @@ class GuestExit(Exception):
         self.reason = reason
 
 
+class GuestReset(GuestExit):
+    """Raised by a device that resets the machine (a keyboard controller's reset line): the run
+    ends with a stop of its own kind, ``reset``, status 0, as QEMU's ``-no-reboot``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(0, reason)
+
+
 class BadAnswer(ValueError):
     """A device's read handler returned something that is not an int of the access's width."""
 

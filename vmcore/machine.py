@@ -26,7 +26,7 @@ from .clock import Clock, HostClock
 from .cpu import CpuSetupError, CpuState, start_state, tables_size
 from .cpu_model import CpuModelError
 from .device import PropertyError, resolve_paths
-from .faults import DeviceFault, GuestExit, obey
+from .faults import DeviceFault, GuestExit, GuestReset, obey
 from .irq import InterruptController, LocalInterruptController
 from .memory import GuestMemory, GuestMemoryError
 from .tsc import TimeStampCounter
@@ -297,7 +297,8 @@ class Machine:
         try:
             return self.accelerator.run(self.pio, self.mmio, limits, self.clock, controller)
         except GuestExit as exc:
-            return StopReason(kind="exit", message=exc.reason, status=exc.status)
+            return StopReason(kind="reset" if isinstance(exc, GuestReset) else "exit", message=exc.reason,
+                              status=exc.status)
         except KeyboardInterrupt:
             return StopReason.of("interrupted", "stopped by the user (Ctrl-C)")
         except DeviceFault as fault:

@@ -13,6 +13,7 @@ import attrs
 #: Process exit status for each stop kind the VMM decides (debug-exit sets its own).
 STATUS = {
     "halted": 0,
+    "reset": 0,  # the guest reset the machine (vmcore stops rather than reboot)
     "config-error": 2,
     "shutdown": 4,  # triple fault
     "internal-error": 4,
@@ -51,7 +52,7 @@ class StopReason:
 
     @property
     def is_fault(self) -> bool:
-        return self.kind not in ("halted", "exit")
+        return self.kind not in ("halted", "exit", "reset")
 
     def summary(self) -> str:
         """One line: what stopped the machine."""

@@ -329,14 +329,13 @@ def test_write_output_port_stores_a20(fake_bus, kbc):
 
 def test_write_output_port_clearing_bit0_requests_reset(fake_bus, kbc):
     command(fake_bus, 0xD1, 0x02)
-    assert fake_bus.exit_status == 0
-    assert fake_bus.exit_reason.startswith("reset:")
+    assert (fake_bus.exit_status, fake_bus.exit_kind) == (0, "reset")
 
 
 def test_fe_command_requests_reset(fake_bus, kbc):
     command(fake_bus, 0xFE)
     assert fake_bus.exit_status == 0
-    assert fake_bus.exit_reason.startswith("reset:") and "0xfe" in fake_bus.exit_reason
+    assert fake_bus.exit_kind == "reset" and "0xfe" in fake_bus.exit_reason
 
 
 @pytest.mark.parametrize("code", [0xF0, 0xFA, 0xFC])
@@ -356,7 +355,7 @@ def test_port92_fast_reset(fake_bus, kbc):
     assert fake_bus.exit_status is None
     fake_bus.outb(PORT92, 0x03)
     assert fake_bus.exit_status == 0
-    assert fake_bus.exit_reason.startswith("reset:") and "0x92" in fake_bus.exit_reason
+    assert fake_bus.exit_kind == "reset" and "0x92" in fake_bus.exit_reason
 
 
 def test_port92_a20_bit_is_stored_and_reads_back(fake_bus, kbc):

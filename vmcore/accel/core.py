@@ -32,7 +32,7 @@ import attrs
 from ..bus import Bus, Direction
 from ..clock import Clock
 from ..device import GuestExit
-from ..faults import DeviceFault
+from ..faults import DeviceFault, GuestReset
 from ..irq import InterruptController, ModelSpecificRegisters
 from ..stop import StopReason
 from .wakeup import Waker, sleep_until
@@ -262,7 +262,8 @@ class RunCore:
             return self._counted(stop.reason)
         except GuestExit as exc:
             # A device ended the run (debug-exit) during an access, which counts too.
-            return StopReason(kind="exit", message=exc.reason, status=exc.status, exits=self.exits[0] + 1)
+            return StopReason(kind="reset" if isinstance(exc, GuestReset) else "exit", message=exc.reason,
+                              status=exc.status, exits=self.exits[0] + 1)
         except KeyboardInterrupt:
             self.drain()
             raise

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..bus import Bus, Space, Transaction
 from ..clock import ManualClock
-from ..device import GuestExit, build_config
+from ..device import GuestExit, GuestReset, build_config
 from ..irq import InterruptController, IrqLine
 from ..memory import GuestMemory
 from ..pci import PciBus
@@ -54,9 +54,11 @@ class FakeBus:
         self.irq_lines.route = self._route_irq
         #: Every access that crossed either bus, in order.
         self.transactions: list[Transaction] = []
-        #: Set when a device ended the run (debug-exit): the process status and why.
+        #: Set when a device ended the run (debug-exit): the process status and why, and the stop's
+        #: kind: "exit", or "reset" where the device reset the machine (ctx.reset).
         self.exit_status: int | None = None
         self.exit_reason: str | None = None
+        self.exit_kind: str | None = None
         if trace:
             self.pio.set_tracer(self.transactions.append)
             self.mmio.set_tracer(self.transactions.append)
@@ -160,6 +162,7 @@ class FakeBus:
         except GuestExit as exc:
             self.exit_status = exc.status
             self.exit_reason = exc.reason
+            self.exit_kind = "reset" if isinstance(exc, GuestReset) else "exit"
             return None
 
     def io_read(self, port: int, size: int) -> int:
