@@ -159,3 +159,61 @@ def test_a_reboot_through_the_keyboard_controller_ends_the_run_with_a_reset_stop
     assert run.status == 0
     assert run.stderr.strip().splitlines()[-1].startswith(
         "vmcore: reset: the guest asked for a system reset (command 0xfe pulsed the reset line)")
+
+
+def test_a_shell_on_the_serial_console_through_a_terminal() -> None:
+    """vmcore run linux on a pty: a command typed at busybox's shell answers through the serial
+    console; Ctrl-C reaches the guest (it interrupts a sleep, the shell says so); Ctrl-A x leaves."""
+    import os
+    import pty
+    import select
+    import time
+
+    linux_files()
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: vmcore with the pty as its terminal
+        os.execv(sys.executable, [sys.executable, "-m", "vmcore", "run", str(LINUX), "--accel", "tcg", "--set",
+                                  "loader.cmdline=console=ttyS0 noapic nolapic quiet vmcore.run=shell"])
+    seen = bytearray()
+
+    def wait_for(text: bytes, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while text not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    seen.extend(os.read(fd, 4096))
+                except OSError:
+                    break
+        return text in seen
+
+    try:
+        assert wait_for(b"vmcore-linux: shell", 200), seen[-2000:]
+        assert wait_for(b"# ", 30), seen[-500:]
+        os.write(fd, b"echo answer-$((6*7))\r")
+        assert wait_for(b"answer-42", 30), seen[-500:]
+        start = len(seen)
+        os.write(fd, b"sleep 100\r")
+        time.sleep(1.0)
+        os.write(fd, b"\x03")  # Ctrl-C: the guest's, as on a serial console
+        assert wait_for(b"^C", 30), seen[start:]
+        os.write(fd, b"echo status-$?\r")
+        assert wait_for(b"status-130", 30), seen[start:]  # the sleep died of SIGINT: 128 + 2
+        os.write(fd, b"\x01x")  # Ctrl-A x: leave vmcore
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            wait_for(b"\0never", 0.5)
+        else:
+            raise AssertionError(f"vmcore did not leave on Ctrl-A x: {seen[-500:]!r}")
+        assert os.waitstatus_to_exitcode(status) == 130  # the "interrupted" stop
+        assert b"stopped by the user" in seen
+    finally:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (OSError, ChildProcessError):
+            pass
+        os.close(fd)

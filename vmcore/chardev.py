@@ -33,6 +33,7 @@ import errno
 import logging
 import os
 import select
+import signal
 import socket
 import stat
 import sys
@@ -311,10 +312,47 @@ class StdoutBackend(StreamBackend):
         self._flush()
 
 
+#: The terminal's escape key (QEMU's, Ctrl-A): Ctrl-A x leaves vmcore, Ctrl-A Ctrl-A sends a Ctrl-A.
+ESCAPE = 0x01
+
+
+class TerminalKeys:
+    """What a terminal's keys do: every byte goes to the guest (Ctrl-C too, as on a serial
+    console), except the escape Ctrl-A: then ``x`` calls ``leave`` and Ctrl-A sends one Ctrl-A;
+    any other key after it is dropped."""
+
+    def __init__(self, leave: Callable[[], None]) -> None:
+        self.leave = leave
+        self._escaped = False
+
+    def filter(self, data: bytes) -> bytes:
+        out = bytearray()
+        for byte in data:
+            if self._escaped:
+                self._escaped = False
+                if byte in (ord("x"), ord("X")):
+                    self.leave()
+                    break
+                if byte == ESCAPE:
+                    out.append(byte)
+            elif byte == ESCAPE:
+                self._escaped = True
+            else:
+                out.append(byte)
+        return bytes(out)
+
+
+def _leave_vmcore() -> None:
+    """Ctrl-A x: stop the run as a SIGINT would (the machine reports "interrupted")."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 class StdioBackend(StdoutBackend):
     """Output to stdout, flushed per write (a prompt has no newline); stdin read in a thread.
 
     A tty on stdin is put in raw mode while open, and restored on close and at interpreter exit.
+    In raw mode every key goes to the guest, Ctrl-C included (as on a serial console): Ctrl-A x
+    leaves vmcore, Ctrl-A Ctrl-A sends a Ctrl-A (QEMU's keys, :class:`TerminalKeys`).
     """
 
     def __init__(self, log: logging.Logger, input_capacity: int) -> None:
@@ -333,21 +371,32 @@ class StdioBackend(StdoutBackend):
             # No stdin, closed, or a pseudo-file (pytest's capture): nothing to read.
             self.log.debug("stdin is not readable; input disabled")
             return
+        read = raw_read = _fd_reader(fd)
         if os.isatty(fd):
             self._make_raw(fd)
-        self._reader = _Reader("chardev-stdin", self.input, lambda reader: reader.pump(fd, _fd_reader(fd)))
+            keys = TerminalKeys(_leave_vmcore)
+
+            def read_keys(count: int) -> bytes:
+                data = keys.filter(raw_read(count))
+                if not data:
+                    raise BlockingIOError  # only an escape: nothing for the guest yet (not EOF)
+                return data
+
+            read = read_keys
+        self._reader = _Reader("chardev-stdin", self.input, lambda reader: reader.pump(fd, read))
 
     def _make_raw(self, fd: int) -> None:
         import termios
 
         saved = termios.tcgetattr(fd)
         raw = termios.tcgetattr(fd)
-        # Keystrokes go to the guest as typed: no line editing, echo, CR/NL mapping or flow
-        # control. Output processing (OPOST) and signal keys (Ctrl-C stops vmcore) are kept.
+        # Keystrokes go to the guest as typed: no line editing, echo, CR/NL mapping, flow
+        # control or signal keys (Ctrl-C is the guest's; Ctrl-A x leaves). Output processing
+        # (OPOST) is kept.
         raw[0] &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
                     | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON)
         raw[2] = (raw[2] & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
-        raw[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.IEXTEN)
+        raw[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.IEXTEN | termios.ISIG)
         raw[6][termios.VMIN] = 1
         raw[6][termios.VTIME] = 0
         termios.tcsetattr(fd, termios.TCSANOW, raw)

@@ -300,7 +300,7 @@ class Machine:
             return StopReason(kind="reset" if isinstance(exc, GuestReset) else "exit", message=exc.reason,
                               status=exc.status)
         except KeyboardInterrupt:
-            return StopReason.of("interrupted", "stopped by the user (Ctrl-C)")
+            return StopReason.of("interrupted", "stopped by the user (SIGINT, or Ctrl-A x at the terminal)")
         except DeviceFault as fault:
             return self._with_cpu(StopReason.of(
                 "device-error", str(fault),

@@ -23,6 +23,7 @@ from: 0 for ports).
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
@@ -253,6 +254,7 @@ class RunCore:
         cpu = self.cpu
         enter = cpu.begin(self)
         timer = None
+        sigint = self._catch_sigint()
         try:
             self._start_waking()
             timer = self._arm_timeout()
@@ -268,10 +270,30 @@ class RunCore:
             self.drain()
             raise
         finally:
+            if sigint is not None:
+                signal.signal(signal.SIGINT, sigint)
             if timer is not None:
                 timer.cancel()
             self._stop_waking()
             cpu.end()
+
+    def _catch_sigint(self) -> Any:
+        """On the main thread, SIGINT (Ctrl-C, the terminal's Ctrl-A x) ends the run as an
+        "interrupted" stop, decided here rather than raised: Python runs the handler wherever
+        the thread is, and in an accelerator's C callback a KeyboardInterrupt would be lost.
+        The handler it replaced (to put back), or None."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def interrupted(_signum: int, _frame: Any) -> None:
+            if self.ending[0] is None:
+                self.ending[0] = StopReason.of("interrupted", "stopped by the user (SIGINT, or Ctrl-A x at the "
+                                               "terminal)")
+            self.attention[0] = True
+            self.woken.set()
+            self.cpu.end_run()
+
+        return signal.signal(signal.SIGINT, interrupted)
 
     def _loop(self, enter: Callable[[], int]) -> StopReason:
         record = self.exit
