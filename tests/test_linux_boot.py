@@ -217,3 +217,15 @@ def test_a_shell_on_the_serial_console_through_a_terminal() -> None:
         except (OSError, ChildProcessError):
             pass
         os.close(fd)
+
+
+def test_terminal_keys_pass_everything_but_the_escape() -> None:
+    from vmcore.chardev import TerminalKeys
+
+    left: list[bool] = []
+    keys = TerminalKeys(lambda: left.append(True))
+    assert keys.filter(b"ls\x03\r") == b"ls\x03\r"  # Ctrl-C is the guest's
+    assert keys.filter(b"a\x01\x01b") == b"a\x01b"  # Ctrl-A Ctrl-A: one Ctrl-A
+    assert keys.filter(b"\x01") == b"" and not left  # an escape split across reads...
+    assert keys.filter(b"q!") == b"!"  # ...then an unknown key: dropped
+    assert keys.filter(b"z\x01xdropped") == b"z" and left == [True]  # Ctrl-A x leaves; the rest is not sent
