@@ -38,6 +38,10 @@ def test_bundled_machines_folder_is_the_checkouts() -> None:
 def test_profile_loads_and_builds(path: Path) -> None:
     if path.stem == "kvm-unit-tests":
         kvm_unit_tests_suite()  # its kernels: built once into .cache/, or a skip with the reason
+    if path.stem == "linux":
+        from tests.test_linux_boot import linux_files
+
+        linux_files()  # Debian's kernel and the initramfs: fetched once into .cache/, or a skip
     profile = Profile.load(path)
     assert profile.name == path.stem
     with Machine.build(profile) as machine:
@@ -61,6 +65,9 @@ def test_profile_loads_and_builds(path: Path) -> None:
         elif profile.loader is None:
             assert machine.state.mode == profile.cpu.mode
             assert machine.state.registers["rip"] == profile.cpu.entry
+        elif profile.loader.format == "linux":
+            # A bzImage starts at its 64-bit entry with RSI at boot_params.
+            assert machine.state.mode == "long" and machine.state.registers["rsi"] == 0x7000
         else:
             # A multiboot kernel starts in 32-bit protected mode at its own entry, EAX = magic.
             assert machine.state.mode == "protected"
@@ -69,8 +76,8 @@ def test_profile_loads_and_builds(path: Path) -> None:
 
 
 #: Profiles whose guest is not one of guest/: a firmware's (it prints through the BIOS, int 10h,
-#: COM1) or kvm-unit-tests' (COM1, debug-exit at 0xF4), not port 0xF1.
-FIRMWARE_PROFILES = {"pc-bios", "kvm-unit-tests"}
+#: COM1), kvm-unit-tests' (COM1, debug-exit at 0xF4) or Linux's (COM1), not port 0xF1.
+FIRMWARE_PROFILES = {"pc-bios", "kvm-unit-tests", "linux"}
 
 
 @pytest.mark.parametrize("path", [p for p in MACHINES if p.stem not in FIRMWARE_PROFILES],
