@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from vmcore.accel.unicorn_layout import engine_name  # noqa: E402
 
 MARKER = b"vmcore-linux: init"
-CMDLINE = "console=ttyS0 noapic nolapic vmcore.run=poweroff"
+CMDLINE = "console=ttyS0 vmcore.run=poweroff"
 STAMP = re.compile(rb"\[\s*(\d+\.\d+)\]")
 
 

@@ -139,22 +139,28 @@ def linux_files() -> Path:
     return Path(done.stdout.strip())
 
 
-def test_debians_kernel_boots_to_its_init_and_runs_a_command_on_the_software_cpu() -> None:
+@pytest.mark.parametrize("apics", [True, False], ids=["lapic", "no-apic"])
+def test_debians_kernel_boots_to_its_init_and_runs_a_command_on_the_software_cpu(apics: bool) -> None:
+    """With the lapic model (no MP table or ACPI: virtual-wire mode), and without any APIC."""
     linux_files()
-    run = vmcore("run", str(LINUX), "--accel", "tcg", "--set",
-                 "loader.cmdline=console=ttyS0 noapic nolapic vmcore.run=cmd:uname,-r", timeout=240)
+    settings = ["--set", "loader.cmdline=console=ttyS0 vmcore.run=cmd:uname,-r"]
+    if not apics:
+        settings = ["--set", "devices.apic=null", "--set", "devices.ioapic=null",
+                    "--set", "loader.cmdline=console=ttyS0 noapic nolapic vmcore.run=cmd:uname,-r"]
+    run = vmcore("run", str(LINUX), "--accel", "tcg", *settings, timeout=240)
     out = run.stdout.decode(errors="replace")
     assert "vmcore-linux: init" in out, run.stderr[-2000:]
     lines = out.splitlines()
     status = lines.index("vmcore-linux: status 0")
     assert lines[status - 1].endswith("-amd64")  # uname -r: Debian's release
     assert run.status == 0
+    assert ("APIC: Switch to virtual wire mode" in out) == apics
 
 
 def test_a_reboot_through_the_keyboard_controller_ends_the_run_with_a_reset_stop() -> None:
     linux_files()
     run = vmcore("run", str(LINUX), "--accel", "tcg", "--set",
-                 "loader.cmdline=console=ttyS0 noapic nolapic vmcore.run=reboot", timeout=240)
+                 "loader.cmdline=console=ttyS0 vmcore.run=reboot", timeout=240)
     assert "vmcore-linux: init" in run.stdout.decode(errors="replace"), run.stderr[-2000:]
     assert run.status == 0
     assert run.stderr.strip().splitlines()[-1].startswith(
@@ -173,7 +179,7 @@ def test_a_shell_on_the_serial_console_through_a_terminal() -> None:
     pid, fd = pty.fork()
     if pid == 0:  # the child: vmcore with the pty as its terminal
         os.execv(sys.executable, [sys.executable, "-m", "vmcore", "run", str(LINUX), "--accel", "tcg", "--set",
-                                  "loader.cmdline=console=ttyS0 noapic nolapic quiet vmcore.run=shell"])
+                                  "loader.cmdline=console=ttyS0 quiet vmcore.run=shell"])
     seen = bytearray()
 
     def wait_for(text: bytes, seconds: float) -> bool:
