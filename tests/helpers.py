@@ -79,6 +79,31 @@ def kvm_refuses_pae_paging() -> str | None:
 
 
 @functools.cache
+def kvm_runs_guest_code_slowly() -> str | None:
+    """Why this host's KVM cannot run a long guest (Linux) in a test's time, or None.
+
+    Probed once per process: 2 M instructions of a register loop (no exits) must take well
+    under a second; a paravirtualized KVM that emulates guest code (this host's PVM) takes
+    about one. Hardware KVM runs them in about a millisecond.
+    """
+    import tempfile
+
+    skip_without_kvm()
+    loop = (bytes([0x66, 0xB9]) + (1_000_000).to_bytes(4, "little")  # mov ecx, 1M
+            + bytes([0x66, 0x49, 0x75, 0xFC, 0xF4]))                  # dec ecx; jnz back; hlt
+    with tempfile.TemporaryDirectory() as folder:
+        profile = real_mode_profile(Path(folder), "kvm_speed", loop)
+        run = vmcore("run", str(profile), "--accel", "kvm")
+    if run.status != 0:
+        return f"the KVM speed probe did not run: {run.stderr.strip()[-200:]}"
+    rate = 2e6 / max(run.seconds - 0.3, 1e-3)  # less the process start-up
+    if rate < 200e6:
+        return (f"this host's KVM runs guest code at about {rate / 1e6:.0f} M instructions/s (it emulates it): "
+                "Linux's decompressor alone runs for minutes (a 360 s run ended inside it)")
+    return None
+
+
+@functools.cache
 def kvm_unit_tests_suite() -> Path:
     """The pinned kvm-unit-tests, built once into .cache/ (scripts/build-kvm-unit-tests); skips with its reason."""
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "build-kvm-unit-tests")], capture_output=True,

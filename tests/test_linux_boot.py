@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, vmcore
+from tests.helpers import REPO, kvm_runs_guest_code_slowly, vmcore
 from vmcore.linux_boot import BOOT_PARAMS, CMDLINE, E820_RAM, E820_RESERVED, LinuxBootError, e820_map, load_linux
 from vmcore.loader import load_image
 from vmcore.memory import GuestMemory
@@ -235,3 +235,15 @@ def test_terminal_keys_pass_everything_but_the_escape() -> None:
     assert keys.filter(b"\x01") == b"" and not left  # an escape split across reads...
     assert keys.filter(b"q!") == b"!"  # ...then an unknown key: dropped
     assert keys.filter(b"z\x01xdropped") == b"z" and left == [True]  # Ctrl-A x leaves; the rest is not sent
+
+
+def test_the_same_profile_boots_on_kvm() -> None:
+    """On hardware KVM the same profile runs; on a KVM that emulates guest code it skips, probed."""
+    if (reason := kvm_runs_guest_code_slowly()) is not None:
+        pytest.skip(reason)
+    linux_files()
+    run = vmcore("run", str(LINUX), "--accel", "kvm", "--set", "loader.cmdline=console=ttyS0 vmcore.run=cmd:uname,-r",
+                 timeout=240)
+    out = run.stdout.decode(errors="replace")
+    assert "vmcore-linux: init" in out and "vmcore-linux: status 0" in out, run.stderr[-2000:]
+    assert run.status == 0
