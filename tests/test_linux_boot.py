@@ -141,7 +141,8 @@ def linux_files() -> Path:
 
 @pytest.mark.parametrize("apics", [True, False], ids=["lapic", "no-apic"])
 def test_debians_kernel_boots_to_its_init_and_runs_a_command_on_the_software_cpu(apics: bool) -> None:
-    """With the lapic model (no MP table or ACPI: virtual-wire mode), and without any APIC."""
+    """With the lapic and ioapic models (found through the loader's MP table: symmetric I/O mode,
+    the PIT's interrupt through the I/O APIC's pin 2), and without any APIC."""
     linux_files()
     settings = ["--set", "loader.cmdline=console=ttyS0 vmcore.run=cmd:uname,-r"]
     if not apics:
@@ -154,7 +155,9 @@ def test_debians_kernel_boots_to_its_init_and_runs_a_command_on_the_software_cpu
     status = lines.index("vmcore-linux: status 0")
     assert lines[status - 1].endswith("-amd64")  # uname -r: Debian's release
     assert run.status == 0
-    assert ("APIC: Switch to virtual wire mode" in out) == apics
+    assert ("IOAPIC[0]: apic_id 1, version 32, address 0xfec00000, GSI 0-23" in out) == apics
+    assert ("APIC: Switch to symmetric I/O mode setup" in out) == apics
+    assert ("..TIMER: vector=0x30 apic1=0 pin1=2" in out) == apics
 
 
 def test_a_reboot_through_the_keyboard_controller_ends_the_run_with_a_reset_stop() -> None:
@@ -247,3 +250,27 @@ def test_the_same_profile_boots_on_kvm() -> None:
     out = run.stdout.decode(errors="replace")
     assert "vmcore-linux: init" in out and "vmcore-linux: status 0" in out, run.stderr[-2000:]
     assert run.status == 0
+
+
+def test_the_mp_table_is_what_the_spec_asks() -> None:
+    from vmcore.mptable import MP_BASE, mp_table
+
+    table = mp_table(lapic_id=0, ioapic_id=1, ioapic_base=0xFEC0_0000)
+    pointer, config = table[:16], table[16:]
+    assert pointer[:4] == b"_MP_" and sum(pointer) % 256 == 0
+    assert struct.unpack_from("<I", pointer, 4)[0] == MP_BASE + 16 and pointer[8:10] == b"\x01\x04"
+    length, count = struct.unpack_from("<H", config, 4)[0], struct.unpack_from("<H", config, 34)[0]
+    assert config[:4] == b"PCMP" and length == len(config) and sum(config) % 256 == 0
+    assert struct.unpack_from("<I", config, 36)[0] == 0xFEE0_0000
+    entries, at = [], 44
+    for _ in range(count):
+        kind = config[at]
+        size = 20 if kind == 0 else 8
+        entries.append(config[at:at + size])
+        at += size
+    assert at == length
+    assert [e[0] for e in entries[:3]] == [0, 1, 2]  # processor, bus, I/O APIC
+    assert entries[0][3] == 0x3 and entries[1][2:8] == b"ISA   " and entries[2][1] == 1
+    routes = {e[5]: e[7] for e in entries if e[0] == 3}  # ISA IRQ -> I/O APIC pin
+    assert routes[0] == 2 and all(routes[irq] == irq for irq in routes if irq) and 2 not in routes
+    assert [(e[1], e[7]) for e in entries if e[0] == 4] == [(3, 0), (1, 1)]  # LINT0 ExtINT, LINT1 NMI

@@ -129,6 +129,9 @@ class BootInfo:
     registers: dict[str, int]
     description: str
     regions: tuple[tuple[int, int, str], ...] = ()
+    #: The kernel expects what PC firmware leaves in memory to describe the machine (an MP table
+    #: of its interrupt wiring, vmcore.mptable): a Linux kernel booted without firmware.
+    firmware_tables: bool = False
 
 
 #: How much bigger than all of guest memory a kernel file may be (headers, symbols, debug info).
@@ -197,7 +200,7 @@ def _load_linux(image: bytes, memory: GuestMemory, cmdline: str, initrd: bytes |
     except LinuxBootError as exc:
         raise LoaderError(str(exc), exc.key) from None
     return BootInfo(mode="long", entry=boot.entry, registers={"rsi": boot.boot_params}, description=boot.description,
-                    regions=boot.regions)
+                    regions=boot.regions, firmware_tables=True)
 
 
 # --- multiboot ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from .device import PropertyError, resolve_paths
 from .faults import DeviceFault, GuestExit, GuestReset, obey
 from .irq import InterruptController, LocalInterruptController
 from .memory import GuestMemory, GuestMemoryError
+from .mptable import MP_BASE, mp_table
 from .tsc import TimeStampCounter
 from .pci import PciBus
 from .plugins import DeviceRegistry, DeviceTypeError
@@ -126,8 +127,8 @@ class Machine:
                     rom = RomRegion(spec.name, memory, spec.base)
                     mmio.claim(Region(Space.MMIO, spec.base, spec.size, rom.read, rom.write, name="rom"),
                                f"rom:{spec.name}")
-            machine = cls(profile, memory, pio, mmio, devices, clock, irq_lines,
-                          _cpu_state(profile, memory, image_sizes), pci)
+            state, firmware_tables = _cpu_state(profile, memory, image_sizes)
+            machine = cls(profile, memory, pio, mmio, devices, clock, irq_lines, state, pci)
 
             for spec in profile.devices:
                 key = f"devices.{spec.name}"
@@ -161,6 +162,8 @@ class Machine:
                 except BusError as exc:
                     raise ProfileError(spec.where, key, str(exc)) from None
             _check_host_outputs(profile, devices)
+            if firmware_tables:
+                _write_mp_table(memory, devices)
         except BaseException:
             for device in devices.values():
                 _close_quietly(device)
@@ -363,11 +366,13 @@ class Machine:
         self.close()
 
 
-def _cpu_state(profile: Profile, memory: GuestMemory, image_sizes: dict[str, int]) -> CpuState:
-    """The start state; ``image_sizes``: the bytes loaded into each slot (a /proc file's stat says 0)."""
+def _cpu_state(profile: Profile, memory: GuestMemory, image_sizes: dict[str, int]) -> tuple[CpuState, bool]:
+    """The start state, and whether the loaded kernel expects firmware's tables (BootInfo.firmware_tables);
+    ``image_sizes``: the bytes loaded into each slot (a /proc file's stat says 0)."""
     cpu = profile.cpu
     mode, entry, registers = cpu.mode, cpu.entry, dict(cpu.registers)
     loaded: tuple[tuple[int, int, str], ...] = ()
+    firmware_tables = False
     if profile.loader is not None:
         # A kernel image decides where to start and in which mode (multiboot: 32-bit, EAX/EBX set).
         from .loader import LoaderError, load_kernel
@@ -382,6 +387,7 @@ def _cpu_state(profile: Profile, memory: GuestMemory, image_sizes: dict[str, int
         entry = boot.entry
         registers.update(boot.registers)
         loaded = boot.regions
+        firmware_tables = boot.firmware_tables
         log.info("loader: %s", boot.description)
     tables = cpu.tables
     need = tables_size(mode)
@@ -394,9 +400,27 @@ def _cpu_state(profile: Profile, memory: GuestMemory, image_sizes: dict[str, int
                 raise ProfileError(cpu.where, "cpu.tables", f"{tables:#x}..{tables + need - 1:#x} overlaps {what} "
                                    f"({start:#x}..{end - 1:#x}); set cpu.tables elsewhere")
     try:
-        return start_state(mode, entry, registers, memory, tables)
+        return start_state(mode, entry, registers, memory, tables), firmware_tables
     except CpuSetupError as exc:
         raise ProfileError(cpu.where, "cpu.tables", str(exc)) from None
+
+
+def _write_mp_table(memory: GuestMemory, devices: dict[str, Any]) -> None:
+    """An MP table of the interrupt wiring (vmcore.mptable) where the machine has a local APIC and
+    an I/O APIC: what firmware would leave for an OS that finds its I/O APIC that way."""
+    lapic = next((d for d in devices.values() if getattr(d, "type_name", "") == "lapic"), None)
+    ioapic = next((d for d in devices.values() if getattr(d, "type_name", "") == "ioapic"), None)
+    if lapic is None or ioapic is None:
+        return
+    lapic_id, ioapic_id = lapic.config.apic_id, ioapic.config.apic_id
+    if ioapic_id == lapic_id:
+        ioapic_id = (lapic_id + 1) & 0xF  # IDs are shared between local and I/O APICs: as QEMU numbers them
+    table = mp_table(lapic_id=lapic_id, lapic_base=lapic.config.base, ioapic_id=ioapic_id,
+                     ioapic_base=ioapic.config.base)
+    try:
+        memory.write(MP_BASE, table)
+    except GuestMemoryError:
+        log.warning("no RAM at %#x for the MP table: the OS will not find the I/O APIC", MP_BASE)
 
 
 def _default_tables(profile: Profile, need: int, mode: str, image_sizes: dict[str, int],
