@@ -32,9 +32,6 @@ class TimeStampCounter:
         (asked for only when needed: finding it may take a measurement)."""
         self._read, self._hz = read, hz
 
-    def unbind(self) -> None:
-        self.__init__(self.clock)  # type: ignore[misc]
-
     def read(self) -> int:
         return self._read()
 

@@ -10,6 +10,7 @@ instructions, never in one, from any thread, also when it comes before the run.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import subprocess
@@ -56,7 +57,6 @@ def test_the_stock_engine_runs_self_modifying_code_and_timers_too() -> None:
             "print(json.dumps({k: (v['kind'], v['console']) for k, v in out.items()}))\n")
     profiles = {"smc": str(SMC), "rm_timer": str(REPO / "machines" / "rm-timer.yaml")}
     env = {**os.environ, "LIBUNICORN_PATH": str(STOCK)}
-    import json
     run = subprocess.run([sys.executable, "-c", code, json.dumps(profiles)], capture_output=True, text=True,
                          env=env, cwd=REPO, timeout=120)
     assert run.returncode == 0, run.stderr
