@@ -28,6 +28,7 @@ from typing import Iterable
 
 import attrs
 
+from .loader import LoaderError, contiguous_ram
 from .memory import GuestMemory, MemorySlot
 
 SETUP_HEADER = 0x1F1
@@ -48,13 +49,8 @@ E820_RAM, E820_RESERVED = 1, 2
 E820_MAX = 128  # boot_params holds this many entries
 
 
-class LinuxBootError(Exception):
-    """The kernel, initrd or command line cannot be booted; the message says why, ``key`` which
-    of the profile's loader keys it is about."""
-
-    def __init__(self, message: str, key: str = "loader.kernel") -> None:
-        super().__init__(message)
-        self.key = key
+class LinuxBootError(LoaderError):
+    """The kernel, initrd or command line cannot be booted through the boot protocol."""
 
 
 @attrs.frozen
@@ -146,14 +142,7 @@ def e820_map(slots: Iterable[MemorySlot]) -> list[tuple[int, int, int]]:
 
 def _ram_holds(memory: GuestMemory, start: int, end: int) -> bool:
     """Whether [start, end) is all writable RAM (possibly across adjacent slots)."""
-    at = start
-    for slot in sorted(memory.home_slots(), key=lambda s: s.base):
-        if slot.readonly or slot.base > at or slot.base + slot.size <= at:
-            continue
-        at = slot.base + slot.size
-        if at >= end:
-            return True
-    return at >= end
+    return contiguous_ram(memory, start, end) == end - start
 
 
 def load_linux(image: bytes, memory: GuestMemory, *, cmdline: str, initrd: bytes | None, name: str,

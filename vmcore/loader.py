@@ -43,7 +43,6 @@ import attrs
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from .linux_boot import LinuxBootError, is_bzimage, load_linux
 from .memory import GuestMemory, GuestMemoryError, MemorySlot
 from .profile import read_bounded
 
@@ -169,6 +168,8 @@ def load_image(image: bytes, memory: GuestMemory, *, format: str = "auto", cmdli
                address: int | None = None, name: str = "kernel", initrd: bytes | None = None,
                initrd_name: str | None = None) -> BootInfo:
     """Load ``image`` (the bytes of a kernel file) as :func:`load_kernel` does."""
+    from .linux_boot import is_bzimage  # imports this module: loaded when first needed
+
     if format == "linux" or (format == "auto" and is_bzimage(image)):
         return _load_linux(image, memory, cmdline, initrd, name, initrd_name or "initrd")
     if initrd is not None:
@@ -195,10 +196,9 @@ def load_image(image: bytes, memory: GuestMemory, *, format: str = "auto", cmdli
 def _load_linux(image: bytes, memory: GuestMemory, cmdline: str, initrd: bytes | None, name: str,
                 initrd_name: str) -> BootInfo:
     """The Linux boot protocol (vmcore.linux_boot): the 64-bit entry, RSI at boot_params."""
-    try:
-        boot = load_linux(image, memory, cmdline=cmdline, initrd=initrd, name=name, initrd_name=initrd_name)
-    except LinuxBootError as exc:
-        raise LoaderError(str(exc), exc.key) from None
+    from .linux_boot import load_linux
+
+    boot = load_linux(image, memory, cmdline=cmdline, initrd=initrd, name=name, initrd_name=initrd_name)
     return BootInfo(mode="long", entry=boot.entry, registers={"rsi": boot.boot_params}, description=boot.description,
                     regions=boot.regions, firmware_tables=True)
 
@@ -347,8 +347,8 @@ def _boot_information(memory: GuestMemory, segments: list[LoadSegment], cmdline:
     info = bytearray(need)
     fields = {
         "flags": MBI_MEMORY | MBI_CMDLINE | MBI_MMAP | MBI_LOADER_NAME,
-        "mem_lower": _contiguous_ram(memory, 0, LOWER_MEMORY_LIMIT) // 1024,
-        "mem_upper": _contiguous_ram(memory, UPPER_MEMORY_BASE, 1 << 32) // 1024,
+        "mem_lower": contiguous_ram(memory, 0, LOWER_MEMORY_LIMIT) // 1024,
+        "mem_upper": contiguous_ram(memory, UPPER_MEMORY_BASE, 1 << 32) // 1024,
         "cmdline": at + cmd_off,
         "mmap_length": len(mmap),
         "mmap_addr": at + mmap_off,
@@ -378,7 +378,7 @@ def _info_address(memory: GuestMemory, segments: list[LoadSegment], need: int) -
     return None
 
 
-def _contiguous_ram(memory: GuestMemory, start: int, limit: int) -> int:
+def contiguous_ram(memory: GuestMemory, start: int, limit: int) -> int:
     """Bytes of writable memory from ``start`` without a hole, up to ``limit``."""
     at = start
     while at < limit:

@@ -74,7 +74,7 @@ def build_device(cls: type, config: Any, name: str, *, clock: Clock, memory: Gue
     """
     ctx = DeviceContext(name=name, clock=clock, memory=memory, irq_line=irq_lines.line,
                         log=log if log is not None else logging.getLogger(f"vmcore.device.{name}"), pci=pci,
-                        dma=DmaSpace(name, memory, mmio), tsc=tsc if tsc is not None else TimeStampCounter(clock))
+                        dma=DmaSpace(name, memory, mmio), **({} if tsc is None else {"tsc": tsc}))
     return cls.create(config, ctx)
 
 

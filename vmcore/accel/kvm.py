@@ -42,6 +42,7 @@ from ..kvm import Kvm, KvmError, KvmUnavailable, Vcpu, Vm
 from ..kvm import ioctl as k
 from ..kvm import structs as s
 from .msrs import APIC_BASE as MSR_APIC_BASE
+from .msrs import TSC as MSR_TSC
 from .msrs import TSC_DEADLINE as MSR_TSC_DEADLINE
 from .msrs import apic_base_refused
 from ..memory import GuestMemory, MemorySlot
@@ -253,7 +254,7 @@ class KvmAccelerator(Accelerator):
 
     def time_stamp_counter(self) -> tuple[Callable[[], int], Callable[[], int]] | None:
         vcpu = self.vcpu
-        return (lambda: vcpu.get_msr(0x10)), (lambda: vcpu.tsc_khz() * 1000)
+        return (lambda: vcpu.get_msr(MSR_TSC)), (lambda: vcpu.tsc_khz() * 1000)
 
     # --- a run: the CPU side of vmcore.accel.core's loop -----------------------------------
 

@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - the accelerator says so
 
 APIC_BASE = 0x1B
 SYSENTER_ESP, SYSENTER_EIP = 0x175, 0x176
+TSC = 0x10
 TSC_DEADLINE = 0x6E0
 EFER = 0xC0000080
 LSTAR, CSTAR = 0xC0000082, 0xC0000083

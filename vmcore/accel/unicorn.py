@@ -956,6 +956,7 @@ def _registers(names: tuple[str, ...]) -> tuple[int, ...]:
 #: What the software CPU cannot honour although the engine's CPUID may offer it (feature -> why).
 UNAVAILABLE: dict[str, str] = {}
 
+
 class _HostTsc:
     """The engine's TSC: the host's, as its ``rdtsc`` reads it (QEMU's ``cpu_get_tsc``; the
     offset it adds stays 0, as nothing here writes IA32_TSC, which QEMU's TCG does not model).
