@@ -29,7 +29,6 @@ caches, come from the accelerator). Hypervisor leaves (0x40000000 up) appear onl
 
 from __future__ import annotations
 
-import difflib
 import re
 import struct
 
@@ -180,7 +179,9 @@ def parse_features(text: str | list[str]) -> tuple[tuple[str, ...], tuple[str, .
             raise ValueError(f"{item!r}: expected +name or -name, e.g. +x2apic,-cx16")
         name = feature_name(item[1:])
         if name is None:
-            close = difflib.get_close_matches(item[1:].lower(), list(FEATURES) + list(_ALIASES), n=1)
+            from difflib import get_close_matches
+
+            close = get_close_matches(item[1:].lower(), list(FEATURES) + list(_ALIASES), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ValueError(f"{item!r}: no CPU feature {item[1:]!r}{hint}")
         if name in _DYNAMIC:

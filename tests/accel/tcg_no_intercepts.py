@@ -3,7 +3,18 @@ SVM intercept controls are not found (another unicorn build): no instruction is 
 CR4 no processor could hold stops the machine instead of raising #GP.
 """
 
+import attrs
+
 from vmcore.accel import unicorn_layout
 
-unicorn_layout._probe_svm = lambda *_args: None
+_stated = unicorn_layout.stated_cpu_layout
+
+
+def _without_svm(lib):  # type: ignore[no-untyped-def]
+    layout = _stated(lib)
+    return None if layout is None else attrs.evolve(layout, svm=None)
+
+
+unicorn_layout.stated_cpu_layout = _without_svm  # vmcore's engine build: what it states, less SVM
+unicorn_layout._probe_svm = lambda *_args: None  # a stock engine: the experiment finds nothing
 unicorn_layout.cpu_layout.cache_clear()

@@ -157,3 +157,40 @@ def test_the_accelerators_kicker_stops_a_run_before_it_starts_on_either_engine()
     uc.emu_start(BASE, NO_END)
     kicker.settle()
     assert uc.reg_read(X.UC_X86_REG_RAX) == 2
+
+
+# --- what the engine states (0003-cpu-layout, 0004-pushf-clears-rf) --------------------------------
+
+@needs_engine_build
+def test_the_layout_the_engine_states_is_the_one_the_experiments_find() -> None:
+    """vmcore's build says where its CPU's fields are (offsetof, no 40 ms of experiments per process);
+    the experiments that a stock unicorn needs must find the same offsets in it."""
+    from vmcore.accel.unicorn_layout import _probe_cpu_layout, stated_cpu_layout
+    stated = stated_cpu_layout(uclib)
+    assert stated is not None and stated.svm is not None
+    assert stated == _probe_cpu_layout()
+
+
+# Real mode: an iretd frame whose EFLAGS image has RF set, to the next instruction, then pushfd.
+_IRET_RF = bytes([
+    0x66, 0x9C, 0x66, 0x58,              # pushfd; pop eax
+    0x66, 0x0D, 0x00, 0x00, 0x01, 0x00,  # or eax, RF
+    0x66, 0x50, 0x66, 0x0E,              # push eax; push cs (32-bit)
+    0x66, 0x68, 0x16, 0x10, 0x00, 0x00,  # push dword 0x1016 (past the iretd)
+    0x66, 0xCF,                          # iretd: loads RF
+    0x66, 0x9C, 0x66, 0x5B,              # pushfd; pop ebx: RF is still set (the next instruction has not completed)
+    0xF4])                               # hlt
+
+
+def test_pushf_stores_rflags_with_rf_clear_after_an_iret_set_it() -> None:
+    """SDM, PUSHF: the image has RF (and VM) clear. A stock unicorn stores RF as it is, which is
+    why vmcore emulates real-mode iret there (vmcore.accel.intercepts); vmcore's build fixes pushf."""
+    from vmcore.accel.unicorn_layout import pushf_clears_rf
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_16)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(BASE, _IRET_RF)
+    uc.reg_write(X.UC_X86_REG_ESP, 0x8000)
+    uc.emu_start(BASE, BASE + len(_IRET_RF) - 1)  # to the hlt
+    assert uc.reg_read(X.UC_X86_REG_EAX) & (1 << 16)  # the image had RF
+    rf = bool(uc.reg_read(X.UC_X86_REG_EBX) & (1 << 16))
+    assert rf == (not pushf_clears_rf(uclib))

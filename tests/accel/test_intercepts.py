@@ -133,3 +133,57 @@ def test_canonical_addresses() -> None:
     assert canonical(0x0000_7FFF_FFFF_FFFF) and canonical(0xFFFF_8000_0000_0000)
     assert not canonical(0x0000_8000_0000_0000) and not canonical(0xAAAA_AAAA_AAAA_AAAA)
     assert canonical(0x00FF_FFFF_FFFF_FFFF, bits=57) and not canonical(0x0100_0000_0000_0000, bits=57)
+
+
+# --- the mov-to/from-CR decoder (no disassembler on the intercepts' common path) ------------------
+
+X = pytest.importorskip("unicorn").x86_const
+
+
+@pytest.mark.parametrize("code, bits, expected", [
+    (b"\x0f\x22\xc0", 32, (True, 0, "EAX", 3)),          # mov cr0, eax
+    (b"\x0f\x20\xc0", 16, (False, 0, "EAX", 3)),         # mov eax, cr0 (in 16-bit code too)
+    (b"\x66\x0f\x22\xdb", 16, (True, 3, "EBX", 4)),      # 66: ignored, the operand is 32 bits
+    (b"\x0f\x22\x27", 32, (True, 4, "EDI", 3)),          # mod bits ignored: a register all the same
+    (b"\x0f\x20\xe4", 64, (False, 4, "RSP", 3)),         # 64-bit code: 64-bit registers
+    (b"\x44\x0f\x22\xc0", 64, (True, 8, "RAX", 4)),      # REX.R: CR8
+    (b"\x41\x0f\x20\xd9", 64, (False, 3, "R9", 4)),      # REX.B: R9
+    (b"\x2e\x48\x0f\x22\xd8", 64, (True, 3, "RAX", 5)),  # a segment prefix, then REX.W
+])
+def test_mov_cr_decodes_as_the_sdm_says(code: bytes, bits: int, expected: tuple) -> None:
+    from vmcore.accel.intercepts import decode_mov_cr
+    to_cr, cr, register, size = expected
+    assert decode_mov_cr(code + b"\x90" * 12, bits) == (to_cr, cr, getattr(X, f"UC_X86_REG_{register}"), size)
+
+
+@pytest.mark.parametrize("code, bits", [
+    (b"\x0f\x01\xe0", 16),        # smsw ax: for the disassembler
+    (b"\x0f\x06", 32),            # clts
+    (b"\xf0\x0f\x22\xc0", 32),    # lock mov cr0: AMD's CR8, for the disassembler
+    (b"\x48\x66\x0f\x22\xc0", 64),  # a REX not just before the opcode is ignored by the CPU: not ours to guess
+    (b"\x44\x0f\x22", 64),        # cut short
+])
+def test_anything_else_is_left_to_the_disassembler(code: bytes, bits: int) -> None:
+    from vmcore.accel.intercepts import decode_mov_cr
+    assert decode_mov_cr(code, bits) is None
+
+
+def test_the_decoder_agrees_with_capstone_on_every_modrm_byte() -> None:
+    capstone = pytest.importorskip("capstone")
+    from vmcore.accel.intercepts import decode_mov_cr
+    for bits, mode in ((32, capstone.CS_MODE_32), (64, capstone.CS_MODE_64)):
+        engine = capstone.Cs(capstone.CS_ARCH_X86, mode)
+        engine.detail = True
+        for rex in ((b"",) if bits == 32 else (b"", b"\x41", b"\x44", b"\x45")):
+            for opcode in (0x20, 0x22):
+                for modrm in range(0xC0, 0x100):
+                    code = rex + bytes([0x0F, opcode, modrm])
+                    mine = decode_mov_cr(code, bits)
+                    theirs = next(engine.disasm(code, 0, 1), None)
+                    if theirs is None:  # capstone refuses CRs that do not exist (CR1, CR5-7, CR9+)
+                        continue
+                    assert mine is not None and theirs.mnemonic == "mov" and theirs.size == mine.size
+                    gpr = theirs.operands[1 if mine.to_cr else 0]
+                    crn = theirs.operands[0 if mine.to_cr else 1]
+                    assert theirs.reg_name(crn.reg) == f"cr{mine.cr}"
+                    assert getattr(X, f"UC_X86_REG_{theirs.reg_name(gpr.reg).upper()}") == mine.register

@@ -22,7 +22,7 @@ would hurt only its own fidelity.
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .control_registers import CR0_ET, CR0_PE, EFER_LMA, cr0_fault, cr4_fault
 from .msrs import EFER, canonical
@@ -147,14 +147,17 @@ class InterceptHandler:
 
     ``cpu`` is the software CPU as ``unicorn._InterceptedCpu`` shows it (``regs``, ``decode``,
     ``advance``, ``deliver``, ``cpl``, ``segment``, ``read_linear``, ...); ``allowed_cr4`` the
-    CR4 bits its CPUID allows; ``msrs`` the MSR rules (vmcore.accel.msrs).
+    CR4 bits its CPUID allows; ``msrs`` the MSR rules (vmcore.accel.msrs). ``real_mode_iret``:
+    whether to do real-mode ``iret`` here (an engine whose pushf shows the RF it leaves set).
     """
 
-    def __init__(self, controls: InterceptControls, cpu: Any, allowed_cr4: int, msrs: Any) -> None:
+    def __init__(self, controls: InterceptControls, cpu: Any, allowed_cr4: int, msrs: Any,
+                 real_mode_iret: bool = True) -> None:
         self.controls = controls
         self.cpu = cpu
         self.allowed_cr4 = allowed_cr4
         self.msrs = msrs
+        self.real_mode_iret = real_mode_iret
         #: The local APIC whose TPR CR8 is (set for each run where one is modelled), else None.
         self.apic: Any = None
         controls.set_cr(read=(1 << 0) | (1 << 8), write=(1 << 0) | (1 << 4) | (1 << 8))
@@ -165,12 +168,12 @@ class InterceptHandler:
 
     def follow_state(self) -> None:
         """Intercept what the guest's current state needs: UMIP's reads while CR4.UMIP is set,
-        ``iret`` in real mode (where unicorn leaves RF set after it)."""
+        ``iret`` in real mode (where a stock unicorn leaves RF set after it, for pushf to see)."""
         regs = self.cpu.regs
         umip = bool(regs.reg_read(X.UC_X86_REG_CR4) & CR4_UMIP)
         for code in _UMIP_READS:
             self.controls.set_exit(code, umip)
-        self.controls.set_exit(IRET, not regs.reg_read(X.UC_X86_REG_CR0) & CR0_PE)
+        self.controls.set_exit(IRET, self.real_mode_iret and not regs.reg_read(X.UC_X86_REG_CR0) & CR0_PE)
         # Descriptor-table loads take 64-bit bases only in IA-32e mode (firmware that switches
         # modes often loads them in the others, where there is nothing to check).
         long_mode = bool(regs.msr_read(EFER) & EFER_LMA)
@@ -198,12 +201,17 @@ class InterceptHandler:
 
     # --- control registers --------------------------------------------------------------------
 
+    def _mov_cr(self) -> MovCr | None:
+        """The mov to or from a control register at RIP, or None for another instruction there."""
+        fetched = self.cpu.fetch()
+        return None if fetched is None else decode_mov_cr(*fetched)
+
     def _write_cr(self, code: int) -> None:
-        insn = self.cpu.decode()
-        if insn is None or insn.mnemonic != "mov":
+        mov = self._mov_cr()
+        if mov is None or not mov.to_cr:
             raise Step(code, self.follow_state)  # lmsw, clts: no #GP for their values
         regs = self.cpu.regs
-        value = regs.reg_read(_register(insn, insn.operands[1].reg))
+        value = regs.reg_read(mov.register)
         efer = regs.msr_read(EFER)
         if code == WRITE_CR0:
             value |= CR0_ET  # hardwired to 1 since the i486, whatever is written (QEMU sets it too)
@@ -219,16 +227,17 @@ class InterceptHandler:
             self.cpu.deliver(13, error=0)
             return
         regs.reg_write(register, value)
-        self.cpu.advance(insn.size)
+        self.cpu.advance(mov.size)
         self.follow_state()
 
     def _read_cr0(self) -> None:
-        insn = self.cpu.decode()
-        if insn is not None and insn.mnemonic == "mov":
+        mov = self._mov_cr()
+        if mov is not None and not mov.to_cr:
             # mov from CR0: done here (cheaper than a step; firmware does it at every mode switch).
-            self.cpu.regs.reg_write(_register(insn, insn.operands[0].reg), self.cpu.regs.reg_read(X.UC_X86_REG_CR0))
-            self.cpu.advance(insn.size)
+            self.cpu.regs.reg_write(mov.register, self.cpu.regs.reg_read(X.UC_X86_REG_CR0))
+            self.cpu.advance(mov.size)
             return
+        insn = self.cpu.decode()  # smsw: its operand (register or memory, and its width) decides
         if insn is None or insn.mnemonic != "smsw":
             raise Step(READ_CR0)
         if self._umip_fault():
@@ -246,19 +255,19 @@ class InterceptHandler:
         """CR8 is the local APIC's TPR bits 7:4 (SDM 10.8.6.1); QEMU's own APIC, which unicorn
         does not have, would hold it. Without an APIC model the engine's CR8 stays."""
         apic = self.apic
-        insn = self.cpu.decode()
-        if apic is None or insn is None or insn.mnemonic != "mov":
+        mov = None if apic is None else self._mov_cr()
+        if apic is None or mov is None or mov.to_cr != write:
             raise Step(WRITE_CR8 if write else READ_CR8)
         regs = self.cpu.regs
         if write:
-            value = regs.reg_read(_register(insn, insn.operands[1].reg))
+            value = regs.reg_read(mov.register)
             if value >> 4:
                 self.cpu.deliver(13, error=0)  # bits 63:4 are reserved
                 return
             apic.set_task_priority(value << 4)
         else:
-            regs.reg_write(_register(insn, insn.operands[0].reg), apic.task_priority() >> 4)
-        self.cpu.advance(insn.size)
+            regs.reg_write(mov.register, apic.task_priority() >> 4)
+        self.cpu.advance(mov.size)
 
     def _umip_fault(self) -> bool:
         """#GP(0) for a UMIP instruction at CPL > 0 with CR4.UMIP set (SDM, 2.5); True if given."""
@@ -361,6 +370,43 @@ class InterceptHandler:
             self.follow_state()
 
 
+class MovCr(NamedTuple):
+    """A decoded ``mov`` to (0F 22 /r) or from (0F 20 /r) a control register."""
+
+    to_cr: bool
+    cr: int
+    register: int  # unicorn's number of the general register: 64-bit in 64-bit code, else 32-bit
+    size: int  # the instruction's length in bytes
+
+
+#: Prefixes that do not change a mov to or from a CR: the operand is 32 bits outside 64-bit
+#: code and 64 bits in it whatever 66/67 say, and it is a register, so no segment applies.
+_IGNORED_PREFIXES = frozenset((0x66, 0x67, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65))
+
+
+def decode_mov_cr(code: bytes, bits: int) -> MovCr | None:
+    """``code`` (at least the instruction's bytes) as a mov to or from a CR, else None.
+
+    The common case of every CR intercept, decoded here so it needs no disassembler: the
+    ModRM byte's reg field is the CR (REX.R adds 8) and its r/m field the register (REX.B
+    adds 8), whatever its mod bits say (SDM, MOV—Move to/from Control Registers). A LOCK
+    prefix (AMD's other encoding of CR8) or any other prefix is left to the disassembler.
+    """
+    at, rex = 0, 0
+    while at < len(code) and code[at] in _IGNORED_PREFIXES:
+        at += 1
+    if bits == 64 and at < len(code) and code[at] & 0xF0 == 0x40:
+        rex = code[at]
+        at += 1
+    if at + 3 > len(code) or code[at] != 0x0F or code[at + 1] not in (0x20, 0x22):
+        return None
+    modrm = code[at + 2]
+    cr = (modrm >> 3 & 7) | (rex & 4) << 1
+    number = (modrm & 7) | (rex & 1) << 3
+    register = (_GPR64 if bits == 64 else _GPR32)[number]  # no REX outside 64-bit code: below 8
+    return MovCr(to_cr=code[at + 1] == 0x22, cr=cr, register=register, size=at + 3)
+
+
 _OP_REG, _OP_MEM = 1, 3  # capstone's X86_OP_REG and X86_OP_MEM
 
 
@@ -371,3 +417,8 @@ def _register(insn: Any, reg: int) -> int:
 #: and outside it the upper half is not visible.
 _WIDE = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")}
 _WIDE.update({f"r{n}d": f"r{n}" for n in range(8, 16)})
+#: unicorn's numbers of the general registers in encoding order (ModRM r/m, plus REX.B).
+_ORDER = ("ax", "cx", "dx", "bx", "sp", "bp", "si", "di")
+_GPR32 = tuple(getattr(X, f"UC_X86_REG_E{r.upper()}") for r in _ORDER) if X is not None else ()
+_GPR64 = (tuple(getattr(X, f"UC_X86_REG_R{r.upper()}") for r in _ORDER)
+          + tuple(getattr(X, f"UC_X86_REG_R{n}") for n in range(8, 16))) if X is not None else ()

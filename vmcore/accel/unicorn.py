@@ -17,14 +17,13 @@ and to tear down.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import logging
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..irq import InterruptController
 from ..cpu import CpuState, Segment, code_bits, decode_one, translate
@@ -41,7 +40,7 @@ from .idt import IdtDelivery
 from .intercepts import EMULATED, EXCP_VMEXIT, MSR, SCRATCH_SIZE, VINTR, InterceptControls, InterceptHandler, Step
 from .msrs import MsrRules
 from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineFeatures, add_c_block_hook, cpu_layout, engine_kick,
-                             hook_bounds_offset, registers_match)
+                             hook_bounds_offset, pushf_clears_rf, registers_match)
 
 try:
     import unicorn as uc_mod
@@ -82,6 +81,7 @@ _CPUID1_EDX_APIC = 1 << 9
 _CR4_PKE = 1 << 22
 _HF2_NMI = 1 << 2
 _CR0_RESET = 0x60000010  # CD | NW | ET: CR0 after RESET, protection off
+_CR0_PG = 1 << 31
 #: Instructions per emu_start where no _Kicker can be installed (another unicorn build): how
 #: often the loop then gets to serve timers and interrupts (a few hundred microseconds of guest
 #: code). A count costs much: unicorn then calls a counting helper at every instruction.
@@ -223,7 +223,12 @@ class UnicornAccelerator(Accelerator):
             controls = InterceptControls(self.uc, cpu + layout.env, layout.svm, layout.hflags, _SCRATCH)
             self.regs.intercepts = controls
             rules = MsrRules(self.regs, features_of(self._cpuid), state.local_apic)
-            self._intercepts = InterceptHandler(controls, _InterceptedCpu(self, hflags), self._cr4_allowed, rules)
+            # vmcore's engine build stores pushf's image with RF clear: a real-mode iret that
+            # loads RF then needs no help (engine/unicorn/patches/0004-pushf-clears-rf.patch).
+            from unicorn.unicorn_py3.unicorn import uclib
+
+            self._intercepts = InterceptHandler(controls, _InterceptedCpu(self, hflags), self._cr4_allowed, rules,
+                                                real_mode_iret=not pushf_clears_rf(uclib))
 
     def _map_changed(self, _removed: list[MemorySlot], _added: list[MemorySlot]) -> None:
         """Follow the guest-physical map: memory slots and, between them, the MMIO windows.
@@ -842,6 +847,8 @@ class UnicornAccelerator(Accelerator):
         if self.memory is None:
             return None
         cr0 = self.regs.reg_read(X.UC_X86_REG_CR0)
+        if not cr0 & _CR0_PG:
+            return linear & 0xFFFFFFFF  # no paging (and so no long mode): what translate() answers
         cr3 = self.regs.reg_read(X.UC_X86_REG_CR3)
         cr4 = self.regs.reg_read(X.UC_X86_REG_CR4)
         efer = self.regs.msr_read(_MSR_EFER)
@@ -1218,16 +1225,21 @@ class _InterceptedCpu:
         self._hflags2 = ctypes.c_uint32.from_address(ctypes.addressof(hflags) + 4)
         self.regs = accel.regs
 
-    def decode(self) -> Any:
-        """The instruction at RIP (capstone, with operand details), or None."""
+    def fetch(self) -> tuple[bytes, int] | None:
+        """The 15 bytes at RIP (the longest an instruction can be) and the code size, or None
+        where they are not mapped."""
         accel = self._accel
         try:
             code = accel._read_linear(accel._linear_pc(), 15)
         except CpuStop:
             return None
         cs = accel._segment("cs")
-        bits = code_bits(self.regs.reg_read(X.UC_X86_REG_CR0), cs["l"], cs["db"])
-        return decode_one(code, bits)
+        return code, code_bits(self.regs.reg_read(X.UC_X86_REG_CR0), cs["l"], cs["db"])
+
+    def decode(self) -> Any:
+        """The instruction at RIP (capstone, with operand details), or None."""
+        fetched = self.fetch()
+        return None if fetched is None else decode_one(*fetched)
 
     def advance(self, length: int) -> None:
         """RIP past an instruction done here."""
@@ -1409,6 +1421,26 @@ class _WideRegisters:
         self.intercepts: InterceptControls | None = None
         field = ctypes.c_int.from_address(ctypes.cast(uc._uch, ctypes.c_void_p).value + 4)
         self._mode: ctypes.c_int | None = field if field.value == uc.ctl_get_mode() else None
+        # Registers that are one integer (GPRs, RIP, flags, CRs, DRs, selectors) are read and
+        # written through the C API directly, with one buffer: the binding's own path picks a
+        # class and builds a ctypes object per call, 5x the cost (the interrupt and intercept
+        # handlers make thousands of accesses in a firmware boot).
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        self._uch = uc._uch
+        self._c_read, self._c_write = uclib.uc_reg_read, uclib.uc_reg_write
+        self._scalar: dict[int, bool] = {}
+        self._buffer = ctypes.c_uint64()
+        self._ref = ctypes.byref(self._buffer)
+        self._msr = _MsrBuffer()
+        self._msr_ref = ctypes.byref(self._msr)
+
+    def _is_scalar(self, register: int) -> bool:
+        scalar = self._scalar.get(register)
+        if scalar is None:
+            scalar = self._scalar[register] = (type(self.uc)._select_reg_class(register) is ctypes.c_uint64
+                                               and register != X.UC_X86_REG_MSR)
+        return scalar
 
     def _as(self, mode: int, call: Callable[..., Any], *args: Any) -> Any:
         field = self._mode
@@ -1426,7 +1458,17 @@ class _WideRegisters:
         self._as(uc_mod.UC_MODE_64, self.uc.emu_start, begin, _NO_END, 0, count)
 
     def reg_read(self, register: int) -> Any:
-        return self._as(uc_mod.UC_MODE_64, self.uc.reg_read, register)
+        field = self._mode
+        if field is None or not self._is_scalar(register):
+            return self._as(uc_mod.UC_MODE_64, self.uc.reg_read, register)
+        saved = field.value
+        field.value = uc_mod.UC_MODE_64
+        self._buffer.value = 0  # a 16- or 32-bit register fills only its part
+        status = self._c_read(self._uch, register, self._ref)
+        field.value = saved
+        if status:
+            raise uc_mod.UcError(status, register)
+        return self._buffer.value
 
     def reg_write(self, register: int, value: Any) -> None:
         mode = uc_mod.UC_MODE_32 if register in _SEGMENT_REGISTERS else uc_mod.UC_MODE_64
@@ -1434,26 +1476,59 @@ class _WideRegisters:
             # A null SS, which long mode loads on a privilege change (SDM 6.14.4): the 32-bit
             # path refuses it; the 64-bit one takes the selector, all there is to it then.
             mode = uc_mod.UC_MODE_64
-        self._as(mode, self.uc.reg_write, register, value)
+        field = self._mode
+        if field is None or not self._is_scalar(register):
+            self._as(mode, self.uc.reg_write, register, value)
+            return
+        saved = field.value
+        field.value = mode
+        self._buffer.value = value
+        status = self._c_write(self._uch, register, self._ref)
+        field.value = saved
+        if status:
+            raise uc_mod.UcError(status, register)
 
     def msr_read(self, msr: int) -> int:
-        with self._msr_access():
-            return int(self._as(uc_mod.UC_MODE_64, self.uc.msr_read, msr))
-
-    def msr_write(self, msr: int, value: int) -> None:
-        with self._msr_access():
-            self._as(uc_mod.UC_MODE_64, self.uc.msr_write, msr, value)
-
-    @contextlib.contextmanager
-    def _msr_access(self) -> Iterator[None]:
         # unicorn reads and writes MSRs through the rdmsr/wrmsr helpers, which check the MSR
         # intercept first: a trap there would leave the engine from under this call.
         restore = None if self.intercepts is None else self.intercepts.suspend(MSR)
         try:
-            yield
+            if self._mode is None:
+                return int(self.uc.msr_read(msr))
+            self._msr.id, self._msr.value = msr, 0
+            self._msr_call(self._c_read)
+            return int(self._msr.value)
         finally:
             if restore is not None:
                 restore()
+
+    def msr_write(self, msr: int, value: int) -> None:
+        restore = None if self.intercepts is None else self.intercepts.suspend(MSR)
+        try:
+            if self._mode is None:
+                self.uc.msr_write(msr, value)
+                return
+            self._msr.id, self._msr.value = msr, value & _MASKS[8]
+            self._msr_call(self._c_write)
+        finally:
+            if restore is not None:
+                restore()
+
+    def _msr_call(self, function: Callable[..., int]) -> None:
+        field = self._mode
+        assert field is not None
+        saved = field.value
+        field.value = uc_mod.UC_MODE_64
+        status = function(self._uch, X.UC_X86_REG_MSR, self._msr_ref)
+        field.value = saved
+        if status:
+            raise uc_mod.UcError(status, X.UC_X86_REG_MSR)
+
+
+class _MsrBuffer(ctypes.Structure):
+    """unicorn's ``uc_x86_msr``: an MSR's index and value, for UC_X86_REG_MSR."""
+
+    _fields_ = [("id", ctypes.c_uint32), ("value", ctypes.c_uint64)]
 
 
 _SEGMENT_REGISTERS = (frozenset(getattr(X, f"UC_X86_REG_{name}") for name in ("CS", "DS", "ES", "SS", "FS", "GS"))

@@ -1,4 +1,5 @@
-"""Where unicorn keeps what its API does not show, found once per process by experiment.
+"""Where unicorn keeps what its API does not show: stated by vmcore's engine build, else found
+once per process by experiment.
 
 The software CPU needs a few facts from inside the engine that unicorn 2 has no call
 for: whether the guest's last instruction was a ``hlt`` (the CPU's halted flag), the
@@ -8,7 +9,9 @@ widen one from another thread, see ``unicorn._Kicker``). Each is found on a scra
 engine by making it take known values and looking for the one place that holds them
 all; a build where no single place fits gives None, and the caller falls back to what
 it can do without (every probe here is tested, so a new unicorn that moves them fails
-loudly in the test run rather than quietly here).
+loudly in the test run rather than quietly here). vmcore's build of unicorn (engine/unicorn)
+states the CPU's offsets itself (``vmcore_cpu_layout``), which spares each process the 40 ms
+the experiments take; a test checks that they find the same.
 
 Reads of memory the engine may not own go through ``/proc/self/mem``, which fails
 cleanly where a plain read would crash the process.
@@ -148,13 +151,41 @@ def registers_match(uc: Any, layout: CpuLayout, read: Any) -> bool:
 
 @functools.cache
 def cpu_layout() -> CpuLayout | None:
-    """The CPU object's layout (see CpuLayout), or None where the experiments find no single answer."""
+    """The CPU object's layout (see CpuLayout): as vmcore's engine build states it, else found by
+    experiment (about 40 ms, once per process); None where the experiments find no single answer."""
     if uc_mod is None:
         return None
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    stated = stated_cpu_layout(uclib)
+    if stated is not None:
+        return stated
     try:
         return _probe_cpu_layout()
     except Exception:  # noqa: BLE001 - an engine that does not allow this: callers fall back
         return None
+
+
+#: How many offsets ``vmcore_cpu_layout`` gives (engine/unicorn/patches/0003-cpu-layout.patch).
+_STATED_FIELDS = 11
+
+
+def stated_cpu_layout(lib: Any) -> CpuLayout | None:
+    """The layout vmcore's engine build states (``vmcore_cpu_layout``: the fields' offsetof, in
+    CpuLayout's order), or None in a stock unicorn."""
+    function = getattr(lib, "vmcore_cpu_layout", None)
+    if function is None:
+        return None
+    function.argtypes, function.restype = (ctypes.POINTER(ctypes.c_uint64), ctypes.c_int), ctypes.c_int
+    values = (ctypes.c_uint64 * _STATED_FIELDS)()
+    if function(values, _STATED_FIELDS) != _STATED_FIELDS:
+        return None  # another revision of the patch: the experiments decide
+    (cpu_pointer, halted, env, error_code, old_exception, hflags, features, vmcb, intercept, guest_flag,
+     segments) = values
+    svm = SvmFields(vmcb=vmcb, intercept=intercept, cr_read=intercept + 8, cr_write=intercept + 10,
+                    guest_flag=guest_flag)
+    return CpuLayout(cpu_pointer=cpu_pointer, halted=halted, env=env, error_code=error_code,
+                     old_exception=old_exception, hflags=hflags, features=features, svm=svm, segments=segments)
 
 
 def _probe_cpu_layout() -> CpuLayout | None:
@@ -447,6 +478,12 @@ class EngineFeatures:
             if (leaf, register) == (1, 2):
                 keep |= 1 << 27  # OSXSAVE: from CR4, not a feature word
             word.value &= offered | keep
+
+
+def pushf_clears_rf(lib: Any) -> bool:
+    """Whether the engine's pushf stores EFLAGS with RF clear, as a processor does: vmcore's
+    build (``vmcore_pushf_clears_rf``); a stock unicorn stores RF as it is."""
+    return getattr(lib, "vmcore_pushf_clears_rf", None) is not None
 
 
 def engine_kick(lib: Any) -> tuple[Any, Any] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Iterable
 
 from ..units import parse_int
@@ -14,7 +13,9 @@ def unknown_keys(mapping: Mapping, allowed: Iterable[str], section: str) -> None
     allowed = list(allowed)
     for key in mapping:
         if key not in allowed:
-            near = difflib.get_close_matches(key, allowed, n=1)
+            from difflib import get_close_matches
+
+            near = get_close_matches(key, allowed, n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
             shown = key if key.isprintable() else repr(key)[1:-1]  # one line, whatever the key holds
             full = f"{section}.{shown}" if section else shown
@@ -48,7 +49,9 @@ def int_value(node: Node, key: str, what: str = "a number like 42, 0x2A or 4K") 
 def choice(node: Node, key: str, choices: tuple[str, ...]) -> str:
     scalar = scalar_node(node, key, f"one of {', '.join(choices)}")
     if scalar.value not in choices:
-        near = difflib.get_close_matches(scalar.value, choices, n=1)
+        from difflib import get_close_matches
+
+        near = get_close_matches(scalar.value, choices, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise ProfileError(scalar.where, key, f"expected one of {', '.join(choices)}, got {scalar.value!r}{hint}")
     return scalar.value
