@@ -371,3 +371,35 @@ def test_diff_help_documents_the_exit_statuses() -> None:
     assert "exit status: 0 when the runs are identical and ended cleanly" in text
     assert "1 when they differ" in text
     assert "both stopped on a fault or a limit, that stop's status (4 guest fault, 6 run limit" in text
+
+
+# --- the command's exit: no interpreter teardown, nothing lost ----------------------------------
+
+_COMMAND = """
+import atexit, sys, threading, time
+from vmcore.cli import command
+atexit.register(lambda: print("exit handler ran", flush=True))
+if "--thread" in sys.argv:
+    sys.argv.remove("--thread")
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished", flush=True))).start()
+sys.stdout.write("buffered, not flushed: ")
+command()
+"""
+
+
+@pytest.mark.parametrize("args, status", [(["run", "machines/hello.yaml"], 0),
+                                          (["run", "no-such-profile.yaml"], STATUS["config-error"])])
+def test_the_command_leaves_with_mains_status_after_the_exit_handlers_and_all_output(args, status) -> None:
+    done = subprocess.run([sys.executable, "-c", _COMMAND, *args], capture_output=True, text=True,
+                          cwd=REPO, stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == status, done.stderr
+    assert done.stdout.startswith("buffered, not flushed: ")
+    assert done.stdout.rstrip().endswith("exit handler ran")
+    assert ("Hello" in done.stdout) == (status == 0)
+
+
+def test_the_command_waits_for_a_thread_still_running() -> None:
+    done = subprocess.run([sys.executable, "-c", _COMMAND, "run", "machines/hello.yaml", "--thread"],
+                          capture_output=True, text=True, cwd=REPO, stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "thread finished" in done.stdout and "exit handler ran" in done.stdout
