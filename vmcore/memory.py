@@ -361,6 +361,12 @@ class GuestMemory:
             yield slot, here - slot.base, count
             done += count
 
+    def check_range(self, address: int, length: int, writing: bool = False) -> None:
+        """Raise GuestMemoryError unless every byte of the range is backed (and writable, if
+        ``writing``): what a device checks before it trusts an address the guest gave it."""
+        for _ in self._spans(address, length, writing):
+            pass
+
     def read(self, address: int, length: int) -> bytes:
         """Copy ``length`` bytes from guest-physical ``address``."""
         parts = [slot.view[off : off + n] for slot, off, n in self._spans(address, length, False)]
