@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 
@@ -29,6 +29,9 @@ from vmcore.chardev import HostFile
 from vmcore.device import DeviceContext, PropertyError, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.virtio import Chain, VirtioMmioConfig, VirtioMmioDevice, Virtqueue, VirtqueueError
+
+if TYPE_CHECKING:
+    from vmcore.fuzz import FuzzScratch
 
 SECTOR = 512
 # Request types and status values (5.2.6).
@@ -73,6 +76,10 @@ class VirtioBlk(VirtioMmioDevice):
     device_id = 2
     queue_sizes = (QUEUE_SIZE,)
     features = F_SEG_MAX | F_BLK_SIZE | F_FLUSH
+
+    @classmethod
+    def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
+        return {"image": scratch.disk()}  # the fuzzer's writes land there, never in a user's disk
 
     def __init__(self, config: VirtioBlkConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)

@@ -77,7 +77,7 @@ def test_profile_loads_and_builds(path: Path) -> None:
 
 #: Profiles whose guest is not one of guest/: a firmware's (it prints through the BIOS, int 10h,
 #: COM1), kvm-unit-tests' (COM1, debug-exit at 0xF4) or Linux's (COM1), not port 0xF1.
-FIRMWARE_PROFILES = {"pc-bios", "kvm-unit-tests", "linux"}
+FIRMWARE_PROFILES = {"pc-bios", "kvm-unit-tests", "linux", "linux-virtio"}
 
 
 @pytest.mark.parametrize("path", [p for p in MACHINES if p.stem not in FIRMWARE_PROFILES],

@@ -136,6 +136,13 @@ class Device:
         """The bus ranges this device claims."""
         raise NotImplementedError
 
+    @classmethod
+    def kernel_parameters(cls, config: Any) -> Sequence[str]:
+        """What a Linux kernel the machine boots (loader format ``linux``) must be told on its command
+        line to find a device of this ``config`` (a virtio-mmio device: its window and IRQ). None by
+        default: Linux finds most devices by probing (PCI, ISA ports) or through firmware tables."""
+        return ()
+
     def reset(self) -> None:
         """Return to power-on state (machine reset)."""
 

@@ -37,7 +37,7 @@ import itertools
 import struct
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import attrs
 from elftools.common.exceptions import ELFError
@@ -137,8 +137,9 @@ class BootInfo:
 KERNEL_FILE_SLACK = 64 << 20
 
 
-def load_kernel(spec: LoaderSpec, memory: GuestMemory) -> BootInfo:
-    """Load the kernel a :class:`vmcore.profile.LoaderSpec` names into ``memory``."""
+def load_kernel(spec: LoaderSpec, memory: GuestMemory, kernel_parameters: Sequence[str] = ()) -> BootInfo:
+    """Load the kernel a :class:`vmcore.profile.LoaderSpec` names into ``memory`` (``kernel_parameters``:
+    see :func:`load_image`)."""
     path = Path(spec.kernel)
     # Bounded: a kernel holds no more than guest memory, plus its headers and symbols; a /proc or
     # device file named as one must not be read without end.
@@ -161,16 +162,20 @@ def load_kernel(spec: LoaderSpec, memory: GuestMemory) -> BootInfo:
             raise LoaderError(f"initrd {spec.initrd} is larger than the machine's {ram >> 20} MiB of RAM",
                               "loader.initrd")
     return load_image(image, memory, format=spec.format, cmdline=spec.cmdline, address=spec.address,
-                      name=path.name, initrd=initrd, initrd_name=None if spec.initrd is None else spec.initrd.name)
+                      name=path.name, initrd=initrd, initrd_name=None if spec.initrd is None else spec.initrd.name,
+                      kernel_parameters=kernel_parameters)
 
 
 def load_image(image: bytes, memory: GuestMemory, *, format: str = "auto", cmdline: str = "",
                address: int | None = None, name: str = "kernel", initrd: bytes | None = None,
-               initrd_name: str | None = None) -> BootInfo:
-    """Load ``image`` (the bytes of a kernel file) as :func:`load_kernel` does."""
+               initrd_name: str | None = None, kernel_parameters: Sequence[str] = ()) -> BootInfo:
+    """Load ``image`` (the bytes of a kernel file) as :func:`load_kernel` does. ``kernel_parameters``
+    (what the machine's devices need a Linux kernel to be told, e.g. where a virtio-mmio device
+    is) follow the command line of a Linux kernel."""
     from .linux_boot import is_bzimage  # imports this module: loaded when first needed
 
     if format == "linux" or (format == "auto" and is_bzimage(image)):
+        cmdline = " ".join(part for part in (cmdline, *kernel_parameters) if part)
         return _load_linux(image, memory, cmdline, initrd, name, initrd_name or "initrd")
     if initrd is not None:
         raise LoaderError(f"{name} is not a Linux bzImage: only a Linux kernel takes an initrd", "loader.initrd")

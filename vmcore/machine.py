@@ -15,7 +15,7 @@ import stat
 import traceback
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import attrs
 
@@ -127,24 +127,15 @@ class Machine:
                     rom = RomRegion(spec.name, memory, spec.base)
                     mmio.claim(Region(Space.MMIO, spec.base, spec.size, rom.read, rom.write, name="rom"),
                                f"rom:{spec.name}")
-            state, firmware_tables = _cpu_state(profile, memory, image_sizes)
+            configs = [(spec, *_device_config(spec, registry)) for spec in profile.devices]
+            # What a Linux kernel needs on its command line to find devices (virtio-mmio's windows).
+            parameters = [parameter for _spec, dtype, config in configs
+                          for parameter in getattr(dtype.cls, "kernel_parameters", lambda _config: ())(config)]
+            state, firmware_tables = _cpu_state(profile, memory, image_sizes, parameters)
             machine = cls(profile, memory, pio, mmio, devices, clock, irq_lines, state, pci)
 
-            for spec in profile.devices:
+            for spec, dtype, config in configs:
                 key = f"devices.{spec.name}"
-                try:
-                    dtype = registry.get(spec.type)
-                except DeviceTypeError as exc:
-                    raise ProfileError(spec.prop_where["type"], f"{key}.type", str(exc)) from None
-                # Host paths in a profile are relative to the file that sets them.
-                folders = {key: Path(where.file).parent for key, where in spec.prop_where.items()
-                           if where.line and where.file}
-                try:
-                    config = dtype.config(resolve_paths(dtype.cls.Config, spec.props, folders))
-                except PropertyError as exc:
-                    where = spec.prop_where.get(exc.key, spec.where)
-                    sub = f"{key}.{exc.key}" if exc.key else key
-                    raise ProfileError(where, sub, exc.message) from None
                 try:
                     device = build_device(dtype.cls, config, spec.name, clock=clock, memory=memory, mmio=mmio,
                                           irq_lines=irq_lines, pci=pci, tsc=machine.tsc)
@@ -366,9 +357,28 @@ class Machine:
         self.close()
 
 
-def _cpu_state(profile: Profile, memory: GuestMemory, image_sizes: dict[str, int]) -> tuple[CpuState, bool]:
+def _device_config(spec: Any, registry: DeviceRegistry) -> tuple[Any, Any]:
+    """A device's type and validated Config; a ProfileError names what is wrong."""
+    key = f"devices.{spec.name}"
+    try:
+        dtype = registry.get(spec.type)
+    except DeviceTypeError as exc:
+        raise ProfileError(spec.prop_where["type"], f"{key}.type", str(exc)) from None
+    # Host paths in a profile are relative to the file that sets them.
+    folders = {key: Path(where.file).parent for key, where in spec.prop_where.items() if where.line and where.file}
+    try:
+        return dtype, dtype.config(resolve_paths(dtype.cls.Config, spec.props, folders))
+    except PropertyError as exc:
+        where = spec.prop_where.get(exc.key, spec.where)
+        sub = f"{key}.{exc.key}" if exc.key else key
+        raise ProfileError(where, sub, exc.message) from None
+
+
+def _cpu_state(profile: Profile, memory: GuestMemory, image_sizes: dict[str, int],
+               kernel_parameters: Sequence[str] = ()) -> tuple[CpuState, bool]:
     """The start state, and whether the loaded kernel expects firmware's tables (BootInfo.firmware_tables);
-    ``image_sizes``: the bytes loaded into each slot (a /proc file's stat says 0)."""
+    ``image_sizes``: the bytes loaded into each slot (a /proc file's stat says 0); ``kernel_parameters``:
+    what the devices add to a Linux kernel's command line."""
     cpu = profile.cpu
     mode, entry, registers = cpu.mode, cpu.entry, dict(cpu.registers)
     loaded: tuple[tuple[int, int, str], ...] = ()
@@ -378,7 +388,7 @@ def _cpu_state(profile: Profile, memory: GuestMemory, image_sizes: dict[str, int
         from .loader import LoaderError, load_kernel
 
         try:
-            boot = load_kernel(profile.loader, memory)
+            boot = load_kernel(profile.loader, memory, kernel_parameters)
         except LoaderError as exc:
             loader = profile.loader
             where = loader.initrd_where if exc.key == "loader.initrd" and loader.initrd_where else loader.where

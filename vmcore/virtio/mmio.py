@@ -16,7 +16,7 @@ virtio 1.x not accepted, leave FEATURES_OK clear, as the specification says.
 QueueNotify is a doorbell (one per queue, matched by its index): on KVM an ioeventfd, so
 a notify costs the guest no exit. A Linux guest finds the device through
 ``virtio_mmio.device=SIZE@BASE:IRQ`` on its command line (the ``linux`` loader adds one for
-each device that has :meth:`~VirtioMmioDevice.kernel_parameter`).
+each such device, from :meth:`~VirtioMmioDevice.kernel_parameters`).
 """
 
 from __future__ import annotations
@@ -107,9 +107,10 @@ class VirtioMmioDevice(Device):
         return [Region(Space.MMIO, self.config.base, WINDOW, self.read, self.write, sizes=(1, 2, 4),
                        name="virtio-mmio", doorbells=bells)]
 
-    def kernel_parameter(self) -> str:
-        """How Linux finds this device: ``virtio_mmio.device=SIZE@BASE:IRQ`` (its virtio_mmio driver)."""
-        return f"virtio_mmio.device={WINDOW:#x}@{self.config.base:#x}:{self.config.irq}"
+    @classmethod
+    def kernel_parameters(cls, config: Any) -> Sequence[str]:
+        """How Linux finds the device: ``virtio_mmio.device=SIZE@BASE:IRQ`` (its virtio_mmio driver)."""
+        return (f"virtio_mmio.device={WINDOW:#x}@{config.base:#x}:{config.irq}",)
 
     def reset(self) -> None:
         self._reset_transport()
