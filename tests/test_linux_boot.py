@@ -274,3 +274,45 @@ def test_the_mp_table_is_what_the_spec_asks() -> None:
     routes = {e[5]: e[7] for e in entries if e[0] == 3}  # ISA IRQ -> I/O APIC pin
     assert routes[0] == 2 and all(routes[irq] == irq for irq in routes if irq) and 2 not in routes
     assert [(e[1], e[7]) for e in entries if e[0] == 4] == [(3, 0), (1, 1)]  # LINT0 ExtINT, LINT1 NMI
+
+
+# --- Linux's own virtio drivers on vmcore's virtio-mmio devices -----------------------------------
+
+LINUX_VIRTIO = REPO / "machines" / "linux-virtio.yaml"
+
+
+def test_linux_drivers_use_the_virtio_disk_console_and_entropy_devices(tmp_path: Path) -> None:
+    """Debian's kernel finds the three devices through the ACPI tables (DSDT LNRO0005), loads
+    virtio_mmio, virtio_blk, virtio_console and virtio-rng from the initramfs, then /init reads the
+    disk's first sector, writes its second, reads 64 bytes from /dev/hwrng and writes to /dev/hvc0."""
+    cache = linux_files()
+    disk = tmp_path / "disk.img"
+    disk.write_bytes((cache / "virtio-disk.img").read_bytes())
+    hvc = tmp_path / "hvc0.txt"
+    run = vmcore("run", str(LINUX_VIRTIO), "--accel", "tcg", "--set", f"devices.disk.image={disk}",
+                 "--set", "devices.hvc.backend=file", "--set", f"devices.hvc.path={hvc}", timeout=240)
+    out = run.stdout.decode(errors="replace")
+    assert "vmcore-virtio: done" in out, (out[-3000:], run.stderr[-2000:])
+    assert "vmcore-virtio: disk says vmcore virtio-blk: a known first sector" in out
+    assert "virtio_blk virtio0: [vda] 2048 512-byte logical blocks" in out
+    entropy = next(line for line in out.splitlines() if line.startswith("vmcore-virtio: hwrng ")).split()[-1]
+    assert len(entropy) == 128 and len(set(entropy)) > 4  # 64 bytes, not a constant
+    assert disk.read_bytes()[512:1024].startswith(b"written by linux through virtio-blk\n")  # in the host image
+    assert hvc.read_bytes() == b"hello from hvc0\r\n"  # the tty turns \n into \r\n (ONLCR)
+    assert "virtio_mmio.device=" not in out  # found through ACPI only: not twice
+    assert run.status == 0  # poweroff -f: ACPI S5 through the acpi-pm device
+
+
+def test_without_acpi_the_loader_puts_virtio_devices_on_the_command_line(tmp_path: Path) -> None:
+    """Kernels built with VIRTIO_MMIO_CMDLINE_DEVICES (Firecracker's, for one) find them there."""
+    from vmcore.machine import Machine
+    from vmcore.profile import Profile
+
+    cache = linux_files()
+    profile = Profile.load(LINUX_VIRTIO, ("devices.pm=null", f"devices.disk.image={cache / 'virtio-disk.img'}",
+                                          "devices.disk.readonly=true", "devices.hvc.backend=memory"))
+    with Machine.build(profile) as machine:
+        low = machine.memory.read(0, 0x10_0000)
+        assert b"virtio_mmio.device=0x200@0xd0000000:5 virtio_mmio.device=0x200@0xd0001000:6 " \
+               b"virtio_mmio.device=0x200@0xd0002000:7" in low
+        assert b"RSD PTR " not in low[0xE0000:]  # and no ACPI tables

@@ -27,6 +27,7 @@ from .tsc import TimeStampCounter
 from .units import parse_int
 
 if typing.TYPE_CHECKING:
+    from .acpi import AcpiDevice
     from .chardev import HostFile
     from .fuzz.scratch import FuzzScratch
     from .pci import PciBus
@@ -135,6 +136,11 @@ class Device:
     def regions(self) -> Sequence[Region]:
         """The bus ranges this device claims."""
         raise NotImplementedError
+
+    def acpi_devices(self) -> Sequence["AcpiDevice"]:
+        """How the machine's ACPI tables describe this device to an OS it boots directly (a DSDT
+        Device: hardware ID, MMIO window, interrupt; see vmcore.acpi). None by default."""
+        return ()
 
     @classmethod
     def kernel_parameters(cls, config: Any) -> Sequence[str]:

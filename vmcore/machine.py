@@ -128,9 +128,13 @@ class Machine:
                     mmio.claim(Region(Space.MMIO, spec.base, spec.size, rom.read, rom.write, name="rom"),
                                f"rom:{spec.name}")
             configs = [(spec, *_device_config(spec, registry)) for spec in profile.devices]
-            # What a Linux kernel needs on its command line to find devices (virtio-mmio's windows).
-            parameters = [parameter for _spec, dtype, config in configs
-                          for parameter in getattr(dtype.cls, "kernel_parameters", lambda _config: ())(config)]
+            # What a Linux kernel needs on its command line to find devices (virtio-mmio's windows),
+            # unless the machine describes them in ACPI tables (it has their acpi-pm): not both, or
+            # a kernel that takes both finds each device twice.
+            acpi = any(hasattr(dtype.cls, "pm_blocks") for _spec, dtype, _config in configs)
+            parameters = [] if acpi else [
+                parameter for _spec, dtype, config in configs
+                for parameter in getattr(dtype.cls, "kernel_parameters", lambda _config: ())(config)]
             state, firmware_tables = _cpu_state(profile, memory, image_sizes, parameters)
             machine = cls(profile, memory, pio, mmio, devices, clock, irq_lines, state, pci)
 
@@ -155,6 +159,7 @@ class Machine:
             _check_host_outputs(profile, devices)
             if firmware_tables:
                 _write_mp_table(memory, devices)
+                _write_acpi_tables(profile, memory, devices)
         except BaseException:
             for device in devices.values():
                 _close_quietly(device)
@@ -431,6 +436,37 @@ def _write_mp_table(memory: GuestMemory, devices: dict[str, Any]) -> None:
         memory.write(MP_BASE, table)
     except GuestMemoryError:
         log.warning("no RAM at %#x for the MP table: the OS will not find the I/O APIC", MP_BASE)
+
+
+def _write_acpi_tables(profile: Profile, memory: GuestMemory, devices: dict[str, Any]) -> None:
+    """ACPI tables (vmcore.acpi) where a device describes itself for them and the machine has the
+    acpi-pm device their FADT points at; the MADT names its APICs (as the MP table does)."""
+    from .acpi import ACPI_BASE, AcpiError, Apics, PmBlocks, acpi_tables
+
+    described, first = [], None
+    for spec in profile.devices:
+        items = getattr(devices[spec.name], "acpi_devices", lambda: ())()
+        described += items
+        first = first or (spec if items else None)
+    if first is None:
+        return
+    where, key = first.where, f"devices.{first.name}"
+    pm = next((device for device in devices.values() if hasattr(device, "pm_blocks")), None)
+    if pm is None:
+        return  # no ACPI without its fixed registers: the devices were put on the kernel's command line
+    lapic = next((d for d in devices.values() if getattr(d, "type_name", "") == "lapic"), None)
+    ioapic = next((d for d in devices.values() if getattr(d, "type_name", "") == "ioapic"), None)
+    apics = None
+    if lapic is not None and ioapic is not None:
+        ioapic_id = ioapic.config.apic_id if ioapic.config.apic_id != lapic.config.apic_id else \
+            (lapic.config.apic_id + 1) & 0xF
+        apics = Apics(lapic.config.apic_id, lapic.config.base, ioapic_id, ioapic.config.base)
+    try:
+        memory.write(ACPI_BASE, acpi_tables(described, PmBlocks(*pm.pm_blocks()), apics))
+    except AcpiError as exc:
+        raise ProfileError(where, key, str(exc)) from None
+    except GuestMemoryError:
+        log.warning("no RAM at %#x for the ACPI tables: the OS will not find its virtio devices", ACPI_BASE)
 
 
 def _default_tables(profile: Profile, need: int, mode: str, image_sizes: dict[str, int],

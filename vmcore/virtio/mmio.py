@@ -16,7 +16,9 @@ virtio 1.x not accepted, leave FEATURES_OK clear, as the specification says.
 QueueNotify is a doorbell (one per queue, matched by its index): on KVM an ioeventfd, so
 a notify costs the guest no exit. A Linux guest finds the device through
 ``virtio_mmio.device=SIZE@BASE:IRQ`` on its command line (the ``linux`` loader adds one for
-each such device, from :meth:`~VirtioMmioDevice.kernel_parameters`).
+each such device, from :meth:`~VirtioMmioDevice.kernel_parameters`), or, where the kernel
+was built without that parameter (Debian's), through the ACPI tables the machine then
+writes (a DSDT device ``LNRO0005`` each, vmcore.acpi; the machine needs an ``acpi-pm``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, ClassVar, Sequence
 
 import attrs
 
+from ..acpi import AcpiDevice
 from ..bus import Doorbell, Region, Space
 from ..device import Device, DeviceContext, in_range, prop
 from .queue import Chain, Virtqueue, VirtqueueError
@@ -106,6 +109,11 @@ class VirtioMmioDevice(Device):
         bells = tuple(Doorbell(QUEUE_NOTIFY, 4, index) for index in range(len(self.queues)))
         return [Region(Space.MMIO, self.config.base, WINDOW, self.read, self.write, sizes=(1, 2, 4),
                        name="virtio-mmio", doorbells=bells)]
+
+    def acpi_devices(self) -> Sequence[AcpiDevice]:
+        """For Linux kernels built without VIRTIO_MMIO_CMDLINE_DEVICES (Debian's): a DSDT device
+        ``LNRO0005``, its window and IRQ, which ``virtio_mmio`` matches through ACPI."""
+        return (AcpiDevice("LNRO0005", self.config.base, WINDOW, self.config.irq),)
 
     @classmethod
     def kernel_parameters(cls, config: Any) -> Sequence[str]:

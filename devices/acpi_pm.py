@@ -1,0 +1,94 @@
+"""ACPI power management registers: the fixed hardware an ACPI FADT points at (as PIIX4's PM function).
+
+Three register blocks in port I/O, from ``port``:
+
+- PM1a event block (4 bytes): PM1 status (write 1 to clear) and PM1 enable. No event is
+  ever raised here (no power button, no timer overflow interrupt), so status stays 0 and
+  the SCI stays low;
+- PM1a control block (2 bytes, at +4): SCI_EN reads 1 (the system is in ACPI mode from the
+  start, the FADT's SMI_CMD is 0); writing SLP_EN with SLP_TYP 5 (the DSDT's \\_S5, soft off)
+  powers the machine off: the run ends with status 0;
+- PM timer (4 bytes, at +8): a 24-bit counter at 3.579545 MHz of machine time.
+
+The machine writes ACPI tables only where a device needs them (a virtio-mmio device for
+Linux: vmcore.acpi); their FADT names this device's ports and its ``sci`` IRQ.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+
+from vmcore.bus import Region, Space
+from vmcore.device import Device, DeviceContext, in_range, prop
+from vmcore.hookspecs import hookimpl
+
+PM_TIMER_HZ = 3_579_545
+SCI_EN, SLP_EN = 1 << 0, 1 << 13
+SLP_TYP_SHIFT, SLP_TYP_MASK = 10, 7
+SLP_TYP_S5 = 5  # vmcore.acpi.SLP_TYP_S5: what the DSDT's \_S5 says
+
+
+@attrs.frozen
+class AcpiPmConfig:
+    port: int = prop(0x600, "First port of the three blocks (PM1a event +0, control +4, timer +8).", hex=True,
+                     validator=in_range(0, 0xFFF4))
+    sci: int = prop(9, "The SCI's IRQ line (level-triggered, as the MADT says).", validator=in_range(0, 15))
+
+
+class AcpiPm(Device):
+    """ACPI fixed-hardware registers: PM1 event and control, the PM timer; S5 powers off."""
+
+    type_name = "acpi-pm"
+    Config = AcpiPmConfig
+
+    def __init__(self, config: AcpiPmConfig, ctx: DeviceContext) -> None:
+        super().__init__(config, ctx)
+        self.line = ctx.irq(config.sci)
+        self.reset()
+
+    def reset(self) -> None:
+        self.status = 0
+        self.enable = 0
+        self.control = SCI_EN
+
+    def pm_blocks(self) -> tuple[int, int, int, int]:
+        """(PM1a event port, PM1a control port, PM timer port, SCI IRQ): what the FADT says."""
+        port = self.config.port
+        return port, port + 4, port + 8, self.config.sci
+
+    def regions(self) -> Sequence[Region]:
+        port = self.config.port
+        return [Region(Space.PIO, port, 4, self._event_read, self._event_write, sizes=(1, 2, 4), name="pm1a-event"),
+                Region(Space.PIO, port + 4, 2, self._control_read, self._control_write, sizes=(1, 2),
+                       name="pm1a-control"),
+                Region(Space.PIO, port + 8, 4, self._timer_read, None, sizes=(4,), name="pm-timer")]
+
+    def _event_read(self, offset: int, size: int) -> int:
+        return ((self.enable << 16 | self.status) >> (8 * offset)) & ((1 << (8 * size)) - 1)
+
+    def _event_write(self, offset: int, size: int, value: int) -> None:
+        word = value << (8 * offset)
+        mask = ((1 << (8 * size)) - 1) << (8 * offset)
+        self.status &= ~(word & mask & 0xFFFF)  # write 1 to clear
+        if mask >> 16:
+            self.enable = ((self.enable << 16 & ~mask | word & mask) >> 16) & 0xFFFF
+
+    def _control_read(self, offset: int, size: int) -> int:
+        return (self.control >> (8 * offset)) & ((1 << (8 * size)) - 1)
+
+    def _control_write(self, offset: int, size: int, value: int) -> None:
+        mask = ((1 << (8 * size)) - 1) << (8 * offset)
+        value = (self.control & ~mask | value << (8 * offset) & mask) & 0xFFFF
+        self.control = (value & ~SLP_EN) | SCI_EN  # SLP_EN reads 0; SCI_EN stays set
+        if value & SLP_EN and (value >> SLP_TYP_SHIFT) & SLP_TYP_MASK == SLP_TYP_S5:
+            self.ctx.exit(0, "ACPI soft off (S5)")
+
+    def _timer_read(self, offset: int, size: int) -> int:
+        return self.ctx.clock.now() * PM_TIMER_HZ // 1_000_000_000 & 0xFFFFFF
+
+
+@hookimpl
+def vmcore_device_types() -> list[type]:
+    return [AcpiPm]
