@@ -364,6 +364,9 @@ class GuestMemory:
     def check_range(self, address: int, length: int, writing: bool = False) -> None:
         """Raise GuestMemoryError unless every byte of the range is backed (and writable, if
         ``writing``): what a device checks before it trusts an address the guest gave it."""
+        slot = self.slot_at(address)
+        if slot is not None and length >= 0 and address + length <= slot.end and not (writing and slot.readonly):
+            return  # within one window: the common case, without the walk below
         for _ in self._spans(address, length, writing):
             pass
 
