@@ -372,6 +372,10 @@ class GuestMemory:
 
     def read(self, address: int, length: int) -> bytes:
         """Copy ``length`` bytes from guest-physical ``address``."""
+        slot = self.slot_at(address)
+        if slot is not None and 0 <= length and address + length <= slot.end:
+            start = address - slot.base  # within one window (nearly every access): no walk
+            return bytes(slot.view[start : start + length])
         parts = [slot.view[off : off + n] for slot, off, n in self._spans(address, length, False)]
         return b"".join(parts) if len(parts) != 1 else bytes(parts[0])
 
@@ -385,6 +389,11 @@ class GuestMemory:
 
     def _copy_in(self, address: int, data: bytes | bytearray | memoryview, writing: bool) -> None:
         src = memoryview(data).cast("B")
+        slot = self.slot_at(address)
+        if slot is not None and address + len(src) <= slot.end and not (writing and slot.readonly):
+            start = address - slot.base  # within one window: no walk
+            slot.view[start : start + len(src)] = src
+            return
         done = 0
         # Check every span before copying any, so a refused write leaves memory untouched.
         for slot, off, n in list(self._spans(address, len(src), writing)):
