@@ -194,3 +194,34 @@ def test_pushf_stores_rflags_with_rf_clear_after_an_iret_set_it() -> None:
     assert uc.reg_read(X.UC_X86_REG_EAX) & (1 << 16)  # the image had RF
     rf = bool(uc.reg_read(X.UC_X86_REG_EBX) & (1 << 16))
     assert rf == (not pushf_clears_rf(uclib))
+
+
+@needs_engine_build
+def test_the_engine_takes_hardware_interrupts_itself() -> None:
+    """0005-hardirq-ack: the CPU delivers the 8259's interrupts with QEMU's own code, asking the
+    controller for the vector as it takes one; vmcore's Python IDT delivery serves none of them
+    (it still serves a stock engine: the stock test above runs rm-timer there)."""
+    from vmcore.accel import RunLimits
+    from vmcore.accel.idt import IdtDelivery
+    from vmcore.machine import Machine
+    from vmcore.profile import Profile
+
+    external = []
+    original = IdtDelivery.deliver
+
+    def deliver(self, vector, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("external"):
+            external.append(vector)
+        return original(self, vector, **kwargs)
+
+    IdtDelivery.deliver = deliver  # type: ignore[method-assign]
+    try:
+        profile = Profile.load(REPO / "machines" / "rm-timer.yaml", ("devices.console.backend=memory",))
+        with Machine.build(profile) as machine:
+            stop = machine.run("tcg", RunLimits(timeout=20))
+            output = bytes(machine.devices["console"].output)
+            assert machine.accelerator._hardirq is not None
+    finally:
+        IdtDelivery.deliver = original  # type: ignore[method-assign]
+    assert (stop.kind, output) == ("exit", b"rm ticks: 10\n"), stop.message
+    assert external == []

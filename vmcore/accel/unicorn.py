@@ -139,6 +139,7 @@ class UnicornAccelerator(Accelerator):
         self._idt: IdtDelivery | None = None
         self._raise_interrupt: Callable[[int], None] | None = None  # see _interrupt_request
         self._reset_interrupt: Callable[[int], None] | None = None  # see _interrupt_request
+        self._hardirq: _EngineInterrupts | None = None  # the engine delivers external interrupts
         self._window_armed = False  # the VINTR intercept waits for the guest to set IF (offer_interrupt)
         self._fastcall: FastCall | None = None
         self._cr4_allowed: int | None = None  # the CR4 bits this CPUID allows (see _check_cr4)
@@ -183,6 +184,7 @@ class UnicornAccelerator(Accelerator):
         self._idt = IdtDelivery(self.regs, memory, self.stop_reason, set_cpl)
         self._raise_interrupt = None if layout is None else _interrupt_request(cpu)
         self._reset_interrupt = None if layout is None else _interrupt_reset(cpu)
+        self._hardirq = _EngineInterrupts.of(self)
         supported = dict(engine_cpuid(getattr(uc_mod, _MODES[state.mode])))
         if not supported:
             raise AcceleratorUnavailable("unicorn did not answer CPUID on a scratch engine")
@@ -623,6 +625,9 @@ class UnicornAccelerator(Accelerator):
         return bool(self.regs.reg_read(X.UC_X86_REG_EFLAGS) & _FLAG_IF)
 
     def offer_interrupt(self, controller: InterruptController) -> bool:
+        if self._hardirq is not None:
+            # vmcore's engine build: the CPU takes it itself where it can (see _EngineInterrupts).
+            return self._hardirq.offer(controller, self.interrupts_enabled)
         if controller.pending() and self.interrupts_enabled():
             if self._previous_byte() == 0xFB:
                 # STI holds interrupts off for one more instruction, so "sti; hlt" cannot
@@ -1146,9 +1151,72 @@ _MMIO_WRITE_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, 
 
 
 #: QEMU's CPU_INTERRUPT_NMI (CPU_INTERRUPT_TGT_EXT_3): a request bit its x86 CPU serves as an NMI.
+_CPU_INTERRUPT_HARD = 0x0002
 _CPU_INTERRUPT_NMI = 0x0200
 #: QEMU's CPU_INTERRUPT_VIRQ (CPU_INTERRUPT_TGT_INT_0): an SVM guest's virtual interrupt request.
 _CPU_INTERRUPT_VIRQ = 0x0100
+
+
+class _EngineInterrupts:
+    """Hardware interrupts delivered by the engine's CPU itself: vmcore's build of unicorn
+    (engine/unicorn/patches/0005-hardirq-ack.patch).
+
+    While the interrupt controller has one pending, the CPU's CPU_INTERRUPT_HARD request is
+    raised; QEMU's CPU loop takes it at the first instruction boundary where the guest can
+    (IF set, no interrupt shadow after sti or mov ss; from hlt too), asks :meth:`_ack` for the
+    vector there (the controller's acknowledge cycle, at the moment the CPU takes it, as
+    hardware's INTA) and delivers it with its own code for every mode
+    (``do_interrupt_x86_hardirq``): no IDT walk in Python, no polling for the interrupt
+    window. When the controller no longer has one pending the request is dropped. A stock
+    unicorn has no such callback: the Python delivery (vmcore.accel.idt) serves it.
+    """
+
+    _ACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+
+    def __init__(self, accel: "UnicornAccelerator", setter: Any, raise_: Callable[[int], None],
+                 reset: Callable[[int], None]) -> None:
+        self._accel = accel
+        self._raise, self._reset = raise_, reset
+        self.controller: InterruptController | None = None
+        self.requested = False
+        self._callback = self._ACK(self._ack)  # kept alive as long as the engine may call it
+        setter.argtypes, setter.restype = (ctypes.c_void_p, self._ACK, ctypes.c_void_p), None
+        setter(accel.uc._uch, self._callback, None)
+
+    @classmethod
+    def of(cls, accel: "UnicornAccelerator") -> "_EngineInterrupts | None":
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        setter = getattr(uclib, "vmcore_set_irq_ack", None)
+        if setter is None or accel._raise_interrupt is None or accel._reset_interrupt is None:
+            return None
+        return cls(accel, setter, accel._raise_interrupt, accel._reset_interrupt)
+
+    def offer(self, controller: InterruptController, enabled: Callable[[], bool]) -> bool:
+        """Keep the request raised exactly while ``controller`` has an interrupt pending; True
+        when the guest can take it now (the engine then delivers it as it resumes)."""
+        self.controller = controller
+        if controller.pending():
+            if not self.requested:
+                self.requested = True
+                self._raise(_CPU_INTERRUPT_HARD)
+            return enabled()
+        if self.requested:
+            self.requested = False
+            self._reset(_CPU_INTERRUPT_HARD)
+        return False
+
+    def _ack(self, _opaque: Any) -> int:
+        # Called by the engine inside emu_start; QEMU has cleared its request already.
+        self.requested = False
+        controller = self.controller
+        try:
+            if controller is None or not controller.pending():
+                return -1  # it went away meanwhile: nothing to deliver
+            return controller.acknowledge() & 0xFF
+        except BaseException as exc:  # noqa: BLE001 - a device's fault: raised after emu_start
+            self._accel.abort(exc)
+            return -1
 
 
 def _interrupt_request(cpu: int) -> Callable[[int], None] | None:
