@@ -226,3 +226,36 @@ def test_console_emergency_write_and_size(fake_bus) -> None:
     assert fake_bus.readw(BASE + 0x100) == 80 and fake_bus.readw(BASE + 0x102) == 25
     fake_bus.writel(BASE + 0x108, ord("!"))
     assert console.output == b"!"
+
+
+def test_console_a_flood_of_host_input_is_held_to_the_bound_and_loses_nothing(fake_bus, tmp_path) -> None:
+    import time
+
+    from vmcore_devices.virtio_console import HOST_INPUT_BUFFER
+
+    data = os.urandom(64 * 1024)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    console = fake_bus.attach("virtio-console", base=BASE, irq=7, backend="file", path=str(tmp_path / "out"),
+                              input=str(source))
+    driver = VirtioDriver(fake_bus, BASE)
+    driver.start(queues=(0, 1))
+    deadline = time.monotonic() + 10
+    while len(console.backend.input) < HOST_INPUT_BUFFER // 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # a reader that ignored the bound would go on reading meanwhile
+    assert HOST_INPUT_BUFFER // 2 <= len(console.backend.input) <= HOST_INPUT_BUFFER
+    rx = driver.queue(0)
+    received, outstanding = bytearray(), 0
+    while len(received) < len(data) and time.monotonic() < deadline:
+        while outstanding < rx.size:  # as a driver does: never more buffers out than the queue holds
+            rx.add([(4096, True)])
+            outstanding += 1
+        rx.notify()
+        fake_bus.step(0)  # the reader's wake-ups, posted to the machine thread
+        for head, written in rx.used():
+            received += rx.data(head)[:written]
+            outstanding -= 1
+        assert len(console.backend.input) <= HOST_INPUT_BUFFER
+        time.sleep(0.01)
+    assert bytes(received) == data
