@@ -20,6 +20,7 @@ from typing import Sequence
 
 import attrs
 
+from vmcore.acpi import SLP_TYP_S5, PmBlocks
 from vmcore.bus import Region, Space
 from vmcore.device import Device, DeviceContext, in_range, prop
 from vmcore.hookspecs import hookimpl
@@ -27,7 +28,6 @@ from vmcore.hookspecs import hookimpl
 PM_TIMER_HZ = 3_579_545
 SCI_EN, SLP_EN = 1 << 0, 1 << 13
 SLP_TYP_SHIFT, SLP_TYP_MASK = 10, 7
-SLP_TYP_S5 = 5  # vmcore.acpi.SLP_TYP_S5: what the DSDT's \_S5 says
 
 
 @attrs.frozen
@@ -45,7 +45,6 @@ class AcpiPm(Device):
 
     def __init__(self, config: AcpiPmConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)
-        self.line = ctx.irq(config.sci)
         self.reset()
 
     def reset(self) -> None:
@@ -53,10 +52,10 @@ class AcpiPm(Device):
         self.enable = 0
         self.control = SCI_EN
 
-    def pm_blocks(self) -> tuple[int, int, int, int]:
-        """(PM1a event port, PM1a control port, PM timer port, SCI IRQ): what the FADT says."""
+    def pm_blocks(self) -> PmBlocks:
+        """What the FADT says: the three blocks' ports and the SCI's IRQ."""
         port = self.config.port
-        return port, port + 4, port + 8, self.config.sci
+        return PmBlocks(port, port + 4, port + 8, self.config.sci)
 
     def regions(self) -> Sequence[Region]:
         port = self.config.port

@@ -21,8 +21,7 @@ from vmcore.chardev import (BackendKind, HostFile, SocketMode, backend_prop, che
                             path_prop, socket_mode_prop)
 from vmcore.device import DeviceContext, prop
 from vmcore.hookspecs import hookimpl
-from vmcore.virtio import VirtioMmioConfig, VirtioMmioDevice, Virtqueue, VirtqueueError
-from vmcore.virtio.mmio import DRIVER_OK
+from vmcore.virtio import VirtioMmioConfig, VirtioMmioDevice, Virtqueue
 
 if TYPE_CHECKING:
     from vmcore.fuzz import FuzzScratch
@@ -87,7 +86,7 @@ class VirtioConsole(VirtioMmioDevice):
     def feed(self, data: bytes) -> None:
         """Host input (machine thread), as a backend's reader gives it: queued, then received."""
         self.backend.input.put(data)
-        self._receive()
+        self.notify(RECEIVE)
 
     def serve(self, index: int, queue: Virtqueue) -> None:
         if index == TRANSMIT:
@@ -95,27 +94,16 @@ class VirtioConsole(VirtioMmioDevice):
                 for piece in chain.read_pieces(self.memory):
                     self.backend.write(piece)
                 self.complete(queue, chain, 0)
-        else:
-            self._receive()  # new receive buffers: host input may be waiting for them
+            return
+        # Waiting host input into the driver's receive buffers, one chain per piece (new buffers, or
+        # new input: see _host_input_ready).
+        while len(self.backend.input) and (chain := queue.pop()) is not None:
+            data = self.backend.input.take(chain.writable_length)
+            self.complete(queue, chain, chain.write(self.memory, 0, data))
 
     def _host_input_ready(self) -> None:
         # A backend thread: device state is touched on the machine thread only.
-        self.ctx.clock.call_soon_threadsafe(self._receive)
-
-    def _receive(self) -> None:
-        """Move waiting host input into the driver's receive buffers, one chain per piece."""
-        queue = self.queues[RECEIVE]
-        if self.broken is not None or not self.status & DRIVER_OK or not queue.ready or not len(self.backend.input):
-            return
-        try:
-            while len(self.backend.input) and queue.pending():
-                chain = queue.pop()
-                if chain is None:
-                    return
-                data = self.backend.input.take(chain.writable_length)
-                self.complete(queue, chain, chain.write(self.memory, 0, data))
-        except VirtqueueError as exc:
-            self._needs_reset(f"queue {RECEIVE}: {exc}")
+        self.ctx.clock.call_soon_threadsafe(lambda: self.notify(RECEIVE))
 
 
 @hookimpl

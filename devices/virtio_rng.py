@@ -46,7 +46,7 @@ class VirtioRng(VirtioMmioDevice):
         self.source: Callable[[int], bytes] = os.urandom
         self._tokens = float(config.rate)
         self._stamp = ctx.clock.now()
-        self._refill: Timer = ctx.clock.timer(lambda: self._notify(0))
+        self._refill: Timer = ctx.clock.timer(lambda: self.notify(0))
 
     def serve(self, index: int, queue: Virtqueue) -> None:
         rate = self.config.rate

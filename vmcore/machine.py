@@ -420,18 +420,29 @@ def _cpu_state(profile: Profile, memory: GuestMemory, image_sizes: dict[str, int
         raise ProfileError(cpu.where, "cpu.tables", str(exc)) from None
 
 
-def _write_mp_table(memory: GuestMemory, devices: dict[str, Any]) -> None:
-    """An MP table of the interrupt wiring (vmcore.mptable) where the machine has a local APIC and
-    an I/O APIC: what firmware would leave for an OS that finds its I/O APIC that way."""
+def _apics(devices: dict[str, Any]) -> Any:
+    """The machine's local and I/O APIC as firmware tables name them (``vmcore.acpi.Apics``), or
+    None without both."""
+    from .acpi import Apics
+
     lapic = next((d for d in devices.values() if getattr(d, "type_name", "") == "lapic"), None)
     ioapic = next((d for d in devices.values() if getattr(d, "type_name", "") == "ioapic"), None)
     if lapic is None or ioapic is None:
-        return
+        return None
     lapic_id, ioapic_id = lapic.config.apic_id, ioapic.config.apic_id
     if ioapic_id == lapic_id:
         ioapic_id = (lapic_id + 1) & 0xF  # IDs are shared between local and I/O APICs: as QEMU numbers them
-    table = mp_table(lapic_id=lapic_id, lapic_base=lapic.config.base, ioapic_id=ioapic_id,
-                     ioapic_base=ioapic.config.base)
+    return Apics(lapic_id, lapic.config.base, ioapic_id, ioapic.config.base)
+
+
+def _write_mp_table(memory: GuestMemory, devices: dict[str, Any]) -> None:
+    """An MP table of the interrupt wiring (vmcore.mptable) where the machine has a local APIC and
+    an I/O APIC: what firmware would leave for an OS that finds its I/O APIC that way."""
+    apics = _apics(devices)
+    if apics is None:
+        return
+    table = mp_table(lapic_id=apics.lapic_id, lapic_base=apics.lapic_base, ioapic_id=apics.ioapic_id,
+                     ioapic_base=apics.ioapic_base)
     try:
         memory.write(MP_BASE, table)
     except GuestMemoryError:
@@ -441,7 +452,7 @@ def _write_mp_table(memory: GuestMemory, devices: dict[str, Any]) -> None:
 def _write_acpi_tables(profile: Profile, memory: GuestMemory, devices: dict[str, Any]) -> None:
     """ACPI tables (vmcore.acpi) where a device describes itself for them and the machine has the
     acpi-pm device their FADT points at; the MADT names its APICs (as the MP table does)."""
-    from .acpi import ACPI_BASE, AcpiError, Apics, PmBlocks, acpi_tables
+    from .acpi import ACPI_BASE, AcpiError, acpi_tables
 
     described, first = [], None
     for spec in profile.devices:
@@ -454,15 +465,8 @@ def _write_acpi_tables(profile: Profile, memory: GuestMemory, devices: dict[str,
     pm = next((device for device in devices.values() if hasattr(device, "pm_blocks")), None)
     if pm is None:
         return  # no ACPI without its fixed registers: the devices were put on the kernel's command line
-    lapic = next((d for d in devices.values() if getattr(d, "type_name", "") == "lapic"), None)
-    ioapic = next((d for d in devices.values() if getattr(d, "type_name", "") == "ioapic"), None)
-    apics = None
-    if lapic is not None and ioapic is not None:
-        ioapic_id = ioapic.config.apic_id if ioapic.config.apic_id != lapic.config.apic_id else \
-            (lapic.config.apic_id + 1) & 0xF
-        apics = Apics(lapic.config.apic_id, lapic.config.base, ioapic_id, ioapic.config.base)
     try:
-        memory.write(ACPI_BASE, acpi_tables(described, PmBlocks(*pm.pm_blocks()), apics))
+        memory.write(ACPI_BASE, acpi_tables(described, pm.pm_blocks(), _apics(devices)))
     except AcpiError as exc:
         raise ProfileError(where, key, str(exc)) from None
     except GuestMemoryError:

@@ -184,7 +184,7 @@ class VirtioMmioDevice(Device):
         elif offset == QUEUE_SEL:
             self.queue_sel = value
         elif offset == QUEUE_NOTIFY:
-            self._notify(value)
+            self.notify(value)
         elif offset == INTERRUPT_ACK:
             self.interrupt_status &= ~value
             self._update_line()
@@ -229,7 +229,10 @@ class VirtioMmioDevice(Device):
                 value &= ~FEATURES_OK  # the driver reads it back and gives up (3.1.1)
         self.status = value | (self.status & DEVICE_NEEDS_RESET)
 
-    def _notify(self, index: int) -> None:
+    def notify(self, index: int) -> None:
+        """Serve queue ``index`` as the driver's notify does: only while the driver is running (DRIVER_OK),
+        the queue is ready and no queue is broken; a VirtqueueError marks the device as needing reset.
+        A device calls it too when it can serve again on its own (host input, a refilled budget)."""
         if self.broken is not None or not self.status & DRIVER_OK or index >= len(self.queues):
             return
         queue = self.queues[index]
