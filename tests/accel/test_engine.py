@@ -117,6 +117,60 @@ def test_unkick_drops_a_kick_not_taken() -> None:
     assert uc.reg_read(X.UC_X86_REG_RAX) > 0
 
 
+# --- a stop asked for during an access (engine/unicorn/patches/0008) -------------------------------
+
+MMIO = 0x20000
+
+
+def test_a_stop_asked_for_in_an_mmio_callback_leaves_that_instruction_to_run_again() -> None:
+    """Either engine stops right after the access, the instruction not done and nothing after it run:
+    unicorn checks after every access; vmcore's build only after an access's slow path."""
+    # mov %eax, MMIO; inc %rbx; mov MMIO, %ecx; inc %rbx; hlt
+    code = bytes([0x89, 0x04, 0x25]) + MMIO.to_bytes(4, "little") + bytes([0x48, 0xFF, 0xC3]) \
+        + bytes([0x8B, 0x0C, 0x25]) + MMIO.to_bytes(4, "little") + bytes([0x48, 0xFF, 0xC3, 0xF4])
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(BASE, code)
+    seen: list[tuple[str, int]] = []
+
+    def read(engine: object, offset: int, size: int, _data: object) -> int:
+        seen.append(("read", offset))
+        engine.emu_stop()  # type: ignore[attr-defined]
+        return 0x55
+
+    def write(engine: object, offset: int, size: int, value: int, _data: object) -> None:
+        seen.append(("write", value))
+        engine.emu_stop()  # type: ignore[attr-defined]
+
+    uc.mmio_map(MMIO, 0x1000, read, None, write, None)
+    uc.reg_write(X.UC_X86_REG_RAX, 0x1234)
+    uc.emu_start(BASE, NO_END)
+    assert seen == [("write", 0x1234)]
+    assert (uc.reg_read(X.UC_X86_REG_RIP), uc.reg_read(X.UC_X86_REG_RBX)) == (BASE, 0)
+    uc.reg_write(X.UC_X86_REG_RIP, BASE + 7)  # past the store, as vmcore's replay would finish it
+    uc.emu_start(BASE + 7, NO_END)
+    assert seen[-1] == ("read", 0)
+    assert (uc.reg_read(X.UC_X86_REG_RIP), uc.reg_read(X.UC_X86_REG_RBX)) == (BASE + 10, 1)
+    assert uc.reg_read(X.UC_X86_REG_RCX) == 0  # the load's instruction did not complete
+    uc.emu_start(BASE + 17, NO_END)  # the rest runs on
+    assert uc.reg_read(X.UC_X86_REG_RBX) == 2
+
+
+def test_loads_and_stores_in_ram_run_on_without_a_stop() -> None:
+    """Accesses that miss the TLB take the slow path too; with no stop asked for they go on."""
+    # Touch 64 pages (a TLB miss each): mov %rax, (%rdi); add $4096, %rdi; dec %ecx; jnz; hlt
+    code = bytes([0x48, 0x89, 0x07, 0x48, 0x81, 0xC7, 0x00, 0x10, 0x00, 0x00, 0xFF, 0xC9, 0x75, 0xF2, 0xF4])
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    uc.mem_map(0, 0x100000)
+    uc.mem_write(BASE, code)
+    uc.reg_write(X.UC_X86_REG_RDI, 0x40000)
+    uc.reg_write(X.UC_X86_REG_RCX, 64)
+    uc.reg_write(X.UC_X86_REG_RAX, 0x1122334455667788)
+    uc.emu_start(BASE, BASE + len(code) - 1)
+    assert uc.reg_read(X.UC_X86_REG_RCX) == 0
+    assert all(uc.mem_read(0x40000 + 4096 * k, 8) == (0x1122334455667788).to_bytes(8, "little") for k in range(64))
+
+
 # --- scripts/build-engine -------------------------------------------------------------------------
 
 def test_build_engine_says_which_engine_is_installed() -> None:

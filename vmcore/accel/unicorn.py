@@ -39,8 +39,8 @@ from .fastcall import FastCall
 from .idt import IdtDelivery
 from .intercepts import EMULATED, EXCP_VMEXIT, MSR, SCRATCH_SIZE, VINTR, InterceptControls, InterceptHandler, Step
 from .msrs import MsrRules
-from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineFeatures, add_c_block_hook, cpu_layout, engine_kick,
-                             hook_bounds_offset, pushf_clears_rf, registers_match)
+from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineFeatures, add_c_block_hook, cpu_layout, engine_fastcalls,
+                             engine_kick, hook_bounds_offset, pushf_clears_rf, registers_match)
 
 try:
     import unicorn as uc_mod
@@ -212,8 +212,12 @@ class UnicornAccelerator(Accelerator):
                         "but the engine runs every instruction it knows", state.model.describe())
         self._cr4_allowed = allowed_cr4(self._cpuid)
         amd = vendor_of(self._cpuid) == "AuthenticAMD"
-        self._fastcall = FastCall(self.regs, self._deliver, lambda: bool(self._segment("cs")["l"]), amd=amd,
-                                  set_cpl=set_cpl)
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        # vmcore's engine build runs SYSCALL and SYSENTER itself; a stock unicorn calls hooks, which
+        # do the same here (vmcore.accel.fastcall), at some 60 us a call.
+        self._fastcall = None if engine_fastcalls(uclib, self.uc, amd) else FastCall(
+            self.regs, self._deliver, lambda: bool(self._segment("cs")["l"]), amd=amd, set_cpl=set_cpl)
         # CPUID zero-extends into the 64-bit registers (written whole, as in long mode).
         self._cpuid_registers = _registers(_CPUID_REGISTERS_64)
         self._follow_map()
@@ -227,8 +231,6 @@ class UnicornAccelerator(Accelerator):
             rules = MsrRules(self.regs, features_of(self._cpuid), state.local_apic)
             # vmcore's engine build stores pushf's image with RF clear: a real-mode iret that
             # loads RF then needs no help (engine/unicorn/patches/0004-pushf-clears-rf.patch).
-            from unicorn.unicorn_py3.unicorn import uclib
-
             self._intercepts = InterceptHandler(controls, _InterceptedCpu(self, hflags), self._cr4_allowed, rules,
                                                 real_mode_iret=not pushf_clears_rf(uclib))
 
@@ -417,25 +419,25 @@ class UnicornAccelerator(Accelerator):
                 self.regs.reg_write(register, value)
             return 1  # done: unicorn skips its own
 
-        @contained
-        def on_syscall(_uc: Any, _ud: Any) -> None:
-            assert self._fastcall is not None
-            self._fast_call(self._fastcall.syscall)
-
-        @contained
-        def on_sysenter(_uc: Any, _ud: Any) -> None:
-            assert self._fastcall is not None
-            fastcall = self._fastcall
-            self._fast_call(lambda _next: fastcall.sysenter())
-
         self._hooks = [
-            uc.hook_add(uc_mod.UC_HOOK_INSN, on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL),
-            uc.hook_add(uc_mod.UC_HOOK_INSN, on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER),
             uc.hook_add(uc_mod.UC_HOOK_MEM_WRITE_PROT, on_write_prot),
             uc.hook_add(uc_mod.UC_HOOK_INTR, on_intr),
             uc.hook_add(uc_mod.UC_HOOK_INSN_INVALID, on_invalid),
             uc.hook_add(uc_mod.UC_HOOK_INSN, on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID),
         ]
+        fastcall = self._fastcall
+        if fastcall is not None:  # a stock unicorn: SYSCALL and SYSENTER call these
+
+            @contained
+            def on_syscall(_uc: Any, _ud: Any) -> None:
+                self._fast_call(fastcall.syscall)
+
+            @contained
+            def on_sysenter(_uc: Any, _ud: Any) -> None:
+                self._fast_call(lambda _next: fastcall.sysenter())
+
+            self._hooks += [uc.hook_add(uc_mod.UC_HOOK_INSN, on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL),
+                            uc.hook_add(uc_mod.UC_HOOK_INSN, on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)]
         callbacks = self._callbacks
         assert callbacks is not None
         self._port_hooks = [callbacks.hook_port(X.UC_X86_INS_IN, accessors.port_in),

@@ -486,6 +486,20 @@ def pushf_clears_rf(lib: Any) -> bool:
     return getattr(lib, "vmcore_pushf_clears_rf", None) is not None
 
 
+#: vmcore_set_fastcalls's modes: SYSCALL where Intel allows it (64-bit mode only) or AMD.
+FASTCALLS_INTEL, FASTCALLS_AMD = 1, 2
+
+
+def engine_fastcalls(lib: Any, uc: Any, amd: bool) -> bool:
+    """Have the engine run SYSCALL and SYSENTER itself, as the SDM defines them (vmcore's build,
+    ``vmcore_set_fastcalls``); False on a stock unicorn, which calls instruction hooks instead."""
+    function = getattr(lib, "vmcore_set_fastcalls", None)
+    if function is None:
+        return False
+    function.argtypes, function.restype = (ctypes.c_void_p, ctypes.c_int), ctypes.c_int
+    return function(uc._uch, FASTCALLS_AMD if amd else FASTCALLS_INTEL) == 0
+
+
 def engine_kick(lib: Any) -> tuple[Any, Any] | None:
     """``vmcore_kick`` and ``vmcore_unkick`` of vmcore's engine build (``engine/unicorn``): a stop
     where the next block starts, from any thread, at no cost per block. None in a stock unicorn."""
