@@ -10,9 +10,9 @@ nothing; with ``readonly`` every write answers IOERR and the image is opened rea
 A chain without a header or a status byte breaks the queue (the device then needs a
 reset, as QEMU's does).
 
-Data moves between the image and guest RAM in pieces of at most 1 MiB (``os.pread`` and
-``os.pwrite`` at the request's offset), whatever a request's size, so a guest cannot make
-vmcore hold a large request in memory. The image is opened when the machine starts.
+Data moves between the image and guest RAM without a copy in vmcore: ``os.preadv`` and
+``os.pwritev`` on views of guest RAM, in batches of at most 1 MiB, so whatever a request's
+size vmcore holds none of it in memory. A host I/O error answers IOERR (logged once). The image is opened when the machine starts.
 Linux's driver is ``virtio_blk`` (``/dev/vda``).
 """
 
@@ -121,23 +121,13 @@ class VirtioBlk(VirtioMmioDevice):
             length = chain.writable_length - 1
             if not self._fits(sector, length):
                 return S_IOERR, 0
-            done = 0
-            while done < length:
-                piece = os.pread(self.fd, min(length - done, 1 << 20), sector * SECTOR + done)
-                if not piece:
-                    return S_IOERR, done
-                chain.write(self.memory, done, piece)
-                done += len(piece)
-            return S_OK, done
+            return self._transfer(chain, sector, length, reading=True)
         if kind == T_OUT:
             length = chain.readable_length - _HEADER.size
             if self.config.readonly or not self._fits(sector, length):
                 return S_IOERR, 0
-            offset = sector * SECTOR
-            for piece in chain.read_pieces(self.memory, _HEADER.size):
-                os.pwrite(self.fd, piece, offset)
-                offset += len(piece)
-            return S_OK, 0
+            status, _done = self._transfer(chain, sector, length, reading=False)
+            return status, 0
         if kind == T_FLUSH:
             if not self.config.readonly:
                 os.fsync(self.fd)
@@ -146,6 +136,30 @@ class VirtioBlk(VirtioMmioDevice):
             ident = self.config.serial.encode().ljust(ID_BYTES, b"\0")
             return S_OK, chain.write(self.memory, 0, ident[:chain.writable_length - 1])
         return S_UNSUPP, 0
+
+    def _transfer(self, chain: Chain, sector: int, length: int, reading: bool) -> tuple[int, int]:
+        """Move ``length`` bytes between the image at ``sector`` and the chain's data, straight
+        from or into guest RAM (``os.preadv``/``os.pwritev`` on views of it, a batch at a time);
+        (status, bytes moved). A host I/O error answers IOERR, logged once."""
+        assert self.fd is not None
+        offset, done = sector * SECTOR, 0
+        try:
+            if reading:
+                batches = chain.views(self.memory, 0, length, writing=True)
+            else:
+                batches = chain.views(self.memory, _HEADER.size, length, writing=False)
+            for batch in batches:
+                size = sum(map(len, batch))
+                moved = os.preadv(self.fd, batch, offset + done) if reading else \
+                    os.pwritev(self.fd, batch, offset + done)
+                done += moved
+                if moved < size:  # the image shrank under the guest, or the host disk is full
+                    return S_IOERR, done
+        except OSError as exc:
+            self._warn("io", f"{'reading' if reading else 'writing'} {self.config.image} at byte "
+                             f"{offset + done}: {exc.strerror or exc}")
+            return S_IOERR, done
+        return S_OK, done
 
     def _fits(self, sector: int, length: int) -> bool:
         return length % SECTOR == 0 and sector + length // SECTOR <= self.sectors

@@ -111,6 +111,28 @@ def test_write_running_from_ram_into_rom_changes_nothing(memory):
     assert memory.read(0xFFF, 2) == b"\0\0"
 
 
+def test_views_are_guest_memory_itself_one_per_window(memory):
+    memory.add_slot("a", 0, 0x1000)
+    memory.add_slot("b", 0x1000, 0x1000)
+    [inside] = memory.views(0x10, 4, writing=True)
+    inside[:] = b"abcd"  # a write through the view is a write to guest RAM
+    assert memory.read(0x10, 4) == b"abcd"
+    first, second = memory.views(0xFFE, 4)
+    assert (bytes(first), len(second)) == (b"\0\0", 2)
+    with pytest.raises(TypeError):
+        first[0] = 1  # views for reading are read-only
+
+
+def test_views_are_checked_as_accesses_are(memory):
+    memory.add_slot("ram", 0, 0x1000)
+    memory.add_slot("rom", 0x1000, 0x1000, readonly=True)
+    with pytest.raises(GuestMemoryError, match="outside every memory slot"):
+        memory.views(0xF00, 0x2000)
+    with pytest.raises(GuestMemoryError, match="read-only"):
+        memory.views(0xFFF, 2, writing=True)
+    assert [len(view) for view in memory.views(0xFFF, 2)] == [1, 1]  # reading ROM is fine
+
+
 @pytest.mark.parametrize("size", [1, 2, 4, 8])
 def test_read_int_and_write_int_are_little_endian(memory, size):
     memory.add_slot("ram", 0, 0x1000)

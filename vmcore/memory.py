@@ -370,6 +370,20 @@ class GuestMemory:
         for _ in self._spans(address, length, writing):
             pass
 
+    def views(self, address: int, length: int, writing: bool = False) -> list[memoryview]:
+        """The range as views onto guest memory itself, one per window it crosses, checked as
+        :meth:`check_range` checks it (writable views only where ``writing``; read-only ones
+        otherwise): DMA without a copy, e.g. ``os.preadv`` straight into guest RAM. Use them at
+        once and keep none: a map change (a window removed, a slot closed) invalidates them."""
+        slot = self.slot_at(address)
+        if slot is not None and 0 <= length and address + length <= slot.end and not (writing and slot.readonly):
+            start = address - slot.base  # within one window: no walk
+            view = slot.view[start : start + length]
+            return [view if writing else view.toreadonly()]
+        spans = list(self._spans(address, length, writing))
+        return [slot.view[off : off + n] if writing else slot.view[off : off + n].toreadonly()
+                for slot, off, n in spans]
+
     def read(self, address: int, length: int) -> bytes:
         """Copy ``length`` bytes from guest-physical ``address``."""
         slot = self.slot_at(address)

@@ -185,6 +185,43 @@ def test_blk_a_large_request_moves_in_pieces(fake_bus, tmp_path) -> None:
         bus.close()
 
 
+def test_blk_scattered_buffers_read_and_write_straight_through_guest_ram(fake_bus, image) -> None:
+    """Data buffers of every size and place, a sector split across them: the bytes land in order."""
+    _, _, queue = _blk(fake_bus, image)
+    sizes = [1, 511, 512, 7, 1017]  # 2048 bytes: sectors 4..7, cut anywhere
+    read = queue.add([_request(0, 4), *[(size, True) for size in sizes], (1, True)])
+    queue.notify()
+    assert queue.used() == [(read, 2049)]
+    got = b"".join(queue.data(read, 1 + k) for k in range(len(sizes)))
+    assert got == b"".join(bytes([sector]) * 512 for sector in range(4, 8))
+    pattern = bytes(range(256)) * 8
+    cuts = [0, 3, 700, 1024, 2048]
+    write = queue.add([_request(1, 8), *[pattern[a:b] for a, b in zip(cuts, cuts[1:])], (1, True)])
+    queue.notify()
+    assert queue.used() == [(write, 1)] and queue.data(write) == b"\0"
+    assert image.read_bytes()[8 * 512:12 * 512] == pattern
+
+
+def test_blk_a_host_io_error_answers_ioerr_and_is_logged_once(fake_bus, image, caplog, monkeypatch) -> None:
+    _, driver, queue = _blk(fake_bus, image)
+
+    def failing(*_args: object) -> int:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "preadv", failing)
+    monkeypatch.setattr(os, "pwritev", failing)
+    heads = [queue.add([_request(0, 0), (512, True), (1, True)]),
+             queue.add([_request(1, 0), b"z" * 512, (1, True)])]
+    queue.notify()
+    assert [queue.data(head) for head in heads] == [b"\1", b"\1"]  # IOERR, the queue still works
+    assert not driver.read(STATUS) & DEVICE_NEEDS_RESET
+    assert sum("Input/output error" in record.message for record in caplog.records) == 1
+    monkeypatch.undo()
+    head = queue.add([_request(0, 2), (512, True), (1, True)])
+    queue.notify()
+    assert queue.data(head, 1) == bytes([2]) * 512
+
+
 # --- virtio-console ---------------------------------------------------------------------------------
 
 def _console(fake_bus):  # type: ignore[no-untyped-def]

@@ -29,7 +29,7 @@ than the table is.
 from __future__ import annotations
 
 import struct
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import attrs
 
@@ -45,18 +45,26 @@ _USED_ELEM = struct.Struct("<II")
 CHAIN_LIMIT = 1 << 32
 #: Copies between a chain and the host go in pieces of at most this many bytes.
 PIECE = 1 << 20
+#: The most views in one batch of :meth:`Chain.views` (Linux's UIO_MAXIOV, the iovecs of one preadv).
+IOV_MAX = 1024
 
 
 class VirtqueueError(Exception):
     """The driver broke a queue's rules: the device stops serving it until reset."""
 
 
-@attrs.frozen
-class Buffer:
+class Buffer(NamedTuple):
     """One descriptor's buffer: guest-physical ``address``, ``length`` bytes."""
 
     address: int
     length: int
+
+
+_buffer = tuple.__new__  # Buffer(address, length) without NamedTuple's Python-level __new__ (per descriptor)
+
+
+def _total(buffers: tuple[Buffer, ...]) -> int:
+    return sum(buffer.length for buffer in buffers)
 
 
 @attrs.frozen
@@ -66,14 +74,9 @@ class Chain:
     head: int
     readable: tuple[Buffer, ...]
     writable: tuple[Buffer, ...]
-
-    @property
-    def readable_length(self) -> int:
-        return sum(buffer.length for buffer in self.readable)
-
-    @property
-    def writable_length(self) -> int:
-        return sum(buffer.length for buffer in self.writable)
+    #: Bytes in all readable buffers, and in all writable ones.
+    readable_length: int = attrs.field(default=attrs.Factory(lambda chain: _total(chain.readable), takes_self=True))
+    writable_length: int = attrs.field(default=attrs.Factory(lambda chain: _total(chain.writable), takes_self=True))
 
     def read(self, memory: GuestMemory, start: int, length: int) -> bytes:
         """``length`` bytes of the readable part from byte ``start`` on (fewer where it ends)."""
@@ -93,23 +96,59 @@ class Chain:
             done += count
         return done
 
+    def views(self, memory: GuestMemory, start: int, length: int, writing: bool) -> Iterator[list[memoryview]]:
+        """The writable part (``writing``) or the readable part, ``length`` bytes from byte ``start`` on,
+        as views onto guest RAM (:meth:`GuestMemory.views`), in batches of at most PIECE bytes and
+        IOV_MAX views: what ``os.preadv`` and ``os.pwritev`` take, so data moves without a copy.
+        Use each batch at once; guest RAM is the guest's to change between them."""
+        batch: list[memoryview] = []
+        size = 0
+        low = high = 0  # the window the last piece was in, and a view of it
+        window = memoryview(b"")
+        for address, count in _pieces(self.writable if writing else self.readable, start, length):
+            if batch and (size + count > PIECE or len(batch) >= IOV_MAX):
+                yield batch
+                batch, size = [], 0
+            if low <= address and address + count <= high:
+                batch.append(window[address - low : address - low + count])
+            else:
+                slot = memory.slot_at(address)
+                if slot is not None and address + count <= slot.end and not (writing and slot.readonly):
+                    low, high = slot.base, slot.end
+                    window = slot.view if writing else slot.view.toreadonly()
+                    batch.append(window[address - low : address - low + count])
+                else:
+                    batch += memory.views(address, count, writing)  # across windows (or refused)
+            size += count
+        if batch:
+            yield batch
+
 
 def _pieces(buffers: tuple[Buffer, ...], start: int, length: int) -> Iterator[tuple[int, int]]:
     """(address, count) pieces of ``buffers`` from byte ``start``, ``length`` bytes at most."""
-    for buffer in buffers:
+    for address, size in buffers:
+        if start:
+            if start >= size:
+                start -= size
+                continue
+            address, size, start = address + start, size - start, 0
+        if size > length:
+            size = length
+        length -= size
+        while size > PIECE:
+            yield address, PIECE
+            address += PIECE
+            size -= PIECE
+        if size:
+            yield address, size
         if length <= 0:
             return
-        if start >= buffer.length:
-            start -= buffer.length
-            continue
-        address, left = buffer.address + start, min(buffer.length - start, length)
-        start = 0
-        length -= left
-        while left:
-            count = min(left, PIECE)
-            yield address, count
-            address += count
-            left -= count
+
+
+def _table(memory: GuestMemory, address: int, length: int) -> memoryview | bytes:
+    """A descriptor table, checked in RAM: a view onto it where one window holds it, else a copy."""
+    views = memory.views(address, length)
+    return views[0] if len(views) == 1 else b"".join(views)
 
 
 class Virtqueue:
@@ -188,13 +227,16 @@ class Virtqueue:
     def _chain(self, head: int) -> Chain:
         if head >= self.size:
             raise VirtqueueError(f"chain head {head} is not below the queue size {self.size}")
+        memory = self.memory
         table, entries = self.desc, self.size
-        # The whole table in one read (checked in RAM by enable() or below): one copy instead of
-        # one per descriptor, which a 1 MiB request with 256 segments would make.
-        descriptors = self.memory.read(table, 16 * entries)
+        # The table read in place (checked in RAM by enable() or below), each descriptor once:
+        # no copy of it, and a guest that changes it meanwhile changes nothing already checked.
+        descriptors = _table(memory, table, 16 * entries)
         readable: list[Buffer] = []
         writable: list[Buffer] = []
-        total = 0
+        readable_length = writable_length = 0
+        low = high = 0  # the RAM window the last buffer was in: the next is most often there too
+        high_writable = False
         index, count, nested = head, 0, False
         while True:
             address, length, flags, following = _DESC.unpack_from(descriptors, 16 * index)
@@ -211,29 +253,37 @@ class Virtqueue:
                                          f"(a non-zero multiple of 16)")
                 self._check_ram(address, length, False, f"descriptor {index}'s indirect table")
                 table, entries, index, nested = address, length // 16, 0, True
-                descriptors = self.memory.read(table, length)
+                descriptors = _table(memory, table, length)
                 continue
             count += 1
             if count > entries:
                 raise VirtqueueError(f"the chain from {head} is longer than its table ({entries}): a loop")
-            where = f"descriptor {index}{' (indirect)' if nested else ''}"
-            if length:
+            writing = flags & DESC_F_WRITE
+            if length and not (low <= address and address + length <= high and (high_writable or not writing)):
+                where = f"descriptor {index}{' (indirect)' if nested else ''}"
                 if address + length > 1 << 64:
                     raise VirtqueueError(f"{where}: {address:#x}+{length:#x} wraps past 2**64")
-                self._check_ram(address, length, bool(flags & DESC_F_WRITE), where)
-            total += length
-            if total >= CHAIN_LIMIT:
-                raise VirtqueueError(f"the chain from {head} carries 2**32 bytes or more")
-            if flags & DESC_F_WRITE:
-                writable.append(Buffer(address, length))
+                slot = memory.slot_at(address)
+                if slot is not None and address + length <= slot.end and not (writing and slot.readonly):
+                    low, high, high_writable = slot.base, slot.end, not slot.readonly
+                else:
+                    self._check_ram(address, length, bool(writing), where)  # across windows, or refused
+            if writing:
+                writable.append(_buffer(Buffer, (address, length)))
+                writable_length += length
             elif writable:
-                raise VirtqueueError(f"{where}: device-readable after a device-writable descriptor")
+                raise VirtqueueError(f"descriptor {index}{' (indirect)' if nested else ''}: device-readable "
+                                     f"after a device-writable descriptor")
             else:
-                readable.append(Buffer(address, length))
+                readable.append(_buffer(Buffer, (address, length)))
+                readable_length += length
+            if readable_length + writable_length >= CHAIN_LIMIT:
+                raise VirtqueueError(f"the chain from {head} carries 2**32 bytes or more")
             if not flags & DESC_F_NEXT:
-                return Chain(head, tuple(readable), tuple(writable))
+                return Chain(head, tuple(readable), tuple(writable), readable_length, writable_length)
             if following >= entries:
-                raise VirtqueueError(f"{where}: next {following} is not below {entries}")
+                raise VirtqueueError(f"descriptor {index}{' (indirect)' if nested else ''}: next {following} "
+                                     f"is not below {entries}")
             index = following
 
     def _check_ram(self, address: int, length: int, writing: bool, what: str) -> None:
