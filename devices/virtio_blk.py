@@ -10,8 +10,8 @@ nothing; with ``readonly`` every write answers IOERR and the image is opened rea
 A chain without a header or a status byte breaks the queue (the device then needs a
 reset, as QEMU's does).
 
-Data moves between the image and guest RAM without a copy in vmcore: ``os.preadv`` and
-``os.pwritev`` on views of guest RAM, in batches of at most 1 MiB, so whatever a request's
+Data moves between the image and guest RAM without a copy in vmcore (``Chain.pread`` and
+``Chain.pwrite``: vectored I/O straight into or out of guest RAM), so whatever a request's
 size vmcore holds none of it in memory. A host I/O error answers IOERR (logged once). The image is opened when the machine starts.
 Linux's driver is ``virtio_blk`` (``/dev/vda``).
 """
@@ -138,28 +138,21 @@ class VirtioBlk(VirtioMmioDevice):
         return S_UNSUPP, 0
 
     def _transfer(self, chain: Chain, sector: int, length: int, reading: bool) -> tuple[int, int]:
-        """Move ``length`` bytes between the image at ``sector`` and the chain's data, straight
-        from or into guest RAM (``os.preadv``/``os.pwritev`` on views of it, a batch at a time);
-        (status, bytes moved). A host I/O error answers IOERR, logged once."""
+        """Move ``length`` bytes between the image at ``sector`` and the chain's data, straight from
+        or into guest RAM (Chain.pread/pwrite); (status, bytes moved). A host I/O error, or a short
+        transfer (the image shrank, the host disk is full), answers IOERR; an error is logged once."""
         assert self.fd is not None
-        offset, done = sector * SECTOR, 0
+        offset = sector * SECTOR
         try:
             if reading:
-                batches = chain.views(self.memory, 0, length, writing=True)
+                done = chain.pread(self.memory, self.fd, offset, 0, length)
             else:
-                batches = chain.views(self.memory, _HEADER.size, length, writing=False)
-            for batch in batches:
-                size = sum(map(len, batch))
-                moved = os.preadv(self.fd, batch, offset + done) if reading else \
-                    os.pwritev(self.fd, batch, offset + done)
-                done += moved
-                if moved < size:  # the image shrank under the guest, or the host disk is full
-                    return S_IOERR, done
+                done = chain.pwrite(self.memory, self.fd, offset, _HEADER.size, length)
         except OSError as exc:
-            self._warn("io", f"{'reading' if reading else 'writing'} {self.config.image} at byte "
-                             f"{offset + done}: {exc.strerror or exc}")
-            return S_IOERR, done
-        return S_OK, done
+            self._warn("io", f"{'reading' if reading else 'writing'} {self.config.image} at byte {offset}: "
+                             f"{exc.strerror or exc}")
+            return S_IOERR, 0
+        return (S_OK if done == length else S_IOERR), done
 
     def _fits(self, sector: int, length: int) -> bool:
         return length % SECTOR == 0 and sector + length // SECTOR <= self.sectors

@@ -51,3 +51,61 @@ def test_a_buffer_across_two_windows_gives_a_view_of_each(memory) -> None:  # ty
 def test_lengths_are_given_or_summed() -> None:
     chain = Chain(3, (Buffer(0, 16),), (Buffer(64, 100), Buffer(256, 1)))
     assert (chain.readable_length, chain.writable_length) == (16, 101)
+
+
+# --- Chain.pread and Chain.pwrite: a host file and guest RAM, no copy between -----------------------
+
+@pytest.fixture
+def data_file(tmp_path):  # type: ignore[no-untyped-def]
+    import os
+
+    path = tmp_path / "data"
+    path.write_bytes(os.urandom(64 << 10))
+    fd = os.open(path, os.O_RDWR)
+    yield path, fd
+    os.close(fd)
+
+
+@pytest.mark.parametrize("base", [0x1000, (4 << 20) - 0x2000], ids=["one-window", "across-windows"])
+def test_pread_fills_scattered_buffers_in_order_from_start(memory, data_file, base) -> None:  # type: ignore[no-untyped-def]
+    path, fd = data_file
+    sizes = [100, 4096, 3, 5000, 1]
+    addresses, at = [], base
+    for size in sizes:
+        addresses.append(at)
+        at += size + 64  # gaps between buffers, and (across-windows) a buffer over the boundary
+    chain = Chain(0, (), tuple(Buffer(a, n) for a, n in zip(addresses, sizes)))
+    data = path.read_bytes()
+    start, length = 50, sum(sizes) - 51  # from inside the first buffer to before the last byte
+    assert chain.pread(memory, fd, 1000, start, length) == length
+    got = b"".join(memory.read(a, n) for a, n in zip(addresses, sizes))
+    assert got[start:start + length] == data[1000:1000 + length]
+    assert got[:start] == bytes(start) and got[-1:] == b"\0"  # nothing outside the range
+
+
+def test_pread_stops_at_the_end_of_the_file_and_pwrite_writes_back(memory, data_file) -> None:  # type: ignore[no-untyped-def]
+    path, fd = data_file
+    chain = Chain(0, (Buffer(0x9000, 8192),), (Buffer(0x1000, 4096), Buffer(0x5000, 4096)))
+    assert chain.pread(memory, fd, (64 << 10) - 1000, 0, 8192) == 1000  # short: the file ends
+    memory.write(0x9000, b"\xEE" * 8192)
+    assert chain.pwrite(memory, fd, 4096, 0, 8192) == 8192
+    assert path.read_bytes()[4096:4096 + 8192] == b"\xEE" * 8192
+
+
+def test_pread_takes_more_buffers_than_one_iovec_array_holds(memory, data_file) -> None:  # type: ignore[no-untyped-def]
+    path, fd = data_file
+    buffers = tuple(Buffer(0x10000 + 32 * k, 16) for k in range(IOV_MAX + 10))
+    chain = Chain(0, (), buffers)
+    assert chain.pread(memory, fd, 0, 0, chain.writable_length) == chain.writable_length
+    data = path.read_bytes()
+    assert b"".join(memory.read(b.address, 16) for b in buffers) == data[:chain.writable_length]
+
+
+def test_a_chain_from_a_queue_and_one_built_by_hand_are_equal_and_read_alike(memory) -> None:  # type: ignore[no-untyped-def]
+    one = Chain(7, (Buffer(0x100, 16),), (Buffer(0x200, 8),))
+    other = Chain._of(7, (0x100, 0x200), (16, 8), 1, 16, 8)
+    assert one == other and other.readable == (Buffer(0x100, 16),) and other.writable == (Buffer(0x200, 8),)
+    assert "Chain(head=7" in repr(other)
+    memory.write(0x100, bytes(range(16)))
+    assert other.read(memory, 4, 100) == bytes(range(4, 16))
+    assert other.write(memory, 6, b"abcdef") == 2 and memory.read(0x206, 2) == b"ab"

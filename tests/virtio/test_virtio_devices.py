@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vmcore.testing.virtio import VirtioDriver
+from vmcore.virtio import Chain
 from vmcore.virtio.mmio import (CONFIG_CHANGE, DEVICE_NEEDS_RESET, F_INDIRECT_DESC, F_VERSION_1, FEATURES_OK,
                                 INTERRUPT_STATUS, MAGIC, QUEUE_NUM_MAX, STATUS, USED_BUFFER)
 
@@ -208,8 +209,8 @@ def test_blk_a_host_io_error_answers_ioerr_and_is_logged_once(fake_bus, image, c
     def failing(*_args: object) -> int:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(os, "preadv", failing)
-    monkeypatch.setattr(os, "pwritev", failing)
+    monkeypatch.setattr(Chain, "pread", failing)
+    monkeypatch.setattr(Chain, "pwrite", failing)
     heads = [queue.add([_request(0, 0), (512, True), (1, True)]),
              queue.add([_request(1, 0), b"z" * 512, (1, True)])]
     queue.notify()

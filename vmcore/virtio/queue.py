@@ -28,10 +28,17 @@ than the table is.
 
 from __future__ import annotations
 
+import bisect
+import ctypes
+import errno
+import functools
+import operator
+import os
 import struct
-from typing import Iterator, NamedTuple
-
-import attrs
+import sys
+from itertools import accumulate, repeat
+from itertools import chain as chain_from
+from typing import Any, Iterator, NamedTuple
 
 from ..memory import GuestMemory, GuestMemoryError
 
@@ -63,35 +70,117 @@ class Buffer(NamedTuple):
 _buffer = tuple.__new__  # Buffer(address, length) without NamedTuple's Python-level __new__ (per descriptor)
 
 
-def _total(buffers: tuple[Buffer, ...]) -> int:
-    return sum(buffer.length for buffer in buffers)
-
-
-@attrs.frozen
 class Chain:
-    """A checked descriptor chain: the device-readable buffers, then the device-writable ones."""
+    """A checked descriptor chain: the device-readable buffers, then the device-writable ones.
 
-    head: int
-    readable: tuple[Buffer, ...]
-    writable: tuple[Buffer, ...]
-    #: Bytes in all readable buffers, and in all writable ones.
-    readable_length: int = attrs.field(default=attrs.Factory(lambda chain: _total(chain.readable), takes_self=True))
-    writable_length: int = attrs.field(default=attrs.Factory(lambda chain: _total(chain.writable), takes_self=True))
+    ``readable`` and ``writable`` are tuples of :class:`Buffer`, ``readable_length`` and
+    ``writable_length`` their bytes. The methods move data between the chain and guest RAM
+    (:meth:`read`, :meth:`write`), or a host file and guest RAM with no copy in between
+    (:meth:`pread`, :meth:`pwrite`). Offsets (``start``) count from the part's first byte.
+    """
+
+    __slots__ = ("head", "readable_length", "writable_length", "_addresses", "_lengths", "_split",
+                 "_readable", "_writable", "_ends")
+
+    def __init__(self, head: int, readable: tuple[Buffer, ...], writable: tuple[Buffer, ...],
+                 readable_length: int | None = None, writable_length: int | None = None) -> None:
+        readable, writable = tuple(readable), tuple(writable)
+        buffers = readable + writable
+        self._set(head, tuple(b[0] for b in buffers), tuple(b[1] for b in buffers), len(readable),
+                  sum(b[1] for b in readable) if readable_length is None else readable_length,
+                  sum(b[1] for b in writable) if writable_length is None else writable_length)
+        self._readable, self._writable = readable, writable
+
+    @classmethod
+    def _of(cls, head: int, addresses: tuple[int, ...], lengths: tuple[int, ...], split: int,
+            readable_length: int, writable_length: int) -> "Chain":
+        """A chain from checked fields: buffers ``[:split]`` readable, the rest writable."""
+        chain = cls.__new__(cls)
+        chain._set(head, addresses, lengths, split, readable_length, writable_length)
+        return chain
+
+    def _set(self, head: int, addresses: tuple[int, ...], lengths: tuple[int, ...], split: int,
+             readable_length: int, writable_length: int) -> None:
+        self.head = head
+        self.readable_length, self.writable_length = readable_length, writable_length
+        self._addresses, self._lengths, self._split = addresses, lengths, split
+        self._readable = self._writable = None  # made when asked for: most devices never look
+        self._ends: dict[bool, list[int]] = {}
+
+    @property
+    def readable(self) -> tuple[Buffer, ...]:
+        if self._readable is None:
+            split = self._split
+            self._readable = tuple(map(_buffer, repeat(Buffer), zip(self._addresses[:split], self._lengths[:split])))
+        return self._readable
+
+    @property
+    def writable(self) -> tuple[Buffer, ...]:
+        if self._writable is None:
+            split = self._split
+            self._writable = tuple(map(_buffer, repeat(Buffer), zip(self._addresses[split:], self._lengths[split:])))
+        return self._writable
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Chain):
+            return NotImplemented
+        return (self.head, self._addresses, self._lengths, self._split) == \
+            (other.head, other._addresses, other._lengths, other._split)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Chain(head={self.head}, readable={self.readable!r}, writable={self.writable!r})"
+
+    # --- where bytes are ------------------------------------------------------------------
+
+    def _part(self, writing: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        split = self._split
+        if writing:
+            return self._addresses[split:], self._lengths[split:]
+        return self._addresses[:split], self._lengths[:split]
+
+    def _pieces(self, writing: bool, start: int, length: int) -> Iterator[tuple[int, int]]:
+        """(address, count) pieces of the part, ``length`` bytes from byte ``start`` on, each at most
+        PIECE bytes. The buffer holding ``start`` is found by bisection, not by walking to it (a
+        status byte at the end of a 256-buffer request)."""
+        addresses, lengths = self._part(writing)
+        ends = self._ends.get(writing)
+        if ends is None:
+            ends = self._ends[writing] = list(accumulate(lengths))
+        index = bisect.bisect_right(ends, start)
+        if index >= len(lengths) or length <= 0:
+            return
+        offset = start - (ends[index - 1] if index else 0)
+        for address, size in zip(addresses[index:], lengths[index:]):
+            address, size, offset = address + offset, size - offset, 0
+            if size > length:
+                size = length
+            length -= size
+            while size > PIECE:
+                yield address, PIECE
+                address, size = address + PIECE, size - PIECE
+            if size:
+                yield address, size
+            if length <= 0:
+                return
+
+    # --- guest RAM ------------------------------------------------------------------------
 
     def read(self, memory: GuestMemory, start: int, length: int) -> bytes:
         """``length`` bytes of the readable part from byte ``start`` on (fewer where it ends)."""
-        return b"".join(memory.read(address, count) for address, count in _pieces(self.readable, start, length))
+        return b"".join(memory.read(address, count) for address, count in self._pieces(False, start, length))
 
     def read_pieces(self, memory: GuestMemory, start: int = 0) -> Iterator[bytes]:
         """The readable part from byte ``start`` on, in pieces of at most PIECE bytes."""
-        for address, count in _pieces(self.readable, start, CHAIN_LIMIT):
+        for address, count in self._pieces(False, start, CHAIN_LIMIT):
             yield memory.read(address, count)
 
     def write(self, memory: GuestMemory, start: int, data: bytes | bytearray | memoryview) -> int:
         """Copy ``data`` into the writable part from byte ``start`` on; returns how many bytes fitted."""
         view = memoryview(data).cast("B")
         done = 0
-        for address, count in _pieces(self.writable, start, len(view)):
+        for address, count in self._pieces(True, start, len(view)):
             memory.write(address, view[done:done + count])
             done += count
         return done
@@ -103,46 +192,123 @@ class Chain:
         Use each batch at once; guest RAM is the guest's to change between them."""
         batch: list[memoryview] = []
         size = 0
-        low = high = 0  # the window the last piece was in, and a view of it
-        window = memoryview(b"")
-        for address, count in _pieces(self.writable if writing else self.readable, start, length):
+        for address, count in self._pieces(writing, start, length):
             if batch and (size + count > PIECE or len(batch) >= IOV_MAX):
                 yield batch
                 batch, size = [], 0
-            if low <= address and address + count <= high:
-                batch.append(window[address - low : address - low + count])
-            else:
-                slot = memory.slot_at(address)
-                if slot is not None and address + count <= slot.end and not (writing and slot.readonly):
-                    low, high = slot.base, slot.end
-                    window = slot.view if writing else slot.view.toreadonly()
-                    batch.append(window[address - low : address - low + count])
-                else:
-                    batch += memory.views(address, count, writing)  # across windows (or refused)
+            batch += memory.views(address, count, writing)
             size += count
         if batch:
             yield batch
 
+    # --- host files -----------------------------------------------------------------------
 
-def _pieces(buffers: tuple[Buffer, ...], start: int, length: int) -> Iterator[tuple[int, int]]:
-    """(address, count) pieces of ``buffers`` from byte ``start``, ``length`` bytes at most."""
-    for address, size in buffers:
-        if start:
-            if start >= size:
-                start -= size
-                continue
-            address, size, start = address + start, size - start, 0
-        if size > length:
-            size = length
-        length -= size
-        while size > PIECE:
-            yield address, PIECE
-            address += PIECE
-            size -= PIECE
-        if size:
-            yield address, size
-        if length <= 0:
-            return
+    def pread(self, memory: GuestMemory, fd: int, offset: int, start: int, length: int) -> int:
+        """Read ``length`` bytes of file ``fd`` at ``offset`` straight into the writable part from byte
+        ``start`` on; how many bytes came (fewer at the file's end). Raises OSError as ``os.preadv``."""
+        return self._file_io(memory, fd, offset, start, length, True)
+
+    def pwrite(self, memory: GuestMemory, fd: int, offset: int, start: int, length: int) -> int:
+        """Write ``length`` bytes of the readable part from byte ``start`` on to file ``fd`` at
+        ``offset``, straight from guest RAM; how many bytes went. Raises OSError as ``os.pwritev``."""
+        return self._file_io(memory, fd, offset, start, length, False)
+
+    def _file_io(self, memory: GuestMemory, fd: int, offset: int, start: int, length: int, reading: bool) -> int:
+        done = 0
+        batches = _host_vectors(self, memory, start, length, reading)
+        if batches is None:  # no one window holds it: views, a batch at a time
+            for batch in self.views(memory, start, length, writing=reading):
+                size = sum(map(len, batch))
+                moved = os.preadv(fd, batch, offset + done) if reading else os.pwritev(fd, batch, offset + done)
+                done += moved
+                if moved < size:
+                    break
+            return done
+        for vectors, count, size in batches:
+            moved = _vectored_io(reading, fd, vectors, count, offset + done)
+            done += moved
+            if moved < size:
+                break
+        return done
+
+
+def _host_vectors(chain: Chain, memory: GuestMemory, start: int, length: int,
+                  writing: bool) -> list[tuple[bytes, int, int]] | None:
+    """The part's bytes as host iovec arrays (packed ``struct iovec``), at most IOV_MAX each, with
+    their counts and sizes, made without a Python step per buffer; None where no one window of
+    RAM holds them all (writable, if ``writing``), or where the C library is not to be had."""
+    if _libc_io is None or length <= 0:
+        return None
+    addresses, lengths = chain._part(writing)
+    ends = chain._ends.get(writing)
+    if ends is None:
+        ends = chain._ends[writing] = list(accumulate(lengths))
+    first = bisect.bisect_right(ends, start)
+    last = bisect.bisect_left(ends, start + length)
+    if last >= len(lengths) or first > last:
+        return None
+    addresses, sizes = list(addresses[first:last + 1]), list(lengths[first:last + 1])
+    head = start - (ends[first - 1] if first else 0)
+    addresses[0] += head
+    sizes[0] -= head
+    sizes[-1] -= ends[last] - (start + length)
+    slot = memory.slot_at(min(addresses))
+    if slot is None or (writing and slot.readonly) or max(map(operator.add, addresses, sizes)) > slot.end:
+        return None
+    hosts = list(map(operator.add, addresses, repeat(slot.host_address - slot.base)))
+    out = []
+    for at in range(0, len(sizes), IOV_MAX):
+        part_hosts, part_sizes = hosts[at:at + IOV_MAX], sizes[at:at + IOV_MAX]
+        count = len(part_sizes)
+        out.append((_iovecs(count).pack(*chain_from.from_iterable(zip(part_hosts, part_sizes))), count, sum(part_sizes)))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _iovecs(count: int) -> struct.Struct:
+    return struct.Struct(f"={2 * count}Q")  # struct iovec: a pointer and a size_t, on a 64-bit host
+
+
+def _load_libc_io() -> tuple[Any, Any] | None:
+    """libc's preadv and pwritev, for I/O on host iovec arrays; None off 64-bit Linux."""
+    if not sys.platform.startswith("linux") or struct.calcsize("P") != 8:
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        functions = libc.preadv, libc.pwritev
+    except (OSError, AttributeError):
+        return None
+    for function in functions:
+        function.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_int64)
+        function.restype = ctypes.c_ssize_t
+    return functions
+
+
+_libc_io = _load_libc_io()
+
+
+def _vectored_io(reading: bool, fd: int, vectors: bytes, count: int, offset: int) -> int:
+    assert _libc_io is not None
+    function = _libc_io[0] if reading else _libc_io[1]
+    while True:
+        moved = function(fd, vectors, count, offset)
+        if moved >= 0:
+            return int(moved)
+        error = ctypes.get_errno()
+        if error != errno.EINTR:
+            raise OSError(error, os.strerror(error))
+
+
+#: Indirect tables up to this many entries are checked in bulk (Virtqueue._in_table_order).
+BULK_ENTRIES = 1024
+_FOLLOWING = tuple(range(1, BULK_ENTRIES))  # the next fields of a table in order
+_LINKED = {DESC_F_NEXT, DESC_F_NEXT | DESC_F_WRITE}  # what every entry but the last may carry
+_ENDS = (0, DESC_F_WRITE)  # and the last
+
+
+@functools.lru_cache(maxsize=64)
+def _descriptor_table(entries: int) -> struct.Struct:
+    return struct.Struct("<" + "QIHH" * entries)
 
 
 def _table(memory: GuestMemory, address: int, length: int) -> memoryview | bytes:
@@ -232,8 +398,9 @@ class Virtqueue:
         # The table read in place (checked in RAM by enable() or below), each descriptor once:
         # no copy of it, and a guest that changes it meanwhile changes nothing already checked.
         descriptors = _table(memory, table, 16 * entries)
-        readable: list[Buffer] = []
-        writable: list[Buffer] = []
+        addresses: list[int] = []
+        lengths: list[int] = []
+        readable_count = -1  # the buffers before the first writable one, once there is one
         readable_length = writable_length = 0
         low = high = 0  # the RAM window the last buffer was in: the next is most often there too
         high_writable = False
@@ -254,6 +421,9 @@ class Virtqueue:
                 self._check_ram(address, length, False, f"descriptor {index}'s indirect table")
                 table, entries, index, nested = address, length // 16, 0, True
                 descriptors = _table(memory, table, length)
+                chain = self._in_table_order(head, descriptors, entries)
+                if chain is not None:
+                    return chain
                 continue
             count += 1
             if count > entries:
@@ -269,22 +439,53 @@ class Virtqueue:
                 else:
                     self._check_ram(address, length, bool(writing), where)  # across windows, or refused
             if writing:
-                writable.append(_buffer(Buffer, (address, length)))
+                if readable_count < 0:
+                    readable_count = len(addresses)
                 writable_length += length
-            elif writable:
+            elif readable_count >= 0:
                 raise VirtqueueError(f"descriptor {index}{' (indirect)' if nested else ''}: device-readable "
                                      f"after a device-writable descriptor")
             else:
-                readable.append(_buffer(Buffer, (address, length)))
                 readable_length += length
+            addresses.append(address)
+            lengths.append(length)
             if readable_length + writable_length >= CHAIN_LIMIT:
                 raise VirtqueueError(f"the chain from {head} carries 2**32 bytes or more")
             if not flags & DESC_F_NEXT:
-                return Chain(head, tuple(readable), tuple(writable), readable_length, writable_length)
+                return Chain._of(head, tuple(addresses), tuple(lengths),
+                                 len(addresses) if readable_count < 0 else readable_count,
+                                 readable_length, writable_length)
             if following >= entries:
                 raise VirtqueueError(f"descriptor {index}{' (indirect)' if nested else ''}: next {following} "
                                      f"is not below {entries}")
             index = following
+
+    def _in_table_order(self, head: int, descriptors: memoryview | bytes, entries: int) -> Chain | None:
+        """An indirect table that is one chain in table order (as Linux lays them out: each entry's
+        next the one after it), checked in bulk, without a Python step per descriptor; None when it
+        is laid out otherwise, or may break a rule: the descriptor loop then checks it one by one."""
+        if entries > BULK_ENTRIES:
+            return None
+        fields = _descriptor_table(entries).unpack_from(descriptors)
+        last = entries - 1
+        flags = fields[2::4]
+        if fields[3:4 * last:4] != _FOLLOWING[:last] or not set(flags[:last]) <= _LINKED or flags[last] not in _ENDS:
+            return None  # not linked in order, or flags the loop must look at (indirect, unknown bits)
+        first_writable = flags.index(DESC_F_NEXT | DESC_F_WRITE, 0, last) if DESC_F_NEXT | DESC_F_WRITE in flags[:last] \
+            else last if flags[last] & DESC_F_WRITE else entries
+        if DESC_F_NEXT in flags[first_writable:last] or (first_writable < last and not flags[last] & DESC_F_WRITE):
+            return None  # a readable buffer after a writable one
+        addresses, lengths = fields[0::4], fields[1::4]
+        total = sum(lengths)
+        if total >= CHAIN_LIMIT:
+            return None
+        slot = self.memory.slot_at(min(addresses))
+        if slot is None or max(map(operator.add, addresses, lengths)) > slot.end or \
+                (first_writable < entries and slot.readonly):
+            return None  # not all in one window (zero-length buffers anywhere, say): one by one
+        readable_length = sum(lengths[:first_writable])
+        return Chain._of(head, addresses, lengths, min(first_writable, entries), readable_length,
+                         total - readable_length)
 
     def _check_ram(self, address: int, length: int, writing: bool, what: str) -> None:
         try:
