@@ -1,6 +1,7 @@
 """The virtqueue's chain parser against random descriptor tables: N chains, every outcome counted.
 
-Each round writes a random descriptor table (16 entries), a random indirect table, random
+Each round writes a random descriptor table (16 entries), a random indirect table (a third
+of them laid out in order, as Linux writes them, which the queue checks in bulk), random
 heads and a random avail.idx into a 64 KiB guest RAM, then pops what the queue offers.
 Every pop must give a chain whose buffers are all backed (device-writable ones writable),
 no longer than its table and below 2**32 bytes in all, or raise VirtqueueError; anything
@@ -62,6 +63,18 @@ def _table(rng: random.Random, entries: int) -> bytes:
     return b"".join(_DESC.pack(_address(rng), _length(rng), _flags(rng), _next(rng)) for _ in range(entries))
 
 
+def _in_order_table(rng: random.Random, entries: int) -> bytes:
+    """An indirect table as Linux lays one out (each entry's next the one after it), which the queue
+    checks in bulk; its buffers and flags random as elsewhere."""
+    count = rng.randrange(1, entries + 1)
+    rows = []
+    for index in range(count):
+        more = index < count - 1
+        flags = rng.choice((0, 2, 2, 0, 8, 4)) | (1 if more else 0)
+        rows.append(_DESC.pack(_address(rng), _length(rng), flags, index + 1 if more else rng.randrange(SIZE)))
+    return b"".join(rows) + bytes(16 * (entries - count))
+
+
 def _promised(chain: Chain, memory: GuestMemory) -> None:
     assert 0 <= chain.head < SIZE
     assert len(chain.readable) + len(chain.writable) <= SIZE
@@ -75,7 +88,7 @@ def round_(memory: GuestMemory, seed: int, outcomes: collections.Counter[str]) -
     """One random queue; returns how many chains were popped (each counted in ``outcomes``)."""
     rng = random.Random(seed)
     memory.write(DESC, _table(rng, SIZE))
-    memory.write(INDIRECT, _table(rng, 8))
+    memory.write(INDIRECT, _in_order_table(rng, 8) if rng.random() < 0.3 else _table(rng, 8))
     heads = [rng.randrange(SIZE) if rng.random() < 0.9 else rng.randrange(1 << 16) for _ in range(4)]
     memory.write(AVAIL, struct.pack("<HH4H", 0, 4 if rng.random() < 0.9 else rng.randrange(1 << 16), *heads))
     memory.write(USED, bytes(6 + 8 * SIZE))
