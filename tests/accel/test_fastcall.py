@@ -18,6 +18,18 @@ import pytest
 
 from tests.helpers import REPO, in_process
 
+#: How both guests end: '!' and status 3 on a failed check, else status 1 (debug-exit: AL * 2 + 1).
+ENDING = r"""
+fail:
+        mov     $'!', %al
+        out     %al, $0xF1
+        mov     $1, %al
+done:
+        mov     $0x501, %dx
+        out     %al, %dx
+        hlt
+"""
+
 GUEST = r"""
         .code64
         .globl _start
@@ -91,15 +103,7 @@ sysenter_target:
         out     %al, $0xF1
         mov     $0, %al
         jmp     done
-fail:
-        mov     $'!', %al
-        out     %al, $0xF1
-        mov     $1, %al
-done:
-        mov     $0x501, %dx
-        out     %al, %dx
-        hlt
-"""
+""" + ENDING
 
 FAULTS = r"""
         .code64
@@ -145,14 +149,6 @@ on_gp:
         out     %al, $0xF1
         mov     $0, %al
         jmp     done
-fail:
-        mov     $'!', %al
-        out     %al, $0xF1
-        mov     $1, %al
-done:
-        mov     $0x501, %dx
-        out     %al, %dx
-        hlt
 
 gate:                                   # RDI: the gate, RAX: the handler, BX: CS
         mov     %ax, (%rdi)
@@ -169,7 +165,7 @@ idtr:   .word   14*16-1
         .quad   idt
         .balign 16
 idt:    .fill   14*16, 1, 0
-"""
+""" + ENDING
 
 PROFILE = """\
 name: fastcall
