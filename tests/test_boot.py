@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DATA, NO_KVM, child, in_process, skip_without_kvm, vmcore
+from tests.helpers import DATA, NO_KVM, REPO, child, in_process, skip_without_kvm, vmcore
 
 
 @pytest.fixture
@@ -161,6 +161,39 @@ def test_trace_file_gets_the_transactions(accel: str, tmp_path: Path) -> None:
     assert run.stderr == ""
     lines = out.read_text().splitlines()
     assert len(lines) == 6 and all(line.endswith(" console") for line in lines)
+
+
+def test_trace_shows_irq_lines_and_the_interrupts_taken_with_their_devices(accel: str) -> None:
+    """rm-timer's guest counts ten PIT ticks: each is the pit's line 0 rising, then the CPU taking
+    the vector the pic answers (0x08: the BIOS's IRQ 0), in that order, between the bus lines."""
+    run = vmcore("run", "--accel", accel, "rm-timer", "--trace")
+    assert run.stdout == b"rm ticks: 10\n", run.stderr[-2000:]
+    lines = run.stderr.splitlines()
+    taken = [i for i, line in enumerate(lines) if line.startswith("intr ")]
+    assert len(taken) >= 10
+    assert all(lines[i] == "intr vector 0x08 <- pic" for i in taken)
+    for i in taken:
+        last_line_change = max(j for j in range(i) if lines[j].startswith("irq "))
+        assert lines[last_line_change].startswith("irq  line 0 -> ") and lines[last_line_change].endswith(" pit")
+    assert "irq  line 0 -> 1 pit" in lines and any(line.startswith("pio ") for line in lines)
+
+
+def test_irq_tracer_gets_events_in_machine_time_order() -> None:
+    from vmcore.irq import IrqEvent
+    from vmcore.machine import Machine
+    from vmcore.profile import Profile
+
+    events: list[IrqEvent] = []
+    with Machine.build(Profile.load(REPO / "machines" / "rm-timer.yaml")) as machine:
+        machine.set_irq_tracer(events.append)
+        stop = machine.run("tcg")
+        assert "acknowledge" not in vars(machine.controller)  # the run's tracing undone
+    assert stop.kind == "exit"
+    assert [event.time for event in events] == sorted(event.time for event in events)
+    lines = [event for event in events if event.kind == "line"]
+    taken = [event for event in events if event.kind == "vector"]
+    assert {event.devices for event in lines} == {("pit",)} and {event.number for event in lines} == {0}
+    assert len(taken) >= 10 and {(event.value, event.devices) for event in taken} == {(0x08, ("pic",))}
 
 
 def test_trace_file_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:

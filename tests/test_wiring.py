@@ -19,6 +19,17 @@ def test_every_device_asking_for_a_line_number_gets_the_same_line() -> None:
     assert [line.number for line in lines] == [4]
 
 
+def test_a_line_knows_the_devices_that_drive_it_and_a_trace_names_them() -> None:
+    from vmcore.irq import IrqEvent
+
+    lines = IrqLines()
+    assert lines.line(10, owner="nic") is lines.line(10, owner="disk") is lines.line(10, owner="nic")
+    lines.line(4)  # asked for without an owner (a test, a tool): named by nobody
+    assert lines.owners(10) == ("nic", "disk") and lines.owners(4) == () and lines.owners(7) == ()
+    assert str(IrqEvent("line", 10, 1, lines.owners(10), 0)) == "irq  line 10 -> 1 nic/disk"
+    assert str(IrqEvent("vector", 0, 0x30, ("apic",), 0)) == "intr vector 0x30 <- apic"
+
+
 def test_a_change_is_recorded_then_routed() -> None:
     order: list[tuple[str, int, bool]] = []
     lines = IrqLines(record=lambda n, level: order.append(("record", n, level)))

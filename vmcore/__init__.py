@@ -27,7 +27,7 @@ _EXPORTS = {
     "GuestExit": "faults", "GuestReset": "faults", "DeviceFault": "faults", "BadAnswer": "faults",
     "in_range": "device", "prop": "device",
     "hookimpl": "hookspecs", "hookspec": "hookspecs",
-    "IrqLine": "irq",
+    "IrqEvent": "irq", "IrqLine": "irq",
     "Machine": "machine", "resolve_profile": "machine",
     "GuestMemory": "memory", "GuestMemoryError": "memory", "MemorySlot": "memory",
     "DeviceRegistry": "plugins", "DeviceType": "plugins", "DeviceTypeError": "plugins",
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from .dma import DmaError, DmaSpace
     from .faults import BadAnswer, DeviceFault, GuestExit, GuestReset
     from .hookspecs import hookimpl, hookspec
-    from .irq import IrqLine
+    from .irq import IrqEvent, IrqLine
     from .machine import Machine, resolve_profile
     from .memory import GuestMemory, GuestMemoryError, MemorySlot
     from .plugins import DeviceRegistry, DeviceType, DeviceTypeError, make_plugin_manager

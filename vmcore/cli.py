@@ -14,6 +14,7 @@ from typing import IO, NoReturn, Sequence
 
 from .accel import RunLimits
 from .bus import Transaction
+from .irq import IrqEvent
 from .machine import Machine, resolve_profile
 from .plugins import DeviceRegistry, DeviceTypeError
 from .profile import ProfileError, Where
@@ -217,10 +218,11 @@ def _run(args: argparse.Namespace) -> int:
         if trace_out is not None:
             out = trace_out
 
-            def tracer(txn: Transaction) -> None:
+            def tracer(txn: Transaction | IrqEvent) -> None:
                 out.write(f"{txn}\n")
 
             machine.set_tracer(tracer)
+            machine.set_irq_tracer(tracer)
         if args.history > 0:
             machine.keep_history(args.history)
         try:

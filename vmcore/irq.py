@@ -4,8 +4,30 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol, runtime_checkable
 
+import attrs
+
 #: Receives (line number, new level) whenever a line changes; a pulse is 1 then 0.
 IrqSink = Callable[[int, bool], None]
+
+
+@attrs.frozen
+class IrqEvent:
+    """An interrupt as a trace shows it (``Machine.set_irq_tracer``): an IRQ line changing level
+    (``kind`` "line": ``number`` the line, ``value`` the new level, ``devices`` the devices that
+    drive it), or the CPU taking an interrupt (``kind`` "vector": ``value`` the vector,
+    ``devices`` the controller that answered the acknowledge cycle)."""
+
+    kind: str
+    number: int
+    value: int
+    devices: tuple[str, ...]
+    time: int  # machine time, ns
+
+    def __str__(self) -> str:
+        who = "/".join(self.devices) if self.devices else "(no device)"
+        if self.kind == "line":
+            return f"irq  line {self.number} -> {self.value} {who}"
+        return f"intr vector {self.value:#04x} <- {who}"
 
 
 class IrqLine:

@@ -27,7 +27,7 @@ from .cpu import CpuSetupError, CpuState, start_state, tables_size
 from .cpu_model import CpuModelError
 from .device import PropertyError, resolve_paths
 from .faults import DeviceFault, GuestExit, GuestReset, obey
-from .irq import InterruptController, LocalInterruptController
+from .irq import InterruptController, IrqEvent, LocalInterruptController
 from .memory import GuestMemory, GuestMemoryError
 from .mptable import MP_BASE, mp_table
 from .tsc import TimeStampCounter
@@ -93,6 +93,7 @@ class Machine:
         self.timer_faults: dict[tuple[str, str], int] = {}
         clock.on_error = self._timer_failed
         self._tracer: Callable[[Transaction], None] | None = None
+        self._irq_tracer: Callable[[IrqEvent], None] | None = None
         #: The last transactions, for fault reports (see keep_history).
         self.history: collections.deque[Transaction] | None = None
         pio.device_errors = mmio.device_errors = profile.device_errors
@@ -175,8 +176,11 @@ class Machine:
         return controller_of(self.devices.values())
 
     def _record_irq(self, number: int, level: bool) -> None:
-        self.irq_log.append((self.clock.now(), number, level))
+        now = self.clock.now()
+        self.irq_log.append((now, number, level))
         self.irq_changes[number] += 1
+        if self._irq_tracer is not None:
+            self._irq_tracer(IrqEvent("line", number, int(level), self.irq_lines.owners(number), now))
 
     def _timer_failed(self, callback: Callable[[], None], exc: BaseException) -> None:
         """A device's timer (or posted) callback raised: obey ``device_errors`` as the buses do.
@@ -198,6 +202,12 @@ class Machine:
         """Record every bus transaction (both spaces) through ``tracer``."""
         self._tracer = tracer
         self._install_tracer()
+
+    def set_irq_tracer(self, tracer: Callable[[IrqEvent], None] | None) -> None:
+        """Record interrupts through ``tracer``: every IRQ line change, with the devices that drive
+        the line, and every interrupt the CPU takes (the vector its controller answered), from the
+        next run on. Deliveries inside KVM's own irqchip (``irqchip: kernel``) are not seen."""
+        self._irq_tracer = tracer
 
     def keep_history(self, count: int) -> None:
         """Keep the last ``count`` transactions for fault reports (0: none; costs ~1 us per access)."""
@@ -263,12 +273,42 @@ class Machine:
         # t=0 is the guest's first instruction: timers armed while building and starting
         # (8-70 ms) count from here, so none fires before the guest could set up its PIC.
         self.clock.start()
-        stop = self._run(limits, cpu)
+        undo = self._trace_deliveries(cpu)
+        try:
+            stop = self._run(limits, cpu)
+        finally:
+            undo()
         for bus in (self.pio, self.mmio):
             summary = bus.unclaimed_summary()
             if summary is not None:
                 log.warning("%s", summary)
         return self._finish(stop)
+
+    def _trace_deliveries(self, controller: Any) -> Callable[[], None]:
+        """With an IRQ tracer, have the CPU's controller's acknowledge cycle (every accelerator calls
+        it as the CPU takes an interrupt) recorded for this run; returns what undoes that."""
+        tracer = self._irq_tracer
+        if tracer is None or controller is None:
+            return lambda: None
+        name = next((n for n, device in self.devices.items() if device is controller), type(controller).__name__)
+        acknowledge, clock = controller.acknowledge, self.clock
+
+        def traced() -> int:
+            vector = acknowledge()
+            if vector >= 0:  # negative: nothing was pending after all, nothing delivered
+                tracer(IrqEvent("vector", 0, vector, (name,), clock.now()))
+            return vector
+
+        try:
+            controller.acknowledge = traced  # an instance attribute over the method, for this run only
+        except AttributeError:  # a controller with __slots__: its line changes are traced all the same
+            log.warning("%s: its interrupt deliveries cannot be traced (no instance attributes)", name)
+            return lambda: None
+
+        def undo() -> None:
+            del controller.acknowledge
+
+        return undo
 
     def _start_devices(self) -> None:
         """Let each device open its host files: only now, so building (``vmcore check``) opens none."""

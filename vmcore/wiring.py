@@ -9,6 +9,8 @@ lines in that world (the interrupt controller device, KVM's in-kernel irqchip, n
 
 from __future__ import annotations
 
+import functools
+
 import logging
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -35,15 +37,23 @@ class IrqLines:
 
     def __init__(self, record: IrqRoute | None = None) -> None:
         self._lines: dict[int, IrqLine] = {}
+        self._owners: dict[int, tuple[str, ...]] = {}
         self.record = record
         self.route: IrqRoute | None = None
 
-    def line(self, number: int) -> IrqLine:
-        """The line ``number``: made on first use, the same object for every device after."""
+    def line(self, number: int, owner: str | None = None) -> IrqLine:
+        """The line ``number``: made on first use, the same object for every device after.
+        ``owner``: the device asking for it (a trace names who drives each line)."""
         line = self._lines.get(number)
         if line is None:
             line = self._lines[number] = IrqLine(number, self._changed)
+        if owner is not None and owner not in self._owners.get(number, ()):
+            self._owners[number] = self._owners.get(number, ()) + (owner,)
         return line
+
+    def owners(self, number: int) -> tuple[str, ...]:
+        """The devices that asked for line ``number`` (several, where they share it)."""
+        return self._owners.get(number, ())
 
     def get(self, number: int) -> IrqLine | None:
         """The line ``number`` if some device asked for it, else None."""
@@ -72,7 +82,7 @@ def build_device(cls: type, config: Any, name: str, *, clock: Clock, memory: Gue
     Raises what the device's ``create`` raises: each caller turns that into its own report
     (a profile error, a test failure, a fuzzing finding).
     """
-    ctx = DeviceContext(name=name, clock=clock, memory=memory, irq_line=irq_lines.line,
+    ctx = DeviceContext(name=name, clock=clock, memory=memory, irq_line=functools.partial(irq_lines.line, owner=name),
                         log=log if log is not None else logging.getLogger(f"vmcore.device.{name}"), pci=pci,
                         dma=DmaSpace(name, memory, mmio), **({} if tsc is None else {"tsc": tsc}))
     return cls.create(config, ctx)
