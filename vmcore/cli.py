@@ -24,6 +24,17 @@ from .units import parse_int
 log = logging.getLogger("vmcore")
 
 
+def _seconds_or_off(text: str) -> float | None:
+    """Seconds, 0 for off (None)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or a positive number of seconds, got {text}")
+    return value or None
+
+
 def _positive_seconds(text: str) -> float:
     # 0 would disarm the timer (and nan/inf make setitimer fail mid-run): reject them here.
     try:
@@ -72,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--trace-file", metavar="FILE", help="write every bus transaction to FILE")
     run.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="stop after this much wall-clock time")
     run.add_argument("--max-exits", type=_positive_count, metavar="N", help="stop after N exits")
+    run.add_argument("--stuck-after", type=_seconds_or_off, default=2.0, metavar="SECONDS",
+                     help="say so (once) when the guest keeps reading one device register and getting one "
+                          "answer for this long in machine time, and what its loop waits for (default 2; 0: off)")
     run.add_argument("--history", type=int, default=16, metavar="N",
                      help="show the last N bus transactions in a fault report (default 16; 0 for none)")
     run.add_argument("--json-report", metavar="FILE",
@@ -226,7 +240,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.history > 0:
             machine.keep_history(args.history)
         try:
-            stop = machine.run(args.accel, RunLimits(timeout=args.timeout, max_exits=args.max_exits))
+            stop = machine.run(args.accel, RunLimits(timeout=args.timeout, max_exits=args.max_exits,
+                                                     stuck_after=args.stuck_after))
         finally:
             if trace_out is not None and trace_out is not sys.stderr:
                 trace_out.close()
@@ -266,7 +281,9 @@ def _diff(args: argparse.Namespace) -> int:
     from .profile import Profile
 
     profile = Profile.load(_profile_path(args.profile), args.overrides)
-    limits = RunLimits(timeout=args.timeout, max_exits=args.max_exits)
+    # `vmcore diff` has no --stuck-after: the detector's default there.
+    limits = RunLimits(timeout=args.timeout, max_exits=args.max_exits,
+                       stuck_after=getattr(args, "stuck_after", RunLimits().stuck_after))
     quiet = contextlib.nullcontext()
     if not getattr(args, "show_output", False):
         # Devices writing to stdout would print every line twice; the transactions hold it all.

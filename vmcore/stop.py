@@ -28,6 +28,16 @@ STATUS = {
 }
 
 
+def code_bits(registers: dict[str, int], segments: dict[str, dict[str, int]]) -> int:
+    """16, 32 or 64: how code is decoded with these registers (CR0.PE, EFER.LMA) and CS."""
+    cs = segments.get("cs", {})
+    if registers.get("efer", 0) & (1 << 10) and cs.get("l", 1):
+        return 64
+    if registers.get("cr0", 0) & 1 and cs.get("db", 1):
+        return 32
+    return 16
+
+
 @attrs.frozen
 class StopReason:
     """The end of a run: ``kind`` says why, ``status`` is the process exit status."""
@@ -61,13 +71,7 @@ class StopReason:
     @property
     def code_bits(self) -> int:
         """16, 32 or 64: how the code at RIP is decoded (from CR0.PE, EFER.LMA and CS)."""
-        regs = self.registers or {}
-        cs = (self.segments or {}).get("cs", {})
-        if regs.get("efer", 0) & (1 << 10) and cs.get("l", 1):
-            return 64
-        if regs.get("cr0", 0) & 1 and cs.get("db", 1):
-            return 32
-        return 16
+        return code_bits(self.registers or {}, self.segments or {})
 
     def disassembly(self, count: int = 3) -> list[str]:
         """The instructions at RIP (capstone); an undecodable first byte is reported as such."""

@@ -42,10 +42,13 @@ def _positive(_instance: object, attribute: attrs.Attribute, value: float | None
 
 @attrs.frozen
 class RunLimits:
-    """Bounds on one run: wall-clock seconds and number of exits (None: unbounded)."""
+    """Bounds on one run: wall-clock seconds and number of exits (None: unbounded); and after how
+    many seconds of machine time a guest that keeps reading one register and getting one answer
+    is said to be stuck (``vmcore.stuck``; None: never)."""
 
     timeout: float | None = attrs.field(default=None, validator=_positive)
     max_exits: int | None = attrs.field(default=None, validator=_positive)
+    stuck_after: float | None = attrs.field(default=2.0, validator=_positive)
 
 
 #: The vCPU for a report: registers, segments, the guest-physical address of the code at

@@ -23,6 +23,7 @@ from: 0 for ports).
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -36,7 +37,10 @@ from ..device import GuestExit
 from ..faults import DeviceFault, GuestReset
 from ..irq import InterruptController, ModelSpecificRegisters
 from ..stop import StopReason
+from ..stuck import CHECK_EVERY, PollWatch, describe
 from .wakeup import Waker, sleep_until
+
+log = logging.getLogger("vmcore.stuck")
 
 if TYPE_CHECKING:
     from . import Accelerator, RunLimits
@@ -125,6 +129,8 @@ class RunCore:
         self.woken = threading.Event()
         self.expired = False
         self.diversion = cpu.diversion()
+        #: The stuck-guest detector (vmcore.stuck): the current run of equal device reads.
+        self.poll_watch = PollWatch(limits.stuck_after, clock) if limits.stuck_after and clock is not None else None
         self.accessors = self._accessors()
         self._waker: Waker | None = None
         self._take_nmi: Callable[[], bool] | None = None
@@ -161,6 +167,7 @@ class RunCore:
         box, max_exits, at_limit, failed = self.exits, self.max_exits, self._at_limit, self._failed
         divert = self.diversion  # its ``active`` is read per access: the backend flips it
         READ = Direction.READ
+        watch, space, poll_stuck = self.poll_watch, "pio" if bus is self.pio else "mmio", self._poll_stuck
 
         def read(_cpu: Any, offset: int, size: int, base: int = 0, over: tuple[int, ...] = _OVER,
                  masks: tuple[int, ...] = _MASKS) -> int:
@@ -184,6 +191,14 @@ class RunCore:
                 value = masks[size]
             if divert.active:
                 divert.after(kind, address, size, value)
+            if watch is not None:  # the stuck-guest detector: a run of equal reads of one register
+                if value == watch.value and address == watch.address and watch.space == space:
+                    count = watch.count = watch.count + 1
+                    if not count % CHECK_EVERY and watch.overdue():
+                        poll_stuck()
+                else:
+                    watch.space, watch.address, watch.size, watch.value = space, address, size, value
+                    watch.count, watch.since = 0, None
             n = box[0] = box[0] + 1
             if n == max_exits:
                 at_limit()
@@ -352,8 +367,32 @@ class RunCore:
 
     # --- timers and interrupts -------------------------------------------------------------
 
+    def _poll_stuck(self) -> None:
+        """The detector's run of equal reads lasted long enough: report it where the CPU can be read."""
+        self.attention[0] = True
+        self.cpu.kick()  # the software CPU comes back out of its run; KVM is between exits already
+
+    def _report_stuck(self) -> None:
+        watch = self.poll_watch
+        assert watch is not None
+        watch.pending, watch.reported = False, True
+        bus = self.pio if watch.space == "pio" else self.mmio
+        found = bus.find(watch.address)
+        register = ""
+        if found is not None:
+            offset = watch.address - found[0].base
+            register = f"{found[0].name or 'register'}{f'+{offset:#x}' if offset else ''}"
+        try:
+            snapshot = self.cpu.snapshot()
+        except Exception:  # noqa: BLE001 - the report goes without the loop, the run goes on
+            snapshot = ({}, {}, None, None)
+        log.warning("%s", describe(watch, None if found is None else found[1], register, snapshot,
+                                   getattr(self.cpu, "memory", None)))
+
     def service(self) -> bool:
         """Run due timers and posted input, then offer a pending interrupt; True when one was delivered."""
+        if self.poll_watch is not None and self.poll_watch.pending:
+            self._report_stuck()
         clock = self.clock
         if clock is not None:
             clock.run_due()
