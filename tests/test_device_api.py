@@ -149,6 +149,21 @@ def test_validator_error_names_the_failing_key_not_one_whose_name_it_contains():
     assert excinfo.value.key == "queue_size"
 
 
+def test_a_custom_validator_whose_message_names_no_property_still_gets_its_key():
+    def even(_instance, _attribute, value):  # type: ignore[no-untyped-def]
+        if value % 2:
+            raise ValueError(f"must be even, got {value}")
+
+    @attrs.frozen
+    class Config:
+        lanes: int = prop(2, validator=even)
+        width: int = prop(8, validator=in_range(1, 64))
+
+    with pytest.raises(PropertyError) as excinfo:
+        build_config(Config, {"width": 16, "lanes": 3})
+    assert (excinfo.value.key, excinfo.value.message) == ("lanes", "must be even, got 3")
+
+
 def test_attrs_builtin_validator_error_carries_the_key():
     @attrs.frozen
     class Config:

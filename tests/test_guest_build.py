@@ -368,3 +368,23 @@ def test_serial_echo_on_qemu_echoes_until_q(tmp_path):
             qemu.kill()
             qemu.wait(timeout=10)
         server.close()
+
+
+def test_the_device_guides_build_recipe_links_its_example_at_its_load_address(tmp_path):
+    """docs/device-guide.md section 5: the assembly and the commands as printed there."""
+    import re
+
+    if shutil.which("as") is None or shutil.which("ld") is None:
+        pytest.skip("binutils (as, ld) missing (as root: scripts/test-host-setup)")
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "device-guide.md").read_text()
+    source = re.search(r"```asm\n(# scratch-demo.*?)```", guide, re.S)
+    recipe = re.search(r"Build it into a flat binary.*?```sh\n(.*?)```", guide, re.S)
+    assert source is not None and recipe is not None
+    # A label used as an absolute address: where the link puts the code decides its value.
+    (tmp_path / "scratch-demo.S").write_text(source.group(1) + "        .word   1b\n")
+    for command in recipe.group(1).strip().splitlines():
+        done = subprocess.run(command.split(), cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0 and not done.stderr, (command, done.stderr)
+    image = (tmp_path / "scratch-demo.bin").read_bytes()
+    assert len(image) == 32 and image[:3] == bytes([0xB8, 0x28, 0x19])  # mov $0x1928, %ax
+    assert struct.unpack_from("<H", image, 30)[0] == 27  # 1: (the hlt) is at 27, its address at 0

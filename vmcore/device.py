@@ -342,8 +342,24 @@ def build_config(config_cls: type, props: dict[str, Any]) -> Any:
             for name in values
             if (found := re.search(rf"\b{re.escape(name)}\b", str(exc))) is not None
         ]
-        key = min(mentions)[1] if mentions else ""
+        key = min(mentions)[1] if mentions else _failing_validator(config_cls, values)
         raise PropertyError(key, str(exc)) from None
+
+
+def _failing_validator(config_cls: type, values: dict[str, Any]) -> str:
+    """The property whose own validator refuses its value (a custom validator whose message names
+    no property: "must be even"), tried one by one in field order; "" where none does on its own
+    (a check across properties, in ``__attrs_post_init__``)."""
+    for field in attrs.fields(config_cls):
+        if field.validator is None or field.name not in values:
+            continue
+        try:
+            field.validator(None, field, values[field.name])
+        except (ValueError, TypeError):
+            return field.name
+        except Exception:  # noqa: BLE001 - a validator that needs the instance: not decidable alone
+            continue
+    return ""
 
 
 @attrs.frozen
