@@ -24,6 +24,7 @@ from vmcore.acpi import SLP_TYP_S5, PmBlocks
 from vmcore.bus import Region, Space
 from vmcore.device import Device, DeviceContext, in_range, prop
 from vmcore.hookspecs import hookimpl
+from vmcore.regmap import Field, Reg, RegisterMap
 
 PM_TIMER_HZ = 3_579_545
 SCI_EN, SLP_EN = 1 << 0, 1 << 13
@@ -42,15 +43,21 @@ class AcpiPm(Device):
 
     type_name = "acpi-pm"
     Config = AcpiPmConfig
+    registers = RegisterMap(
+        Reg(0x0, "PM1_STS", 2, "w1c", doc="PM1a status (no event is raised here: stays 0)"),
+        Reg(0x2, "PM1_EN", 2, "rw", doc="PM1a enable"),
+        Reg(0x4, "PM1_CNT", 2, "rw", reset=SCI_EN, on_write="_control_written", doc="PM1a control",
+            fields=(Field("SCI_EN", 0, doc="ACPI mode: reads 1"), Field("SLP_TYP", SLP_TYP_SHIFT, 3),
+                    Field("SLP_EN", 13, doc="sleep now: with SLP_TYP 5 (S5) the machine powers off; reads 0"))),
+        Reg(0x8, "PM_TMR", 4, "ro", on_read="_timer", doc="PM timer: 24 bits at 3.579545 MHz of machine time"),
+    )
 
     def __init__(self, config: AcpiPmConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)
-        self.reset()
+        self.regs = self.registers.bind(self)
 
     def reset(self) -> None:
-        self.status = 0
-        self.enable = 0
-        self.control = SCI_EN
+        self.regs.reset()
 
     def pm_blocks(self) -> PmBlocks:
         """What the FADT says: the three blocks' ports and the SCI's IRQ."""
@@ -58,33 +65,14 @@ class AcpiPm(Device):
         return PmBlocks(port, port + 4, port + 8, self.config.sci)
 
     def regions(self) -> Sequence[Region]:
-        port = self.config.port
-        return [Region(Space.PIO, port, 4, self._event_read, self._event_write, sizes=(1, 2, 4), name="pm1a-event"),
-                Region(Space.PIO, port + 4, 2, self._control_read, self._control_write, sizes=(1, 2),
-                       name="pm1a-control"),
-                Region(Space.PIO, port + 8, 4, self._timer_read, None, sizes=(4,), name="pm-timer")]
+        return self.regs.regions(Space.PIO, self.config.port, sizes=(1, 2, 4))
 
-    def _event_read(self, offset: int, size: int) -> int:
-        return ((self.enable << 16 | self.status) >> (8 * offset)) & ((1 << (8 * size)) - 1)
-
-    def _event_write(self, offset: int, size: int, value: int) -> None:
-        word = value << (8 * offset)
-        mask = ((1 << (8 * size)) - 1) << (8 * offset)
-        self.status &= ~(word & mask & 0xFFFF)  # write 1 to clear
-        if mask >> 16:
-            self.enable = ((self.enable << 16 & ~mask | word & mask) >> 16) & 0xFFFF
-
-    def _control_read(self, offset: int, size: int) -> int:
-        return (self.control >> (8 * offset)) & ((1 << (8 * size)) - 1)
-
-    def _control_write(self, offset: int, size: int, value: int) -> None:
-        mask = ((1 << (8 * size)) - 1) << (8 * offset)
-        value = (self.control & ~mask | value << (8 * offset) & mask) & 0xFFFF
-        self.control = (value & ~SLP_EN) | SCI_EN  # SLP_EN reads 0; SCI_EN stays set
+    def _control_written(self, value: int) -> int:
         if value & SLP_EN and (value >> SLP_TYP_SHIFT) & SLP_TYP_MASK == SLP_TYP_S5:
             self.ctx.exit(0, "ACPI soft off (S5)")
+        return (value & ~SLP_EN) | SCI_EN  # SLP_EN reads 0; SCI_EN stays set
 
-    def _timer_read(self, offset: int, size: int) -> int:
+    def _timer(self, _stored: int) -> int:
         return self.ctx.clock.now() * PM_TIMER_HZ // 1_000_000_000 & 0xFFFFFF
 
 

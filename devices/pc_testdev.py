@@ -23,6 +23,7 @@ import attrs
 from vmcore.bus import Region, Space
 from vmcore.device import Device, DeviceContext, in_range, prop
 from vmcore.hookspecs import hookimpl
+from vmcore.regmap import Reg, RegisterMap
 
 IRQ_LINES = 24
 IOMEM_SIZE = 0x10000
@@ -44,29 +45,28 @@ class PcTestdev(Device):
     type_name = "pc-testdev"
     Config = PcTestdevConfig
 
+    # The ports at ``port``: every width and byte lane of in/out works on them (vmcore.regmap).
+    registers = RegisterMap(
+        Reg(0x0, "SCRATCH", 4, "rw", doc="scratch: reads back what was written, byte lane by lane"),
+        Reg(0x4, "FLUSH_PAGE", 4, "wo", on_write="_flush_page", doc="flush-page: the page whose host mapping "
+            "QEMU drops (none to drop here)"),
+    )
+
     def __init__(self, config: PcTestdevConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)
-        self.scratch = 0
+        self.regs = self.registers.bind(self)
         self.iomem = bytearray(IOMEM_SIZE)
         self.lines = [ctx.irq(n) for n in range(IRQ_LINES)]
 
     def regions(self) -> Sequence[Region]:
         c = self.config
         return [
-            Region(Space.PIO, c.port, 4, self.read_scratch, self.write_scratch, name="scratch"),
-            Region(Space.PIO, c.port + 4, 4, None, self.flush_page, sizes=(4,), name="flush-page"),
+            *self.regs.regions(Space.PIO, c.port, sizes=(1, 2, 4)),
             Region(Space.PIO, c.irq_port, IRQ_LINES, None, self.write_irq, sizes=(1,), name="irq-lines"),
             Region(Space.MMIO, c.iomem, IOMEM_SIZE, self.read_iomem, self.write_iomem, name="iomem"),
         ]
 
-    def read_scratch(self, offset: int, size: int) -> int:
-        return (self.scratch >> (8 * offset)) & ((1 << (8 * size)) - 1)
-
-    def write_scratch(self, offset: int, size: int, value: int) -> None:
-        mask = ((1 << (8 * size)) - 1) << (8 * offset)
-        self.scratch = (self.scratch & ~mask | value << (8 * offset) & mask) & 0xFFFF_FFFF
-
-    def flush_page(self, offset: int, size: int, value: int) -> None:
+    def _flush_page(self, _page: int) -> None:
         """Nothing to drop: guest memory has no second, cached mapping here."""
 
     def write_irq(self, offset: int, size: int, value: int) -> None:

@@ -111,7 +111,7 @@ def test_pm_event_block_enable_is_kept_and_status_cleared_by_ones(fake_bus) -> N
     pm = fake_bus.attach("acpi-pm")
     fake_bus.outw(0x602, 0x0120)
     assert fake_bus.inl(0x600) == 0x0120 << 16
-    pm.status = 0x0101
+    pm.regs["PM1_STS"] = 0x0101  # an event the model would latch
     fake_bus.outw(0x600, 0x0001)
     assert fake_bus.inw(0x600) == 0x0100
 

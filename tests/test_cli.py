@@ -93,6 +93,14 @@ def test_devices_type_shows_the_bounds_of_its_properties_in_their_notation() -> 
     assert any(line.startswith("    input: str = ''  file backend:") for line in lines)  # no bounds, no brackets
 
 
+def test_devices_type_shows_a_register_map_with_its_fields() -> None:
+    lines = vmcore("devices", "acpi-pm").stdout.splitlines()
+    start = lines.index("    registers (offset, name, width, access, reset):")
+    assert lines[start + 1].split()[:6] == ["+0x00", "PM1_STS", "16-bit", "w1c", "reset", "0x0"]
+    assert any(line.split()[:3] == ["SLP_TYP", "bits", "12:10"] for line in lines[start:])
+    assert "registers" not in vmcore("devices", "uart16550").stdout  # no map declared
+
+
 def test_devices_unknown_type_is_one_line_naming_the_known_ones() -> None:
     result = vmcore("devices", "uart")
     assert result.returncode == 2

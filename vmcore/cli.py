@@ -15,6 +15,7 @@ from typing import IO, NoReturn, Sequence
 from .accel import RunLimits
 from .bus import Transaction
 from .irq import IrqEvent
+from .regmap import registers_of
 from .machine import Machine, resolve_profile
 from .plugins import DeviceRegistry, DeviceTypeError
 from .profile import ProfileError, Where
@@ -336,6 +337,11 @@ def _devices(name: str | None) -> int:
             # What a value may be: one of the choices, or within the validator's bounds.
             allowed = "|".join(p.choices) if p.choices else p.bounds_text()
             print(f"    {p.name}: {p.type}{f' [{allowed}]' if allowed else ''} = {p.default_text()}  {p.doc}")
+        registers = registers_of(dtype.cls)
+        if registers is not None and name:  # the register table, with one type
+            print("    registers (offset, name, width, access, reset):")
+            for line in registers.describe():
+                print(f"      {line}")
         print()
     return 0
 
