@@ -88,6 +88,8 @@ def test_regions_are_one_per_stretch_named_after_its_first_register() -> None:
     assert [(r.base, r.size, r.name) for r in regions] == [(0x300, 7, "CTRL"), (0x308, 8, "DOOR"), (0x314, 2, "LATE")]
     assert regions[2].sizes == (1, 2)
     assert regions[1].read(4, 4) == 0x11223344  # handlers take offsets within their region
+    assert [regions[0].label(k) for k in (0, 2, 5, 6)] == ["CTRL", "CTRL+2", "STATUS+1", "ID"]  # for reports
+    assert Widget.registers.name_at(0x10) == ""  # a gap
 
 
 def test_the_table_shows_registers_and_fields() -> None:

@@ -57,6 +57,22 @@ def test_a_guest_polling_an_mmio_register_is_named_too(accel: str, tmp_path: Pat
     assert "waits for bit 5 (0x20) to be set; 0x0 has it clear" in line
 
 
+PM_POLL = TinyGuest("pm_poll", code=bytes([
+    0xBA, 0x00, 0x06,        # 0: mov dx, 0x600      acpi-pm's PM1 status
+    0xED,                    # 3: in ax, dx
+    0xA9, 0x00, 0x01,        #    test ax, 0x100     the power button's status bit
+    0x74, 0xFA,              #    jz 3               nobody presses it
+    0xF4,                    #    hlt
+]))
+
+
+def test_a_register_map_names_the_register(accel: str, tmp_path: Path) -> None:
+    result = _run(PM_POLL, tmp_path, accel, "  pm: {type: acpi-pm}\n")
+    [line] = stuck_lines(result["stderr"])
+    assert "reading pio 0x600 (pm PM1_STS) and gets 0x0000" in line
+    assert "its loop at 0x3 (test ax, 0x100; je) waits for bit 8 (0x100) to be set" in line
+
+
 def _loop(code: bytes, value: int) -> str | None:
     memory = GuestMemory()
     memory.add_slot("ram", 0, 0x1000)

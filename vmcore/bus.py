@@ -132,6 +132,8 @@ class Region:
     name: str = ""
     posted: bool = False
     doorbells: tuple[Doorbell, ...] = attrs.field(default=(), converter=tuple)
+    #: The register's name at an offset in the region, for reports (a register map's; else the region's name).
+    label: Callable[[int], str] | None = attrs.field(default=None, eq=False)
 
     def __attrs_post_init__(self) -> None:
         limit = SPACE_LIMITS[self.space]

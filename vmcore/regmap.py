@@ -116,6 +116,13 @@ class RegisterMap:
     def __getitem__(self, name: str) -> Reg:
         return self.regs[self.index[name]]
 
+    def name_at(self, offset: int) -> str:
+        """The register holding byte ``offset`` (``NAME`` or ``NAME+k`` inside it), or "" in a gap."""
+        spot = self.bytes[offset] if 0 <= offset < self.size else None
+        if spot is None:
+            return ""
+        return self.regs[spot[0]].name + (f"+{spot[1]}" if spot[1] else "")
+
     def bind(self, device: Any) -> "RegisterFile":
         """The registers of one device instance, its ``on_read``/``on_write`` methods resolved."""
         return RegisterFile(self, device)
@@ -201,7 +208,8 @@ class RegisterFile:
             name = self.map.regs[self.map.bytes[offset][0]].name  # type: ignore[index]
             read, write = self._handlers(offset)
             usable = tuple(size for size in sizes if size <= length) or (1,)
-            out.append(Region(space, base + offset, length, read, write, sizes=usable, name=name))
+            out.append(Region(space, base + offset, length, read, write, sizes=usable, name=name,
+                              label=lambda at, _offset=offset: self.map.name_at(_offset + at)))
         return out
 
     # --- the bus handlers -----------------------------------------------------------------

@@ -381,7 +381,9 @@ class RunCore:
         register = ""
         if found is not None:
             offset = watch.address - found[0].base
-            register = f"{found[0].name or 'register'}{f'+{offset:#x}' if offset else ''}"
+            label = found[0].label
+            register = label(offset) if label is not None else \
+                f"{found[0].name or 'register'}{f'+{offset:#x}' if offset else ''}"
         try:
             snapshot = self.cpu.snapshot()
         except Exception:  # noqa: BLE001 - the report goes without the loop, the run goes on
