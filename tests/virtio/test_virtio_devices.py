@@ -297,3 +297,11 @@ def test_console_a_flood_of_host_input_is_held_to_the_bound_and_loses_nothing(fa
         assert len(console.backend.input) <= HOST_INPUT_BUFFER
         time.sleep(0.01)
     assert bytes(received) == data
+
+
+def test_reports_call_the_transports_registers_by_their_specification_names(fake_bus) -> None:
+    rng = fake_bus.attach("virtio-rng", base=BASE, irq=5)
+    [region] = rng.regions()
+    assert [region.label(offset) for offset in (0x000, 0x060, 0x062, 0x070, 0x0FC, 0x108, 0x048)] == [
+        "MagicValue", "InterruptStatus", "InterruptStatus+2", "Status", "ConfigGeneration", "Config+0x8",
+        "reserved 0x48"]

@@ -47,6 +47,29 @@ CONFIG_OFFSET = 0x100
                                          0x038, 0x044, 0x050, 0x060, 0x064, 0x070, 0x080, 0x084, 0x090, 0x094,
                                          0x0A0, 0x0A4, 0x0FC)
 
+#: The registers' names in the specification (4.2.2), by offset: what reports call them.
+REGISTER_NAMES = {
+    MAGIC_VALUE: "MagicValue", VERSION_REG: "Version", DEVICE_ID: "DeviceID", VENDOR_ID: "VendorID",
+    DEVICE_FEATURES: "DeviceFeatures", DEVICE_FEATURES_SEL: "DeviceFeaturesSel", DRIVER_FEATURES: "DriverFeatures",
+    DRIVER_FEATURES_SEL: "DriverFeaturesSel", QUEUE_SEL: "QueueSel", QUEUE_NUM_MAX: "QueueNumMax",
+    QUEUE_NUM: "QueueNum", QUEUE_READY: "QueueReady", QUEUE_NOTIFY: "QueueNotify",
+    INTERRUPT_STATUS: "InterruptStatus", INTERRUPT_ACK: "InterruptACK", STATUS: "Status",
+    QUEUE_DESC_LOW: "QueueDescLow", QUEUE_DESC_HIGH: "QueueDescHigh", QUEUE_DRIVER_LOW: "QueueDriverLow",
+    QUEUE_DRIVER_HIGH: "QueueDriverHigh", QUEUE_DEVICE_LOW: "QueueDeviceLow", QUEUE_DEVICE_HIGH: "QueueDeviceHigh",
+    CONFIG_GENERATION: "ConfigGeneration",
+}
+
+
+def register_name(offset: int) -> str:
+    """The register at ``offset`` in the window (``Status``, ``Config+0x8``, ``Status+2``), for reports."""
+    if offset >= CONFIG_OFFSET:
+        return f"Config+{offset - CONFIG_OFFSET:#x}"
+    name = REGISTER_NAMES.get(offset & ~3)
+    if name is None:
+        return f"reserved {offset:#x}"
+    return name + (f"+{offset & 3}" if offset & 3 else "")
+
+
 # Device status bits (2.1).
 ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK, DEVICE_NEEDS_RESET, FAILED = 1, 2, 4, 8, 64, 128
 # Interrupt status bits (4.2.2): used buffers, configuration change.
@@ -108,7 +131,7 @@ class VirtioMmioDevice(Device):
     def regions(self) -> Sequence[Region]:
         bells = tuple(Doorbell(QUEUE_NOTIFY, 4, index) for index in range(len(self.queues)))
         return [Region(Space.MMIO, self.config.base, WINDOW, self.read, self.write, sizes=(1, 2, 4),
-                       name="virtio-mmio", doorbells=bells)]
+                       name="virtio-mmio", doorbells=bells, label=register_name)]
 
     def acpi_devices(self) -> Sequence[AcpiDevice]:
         """For Linux kernels built without VIRTIO_MMIO_CMDLINE_DEVICES (Debian's): a DSDT device
