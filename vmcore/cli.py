@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--trace-file", metavar="FILE", help="write every bus transaction to FILE")
     run.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="stop after this much wall-clock time")
     run.add_argument("--max-exits", type=_positive_count, metavar="N", help="stop after N exits")
+    run.add_argument("--monitor-socket", metavar="PATH",
+                     help="serve the monitor on a Unix socket at PATH: JSON lines, as QEMU's QMP "
+                          "(pause, resume, registers, memory, devices, bus accesses, IRQs, quit; vmcore.monitor)")
     run.add_argument("--stuck-after", type=_seconds_or_off, default=2.0, metavar="SECONDS",
                      help="say so (once) when the guest keeps reading one device register and getting one "
                           "answer for this long in machine time, and what its loop waits for (default 2; 0: off)")
@@ -240,10 +243,21 @@ def _run(args: argparse.Namespace) -> int:
             machine.set_irq_tracer(tracer)
         if args.history > 0:
             machine.keep_history(args.history)
+        server = None
+        if args.monitor_socket:
+            from .monitor import Monitor, MonitorServer
+
+            try:
+                server = MonitorServer(Monitor(machine), args.monitor_socket)
+            except OSError as exc:
+                print(f"vmcore: --monitor-socket {args.monitor_socket}: {exc.strerror or exc}", file=sys.stderr)
+                return STATUS["config-error"]
         try:
             stop = machine.run(args.accel, RunLimits(timeout=args.timeout, max_exits=args.max_exits,
                                                      stuck_after=args.stuck_after))
         finally:
+            if server is not None:
+                server.close()
             if trace_out is not None and trace_out is not sys.stderr:
                 trace_out.close()
         accel = machine.accelerator.name if machine.accelerator else "none"

@@ -120,6 +120,13 @@ class Clock:
         :class:`ManualClock` moves only when stepped, so starting it changes nothing.
         """
 
+    def pause(self) -> None:
+        """Machine time stops until :meth:`resume` (the monitor's pause); a clock that moves only
+        when told has nothing to stop."""
+
+    def resume(self) -> None:
+        """Machine time goes on from where :meth:`pause` stopped it."""
+
     def timer(self, callback: Callable[[], None]) -> Timer:
         """A timer not yet armed: arm it with :meth:`Timer.mod`, as QEMU's ``timer_new``."""
         return Timer(0, callback, self)
@@ -206,14 +213,26 @@ class HostClock(Clock):
     def __init__(self) -> None:
         super().__init__()
         self._origin: int | None = None  # host monotonic ns at t=0; None: not started
+        self._paused_at: int | None = None  # machine time when paused
 
     def start(self) -> None:
         if self._origin is None:
             self._origin = time.monotonic_ns()
 
     def now(self) -> int:
+        if self._paused_at is not None:
+            return self._paused_at
         origin = self._origin
         return 0 if origin is None else time.monotonic_ns() - origin
+
+    def pause(self) -> None:
+        if self._paused_at is None:
+            self._paused_at = self.now()
+
+    def resume(self) -> None:
+        paused_at, self._paused_at = self._paused_at, None
+        if paused_at is not None and self._origin is not None:
+            self._origin = time.monotonic_ns() - paused_at  # time goes on from where it stopped
 
 
 class ManualClock(Clock):

@@ -1,0 +1,87 @@
+"""The monitor (vmcore.monitor): a running machine driven through its JSON-lines socket."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.helpers import REPO, child_env
+from tests.tiny_guests import SPIN, profile_for
+
+
+class Client:
+    def __init__(self, path: Path) -> None:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(str(path))
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.reader = self.sock.makefile("rb")
+
+    def raw(self, line: bytes) -> dict:  # type: ignore[type-arg]
+        self.sock.sendall(line + b"\n")
+        return json.loads(self.reader.readline())
+
+    def __call__(self, command: str, **arguments: object) -> object:
+        answer = self.raw(json.dumps({"execute": command, "arguments": arguments}).encode())
+        assert "return" in answer, answer
+        return answer["return"]
+
+
+def test_pause_inspect_change_and_quit_a_running_guest(accel: str, tmp_path: Path) -> None:
+    profile = profile_for(SPIN, tmp_path)  # jmp $ at 0, a debug console at 0xF1
+    profile.write_text(profile.read_text().replace("backend: memory", f"backend: file, path: {tmp_path / 'con'}"))
+    path = tmp_path / "monitor.sock"
+    run = subprocess.Popen([sys.executable, "-m", "vmcore", "run", str(profile), "--accel", accel,
+                            "--monitor-socket", str(path)], cwd=REPO, env=child_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        monitor = Client(path)
+        assert monitor("status")["running"] is True  # type: ignore[index]
+        assert {"name": "console", "type": "debugcon"} in monitor("devices")  # type: ignore[operator]
+        monitor("pause")
+        first = monitor("status")
+        time.sleep(0.2)
+        assert monitor("status") == first and first["running"] is False  # type: ignore[index]  # time stopped
+        regs = monitor("registers")
+        assert regs["rip"] == 0 and monitor("registers") == regs  # type: ignore[index]  # the spin, standing
+        monitor("write-memory", address=0x800, data="c0ffee")
+        assert monitor("read-memory", address=0x7FF, length=5) == "00c0ffee00"
+        monitor("bus-write", space="pio", address=0xF1, size=1, value=ord("m"))  # through the console
+        assert monitor("bus-read", space="pio", address=0x1234, size=1) == 0xFF  # unclaimed: all ones
+        monitor("irq", line=4, level=1)
+        monitor("resume")
+        assert monitor("status")["running"] is True  # type: ignore[index]
+        errors = [monitor.raw(b'{"execute": "nonsense"}'), monitor.raw(b"not json"),
+                  monitor.raw(b'{"execute": "read-memory", "arguments": {"address": 0, "length": 100000}}'),
+                  monitor.raw(b'{"execute": "read-memory", "arguments": {"address": 16777216, "length": 4}}')]
+        assert all("error" in answer for answer in errors), errors
+        assert "unknown command" in errors[0]["error"] and "outside every memory slot" in errors[3]["error"]
+        monitor("quit")
+        out, err = run.communicate(timeout=20)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, err
+    assert (tmp_path / "con").read_bytes() == b"m"
+    assert not path.exists()  # the socket is removed at the run's end
+
+
+def test_a_socket_path_that_cannot_be_served_is_one_line(tmp_path: Path) -> None:
+    profile = profile_for(SPIN, tmp_path)
+    done = subprocess.run([sys.executable, "-m", "vmcore", "run", str(profile), "--accel", "tcg",
+                           "--monitor-socket", str(tmp_path / "no" / "such" / "m.sock")],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("vmcore: --monitor-socket ") and len(done.stderr.strip().splitlines()) == 1

@@ -1,0 +1,229 @@
+"""The monitor: a running machine controlled from outside, as QEMU's QMP does (JSON lines on a socket).
+
+``vmcore run --monitor-socket PATH`` serves a Unix socket; a client sends one JSON object
+per line, ``{"execute": COMMAND, "arguments": {...}}``, and gets one line back,
+``{"return": ...}`` or ``{"error": "..."}``. Commands:
+
+- ``status``: running or paused, machine time (ns);
+- ``pause`` and ``resume``: the guest stops between two exits and its machine time stops
+  with it (timers do not fire while paused); the run's wall-clock ``timeout`` still counts;
+- ``registers``: the vCPU's registers;
+- ``read-memory`` (``address``, ``length`` up to 64 KiB: hex) and ``write-memory``
+  (``address``, ``data`` hex), guest-physical;
+- ``devices``: each device's name and type;
+- ``bus-read`` (``space`` pio|mmio, ``address``, ``size``) and ``bus-write`` (and
+  ``value``): an access through the bus, as the guest would make it, device side effects
+  included;
+- ``irq`` (``line``, ``level``): drive an IRQ line;
+- ``quit``: end the run (stop kind ``exit``, status 0).
+
+Every command runs on the machine's thread (posted to its clock, or taken by the paused
+machine), so device state is never touched from two threads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+from typing import Any, Callable
+
+from .bus import Space
+from .faults import GuestExit
+
+log = logging.getLogger("vmcore.monitor")
+
+#: The longest request line taken, and the most bytes read-memory returns.
+MAX_LINE = 64 * 1024
+MAX_READ = 64 * 1024
+#: Seconds a command may wait for the machine's thread.
+COMMAND_TIMEOUT = 10.0
+
+
+class MonitorError(Exception):
+    """A command that cannot be carried out: its message goes back to the client."""
+
+
+class Monitor:
+    """Commands for one machine, run on its thread; :meth:`execute` is what a client calls."""
+
+    def __init__(self, machine: Any) -> None:
+        self.machine = machine
+        self.paused = threading.Event()
+        self._parked: queue.Queue[Callable[[], None] | None] = queue.Queue()
+
+    # --- running a command on the machine's thread ---------------------------------------------
+
+    def _on_machine(self, command: Callable[[], Any]) -> Any:
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def task() -> None:
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(command())
+                except GuestExit:
+                    done.set_result({})
+                    raise  # quit: the run loop ends the run
+                except BaseException as exc:  # noqa: BLE001 - handed back to the client
+                    done.set_exception(exc)
+
+        if self.paused.is_set():
+            self._parked.put(task)
+        else:
+            self.machine.clock.call_soon_threadsafe(task)
+        try:
+            return done.result(COMMAND_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            done.cancel()
+            raise MonitorError("the machine did not answer (is it running?)") from None
+
+    def _park(self) -> dict[str, Any]:
+        """On the machine's thread: stay here (the guest stopped, machine time stopped) until resumed,
+        running the commands that come meanwhile."""
+        clock = self.machine.clock
+        clock.pause()
+        self.paused.set()
+        try:
+            while (task := self._parked.get()) is not None:
+                task()
+        finally:
+            self.paused.clear()
+            clock.resume()
+        return {}
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def execute(self, command: str, arguments: dict[str, Any]) -> Any:
+        """Run ``command``; its result (JSON-ready), or MonitorError."""
+        machine = self.machine
+        if command == "status":
+            return {"running": not self.paused.is_set(), "time_ns": machine.clock.now()}
+        if command == "pause":
+            if self.paused.is_set():
+                return {}
+            machine.clock.call_soon_threadsafe(self._park)
+            if not self.paused.wait(COMMAND_TIMEOUT):
+                raise MonitorError("the machine did not stop (is it running?)")
+            return {}
+        if command == "resume":
+            if self.paused.is_set():
+                self._parked.put(None)
+            return {}
+        if command == "registers":
+            return self._on_machine(lambda: machine.accelerator.snapshot()[0])
+        if command == "read-memory":
+            address, length = _int(arguments, "address"), _int(arguments, "length")
+            if not 0 <= length <= MAX_READ:
+                raise MonitorError(f"length must be 0..{MAX_READ}, got {length}")
+            return self._on_machine(lambda: machine.memory.read(address, length).hex())
+        if command == "write-memory":
+            address = _int(arguments, "address")
+            try:
+                data = bytes.fromhex(str(arguments.get("data", "")))
+            except ValueError:
+                raise MonitorError("data must be hex digits") from None
+            return self._on_machine(lambda: machine.memory.write(address, data) or {})
+        if command == "devices":
+            return [{"name": name, "type": getattr(device, "type_name", type(device).__name__)}
+                    for name, device in machine.devices.items()]
+        if command in ("bus-read", "bus-write"):
+            bus = {"pio": machine.pio, "mmio": machine.mmio}.get(str(arguments.get("space")))
+            if bus is None:
+                raise MonitorError("space must be pio or mmio")
+            address, size = _int(arguments, "address"), _int(arguments, "size")
+            if size not in (1, 2, 4, 8):
+                raise MonitorError(f"size must be 1, 2, 4 or 8, got {size}")
+            if command == "bus-read":
+                return self._on_machine(lambda: bus.read(address, size))
+            value = _int(arguments, "value")
+            if not 0 <= value < 1 << (8 * size):
+                raise MonitorError(f"value {value:#x} does not fit {size} bytes")
+            return self._on_machine(lambda: bus.write(address, size, value) or {})
+        if command == "irq":
+            line, level = _int(arguments, "line"), bool(arguments.get("level"))
+            if not 0 <= line < 256:
+                raise MonitorError(f"line must be 0..255, got {line}")
+            return self._on_machine(lambda: machine.irq_lines.line(line).set_level(level) or {})
+        if command == "quit":
+
+            def quit_() -> None:
+                raise GuestExit(0, "monitor: quit")
+
+            if self.paused.is_set():
+                self._parked.put(quit_)
+                self._parked.put(None)
+                return {}
+            return self._on_machine(quit_)
+        raise MonitorError(f"unknown command {command!r}")
+
+
+def _int(arguments: dict[str, Any], name: str) -> int:
+    value = arguments.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MonitorError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+class MonitorServer:
+    """A Unix socket at ``path`` speaking the monitor's JSON lines, one client at a time, in a thread."""
+
+    def __init__(self, monitor: Monitor, path: str) -> None:
+        self.monitor = monitor
+        self.path = path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._socket.bind(path)  # OSError (in use, no such folder): the caller reports it
+        self._socket.listen(1)
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name="vmcore-monitor", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._socket.accept()
+            except OSError:
+                return  # closed
+            with client:
+                reader = client.makefile("rb")
+                while not self._closed:
+                    line = reader.readline(MAX_LINE + 1)
+                    if not line:
+                        break
+                    client.sendall(json.dumps(self._answer(line)).encode() + b"\n")
+
+    def _answer(self, line: bytes) -> dict[str, Any]:
+        if len(line) > MAX_LINE:
+            return {"error": f"request longer than {MAX_LINE} bytes"}
+        try:
+            request = json.loads(line)
+        except ValueError as exc:
+            return {"error": f"not JSON: {exc}"}
+        if not isinstance(request, dict) or not isinstance(request.get("execute"), str):
+            return {"error": 'expected {"execute": COMMAND, "arguments": {...}}'}
+        arguments = request.get("arguments", {})
+        if not isinstance(arguments, dict):
+            return {"error": "arguments must be an object"}
+        try:
+            return {"return": self.monitor.execute(request["execute"], arguments)}
+        except MonitorError as exc:
+            return {"error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a device or memory error: the client hears of it
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    def close(self) -> None:
+        self._closed = True
+        if self.monitor.paused.is_set():
+            self.monitor._parked.put(None)
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._socket.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
