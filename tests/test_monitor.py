@@ -85,3 +85,68 @@ def test_a_socket_path_that_cannot_be_served_is_one_line(tmp_path: Path) -> None
                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("vmcore: --monitor-socket ") and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_monitor_repl_on_a_terminal(tmp_path: Path) -> None:
+    """vmcore run --monitor through a pty: pause, look, change, quit."""
+    import os
+    import pty
+    import select
+
+    profile = profile_for(SPIN, tmp_path)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: vmcore with the pty as its terminal
+        os.chdir(REPO)
+        os.execve(sys.executable, [sys.executable, "-m", "vmcore", "run", str(profile), "--accel", "tcg",
+                                   "--monitor"], child_env())
+    seen = bytearray()
+
+    def wait_for(text: bytes, seconds: float = 20) -> bool:
+        deadline = time.monotonic() + seconds
+        while text not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    seen.extend(os.read(fd, 4096))
+                except OSError:
+                    break
+        return text in seen
+
+    def ask(line: bytes, answer: bytes) -> None:
+        start = len(seen)
+        os.write(fd, line + b"\n")
+        assert wait_for(answer), bytes(seen[start:])
+        assert wait_for(b">>> ")
+
+    try:
+        assert wait_for(b"vmcore monitor: the machine runs") and wait_for(b">>> "), bytes(seen)
+        ask(b"vm.pause(); vm.status()['running']", b"False")
+        ask(b"hex(vm.registers()['rip'])", b"'0x0'")
+        ask(b"vm.write_memory(0x900, b'hi'); vm.read_memory(0x900, 2)", b"b'hi'")
+        ask(b"vm.read('pio', 0x1234, 1)", b"255")
+        ask(b"vm.resume(); vm.status()['running']", b"True")
+        os.write(fd, b"vm.quit()\n")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            wait_for(b"\0never", 0.2)
+        else:
+            raise AssertionError(f"vmcore did not end on vm.quit(): {bytes(seen[-300:])!r}")
+        assert os.waitstatus_to_exitcode(status) == 0, bytes(seen[-300:])
+    finally:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (OSError, ChildProcessError):
+            pass
+        os.close(fd)
+
+
+def test_the_repl_is_refused_where_a_device_reads_the_terminal(tmp_path: Path) -> None:
+    profile = profile_for(SPIN, tmp_path, devices="  com1: {type: uart16550, backend: stdio}\n")
+    done = subprocess.run([sys.executable, "-m", "vmcore", "run", str(profile), "--accel", "tcg", "--monitor"],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--monitor: device com1 reads the terminal" in done.stderr

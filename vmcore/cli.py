@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--trace-file", metavar="FILE", help="write every bus transaction to FILE")
     run.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="stop after this much wall-clock time")
     run.add_argument("--max-exits", type=_positive_count, metavar="N", help="stop after N exits")
+    run.add_argument("--monitor", action="store_true",
+                     help="a Python REPL on the terminal into the running machine: vm.pause(), vm.registers(), ... "
+                          "(no device may read the terminal meanwhile)")
     run.add_argument("--monitor-socket", metavar="PATH",
                      help="serve the monitor on a Unix socket at PATH: JSON lines, as QEMU's QMP "
                           "(pause, resume, registers, memory, devices, bus accesses, IRQs, quit; vmcore.monitor)")
@@ -243,15 +246,28 @@ def _run(args: argparse.Namespace) -> int:
             machine.set_irq_tracer(tracer)
         if args.history > 0:
             machine.keep_history(args.history)
-        server = None
-        if args.monitor_socket:
-            from .monitor import Monitor, MonitorServer
+        server = monitor = None
+        if args.monitor:
+            from .chardev import StdioBackend
 
-            try:
-                server = MonitorServer(Monitor(machine), args.monitor_socket)
-            except OSError as exc:
-                print(f"vmcore: --monitor-socket {args.monitor_socket}: {exc.strerror or exc}", file=sys.stderr)
+            reader = next((name for name, device in machine.devices.items()
+                           if isinstance(getattr(device, "backend", None), StdioBackend)), None)
+            if reader is not None:
+                print(f"vmcore: --monitor: device {reader} reads the terminal (backend: stdio); give it another "
+                      f"backend, or use --monitor-socket", file=sys.stderr)
                 return STATUS["config-error"]
+        if args.monitor or args.monitor_socket:
+            from .monitor import Monitor, MonitorServer, start_console
+
+            monitor = Monitor(machine)  # one, for the terminal and the socket alike
+            if args.monitor_socket:
+                try:
+                    server = MonitorServer(monitor, args.monitor_socket)
+                except OSError as exc:
+                    print(f"vmcore: --monitor-socket {args.monitor_socket}: {exc.strerror or exc}", file=sys.stderr)
+                    return STATUS["config-error"]
+            if args.monitor:
+                start_console(monitor)
         try:
             stop = machine.run(args.accel, RunLimits(timeout=args.timeout, max_exits=args.max_exits,
                                                      stuck_after=args.stuck_after))

@@ -1,4 +1,7 @@
-"""The monitor: a running machine controlled from outside, as QEMU's QMP does (JSON lines on a socket).
+"""The monitor: a running machine controlled from outside, as QEMU's QMP and HMP do.
+
+``vmcore run --monitor`` is a Python REPL on the terminal whose ``vm`` (:class:`Commands`)
+has a method per command below (no device may read the terminal meanwhile).
 
 ``vmcore run --monitor-socket PATH`` serves a Unix socket; a client sends one JSON object
 per line, ``{"execute": COMMAND, "arguments": {...}}``, and gets one line back,
@@ -54,6 +57,7 @@ class Monitor:
     def __init__(self, machine: Any) -> None:
         self.machine = machine
         self.paused = threading.Event()
+        self._resumed = threading.Event()  # set when a paused machine has gone on
         self._parked: queue.Queue[Callable[[], None] | None] = queue.Queue()
 
     # --- running a command on the machine's thread ---------------------------------------------
@@ -91,8 +95,9 @@ class Monitor:
             while (task := self._parked.get()) is not None:
                 task()
         finally:
-            self.paused.clear()
             clock.resume()
+            self.paused.clear()
+            self._resumed.set()
         return {}
 
     # --- commands ------------------------------------------------------------------------------
@@ -111,7 +116,10 @@ class Monitor:
             return {}
         if command == "resume":
             if self.paused.is_set():
+                self._resumed.clear()
                 self._parked.put(None)
+                if not self._resumed.wait(COMMAND_TIMEOUT):
+                    raise MonitorError("the machine did not go on")
             return {}
         if command == "registers":
             return self._on_machine(lambda: machine.accelerator.snapshot()[0])
@@ -178,6 +186,8 @@ class MonitorServer:
         self._socket.bind(path)  # OSError (in use, no such folder): the caller reports it
         self._socket.listen(1)
         self._closed = False
+        self._idle = threading.Event()  # clear while a request is answered (quit's answer must go out)
+        self._idle.set()
         self._thread = threading.Thread(target=self._serve, name="vmcore-monitor", daemon=True)
         self._thread.start()
 
@@ -193,7 +203,13 @@ class MonitorServer:
                     line = reader.readline(MAX_LINE + 1)
                     if not line:
                         break
-                    client.sendall(json.dumps(self._answer(line)).encode() + b"\n")
+                    self._idle.clear()
+                    try:
+                        client.sendall(json.dumps(self._answer(line)).encode() + b"\n")
+                    except OSError:
+                        break  # the client went away
+                    finally:
+                        self._idle.set()
 
     def _answer(self, line: bytes) -> dict[str, Any]:
         if len(line) > MAX_LINE:
@@ -215,6 +231,7 @@ class MonitorServer:
             return {"error": f"{type(exc).__name__}: {exc}"}
 
     def close(self) -> None:
+        self._idle.wait(2.0)  # an answer on its way (quit's) goes out before the run's end is reported
         self._closed = True
         if self.monitor.paused.is_set():
             self.monitor._parked.put(None)
@@ -227,3 +244,72 @@ class MonitorServer:
             os.unlink(self.path)
         except OSError:
             pass
+
+
+class Commands:
+    """``vm`` in the monitor's REPL (``vmcore run --monitor``): the monitor's commands as methods."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self._monitor = monitor
+
+    def _do(self, command: str, **arguments: Any) -> Any:
+        return self._monitor.execute(command, arguments)
+
+    def status(self) -> dict[str, Any]:
+        return self._do("status")  # type: ignore[no-any-return]
+
+    def pause(self) -> None:
+        self._do("pause")
+
+    def resume(self) -> None:
+        self._do("resume")
+
+    def registers(self) -> dict[str, int]:
+        return self._do("registers")  # type: ignore[no-any-return]
+
+    def read_memory(self, address: int, length: int) -> bytes:
+        return bytes.fromhex(self._do("read-memory", address=address, length=length))
+
+    def write_memory(self, address: int, data: bytes) -> None:
+        self._do("write-memory", address=address, data=bytes(data).hex())
+
+    def devices(self) -> list[dict[str, str]]:
+        return self._do("devices")  # type: ignore[no-any-return]
+
+    def read(self, space: str, address: int, size: int) -> int:
+        """A device register through the bus (``space`` "pio" or "mmio")."""
+        return self._do("bus-read", space=space, address=address, size=size)  # type: ignore[no-any-return]
+
+    def write(self, space: str, address: int, size: int, value: int) -> None:
+        self._do("bus-write", space=space, address=address, size=size, value=value)
+
+    def irq(self, line: int, level: bool) -> None:
+        self._do("irq", line=line, level=level)
+
+    def quit(self) -> None:
+        self._do("quit")
+
+    def __repr__(self) -> str:
+        return ("vm: status() pause() resume() registers() read_memory(address, length) "
+                "write_memory(address, data) devices() read(space, address, size) "
+                "write(space, address, size, value) irq(line, level) quit()")
+
+
+def start_console(monitor: Monitor) -> threading.Thread:
+    """The monitor as a Python REPL on the terminal, in a thread: ``vm`` is :class:`Commands`. Leaving it
+    (Ctrl-D) ends the run as ``vm.quit()`` does."""
+    import code
+
+    commands = Commands(monitor)
+    console = code.InteractiveConsole({"vm": commands})
+
+    def run() -> None:
+        console.interact(banner=f"vmcore monitor: the machine runs; {commands!r}", exitmsg="")
+        try:
+            commands.quit()
+        except Exception:  # noqa: BLE001 - the run has ended already
+            pass
+
+    thread = threading.Thread(target=run, name="vmcore-monitor-console", daemon=True)
+    thread.start()
+    return thread
