@@ -60,6 +60,10 @@ def test_pause_inspect_change_and_quit_a_running_guest(accel: str, tmp_path: Pat
         monitor("bus-write", space="pio", address=0xF1, size=1, value=ord("m"))  # through the console
         assert monitor("bus-read", space="pio", address=0x1234, size=1) == 0xFF  # unclaimed: all ones
         monitor("irq", line=4, level=1)
+        monitor("set-registers", registers={"rax": 0x1234, "rbx": 7})
+        regs = monitor("registers")
+        assert (regs["rax"], regs["rbx"], regs["rip"]) == (0x1234, 7, 0)  # type: ignore[index]
+        assert monitor("device", name="console")["type"] == "debugcon"  # type: ignore[index]
         monitor("resume")
         assert monitor("status")["running"] is True  # type: ignore[index]
         errors = [monitor.raw(b'{"execute": "nonsense"}'), monitor.raw(b"not json"),
@@ -67,6 +71,8 @@ def test_pause_inspect_change_and_quit_a_running_guest(accel: str, tmp_path: Pat
                   monitor.raw(b'{"execute": "read-memory", "arguments": {"address": 16777216, "length": 4}}')]
         assert all("error" in answer for answer in errors), errors
         assert "unknown command" in errors[0]["error"] and "outside every memory slot" in errors[3]["error"]
+        refused = monitor.raw(b'{"execute": "set-registers", "arguments": {"registers": {"cr3": 0}}}')
+        assert "'cr3' is not one of" in refused["error"]
         monitor("quit")
         out, err = run.communicate(timeout=20)
     finally:
@@ -124,6 +130,7 @@ def test_the_monitor_repl_on_a_terminal(tmp_path: Path) -> None:
         ask(b"hex(vm.registers()['rip'])", b"'0x0'")
         ask(b"vm.write_memory(0x900, b'hi'); vm.read_memory(0x900, 2)", b"b'hi'")
         ask(b"vm.read('pio', 0x1234, 1)", b"255")
+        ask(b"vm.set_registers(rcx=41); vm.registers()['rcx'] + 1", b"42")
         ask(b"vm.resume(); vm.status()['running']", b"True")
         os.write(fd, b"vm.quit()\n")
         deadline = time.monotonic() + 20
@@ -150,3 +157,13 @@ def test_the_repl_is_refused_where_a_device_reads_the_terminal(tmp_path: Path) -
                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "--monitor: device com1 reads the terminal" in done.stderr
+
+
+def test_a_devices_state_shows_its_register_map_by_name(fake_bus) -> None:  # type: ignore[no-untyped-def]
+    from vmcore.monitor import _state
+
+    pm = fake_bus.attach("acpi-pm")
+    fake_bus.outw(0x602, 0x0120)
+    state = _state(pm)
+    assert state["type"] == "acpi-pm"
+    assert state["registers"] == {"PM1_STS": 0, "PM1_EN": 0x0120, "PM1_CNT": 1, "PM_TMR": 0}

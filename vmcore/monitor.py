@@ -10,10 +10,12 @@ per line, ``{"execute": COMMAND, "arguments": {...}}``, and gets one line back,
 - ``status``: running or paused, machine time (ns);
 - ``pause`` and ``resume``: the guest stops between two exits and its machine time stops
   with it (timers do not fire while paused); the run's wall-clock ``timeout`` still counts;
-- ``registers``: the vCPU's registers;
+- ``registers``: the vCPU's registers; ``set-registers`` (``registers``: ``{"rax": 1, ...}``,
+  general-purpose registers, ``rip`` and ``rflags``) writes them;
 - ``read-memory`` (``address``, ``length`` up to 64 KiB: hex) and ``write-memory``
   (``address``, ``data`` hex), guest-physical;
-- ``devices``: each device's name and type;
+- ``devices``: each device's name and type; ``device`` (``name``): its state (a register
+  map's registers by name, its number, string and flag attributes);
 - ``bus-read`` (``space`` pio|mmio, ``address``, ``size``) and ``bus-write`` (and
   ``value``): an access through the bus, as the guest would make it, device side effects
   included;
@@ -135,6 +137,22 @@ class Monitor:
             except ValueError:
                 raise MonitorError("data must be hex digits") from None
             return self._on_machine(lambda: machine.memory.write(address, data) or {})
+        if command == "set-registers":
+            values = arguments.get("registers")
+            if not isinstance(values, dict) or not values:
+                raise MonitorError('registers must be an object such as {"rax": 1}')
+            for name, value in values.items():
+                if name not in REGISTERS:
+                    raise MonitorError(f"{name!r} is not one of {', '.join(REGISTERS)}")
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+                    raise MonitorError(f"{name}: {value!r} is not a 64-bit value")
+            return self._on_machine(lambda: machine.accelerator.set_registers(dict(values)) or {})
+        if command == "device":
+            name = str(arguments.get("name"))
+            device = machine.devices.get(name)
+            if device is None:
+                raise MonitorError(f"no device {name!r}; devices: {', '.join(machine.devices)}")
+            return self._on_machine(lambda: _state(device))
         if command == "devices":
             return [{"name": name, "type": getattr(device, "type_name", type(device).__name__)}
                     for name, device in machine.devices.items()]
@@ -167,6 +185,29 @@ class Monitor:
                 return {}
             return self._on_machine(quit_)
         raise MonitorError(f"unknown command {command!r}")
+
+
+#: The registers set-registers writes.
+REGISTERS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+             "r15", "rip", "rflags")
+
+
+def _state(device: Any) -> dict[str, Any]:
+    """A device's state as JSON: its register map's values by name, and its public attributes that are
+    numbers, strings or flags (bytes as hex, at most 256 of them)."""
+    from .regmap import RegisterFile
+
+    state: dict[str, Any] = {"type": getattr(device, "type_name", type(device).__name__)}
+    for name, value in sorted(vars(device).items()):
+        if name.startswith("_") or name in ("config", "ctx"):
+            continue
+        if isinstance(value, RegisterFile):
+            state["registers"] = {reg.name: value.values[i] for i, reg in enumerate(value.map.regs)}
+        elif isinstance(value, (bool, int, str)):
+            state[name] = value
+        elif isinstance(value, (bytes, bytearray)) and len(value) <= 256:
+            state[name] = bytes(value).hex()
+    return state
 
 
 def _int(arguments: dict[str, Any], name: str) -> int:
@@ -273,8 +314,16 @@ class Commands:
     def write_memory(self, address: int, data: bytes) -> None:
         self._do("write-memory", address=address, data=bytes(data).hex())
 
+    def set_registers(self, **values: int) -> None:
+        """Write registers: ``vm.set_registers(rax=1, rip=0x100)``."""
+        self._do("set-registers", registers=values)
+
     def devices(self) -> list[dict[str, str]]:
         return self._do("devices")  # type: ignore[no-any-return]
+
+    def device(self, name: str) -> dict[str, Any]:
+        """A device's state: its registers by name (a register map's) and its simple attributes."""
+        return self._do("device", name=name)  # type: ignore[no-any-return]
 
     def read(self, space: str, address: int, size: int) -> int:
         """A device register through the bus (``space`` "pio" or "mmio")."""
@@ -290,8 +339,8 @@ class Commands:
         self._do("quit")
 
     def __repr__(self) -> str:
-        return ("vm: status() pause() resume() registers() read_memory(address, length) "
-                "write_memory(address, data) devices() read(space, address, size) "
+        return ("vm: status() pause() resume() registers() set_registers(rax=...) read_memory(address, length) "
+                "write_memory(address, data) devices() device(name) read(space, address, size) "
                 "write(space, address, size, value) irq(line, level) quit()")
 
 

@@ -147,6 +147,10 @@ class Accelerator(abc.ABC):
     def snapshot(self) -> CpuSnapshot:
         """The vCPU now, for fault reports."""
 
+    def set_registers(self, values: dict[str, int]) -> None:
+        """Write general-purpose registers (``rax``..``r15``, ``rip``, ``rflags``) between runs (the monitor)."""
+        raise AcceleratorUnavailable(f"{self.name} cannot write registers")
+
     def stop_reason(self, kind: str, message: str) -> StopReason:
         """A stop with the vCPU's registers and code at RIP, for the report."""
         registers, segments, code_address, code = self.snapshot()

@@ -682,6 +682,12 @@ class KvmAccelerator(Accelerator):
             return StopReason.of("system-event", f"system event {kind}", detail={"type": event.type})
         return self.stop_reason("unknown-exit", f"unhandled KVM exit {name} ({reason})")
 
+    def set_registers(self, values: dict[str, int]) -> None:
+        regs = self.vcpu.get_regs()
+        for name, value in values.items():
+            setattr(regs, name, value)
+        self.vcpu.set_regs(regs)
+
     def snapshot(self) -> tuple[dict[str, int], dict[str, dict[str, int]], int | None, bytes | None]:
         """Registers, segments, and up to 16 guest bytes at CS:RIP (for reports)."""
         regs = self.vcpu.get_regs()

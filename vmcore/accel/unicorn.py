@@ -872,6 +872,12 @@ class UnicornAccelerator(Accelerator):
             return self.stop_reason("shutdown", "invalid opcode with no handler")
         return self.stop_reason("internal-error", f"software CPU error: {error}")
 
+    def set_registers(self, values: dict[str, int]) -> None:
+        for name, value in values.items():
+            self.regs.reg_write(_reg(name), value)
+        if "rip" in values:
+            self._pc = None  # emulation goes on from the RIP written
+
     def snapshot(self) -> tuple[dict[str, int], dict[str, dict[str, int]], int | None, bytes | None]:
         registers = {}
         for name in _GPRS:
