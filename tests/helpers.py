@@ -440,3 +440,44 @@ def accel_runs(path: Path, runs: list[dict[str, Any]], plugins: Sequence[str],
     lines = [line for line in result.stdout.decode().splitlines() if line.startswith("RESULT ")]
     assert len(lines) == len(runs), result.stdout
     return [json.loads(line[len("RESULT "):]) for line in lines]
+
+
+class PtyReader:
+    """What a child on the other side of a pty (``pty.fork``) prints, gathered as it comes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.seen = bytearray()
+
+    def wait_for(self, text: bytes, seconds: float = 20) -> bool:
+        """Read until ``text`` has appeared (True) or ``seconds`` passed (False)."""
+        import select
+
+        deadline = time.monotonic() + seconds
+        while text not in self.seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.2)
+            if ready:
+                try:
+                    self.seen.extend(os.read(self.fd, 4096))
+                except OSError:
+                    break
+        return text in self.seen
+
+    def wait_exit(self, pid: int, seconds: float) -> int | None:
+        """The child's exit code once it ends within ``seconds`` (reading what it prints meanwhile), else None."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            self.wait_for(b"\0never", 0.2)
+        return None
+
+    def close(self, pid: int) -> None:
+        """Kill the child if it still runs, reap it, and close the pty."""
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (OSError, ChildProcessError):
+            pass
+        os.close(self.fd)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, kvm_runs_guest_code_slowly, vmcore
+from tests.helpers import REPO, PtyReader, kvm_runs_guest_code_slowly, vmcore
 from vmcore.linux_boot import BOOT_PARAMS, CMDLINE, E820_RAM, E820_RESERVED, LinuxBootError, e820_map, load_linux
 from vmcore.loader import load_image
 from vmcore.memory import GuestMemory
@@ -175,7 +175,6 @@ def test_a_shell_on_the_serial_console_through_a_terminal() -> None:
     console; Ctrl-C reaches the guest (it interrupts a sleep, the shell says so); Ctrl-A x leaves."""
     import os
     import pty
-    import select
     import time
 
     linux_files()
@@ -183,18 +182,8 @@ def test_a_shell_on_the_serial_console_through_a_terminal() -> None:
     if pid == 0:  # the child: vmcore with the pty as its terminal
         os.execv(sys.executable, [sys.executable, "-m", "vmcore", "run", str(LINUX), "--accel", "tcg", "--set",
                                   "loader.cmdline=console=ttyS0 quiet vmcore.run=shell"])
-    seen = bytearray()
-
-    def wait_for(text: bytes, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while text not in seen and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if ready:
-                try:
-                    seen.extend(os.read(fd, 4096))
-                except OSError:
-                    break
-        return text in seen
+    reader = PtyReader(fd)
+    seen, wait_for = reader.seen, reader.wait_for
 
     try:
         assert wait_for(b"vmcore-linux: shell", 200), seen[-2000:]
@@ -209,23 +198,10 @@ def test_a_shell_on_the_serial_console_through_a_terminal() -> None:
         os.write(fd, b"echo status-$?\r")
         assert wait_for(b"status-130", 30), seen[start:]  # the sleep died of SIGINT: 128 + 2
         os.write(fd, b"\x01x")  # Ctrl-A x: leave vmcore
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            wait_for(b"\0never", 0.5)
-        else:
-            raise AssertionError(f"vmcore did not leave on Ctrl-A x: {seen[-500:]!r}")
-        assert os.waitstatus_to_exitcode(status) == 130  # the "interrupted" stop
+        assert reader.wait_exit(pid, 30) == 130, seen[-500:]  # the "interrupted" stop
         assert b"stopped by the user" in seen
     finally:
-        try:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        except (OSError, ChildProcessError):
-            pass
-        os.close(fd)
+        reader.close(pid)
 
 
 def test_terminal_keys_pass_everything_but_the_escape() -> None:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.helpers import REPO, child_env
+from tests.helpers import REPO, PtyReader, child_env
 from tests.tiny_guests import SPIN, profile_for
 
 
@@ -97,7 +97,6 @@ def test_the_monitor_repl_on_a_terminal(tmp_path: Path) -> None:
     """vmcore run --monitor through a pty: pause, look, change, quit."""
     import os
     import pty
-    import select
 
     profile = profile_for(SPIN, tmp_path)
     pid, fd = pty.fork()
@@ -105,18 +104,8 @@ def test_the_monitor_repl_on_a_terminal(tmp_path: Path) -> None:
         os.chdir(REPO)
         os.execve(sys.executable, [sys.executable, "-m", "vmcore", "run", str(profile), "--accel", "tcg",
                                    "--monitor"], child_env())
-    seen = bytearray()
-
-    def wait_for(text: bytes, seconds: float = 20) -> bool:
-        deadline = time.monotonic() + seconds
-        while text not in seen and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                try:
-                    seen.extend(os.read(fd, 4096))
-                except OSError:
-                    break
-        return text in seen
+    reader = PtyReader(fd)
+    seen, wait_for = reader.seen, reader.wait_for
 
     def ask(line: bytes, answer: bytes) -> None:
         start = len(seen)
@@ -133,22 +122,9 @@ def test_the_monitor_repl_on_a_terminal(tmp_path: Path) -> None:
         ask(b"vm.set_registers(rcx=41); vm.registers()['rcx'] + 1", b"42")
         ask(b"vm.resume(); vm.status()['running']", b"True")
         os.write(fd, b"vm.quit()\n")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            wait_for(b"\0never", 0.2)
-        else:
-            raise AssertionError(f"vmcore did not end on vm.quit(): {bytes(seen[-300:])!r}")
-        assert os.waitstatus_to_exitcode(status) == 0, bytes(seen[-300:])
+        assert reader.wait_exit(pid, 20) == 0, bytes(seen[-300:])
     finally:
-        try:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        except (OSError, ChildProcessError):
-            pass
-        os.close(fd)
+        reader.close(pid)
 
 
 def test_the_repl_is_refused_where_a_device_reads_the_terminal(tmp_path: Path) -> None:
