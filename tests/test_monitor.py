@@ -71,6 +71,8 @@ def test_pause_inspect_change_and_quit_a_running_guest(accel: str, tmp_path: Pat
                   monitor.raw(b'{"execute": "read-memory", "arguments": {"address": 16777216, "length": 4}}')]
         assert all("error" in answer for answer in errors), errors
         assert "unknown command" in errors[0]["error"] and "outside every memory slot" in errors[3]["error"]
+        overlong = monitor.raw(b'{"execute": "status", "pad": "' + b"x" * 200_000 + b'"}')
+        assert "longer than" in overlong["error"] and monitor("status")["running"] is True  # type: ignore[index]
         refused = monitor.raw(b'{"execute": "set-registers", "arguments": {"registers": {"cr3": 0}}}')
         assert "'cr3' is not one of" in refused["error"]
         monitor("quit")

@@ -244,6 +244,9 @@ class MonitorServer:
                     line = reader.readline(MAX_LINE + 1)
                     if not line:
                         break
+                    rest = line
+                    while len(rest) > MAX_LINE and not rest.endswith(b"\n"):
+                        rest = reader.readline(MAX_LINE + 1)  # drop the rest of an overlong line: one answer
                     self._idle.clear()
                     try:
                         client.sendall(json.dumps(self._answer(line)).encode() + b"\n")

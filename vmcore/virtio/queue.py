@@ -140,14 +140,19 @@ class Chain:
             return self._addresses[split:], self._lengths[split:]
         return self._addresses[:split], self._lengths[:split]
 
+    def _ends_of(self, writing: bool, lengths: tuple[int, ...]) -> list[int]:
+        """Where each buffer of the part ends, in bytes from its start (computed once per part)."""
+        ends = self._ends.get(writing)
+        if ends is None:
+            ends = self._ends[writing] = list(accumulate(lengths))
+        return ends
+
     def _pieces(self, writing: bool, start: int, length: int) -> Iterator[tuple[int, int]]:
         """(address, count) pieces of the part, ``length`` bytes from byte ``start`` on, each at most
         PIECE bytes. The buffer holding ``start`` is found by bisection, not by walking to it (a
         status byte at the end of a 256-buffer request)."""
         addresses, lengths = self._part(writing)
-        ends = self._ends.get(writing)
-        if ends is None:
-            ends = self._ends[writing] = list(accumulate(lengths))
+        ends = self._ends_of(writing, lengths)
         index = bisect.bisect_right(ends, start)
         if index >= len(lengths) or length <= 0:
             return
@@ -240,9 +245,7 @@ def _host_vectors(chain: Chain, memory: GuestMemory, start: int, length: int,
     if _libc_io is None or length <= 0:
         return None
     addresses, lengths = chain._part(writing)
-    ends = chain._ends.get(writing)
-    if ends is None:
-        ends = chain._ends[writing] = list(accumulate(lengths))
+    ends = chain._ends_of(writing, lengths)
     first = bisect.bisect_right(ends, start)
     last = bisect.bisect_left(ends, start + length)
     if last >= len(lengths) or first > last:
