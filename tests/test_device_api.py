@@ -290,6 +290,84 @@ def test_third_party_type_clashing_with_a_built_in_is_rejected():
     assert "acme.console" in str(excinfo.value)
 
 
+# --- lazy loading: an entry point named after its type is imported when that type is asked for ---
+
+_PLUGIN_SOURCE = """
+import attrs
+from vmcore.device import Device
+from vmcore.hookspecs import hookimpl
+
+def _type(name):
+    Config = attrs.frozen(type("Config", (), {"__annotations__": {"x": int}, "x": 0}))
+    return type("Thing", (Device,), {"type_name": name, "Config": Config, "__module__": __name__})
+
+@hookimpl
+def vmcore_device_types():
+    return [_type(name) for name in TYPES]
+"""
+
+
+@pytest.fixture
+def entry_points(tmp_path, monkeypatch):
+    """Install plugin modules (name -> type names they provide) behind entry points of those
+    names, in place of the installed ones; returns a function that does it."""
+    import importlib.metadata
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def install(plugins: dict[str, list[str]]) -> None:
+        eps = []
+        for ep_name, types_ in plugins.items():
+            module = f"lazy_plugin_{ep_name.replace('-', '_')}"
+            (tmp_path / f"{module}.py").write_text(f"TYPES = {types_!r}\n" + _PLUGIN_SOURCE)
+            monkeypatch.delitem(sys.modules, module, raising=False)
+            eps.append(importlib.metadata.EntryPoint(ep_name, module, "vmcore"))
+        monkeypatch.setattr(importlib.metadata, "entry_points",
+                            lambda group=None: [ep for ep in eps if ep.group == group])
+
+    return install
+
+
+def test_registry_imports_only_the_entry_point_named_after_the_type_asked_for(entry_points):
+    import sys
+
+    entry_points({"t-one": ["t-one"], "t-two": ["t-two"]})
+    registry = DeviceRegistry.default()
+    assert registry.get("t-one").module == "lazy_plugin_t_one"
+    assert "lazy_plugin_t_one" in sys.modules and "lazy_plugin_t_two" not in sys.modules
+    assert registry.names() == ["t-one", "t-two"]  # the whole list imports the rest
+    assert "lazy_plugin_t_two" in sys.modules
+
+
+def test_a_type_under_an_entry_point_of_another_name_is_found_by_loading_them_all(entry_points):
+    entry_points({"t-one": ["t-one"], "acme": ["acme-widget", "acme-gadget"]})
+    registry = DeviceRegistry.default()
+    assert registry.get("acme-gadget").plugin == "acme"
+    assert registry.get("t-one").plugin == "t-one"
+
+
+def test_a_type_provided_twice_is_rejected_once_both_providers_are_loaded(entry_points):
+    entry_points({"t-one": ["t-one"], "acme": ["t-one"]})
+    registry = DeviceRegistry.default()
+    with pytest.raises(DeviceTypeError, match="device type 't-one' is provided twice"):
+        registry.names()
+
+
+def test_a_plugin_given_directly_is_checked_against_the_entry_point_named_after_its_type(entry_points):
+    entry_points({"t-one": ["t-one"]})
+    with pytest.raises(DeviceTypeError, match="'t-one' is provided twice: by lazy_plugin_t_one"):
+        DeviceRegistry.default(plugins=[_plugin("mine", _device_class("t-one", "mine.one"))])
+
+
+def test_an_entry_point_that_does_not_provide_its_name_leaves_the_name_unknown(entry_points):
+    entry_points({"t-one": ["something-else"]})
+    registry = DeviceRegistry.default()
+    with pytest.raises(DeviceTypeError, match="unknown device type 't-one'; known types: something-else"):
+        registry.get("t-one")
+    assert "t-one" not in registry and "something-else" in registry
+
+
 def test_device_class_without_config_is_rejected():
     plugin = _plugin("acme_plugin", _device_class("bare", "acme.bare", with_config=False))
     with pytest.raises(DeviceTypeError, match="plugin acme_plugin: device type 'bare' needs an attrs Config class"):

@@ -15,7 +15,6 @@ from typing import IO, NoReturn, Sequence
 from .accel import RunLimits
 from .bus import Transaction
 from .irq import IrqEvent
-from .regmap import registers_of
 from .machine import Machine, resolve_profile
 from .plugins import DeviceRegistry, DeviceTypeError
 from .profile import ProfileError, Where
@@ -358,6 +357,8 @@ def _check(args: argparse.Namespace) -> int:
 
 def _devices(name: str | None) -> int:
     """Every device type, or the one named (an unknown name is a DeviceTypeError naming the known ones)."""
+    from .regmap import registers_of  # here only: a run does without it
+
     registry = DeviceRegistry.default()
     for dtype in [registry.get(name)] if name else registry:
         print(f"{dtype.name}  ({dtype.module}, plugin {dtype.plugin})")

@@ -29,7 +29,6 @@ from .device import PropertyError, resolve_paths
 from .faults import DeviceFault, GuestExit, GuestReset, obey
 from .irq import InterruptController, IrqEvent, LocalInterruptController
 from .memory import GuestMemory, GuestMemoryError
-from .mptable import MP_BASE, mp_table
 from .tsc import TimeStampCounter
 from .pci import PciBus
 from .plugins import DeviceRegistry, DeviceTypeError
@@ -482,6 +481,8 @@ def _write_mp_table(memory: GuestMemory, devices: dict[str, Any]) -> None:
     apics = _apics(devices)
     if apics is None:
         return
+    from .mptable import MP_BASE, mp_table  # here only: most machines have no I/O APIC
+
     table = mp_table(lapic_id=apics.lapic_id, lapic_base=apics.lapic_base, ioapic_id=apics.ioapic_id,
                      ioapic_base=apics.ioapic_base)
     try:

@@ -55,45 +55,100 @@ class DeviceType:
 
 
 class DeviceRegistry:
-    """Device type name -> class, collected once from every plugin's hook."""
+    """Device type name -> class, collected from every plugin's hook.
 
-    def __init__(self, types: dict[str, DeviceType]) -> None:
+    Entry points load lazily: one named after a device type (as vmcore's own are) is imported
+    when that type is first asked for, and the rest only when a name is not found that way or
+    the whole list is wanted (``names``, iteration, or a name no entry point has). A ``vmcore run`` so imports the
+    device modules its profile uses, not every installed one. A type provided twice is an error
+    as soon as both providers are loaded (``vmcore devices`` and ``vmcore check`` load them all).
+    """
+
+    def __init__(self, types: dict[str, DeviceType], pm: pluggy.PluginManager | None = None,
+                 pending: dict[str, Any] | None = None) -> None:
         self._types = types
+        self._pm = pm
+        #: Entry points not imported yet, by name (importlib.metadata EntryPoint objects).
+        self._pending: dict[str, Any] = pending if pending is not None else {}
 
     @classmethod
     def from_plugins(cls, pm: pluggy.PluginManager) -> "DeviceRegistry":
-        types: dict[str, DeviceType] = {}
+        """Every type of the plugins ``pm`` holds (all loaded now)."""
+        registry = cls({}, pm)
         for impl in pm.hook.vmcore_device_types.get_hookimpls():
-            plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
-            for dev_cls in impl.function() or ():
-                name = getattr(dev_cls, "type_name", None)
-                if not isinstance(name, str) or not name:
-                    raise DeviceTypeError(f"plugin {plugin_name}: {dev_cls!r} has no type_name")
-                if not attrs.has(getattr(dev_cls, "Config", None)):
-                    raise DeviceTypeError(f"plugin {plugin_name}: device type {name!r} needs an attrs Config class")
-                if name in types:
-                    raise DeviceTypeError(
-                        f"device type {name!r} is provided twice: by {types[name].module} "
-                        f"(plugin {types[name].plugin}) and {dev_cls.__module__} (plugin {plugin_name})"
-                    )
-                types[name] = DeviceType(name, dev_cls, plugin_name)
-        return cls(types)
+            registry._add(impl, pm.get_name(impl.plugin) or repr(impl.plugin))
+        return registry
 
     @classmethod
     def default(cls, plugins: Iterable[Any] = ()) -> "DeviceRegistry":
-        """Every installed plugin (entry points) plus ``plugins``."""
-        return cls.from_plugins(make_plugin_manager(plugins=plugins))
+        """Every installed plugin (entry points, imported as needed) plus ``plugins`` (now)."""
+        from importlib.metadata import entry_points
+
+        pm = make_plugin_manager(load_entry_points=False, plugins=plugins)
+        pending: dict[str, Any] = {}
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            # As pluggy's own loading does: a name taken (by a plugin given here, or an earlier
+            # distribution's entry point) is not loaded again, nor a blocked one.
+            if ep.name not in pending and pm.get_plugin(ep.name) is None and not pm.is_blocked(ep.name):
+                pending[ep.name] = ep
+        registry = cls({}, pm, pending)
+        for impl in pm.hook.vmcore_device_types.get_hookimpls():
+            registry._add(impl, pm.get_name(impl.plugin) or repr(impl.plugin))
+        return registry
+
+    def _add(self, impl: Any, plugin_name: str) -> None:
+        """Take the types one hook implementation returns, checking each."""
+        types = self._types
+        for dev_cls in impl.function() or ():
+            name = getattr(dev_cls, "type_name", None)
+            if not isinstance(name, str) or not name:
+                raise DeviceTypeError(f"plugin {plugin_name}: {dev_cls!r} has no type_name")
+            if not attrs.has(getattr(dev_cls, "Config", None)):
+                raise DeviceTypeError(f"plugin {plugin_name}: device type {name!r} needs an attrs Config class")
+            if name not in types and name in self._pending and name != plugin_name:
+                self._load(name)  # the entry point named after this type may provide it too
+            if name in types:
+                raise DeviceTypeError(
+                    f"device type {name!r} is provided twice: by {types[name].module} "
+                    f"(plugin {types[name].plugin}) and {dev_cls.__module__} (plugin {plugin_name})"
+                )
+            types[name] = DeviceType(name, dev_cls, plugin_name)
+
+    def _load(self, ep_name: str) -> None:
+        """Import the pending entry point ``ep_name`` and take its types."""
+        ep = self._pending.pop(ep_name)
+        assert self._pm is not None
+        plugin = ep.load()
+        self._pm.register(plugin, name=ep.name)
+        for impl in self._pm.hook.vmcore_device_types.get_hookimpls():
+            if impl.plugin is plugin:
+                self._add(impl, ep.name)
+
+    def _load_all(self) -> None:
+        while self._pending:
+            self._load(next(iter(self._pending)))
 
     def __contains__(self, name: str) -> bool:
-        return name in self._types
+        try:
+            self.get(name)
+        except DeviceTypeError:
+            return False
+        return True
 
     def __iter__(self):  # type: ignore[no-untyped-def]
+        self._load_all()
         return iter(sorted(self._types.values(), key=lambda t: t.name))
 
     def names(self) -> list[str]:
+        self._load_all()
         return sorted(self._types)
 
     def get(self, name: str) -> DeviceType:
+        """The type called ``name``; a DeviceTypeError naming the nearest known name if none is."""
+        if name not in self._types and name in self._pending:
+            self._load(name)
+        if name not in self._types:
+            self._load_all()  # a type its entry point does not name, or none has it
         try:
             return self._types[name]
         except KeyError:
