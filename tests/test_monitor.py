@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import REPO, PtyReader, child_env
-from tests.tiny_guests import SPIN, profile_for
+from tests.tiny_guests import SPIN, TinyGuest, profile_for
 
 
 class Client:
@@ -86,6 +88,49 @@ def test_pause_inspect_change_and_quit_a_running_guest(accel: str, tmp_path: Pat
     assert not path.exists()  # the socket is removed at the run's end
 
 
+# A loop of three instructions, for single steps: inc bx (0), inc cx (1), jmp 0 (2).
+STEP_LOOP = TinyGuest("step_loop", bytes([0x43, 0x41, 0xEB, 0xFC]))
+_NEXT = {0: 1, 1: 2, 2: 0}
+
+
+def test_step_runs_one_instruction_of_a_paused_guest(accel: str, tmp_path: Path) -> None:
+    path = tmp_path / "monitor.sock"
+    run = subprocess.Popen([sys.executable, "-m", "vmcore", "run", str(profile_for(STEP_LOOP, tmp_path)),
+                            "--accel", accel, "--monitor-socket", str(path)], cwd=REPO, env=child_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        monitor = Client(path)
+        refused = monitor.raw(b'{"execute": "step"}')
+        assert "pause the machine first" in refused["error"]
+        monitor("pause")
+        regs = monitor("registers")
+        if accel == "kvm":
+            answer = monitor.raw(b'{"execute": "step"}')
+            if "error" in answer:
+                pytest.skip(f"this host's KVM does not single-step: {answer['error']}")
+            steps = [answer["return"]]
+        else:
+            steps = [monitor("step")]
+        steps += [monitor("step") for _ in range(8)]
+        for before, after in zip([regs, *steps], steps):
+            assert after["rip"] == _NEXT[before["rip"]], (before, after)  # type: ignore[index]
+            # Each instruction did what it does, once: bx counts the steps from 0, cx those from 1.
+            assert after["rbx"] - before["rbx"] == (before["rip"] == 0)  # type: ignore[index,operator]
+            assert after["rcx"] - before["rcx"] == (before["rip"] == 1)  # type: ignore[index,operator]
+        assert monitor("status")["running"] is False  # type: ignore[index]  # paused again after each
+        monitor("resume")
+        time.sleep(0.1)
+        monitor("pause")
+        assert monitor("registers")["rbx"] > steps[-1]["rbx"] + 100  # type: ignore[index,operator]  # ran on
+        monitor("quit")
+        run.communicate(timeout=20)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0
+
+
 def test_a_socket_path_that_cannot_be_served_is_one_line(tmp_path: Path) -> None:
     profile = profile_for(SPIN, tmp_path)
     done = subprocess.run([sys.executable, "-m", "vmcore", "run", str(profile), "--accel", "tcg",
@@ -119,6 +164,7 @@ def test_the_monitor_repl_on_a_terminal(tmp_path: Path) -> None:
         assert wait_for(b"vmcore monitor: the machine runs") and wait_for(b">>> "), bytes(seen)
         ask(b"vm.pause(); vm.status()['running']", b"False")
         ask(b"hex(vm.registers()['rip'])", b"'0x0'")
+        ask(b"hex(vm.step()['rip'])", b"'0x0'")  # jmp $: one step lands where it was
         ask(b"vm.write_memory(0x900, b'hi'); vm.read_memory(0x900, 2)", b"b'hi'")
         ask(b"vm.read('pio', 0x1234, 1)", b"255")
         ask(b"vm.set_registers(rcx=41); vm.registers()['rcx'] + 1", b"42")

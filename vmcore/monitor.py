@@ -10,6 +10,9 @@ per line, ``{"execute": COMMAND, "arguments": {...}}``, and gets one line back,
 - ``status``: running or paused, machine time (ns);
 - ``pause`` and ``resume``: the guest stops between two exits and its machine time stops
   with it (timers do not fire while paused); the run's wall-clock ``timeout`` still counts;
+- ``step`` (paused only): the guest runs one instruction (its exit served, a pending
+  interrupt taken first, as a CPU would) and stops again; the answer is its registers
+  (KVM single-steps with KVM_SET_GUEST_DEBUG; the software CPU runs one instruction);
 - ``registers``: the vCPU's registers; ``set-registers`` (``registers``: ``{"rax": 1, ...}``,
   general-purpose registers, ``rip`` and ``rflags``) writes them;
 - ``read-memory`` (``address``, ``length`` up to 64 KiB: hex) and ``write-memory``
@@ -61,6 +64,9 @@ class Monitor:
         self.paused = threading.Event()
         self._resumed = threading.Event()  # set when a paused machine has gone on
         self._parked: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._stepping = False  # a step was asked for: the next park answers it
+        self._stepped = threading.Event()
+        self._step_error: Exception | None = None
 
     # --- running a command on the machine's thread ---------------------------------------------
 
@@ -93,8 +99,20 @@ class Monitor:
         clock = self.machine.clock
         clock.pause()
         self.paused.set()
+        if self._stepping:  # back from the step: its answer can be given
+            self._stepping = False
+            self._stepped.set()
         try:
             while (task := self._parked.get()) is not None:
+                if task is _STEP:
+                    try:
+                        self.machine.accelerator.request_step(self._park)
+                    except Exception as exc:  # noqa: BLE001 - the accelerator cannot: the client is told
+                        self._step_error = exc
+                        self._stepped.set()
+                        continue
+                    self._stepping = True
+                    break  # the machine runs its instruction; the run core parks it here again
                 task()
         finally:
             clock.resume()
@@ -123,6 +141,17 @@ class Monitor:
                 if not self._resumed.wait(COMMAND_TIMEOUT):
                     raise MonitorError("the machine did not go on")
             return {}
+        if command == "step":
+            if not self.paused.is_set():
+                raise MonitorError("pause the machine first: step runs one instruction of a paused guest")
+            self._stepped.clear()
+            self._step_error = None
+            self._parked.put(_STEP)
+            if not self._stepped.wait(COMMAND_TIMEOUT):
+                raise MonitorError("the machine did not come back from the step (did the run end?)")
+            if self._step_error is not None:
+                raise MonitorError(str(self._step_error))
+            return self._on_machine(lambda: machine.accelerator.snapshot()[0])
         if command == "registers":
             return self._on_machine(lambda: machine.accelerator.snapshot()[0])
         if command == "read-memory":
@@ -185,6 +214,10 @@ class Monitor:
                 return {}
             return self._on_machine(quit_)
         raise MonitorError(f"unknown command {command!r}")
+
+
+def _STEP() -> None:
+    """The parked machine's marker for a step (see Monitor._park); never called."""
 
 
 #: The registers set-registers writes.
@@ -308,6 +341,10 @@ class Commands:
     def resume(self) -> None:
         self._do("resume")
 
+    def step(self) -> dict[str, int]:
+        """Run one instruction of the paused guest; its registers after."""
+        return self._do("step")  # type: ignore[no-any-return]
+
     def registers(self) -> dict[str, int]:
         return self._do("registers")  # type: ignore[no-any-return]
 
@@ -342,7 +379,7 @@ class Commands:
         self._do("quit")
 
     def __repr__(self) -> str:
-        return ("vm: status() pause() resume() registers() set_registers(rax=...) read_memory(address, length) "
+        return ("vm: status() pause() resume() step() registers() set_registers(rax=...) read_memory(address, length) "
                 "write_memory(address, data) devices() device(name) read(space, address, size) "
                 "write(space, address, size, value) irq(line, level) quit()")
 

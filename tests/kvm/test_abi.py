@@ -43,6 +43,8 @@ PUBLIC_STRUCTS: list[type[ctypes.Structure]] = [
     S.kvm_msr_filter_range,
     S.kvm_msr_filter,
     S.kvm_debug_exit_arch,
+    S.kvm_guest_debug_arch,
+    S.kvm_guest_debug,
     S.kvm_run,
 ]
 

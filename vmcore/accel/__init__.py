@@ -147,6 +147,15 @@ class Accelerator(abc.ABC):
     def snapshot(self) -> CpuSnapshot:
         """The vCPU now, for fault reports."""
 
+    #: Set by :meth:`request_step`; the run core calls it once the instruction has run.
+    step_done: Callable[[], None] | None = None
+
+    def request_step(self, done: Callable[[], None]) -> None:
+        """Between runs of the CPU (the monitor's paused machine): from the next entry on, run
+        one instruction and come back (STEPPED, or HALT for a ``hlt``), where the run core calls
+        ``done`` before anything else. An instruction that makes an exit has it served first."""
+        raise AcceleratorUnavailable(f"{self.name} cannot single-step")
+
     def set_registers(self, values: dict[str, int]) -> None:
         """Write general-purpose registers (``rax``..``r15``, ``rip``, ``rflags``) between runs (the monitor)."""
         raise AcceleratorUnavailable(f"{self.name} cannot write registers")

@@ -48,10 +48,12 @@ if TYPE_CHECKING:
 #: What a backend's ``enter`` returns: the exit kinds. The access ones carry the
 #: record's address, size (and value, for writes); the core answers a read by
 #: setting the record's value, which the backend hands the guest on the next ``enter``.
-PIO_READ, PIO_WRITE, MMIO_READ, MMIO_WRITE, YIELD, HALT = range(1, 7)
+PIO_READ, PIO_WRITE, MMIO_READ, MMIO_WRITE, YIELD, HALT, STEPPED = range(1, 8)
 #: YIELD: the CPU came back without an access (a slice ended, a kick, an interrupt
 #: window opened): timers and interrupts are served and the limits checked.
 #: HALT: the guest executed ``hlt``.
+#: STEPPED: the one instruction :meth:`Accelerator.request_step` asked for ran (a ``hlt``
+#: comes back as HALT, its step done too).
 
 _MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
 # The bits an answer of n bytes must not have: `value & _OVER[n]` non-zero is too wide or
@@ -337,11 +339,20 @@ class RunCore:
                 attention[0] = self.intr[0]
 
     def _control(self, kind: int) -> StopReason | None:
-        """A YIELD or HALT: serve timers and interrupts, check the limits; a stop, or None to go on."""
+        """A YIELD, HALT or STEPPED: serve timers and interrupts, check the limits; a stop, or None to go on."""
         if self.ending[0] is not None:
             return self.ending[0]
         if self.expired:
             return self._timeout()
+        if kind == STEPPED or (kind == HALT and self.cpu.step_done is not None):
+            # The instruction asked for (Accelerator.request_step) ran: its caller (the monitor)
+            # takes the machine here, before anything else happens to it.
+            done, self.cpu.step_done = self.cpu.step_done, None
+            if done is not None:
+                done()
+            if kind == STEPPED:
+                self.service()
+                return None
         if kind == HALT:
             # Only an interrupt ends HLT: with IF clear, or nothing to raise one, it is a stop.
             if self.controller is None or not self.cpu.interrupts_enabled():

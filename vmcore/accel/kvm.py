@@ -48,7 +48,7 @@ from .msrs import apic_base_refused
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
 from . import Accelerator, AcceleratorUnavailable
-from .core import HALT, MMIO_READ, MMIO_WRITE, PIO_READ, PIO_WRITE, YIELD, CpuStop, RunCore
+from .core import HALT, MMIO_READ, MMIO_WRITE, PIO_READ, PIO_WRITE, STEPPED, YIELD, CpuStop, RunCore
 
 log = logging.getLogger("vmcore.accel.kvm")
 
@@ -122,6 +122,8 @@ class KvmAccelerator(Accelerator):
         self._fragment: list[tuple[int, int, int] | None] = [None]
         #: KVM_RUN already returned the next exit (see _write_fragment): handle it before entering.
         self._exit_waiting = [False]
+        #: Single-stepping is on for the vCPU (request_step) until its step ends.
+        self._stepping = [False]
 
     @classmethod
     def open(cls, path: str | None = None, kernel_irqchip: bool = False,
@@ -306,6 +308,13 @@ class KvmAccelerator(Accelerator):
             tick()
 
     def end(self) -> None:
+        if self._stepping[0]:  # the run ended inside a step: the next one runs freely
+            self._stepping[0] = False
+            self.step_done = None
+            try:
+                self.vcpu.set_single_step(False)
+            except KvmError as exc:
+                log.warning("KVM_SET_GUEST_DEBUG (off) after the run: %s", exc)
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
@@ -341,7 +350,7 @@ class KvmAccelerator(Accelerator):
         flush = self.flush
         queued = bool(self._zones or self._bells)
         ending = core.ending
-        fragment, strings, waiting = self._fragment, self._strings, self._exit_waiting
+        fragment, strings, waiting, stepping = self._fragment, self._strings, self._exit_waiting, self._stepping
         EXIT_IO, EXIT_MMIO = k.KVM_EXIT_IO, k.KVM_EXIT_MMIO
         PIO_DATA, MASKS = _PIO_DATA_OFFSET, _MASKS
         target: Any = None  # where the answer to the read in progress goes (see core.ExitRecord)
@@ -411,15 +420,35 @@ class KvmAccelerator(Accelerator):
                     target = view
                     return MMIO_READ
                 if reason == k.KVM_EXIT_HLT:
+                    if stepping[0]:
+                        self._end_step()
                     return HALT
                 if reason == k.KVM_EXIT_IRQ_WINDOW_OPEN:
                     return YIELD
                 if reason == k.KVM_EXIT_X86_RDMSR or reason == k.KVM_EXIT_X86_WRMSR:
                     self._msr_exit(core, run.msr, write=reason == k.KVM_EXIT_X86_WRMSR)
                     return YIELD  # a write may have raised an interrupt (a self-IPI): the core offers it
+                if reason == k.KVM_EXIT_DEBUG and stepping[0]:
+                    self._end_step()
+                    return STEPPED
                 raise CpuStop(self._other_exit(reason))
 
         return enter
+
+    def request_step(self, done: Callable[[], None]) -> None:
+        try:
+            self.vcpu.set_single_step(True)
+        except KvmError as exc:
+            raise AcceleratorUnavailable(f"this KVM cannot single-step the guest: {exc}") from None
+        self.step_done = done
+        self._stepping[0] = True
+
+    def _end_step(self) -> None:
+        self._stepping[0] = False
+        try:
+            self.vcpu.set_single_step(False)
+        except KvmError as exc:  # it took the step: it must let the guest go on
+            raise CpuStop(StopReason.of("host-error", f"KVM_SET_GUEST_DEBUG (off): {exc}")) from None
 
     def _msr_exit(self, core: RunCore, msr: Any, write: bool) -> None:
         """An rdmsr/wrmsr the MSR filter sent here: the device behind it answers (RunCore); error

@@ -33,7 +33,7 @@ from ..device import GuestExit
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
 from . import Accelerator, AcceleratorUnavailable
-from .core import HALT, YIELD, CpuStop, Diversion, RunCore
+from .core import HALT, STEPPED, YIELD, CpuStop, Diversion, RunCore
 from .control_registers import allowed_cr4
 from .fastcall import FastCall
 from .idt import IdtDelivery
@@ -146,6 +146,7 @@ class UnicornAccelerator(Accelerator):
         self._intercepts: InterceptHandler | None = None  # instructions checked here (vmcore.accel.intercepts)
         self._segment_caches: int | None = None  # the engine's segment descriptor caches (see _segment)
         self._step: Step | None = None  # an intercepted instruction to run once, its intercept off
+        self._single_step = False  # the next run is one instruction (request_step)
         self.regs: Any = None  # register access in every mode (see _WideRegisters)
         self._kicker = _Kicker(None)  # until setup: nothing to stop
         self._vcpu_thread = 0
@@ -471,14 +472,20 @@ class UnicornAccelerator(Accelerator):
         error = None
         if self._intercepts is not None:
             self._intercepts.controls.assert_guest()
+        stepping, self._single_step = self._single_step, False
+        came_back = STEPPED if stepping else YIELD
+        if stepping:
+            # count=1 needs blocks translated with the counting hook (see _replay_rom_write).
+            linear = self._segment_base("cs") + pc
+            self.uc.ctl_remove_cache(linear, linear + 1)
         try:
-            self._emulate(pc)
+            self._emulate(pc, count=1 if stepping else 0)
         except uc_mod.UcError as exc:
             error = exc
         self._catch_up()
         if self._step is not None and error is None and not diversion.stopping:
             self._run_step()
-            return YIELD
+            return came_back
         if diversion.was_abandoned() and error is None:
             # The stop abandoned an access mid-instruction: finish that instruction (its
             # access answered from what was kept) before an interrupt can move IP elsewhere.
@@ -494,10 +501,14 @@ class UnicornAccelerator(Accelerator):
             if self._rom_write is None:
                 raise CpuStop(self._fault(error))
             self._replay_rom_write(self._ip())
-            return YIELD  # the core checks the limits: a guest that keeps writing to ROM must not outlive them
+            return came_back  # the core checks the limits: a guest that keeps writing to ROM must not outlive them
         self._check_cr4()
         # A kick (or a slice's end) stopped it, or the guest executed hlt (unicorn stops after it).
-        return HALT if self._after_hlt() else YIELD
+        return HALT if self._after_hlt() else came_back
+
+    def request_step(self, done: Callable[[], None]) -> None:
+        self.step_done = done
+        self._single_step = True
 
     def _run_step(self) -> None:
         """Run the intercepted instruction at RIP once, with its intercept off (see intercepts.Step)."""

@@ -109,6 +109,7 @@ KVM_SET_FPU = IOW(KVMIO, 0x8D, _s.kvm_fpu)
 KVM_SET_CPUID2 = IOW(KVMIO, 0x90, _s.kvm_cpuid2)
 KVM_GET_MSRS = IOWR(KVMIO, 0x88, _s.kvm_msrs)
 KVM_GET_TSC_KHZ = IO(KVMIO, 0xA3)
+KVM_SET_GUEST_DEBUG = IOW(KVMIO, 0x9B, _s.kvm_guest_debug)
 
 # Names for error messages; only the ioctls above.
 IOCTL_NAMES: dict[int, str] = {
@@ -116,6 +117,11 @@ IOCTL_NAMES: dict[int, str] = {
     for name, value in list(globals().items())
     if name.startswith("KVM_") and name not in ("KVM_API_VERSION",)
 }
+
+# --- kvm_guest_debug.control (KVM_SET_GUEST_DEBUG) ---
+
+KVM_GUESTDBG_ENABLE = 0x1
+KVM_GUESTDBG_SINGLESTEP = 0x2
 
 # --- exit reasons (kvm_run.exit_reason) ---
 

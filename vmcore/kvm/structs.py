@@ -48,6 +48,8 @@ __all__ = [
     "kvm_msr_filter",
     "KVM_MSR_FILTER_MAX_RANGES",
     "kvm_debug_exit_arch",
+    "kvm_guest_debug_arch",
+    "kvm_guest_debug",
     "kvm_run",
     "KVM_NR_INTERRUPTS",
     "SYNC_REGS_SIZE_BYTES",
@@ -305,6 +307,18 @@ class kvm_msr_filter(Structure):
     _fields_ = [
         ("flags", c_uint32),
         ("ranges", kvm_msr_filter_range * KVM_MSR_FILTER_MAX_RANGES),
+    ]
+
+
+class kvm_guest_debug_arch(Structure):
+    _fields_ = [("debugreg", c_uint64 * 8)]
+
+
+class kvm_guest_debug(Structure):  # KVM_SET_GUEST_DEBUG: single-stepping for the monitor's step
+    _fields_ = [
+        ("control", c_uint32),
+        ("pad", c_uint32),
+        ("arch", kvm_guest_debug_arch),
     ]
 
 

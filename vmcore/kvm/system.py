@@ -385,6 +385,12 @@ class Vcpu:
         ring_type = _s.coalesced_mmio_ring_type(mmap.PAGESIZE)
         return ring_type.from_buffer(self.mmap, page_offset * mmap.PAGESIZE)
 
+    def set_single_step(self, on: bool) -> None:
+        """Single-step the guest (KVM_SET_GUEST_DEBUG): each KVM_RUN then ends in KVM_EXIT_DEBUG
+        after one instruction (an I/O exit first where the instruction makes one)."""
+        debug = _s.kvm_guest_debug(control=_k.KVM_GUESTDBG_ENABLE | _k.KVM_GUESTDBG_SINGLESTEP if on else 0)
+        _call(self.fd, _k.KVM_SET_GUEST_DEBUG, debug)
+
     def get_regs(self) -> _s.kvm_regs:
         regs = _s.kvm_regs()
         _call(self.fd, _k.KVM_GET_REGS, regs)
