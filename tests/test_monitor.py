@@ -131,6 +131,32 @@ def test_step_runs_one_instruction_of_a_paused_guest(accel: str, tmp_path: Path)
     assert run.returncode == 0
 
 
+def test_the_time_limit_stops_while_the_machine_is_paused(tmp_path: Path) -> None:
+    path = tmp_path / "monitor.sock"
+    run = subprocess.Popen([sys.executable, "-m", "vmcore", "run", str(profile_for(SPIN, tmp_path)), "--accel", "tcg",
+                            "--timeout", "3", "--monitor-socket", str(path)], cwd=REPO, env=child_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        monitor = Client(path)
+        monitor("pause")
+        started = time.monotonic()
+        time.sleep(3.5)  # longer than the whole limit
+        assert monitor("status")["running"] is False  # type: ignore[index]
+        monitor("resume")
+        resumed = time.monotonic()
+        time.sleep(0.5)
+        assert run.poll() is None and monitor("status")["running"] is True  # type: ignore[index]  # the guest runs on
+        _out, err = run.communicate(timeout=20)  # the rest of the limit runs out now
+        ended = time.monotonic()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 6, err  # a limit was reached
+    assert b"no stop after 3 s" in err
+    assert ended - resumed > 1.0 and ended - started > 4.5  # it ran 3 s in all, the pause aside
+
+
 def test_a_socket_path_that_cannot_be_served_is_one_line(tmp_path: Path) -> None:
     profile = profile_for(SPIN, tmp_path)
     done = subprocess.run([sys.executable, "-m", "vmcore", "run", str(profile), "--accel", "tcg",

@@ -93,6 +93,9 @@ class Clock:
         #: Called with the new earliest deadline when a timer is scheduled before all others,
         #: so the run loop can re-arm its wake-up; nothing is polled per exit.
         self.deadline_changed: Callable[[int], None] | None = None
+        #: Called with True when machine time is paused (the monitor's pause) and False when it
+        #: goes on, on the machine's thread: the run's wall-clock limit stops with it.
+        self.paused_changed: Callable[[bool], None] | None = None
         #: Called with a timer or posted callback and the exception it raised (anything but
         #: KeyboardInterrupt, GuestExit and DeviceFault), on the machine's thread, instead of
         #: letting it propagate; it may raise to end the run. Unset: the exception propagates.
@@ -228,11 +231,15 @@ class HostClock(Clock):
     def pause(self) -> None:
         if self._paused_at is None:
             self._paused_at = self.now()
+            if self.paused_changed is not None:
+                self.paused_changed(True)
 
     def resume(self) -> None:
         paused_at, self._paused_at = self._paused_at, None
         if paused_at is not None and self._origin is not None:
             self._origin = time.monotonic_ns() - paused_at  # time goes on from where it stopped
+        if paused_at is not None and self.paused_changed is not None:
+            self.paused_changed(False)
 
 
 class ManualClock(Clock):

@@ -9,7 +9,7 @@ per line, ``{"execute": COMMAND, "arguments": {...}}``, and gets one line back,
 
 - ``status``: running or paused, machine time (ns);
 - ``pause`` and ``resume``: the guest stops between two exits and its machine time stops
-  with it (timers do not fire while paused); the run's wall-clock ``timeout`` still counts;
+  with it (timers do not fire while paused), and so does the run's wall-clock ``timeout``;
 - ``step`` (paused only): the guest runs one instruction (its exit served, a pending
   interrupt taken first, as a CPU would) and stops again; the answer is its registers
   (KVM single-steps with KVM_SET_GUEST_DEBUG; the software CPU runs one instruction);

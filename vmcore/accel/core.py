@@ -137,6 +137,8 @@ class RunCore:
         self._waker: Waker | None = None
         self._take_nmi: Callable[[], bool] | None = None
         self._deadline: float | None = None
+        self._timer: threading.Timer | None = None  # ends the run at _deadline (the time limit)
+        self._time_left: float | None = None  # of the limit, while the monitor holds the machine
         #: The MSRs devices answer (vmcore.irq.ModelSpecificRegisters), by index: the CPU's own
         #: interrupt controller's (a local APIC's IA32_APIC_BASE). Each accelerator that can trap
         #: rdmsr/wrmsr sends those here.
@@ -270,11 +272,10 @@ class RunCore:
         """Run the guest until it stops; device exceptions other than GuestExit propagate."""
         cpu = self.cpu
         enter = cpu.begin(self)
-        timer = None
         sigint = self._catch_sigint()
         try:
             self._start_waking()
-            timer = self._arm_timeout()
+            self._arm_timeout()
             return self._counted(self._loop(enter))
         except CpuStop as stop:
             self.drain()  # what the guest queued before it failed reaches its devices
@@ -289,8 +290,8 @@ class RunCore:
         finally:
             if sigint is not None:
                 signal.signal(signal.SIGINT, sigint)
-            if timer is not None:
-                timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
             self._stop_waking()
             cpu.end()
 
@@ -475,6 +476,7 @@ class RunCore:
             waker = self._waker = Waker(self._kick, clock.now)
             clock.deadline_changed = waker.arm
             clock.wakeup = waker.kick
+            clock.paused_changed = self._pause_limit
             waker.arm(clock.next_deadline())
 
     def _stop_waking(self) -> None:
@@ -482,7 +484,7 @@ class RunCore:
             self._waker.close()
             self._waker = None
         if self.clock is not None:
-            self.clock.deadline_changed = self.clock.wakeup = None
+            self.clock.deadline_changed = self.clock.wakeup = self.clock.paused_changed = None
         if self.controller is not None:
             self.controller.intr_changed = None
             if self._take_nmi is not None:
@@ -493,18 +495,34 @@ class RunCore:
         self.woken.set()
         self.cpu.kick()
 
-    def _arm_timeout(self) -> threading.Timer | None:
+    def _arm_timeout(self) -> None:
         timeout = self.limits.timeout
         if timeout is None:
-            return None
+            return
         self._deadline = time.monotonic() + timeout
+        self._start_timer(timeout)
 
+    def _start_timer(self, seconds: float) -> None:
         def expire() -> None:
             self.expired = True
             self.woken.set()
             self.cpu.end_run()
 
-        timer = threading.Timer(timeout, expire)
+        timer = self._timer = threading.Timer(seconds, expire)
         timer.daemon = True
         timer.start()
-        return timer
+
+    def _pause_limit(self, paused: bool) -> None:
+        """The machine was paused (the monitor) or goes on: the wall-clock limit counts only
+        the time the guest may run."""
+        if self._deadline is None:
+            return
+        if paused:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._time_left = max(0.0, self._deadline - time.monotonic())
+        elif self._time_left is not None:
+            left, self._time_left = self._time_left, None
+            self._deadline = time.monotonic() + left
+            self._start_timer(left)
