@@ -146,6 +146,7 @@ class LocalApic(Device):
         self.svr = 0xFF
         self.irr = self.isr = self.tmr = 0  # 256-bit sets, bit v for vector v
         self.esr = self._esr_pending = 0
+        self._signalling_error = False
         self.icr = 0  # ICR as one 64-bit value (destination in bits 56-63)
         self.lvt = [MASKED] * 7
         self.lvt[LVT_LINT0] = EXTINT
@@ -501,8 +502,14 @@ class LocalApic(Device):
     def _error(self, bit: int) -> None:
         self._esr_pending |= bit
         entry = self.lvt[LVT_ERROR]
-        if not entry & MASKED:
-            self.accept(entry & 0xFF)
+        if not entry & MASKED and not self._signalling_error:
+            # An error the error interrupt itself meets (its LVT holds an illegal vector, 0-15)
+            # is recorded in ESR too, but signals nothing more: it would only repeat itself.
+            self._signalling_error = True
+            try:
+                self.accept(entry & 0xFF)
+            finally:
+                self._signalling_error = False
 
     # --- the timer ---------------------------------------------------------------------------
 

@@ -208,6 +208,19 @@ def test_an_error_interrupt_when_the_error_lvt_is_unmasked(fake_bus, apic):
     assert fake_bus.acknowledge() == 0xFE
 
 
+def test_an_error_lvt_with_an_illegal_vector_records_the_error_once(fake_bus, apic):
+    # Found by the fuzzer: the error interrupt's own illegal vector is another error, which
+    # signalled an error interrupt again, without end (RecursionError on the read below).
+    wr(fake_bus, LVT_ERROR, 0x00)
+    assert rd(fake_bus, 0x3F0) == 0  # a register that is not there: an illegal register address
+    wr(fake_bus, ESR, 0)
+    assert rd(fake_bus, ESR) == (1 << 7) | (1 << 6)  # illegal register address, receive illegal vector
+    assert not fake_bus.intr()  # nothing was accepted
+    wr(fake_bus, LVT_ERROR, 0xFE)  # and errors signal again once it holds a vector
+    wr(fake_bus, ICR_LOW, SELF | 0x01)
+    assert fake_bus.acknowledge() == 0xFE
+
+
 def test_survives_fuzzing():
     from vmcore.fuzz import assert_survives_fuzzing
 
