@@ -34,6 +34,7 @@ _EXPORTS = {
     "make_plugin_manager": "plugins",
     "Profile": "profile", "ProfileError": "profile",
     "StopReason": "stop",
+    "Timeline": "timeline",
     "parse_int": "units",
 }
 
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from .accel import Accelerator, AcceleratorUnavailable, RunLimits
     from .bus import Bus, BusError, Direction, Doorbell, Region, Space, Transaction
     from .clock import Clock, HostClock, ManualClock, Timer
+    from .timeline import Timeline
     from .cpu import CpuState
     from .device import Device, DeviceContext, PropertyError, in_range, prop
     from .dma import DmaError, DmaSpace

@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="CPU accelerator (default: the profile's); 'both' runs a differential comparison")
     run.add_argument("--trace", action="store_true", help="print every bus transaction to stderr")
     run.add_argument("--trace-file", metavar="FILE", help="write every bus transaction to FILE")
+    run.add_argument("--perfetto", metavar="FILE",
+                     help="write the run as a Perfetto timeline to FILE (vCPU runs, transactions and timers by "
+                          "device, IRQ lines; opens in ui.perfetto.dev)")
     run.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="stop after this much wall-clock time")
     run.add_argument("--max-exits", type=_positive_count, metavar="N", help="stop after N exits")
     run.add_argument("--monitor", action="store_true",
@@ -245,6 +248,16 @@ def _run(args: argparse.Namespace) -> int:
             machine.set_irq_tracer(tracer)
         if args.history > 0:
             machine.keep_history(args.history)
+        perfetto_out: IO[bytes] | None = None
+        if args.perfetto:
+            try:
+                perfetto_out = open(args.perfetto, "wb")
+            except OSError as exc:
+                print(f"vmcore: --perfetto {args.perfetto}: {exc.strerror or exc}", file=sys.stderr)
+                return STATUS["config-error"]
+            from .timeline import Timeline
+
+            machine.set_timeline(Timeline(perfetto_out, f"vmcore {machine.profile.name}"))
         server = monitor = None
         if args.monitor:
             from .chardev import StdioBackend
@@ -275,6 +288,8 @@ def _run(args: argparse.Namespace) -> int:
                 server.close()
             if trace_out is not None and trace_out is not sys.stderr:
                 trace_out.close()
+            if perfetto_out is not None:
+                perfetto_out.close()
         accel = machine.accelerator.name if machine.accelerator else "none"
     sys.stdout.flush()
     if stop.is_fault:

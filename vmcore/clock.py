@@ -96,6 +96,8 @@ class Clock:
         #: Called with True when machine time is paused (the monitor's pause) and False when it
         #: goes on, on the machine's thread: the run's wall-clock limit stops with it.
         self.paused_changed: Callable[[bool], None] | None = None
+        #: Called with each timer's callback just before it runs (a timeline records it).
+        self.timer_fired: Callable[[Callable[[], None]], None] | None = None
         #: Called with a timer or posted callback and the exception it raised (anything but
         #: KeyboardInterrupt, GuestExit and DeviceFault), on the machine's thread, instead of
         #: letting it propagate; it may raise to end the run. Unset: the exception propagates.
@@ -176,6 +178,8 @@ class Clock:
             else:
                 timer._seq = _NOT_QUEUED  # fired: a later cancel() or mod() has no entry to kill
                 fired += 1
+                if self.timer_fired is not None:
+                    self.timer_fired(timer.callback)
                 self._call(timer.callback)
         return fired
 

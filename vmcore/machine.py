@@ -34,6 +34,7 @@ from .pci import PciBus
 from .plugins import DeviceRegistry, DeviceTypeError
 from .profile import DeviceSpec, Profile, ProfileError, Where
 from .stop import StopReason
+from .timeline import Timeline
 from .wiring import IrqLines, build_device, claim_regions, controller_of, cpu_interrupts, irq_route
 
 log = logging.getLogger("vmcore.machine")
@@ -93,6 +94,7 @@ class Machine:
         clock.on_error = self._timer_failed
         self._tracer: Callable[[Transaction], None] | None = None
         self._irq_tracer: Callable[[IrqEvent], None] | None = None
+        self.timeline: Timeline | None = None  # see set_timeline
         #: The last transactions, for fault reports (see keep_history).
         self.history: collections.deque[Transaction] | None = None
         pio.device_errors = mmio.device_errors = profile.device_errors
@@ -178,8 +180,23 @@ class Machine:
         now = self.clock.now()
         self.irq_log.append((now, number, level))
         self.irq_changes[number] += 1
-        if self._irq_tracer is not None:
-            self._irq_tracer(IrqEvent("line", number, int(level), self.irq_lines.owners(number), now))
+        tracer = self._irq_sink()
+        if tracer is not None:
+            tracer(IrqEvent("line", number, int(level), self.irq_lines.owners(number), now))
+
+    def _irq_sink(self) -> Callable[[IrqEvent], None] | None:
+        """Where interrupts go: the IRQ tracer, the timeline, both or neither."""
+        tracer, timeline = self._irq_tracer, self.timeline
+        if timeline is None:
+            return tracer
+        if tracer is None:
+            return timeline.interrupt
+
+        def both(event: IrqEvent) -> None:
+            tracer(event)
+            timeline.interrupt(event)
+
+        return both
 
     def _timer_failed(self, callback: Callable[[], None], exc: BaseException) -> None:
         """A device's timer (or posted) callback raised: obey ``device_errors`` as the buses do.
@@ -208,6 +225,13 @@ class Machine:
         next run on. Deliveries inside KVM's own irqchip (``irqchip: kernel``) are not seen."""
         self._irq_tracer = tracer
 
+    def set_timeline(self, timeline: Timeline | None) -> None:
+        """Record the next runs on ``timeline`` (vmcore.timeline: a Perfetto trace): the vCPU's
+        runs and halts, every bus transaction and timer by device, IRQ line levels and the
+        interrupts the CPU takes. None: off."""
+        self.timeline = timeline
+        self._install_tracer()
+
     def keep_history(self, count: int) -> None:
         """Keep the last ``count`` transactions for fault reports (0: none; costs ~1 us per access)."""
         self.history = collections.deque(maxlen=count) if count > 0 else None
@@ -215,14 +239,16 @@ class Machine:
 
     def _install_tracer(self) -> None:
         tracer, history = self._tracer, self.history
-        combined: Callable[[Transaction], None] | None = tracer
-        if history is not None:
-            if tracer is None:
-                combined = history.append
-            else:
-                def combined(txn: Transaction) -> None:
-                    history.append(txn)
-                    tracer(txn)
+        sinks = [sink for sink in (history.append if history is not None else None, tracer,
+                                   self.timeline.transaction if self.timeline is not None else None)
+                 if sink is not None]
+        combined: Callable[[Transaction], None] | None = None
+        if len(sinks) == 1:
+            combined = sinks[0]
+        elif sinks:
+            def combined(txn: Transaction) -> None:
+                for sink in sinks:
+                    sink(txn)
         self.pio.set_tracer(combined)
         self.mmio.set_tracer(combined)
         if self.pci is not None:
@@ -274,10 +300,22 @@ class Machine:
         # (8-70 ms) count from here, so none fires before the guest could set up its PIC.
         self.clock.start()
         undo = self._trace_deliveries(cpu)
+        timeline = self.timeline
+        self.accelerator.timeline = timeline
+        if timeline is not None:
+            owner = _timer_owners(self.devices)
+
+            def fired(callback: Callable[[], None]) -> None:
+                timeline.timer(owner(callback), callback)
+
+            self.clock.timer_fired = fired
         try:
             stop = self._run(limits, cpu)
         finally:
             undo()
+            self.clock.timer_fired = None
+            if timeline is not None:
+                timeline.close()
         for bus in (self.pio, self.mmio):
             summary = bus.unclaimed_summary()
             if summary is not None:
@@ -287,7 +325,7 @@ class Machine:
     def _trace_deliveries(self, controller: Any) -> Callable[[], None]:
         """With an IRQ tracer, have the CPU's controller's acknowledge cycle (every accelerator calls
         it as the CPU takes an interrupt) recorded for this run; returns what undoes that."""
-        tracer = self._irq_tracer
+        tracer = self._irq_sink()
         if tracer is None or controller is None:
             return lambda: None
         name = next((n for n, device in self.devices.items() if device is controller), type(controller).__name__)
@@ -473,6 +511,30 @@ def _apics(devices: dict[str, Any]) -> Any:
     if ioapic_id == lapic_id:
         ioapic_id = (lapic_id + 1) & 0xF  # IDs are shared between local and I/O APICs: as QEMU numbers them
     return Apics(lapic_id, lapic.config.base, ioapic_id, ioapic.config.base)
+
+
+def _timer_owners(devices: dict[str, Any]) -> Callable[[Callable[[], None]], str | None]:
+    """A function naming the device a timer callback belongs to (for the timeline): the object of a
+    bound method, or an object a closure holds, when it is a device or one of its parts (an
+    attribute of it, or an item of a list or tuple attribute); None when it is neither."""
+    owners: dict[int, str] = {}
+    for name, device in devices.items():
+        owners[id(device)] = name
+        for value in getattr(device, "__dict__", {}).values():
+            for part in value if isinstance(value, (list, tuple)) else (value,):
+                if not isinstance(part, (int, float, str, bytes, bool, type(None))):
+                    owners.setdefault(id(part), name)
+
+    def owner(callback: Callable[[], None]) -> str | None:
+        held = [getattr(callback, "__self__", None)]
+        for cell in getattr(callback, "__closure__", None) or ():
+            try:
+                held.append(cell.cell_contents)
+            except ValueError:  # a cell not filled yet
+                pass
+        return next((owners[id(obj)] for obj in held if obj is not None and id(obj) in owners), None)
+
+    return owner
 
 
 def _write_mp_table(memory: GuestMemory, devices: dict[str, Any]) -> None:

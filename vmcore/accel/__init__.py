@@ -24,6 +24,7 @@ from ..memory import GuestMemory
 from ..stop import StopReason
 
 if TYPE_CHECKING:
+    from ..timeline import Timeline
     from .core import Diversion, RunCore
 
 
@@ -146,6 +147,9 @@ class Accelerator(abc.ABC):
     @abc.abstractmethod
     def snapshot(self) -> CpuSnapshot:
         """The vCPU now, for fault reports."""
+
+    #: Where the run core records the vCPU's runs and halts (vmcore.timeline.Timeline), or None.
+    timeline: "Timeline | None" = None
 
     #: Set by :meth:`request_step`; the run core calls it once the instruction has run.
     step_done: Callable[[], None] | None = None

@@ -272,6 +272,9 @@ class RunCore:
         """Run the guest until it stops; device exceptions other than GuestExit propagate."""
         cpu = self.cpu
         enter = cpu.begin(self)
+        if cpu.timeline is not None:
+            enter = cpu.timeline.wrap_enter(enter)
+            self.wait_for_interrupt = cpu.timeline.wrap_wait(self.wait_for_interrupt)  # type: ignore[method-assign]
         sigint = self._catch_sigint()
         try:
             self._start_waking()
