@@ -24,7 +24,7 @@ from vmcore.acpi import SLP_TYP_S5, PmBlocks
 from vmcore.bus import Region, Space
 from vmcore.device import Device, DeviceContext, in_range, prop
 from vmcore.hookspecs import hookimpl
-from vmcore.regmap import Field, Reg, RegisterMap
+from vmcore.regmap import Field, Reg, RegisterFile, RegisterMap
 
 PM_TIMER_HZ = 3_579_545
 SCI_EN, SLP_EN = 1 << 0, 1 << 13
@@ -43,6 +43,12 @@ class AcpiPm(Device):
 
     type_name = "acpi-pm"
     Config = AcpiPmConfig
+
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot): the registers (the PM timer is machine time)."""
+
+        regs: RegisterFile
     registers = RegisterMap(
         Reg(0x0, "PM1_STS", 2, "w1c", doc="PM1a status (no event is raised here: stays 0)"),
         Reg(0x2, "PM1_EN", 2, "rw", doc="PM1a enable"),

@@ -37,6 +37,10 @@ class DebugExit(Device):
     type_name = "debug-exit"
     Config = DebugExitConfig
 
+    @attrs.define
+    class State:
+        """Nothing: a write ends the run."""
+
     def regions(self) -> Sequence[Region]:
         return [Region(Space.PIO, self.config.port, self.config.width, None, self.write, name="exit")]
 

@@ -49,6 +49,10 @@ class Debugcon(Device):
     type_name = "debugcon"
     Config = DebugconConfig
 
+    @attrs.define
+    class State:
+        """Nothing the guest can see: what it wrote went to the backend (a snapshot keeps no host I/O)."""
+
     @classmethod
     def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
         return {"backend": "memory"}  # the guest's bytes to a buffer, not the terminal

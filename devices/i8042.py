@@ -113,6 +113,26 @@ class I8042(Device):
     type_name = "i8042"
     Config = I8042Config
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot): the controller's, then the keyboard's."""
+
+        ram: bytearray
+        status: int
+        output_port: int
+        port92: int
+        _obuf: tuple[int, bool] | None
+        _last: int
+        _replies: collections.deque[tuple[int, bool]]
+        _expect: int | None
+        _keyboard: collections.deque[int]
+        _kbd_expect: int | None
+        _kbd_last: int
+        scanning: bool
+        leds: int
+        typematic: int
+        scancode_set: int
+
     def __init__(self, config: I8042Config, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)
         self.kbd_line = ctx.irq(config.irq)

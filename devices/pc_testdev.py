@@ -23,7 +23,7 @@ import attrs
 from vmcore.bus import Region, Space
 from vmcore.device import Device, DeviceContext, in_range, prop
 from vmcore.hookspecs import hookimpl
-from vmcore.regmap import Reg, RegisterMap
+from vmcore.regmap import Reg, RegisterFile, RegisterMap
 
 IRQ_LINES = 24
 IOMEM_SIZE = 0x10000
@@ -44,6 +44,13 @@ class PcTestdev(Device):
 
     type_name = "pc-testdev"
     Config = PcTestdevConfig
+
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot)."""
+
+        regs: RegisterFile
+        iomem: bytearray
 
     # The ports at ``port``: every width and byte lane of in/out works on them (vmcore.regmap).
     registers = RegisterMap(

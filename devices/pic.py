@@ -101,6 +101,29 @@ class _Chip:
         "read_isr", "poll", "special_mask",
     )
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps of one chip (vmcore.snapshot); which chip it is comes from its place."""
+
+        pins: int
+        latched: int
+        isr: int
+        imr: int
+        elcr: int
+        ltim: bool
+        single: bool
+        need_icw4: bool
+        base: int
+        icw3: int
+        init_step: int
+        auto_eoi: bool
+        rotate_in_aeoi: bool
+        sfnm: bool
+        lowest: int
+        read_isr: bool
+        poll: bool
+        special_mask: bool
+
     def __init__(self, is_master: bool) -> None:
         self.is_master = is_master
         self.elcr_writable = ELCR_WRITABLE[0 if is_master else 1]
@@ -314,6 +337,14 @@ class I8259(Device):
 
     type_name = "i8259"
     Config = I8259Config
+
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot): both chips and the INTR output."""
+
+        master: _Chip
+        slave: _Chip
+        _intr: bool
 
     #: Called with the new INTR level whenever it changes (set by the machine).
     intr_changed: Callable[[bool], None] | None

@@ -119,6 +119,27 @@ class Counter:
     __slots__ = ("index", "gate", "mode", "rw", "bcd", "count", "held", "idle_out", "base", "anchor",
                  "running", "pending", "pending_tick", "lsb", "read_msb", "latched", "status")
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps of one counter (vmcore.snapshot): machine times stay absolute."""
+
+        gate: bool
+        mode: int
+        rw: int
+        bcd: bool
+        count: int | None
+        held: int
+        idle_out: bool
+        base: int
+        anchor: int
+        running: bool
+        pending: int | None
+        pending_tick: int
+        lsb: int | None
+        read_msb: bool
+        latched: int | None
+        status: int | None
+
     def __init__(self, index: int) -> None:
         self.index = index
         self.power_on()
@@ -349,6 +370,16 @@ class Pit(Device):
 
     type_name = "i8254"
     Config = PitConfig
+
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot): the counters, the IRQ 0 edge timer, port B."""
+
+        counters: tuple[Counter, Counter, Counter]
+        _timer: Timer
+        _tick: int
+        port_b: int
+        refresh: int
 
     def __init__(self, config: PitConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)

@@ -201,6 +201,27 @@ class Rtc(Device):
     type_name = "cmos-rtc"
     Config = RtcConfig
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot): the clock's setting against machine time, CMOS,
+        the registers and the two interrupt timers."""
+
+        _epoch: dt.datetime
+        _epoch_s: int
+        _epoch_dow: int
+        _held: dict[int, int] | None
+        cmos: bytearray
+        index: int
+        nmi_disabled: bool
+        reg_a: int
+        reg_b: int
+        flags: int
+        _seen: int
+        _periodic: Timer
+        _periodic_tick: tuple[int, int]
+        _update: Timer
+        _update_second: int
+
     @classmethod
     def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
         # Not the host's clock, so a run replays identically; a minute before a leap day.

@@ -178,6 +178,29 @@ class Uart16550(Device):
     type_name = "uart16550"
     Config = Uart16550Config
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot); what the backend holds (host input not yet
+        received, output written) is the host's, not the guest's."""
+
+        _driven: bool
+        _timer: Timer
+        _last_rx_activity: int
+        ier: int
+        lcr: int
+        mcr: int
+        scr: int
+        divisor: int
+        fifo_enabled: bool
+        trigger: int
+        rx: collections.deque[int]
+        rbr: int
+        overrun: bool
+        thr_ipending: bool
+        timeout_pending: bool
+        modem_inputs: int
+        msr_delta: int
+
     @classmethod
     def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
         return {"backend": "memory"}  # no terminal, file or socket at the other end

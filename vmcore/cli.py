@@ -116,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
                            parents=[verbose])
     check.add_argument("profile", help="a profile path or bundled name")
     check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    check.add_argument("--snapshot-selftest", action="store_true",
+                       help="check that each device type of the profile saves all of its state: saved at random "
+                            "points of a hostile guest's run and loaded into a fresh one, it must go on the same")
+    check.add_argument("--seeds", type=int, default=4, metavar="N", help="runs per device for --snapshot-selftest")
 
     devices = sub.add_parser("devices", help="list device types with their properties", parents=[verbose])
     devices.add_argument("type", nargs="?", help="show only this device type")
@@ -367,7 +371,29 @@ def _check(args: argparse.Namespace) -> int:
             for region, owner in bus.claims():
                 print(f"  {bus.space.value} {region.base:#x}..{region.end - 1:#x} {owner}"
                       f"{' (' + region.name + ')' if region.name else ''}")
-    return 0
+        types = sorted({spec.type for spec in profile.devices})
+    return _snapshot_selftest(types, args.seeds) if args.snapshot_selftest else 0
+
+
+def _snapshot_selftest(types: list[str], seeds: int) -> int:
+    """Each device type, built as ``vmcore fuzz`` builds it (its fuzz_props: nothing of the host's),
+    saved and loaded at random points of ``seeds`` hostile runs (vmcore.snapshot.check_device)."""
+    from .snapshot import STEPS, check_device
+
+    failed = False
+    for name in types:
+        problems: list[object] = []
+        for seed in range(seeds):
+            problems = list(check_device(name, seed=seed))
+            if problems:
+                break
+        if problems:
+            failed = True
+            print(f"  snapshot {name}: {problems[0]}", flush=True)
+        else:
+            print(f"  snapshot {name}: ok ({seeds} runs of {STEPS} operations, each saved and loaded at 5 points)",
+                  flush=True)
+    return 1 if failed else 0
 
 
 def _devices(name: str | None) -> int:

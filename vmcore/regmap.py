@@ -198,6 +198,16 @@ class RegisterFile:
     def reset(self) -> None:
         self.values[:] = [reg.reset for reg in self.map.regs]
 
+    def save_state(self) -> dict[str, int]:
+        """The registers by name, for a snapshot (vmcore.snapshot): a device's State can hold its file."""
+        return {reg.name: value for reg, value in zip(self.map.regs, self.values)}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        if set(state) != set(self.map.index):
+            raise ValueError(f"the saved registers {sorted(state)} are not this map's {sorted(self.map.index)}")
+        for name, value in state.items():
+            self[name] = value  # in place: the bus handlers hold this list
+
     def regions(self, space: Any, base: int, sizes: Sequence[int] = (1, 2, 4, 8)) -> list[Any]:
         """Bus regions for the map at ``base``: one per stretch of registers (gaps stay unclaimed),
         named after the stretch's first register."""

@@ -1,0 +1,169 @@
+"""Device state for snapshots (vmcore.snapshot): declared States, saved and loaded, and the
+completeness check that a device loaded from a snapshot goes on as the one it was saved from."""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import vmcore
+from vmcore.clock import ManualClock
+from vmcore.plugins import DeviceRegistry
+from vmcore.snapshot import Divergence, SnapshotError, check_device, load_device, save_device, savable
+
+#: The built-in types that declare their state so far; each must pass the check. A type taken
+#: off this list (its State dropped) fails here; one added without being listed fails too.
+SAVABLE = ["acpi-pm", "cmos-rtc", "debug-exit", "debugcon", "i8042", "i8254", "i8259", "pc-testdev", "uart16550"]
+
+
+def test_the_built_in_types_with_a_state_are_the_listed_ones() -> None:
+    registry = DeviceRegistry.default()
+    assert [t.name for t in registry if savable(t.cls)] == SAVABLE
+
+
+@pytest.mark.parametrize("name", SAVABLE)
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_a_device_loaded_from_a_snapshot_goes_on_as_the_original(name: str, seed: int) -> None:
+    assert check_device(name, seed=seed) == []
+
+
+class _Part:
+    @attrs.define
+    class State:
+        value: int
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class _Thing:
+    type_name = "thing"
+
+    @attrs.define
+    class State:
+        version = 2  # a ClassVar by its lack of annotation
+        number: int
+        flag: bool
+        text: str
+        nothing: None
+        data: bytes
+        buffer: bytearray
+        pair: tuple[int, int]
+        queue: collections.deque[int]
+        table: dict[int, int]
+        when: datetime.datetime
+        timer: Any
+        idle: Any
+        part: _Part
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.number, self.flag, self.text, self.nothing = 0, False, "", None
+        self.data, self.buffer, self.pair = b"", bytearray(), (0, 0)
+        self.queue: collections.deque[int] = collections.deque(maxlen=4)
+        self.table: dict[int, int] = {}
+        self.when = datetime.datetime(2000, 1, 1)
+        self.fired: list[int] = []
+        self.timer = clock.timer(lambda: self.fired.append(clock.now()))
+        self.idle = clock.timer(lambda: self.fired.append(-1))
+        self.part = _Part()
+
+
+def test_every_kind_of_state_value_survives_the_trip_through_json() -> None:
+    clock = ManualClock()
+    original = _Thing(clock)
+    original.number, original.flag, original.text = -5, True, "x"
+    original.data, original.buffer, original.pair = b"\x00\xff", bytearray(b"ab"), (1, 2)
+    original.queue.extend([1, 2, 3, 4, 5])
+    original.table = {1: 10, 2: 20}
+    original.when = datetime.datetime(2026, 12, 2, 10, 30, 5)
+    original.timer.mod(500)
+    original.part.value = 7
+    saved = json.loads(json.dumps(save_device(original)))
+    assert saved["type"] == "thing" and saved["version"] == 2
+
+    loaded_clock = ManualClock()
+    loaded = _Thing(loaded_clock)
+    loaded.idle.mod(100)  # armed in the fresh one, not in the saved one: cancelled by the load
+    load_device(loaded, saved)
+    for name in ("number", "flag", "text", "nothing", "data", "buffer", "pair", "queue", "table", "when"):
+        assert getattr(loaded, name) == getattr(original, name), name
+        assert type(getattr(loaded, name)) is type(getattr(original, name)), name
+    assert loaded.queue.maxlen == 4 and loaded.part.value == 7 and loaded.part is not original.part
+    loaded_clock.step(1000)
+    assert loaded.fired == [500]  # the timer re-armed at its deadline, the idle one cancelled
+
+
+def test_a_saved_state_that_does_not_fit_is_refused_with_what_is_wrong() -> None:
+    clock = ManualClock()
+    saved = save_device(_Thing(clock))
+    fresh = _Thing(clock)
+    with pytest.raises(SnapshotError, match="the saved state is of a 'other'"):
+        load_device(fresh, {**saved, "type": "other"})
+    with pytest.raises(SnapshotError, match="version 1; this thing reads version 2"):
+        load_device(fresh, {**saved, "version": 1})
+    fields = dict(saved["fields"])
+    del fields["flag"]
+    with pytest.raises(SnapshotError, match=r"missing \['flag'\]"):
+        load_device(fresh, {**saved, "fields": {**fields, "extra": 1}})
+    with pytest.raises(SnapshotError, match="not a device state"):
+        load_device(fresh, {"fields": None})
+    with pytest.raises(SnapshotError, match=r"thing.timer: saved as a timer, but the device holds int"):
+        fresh.timer = 3
+        load_device(fresh, saved)
+
+
+def test_a_device_without_a_state_or_with_a_value_of_no_known_kind_cannot_be_saved() -> None:
+    class Bare:
+        type_name = "bare"
+
+    with pytest.raises(SnapshotError, match="'bare' declares no State"):
+        save_device(Bare())
+    thing = _Thing(ManualClock())
+    thing.number = object()  # type: ignore[assignment]
+    with pytest.raises(SnapshotError, match="thing.number: a object is not a state value"):
+        save_device(thing)
+
+
+def _forgetting(cls: type, field: str, holder: Any = None) -> type:
+    """``cls`` with a State that leaves ``field`` out (of ``holder``'s State when given: a part's)."""
+    target = holder if holder is not None else cls
+    kept = {f.name: attrs.field() for f in attrs.fields(target.State) if f.name != field}
+    state = attrs.define(type("State", (), {"__annotations__": {name: "int" for name in kept}, **kept}))
+    if holder is None:
+        return type(cls.__name__, (cls,), {"State": state})
+    return state
+
+
+@pytest.mark.parametrize("type_name, field, seed", [("i8042", "_obuf", 2), ("i8042", "_keyboard", 3)])
+def test_a_state_that_leaves_a_field_out_is_caught(type_name: str, field: str, seed: int) -> None:
+    cls = DeviceRegistry.default().get(type_name).cls
+    problems = check_device(_forgetting(cls, field), seed=seed)
+    assert len(problems) == 1 and isinstance(problems[0], Divergence)
+    assert str(problems[0]).startswith(f"{type_name}: saved after ") and "its State leaves something out" in str(problems[0])
+
+
+def test_a_part_whose_state_leaves_a_field_out_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmcore_devices import pic
+
+    monkeypatch.setattr(pic._Chip, "State", _forgetting(pic._Chip, "imr", holder=pic._Chip))
+    problems = check_device("i8259", seed=2)
+    assert len(problems) == 1 and "i8259: saved after" in str(problems[0])
+
+
+def test_check_snapshot_selftest_names_what_passes_and_what_cannot_be_saved() -> None:
+    run = vmcore("check", "rm-timer", "--snapshot-selftest", "--seeds", "2")
+    assert run.status == 0, run.stderr
+    assert "  snapshot i8254: ok (2 runs of 300 operations" in run.stdout.decode()
+    assert "  snapshot i8259: ok" in run.stdout.decode()
+    run = vmcore("check", "pc-bios", "--snapshot-selftest", "--seeds", "1")
+    assert run.status == 1
+    out = run.stdout.decode()
+    assert "  snapshot i440fx: device type 'i440fx' declares no State" in out and "  snapshot i8042: ok" in out

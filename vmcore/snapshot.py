@@ -1,0 +1,304 @@
+"""Device state for snapshots: what each device type declares, saved and loaded by name, versioned.
+
+A device type declares its state as an attrs class ``State`` (``version`` a ClassVar, 1 when
+left out) whose fields name the instance attributes that hold it::
+
+    class Uart(Device):
+        @attrs.define
+        class State:
+            version: ClassVar[int] = 1
+            ier: int
+            lcr: int
+            rx: bytes
+            timeout: Timer | None   # a Timer attribute: saved as its deadline (None: not armed)
+
+:func:`save_device` reads those attributes into a JSON-ready dict; :func:`load_device` writes
+them into a fresh instance built from the same configuration (a Timer attribute is re-armed
+at the saved deadline, or cancelled). A part of the device that declares a ``State`` of its
+own (a PIT channel, an ATA channel) is saved and loaded the same way, inside its owner's.
+A type that needs more says so with ``save_state()``/``load_state(state: dict)`` methods.
+Values are ints, bools, strings, None, bytes, bytearrays, datetimes, deques, and lists, tuples and
+dicts of them.
+
+:func:`check_device` is the completeness check: a device driven by the fuzzer's hostile guest
+is saved at a point, a fresh one loaded from that, and both are driven on: any answer, IRQ
+level, guest memory byte or exit that differs names what the state left out.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+import random
+from typing import Any, Sequence
+
+import attrs
+
+from .clock import Timer
+
+#: Seconds one device call may take in :func:`check_device` before it counts as hung.
+WATCHDOG_SECONDS = 5.0
+#: Operations of the hostile guest per :func:`check_device` run.
+STEPS = 300
+
+
+class SnapshotError(Exception):
+    """A state that cannot be saved or loaded: a type without one, or a saved one that does not fit."""
+
+
+def _state_class(device: Any) -> Any:
+    state = getattr(device if isinstance(device, type) else type(device), "State", None)
+    return state if state is not None and attrs.has(state) else None
+
+
+def savable(device: Any) -> bool:
+    """Whether ``device`` (an instance or a type) declares its state (a ``State`` class, or
+    save_state/load_state)."""
+    return _state_class(device) is not None or hasattr(device, "save_state")
+
+
+def _encode(value: Any, where: str) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, bytearray):
+        return {"$bytearray": value.hex()}
+    if isinstance(value, bytes):
+        return {"$bytes": value.hex()}
+    if isinstance(value, Timer):
+        return {"$timer": value.deadline if value.armed else None}
+    if isinstance(value, datetime.datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, tuple):
+        return {"$tuple": [_encode(item, f"{where}[{i}]") for i, item in enumerate(value)]}
+    if isinstance(value, collections.deque):
+        return {"$deque": [_encode(item, f"{where}[{i}]") for i, item in enumerate(value)], "maxlen": value.maxlen}
+    if isinstance(value, list):
+        return [_encode(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        return {"$dict": [[_encode(k, where), _encode(v, f"{where}[{k!r}]")] for k, v in value.items()]}
+    if savable(value):
+        return {"$part": save_device(value)}
+    raise SnapshotError(f"{where}: a {type(value).__name__} is not a state value (ints, bytes, lists, ...)")
+
+
+def _decode(saved: Any, current: Any, where: str) -> Any:
+    """The value ``saved`` stands for; ``current`` is what the fresh device holds there (a Timer to
+    re-arm, a part to load into)."""
+    if not isinstance(saved, dict):
+        if isinstance(saved, list):
+            inner = current if isinstance(current, list) else []
+            return [_decode(item, inner[i] if i < len(inner) else None, f"{where}[{i}]") for i, item in enumerate(saved)]
+        return saved
+    if "$bytes" in saved:
+        return bytes.fromhex(saved["$bytes"])
+    if "$bytearray" in saved:
+        return bytearray.fromhex(saved["$bytearray"])
+    if "$timer" in saved:
+        if not isinstance(current, Timer):
+            raise SnapshotError(f"{where}: saved as a timer, but the device holds {type(current).__name__} there")
+        if saved["$timer"] is None:
+            current.cancel()
+        else:
+            current.mod(int(saved["$timer"]))
+        return current
+    if "$datetime" in saved:
+        return datetime.datetime.fromisoformat(saved["$datetime"])
+    if "$tuple" in saved:
+        inner = current if isinstance(current, tuple) else ()
+        return tuple(_decode(item, inner[i] if i < len(inner) else None, f"{where}[{i}]")
+                     for i, item in enumerate(saved["$tuple"]))
+    if "$deque" in saved:
+        return collections.deque((_decode(item, None, where) for item in saved["$deque"]), maxlen=saved["maxlen"])
+    if "$dict" in saved:
+        inner = current if isinstance(current, dict) else {}
+        out = {}
+        for k, v in saved["$dict"]:
+            key = _decode(k, None, where)
+            out[key] = _decode(v, inner.get(key), f"{where}[{key!r}]")
+        return out
+    if "$part" in saved:
+        if current is None or not savable(current):
+            raise SnapshotError(f"{where}: saved as a part with a state, but the device holds "
+                                f"{type(current).__name__} there")
+        load_device(current, saved["$part"])
+        return current
+    raise SnapshotError(f"{where}: {sorted(saved)} is no state value")
+
+
+def save_device(device: Any) -> dict[str, Any]:
+    """``device``'s state as a JSON-ready dict (``type``, ``version``, ``fields``)."""
+    name = getattr(device, "type_name", type(device).__name__)
+    custom = getattr(device, "save_state", None)
+    state_cls = _state_class(device)
+    version = getattr(state_cls, "version", 1) if state_cls is not None else getattr(device, "state_version", 1)
+    if custom is not None:
+        fields = {key: _encode(value, f"{name}.{key}") for key, value in custom().items()}
+    elif state_cls is not None:
+        fields = {}
+        for field in attrs.fields(state_cls):
+            try:
+                value = getattr(device, field.name)
+            except AttributeError:
+                raise SnapshotError(f"{name}: its State names {field.name!r}, which the device does not have") from None
+            fields[field.name] = _encode(value, f"{name}.{field.name}")
+    else:
+        raise SnapshotError(f"device type {name!r} declares no State: it cannot be saved in a snapshot")
+    return {"type": name, "version": version, "fields": fields}
+
+
+def load_device(device: Any, saved: dict[str, Any]) -> None:
+    """Give ``device`` (fresh, from the same configuration) the state :func:`save_device` saved."""
+    name = getattr(device, "type_name", type(device).__name__)
+    if not isinstance(saved, dict) or not isinstance(saved.get("fields"), dict):
+        raise SnapshotError(f"{name}: the saved state is not a device state")
+    if saved.get("type") != name:
+        raise SnapshotError(f"{name}: the saved state is of a {saved.get('type')!r}")
+    state_cls = _state_class(device)
+    version = getattr(state_cls, "version", 1) if state_cls is not None else getattr(device, "state_version", 1)
+    if saved.get("version") != version:
+        raise SnapshotError(f"{name}: the saved state is version {saved.get('version')}; this {name} reads "
+                            f"version {version}")
+    fields = saved["fields"]
+    custom = getattr(device, "load_state", None)
+    if custom is not None:
+        try:
+            custom({key: _decode(value, None, f"{name}.{key}") for key, value in fields.items()})
+        except SnapshotError:
+            raise
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SnapshotError(f"{name}: cannot load its saved state: {exc}") from None
+        return
+    if state_cls is None:
+        raise SnapshotError(f"device type {name!r} declares no State: it cannot be loaded from a snapshot")
+    expected = {field.name for field in attrs.fields(state_cls)}
+    if set(fields) != expected:
+        missing, extra = sorted(expected - set(fields)), sorted(set(fields) - expected)
+        raise SnapshotError(f"{name}: the saved state's fields do not match its State"
+                            f"{f' (missing {missing})' if missing else ''}{f' (unknown {extra})' if extra else ''}")
+    for key in sorted(expected):
+        setattr(device, key, _decode(fields[key], getattr(device, key, None), f"{name}.{key}"))
+
+
+# --- the completeness check --------------------------------------------------------------------
+
+
+@attrs.frozen
+class Divergence:
+    """Where a device loaded from a snapshot stopped behaving as the one it was saved from."""
+
+    device: str
+    split: int  # saved after this many operations
+    at: int  # the first operation after the split whose result differs
+    operation: str
+    original: str
+    restored: str
+
+    def __str__(self) -> str:
+        return (f"{self.device}: saved after {self.split} operations and loaded into a fresh one, it differs at "
+                f"operation {self.at + 1} ({self.operation}): the original gave {self.original}, the loaded one "
+                f"{self.restored}; its State leaves something out")
+
+
+def check_device(device: str | type, props: dict[str, Any] | None = None, *, seed: int = 0, steps: int = STEPS,
+                 splits: int = 5, registry: Any = None) -> list[Divergence | str]:
+    """Drive ``device`` with the fuzzer's hostile guest (``steps`` operations from ``seed``), save it at
+    ``splits`` points, load each into a fresh instance and drive both on: what differed (empty: nothing).
+    A device that fails to save or load is a message instead."""
+    from .device import build_config
+    from .fuzz.campaign import _props_for, _resolve
+    from .fuzz.guest import Guest
+    from .fuzz.session import Session, Target, quiet_bus
+    from .fuzz.watchdog import Watchdog
+
+    cls, name = _resolve(device, registry)
+    merged = _props_for(cls, props)
+    config = build_config(cls.Config, merged)
+    rng = random.Random(seed)
+    problems: list[Divergence | str] = []
+    watchdog = Watchdog(WATCHDOG_SECONDS)
+    try:
+        with quiet_bus():
+            target = Target(cls, name, merged, config, watchdog)
+            recorder = Session(target)
+            if recorder.start() is not None:
+                recorder.close()
+                return [f"{name}: cannot be built for the check"]
+            run_guest = Guest(target.regions, target.controller).for_run(rng)
+            ops = [run_guest.initial_fill(rng)]
+            recorder.execute(ops[0])
+            for _ in range(steps):
+                ops.append(run_guest.next(rng, recorder))
+                _note, problem = recorder.execute(ops[-1])
+                if problem is not None or recorder.exit is not None:
+                    break  # a device that fails is the fuzzer's to report; the check stops before it
+            recorder.close()
+            points = sorted({rng.randrange(1, len(ops)) for _ in range(splits)}) if len(ops) > 1 else []
+            for split in points:
+                found = _diverges(target, ops, split, name)
+                if found is not None:
+                    problems.append(found)
+                    break  # one is enough to say so; the rest would repeat it
+    finally:
+        watchdog.close()
+    return problems
+
+
+def _observed(session: Any, note: str) -> str:
+    levels = "".join("1" if line.level else "0" for line in session.irq_lines)
+    exit_ = "" if session.exit is None else f" exit {session.exit.status}"
+    return f"{note.strip() or 'done'} (IRQ levels {levels or '-'}{exit_})"
+
+
+def _diverges(target: Any, ops: Sequence[Any], split: int, name: str) -> Divergence | str | None:
+    from .fuzz.session import Session
+
+    original = Session(target)
+    original.start()
+    try:
+        for op in ops[:split]:
+            original.execute(op)
+        try:
+            saved = json.loads(json.dumps(save_device(original.device)))
+        except SnapshotError as exc:
+            return str(exc)
+        restored = Session(target)
+        restored.start()
+        try:
+            _match_surroundings(original, restored)
+            try:
+                load_device(restored.device, saved)
+            except SnapshotError as exc:
+                return str(exc)
+            for at in range(split, len(ops)):
+                op = ops[at]
+                if original.exit is not None:
+                    break
+                a, _problem_a = original.execute(op)
+                b, _problem_b = restored.execute(op)
+                seen_a, seen_b = _observed(original, a), _observed(restored, b)
+                if seen_a != seen_b:
+                    return Divergence(name, split, at, str(op), seen_a, seen_b)
+            if _memory(original) != _memory(restored):
+                return Divergence(name, split, len(ops) - 1, "(the end)", "its guest memory", "other guest memory")
+        finally:
+            restored.close()
+    finally:
+        original.close()
+    return None
+
+
+def _match_surroundings(original: Any, restored: Any) -> None:
+    """What is not the device's to save: machine time, guest memory and the IRQ lines' levels."""
+    ahead = original.bus.clock.now() - restored.bus.clock.now()
+    if ahead > 0:
+        restored.bus.clock.step(ahead)
+    for slot in original.bus.memory:
+        if not slot.readonly:
+            restored.bus.memory.write(slot.base, original.bus.memory.read(slot.base, slot.size))
+    for line in original.irq_lines:
+        restored.irq_lines.line(line.number).level = line.level
+
+
+def _memory(session: Any) -> bytes:
+    return b"".join(session.bus.memory.read(slot.base, slot.size) for slot in session.bus.memory)
