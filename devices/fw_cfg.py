@@ -248,6 +248,22 @@ class FwCfg(Device):
     type_name = "fw-cfg"
     Config = FwCfgConfig
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot): the selector, the data offset, the DMA address
+        and the bad-DMA count; the items are the profile's (and the machine's tables), built again."""
+
+        key: int
+        offset: int
+        dma_address: int
+        bad_dma: int
+        _bad_dma_summarised: int
+
+    def state_loaded(self) -> None:
+        offset = self.offset
+        self.select(self.key)  # the selected item's bytes again
+        self.offset = offset
+
     def __init__(self, config: FwCfgConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)
         ram = config.ram_size or sum(slot.size for slot in ctx.memory if not slot.readonly)

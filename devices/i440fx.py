@@ -98,6 +98,18 @@ class I440fx(Device):
     type_name = "i440fx"
     Config = I440fxConfig
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot): configuration space (PAM, SMRAM) and the
+        CONFIG_ADDRESS latch; the memory map follows PAM and SMRAM again when loaded."""
+
+        pci_config: PciConfig
+        address: int
+        byte_select: int
+
+    def state_loaded(self) -> None:
+        self._decode()
+
     @classmethod
     def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
         # The fake bus has 1 MiB of RAM named "ram" and no firmware ROM for the PCI side.

@@ -177,6 +177,17 @@ class IdeConfig:
 class Disk:
     """One ATA device: its image, its IDENTIFY strings and its own state (status, error, pending interrupt)."""
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps of a drive (vmcore.snapshot); the image is the host's file, not saved."""
+
+        status: int
+        error: int
+        intrq: bool
+        heads: int
+        spt: int
+        multiple: int
+
     def __init__(self, path: str, readonly: bool, model: str = "VMCORE HARDDISK", serial: str = "VMC0001") -> None:
         self.readonly = readonly
         self.model = model
@@ -246,6 +257,28 @@ class AtaChannel:
     would wait out its whole timeout.
     """
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps of a channel (vmcore.snapshot): its drives, the task file and the
+        transfer in progress, with the step its BSY timer leads to."""
+
+        disks: list[Disk | None]
+        _level: bool
+        _timer: Timer
+        _after: tuple[str, int] | None
+        features: int
+        nsector: int
+        lba_low: int
+        lba_mid: int
+        lba_high: int
+        select: int
+        control: int
+        buffer: bytearray
+        pos: int
+        writing: bool
+        lba: int
+        remaining: int
+
     def __init__(self, disks: Sequence[Disk | None], line: IrqLine, clock: Clock,
                  on_interrupt: Callable[[], None] | None = None) -> None:
         if len(disks) != 2:
@@ -255,7 +288,8 @@ class AtaChannel:
         self.clock = clock
         self.on_interrupt = on_interrupt
         self._level = False  # INTRQ as this channel drives it
-        self._timer: Timer | None = None
+        self._timer: Timer = clock.timer(self._fire)  # a command's next step, after BSY (see _busy)
+        self._after: tuple[str, int] | None = None  # that step: a method's name, the disk's position
         # Task file (shared by both devices) and channel state.
         self.features = self.nsector = self.lba_low = self.lba_mid = self.lba_high = 0
         self.select = 0
@@ -305,9 +339,8 @@ class AtaChannel:
         self._update_line()
 
     def _cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
+        self._after = None
 
     def _stop_transfer(self) -> None:
         self._cancel()
@@ -398,14 +431,14 @@ class AtaChannel:
                 return
             if command in CMD_READ:
                 self.writing = False
-                self._busy(disk, lambda: self._read_sector(disk))
+                self._busy(disk, "_read_sector")
             else:
                 self.writing = True
                 self._drq(disk, bytearray(SECTOR))  # first sector: DRQ without an interrupt (section 9.8)
         elif command == CMD_IDENTIFY:
             self.writing = False
             self.remaining = 1
-            self._busy(disk, lambda: self._data_in(disk, self._identify(disk)))
+            self._busy(disk, "_identified")
         elif command == CMD_INIT_PARAMS:
             disk.heads, disk.spt = (self.select & 0x0F) + 1, self.nsector
             self._complete(disk)
@@ -433,14 +466,23 @@ class AtaChannel:
         self._signature()
         self._interrupt(present[0])  # device 0 reports for both (device 1 when it is alone)
 
-    def _busy(self, disk: Disk, then: Callable[[], None]) -> None:
+    def _busy(self, disk: Disk, then: str) -> None:
+        """BSY for a sector's time, then the method ``then`` of the command's next step, with ``disk``.
+        By name, with the position of the disk, so a snapshot can keep what is pending."""
         disk.status = BSY
+        self._after = (then, self.disks.index(disk))
+        self._timer.mod(self.clock.now() + SECTOR_NS)
 
-        def fire() -> None:
-            self._timer = None
-            then()
+    def _fire(self) -> None:
+        after, self._after = self._after, None
+        if after is not None:
+            then, position = after
+            disk = self.disks[position]
+            if disk is not None:
+                getattr(self, then)(disk)
 
-        self._timer = self.clock.call_later(SECTOR_NS, fire)
+    def _identified(self, disk: Disk) -> None:
+        self._data_in(disk, self._identify(disk))
 
     def _drq(self, disk: Disk, data: bytearray) -> None:
         self.buffer = data
@@ -468,14 +510,14 @@ class AtaChannel:
         self.lba += 1
         if not self.remaining:
             if self.writing:
-                self._busy(disk, lambda: self._complete(disk))
+                self._busy(disk, "_complete")
             else:
                 disk.status = READY  # no interrupt after the last sector of a read (section 9.7)
             return
         if self.writing:
-            self._busy(disk, lambda: self._next_write(disk))
+            self._busy(disk, "_next_write")
         else:
-            self._busy(disk, lambda: self._read_sector(disk))
+            self._busy(disk, "_read_sector")
 
     def _next_write(self, disk: Disk) -> None:
         if not self._in_range(disk, self.lba):
@@ -629,6 +671,12 @@ class Ide(Device):
 
     type_name = "ide"
     Config = IdeConfig
+
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot)."""
+
+        channel: AtaChannel
 
     @classmethod
     def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:

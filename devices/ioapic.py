@@ -59,6 +59,15 @@ class IoApic(Device):
     type_name = "ioapic"
     Config = IoApicConfig
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot): the redirection table and the pins' levels."""
+
+        select: int
+        id: int
+        entries: list[int]
+        levels: list[bool]
+
     def __init__(self, config: IoApicConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)
         self.locals: list[Any] = []  # the local APICs messages go to

@@ -116,6 +116,31 @@ class LocalApic(Device):
     type_name = "lapic"
     Config = LocalApicConfig
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot): the registers, the timer and the pending NMI."""
+
+        apic_base: int
+        id: int
+        tpr: int
+        ldr: int
+        dfr: int
+        svr: int
+        irr: int
+        isr: int
+        tmr: int
+        esr: int
+        _esr_pending: int
+        icr: int
+        lvt: list[int]
+        initial_count: int
+        divide_config: int
+        tsc_deadline: int
+        _timer: Timer
+        _started: int
+        _nmi: bool
+        _intr: bool
+
     def __init__(self, config: LocalApicConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)
         #: Set by the machine (the run core): called with the new INTR level whenever it changes.

@@ -53,6 +53,13 @@ class PciTestdevConfig:
 class _Bar:
     """One BAR's protocol state: the selected test and its count."""
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps of one BAR's protocol (vmcore.snapshot)."""
+
+        current: int | None
+        count: int
+
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.current: int | None = None
@@ -89,6 +96,17 @@ class PciTestdev(Device):
 
     type_name = "pci-testdev"
     Config = PciTestdevConfig
+
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot): configuration space and each BAR's test; the
+        BARs are placed again where the loaded configuration says."""
+
+        pci_config: PciConfig
+        state: dict[int, _Bar]
+
+    def state_loaded(self) -> None:
+        self.pci.update(self)
 
     def __init__(self, config: PciTestdevConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)

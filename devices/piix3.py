@@ -47,6 +47,13 @@ class Piix3(Device):
     type_name = "piix3"
     Config = Piix3Config
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot)."""
+
+        pci_config: PciConfig
+        apm: bytearray
+
     def __init__(self, config: Piix3Config, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)
         self.pci_config = PciConfig()

@@ -147,6 +147,18 @@ class PiixIde(Device):
     type_name = "piix-ide"
     Config = PiixIdeConfig
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps (vmcore.snapshot): both channels, the bus-master registers and
+        configuration space; the BARs are placed again where the loaded configuration says."""
+
+        channels: list[AtaChannel]
+        bm: bytearray
+        pci_config: PciConfig
+
+    def state_loaded(self) -> None:
+        self.pci.update(self)
+
     @classmethod
     def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
         # A full primary channel and a secondary channel with only a slave: every kind of position,

@@ -12,6 +12,7 @@ empty and are served, in order, as it fills. Linux's driver is ``virtio-rng``
 from __future__ import annotations
 
 import os
+import random
 from typing import Callable
 
 import attrs
@@ -30,6 +31,9 @@ _SECOND = 1_000_000_000
 class VirtioRngConfig(VirtioMmioConfig):
     rate: int = prop(1 << 20, "Most entropy bytes per second of machine time the guest gets (0: no limit).",
                      validator=in_range(0, 1 << 40))
+    seed: int = prop(0, "0: bytes from the host's entropy (os.urandom); else a stream repeatable from this "
+                        "seed (runs that must repeat: replay, snapshot checks; never for a guest's keys).",
+                     validator=in_range(0, (1 << 64) - 1))
 
 
 class VirtioRng(VirtioMmioDevice):
@@ -40,10 +44,24 @@ class VirtioRng(VirtioMmioDevice):
     device_id = 4
     queue_sizes = (64,)
 
+    @attrs.define
+    class State(VirtioMmioDevice.State):
+        """The transport's, the rate limiter's and, with a seed, the stream's position."""
+
+        _tokens: float
+        _stamp: int
+        _refill: Timer
+        _random: random.Random | None
+
+    @classmethod
+    def fuzz_props(cls, scratch: object) -> dict[str, int]:
+        return {"seed": 1}  # the same bytes in every run: a failure the fuzzer finds can be replayed
+
     def __init__(self, config: VirtioRngConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)
+        self._random = random.Random(config.seed) if config.seed else None
         #: Where the bytes come from: ``source(n)`` returns n bytes (tests put a fixed one here).
-        self.source: Callable[[int], bytes] = os.urandom
+        self.source: Callable[[int], bytes] = os.urandom if self._random is None else self._random.randbytes
         self._tokens = float(config.rate)
         self._stamp = ctx.clock.now()
         self._refill: Timer = ctx.clock.timer(lambda: self.notify(0))

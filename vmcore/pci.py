@@ -120,6 +120,19 @@ class PciConfig:
 
     # --- the guest's view ------------------------------------------------------------------
 
+    def save_state(self) -> dict[str, bytes]:
+        """The configuration space and what is writable in it, for a snapshot (vmcore.snapshot): a
+        device's State can hold its PciConfig. Whoever decodes it (BARs, the device's own side
+        effects) follows the loaded bytes in the device's ``state_loaded``."""
+        return {"data": bytes(self.data), "wmask": bytes(self.wmask), "w1cmask": bytes(self.w1cmask)}
+
+    def load_state(self, state: dict[str, bytes]) -> None:
+        for name in ("data", "wmask", "w1cmask"):
+            value = state[name]
+            if not isinstance(value, bytes) or len(value) != CONFIG_SIZE:
+                raise ValueError(f"the saved {name} is not {CONFIG_SIZE} bytes")
+            getattr(self, name)[:] = value
+
     def read(self, offset: int, size: int) -> int:
         """``size`` bytes at ``offset``, little-endian; bytes past the end read 0xFF."""
         value = 0

@@ -16,9 +16,11 @@ left out) whose fields name the instance attributes that hold it::
 them into a fresh instance built from the same configuration (a Timer attribute is re-armed
 at the saved deadline, or cancelled). A part of the device that declares a ``State`` of its
 own (a PIT channel, an ATA channel) is saved and loaded the same way, inside its owner's.
-A type that needs more says so with ``save_state()``/``load_state(state: dict)`` methods.
-Values are ints, bools, strings, None, bytes, bytearrays, datetimes, deques, and lists, tuples and
-dicts of them.
+A type whose state has consequences outside it (the memory map it decodes, the BARs it places)
+redoes them in a ``state_loaded()`` method, called after the load. A type that needs more says
+so with ``save_state()``/``load_state(state: dict)`` methods.
+Values are ints, floats, bools, strings, None, bytes, bytearrays, datetimes, deques, random.Random
+streams, and lists, tuples and dicts of them.
 
 :func:`check_device` is the completeness check: a device driven by the fuzzer's hostile guest
 is saved at a point, a fresh one loaded from that, and both are driven on: any answer, IRQ
@@ -69,6 +71,10 @@ def _encode(value: Any, where: str) -> Any:
         return {"$timer": value.deadline if value.armed else None}
     if isinstance(value, datetime.datetime):
         return {"$datetime": value.isoformat()}
+    if isinstance(value, float):
+        return {"$float": value.hex()}  # exact, and JSON has no infinities
+    if isinstance(value, random.Random):
+        return {"$random": _encode(value.getstate(), where)}
     if isinstance(value, tuple):
         return {"$tuple": [_encode(item, f"{where}[{i}]") for i, item in enumerate(value)]}
     if isinstance(value, collections.deque):
@@ -101,6 +107,13 @@ def _decode(saved: Any, current: Any, where: str) -> Any:
             current.cancel()
         else:
             current.mod(int(saved["$timer"]))
+        return current
+    if "$float" in saved:
+        return float.fromhex(saved["$float"])
+    if "$random" in saved:
+        if not isinstance(current, random.Random):
+            raise SnapshotError(f"{where}: saved as a random stream, but the device holds {type(current).__name__} there")
+        current.setstate(_decode(saved["$random"], None, where))
         return current
     if "$datetime" in saved:
         return datetime.datetime.fromisoformat(saved["$datetime"])
@@ -178,6 +191,9 @@ def load_device(device: Any, saved: dict[str, Any]) -> None:
                             f"{f' (missing {missing})' if missing else ''}{f' (unknown {extra})' if extra else ''}")
     for key in sorted(expected):
         setattr(device, key, _decode(fields[key], getattr(device, key, None), f"{name}.{key}"))
+    loaded = getattr(device, "state_loaded", None)
+    if loaded is not None:
+        loaded()  # what follows from the state: memory it decodes, BARs it places
 
 
 # --- the completeness check --------------------------------------------------------------------

@@ -101,6 +101,21 @@ class VirtioMmioDevice(Device):
     queue_sizes: ClassVar[tuple[int, ...]]
     features: ClassVar[int] = 0
 
+    @attrs.define
+    class State:
+        """What a snapshot keeps of the transport (vmcore.snapshot): its registers and each queue.
+        A device type with state of its own subclasses this class, adding its fields."""
+
+        status: int
+        driver_features: int
+        device_features_sel: int
+        driver_features_sel: int
+        queue_sel: int
+        interrupt_status: int
+        generation: int
+        broken: str | None
+        queues: list[Virtqueue]
+
     def __init__(self, config: Any, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)
         self.memory = ctx.memory

@@ -40,6 +40,8 @@ from itertools import accumulate, repeat
 from itertools import chain as chain_from
 from typing import Any, Iterator, NamedTuple
 
+import attrs
+
 from ..memory import GuestMemory, GuestMemoryError
 
 #: Descriptor flags (virtio 1.x, 2.7.5).
@@ -328,6 +330,20 @@ class Virtqueue:
     :meth:`push` gives one back as used, :meth:`wants_interrupt` says whether the driver
     asked to be told.
     """
+
+    @attrs.define
+    class State:
+        """What a snapshot keeps of a queue (vmcore.snapshot): its configuration and ring positions
+        (chains a device holds popped are its own to keep)."""
+
+        size: int
+        desc: int
+        avail: int
+        used: int
+        ready: bool
+        indirect: bool
+        _next_avail: int
+        _next_used: int
 
     def __init__(self, memory: GuestMemory, max_size: int, indirect: bool = False) -> None:
         self.memory = memory
