@@ -208,6 +208,9 @@ def main() -> int:
     times: dict[str, list[tuple[float, int]]] = {a: [] for a in accels}
     qemu_times: dict[str, list[float]] = {a: [] for a in accels}
     floors: list[float] = []
+    # Each round's vmcore/QEMU ratio of the two runs made back to back: this host's speed swings
+    # within seconds, and a ratio of neighbours cancels that where a ratio of medians does not.
+    paired: dict[str, list[float]] = {a: [] for a in accels}
     with tempfile.TemporaryDirectory() as folder:
         for accel in accels:  # not measured: bytecode written, files in the page cache
             vmcore_run(accel)
@@ -219,6 +222,8 @@ def main() -> int:
                 reference = qemu_run(accel, Path(folder))
                 if reference is not None and reference[1] == 85:
                     qemu_times[accel].append(reference[0])
+                    if times[accel][-1][1] == 85:
+                        paired[accel].append(times[accel][-1][0] / reference[0])
     for accel in accels:
         runs = times[accel]
         ok = [t for t, status in runs if status == 85]
@@ -231,6 +236,11 @@ def main() -> int:
             if ok:
                 line += f"; vmcore/QEMU {statistics.median(ok) / q:.2f}x"
         lines.append(line)
+        if paired[accel]:
+            ratios = sorted(paired[accel])
+            lines.append(f"  each round's vmcore/QEMU (runs back to back): median {statistics.median(ratios):.2f}x, "
+                         f"from {ratios[0]:.2f}x to {ratios[-1]:.2f}x; {sum(r <= 2 for r in ratios)} of "
+                         f"{len(ratios)} rounds at or under 2x")
         if accel == "tcg" and qemu_times[accel]:
             q = statistics.median(qemu_times[accel])
             floor = statistics.median(floors)

@@ -186,6 +186,7 @@ class Uart16550(Device):
         _driven: bool
         _timer: Timer
         _last_rx_activity: int
+        # The registers: plain attributes of the UART, set in reset().
         ier: int
         lcr: int
         mcr: int
@@ -194,32 +195,16 @@ class Uart16550(Device):
         fifo_enabled: bool
         trigger: int
         rx: collections.deque[int]
-        rbr: int
+        rbr: int  # the last character read, which RBR keeps returning when empty
         overrun: bool
         thr_ipending: bool
         timeout_pending: bool
-        modem_inputs: int
-        msr_delta: int
+        modem_inputs: int  # MSR bits 4-7
+        msr_delta: int  # MSR bits 0-3
 
     @classmethod
     def fuzz_props(cls, scratch: FuzzScratch) -> dict[str, str]:
         return {"backend": "memory"}  # no terminal, file or socket at the other end
-
-    # Register state: plain attributes, set in reset().
-    ier: int
-    lcr: int
-    mcr: int
-    scr: int
-    divisor: int
-    fifo_enabled: bool
-    trigger: int
-    rx: collections.deque[int]
-    rbr: int  # the last character read, which RBR keeps returning when empty
-    overrun: bool
-    thr_ipending: bool
-    timeout_pending: bool
-    modem_inputs: int  # MSR bits 4-7
-    msr_delta: int  # MSR bits 0-3
 
     def __init__(self, config: Uart16550Config, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)
