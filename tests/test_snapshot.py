@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import datetime
 import json
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -17,6 +18,9 @@ from tests.helpers import vmcore
 from vmcore.clock import ManualClock
 from vmcore.plugins import DeviceRegistry
 from vmcore.snapshot import Divergence, SnapshotError, check_device, load_device, save_device, savable
+from vmcore.stop import STATUS
+
+STATUS_HOST_ERROR = STATUS["host-error"]
 
 #: Every built-in type declares its state, and each must pass the check.
 SAVABLE = ["acpi-pm", "cmos-rtc", "debug-exit", "debugcon", "fw-cfg", "i440fx", "i8042", "i8254", "i8259", "ide",
@@ -174,3 +178,93 @@ def test_a_type_without_a_state_is_named_by_the_check() -> None:
     cls = DeviceRegistry.default().get("debugcon").cls
     bare = type("Debugcon", (cls,), {"State": None})
     assert check_device(bare) == ["device type 'debugcon' declares no State: it cannot be saved in a snapshot"]
+
+
+# --- a whole machine: vmcore run --snapshot / --restore -------------------------------------------
+
+
+def _split(profile: str, after: int, folder: Path, *extra: str) -> tuple[Any, Any, str]:
+    """Run ``profile`` saving the machine after ``after`` exits, then go on from the file: both runs,
+    and their text traces joined."""
+    snap, first, second = folder / f"at{after}.snap", folder / f"a{after}.txt", folder / f"b{after}.txt"
+    saved = vmcore("run", profile, "--accel", "tcg", "--snapshot", str(snap), "--snapshot-after", str(after),
+                   "--trace-file", str(first), *extra)
+    restored = vmcore("run", profile, "--accel", "tcg", "--restore", str(snap), "--trace-file", str(second), *extra)
+    return saved, restored, first.read_text() + second.read_text()
+
+
+@pytest.mark.parametrize("after", [1, 2, 3, 4, 5])
+def test_a_run_split_by_a_snapshot_ends_as_the_whole_run(after: int, tmp_path: Path) -> None:
+    """mode-switch goes real -> protected -> long -> compatibility -> real mode, a letter in each:
+    saved after any of its writes and restored, the two runs print and trace what one run does,
+    and end as it ends."""
+    whole_trace = tmp_path / "whole.txt"
+    whole = vmcore("run", "mode-switch", "--accel", "tcg", "--trace-file", str(whole_trace))
+    saved, restored, trace = _split("mode-switch", after, tmp_path)
+    assert saved.status == 0 and "vmcore: saved the machine after" in saved.stderr, saved.stderr
+    assert saved.stdout + restored.stdout == whole.stdout == b"RPLCB\n"
+    assert trace == whole_trace.read_text()
+    assert restored.status == whole.status == 0
+
+
+@pytest.mark.parametrize("after", [400, 3000])
+def test_seabios_restored_from_the_middle_of_its_post_boots_on(after: int, tmp_path: Path) -> None:
+    quiet = ("--set", "devices.com1.backend=memory", "--set", "devices.debuglog.backend=memory")
+    saved, restored, _trace = _split("pc-bios", after, tmp_path, *quiet)
+    assert saved.status == 0, saved.stderr[-2000:]
+    assert restored.status == 85, restored.stderr[-2000:]  # the boot sector's debug-exit, as a whole boot
+
+
+def test_a_snapshot_that_does_not_fit_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    snap = tmp_path / "m.snap"
+    assert vmcore("run", "mode-switch", "--accel", "tcg", "--snapshot", str(snap), "--snapshot-after", "3").status == 0
+    data = snap.read_bytes()
+    cases = {
+        "corrupt": (data[:200] + bytes([data[200] ^ 1]) + data[201:], "truncated or corrupt"),
+        "truncated": (data[:-100], "truncated or corrupt"),
+        "not one": (b"hello, world\n" * 10, "not a vmcore snapshot"),
+    }
+    for name, (content, message) in cases.items():
+        bad = tmp_path / f"{name}.snap"
+        bad.write_bytes(content)
+        run = vmcore("run", "mode-switch", "--accel", "tcg", "--restore", str(bad))
+        assert run.status == 2 and f"vmcore: --restore: {bad}: {message}" in run.stderr, (name, run.stderr)
+    other = vmcore("run", "hello", "--accel", "tcg", "--restore", str(snap))
+    assert other.status == 2 and "memory ram: 65536 bytes in the snapshot, 4096 here" in other.stderr
+    pc = vmcore("run", "pc-bios", "--accel", "tcg", "--restore", str(snap))
+    assert pc.status == 2 and "its devices are not this machine's" in pc.stderr
+
+    # A device state that does not load is found before anything is written.
+    from vmcore.machine import Machine, resolve_profile
+    from vmcore.profile import Profile
+    from vmcore.snapshot import read_snapshot, write_snapshot
+
+    header, _data = read_snapshot(snap, limit=1 << 30)
+    header["devices"]["console"]["version"] = 99
+    with Machine.build(Profile.load(resolve_profile("mode-switch"))) as machine:
+        ram = machine.memory.block("ram")
+        before = bytes(ram.view)
+        blocks = [(block.name, block.view, block.readonly) for block in machine.memory.blocks()]
+        rewritten = tmp_path / "v99.snap"
+        write_snapshot(rewritten, {k: v for k, v in header.items() if k not in ("format", "memory")},
+                       [(name, memoryview(bytearray(len(view))), readonly) for name, view, readonly in blocks])
+        with pytest.raises(SnapshotError, match="version 99"):
+            machine.restore_snapshot(rewritten)
+        assert bytes(ram.view) == before
+
+
+def test_snapshot_options_are_checked_before_the_run(tmp_path: Path) -> None:
+    alone = vmcore("run", "hello", "--snapshot", str(tmp_path / "x.snap"))
+    assert alone.status == 2 and "--snapshot FILE and --snapshot-after EXITS go together" in alone.stderr
+    nowhere = vmcore("run", "hello", "--snapshot", str(tmp_path / "no" / "x.snap"), "--snapshot-after", "1")
+    assert nowhere.status == 2 and "does not exist" in nowhere.stderr
+
+
+def test_kvm_says_it_cannot_restore_a_vcpu_yet(tmp_path: Path) -> None:
+    snap = tmp_path / "m.snap"
+    assert vmcore("run", "mode-switch", "--accel", "tcg", "--snapshot", str(snap), "--snapshot-after", "2").status == 0
+    run = vmcore("run", "mode-switch", "--accel", "kvm", "--restore", str(snap))
+    assert run.status == STATUS_HOST_ERROR, run.stderr
+    # Where /dev/kvm opens, KVM's accelerator says it cannot; elsewhere it is not there at all.
+    assert ("vmcore: host-error: kvm: cannot restore a vCPU from a snapshot yet (the software CPU can: --accel tcg)"
+            in run.stderr) or "KVM" in run.stderr, run.stderr

@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import IO, NoReturn, Sequence
 
@@ -86,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
                           "device, IRQ lines; opens in ui.perfetto.dev)")
     run.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="stop after this much wall-clock time")
     run.add_argument("--max-exits", type=_positive_count, metavar="N", help="stop after N exits")
+    run.add_argument("--snapshot", metavar="FILE",
+                     help="save the machine to FILE where the run stops at --snapshot-after (vCPU, devices, "
+                          "memory, time); --restore goes on from there")
+    run.add_argument("--snapshot-after", type=_positive_count, metavar="EXITS",
+                     help="the point --snapshot saves at: after this many exits")
+    run.add_argument("--restore", metavar="FILE", help="go on from a snapshot of a machine of this profile")
     run.add_argument("--monitor", action="store_true",
                      help="a Python REPL on the terminal into the running machine: vm.pause(), vm.registers(), ... "
                           "(no device may read the terminal meanwhile)")
@@ -231,7 +238,27 @@ def _run(args: argparse.Namespace) -> int:
         if problem:
             print(f"vmcore: --json-report {args.json_report}: {problem}", file=sys.stderr)
             return STATUS["config-error"]
+    if (args.snapshot is None) != (args.snapshot_after is None):
+        print("vmcore: --snapshot FILE and --snapshot-after EXITS go together", file=sys.stderr)
+        return STATUS["config-error"]
+    if args.snapshot:
+        problem = _report_path_problem(args.snapshot)
+        if problem:
+            print(f"vmcore: --snapshot {args.snapshot}: {problem}", file=sys.stderr)
+            return STATUS["config-error"]
+        if args.max_exits is not None and args.max_exits <= args.snapshot_after:
+            print("vmcore: --max-exits ends the run before --snapshot-after", file=sys.stderr)
+            return STATUS["config-error"]
     machine = _build(args.profile, args.overrides)
+    if args.restore:
+        from .snapshot import SnapshotError
+
+        try:
+            machine.restore_snapshot(args.restore)
+        except SnapshotError as exc:
+            machine.close()
+            print(f"vmcore: --restore: {exc}", file=sys.stderr)
+            return STATUS["config-error"]
     trace_out: IO[str] | None = None
     with machine:
         if args.trace_file:
@@ -286,7 +313,7 @@ def _run(args: argparse.Namespace) -> int:
                 start_console(monitor)
         try:
             stop = machine.run(args.accel, RunLimits(timeout=args.timeout, max_exits=args.max_exits,
-                                                     stuck_after=args.stuck_after))
+                                                     stuck_after=args.stuck_after, pause_after=args.snapshot_after))
         finally:
             if server is not None:
                 server.close()
@@ -295,6 +322,20 @@ def _run(args: argparse.Namespace) -> int:
             if perfetto_out is not None:
                 perfetto_out.close()
         accel = machine.accelerator.name if machine.accelerator else "none"
+        if args.snapshot and stop.kind == "paused":
+            from .accel import AcceleratorUnavailable
+            from .snapshot import SnapshotError
+
+            started = time.monotonic()
+            try:
+                size = machine.save_snapshot(args.snapshot)
+            except (SnapshotError, AcceleratorUnavailable, OSError) as exc:
+                print(f"vmcore: --snapshot {args.snapshot}: {accel}: {exc}", file=sys.stderr)
+                return STATUS["host-error"]
+            sys.stdout.flush()
+            print(f"vmcore: saved the machine after {stop.exits} exits to {args.snapshot} ({size} bytes, "
+                  f"{time.monotonic() - started:.3f} s)", file=sys.stderr)
+            return 0
     sys.stdout.flush()
     if stop.is_fault:
         print(f"vmcore: {stop.report()}", file=sys.stderr)

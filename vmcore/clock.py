@@ -118,8 +118,9 @@ class Clock:
         """Nanoseconds of machine time since the guest's first instruction (0 before it)."""
         raise NotImplementedError
 
-    def start(self) -> None:
-        """The guest runs from now on: a clock that follows the host takes t=0 here.
+    def start(self, at: int = 0) -> None:
+        """The guest runs from now on: a clock that follows the host takes t=``at`` here (0, or
+        a restored snapshot's machine time).
 
         Later calls change nothing (a second run continues the machine's time); a
         :class:`ManualClock` moves only when stepped, so starting it changes nothing.
@@ -222,9 +223,10 @@ class HostClock(Clock):
         self._origin: int | None = None  # host monotonic ns at t=0; None: not started
         self._paused_at: int | None = None  # machine time when paused
 
-    def start(self) -> None:
+    def start(self, at: int = 0) -> None:
+        """Machine time begins now, at ``at`` ns (a restored snapshot's time; 0 for a new machine)."""
         if self._origin is None:
-            self._origin = time.monotonic_ns()
+            self._origin = time.monotonic_ns() - at
 
     def now(self) -> int:
         if self._paused_at is not None:

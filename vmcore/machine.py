@@ -34,6 +34,8 @@ from .pci import PciBus
 from .plugins import DeviceRegistry, DeviceTypeError
 from .profile import DeviceSpec, Profile, ProfileError, Where
 from .stop import StopReason
+from .snapshot import (SnapshotError, check_state, load_device, load_memory, read_snapshot, save_device,
+                       write_snapshot)
 from .timeline import Timeline
 from .wiring import IrqLines, build_device, claim_regions, controller_of, cpu_interrupts, irq_route
 
@@ -95,6 +97,8 @@ class Machine:
         self._tracer: Callable[[Transaction], None] | None = None
         self._irq_tracer: Callable[[IrqEvent], None] | None = None
         self.timeline: Timeline | None = None  # see set_timeline
+        #: A snapshot's vCPU and machine time, for the next run (see restore_snapshot).
+        self._restored: tuple[dict[str, Any], int] | None = None
         #: The last transactions, for fault reports (see keep_history).
         self.history: collections.deque[Transaction] | None = None
         pio.device_errors = mmio.device_errors = profile.device_errors
@@ -225,6 +229,45 @@ class Machine:
         next run on. Deliveries inside KVM's own irqchip (``irqchip: kernel``) are not seen."""
         self._irq_tracer = tracer
 
+    def save_snapshot(self, path: str | Path) -> int:
+        """Save the machine into ``path`` between runs (after a run stopped, or from the paused
+        monitor): the vCPU, every device's state (vmcore.snapshot), guest memory (pages that are
+        not all zero, compressed), the IRQ lines and machine time. Returns the file's size."""
+        if self.accelerator is None:
+            raise SnapshotError("the machine has not run: there is no vCPU to save")
+        header = {
+            "profile": self.profile.name,
+            "accelerator": self.accelerator.name,
+            "time_ns": self.clock.now(),
+            "cpu": self.accelerator.save_cpu(),
+            "devices": {name: save_device(device) for name, device in self.devices.items()},
+            "irq": {str(line.number): line.level for line in self.irq_lines},
+        }
+        return write_snapshot(path, header, [(block.name, block.view, block.readonly)
+                                             for block in self.memory.blocks()])
+
+    def restore_snapshot(self, path: str | Path) -> None:
+        """Give this machine, built from the profile the snapshot was made with and not yet run,
+        the saved state; the next run goes on from there. A snapshot that does not fit (another
+        profile's devices or memory, a changed image, a corrupt file) is a SnapshotError, raised
+        before anything of the machine changed."""
+        if self._started:
+            raise SnapshotError("the machine has run already: restore into a machine just built")
+        blocks = self.memory.blocks()
+        header, data = read_snapshot(path, limit=2 * sum(block.size for block in blocks) + (64 << 20))
+        types = {name: getattr(device, "type_name", type(device).__name__) for name, device in self.devices.items()}
+        saved = header.get("devices")
+        if not isinstance(saved, dict) or {name: state.get("type") for name, state in saved.items()} != types:
+            raise SnapshotError(f"{path}: its devices are not this machine's ({', '.join(sorted(types))})")
+        for name, device in self.devices.items():
+            check_state(device, saved[name])  # every one before any is loaded: a refusal changes nothing
+        load_memory(header, data, {block.name: (block.view, block.readonly) for block in blocks})
+        for name, device in self.devices.items():
+            load_device(device, saved[name])
+        for number, level in header["irq"].items():
+            self.irq_lines.line(int(number)).level = bool(level)
+        self._restored = (header["cpu"], int(header["time_ns"]))
+
     def set_timeline(self, timeline: Timeline | None) -> None:
         """Record the next runs on ``timeline`` (vmcore.timeline: a Perfetto trace): the vCPU's
         runs and halts, every bus transaction and timer by device, IRQ line levels and the
@@ -284,6 +327,7 @@ class Machine:
             timeout=limits.timeout if limits.timeout is not None else self.profile.limits.timeout,
             max_exits=limits.max_exits if limits.max_exits is not None else self.profile.limits.max_exits,
             stuck_after=limits.stuck_after,
+            pause_after=limits.pause_after,
         )
         # The CPU's INTR: a local APIC device (the IRQ-line controller on its LINT0), or that controller.
         cpu = None if self.profile.irqchip in ("none", "kernel") else cpu_interrupts(self.devices.values(), controller)
@@ -291,6 +335,8 @@ class Machine:
                              model=self.profile.cpu.model)
         try:
             self.accelerator.setup(self.memory, state)
+            if self._restored is not None:
+                self.accelerator.restore_cpu(self._restored[0])
         except CpuModelError as exc:
             return StopReason.of("config-error", f"{self.accelerator.name}: {exc}")
         except (AcceleratorUnavailable, OSError) as exc:
@@ -298,7 +344,9 @@ class Machine:
         self._start_devices()
         # t=0 is the guest's first instruction: timers armed while building and starting
         # (8-70 ms) count from here, so none fires before the guest could set up its PIC.
-        self.clock.start()
+        # A restored machine goes on from the time it was saved at.
+        self.clock.start(self._restored[1] if self._restored is not None else 0)
+        self._restored = None
         undo = self._trace_deliveries(cpu)
         timeline = self.timeline
         self.accelerator.timeline = timeline

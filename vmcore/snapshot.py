@@ -31,8 +31,13 @@ from __future__ import annotations
 
 import collections
 import datetime
+import hashlib
 import json
+import os
 import random
+import struct
+import zlib
+from pathlib import Path
 from typing import Any, Sequence
 
 import attrs
@@ -160,8 +165,9 @@ def save_device(device: Any) -> dict[str, Any]:
     return {"type": name, "version": version, "fields": fields}
 
 
-def load_device(device: Any, saved: dict[str, Any]) -> None:
-    """Give ``device`` (fresh, from the same configuration) the state :func:`save_device` saved."""
+def check_state(device: Any, saved: Any) -> None:
+    """Raise SnapshotError where ``saved`` is not a state ``device`` can load (type, version,
+    fields), changing nothing."""
     name = getattr(device, "type_name", type(device).__name__)
     if not isinstance(saved, dict) or not isinstance(saved.get("fields"), dict):
         raise SnapshotError(f"{name}: the saved state is not a device state")
@@ -172,6 +178,23 @@ def load_device(device: Any, saved: dict[str, Any]) -> None:
     if saved.get("version") != version:
         raise SnapshotError(f"{name}: the saved state is version {saved.get('version')}; this {name} reads "
                             f"version {version}")
+    if getattr(device, "load_state", None) is not None:
+        return
+    if state_cls is None:
+        raise SnapshotError(f"device type {name!r} declares no State: it cannot be loaded from a snapshot")
+    expected = {field.name for field in attrs.fields(state_cls)}
+    fields = saved["fields"]
+    if set(fields) != expected:
+        missing, extra = sorted(expected - set(fields)), sorted(set(fields) - expected)
+        raise SnapshotError(f"{name}: the saved state's fields do not match its State"
+                            f"{f' (missing {missing})' if missing else ''}{f' (unknown {extra})' if extra else ''}")
+
+
+def load_device(device: Any, saved: dict[str, Any]) -> None:
+    """Give ``device`` (fresh, from the same configuration) the state :func:`save_device` saved."""
+    check_state(device, saved)
+    name = getattr(device, "type_name", type(device).__name__)
+    state_cls = _state_class(device)
     fields = saved["fields"]
     custom = getattr(device, "load_state", None)
     if custom is not None:
@@ -182,13 +205,7 @@ def load_device(device: Any, saved: dict[str, Any]) -> None:
         except (ValueError, TypeError, KeyError) as exc:
             raise SnapshotError(f"{name}: cannot load its saved state: {exc}") from None
         return
-    if state_cls is None:
-        raise SnapshotError(f"device type {name!r} declares no State: it cannot be loaded from a snapshot")
     expected = {field.name for field in attrs.fields(state_cls)}
-    if set(fields) != expected:
-        missing, extra = sorted(expected - set(fields)), sorted(set(fields) - expected)
-        raise SnapshotError(f"{name}: the saved state's fields do not match its State"
-                            f"{f' (missing {missing})' if missing else ''}{f' (unknown {extra})' if extra else ''}")
     for key in sorted(expected):
         setattr(device, key, _decode(fields[key], getattr(device, key, None), f"{name}.{key}"))
     loaded = getattr(device, "state_loaded", None)
@@ -318,3 +335,112 @@ def _match_surroundings(original: Any, restored: Any) -> None:
 
 def _memory(session: Any) -> bytes:
     return b"".join(session.bus.memory.read(slot.base, slot.size) for slot in session.bus.memory)
+
+
+# --- a whole machine: the file --------------------------------------------------------------
+
+#: The first bytes of a snapshot file, and the format it is written in.
+MAGIC = b"VMCORESN"
+FORMAT = 1
+PAGE = 4096
+_ZERO_PAGE = bytes(PAGE)
+_LENGTH = struct.Struct("<Q")
+
+
+def write_snapshot(path: str | Path, header: dict[str, Any], blocks: Sequence[tuple[str, memoryview, bool]]) -> int:
+    """Write a snapshot: ``header`` (JSON-ready: the CPU, devices, clock...) and the guest memory of
+    ``blocks`` ((name, bytes, read-only)): each writable block's pages that are not all zero,
+    compressed; read-only blocks by their digest only (the profile's images give them again).
+    Written to a temporary file renamed into place, so a failed save leaves no half file.
+    Returns the file's size."""
+    data = bytearray()
+    memory = []
+    for name, view, readonly in blocks:
+        entry: dict[str, Any] = {"name": name, "size": len(view), "readonly": readonly}
+        if readonly:
+            entry["sha256"] = hashlib.sha256(view).hexdigest()
+        else:
+            runs = []
+            page = 0
+            pages = len(view) // PAGE
+            while page < pages:
+                if view[page * PAGE:(page + 1) * PAGE] == _ZERO_PAGE:
+                    page += 1
+                    continue
+                start = page
+                while page < pages and page - start < 256 and view[page * PAGE:(page + 1) * PAGE] != _ZERO_PAGE:
+                    page += 1
+                packed = zlib.compress(view[start * PAGE:page * PAGE], 1)
+                runs.append([start, page - start, len(data), len(packed)])
+                data += packed
+            tail = len(view) - pages * PAGE  # a block whose size is not whole pages
+            if tail:
+                packed = zlib.compress(view[pages * PAGE:], 1)
+                runs.append([pages, -tail, len(data), len(packed)])
+                data += packed
+            entry["runs"] = runs
+        memory.append(entry)
+    text = json.dumps({**header, "format": FORMAT, "memory": memory}, separators=(",", ":")).encode()
+    body = MAGIC + _LENGTH.pack(len(text)) + text + bytes(data)
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.partial")
+    with open(temporary, "wb") as out:
+        out.write(body)
+        out.write(hashlib.sha256(body).digest())
+    os.replace(temporary, target)
+    return len(body) + 32
+
+
+def read_snapshot(path: str | Path, limit: int) -> tuple[dict[str, Any], bytes]:
+    """The header and the memory data of a snapshot file, checked whole (magic, format, length,
+    digest) before anything is used: a SnapshotError says what is wrong. ``limit``: the most bytes
+    the file may have (the machine's memory and then some)."""
+    try:
+        size = os.path.getsize(path)
+        if size > limit:
+            raise SnapshotError(f"{path}: {size} bytes, more than a snapshot of this machine can be")
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SnapshotError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    if len(raw) < len(MAGIC) + _LENGTH.size + 32 or not raw.startswith(MAGIC):
+        raise SnapshotError(f"{path}: not a vmcore snapshot")
+    body, digest = raw[:-32], raw[-32:]
+    if hashlib.sha256(body).digest() != digest:
+        raise SnapshotError(f"{path}: truncated or corrupt (its checksum does not match)")
+    (length,) = _LENGTH.unpack_from(body, len(MAGIC))
+    start = len(MAGIC) + _LENGTH.size
+    try:
+        header = json.loads(body[start:start + length])
+    except ValueError:
+        raise SnapshotError(f"{path}: its header is not readable") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise SnapshotError(f"{path}: snapshot format {header.get('format') if isinstance(header, dict) else '?'}; "
+                            f"this vmcore reads format {FORMAT}")
+    return header, body[start + length:]
+
+
+def load_memory(header: dict[str, Any], data: bytes, blocks: dict[str, tuple[memoryview, bool]]) -> None:
+    """Fill the machine's memory blocks from a snapshot (checked against them first: names, sizes,
+    read-only images)."""
+    saved = {entry["name"]: entry for entry in header["memory"]}
+    if set(saved) != set(blocks):
+        raise SnapshotError(f"the snapshot's memory is {sorted(saved)}, this machine's {sorted(blocks)}")
+    for name, (view, readonly) in blocks.items():
+        entry = saved[name]
+        if entry["size"] != len(view) or entry["readonly"] != readonly:
+            raise SnapshotError(f"memory {name}: {entry['size']} bytes{' read-only' if entry['readonly'] else ''} "
+                                f"in the snapshot, {len(view)}{' read-only' if readonly else ''} here")
+        if readonly:
+            if hashlib.sha256(view).hexdigest() != entry["sha256"]:
+                raise SnapshotError(f"memory {name}: its image is not the one the snapshot was made with")
+    for name, (view, readonly) in blocks.items():
+        if readonly:
+            continue
+        view[:] = bytes(len(view))
+        for start, count, offset, length in saved[name]["runs"]:
+            chunk = zlib.decompress(data[offset:offset + length])
+            at = start * PAGE
+            expected = -count if count < 0 else count * PAGE
+            if len(chunk) != expected or at + len(chunk) > len(view):
+                raise SnapshotError(f"memory {name}: a run of pages at {at:#x} does not fit")
+            view[at:at + len(chunk)] = chunk

@@ -13,6 +13,7 @@ import attrs
 #: Process exit status for each stop kind the VMM decides (debug-exit sets its own).
 STATUS = {
     "halted": 0,
+    "paused": 0,  # RunLimits.pause_after: stopped where a snapshot can be saved
     "reset": 0,  # the guest reset the machine (vmcore stops rather than reboot)
     "config-error": 2,
     "shutdown": 4,  # triple fault

@@ -50,6 +50,10 @@ class RunLimits:
     timeout: float | None = attrs.field(default=None, validator=_positive)
     max_exits: int | None = attrs.field(default=None, validator=_positive)
     stuck_after: float | None = attrs.field(default=2.0, validator=_positive)
+    #: Stop (kind "paused") at the first point after this many exits where every access made
+    #: was served and none is under way: the software CPU at the next block start, KVM at the
+    #: exit itself. A snapshot is saved there; max_exits stops at once, dropping what follows.
+    pause_after: int | None = attrs.field(default=None, validator=_positive)
 
 
 #: The vCPU for a report: registers, segments, the guest-physical address of the code at
@@ -163,6 +167,14 @@ class Accelerator(abc.ABC):
     def set_registers(self, values: dict[str, int]) -> None:
         """Write general-purpose registers (``rax``..``r15``, ``rip``, ``rflags``) between runs (the monitor)."""
         raise AcceleratorUnavailable(f"{self.name} cannot write registers")
+
+    def save_cpu(self) -> dict:  # type: ignore[type-arg]
+        """The vCPU between runs, JSON-ready, for a snapshot (vmcore.snapshot)."""
+        raise AcceleratorUnavailable("cannot save its vCPU in a snapshot yet (the software CPU can: --accel tcg)")
+
+    def restore_cpu(self, saved: dict) -> None:  # type: ignore[type-arg]
+        """After :meth:`setup`, before the run: the vCPU as :meth:`save_cpu` saved it."""
+        raise AcceleratorUnavailable("cannot restore a vCPU from a snapshot yet (the software CPU can: --accel tcg)")
 
     def stop_reason(self, kind: str, message: str) -> StopReason:
         """A stop with the vCPU's registers and code at RIP, for the report."""

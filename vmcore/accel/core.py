@@ -121,6 +121,9 @@ class RunCore:
         #: Exits so far (a box: the accessors count in it).
         self.exits = [0]
         self.max_exits = limits.max_exits if limits.max_exits is not None else -1
+        self.pause_after = limits.pause_after
+        #: The exit count the accessors watch for (the earlier of the two limits; -1: none).
+        self._first_limit = min((n for n in (limits.max_exits, limits.pause_after) if n is not None), default=-1)
         #: The stop decided inside an access (max-exits), with the registers of that moment.
         self.ending: list[StopReason | None] = [None]
         #: The interrupt controller's INTR output, kept by its callback.
@@ -168,7 +171,7 @@ class RunCore:
     def _reader(self, bus: Bus, kind: str) -> Callable[..., int]:
         """``read(cpu, offset, size, base=0)``: the device's answer to the read at ``base + offset``."""
         routes, route, bad = bus.read_routes, bus.read_route, bus.bad_answer
-        box, max_exits, at_limit, failed = self.exits, self.max_exits, self._at_limit, self._failed
+        box, max_exits, at_limit, failed = self.exits, self._first_limit, self._at_limit, self._failed
         divert = self.diversion  # its ``active`` is read per access: the backend flips it
         READ = Direction.READ
         watch, space, poll_stuck = self.poll_watch, "pio" if bus is self.pio else "mmio", self._poll_stuck
@@ -216,7 +219,7 @@ class RunCore:
         ``value`` must fit ``size`` bytes (the backends mask what their CPU hands over).
         """
         routes, route = bus.write_routes, bus.write_route
-        box, max_exits, at_limit, failed = self.exits, self.max_exits, self._at_limit, self._failed
+        box, max_exits, at_limit, failed = self.exits, self._first_limit, self._at_limit, self._failed
         divert = self.diversion
         WRITE = Direction.WRITE
 
@@ -261,7 +264,13 @@ class RunCore:
         return False
 
     def _at_limit(self) -> None:
-        """The access just made was the last one allowed: the run stops, with the registers of now."""
+        """The access just made was the last one allowed: the run stops, with the registers of now.
+        Or the pause point was reached: the run stops where the CPU next can, every access served."""
+        if self.pause_after is not None and self.exits[0] == self.pause_after:
+            self.ending[0] = StopReason.of("paused", f"paused after {self.pause_after} exits or a few more")
+            self.attention[0] = True
+            self.cpu.kick()  # the software CPU comes back at its next block; KVM is between exits already
+            return
         self.ending[0] = self.cpu.stop_reason("max-exits", f"reached the limit of {self.max_exits} exits")
         self.attention[0] = True
         self.cpu.end_run()

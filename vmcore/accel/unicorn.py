@@ -40,7 +40,7 @@ from .idt import IdtDelivery
 from .intercepts import EMULATED, EXCP_VMEXIT, MSR, SCRATCH_SIZE, VINTR, InterceptControls, InterceptHandler, Step
 from .msrs import MsrRules
 from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineFeatures, add_c_block_hook, cpu_layout, engine_fastcalls,
-                             engine_kick, hook_bounds_offset, pushf_clears_rf, registers_match)
+                             engine_kick, engine_name, hook_bounds_offset, pushf_clears_rf, registers_match)
 
 try:
     import unicorn as uc_mod
@@ -72,6 +72,13 @@ _SEGMENT_SLOTS = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
 _MODES = {"real": "UC_MODE_32", "reset": "UC_MODE_32", "protected": "UC_MODE_32", "long": "UC_MODE_64"}
 _FLAG_IF, _FLAG_TF = 1 << 9, 1 << 8
 _MSR_EFER = 0xC0000080
+#: The MSRs a snapshot keeps besides EFER: SYSCALL's and SYSENTER's, the FS/GS bases, PAT, TSC_AUX.
+_SAVED_MSRS = (_MSR_EFER, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084, 0xC0000100, 0xC0000101, 0xC0000102,
+               0xC0000103, 0x174, 0x175, 0x176, 0x277)
+#: The x87/SSE control and status registers a snapshot keeps (with ST0-7 and XMM0-15).
+_FPU_CONTROL = ("fpcw", "fpsw", "fptag", "mxcsr")
+#: hflags, hflags2 and ten segment caches (ES, CS, SS, DS, FS, GS, LDT, TR, GDT, IDT): one stretch.
+_ENGINE_BLOCK = 8 + 10 * 24
 _EFER_LMA = 1 << 10
 _MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
 _CPUID1_ECX_OSXSAVE = 1 << 27
@@ -882,6 +889,82 @@ class UnicornAccelerator(Accelerator):
         if code == uc_mod.UC_ERR_INSN_INVALID:
             return self.stop_reason("shutdown", "invalid opcode with no handler")
         return self.stop_reason("internal-error", f"software CPU error: {error}")
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    def save_cpu(self) -> dict[str, Any]:
+        """The vCPU for a snapshot (vmcore.snapshot), between runs: registers, control registers,
+        MSRs, x87/SSE state, and the engine's own record of the mode (hflags, hflags2: CPL, the
+        interrupt shadow, NMI blocking) with every segment's hidden part (base, limit, attributes:
+        unreal mode, a selector whose descriptor changed since), which only vmcore's engine shows."""
+        block = self._engine_block()
+        if block is None:
+            raise AcceleratorUnavailable("this unicorn build does not show its segment caches: snapshots "
+                                         "need vmcore's engine (scripts/build-engine)")
+        regs = self.regs
+        registers = {name: regs.reg_read(_reg(name)) for name in (*_GPRS, "cr0", "cr2", "cr3", "cr4")}
+        registers["rip"] = self._ip() if self._pc is None else self._pc
+        msrs = {}
+        for index in _SAVED_MSRS:
+            try:
+                msrs[f"{index:#x}"] = regs.msr_read(index)
+            except uc_mod.UcError:
+                pass  # not one this engine keeps
+        fpu = {name: regs.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}")) for name in _FPU_CONTROL}
+        fpu["st"] = [list(regs.reg_read(getattr(X, f"UC_X86_REG_FP{i}"))) for i in range(8)]
+        fpu["xmm"] = [regs.reg_read(getattr(X, f"UC_X86_REG_XMM{i}")) for i in range(16)]
+        # Not the engine's halted flag: a snapshot is taken at an exit, with the guest running (the
+        # flag only says how the engine's last run ended, and a set one would stop the next).
+        return {"registers": registers, "msrs": msrs, "fpu": fpu,
+                "engine": {"name": engine_name(), "block": ctypes.string_at(block, _ENGINE_BLOCK).hex()}}
+
+    def restore_cpu(self, saved: dict[str, Any]) -> None:
+        """Give the vCPU (set up, not yet run) a state :meth:`save_cpu` saved."""
+        block = self._engine_block()
+        if block is None:
+            raise AcceleratorUnavailable("this unicorn build does not show its segment caches: snapshots "
+                                         "need vmcore's engine (scripts/build-engine)")
+        engine = saved["engine"]
+        if engine["name"] != engine_name():
+            raise AcceleratorUnavailable(f"the snapshot's software CPU was {engine['name']}, this one is "
+                                         f"{engine_name()}: its engine state does not carry over")
+        raw = bytes.fromhex(engine["block"])
+        if len(raw) != _ENGINE_BLOCK:
+            raise AcceleratorUnavailable("the snapshot's engine state is not this engine's size")
+        regs = self.regs
+        registers = saved["registers"]
+        # The mode first (the writes recompute what follows from it), then the rest; the
+        # engine's record of segments and flags last, as it was.
+        regs.msr_write(_MSR_EFER, int(saved["msrs"].get(f"{_MSR_EFER:#x}", 0)))
+        for name in ("cr4", "cr3", "cr0", "cr2"):
+            regs.reg_write(_reg(name), int(registers[name]))
+        for index, value in saved["msrs"].items():
+            try:
+                regs.msr_write(int(index, 16), int(value))
+            except uc_mod.UcError:
+                pass
+        for name in _GPRS:
+            regs.reg_write(_reg(name), int(registers[name]))
+        fpu = saved["fpu"]
+        for name in _FPU_CONTROL:
+            regs.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), int(fpu[name]))
+        for i, (mantissa, exponent) in enumerate(fpu["st"]):
+            regs.reg_write(getattr(X, f"UC_X86_REG_FP{i}"), (int(mantissa), int(exponent)))
+        for i, value in enumerate(fpu["xmm"]):
+            regs.reg_write(getattr(X, f"UC_X86_REG_XMM{i}"), int(value))
+        ctypes.memmove(block, raw, _ENGINE_BLOCK)
+        regs.reg_write(X.UC_X86_REG_RIP, int(registers["rip"]))
+        self._pc = None
+        self.uc.ctl_flush_tb()
+        if self._intercepts is not None:
+            self._intercepts.follow_state()
+
+    def _engine_block(self) -> int | None:
+        """The address of hflags, hflags2 and the segment caches (ES..GS, LDT, TR, GDT, IDT) in the
+        engine's x86 state, which lie together (QEMU's CPUX86State), or None where unknown."""
+        if self._segment_caches is None:
+            return None
+        return self._segment_caches - 8
 
     def set_registers(self, values: dict[str, int]) -> None:
         for name, value in values.items():
