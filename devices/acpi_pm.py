@@ -43,8 +43,6 @@ class AcpiPm(Device):
 
     type_name = "acpi-pm"
     Config = AcpiPmConfig
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot): the registers (the PM timer is machine time)."""
 

@@ -36,8 +36,6 @@ class DebugExit(Device):
 
     type_name = "debug-exit"
     Config = DebugExitConfig
-
-    @attrs.define
     class State:
         """Nothing: a write ends the run."""
 

@@ -48,8 +48,6 @@ class Debugcon(Device):
 
     type_name = "debugcon"
     Config = DebugconConfig
-
-    @attrs.define
     class State:
         """Nothing the guest can see: what it wrote went to the backend (a snapshot keeps no host I/O)."""
 

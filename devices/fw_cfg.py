@@ -247,8 +247,6 @@ class FwCfg(Device):
 
     type_name = "fw-cfg"
     Config = FwCfgConfig
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot): the selector, the data offset, the DMA address
         and the bad-DMA count; the items are the profile's (and the machine's tables), built again."""

@@ -97,8 +97,6 @@ class I440fx(Device):
 
     type_name = "i440fx"
     Config = I440fxConfig
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot): configuration space (PAM, SMRAM) and the
         CONFIG_ADDRESS latch; the memory map follows PAM and SMRAM again when loaded."""

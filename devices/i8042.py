@@ -112,8 +112,6 @@ class I8042(Device):
 
     type_name = "i8042"
     Config = I8042Config
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot): the controller's, then the keyboard's."""
 

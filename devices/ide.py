@@ -176,8 +176,6 @@ class IdeConfig:
 
 class Disk:
     """One ATA device: its image, its IDENTIFY strings and its own state (status, error, pending interrupt)."""
-
-    @attrs.define
     class State:
         """What a snapshot keeps of a drive (vmcore.snapshot); the image is the host's file, not saved."""
 
@@ -256,8 +254,6 @@ class AtaChannel:
     reads and stops at 0xFF), but a driver that waits for BSY to clear without that check
     would wait out its whole timeout.
     """
-
-    @attrs.define
     class State:
         """What a snapshot keeps of a channel (vmcore.snapshot): its drives, the task file and the
         transfer in progress, with the step its BSY timer leads to."""
@@ -671,8 +667,6 @@ class Ide(Device):
 
     type_name = "ide"
     Config = IdeConfig
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot)."""
 

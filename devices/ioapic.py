@@ -58,8 +58,6 @@ class IoApic(Device):
 
     type_name = "ioapic"
     Config = IoApicConfig
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot): the redirection table and the pins' levels."""
 

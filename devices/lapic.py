@@ -115,8 +115,6 @@ class LocalApic(Device):
 
     type_name = "lapic"
     Config = LocalApicConfig
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot): the registers, the timer and the pending NMI."""
 

@@ -44,8 +44,6 @@ class PcTestdev(Device):
 
     type_name = "pc-testdev"
     Config = PcTestdevConfig
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot)."""
 

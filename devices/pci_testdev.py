@@ -52,8 +52,6 @@ class PciTestdevConfig:
 
 class _Bar:
     """One BAR's protocol state: the selected test and its count."""
-
-    @attrs.define
     class State:
         """What a snapshot keeps of one BAR's protocol (vmcore.snapshot)."""
 
@@ -96,8 +94,6 @@ class PciTestdev(Device):
 
     type_name = "pci-testdev"
     Config = PciTestdevConfig
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot): configuration space and each BAR's test; the
         BARs are placed again where the loaded configuration says."""

@@ -100,8 +100,6 @@ class _Chip:
         "need_icw4", "base", "icw3", "init_step", "auto_eoi", "rotate_in_aeoi", "sfnm", "lowest",
         "read_isr", "poll", "special_mask",
     )
-
-    @attrs.define
     class State:
         """What a snapshot keeps of one chip (vmcore.snapshot); which chip it is comes from its place."""
 
@@ -337,8 +335,6 @@ class I8259(Device):
 
     type_name = "i8259"
     Config = I8259Config
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot): both chips and the INTR output."""
 

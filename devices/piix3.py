@@ -46,8 +46,6 @@ class Piix3(Device):
 
     type_name = "piix3"
     Config = Piix3Config
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot)."""
 

@@ -146,8 +146,6 @@ class PiixIde(Device):
 
     type_name = "piix-ide"
     Config = PiixIdeConfig
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot): both channels, the bus-master registers and
         configuration space; the BARs are placed again where the loaded configuration says."""

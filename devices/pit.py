@@ -118,8 +118,6 @@ class Counter:
 
     __slots__ = ("index", "gate", "mode", "rw", "bcd", "count", "held", "idle_out", "base", "anchor",
                  "running", "pending", "pending_tick", "lsb", "read_msb", "latched", "status")
-
-    @attrs.define
     class State:
         """What a snapshot keeps of one counter (vmcore.snapshot): machine times stay absolute."""
 
@@ -370,8 +368,6 @@ class Pit(Device):
 
     type_name = "i8254"
     Config = PitConfig
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot): the counters, the IRQ 0 edge timer, port B."""
 

@@ -200,8 +200,6 @@ class Rtc(Device):
 
     type_name = "cmos-rtc"
     Config = RtcConfig
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot): the clock's setting against machine time, CMOS,
         the registers and the two interrupt timers."""

@@ -177,8 +177,6 @@ class Uart16550(Device):
 
     type_name = "uart16550"
     Config = Uart16550Config
-
-    @attrs.define
     class State:
         """What a snapshot keeps (vmcore.snapshot); what the backend holds (host input not yet
         received, output written) is the host's, not the guest's."""

@@ -43,8 +43,6 @@ class VirtioRng(VirtioMmioDevice):
     Config = VirtioRngConfig
     device_id = 4
     queue_sizes = (64,)
-
-    @attrs.define
     class State(VirtioMmioDevice.State):
         """The transport's, the rate limiter's and, with a seed, the stream's position."""
 

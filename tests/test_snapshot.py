@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tests.helpers import vmcore
 from vmcore.clock import ManualClock
 from vmcore.plugins import DeviceRegistry
-from vmcore.snapshot import Divergence, SnapshotError, check_device, load_device, save_device, savable
+from vmcore.snapshot import Divergence, SnapshotError, check_device, load_device, save_device, savable, state_fields
 from vmcore.stop import STATUS
 
 STATUS_HOST_ERROR = STATUS["host-error"]
@@ -140,8 +140,8 @@ def test_a_device_without_a_state_or_with_a_value_of_no_known_kind_cannot_be_sav
 def _forgetting(cls: type, field: str, holder: Any = None) -> type:
     """``cls`` with a State that leaves ``field`` out (of ``holder``'s State when given: a part's)."""
     target = holder if holder is not None else cls
-    kept = {f.name: attrs.field() for f in attrs.fields(target.State) if f.name != field}
-    state = attrs.define(type("State", (), {"__annotations__": {name: "int" for name in kept}, **kept}))
+    kept = [name for name in state_fields(target.State) if name != field]
+    state = type("State", (), {"__annotations__": {name: "int" for name in kept}})
     if holder is None:
         return type(cls.__name__, (cls,), {"State": state})
     return state
@@ -268,3 +268,18 @@ def test_kvm_says_it_cannot_restore_a_vcpu_yet(tmp_path: Path) -> None:
     # Where /dev/kvm opens, KVM's accelerator says it cannot; elsewhere it is not there at all.
     assert ("vmcore: host-error: kvm: cannot restore a vCPU from a snapshot yet (the software CPU can: --accel tcg)"
             in run.stderr) or "KVM" in run.stderr, run.stderr
+
+
+def test_a_plain_state_class_declares_its_annotated_names_bases_first() -> None:
+    from typing import ClassVar
+
+    class Base:
+        version = 3
+        a: int
+        b: "list[int]"
+
+    class State(Base):
+        limit: ClassVar[int] = 4  # a class constant, not state
+        c: bytes
+
+    assert state_fields(State) == ["a", "b", "c"]

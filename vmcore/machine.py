@@ -15,7 +15,7 @@ import stat
 import traceback
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import attrs
 
@@ -34,10 +34,10 @@ from .pci import PciBus
 from .plugins import DeviceRegistry, DeviceTypeError
 from .profile import DeviceSpec, Profile, ProfileError, Where
 from .stop import StopReason
-from .snapshot import (SnapshotError, check_state, load_device, load_memory, read_snapshot, save_device,
-                       write_snapshot)
-from .timeline import Timeline
 from .wiring import IrqLines, build_device, claim_regions, controller_of, cpu_interrupts, irq_route
+
+if TYPE_CHECKING:
+    from .timeline import Timeline
 
 log = logging.getLogger("vmcore.machine")
 
@@ -233,6 +233,8 @@ class Machine:
         """Save the machine into ``path`` between runs (after a run stopped, or from the paused
         monitor): the vCPU, every device's state (vmcore.snapshot), guest memory (pages that are
         not all zero, compressed), the IRQ lines and machine time. Returns the file's size."""
+        from .snapshot import SnapshotError, save_device, write_snapshot  # here: a run needs none of it
+
         if self.accelerator is None:
             raise SnapshotError("the machine has not run: there is no vCPU to save")
         header = {
@@ -251,6 +253,8 @@ class Machine:
         the saved state; the next run goes on from there. A snapshot that does not fit (another
         profile's devices or memory, a changed image, a corrupt file) is a SnapshotError, raised
         before anything of the machine changed."""
+        from .snapshot import SnapshotError, check_state, load_device, load_memory, read_snapshot
+
         if self._started:
             raise SnapshotError("the machine has run already: restore into a machine just built")
         blocks = self.memory.blocks()

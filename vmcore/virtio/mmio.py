@@ -100,8 +100,6 @@ class VirtioMmioDevice(Device):
     device_id: ClassVar[int]
     queue_sizes: ClassVar[tuple[int, ...]]
     features: ClassVar[int] = 0
-
-    @attrs.define
     class State:
         """What a snapshot keeps of the transport (vmcore.snapshot): its registers and each queue.
         A device type with state of its own subclasses this class, adding its fields."""

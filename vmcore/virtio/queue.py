@@ -40,8 +40,6 @@ from itertools import accumulate, repeat
 from itertools import chain as chain_from
 from typing import Any, Iterator, NamedTuple
 
-import attrs
-
 from ..memory import GuestMemory, GuestMemoryError
 
 #: Descriptor flags (virtio 1.x, 2.7.5).
@@ -330,8 +328,6 @@ class Virtqueue:
     :meth:`push` gives one back as used, :meth:`wants_interrupt` says whether the driver
     asked to be told.
     """
-
-    @attrs.define
     class State:
         """What a snapshot keeps of a queue (vmcore.snapshot): its configuration and ring positions
         (chains a device holds popped are its own to keep)."""
