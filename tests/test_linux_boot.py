@@ -139,6 +139,22 @@ def linux_files() -> Path:
     return Path(done.stdout.strip())
 
 
+def test_linux_saved_in_the_middle_of_its_boot_goes_on_from_the_snapshot(tmp_path: Path) -> None:
+    """Saved after 20,000 exits (the kernel setting up its APICs and timer), restored into a new
+    process: the kernel boots on to its init, runs the command and powers off."""
+    linux_files()
+    settings = ["--set", "loader.cmdline=console=ttyS0 vmcore.run=cmd:uname,-r"]
+    snap = tmp_path / "linux.snap"
+    saved = vmcore("run", str(LINUX), "--accel", "tcg", *settings, "--snapshot", str(snap),
+                   "--snapshot-after", "20000", timeout=240)
+    assert saved.status == 0 and "vmcore: saved the machine after" in saved.stderr, saved.stderr[-2000:]
+    assert b"vmcore-linux: init" not in saved.stdout
+    restored = vmcore("run", str(LINUX), "--accel", "tcg", *settings, "--restore", str(snap), timeout=240)
+    out = restored.stdout.decode(errors="replace")
+    assert "vmcore-linux: init" in out and "vmcore-linux: status 0" in out, restored.stderr[-2000:]
+    assert restored.status == 0
+
+
 @pytest.mark.parametrize("apics", [True, False], ids=["lapic", "no-apic"])
 def test_debians_kernel_boots_to_its_init_and_runs_a_command_on_the_software_cpu(apics: bool) -> None:
     """With the lapic and ioapic models (found through the loader's MP table: symmetric I/O mode,

@@ -97,8 +97,8 @@ class Machine:
         self._tracer: Callable[[Transaction], None] | None = None
         self._irq_tracer: Callable[[IrqEvent], None] | None = None
         self.timeline: Timeline | None = None  # see set_timeline
-        #: A snapshot's vCPU and machine time, for the next run (see restore_snapshot).
-        self._restored: tuple[dict[str, Any], int] | None = None
+        #: A snapshot to go on from in the next run (see restore_snapshot): its header and memory.
+        self._restored: tuple[dict[str, Any], bytes] | None = None
         #: The last transactions, for fault reports (see keep_history).
         self.history: collections.deque[Transaction] | None = None
         pio.device_errors = mmio.device_errors = profile.device_errors
@@ -253,7 +253,7 @@ class Machine:
         the saved state; the next run goes on from there. A snapshot that does not fit (another
         profile's devices or memory, a changed image, a corrupt file) is a SnapshotError, raised
         before anything of the machine changed."""
-        from .snapshot import SnapshotError, check_state, load_device, load_memory, read_snapshot
+        from .snapshot import SnapshotError, check_memory, check_state, load_device, read_snapshot
 
         if self._started:
             raise SnapshotError("the machine has run already: restore into a machine just built")
@@ -265,12 +265,12 @@ class Machine:
             raise SnapshotError(f"{path}: its devices are not this machine's ({', '.join(sorted(types))})")
         for name, device in self.devices.items():
             check_state(device, saved[name])  # every one before any is loaded: a refusal changes nothing
-        load_memory(header, data, {block.name: (block.view, block.readonly) for block in blocks})
+        check_memory(header, {block.name: (block.view, block.readonly) for block in blocks})
         for name, device in self.devices.items():
             load_device(device, saved[name])
         for number, level in header["irq"].items():
             self.irq_lines.line(int(number)).level = bool(level)
-        self._restored = (header["cpu"], int(header["time_ns"]))
+        self._restored = (header, data)  # memory and the vCPU when the run sets the vCPU up
 
     def set_timeline(self, timeline: Timeline | None) -> None:
         """Record the next runs on ``timeline`` (vmcore.timeline: a Perfetto trace): the vCPU's
@@ -340,7 +340,13 @@ class Machine:
         try:
             self.accelerator.setup(self.memory, state)
             if self._restored is not None:
-                self.accelerator.restore_cpu(self._restored[0])
+                # Memory only now: setting the vCPU up reads the tables the loader wrote, which
+                # the guest's memory may have put other things in since.
+                from .snapshot import load_memory
+
+                header, data = self._restored
+                load_memory(header, data, {block.name: (block.view, block.readonly) for block in self.memory.blocks()})
+                self.accelerator.restore_cpu(header["cpu"])
         except CpuModelError as exc:
             return StopReason.of("config-error", f"{self.accelerator.name}: {exc}")
         except (AcceleratorUnavailable, OSError) as exc:
@@ -349,7 +355,7 @@ class Machine:
         # t=0 is the guest's first instruction: timers armed while building and starting
         # (8-70 ms) count from here, so none fires before the guest could set up its PIC.
         # A restored machine goes on from the time it was saved at.
-        self.clock.start(self._restored[1] if self._restored is not None else 0)
+        self.clock.start(int(self._restored[0]["time_ns"]) if self._restored is not None else 0)
         self._restored = None
         undo = self._trace_deliveries(cpu)
         timeline = self.timeline

@@ -432,9 +432,9 @@ def read_snapshot(path: str | Path, limit: int) -> tuple[dict[str, Any], bytes]:
     return header, body[start + length:]
 
 
-def load_memory(header: dict[str, Any], data: bytes, blocks: dict[str, tuple[memoryview, bool]]) -> None:
-    """Fill the machine's memory blocks from a snapshot (checked against them first: names, sizes,
-    read-only images)."""
+def check_memory(header: dict[str, Any], blocks: dict[str, tuple[memoryview, bool]]) -> None:
+    """Raise SnapshotError where the snapshot's memory is not the machine's (names, sizes,
+    read-only images), changing nothing."""
     saved = {entry["name"]: entry for entry in header["memory"]}
     if set(saved) != set(blocks):
         raise SnapshotError(f"the snapshot's memory is {sorted(saved)}, this machine's {sorted(blocks)}")
@@ -446,6 +446,12 @@ def load_memory(header: dict[str, Any], data: bytes, blocks: dict[str, tuple[mem
         if readonly:
             if hashlib.sha256(view).hexdigest() != entry["sha256"]:
                 raise SnapshotError(f"memory {name}: its image is not the one the snapshot was made with")
+
+
+def load_memory(header: dict[str, Any], data: bytes, blocks: dict[str, tuple[memoryview, bool]]) -> None:
+    """Fill the machine's memory blocks from a snapshot (checked against them first)."""
+    check_memory(header, blocks)
+    saved = {entry["name"]: entry for entry in header["memory"]}
     for name, (view, readonly) in blocks.items():
         if readonly:
             continue
