@@ -131,6 +131,49 @@ def test_step_runs_one_instruction_of_a_paused_guest(accel: str, tmp_path: Path)
     assert run.returncode == 0
 
 
+def _monitored(profile: Path, accel: str, path: Path, *extra: str) -> subprocess.Popen:  # type: ignore[type-arg]
+    return subprocess.Popen([sys.executable, "-m", "vmcore", "run", str(profile), "--accel", accel,
+                             "--monitor-socket", str(path), *extra], cwd=REPO, env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_a_snapshot_from_the_monitor_goes_on_where_it_was_taken(accel: str, tmp_path: Path) -> None:
+    """The step loop (inc bx; inc cx; jmp) keeps bx - cx at 0 or 1: saved from the paused monitor
+    with counts set high and restored in a new process, it goes on from those counts."""
+    profile, snap = profile_for(STEP_LOOP, tmp_path), tmp_path / "loop.snap"
+    run = _monitored(profile, accel, tmp_path / "a.sock")
+    try:
+        monitor = Client(tmp_path / "a.sock")
+        assert "pause the machine first" in monitor.raw(b'{"execute": "snapshot", "arguments": {"path": "x"}}')["error"]
+        monitor("pause")
+        # Counts no run from 0 reaches in a test's time: the restored guest must start from them.
+        monitor("set-registers", registers={"rbx": 1 << 40, "rcx": 1 << 40})
+        answer = monitor.raw(json.dumps({"execute": "snapshot", "arguments": {"path": str(snap)}}).encode())
+        monitor("quit")
+        run.communicate(timeout=20)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    if accel == "kvm":
+        assert "cannot save its vCPU in a snapshot yet" in answer["error"]
+        return
+    assert answer["return"]["bytes"] == snap.stat().st_size > 0  # type: ignore[index]
+    again = _monitored(profile, accel, tmp_path / "b.sock", "--restore", str(snap))
+    try:
+        monitor = Client(tmp_path / "b.sock")
+        monitor("pause")
+        regs = monitor("registers")
+        monitor("quit")
+        again.communicate(timeout=20)
+    finally:
+        if again.poll() is None:
+            again.kill()
+            again.communicate()
+    assert regs["rbx"] >> 16 == regs["rcx"] >> 16 == (1 << 24)  # type: ignore[index,operator]  # 16-bit counters
+    assert (regs["rbx"] - regs["rcx"]) & 0xFFFF in (0, 1)  # type: ignore[index,operator]
+
+
 def test_the_time_limit_stops_while_the_machine_is_paused(tmp_path: Path) -> None:
     path = tmp_path / "monitor.sock"
     run = subprocess.Popen([sys.executable, "-m", "vmcore", "run", str(profile_for(SPIN, tmp_path)), "--accel", "tcg",

@@ -23,6 +23,8 @@ per line, ``{"execute": COMMAND, "arguments": {...}}``, and gets one line back,
   ``value``): an access through the bus, as the guest would make it, device side effects
   included;
 - ``irq`` (``line``, ``level``): drive an IRQ line;
+- ``snapshot`` (``path``; paused only): save the machine there (vmcore.snapshot), as
+  ``vmcore run --snapshot`` does; ``vmcore run --restore PATH`` goes on from it;
 - ``quit``: end the run (stop kind ``exit``, status 0).
 
 Every command runs on the machine's thread (posted to its clock, or taken by the paused
@@ -203,6 +205,13 @@ class Monitor:
             if not 0 <= line < 256:
                 raise MonitorError(f"line must be 0..255, got {line}")
             return self._on_machine(lambda: machine.irq_lines.line(line).set_level(level) or {})
+        if command == "snapshot":
+            if not self.paused.is_set():
+                raise MonitorError("pause the machine first: a snapshot is taken of a paused guest")
+            path = arguments.get("path")
+            if not isinstance(path, str) or not path:
+                raise MonitorError('path must be a file name, as in {"path": "machine.snap"}')
+            return self._on_machine(lambda: {"bytes": machine.save_snapshot(path)})
         if command == "quit":
 
             def quit_() -> None:
@@ -375,13 +384,17 @@ class Commands:
     def irq(self, line: int, level: bool) -> None:
         self._do("irq", line=line, level=level)
 
+    def snapshot(self, path: str) -> dict[str, int]:
+        """Save the paused machine to ``path`` (``vmcore run --restore PATH`` goes on from it)."""
+        return self._do("snapshot", path=path)  # type: ignore[no-any-return]
+
     def quit(self) -> None:
         self._do("quit")
 
     def __repr__(self) -> str:
         return ("vm: status() pause() resume() step() registers() set_registers(rax=...) read_memory(address, length) "
                 "write_memory(address, data) devices() device(name) read(space, address, size) "
-                "write(space, address, size, value) irq(line, level) quit()")
+                "write(space, address, size, value) irq(line, level) snapshot(path) quit()")
 
 
 def start_console(monitor: Monitor) -> threading.Thread:
