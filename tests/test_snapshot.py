@@ -283,3 +283,21 @@ def test_a_plain_state_class_declares_its_annotated_names_bases_first() -> None:
         c: bytes
 
     assert state_fields(State) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("when", ["1ms", "4ms"])
+def test_a_snapshot_at_a_machine_time_goes_on_with_the_guests_timer(when: str, tmp_path: Path) -> None:
+    """rm-timer counts ten PIT ticks, halting between them: saved at a machine time (the pause waits
+    out a hlt for its interrupt) and restored, its timer goes on and the count ends at ten."""
+    snap = tmp_path / "t.snap"
+    saved = vmcore("run", "rm-timer", "--accel", "tcg", "--snapshot", str(snap), "--snapshot-after", when)
+    assert saved.status == 0 and "vmcore: saved the machine after" in saved.stderr, saved.stderr[-2000:]
+    restored = vmcore("run", "rm-timer", "--accel", "tcg", "--restore", str(snap))
+    assert saved.stdout + restored.stdout == b"rm ticks: 10\n"
+    assert restored.status == 39  # its debug-exit, as a whole run's
+
+
+@pytest.mark.parametrize("point", ["0s", "-1ms", "soon", "0"])
+def test_a_snapshot_point_that_is_no_count_or_time_is_refused(point: str, tmp_path: Path) -> None:
+    run = vmcore("run", "hello", "--snapshot", str(tmp_path / "x.snap"), "--snapshot-after", point)
+    assert run.status == 2 and "--snapshot-after" in run.stderr

@@ -49,6 +49,31 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+_TIME_UNITS = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+
+
+def _pause_limit(point: tuple[str, int] | None) -> dict[str, int]:
+    """RunLimits' pause_after or pause_at for a --snapshot-after point (none without one)."""
+    if point is None:
+        return {}
+    kind, value = point
+    return {"pause_after": value} if kind == "exits" else {"pause_at": value}
+
+
+def _snapshot_point(text: str) -> tuple[str, int]:
+    """``--snapshot-after``: ("exits", N) for a count, ("time", ns) for a time with its unit."""
+    for unit in ("ms", "us", "ns", "s"):
+        if text.endswith(unit) and text[:-len(unit)].strip():
+            try:
+                value = float(text[:-len(unit)])
+            except ValueError:
+                break
+            if not (math.isfinite(value) and value > 0):
+                break
+            return "time", max(1, round(value * _TIME_UNITS[unit]))
+    return "exits", _positive_count(text)
+
+
 def _positive_count(text: str) -> int:
     # The run loop stops when the count *equals* the limit: 0 or less would never stop it.
     try:
@@ -90,8 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--snapshot", metavar="FILE",
                      help="save the machine to FILE where the run stops at --snapshot-after (vCPU, devices, "
                           "memory, time); --restore goes on from there")
-    run.add_argument("--snapshot-after", type=_positive_count, metavar="EXITS",
-                     help="the point --snapshot saves at: after this many exits")
+    run.add_argument("--snapshot-after", type=_snapshot_point, metavar="EXITS|TIME",
+                     help="the point --snapshot saves at: after this many exits, or at this much machine "
+                          "time (with a unit: 2s, 300ms, 50us)")
     run.add_argument("--restore", metavar="FILE", help="go on from a snapshot of a machine of this profile")
     run.add_argument("--monitor", action="store_true",
                      help="a Python REPL on the terminal into the running machine: vm.pause(), vm.registers(), ... "
@@ -246,7 +272,8 @@ def _run(args: argparse.Namespace) -> int:
         if problem:
             print(f"vmcore: --snapshot {args.snapshot}: {problem}", file=sys.stderr)
             return STATUS["config-error"]
-        if args.max_exits is not None and args.max_exits <= args.snapshot_after:
+        point, where = args.snapshot_after
+        if point == "exits" and args.max_exits is not None and args.max_exits <= where:
             print("vmcore: --max-exits ends the run before --snapshot-after", file=sys.stderr)
             return STATUS["config-error"]
     machine = _build(args.profile, args.overrides)
@@ -313,7 +340,7 @@ def _run(args: argparse.Namespace) -> int:
                 start_console(monitor)
         try:
             stop = machine.run(args.accel, RunLimits(timeout=args.timeout, max_exits=args.max_exits,
-                                                     stuck_after=args.stuck_after, pause_after=args.snapshot_after))
+                                                     stuck_after=args.stuck_after, **_pause_limit(args.snapshot_after)))
         finally:
             if server is not None:
                 server.close()

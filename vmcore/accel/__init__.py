@@ -54,6 +54,9 @@ class RunLimits:
     #: was served and none is under way: the software CPU at the next block start, KVM at the
     #: exit itself. A snapshot is saved there; max_exits stops at once, dropping what follows.
     pause_after: int | None = attrs.field(default=None, validator=_positive)
+    #: As pause_after, at this machine time (ns) instead: the first such point after it (a guest
+    #: in hlt is let wait for its interrupt first, so a restore never cuts a hlt short).
+    pause_at: int | None = attrs.field(default=None, validator=_positive)
 
 
 #: The vCPU for a report: registers, segments, the guest-physical address of the code at

@@ -263,6 +263,14 @@ class RunCore:
         self.cpu.abort(exc)
         return False
 
+    def _pause_now(self) -> None:
+        """RunLimits.pause_at came (a timer, on the machine's thread): stop where the CPU next can."""
+        if self.ending[0] is None:
+            self.ending[0] = StopReason.of("paused", f"paused at {self.limits.pause_at} ns of machine time or "
+                                           "just after")
+            self.attention[0] = True
+            self.cpu.kick()
+
     def _at_limit(self) -> None:
         """The access just made was the last one allowed: the run stops, with the registers of now.
         Or the pause point was reached: the run stops where the CPU next can, every access served."""
@@ -285,9 +293,12 @@ class RunCore:
             enter = cpu.timeline.wrap_enter(enter)
             self.wait_for_interrupt = cpu.timeline.wrap_wait(self.wait_for_interrupt)  # type: ignore[method-assign]
         sigint = self._catch_sigint()
+        pause = None
         try:
             self._start_waking()
             self._arm_timeout()
+            if self.limits.pause_at is not None and self.clock is not None:
+                pause = self.clock.call_at(self.limits.pause_at, self._pause_now)
             return self._counted(self._loop(enter))
         except CpuStop as stop:
             self.drain()  # what the guest queued before it failed reaches its devices
@@ -300,6 +311,8 @@ class RunCore:
             self.drain()
             raise
         finally:
+            if pause is not None:
+                pause.cancel()
             if sigint is not None:
                 signal.signal(signal.SIGINT, sigint)
             if self._timer is not None:
