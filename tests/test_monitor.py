@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -38,6 +40,21 @@ class Client:
         answer = self.raw(json.dumps({"execute": command, "arguments": arguments}).encode())
         assert "return" in answer, answer
         return answer["return"]
+
+
+@contextlib.contextmanager
+def _monitored(profile: Path, accel: str, path: Path, *extra: str) -> Iterator[tuple[subprocess.Popen, Client]]:  # type: ignore[type-arg]
+    """A ``vmcore run`` of ``profile`` with its monitor socket at ``path``, and a client of it; the
+    run is killed if it outlives the block."""
+    run = subprocess.Popen([sys.executable, "-m", "vmcore", "run", str(profile), "--accel", accel,
+                            "--monitor-socket", str(path), *extra], cwd=REPO, env=child_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield run, Client(path)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
 
 
 def test_pause_inspect_change_and_quit_a_running_guest(accel: str, tmp_path: Path) -> None:
@@ -94,12 +111,7 @@ _NEXT = {0: 1, 1: 2, 2: 0}
 
 
 def test_step_runs_one_instruction_of_a_paused_guest(accel: str, tmp_path: Path) -> None:
-    path = tmp_path / "monitor.sock"
-    run = subprocess.Popen([sys.executable, "-m", "vmcore", "run", str(profile_for(STEP_LOOP, tmp_path)),
-                            "--accel", accel, "--monitor-socket", str(path)], cwd=REPO, env=child_env(),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        monitor = Client(path)
+    with _monitored(profile_for(STEP_LOOP, tmp_path), accel, tmp_path / "monitor.sock") as (run, monitor):
         refused = monitor.raw(b'{"execute": "step"}')
         assert "pause the machine first" in refused["error"]
         monitor("pause")
@@ -124,26 +136,14 @@ def test_step_runs_one_instruction_of_a_paused_guest(accel: str, tmp_path: Path)
         assert monitor("registers")["rbx"] > steps[-1]["rbx"] + 100  # type: ignore[index,operator]  # ran on
         monitor("quit")
         run.communicate(timeout=20)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
     assert run.returncode == 0
-
-
-def _monitored(profile: Path, accel: str, path: Path, *extra: str) -> subprocess.Popen:  # type: ignore[type-arg]
-    return subprocess.Popen([sys.executable, "-m", "vmcore", "run", str(profile), "--accel", accel,
-                             "--monitor-socket", str(path), *extra], cwd=REPO, env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_a_snapshot_from_the_monitor_goes_on_where_it_was_taken(accel: str, tmp_path: Path) -> None:
     """The step loop (inc bx; inc cx; jmp) keeps bx - cx at 0 or 1: saved from the paused monitor
     with counts set high and restored in a new process, it goes on from those counts."""
     profile, snap = profile_for(STEP_LOOP, tmp_path), tmp_path / "loop.snap"
-    run = _monitored(profile, accel, tmp_path / "a.sock")
-    try:
-        monitor = Client(tmp_path / "a.sock")
+    with _monitored(profile, accel, tmp_path / "a.sock") as (run, monitor):
         assert "pause the machine first" in monitor.raw(b'{"execute": "snapshot", "arguments": {"path": "x"}}')["error"]
         monitor("pause")
         # Counts no run from 0 reaches in a test's time: the restored guest must start from them.
@@ -151,25 +151,15 @@ def test_a_snapshot_from_the_monitor_goes_on_where_it_was_taken(accel: str, tmp_
         answer = monitor.raw(json.dumps({"execute": "snapshot", "arguments": {"path": str(snap)}}).encode())
         monitor("quit")
         run.communicate(timeout=20)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
     if accel == "kvm":
         assert "cannot save its vCPU in a snapshot yet" in answer["error"]
         return
     assert answer["return"]["bytes"] == snap.stat().st_size > 0  # type: ignore[index]
-    again = _monitored(profile, accel, tmp_path / "b.sock", "--restore", str(snap))
-    try:
-        monitor = Client(tmp_path / "b.sock")
+    with _monitored(profile, accel, tmp_path / "b.sock", "--restore", str(snap)) as (again, monitor):
         monitor("pause")
         regs = monitor("registers")
         monitor("quit")
         again.communicate(timeout=20)
-    finally:
-        if again.poll() is None:
-            again.kill()
-            again.communicate()
     assert regs["rbx"] >> 16 == regs["rcx"] >> 16 == (1 << 24)  # type: ignore[index,operator]  # 16-bit counters
     assert (regs["rbx"] - regs["rcx"]) & 0xFFFF in (0, 1)  # type: ignore[index,operator]
 
