@@ -301,3 +301,32 @@ def test_a_snapshot_at_a_machine_time_goes_on_with_the_guests_timer(when: str, t
 def test_a_snapshot_point_that_is_no_count_or_time_is_refused(point: str, tmp_path: Path) -> None:
     run = vmcore("run", "hello", "--snapshot", str(tmp_path / "x.snap"), "--snapshot-after", point)
     assert run.status == 2 and "--snapshot-after" in run.stderr
+
+
+def test_a_snapshot_made_to_look_whole_cannot_inflate_memory_past_its_size(tmp_path: Path) -> None:
+    """A file whose checksum matches but whose page run inflates to far more than it says (a
+    'zip bomb'), or whose run lies outside its block: refused in one line, memory never grown."""
+    import hashlib
+    import zlib
+
+    from vmcore.snapshot import _LENGTH, FORMAT, MAGIC, read_snapshot
+
+    snap = tmp_path / "m.snap"
+    assert vmcore("run", "mode-switch", "--accel", "tcg", "--snapshot", str(snap), "--snapshot-after", "3").status == 0
+    header, _data = read_snapshot(snap, limit=1 << 30)
+    bomb = zlib.compress(bytes(256 << 20), 9)  # 256 MiB of zeros in a few hundred KB
+    (ram,) = [entry for entry in header["memory"] if entry["name"] == "ram"]
+
+    def restore_with(run: list[int]) -> Any:
+        ram["runs"] = [run]
+        text = json.dumps(header).encode()
+        whole = MAGIC + _LENGTH.pack(len(text)) + text + bomb
+        path = tmp_path / "made.snap"
+        path.write_bytes(whole + hashlib.sha256(whole).digest())  # a checksum that matches
+        return vmcore("run", "mode-switch", "--accel", "tcg", "--restore", str(path))
+
+    assert header["format"] == FORMAT
+    run = restore_with([0, 1, 0, len(bomb)])  # says one page
+    assert run.status == 2 and "the run of pages at 0x0 is not 4096 bytes" in run.stderr, run.stderr
+    run = restore_with([16, 1, 0, len(bomb)])  # page 16 of a 16-page block
+    assert run.status == 2 and "a run of pages at 0x10000 does not fit" in run.stderr, run.stderr

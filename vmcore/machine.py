@@ -261,15 +261,23 @@ class Machine:
         header, data = read_snapshot(path, limit=2 * sum(block.size for block in blocks) + (64 << 20))
         types = {name: getattr(device, "type_name", type(device).__name__) for name, device in self.devices.items()}
         saved = header.get("devices")
-        if not isinstance(saved, dict) or {name: state.get("type") for name, state in saved.items()} != types:
+        if not isinstance(saved, dict) or {name: state.get("type") if isinstance(state, dict) else None
+                                           for name, state in saved.items()} != types:
             raise SnapshotError(f"{path}: its devices are not this machine's ({', '.join(sorted(types))})")
         for name, device in self.devices.items():
             check_state(device, saved[name])  # every one before any is loaded: a refusal changes nothing
-        check_memory(header, {block.name: (block.view, block.readonly) for block in blocks})
+        check_memory(header, {block.name: (block.view, block.readonly) for block in blocks}, len(data))
+        try:
+            levels = {int(number): bool(level) for number, level in header["irq"].items()}
+            int(header["time_ns"])
+            if not isinstance(header["cpu"], dict):
+                raise TypeError("the vCPU is not an object")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SnapshotError(f"{path}: its header is not a snapshot's ({type(exc).__name__}: {exc})") from None
         for name, device in self.devices.items():
             load_device(device, saved[name])
-        for number, level in header["irq"].items():
-            self.irq_lines.line(int(number)).level = bool(level)
+        for number, level in levels.items():
+            self.irq_lines.line(number).level = level
         self._restored = (header, data)  # memory and the vCPU when the run sets the vCPU up
 
     def set_timeline(self, timeline: Timeline | None) -> None:
@@ -343,11 +351,17 @@ class Machine:
             if self._restored is not None:
                 # Memory only now: setting the vCPU up reads the tables the loader wrote, which
                 # the guest's memory may have put other things in since.
-                from .snapshot import load_memory
+                from .snapshot import SnapshotError, load_memory
 
                 header, data = self._restored
-                load_memory(header, data, {block.name: (block.view, block.readonly) for block in self.memory.blocks()})
-                self.accelerator.restore_cpu(header["cpu"])
+                try:
+                    load_memory(header, data, {block.name: (block.view, block.readonly)
+                                               for block in self.memory.blocks()})
+                    self.accelerator.restore_cpu(header["cpu"])
+                except (SnapshotError, KeyError, TypeError, ValueError) as exc:
+                    # Checked as far as it can be before (the file whole, its fit): what is left is
+                    # a file made to look whole. The run refuses to start.
+                    return StopReason.of("config-error", f"the snapshot cannot be restored: {exc}")
         except CpuModelError as exc:
             return StopReason.of("config-error", f"{self.accelerator.name}: {exc}")
         except (AcceleratorUnavailable, OSError) as exc:

@@ -432,34 +432,52 @@ def read_snapshot(path: str | Path, limit: int) -> tuple[dict[str, Any], bytes]:
     return header, body[start + length:]
 
 
-def check_memory(header: dict[str, Any], blocks: dict[str, tuple[memoryview, bool]]) -> None:
+def check_memory(header: dict[str, Any], blocks: dict[str, tuple[memoryview, bool]], data_size: int) -> None:
     """Raise SnapshotError where the snapshot's memory is not the machine's (names, sizes,
-    read-only images), changing nothing."""
-    saved = {entry["name"]: entry for entry in header["memory"]}
-    if set(saved) != set(blocks):
-        raise SnapshotError(f"the snapshot's memory is {sorted(saved)}, this machine's {sorted(blocks)}")
-    for name, (view, readonly) in blocks.items():
-        entry = saved[name]
-        if entry["size"] != len(view) or entry["readonly"] != readonly:
-            raise SnapshotError(f"memory {name}: {entry['size']} bytes{' read-only' if entry['readonly'] else ''} "
-                                f"in the snapshot, {len(view)}{' read-only' if readonly else ''} here")
-        if readonly:
-            if hashlib.sha256(view).hexdigest() != entry["sha256"]:
-                raise SnapshotError(f"memory {name}: its image is not the one the snapshot was made with")
+    read-only images) or its runs of pages do not fit their block and the data, changing nothing."""
+    try:
+        saved = {entry["name"]: entry for entry in header["memory"]}
+        if set(saved) != set(blocks):
+            raise SnapshotError(f"the snapshot's memory is {sorted(saved)}, this machine's {sorted(blocks)}")
+        for name, (view, readonly) in blocks.items():
+            entry = saved[name]
+            if entry["size"] != len(view) or entry["readonly"] != readonly:
+                raise SnapshotError(f"memory {name}: {entry['size']} bytes{' read-only' if entry['readonly'] else ''} "
+                                    f"in the snapshot, {len(view)}{' read-only' if readonly else ''} here")
+            if readonly:
+                if hashlib.sha256(view).hexdigest() != entry["sha256"]:
+                    raise SnapshotError(f"memory {name}: its image is not the one the snapshot was made with")
+                continue
+            for start, count, offset, length in entry["runs"]:
+                at, size = start * PAGE, _run_size(count)
+                if not (start >= 0 and size > 0 and at + size <= len(view) and offset >= 0 and length > 0
+                        and offset + length <= data_size):
+                    raise SnapshotError(f"memory {name}: a run of pages at {at:#x} does not fit")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"its memory is not described as a snapshot's is ({type(exc).__name__}: {exc})") from None
+
+
+def _run_size(count: int) -> int:
+    """Bytes a run of ``count`` pages holds (negative: a block's last, partial, page of -count bytes)."""
+    return -count if count < 0 else count * PAGE
 
 
 def load_memory(header: dict[str, Any], data: bytes, blocks: dict[str, tuple[memoryview, bool]]) -> None:
-    """Fill the machine's memory blocks from a snapshot (checked against them first)."""
-    check_memory(header, blocks)
+    """Fill the machine's memory blocks from a snapshot (checked against them first). A run that
+    does not inflate to exactly its size is a SnapshotError; none inflates further than that."""
+    check_memory(header, blocks, len(data))
     saved = {entry["name"]: entry for entry in header["memory"]}
     for name, (view, readonly) in blocks.items():
         if readonly:
             continue
         view[:] = bytes(len(view))
         for start, count, offset, length in saved[name]["runs"]:
-            chunk = zlib.decompress(data[offset:offset + length])
-            at = start * PAGE
-            expected = -count if count < 0 else count * PAGE
-            if len(chunk) != expected or at + len(chunk) > len(view):
-                raise SnapshotError(f"memory {name}: a run of pages at {at:#x} does not fit")
-            view[at:at + len(chunk)] = chunk
+            at, size = start * PAGE, _run_size(count)
+            inflate = zlib.decompressobj()
+            try:
+                chunk = inflate.decompress(data[offset:offset + length], size)
+            except zlib.error:
+                chunk = b""
+            if len(chunk) != size or not inflate.eof or inflate.unconsumed_tail:
+                raise SnapshotError(f"memory {name}: the run of pages at {at:#x} is not {size} bytes")
+            view[at:at + size] = chunk
