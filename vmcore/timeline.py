@@ -83,7 +83,6 @@ class Timeline:
         self.cpu = self.track("vCPU 0")
         self._devices = self.track("devices")
         self._irqs = self.track("IRQ lines")
-        self._cpu_open = False
 
     # --- tracks and packets ----------------------------------------------------------------
 
@@ -142,10 +141,7 @@ class Timeline:
         self._packet(_bytes(_TRACK_EVENT, body), self.now() if at is None else at)
 
     def close(self) -> None:
-        """End an open vCPU slice and write what is buffered (the file stays open: the caller's)."""
-        if self._cpu_open:
-            self.event(self.cpu, SLICE_END)
-            self._cpu_open = False
+        """Write what is buffered (the file stays open: the caller's)."""
         with self._lock:
             self._flush()
         self._out.flush()
@@ -158,12 +154,10 @@ class Timeline:
 
         def entered() -> int:
             event(cpu, SLICE_BEGIN, "guest")
-            self._cpu_open = True
             try:
                 return enter()
             finally:
                 event(cpu, SLICE_END)
-                self._cpu_open = False
 
         return entered
 

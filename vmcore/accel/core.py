@@ -263,21 +263,23 @@ class RunCore:
         self.cpu.abort(exc)
         return False
 
-    def _pause_now(self) -> None:
-        """RunLimits.pause_at came (a timer, on the machine's thread): stop where the CPU next can."""
+    def _pause(self, message: str) -> None:
+        """A pause point (RunLimits.pause_after or pause_at): the run stops where the CPU next can,
+        every access served: the software CPU comes back at its next block; KVM is between exits."""
         if self.ending[0] is None:
-            self.ending[0] = StopReason.of("paused", f"paused at {self.limits.pause_at} ns of machine time or "
-                                           "just after")
+            self.ending[0] = StopReason.of("paused", message)
             self.attention[0] = True
             self.cpu.kick()
 
+    def _pause_now(self) -> None:
+        """RunLimits.pause_at came (a timer, on the machine's thread)."""
+        self._pause(f"paused at {self.limits.pause_at} ns of machine time or just after")
+
     def _at_limit(self) -> None:
         """The access just made was the last one allowed: the run stops, with the registers of now.
-        Or the pause point was reached: the run stops where the CPU next can, every access served."""
+        Or the pause point was reached (see _pause)."""
         if self.pause_after is not None and self.exits[0] == self.pause_after:
-            self.ending[0] = StopReason.of("paused", f"paused after {self.pause_after} exits or a few more")
-            self.attention[0] = True
-            self.cpu.kick()  # the software CPU comes back at its next block; KVM is between exits already
+            self._pause(f"paused after {self.pause_after} exits or a few more")
             return
         self.ending[0] = self.cpu.stop_reason("max-exits", f"reached the limit of {self.max_exits} exits")
         self.attention[0] = True

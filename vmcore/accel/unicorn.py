@@ -898,9 +898,6 @@ class UnicornAccelerator(Accelerator):
         interrupt shadow, NMI blocking) with every segment's hidden part (base, limit, attributes:
         unreal mode, a selector whose descriptor changed since), which only vmcore's engine shows."""
         block = self._engine_block()
-        if block is None:
-            raise AcceleratorUnavailable("this unicorn build does not show its segment caches: snapshots "
-                                         "need vmcore's engine (scripts/build-engine)")
         regs = self.regs
         registers = {name: regs.reg_read(_reg(name)) for name in (*_GPRS, "cr0", "cr2", "cr3", "cr4")}
         registers["rip"] = self._ip() if self._pc is None else self._pc
@@ -921,9 +918,6 @@ class UnicornAccelerator(Accelerator):
     def restore_cpu(self, saved: dict[str, Any]) -> None:
         """Give the vCPU (set up, not yet run) a state :meth:`save_cpu` saved."""
         block = self._engine_block()
-        if block is None:
-            raise AcceleratorUnavailable("this unicorn build does not show its segment caches: snapshots "
-                                         "need vmcore's engine (scripts/build-engine)")
         engine = saved["engine"]
         if engine["name"] != engine_name():
             raise AcceleratorUnavailable(f"the snapshot's software CPU was {engine['name']}, this one is "
@@ -959,11 +953,12 @@ class UnicornAccelerator(Accelerator):
         if self._intercepts is not None:
             self._intercepts.follow_state()
 
-    def _engine_block(self) -> int | None:
+    def _engine_block(self) -> int:
         """The address of hflags, hflags2 and the segment caches (ES..GS, LDT, TR, GDT, IDT) in the
-        engine's x86 state, which lie together (QEMU's CPUX86State), or None where unknown."""
+        engine's x86 state, which lie together (QEMU's CPUX86State); only vmcore's engine shows it."""
         if self._segment_caches is None:
-            return None
+            raise AcceleratorUnavailable("this unicorn build does not show its segment caches: snapshots "
+                                         "need vmcore's engine (scripts/build-engine)")
         return self._segment_caches - 8
 
     def set_registers(self, values: dict[str, int]) -> None:
