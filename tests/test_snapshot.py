@@ -330,3 +330,12 @@ def test_a_snapshot_made_to_look_whole_cannot_inflate_memory_past_its_size(tmp_p
     assert run.status == 2 and "the run of pages at 0x0 is not 4096 bytes" in run.stderr, run.stderr
     run = restore_with([16, 1, 0, len(bomb)])  # page 16 of a 16-page block
     assert run.status == 2 and "a run of pages at 0x10000 does not fit" in run.stderr, run.stderr
+
+
+def test_a_snapshot_file_larger_than_the_machine_could_need_is_not_read(tmp_path: Path) -> None:
+    from vmcore.snapshot import read_snapshot
+
+    big = tmp_path / "big.snap"
+    big.write_bytes(b"VMCORESN" + bytes(100_000))
+    with pytest.raises(SnapshotError, match="100008 bytes, more than a snapshot of this machine can be"):
+        read_snapshot(big, limit=50_000)
