@@ -150,29 +150,23 @@ class Timeline:
 
     def wrap_enter(self, enter: Callable[[], int]) -> Callable[[], int]:
         """The run core's ``enter`` with a ``guest`` slice around each call."""
-        cpu, event = self.cpu, self.event
-
-        def entered() -> int:
-            event(cpu, SLICE_BEGIN, "guest")
-            try:
-                return enter()
-            finally:
-                event(cpu, SLICE_END)
-
-        return entered
+        return self._sliced("guest", enter)
 
     def wrap_wait(self, wait: Callable[[], bool]) -> Callable[[], bool]:
         """The run core's ``hlt`` wait with a ``halted`` slice around it."""
+        return self._sliced("halted", wait)
+
+    def _sliced(self, name: str, call: Callable[[], Any]) -> Callable[[], Any]:
         cpu, event = self.cpu, self.event
 
-        def waited() -> bool:
-            event(cpu, SLICE_BEGIN, "halted")
+        def sliced() -> Any:
+            event(cpu, SLICE_BEGIN, name)
             try:
-                return wait()
+                return call()
             finally:
                 event(cpu, SLICE_END)
 
-        return waited
+        return sliced
 
     def transaction(self, txn: Any) -> None:
         """A bus transaction (vmcore.bus.Transaction), on its device's track."""
