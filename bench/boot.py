@@ -9,9 +9,14 @@ read-only, the boot sector's read, debug-exit) and counts the exits, and one und
 cProfile that splits the time between the accelerator's engine, a halted guest's
 waiting, the device models and vmcore's core (see time_split). Where QEMU is
 installed, the same firmware and disk image booted by `qemu-system-x86_64 -M pc`
-on the same accelerator is the reference (ratio = vmcore / QEMU).
+on the same accelerator is the reference (ratio = vmcore / QEMU), built as the profile builds
+it: with a debug console on port 0x402 (isa-debugcon, to a null chardev), where SeaBIOS writes
+its debug log (about 2,300 bytes, an `outb` each) once the port answers its probe. Without that
+console SeaBIOS finds nothing at 0x402 and writes no log: the software CPU's boots are also
+compared that way, the profile's debuglog device removed (`--set devices.debuglog=null`) and
+QEMU without the console.
 
-    python3 bench/boot.py [--repeat N] [--out bench/results/boot.txt]
+    python3 bench/boot.py [--repeat N] [--tcg-only] [--out bench/results/boot.txt]
 
 The guest (guest/bootsector.S) waits for the BIOS's next timer tick (18.2 Hz) before it
 exits, in both VMMs alike: each run's time includes up to 55 ms of that wait.
@@ -55,11 +60,15 @@ def bytecode_env() -> dict[str, str]:
     return env
 
 
-def vmcore_run(accel: str) -> tuple[float, int]:
+#: The profile's debug-log device removed, for the boots without SeaBIOS's debug log.
+NO_DEBUGLOG = ("--set", "devices.debuglog=null")
+
+
+def vmcore_run(accel: str, extra: tuple[str, ...] = ()) -> tuple[float, int]:
     start = time.monotonic()
     try:
         done = subprocess.run([sys.executable, "-m", "vmcore", "run", str(PROFILE), "--accel", accel,
-                               "--timeout", "20"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               "--timeout", "20", *extra], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, cwd=ROOT, timeout=60, env=bytecode_env())
     except subprocess.TimeoutExpired:
         return time.monotonic() - start, -9  # hung past its own time limit
@@ -67,10 +76,9 @@ def vmcore_run(accel: str) -> tuple[float, int]:
 
 
 #: What any `vmcore run` must import before it does anything of its own: the libraries its design
-#: rests on (attrs classes, YAML profiles, pluggy entry points, unicorn, ctypes), and the scan for
-#: device plugins.
-FLOOR = ("import argparse, ctypes, logging, attrs, yaml, pluggy, unicorn, importlib.metadata; "
-         "importlib.metadata.entry_points(group='vmcore')")
+#: rests on (attrs classes, YAML profiles, pluggy, unicorn, ctypes). (The scan for device plugins
+#: is vmcore's own, vmcore.plugins.entry_points: a few ms.)
+FLOOR = "import argparse, ctypes, logging, attrs, yaml, pluggy, unicorn"
 
 
 def floor_run() -> float:
@@ -95,7 +103,7 @@ def warm_boots(accel: str, count: int) -> list[float]:
     return times[1:]
 
 
-def qemu_run(accel: str, folder: Path) -> tuple[float, int] | None:
+def qemu_run(accel: str, folder: Path, debugcon: bool = True) -> tuple[float, int] | None:
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
         return None
@@ -108,6 +116,8 @@ def qemu_run(accel: str, folder: Path) -> tuple[float, int] | None:
                "-device", "isa-debug-exit,iobase=0x501,iosize=1",
                "-fw_cfg", f"name=etc/sercon-port,file={folder / 'sercon'}",
                "-fw_cfg", f"name=etc/show-boot-menu,file={folder / 'menu'}"]
+    if debugcon:  # the profile's debuglog device (vmcore sends it to stderr, here sent nowhere)
+        command += ["-chardev", "null,id=debuglog", "-device", "isa-debugcon,iobase=0x402,chardev=debuglog"]
     start = time.monotonic()
     done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.monotonic() - start, done.returncode
@@ -197,11 +207,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "boot.txt"))
+    parser.add_argument("--tcg-only", action="store_true", help="leave KVM out (its boots take seconds here)")
     args = parser.parse_args()
     if not FIRMWARE.is_file():
         print(f"{FIRMWARE} is absent: sudo apt-get install seabios", file=sys.stderr)
         return 2
-    accels = ["tcg"] + ([] if kvm_unavailable() else ["kvm"])
+    accels = ["tcg"] + ([] if args.tcg_only or kvm_unavailable() else ["kvm"])
     lines = [f"# bench/boot.py  {datetime.datetime.now():%Y-%m-%d %H:%M:%S}  {platform.node()}  "
              f"python {platform.python_version()}  median of {args.repeat} interleaved rounds  "
              f"engine {engine_name()}"]
@@ -211,6 +222,10 @@ def main() -> int:
     # Each round's vmcore/QEMU ratio of the two runs made back to back: this host's speed swings
     # within seconds, and a ratio of neighbours cancels that where a ratio of medians does not.
     paired: dict[str, list[float]] = {a: [] for a in accels}
+    # The software CPU's boots without the debug log (both VMMs), in the same rounds.
+    quiet: list[tuple[float, int]] = []
+    quiet_qemu: list[float] = []
+    quiet_paired: list[float] = []
     with tempfile.TemporaryDirectory() as folder:
         for accel in accels:  # not measured: bytecode written, files in the page cache
             vmcore_run(accel)
@@ -224,6 +239,12 @@ def main() -> int:
                     qemu_times[accel].append(reference[0])
                     if times[accel][-1][1] == 85:
                         paired[accel].append(times[accel][-1][0] / reference[0])
+            quiet.append(vmcore_run("tcg", NO_DEBUGLOG))
+            reference = qemu_run("tcg", Path(folder), debugcon=False)
+            if reference is not None and reference[1] == 85:
+                quiet_qemu.append(reference[0])
+                if quiet[-1][1] == 85:
+                    quiet_paired.append(quiet[-1][0] / reference[0])
     for accel in accels:
         runs = times[accel]
         ok = [t for t, status in runs if status == 85]
@@ -241,11 +262,23 @@ def main() -> int:
             lines.append(f"  each round's vmcore/QEMU (runs back to back): median {statistics.median(ratios):.2f}x, "
                          f"from {ratios[0]:.2f}x to {ratios[-1]:.2f}x; {sum(r <= 2 for r in ratios)} of "
                          f"{len(ratios)} rounds at or under 2x")
+        if accel == "tcg" and quiet_qemu:
+            ok_quiet = [t for t, status in quiet if status == 85]
+            ratios = sorted(quiet_paired)
+            line = (f"  without SeaBIOS's debug log (vmcore {' '.join(NO_DEBUGLOG)}, QEMU without isa-debugcon): "
+                    f"{len(ok_quiet)}/{len(quiet)} boots reached status 85")
+            if ok_quiet:
+                line += (f"; median {statistics.median(ok_quiet):.3f} s; QEMU median {statistics.median(quiet_qemu):.3f} s; "
+                         f"vmcore/QEMU {statistics.median(ok_quiet) / statistics.median(quiet_qemu):.2f}x")
+            lines.append(line)
+            if ratios:
+                lines.append(f"    each round's ratio: median {statistics.median(ratios):.2f}x, from {ratios[0]:.2f}x "
+                             f"to {ratios[-1]:.2f}x; {sum(r <= 2 for r in ratios)} of {len(ratios)} rounds at or under 2x")
         if accel == "tcg" and qemu_times[accel]:
             q = statistics.median(qemu_times[accel])
             floor = statistics.median(floors)
             own = f"; above it, vmcore's own {statistics.median(ok) - floor:.3f} s" if ok else ""
-            lines.append(f"  python floor (only vmcore's imports and the plugin scan, {len(floors)} runs): median "
+            lines.append(f"  python floor (only the libraries vmcore imports, {len(floors)} runs): median "
                          f"{floor:.3f} s = {floor / q:.2f}x QEMU's whole boot{own}")
             warm = warm_boots(accel, args.repeat)
             if warm:

@@ -1,6 +1,7 @@
 """vmcore.device (properties: conversion, validation, introspection) and vmcore.plugins (the registry)."""
 
 import enum
+import sys
 import types
 from typing import Literal, Optional
 
@@ -310,21 +311,25 @@ def vmcore_device_types():
 @pytest.fixture
 def entry_points(tmp_path, monkeypatch):
     """Install plugin modules (name -> type names they provide) behind entry points of those
-    names, in place of the installed ones; returns a function that does it."""
-    import importlib.metadata
+    names, each in a distribution of its own (a .dist-info folder first on sys.path), in place of
+    the installed ones; returns a function that does it."""
     import sys
 
+    import vmcore.plugins
+
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(vmcore.plugins, "ENTRY_POINT_GROUP", "vmcore-test-lazy")
 
     def install(plugins: dict[str, list[str]]) -> None:
-        eps = []
         for ep_name, types_ in plugins.items():
             module = f"lazy_plugin_{ep_name.replace('-', '_')}"
             (tmp_path / f"{module}.py").write_text(f"TYPES = {types_!r}\n" + _PLUGIN_SOURCE)
             monkeypatch.delitem(sys.modules, module, raising=False)
-            eps.append(importlib.metadata.EntryPoint(ep_name, module, "vmcore"))
-        monkeypatch.setattr(importlib.metadata, "entry_points",
-                            lambda group=None: [ep for ep in eps if ep.group == group])
+            info = tmp_path / f"{module}-1.0.dist-info"
+            info.mkdir()
+            (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+            (info / "entry_points.txt").write_text(f"[console_scripts]\n{ep_name} = nowhere:main\n\n"
+                                                   f"[vmcore-test-lazy]\n{ep_name} = {module}\n")
 
     return install
 
@@ -366,6 +371,67 @@ def test_an_entry_point_that_does_not_provide_its_name_leaves_the_name_unknown(e
     with pytest.raises(DeviceTypeError, match="unknown device type 't-one'; known types: something-else"):
         registry.get("t-one")
     assert "t-one" not in registry and "something-else" in registry
+
+
+@pytest.mark.parametrize("group", ["vmcore", "pytest11", "console_scripts"])
+def test_the_entry_point_scan_finds_what_importlib_metadata_finds(group):
+    import importlib.metadata
+
+    from vmcore.plugins import entry_points as scan
+
+    standard = [(ep.name, ep.value) for ep in importlib.metadata.entry_points(group=group)]
+    assert standard  # each group has installed entry points here (vmcore's own, pytest's plugins, pip's scripts)
+    assert [(ep.name, ep.value) for ep in scan(group)] == standard
+
+
+def _distribution(folder, name, entries, suffix="dist-info"):
+    info = folder / f"{name}-1.0.{suffix}"
+    info.mkdir(parents=True)
+    (info / "entry_points.txt").write_text("# a comment\n[vmcore-test-scan]\n"
+                                           + "".join(f"{k} = {v}\n" for k, v in entries.items()))
+
+
+def test_the_first_copy_of_a_distribution_on_sys_path_hides_the_later_ones(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    from vmcore.plugins import entry_points as scan
+
+    _distribution(tmp_path / "early", "Acme.Widgets", {"w": "early_module:make"})
+    _distribution(tmp_path / "late", "acme_widgets", {"w": "late_module", "extra": "late_module"})
+    _distribution(tmp_path / "late", "other", {"o": "other_module:a.b [extra]"}, suffix="egg-info")
+    monkeypatch.syspath_prepend(str(tmp_path / "late"))
+    monkeypatch.syspath_prepend(str(tmp_path / "early"))
+    found = [(ep.name, ep.value) for ep in scan("vmcore-test-scan")]
+    assert found == [("w", "early_module:make"), ("o", "other_module:a.b [extra]")]
+    assert found == [(ep.name, ep.value) for ep in importlib.metadata.entry_points(group="vmcore-test-scan")]
+
+
+def test_a_zip_on_sys_path_is_read_through_importlib_metadata(tmp_path, monkeypatch):
+    import zipfile
+
+    from vmcore.plugins import entry_points as scan
+
+    archive = tmp_path / "plugins.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("zipped-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: zipped\nVersion: 1.0\n")
+        zf.writestr("zipped-1.0.dist-info/entry_points.txt", "[vmcore-test-scan]\nz = zipped_module\n")
+        zf.writestr("zipped_module.py", "VALUE = 42\n")
+    monkeypatch.syspath_prepend(str(archive))
+    (ep,) = scan("vmcore-test-scan")
+    assert (ep.name, ep.value) == ("z", "zipped_module")
+    monkeypatch.delitem(sys.modules, "zipped_module", raising=False)
+    assert ep.load().VALUE == 42
+
+
+def test_an_entry_point_loads_the_attribute_it_names(tmp_path, monkeypatch):
+    from vmcore.plugins import EntryPoint
+
+    (tmp_path / "ep_target.py").write_text("class Outer:\n    class Inner:\n        pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "ep_target", raising=False)
+    inner = EntryPoint("x", "ep_target : Outer.Inner [extra]").load()
+    assert inner.__qualname__ == "Outer.Inner"
+    assert EntryPoint("x", "ep_target").load() is sys.modules["ep_target"]
 
 
 def test_device_class_without_config_is_rejected():

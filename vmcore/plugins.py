@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import os
+import re
+import sys
 from typing import Any, Iterable
 
 import attrs
@@ -16,6 +19,89 @@ ENTRY_POINT_GROUP = "vmcore"
 
 class DeviceTypeError(Exception):
     """A device type that is unknown, or a plugin that provides a broken one."""
+
+
+class EntryPoint:
+    """An installed entry point: ``name = module:attribute`` in its distribution's entry_points.txt."""
+
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str, value: str) -> None:
+        self.name, self.value = name, value
+
+    def load(self) -> Any:
+        """Import the module and return the attribute it names (the module itself when none is)."""
+        from importlib import import_module
+
+        module, _, attribute = self.value.partition(":")
+        target = import_module(module.strip())
+        for part in filter(None, attribute.split("[")[0].strip().split(".")):
+            target = getattr(target, part)
+        return target
+
+    def __repr__(self) -> str:
+        return f"EntryPoint({self.name!r}, {self.value!r})"
+
+
+_SEPARATORS = re.compile(r"[-_.]+")
+
+
+def entry_points(group: str) -> list[EntryPoint]:
+    """The entry points of ``group`` of every installed distribution, as ``importlib.metadata``
+    finds them: ``sys.path`` in order, a distribution's first copy only (by normalized name).
+
+    Reads the entry_points.txt files itself: importing ``importlib.metadata`` (with ``email``
+    for metadata headers vmcore never reads) and its scan cost about a tenth of a firmware
+    boot's ``vmcore run`` (bench/boot.py). Where the standard library would also look
+    elsewhere (a zip on ``sys.path``, an import hook that provides distributions), it asks
+    ``importlib.metadata`` instead.
+    """
+    from importlib.machinery import PathFinder
+
+    paths = [entry or "." for entry in sys.path if isinstance(entry, str)]
+    if any(getattr(finder, "find_distributions", None) is not None and finder is not PathFinder
+           for finder in sys.meta_path) or any(os.path.isfile(path) for path in paths):
+        from importlib.metadata import entry_points as standard
+
+        return [EntryPoint(ep.name, ep.value) for ep in standard(group=group)]
+    found: list[EntryPoint] = []
+    seen: set[str] = set()
+    for path in paths:
+        try:
+            names = os.listdir(path)
+        except OSError:  # missing, not a folder, unreadable: nothing installed there
+            continue
+        # As importlib.metadata's lookup: every .dist-info first, then every .egg-info.
+        infos = [n for n in names if n.lower().endswith(".dist-info")]
+        eggs = [n for n in names if n.lower().endswith(".egg-info")]
+        for name in infos + eggs:
+            distribution = _SEPARATORS.sub("_", name.rpartition(".")[0].partition("-")[0]).lower()
+            if distribution in seen:
+                continue
+            seen.add(distribution)
+            try:
+                with open(os.path.join(path, name, "entry_points.txt"), encoding="utf-8") as file:
+                    text = file.read()
+            except (OSError, UnicodeDecodeError):  # none (most have none), or an .egg-info file
+                continue
+            found.extend(_group_entries(text, group))
+    return found
+
+
+def _group_entries(text: str, group: str) -> list[EntryPoint]:
+    """The ``name = value`` lines of section ``[group]`` of an entry_points.txt."""
+    entries: list[EntryPoint] = []
+    section = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section == group and "=" in line:
+            name, _, value = line.partition("=")
+            entries.append(EntryPoint(name.strip(), value.strip()))
+    return entries
 
 
 def make_plugin_manager(load_entry_points: bool = True, plugins: Iterable[Any] = ()) -> pluggy.PluginManager:
@@ -65,11 +151,11 @@ class DeviceRegistry:
     """
 
     def __init__(self, types: dict[str, DeviceType], pm: pluggy.PluginManager | None = None,
-                 pending: dict[str, Any] | None = None) -> None:
+                 pending: dict[str, EntryPoint] | None = None) -> None:
         self._types = types
         self._pm = pm
-        #: Entry points not imported yet, by name (importlib.metadata EntryPoint objects).
-        self._pending: dict[str, Any] = pending if pending is not None else {}
+        #: Entry points not imported yet, by name.
+        self._pending: dict[str, EntryPoint] = pending if pending is not None else {}
 
     @classmethod
     def from_plugins(cls, pm: pluggy.PluginManager) -> "DeviceRegistry":
@@ -82,11 +168,9 @@ class DeviceRegistry:
     @classmethod
     def default(cls, plugins: Iterable[Any] = ()) -> "DeviceRegistry":
         """Every installed plugin (entry points, imported as needed) plus ``plugins`` (now)."""
-        from importlib.metadata import entry_points
-
         pm = make_plugin_manager(load_entry_points=False, plugins=plugins)
-        pending: dict[str, Any] = {}
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        pending: dict[str, EntryPoint] = {}
+        for ep in entry_points(ENTRY_POINT_GROUP):
             # As pluggy's own loading does: a name taken (by a plugin given here, or an earlier
             # distribution's entry point) is not loaded again, nor a blocked one.
             if ep.name not in pending and pm.get_plugin(ep.name) is None and not pm.is_blocked(ep.name):
