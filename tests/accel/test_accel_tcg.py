@@ -9,7 +9,8 @@ tests/test_diff.py runs the same guests on KVM and compares.
   (DI, CX) happen and the ROM bytes do not change.
 - Addresses with no slot are MMIO (unicorn maps the gaps between slots as MMIO windows):
   reads give all ones.
-- Real-mode IVT delivery of ``int n`` and of exceptions is done by vmcore, not unicorn.
+- Real-mode IVT delivery of exceptions is done by vmcore, not unicorn (and of ``int n`` too
+  on a stock unicorn; vmcore's engine build delivers those itself).
 - The run stops on time (timer thread), on an exit count, and on a device that raises.
 
 This module is also a vmcore plugin (:func:`vmcore_device_types`): the child process

@@ -279,3 +279,33 @@ def test_the_engine_takes_hardware_interrupts_itself() -> None:
         IdtDelivery.deliver = original  # type: ignore[method-assign]
     assert (stop.kind, output) == ("exit", b"rm ticks: 10\n"), stop.message
     assert external == []
+
+
+@needs_engine_build
+def test_the_engine_delivers_real_mode_software_interrupts_itself() -> None:
+    """0010-native-real-mode-ints: ``int 21h`` in real mode goes through the IVT in the engine
+    (QEMU's do_interrupt_real); the #DE after it, an exception, still reaches vmcore's IDT
+    delivery (vmcore.accel.idt), which serves both on a stock engine."""
+    from vmcore.accel import RunLimits
+    from vmcore.accel.idt import IdtDelivery
+    from vmcore.machine import Machine
+    from vmcore.profile import Profile
+
+    delivered = []
+    original = IdtDelivery.deliver
+
+    def deliver(self, vector, **kwargs):  # type: ignore[no-untyped-def]
+        delivered.append((vector, kwargs.get("software", False)))
+        return original(self, vector, **kwargs)
+
+    IdtDelivery.deliver = deliver  # type: ignore[method-assign]
+    try:
+        profile = Profile.load(REPO / "machines" / "int-ivt.yaml", ("devices.console.backend=memory",))
+        with Machine.build(profile) as machine:
+            stop = machine.run("tcg", RunLimits(timeout=20))
+            output = bytes(machine.devices["console"].output)
+    finally:
+        IdtDelivery.deliver = original  # type: ignore[method-assign]
+    assert (stop.kind, output) == ("halted", b"int21\nde\nivt ok\n"), stop.message
+    assert delivered == [(0, False)]  # the #DE only
+

@@ -68,6 +68,37 @@ def test_smsw_into_a_32_bit_register_stores_all_of_cr0(tmp_path: Path) -> None:
     assert console(result)[0] & 0x40  # CR0.CD, bit 30
 
 
+def test_a_real_mode_int_clears_if_and_ac_and_an_intercept_after_it_resumes_in_place(tmp_path: Path) -> None:
+    """SDM, INT n in real-address mode: FLAGS, CS and IP pushed, then IF, TF and AC cleared. A
+    CR0 write after the handler's iret is intercepted and must go on from the next instruction:
+    vmcore's engine delivers the int itself (0010-native-real-mode-ints), and the engine's
+    "last exception was an int" flag, left set, once sent such an intercept back to the int's
+    return address (here: 'R' twice; SeaBIOS ran its int 10h return again and crashed)."""
+    handler = bytes([0xB0, 0x49, 0xE6, 0xF1,  # mov al, 'I'; out
+                     0x66, 0x9C, 0x66, 0x58,  # pushfd; pop eax
+                     0x66, 0x89, 0xC3,        # mov ebx, eax
+                     0x66, 0xC1, 0xE8, 0x09, 0x24, 0x01, 0x04, 0x30, 0xE6, 0xF1,  # IF now: '0'
+                     0x66, 0x89, 0xD8,        # mov eax, ebx
+                     0x66, 0xC1, 0xE8, 0x12, 0x24, 0x01, 0x04, 0x30, 0xE6, 0xF1,  # AC now: '0'
+                     0x89, 0xE5,              # mov bp, sp
+                     0x8B, 0x46, 0x04,        # mov ax, [bp + 4]: the FLAGS image
+                     0xC1, 0xE8, 0x09, 0x24, 0x01, 0x04, 0x30, 0xE6, 0xF1,  # IF in the image: '1'
+                     0xCF])                   # iret
+    code = bytes([0xFB,                       # sti
+                  0x66, 0x9C, 0x66, 0x58,     # pushfd; pop eax
+                  0x66, 0x0D, 0x00, 0x00, 0x04, 0x00,  # or eax, AC
+                  0x66, 0x50, 0x66, 0x9D,     # push eax; popfd
+                  0xCD, 0x21,                 # int 0x21 -> 0000:0040
+                  0xB0, 0x52, 0xE6, 0xF1,     # mov al, 'R'; out: back from the handler
+                  0x0F, 0x20, 0xC0,           # mov eax, cr0
+                  0x0F, 0x22, 0xC0,           # mov cr0, eax: intercepted
+                  0xB0, 0x45, 0xE6, 0xF1,     # mov al, 'E'; out
+                  0xF4])                      # hlt
+    result = run_tcg(TinyGuest("int_flags", code=SETUP + code,
+                               data={**IVT, 0x40: handler, 0x184: struct.pack("<HH", 0x40, 0)}), tmp_path)
+    assert (result["kind"], console(result)) == ("halted", b"I001RE"), result["message"]
+
+
 def test_real_mode_iret_leaves_rf_clear_after_the_next_instruction(tmp_path: Path) -> None:
     target = 0x26
     code = SETUP + bytes([

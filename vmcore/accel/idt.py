@@ -49,7 +49,7 @@ ERROR_CODE_VECTORS = frozenset((DF, TS, NP, SS, GP, PF, AC))
 FAULT_VECTORS = frozenset((DE, BR, UD, NM, TS, NP, SS, GP, PF, MF, AC, XM, 20))
 CONTRIBUTORY = frozenset((DE, TS, NP, SS, GP))
 
-_FLAG_TF, _FLAG_IF, _FLAG_NT, _FLAG_RF, _FLAG_VM = 1 << 8, 1 << 9, 1 << 14, 1 << 16, 1 << 17
+_FLAG_TF, _FLAG_IF, _FLAG_NT, _FLAG_RF, _FLAG_VM, _FLAG_AC = 1 << 8, 1 << 9, 1 << 14, 1 << 16, 1 << 17, 1 << 18
 _GATE_INTERRUPT, _GATE_TRAP, _GATE_TASK = 0xE, 0xF, 0x5
 _MSR_EFER, _EFER_LMA = 0xC0000080, 1 << 10
 _PF_WRITE = 1 << 1
@@ -135,12 +135,14 @@ class IdtDelivery:
         offset, segment = struct.unpack("<HH", self.memory.read(base + vector * 4, 4))
         sp = regs.reg_read(X.UC_X86_REG_SP)
         ss_base = regs.reg_read(X.UC_X86_REG_SS) << 4
-        flags = regs.reg_read(X.UC_X86_REG_FLAGS)
-        frame = struct.pack("<HHH", regs.reg_read(X.UC_X86_REG_EIP) & 0xFFFF, regs.reg_read(X.UC_X86_REG_CS), flags)
+        flags = regs.reg_read(X.UC_X86_REG_EFLAGS)
+        frame = struct.pack("<HHH", regs.reg_read(X.UC_X86_REG_EIP) & 0xFFFF, regs.reg_read(X.UC_X86_REG_CS),
+                            flags & 0xFFFF)
         sp = (sp - 6) & 0xFFFF
         self._push_real(ss_base + sp, frame)
         regs.reg_write(X.UC_X86_REG_SP, sp)
-        regs.reg_write(X.UC_X86_REG_FLAGS, flags & ~(_FLAG_IF | _FLAG_TF))
+        # SDM, INT n (real-address mode): IF, TF and AC cleared; RF too, as for any interrupt.
+        regs.reg_write(X.UC_X86_REG_EFLAGS, flags & ~(_FLAG_IF | _FLAG_TF | _FLAG_AC | _FLAG_RF))
         regs.reg_write(X.UC_X86_REG_CS, segment)
         regs.reg_write(X.UC_X86_REG_EIP, offset)  # all of EIP: writing IP keeps bits 31:16
 

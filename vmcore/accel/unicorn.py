@@ -40,7 +40,8 @@ from .idt import IdtDelivery
 from .intercepts import EMULATED, EXCP_VMEXIT, MSR, SCRATCH_SIZE, VINTR, InterceptControls, InterceptHandler, Step
 from .msrs import MsrRules
 from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineFeatures, add_c_block_hook, cpu_layout, engine_fastcalls,
-                             engine_kick, engine_name, hook_bounds_offset, pushf_clears_rf, registers_match)
+                             engine_kick, engine_name, engine_real_mode_ints, hook_bounds_offset, pushf_clears_rf,
+                             registers_match, smsw_operand_size)
 
 try:
     import unicorn as uc_mod
@@ -226,6 +227,9 @@ class UnicornAccelerator(Accelerator):
         # do the same here (vmcore.accel.fastcall), at some 60 us a call.
         self._fastcall = None if engine_fastcalls(uclib, self.uc, amd) else FastCall(
             self.regs, self._deliver, lambda: bool(self._segment("cs")["l"]), amd=amd, set_cpl=set_cpl)
+        # And it delivers real-mode software interrupts itself (a SeaBIOS boot makes about 150, at
+        # some 55 us each through vmcore.accel.idt); a stock unicorn reports them to on_intr.
+        engine_real_mode_ints(uclib, self.uc)
         # CPUID zero-extends into the 64-bit registers (written whole, as in long mode).
         self._cpuid_registers = _registers(_CPUID_REGISTERS_64)
         self._follow_map()
@@ -240,7 +244,8 @@ class UnicornAccelerator(Accelerator):
             # vmcore's engine build stores pushf's image with RF clear: a real-mode iret that
             # loads RF then needs no help (engine/unicorn/patches/0004-pushf-clears-rf.patch).
             self._intercepts = InterceptHandler(controls, _InterceptedCpu(self, hflags), self._cr4_allowed, rules,
-                                                real_mode_iret=not pushf_clears_rf(uclib))
+                                                real_mode_iret=not pushf_clears_rf(uclib),
+                                                smsw_operand_size=smsw_operand_size(uclib))
 
     def _map_changed(self, _removed: list[MemorySlot], _added: list[MemorySlot]) -> None:
         """Follow the guest-physical map: memory slots and, between them, the MMIO windows.

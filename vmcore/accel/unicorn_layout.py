@@ -486,6 +486,25 @@ def pushf_clears_rf(lib: Any) -> bool:
     return getattr(lib, "vmcore_pushf_clears_rf", None) is not None
 
 
+def smsw_operand_size(lib: Any) -> bool:
+    """Whether the engine's ``smsw`` into a 32- or 64-bit register stores CR0's bits at that size
+    in every mode: vmcore's build (``vmcore_smsw_operand_size``); a stock unicorn stores 16 bits
+    outside 64-bit mode."""
+    return getattr(lib, "vmcore_smsw_operand_size", None) is not None
+
+
+def engine_real_mode_ints(lib: Any, uc: Any) -> bool:
+    """Have the engine deliver real-mode software interrupts (``int n``, ``int3``, ``into``) through
+    the IVT itself (vmcore's build, ``vmcore_set_native_ints``); False on a stock unicorn, which
+    reports them to the interrupt hook for vmcore to deliver (vmcore.accel.idt)."""
+    function = getattr(lib, "vmcore_set_native_ints", None)
+    if function is None:
+        return False
+    function.argtypes, function.restype = (ctypes.c_void_p, ctypes.c_int), None
+    function(uc._uch, 1)
+    return True
+
+
 #: vmcore_set_fastcalls's modes: SYSCALL where Intel allows it (64-bit mode only) or AMD.
 FASTCALLS_INTEL, FASTCALLS_AMD = 1, 2
 
