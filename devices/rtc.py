@@ -230,8 +230,9 @@ class Rtc(Device):
         self.line = ctx.irq(config.irq)
         start = parse_start(config.start)
         if start is None:
-            # The one place host time is read: the battery-backed clock's setting at power-on.
-            start = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
+            # The battery-backed clock's setting at power-on: the host's time, from the machine's
+            # clock (a virtual clock gives a fixed one, so its runs repeat).
+            start = ctx.clock.power_on_time()
         now = ctx.clock.now()
         self._epoch = start  # the time at second boundary _epoch_s of machine time
         self._epoch_s = now // NS

@@ -148,6 +148,12 @@ PROFILE_ERRORS: list[Case] = [
     ("kernel-pit-not-a-boolean",
      "irqchip: kernel\nkernel_pit: maybe\n" + RAM_ONLY,
      2, ["kernel_pit", "expected true or false", "'maybe'"]),
+    ("unknown-clock",
+     "clock: wall\n" + RAM_ONLY,
+     1, ["clock", "expected one of host, virtual"]),
+    ("virtual-clock-on-kvm",
+     "accel: kvm\nclock: virtual\n" + RAM_ONLY,
+     2, ["clock", "needs accel: tcg"]),
     # cpu
     ("cpu-is-a-list",
      "cpu: [real, 0x1000]\n" + RAM_ONLY,

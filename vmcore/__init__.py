@@ -20,7 +20,7 @@ _EXPORTS = {
     "Accelerator": "accel", "AcceleratorUnavailable": "accel", "RunLimits": "accel",
     "Bus": "bus", "BusError": "bus", "Direction": "bus", "Doorbell": "bus", "Region": "bus", "Space": "bus",
     "Transaction": "bus",
-    "Clock": "clock", "HostClock": "clock", "ManualClock": "clock", "Timer": "clock",
+    "Clock": "clock", "HostClock": "clock", "ManualClock": "clock", "Timer": "clock", "VirtualClock": "clock",
     "CpuState": "cpu",
     "Device": "device", "DeviceContext": "device", "PropertyError": "device",
     "DmaError": "dma", "DmaSpace": "dma",
@@ -57,7 +57,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .accel import Accelerator, AcceleratorUnavailable, RunLimits
     from .bus import Bus, BusError, Direction, Doorbell, Region, Space, Transaction
-    from .clock import Clock, HostClock, ManualClock, Timer
+    from .clock import Clock, HostClock, ManualClock, Timer, VirtualClock
     from .timeline import Timeline
     from .cpu import CpuState
     from .device import Device, DeviceContext, PropertyError, in_range, prop

@@ -12,6 +12,7 @@ the run starts the guest (:meth:`Clock.start`). A timer armed while building,
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import heapq
 import itertools
 import time
@@ -114,9 +115,19 @@ class Clock:
         if wakeup is not None:
             wakeup()
 
+    #: Whether machine time is made of the guest's instructions (:class:`VirtualClock`): the run
+    #: then ends each slice of guest code at the next timer's instruction, and a ``hlt`` skips
+    #: to that timer, instead of the host's time doing both.
+    virtual = False
+
     def now(self) -> int:
         """Nanoseconds of machine time since the guest's first instruction (0 before it)."""
         raise NotImplementedError
+
+    def power_on_time(self) -> dt.datetime:
+        """The date and time (UTC, naive) a battery-backed clock shows at power-on (an RTC whose
+        ``start`` is "now"): the host's, here; a :class:`VirtualClock`'s own, fixed."""
+        return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
 
     def start(self, at: int = 0) -> None:
         """The guest runs from now on: a clock that follows the host takes t=``at`` here (0, or
@@ -280,3 +291,88 @@ class ManualClock(Clock):
             fired += self.run_due()
         self._now = target
         return fired
+
+
+class VirtualClock(Clock):
+    """Machine time made of the instructions the guest executed, as QEMU's ``-icount``: each is
+    ``ns_per_instruction`` ns, and a device access ``ns_per_device_access`` more, so a run of a
+    profile repeats exactly, timers included.
+
+    The software CPU counts them (:meth:`slice`): it runs the guest in slices that end at the
+    next timer's instruction, reports each slice's count as it ends, and a ``hlt`` with nothing
+    else to do jumps machine time to the next timer (:meth:`skip_to`). Time stands still between
+    slices, so the monitor's pause needs nothing here.
+    """
+
+    virtual = True
+    #: What :meth:`power_on_time` gives: a fixed moment, not the host's.
+    EPOCH = dt.datetime(2026, 1, 1)
+
+    def __init__(self, ns_per_instruction: int = 1, ns_per_device_access: int = 1000) -> None:
+        super().__init__()
+        if ns_per_instruction < 1:
+            raise ValueError("an instruction takes at least 1 ns of virtual time")
+        if ns_per_device_access < 0:
+            raise ValueError("a device access cannot take negative time")
+        self.ns_per_instruction = ns_per_instruction
+        #: What a device access (port or MMIO) costs besides its instruction, as an uncached access
+        #: across a PC's buses does (about 1 us on ISA/LPC): a guest polling a device for a time to
+        #: pass (SeaBIOS reads port 0x61 for the PIT's output; half a million reads at 1 ns each)
+        #: polls as often as on hardware, not a thousand times more.
+        self.ns_per_device_access = ns_per_device_access
+        self._base = 0  # machine time when the running slice began (or now, between slices)
+        self._counted: Callable[[], int] | None = None  # instructions of the running slice so far
+        self._started = False
+        #: Instructions executed in all (the slices' counts added up).
+        self.instructions = 0
+
+    def now(self) -> int:
+        counted = self._counted
+        return self._base if counted is None else self._base + counted() * self.ns_per_instruction
+
+    def start(self, at: int = 0) -> None:
+        if not self._started:
+            self._started = True
+            self._base = at
+
+    def pause(self) -> None:
+        if self.paused_changed is not None:
+            self.paused_changed(True)  # the run's wall-clock limit stops; machine time stands anyway
+
+    def resume(self) -> None:
+        if self.paused_changed is not None:
+            self.paused_changed(False)
+
+    def power_on_time(self) -> dt.datetime:
+        return self.EPOCH
+
+    def budget(self, limit: int) -> int:
+        """Instructions from now to the next timer (at least 1), at most ``limit``."""
+        deadline = self.next_deadline()
+        if deadline is None:
+            return limit
+        step = self.ns_per_instruction
+        return max(1, min(limit, -(-(deadline - self.now()) // step)))
+
+    def slice(self, counted: Callable[[], int]) -> None:
+        """A slice of guest code begins: ``counted()`` says how many of its instructions ran so far."""
+        self._base = self.now()
+        self._counted = counted
+
+    def slice_done(self, executed: int) -> None:
+        """The running slice ended after ``executed`` instructions."""
+        self._counted = None
+        self._base += executed * self.ns_per_instruction
+        self.instructions += executed
+
+    def charge(self, ns: int) -> int:
+        """The running slice takes ``ns`` more than its instructions (a device access); returns
+        the machine time its first instruction now stands for (the slice's count is added to it)."""
+        self._base += ns
+        return self._base
+
+    def skip_to(self, deadline: int) -> None:
+        """Nothing runs until ``deadline`` (a guest in ``hlt``): machine time is there at once."""
+        if self._counted is None and deadline > self._base:
+            self._base = deadline
+

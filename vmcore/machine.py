@@ -22,7 +22,7 @@ import attrs
 from .accel import Accelerator, AcceleratorUnavailable, RunLimits, create
 from .bus import Bus, BusError, Direction, Region, Space, Transaction
 from .chardev import HostFile
-from .clock import Clock, HostClock
+from .clock import Clock, HostClock, VirtualClock
 from .cpu import CpuSetupError, CpuState, start_state, tables_size
 from .cpu_model import CpuModelError
 from .device import PropertyError, resolve_paths
@@ -115,7 +115,7 @@ class Machine:
         memory = GuestMemory()
         pio, mmio = Bus(Space.PIO), Bus(Space.MMIO)
         pci = PciBus(pio, mmio)
-        clock = HostClock()
+        clock: Clock = VirtualClock() if profile.clock == "virtual" else HostClock()
         irq_lines = IrqLines()
         image_sizes: dict[str, int] = {}  # bytes loaded into each slot, for placing the CPU tables
         devices: dict[str, Any] = {}
@@ -321,10 +321,15 @@ class Machine:
         if isinstance(accel, Accelerator):
             self.accelerator = accel
         else:
+            name = accel or self.profile.accel
+            if self.clock.virtual and name == "auto":
+                name = "tcg"  # only the software CPU counts instructions
             try:
-                self.accelerator = create(accel or self.profile.accel, kernel_irqchip, self.profile.kernel_pit)
+                self.accelerator = create(name, kernel_irqchip, self.profile.kernel_pit)
             except AcceleratorUnavailable as exc:
                 return StopReason.of("host-error", str(exc))
+        if self.clock.virtual and (why := self.accelerator.virtual_time_unavailable()) is not None:
+            return StopReason.of("config-error", f"clock: virtual: {why}")
         controller = None if kernel_irqchip else self.controller
         if kernel_irqchip:
             self.irq_lines.route = self.accelerator.set_irq_line
@@ -442,7 +447,10 @@ class Machine:
     def _run(self, limits: RunLimits, controller: Any) -> StopReason:
         assert self.accelerator is not None
         counter = self.accelerator.time_stamp_counter()
-        if counter is not None:
+        if self.clock.virtual:
+            # The software CPU's TSC counts the same instructions, one tick per ns (see VirtualClock).
+            self.tsc.bind(self.clock.now, lambda: 1_000_000_000)
+        elif counter is not None:
             self.tsc.bind(*counter)
         try:
             return self.accelerator.run(self.pio, self.mmio, limits, self.clock, controller)

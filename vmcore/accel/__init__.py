@@ -92,6 +92,11 @@ class Accelerator(abc.ABC):
 
         return RunCore(self, pio, mmio, limits, clock, controller).run()
 
+    def virtual_time_unavailable(self) -> str | None:
+        """Why this accelerator cannot run a machine whose clock is virtual (None: it can). Virtual
+        time is made of the instructions the guest executed, which only a CPU that counts them has."""
+        return f"{self.name} runs the guest at the host's pace; virtual time needs the software CPU (accel: tcg)"
+
     def time_stamp_counter(self) -> tuple[Callable[[], int], Callable[[], int]] | None:
         """The guest's TSC as two functions: its value now (on the vCPU thread, during a run) and
         its rate in Hz (vmcore.tsc binds devices to them). None where the backend cannot tell."""
@@ -130,6 +135,10 @@ class Accelerator(abc.ABC):
     @abc.abstractmethod
     def kick(self) -> None:
         """From any thread: make ``enter`` come back (YIELD) soon, so timers and input are served."""
+
+    def deadline_changed(self, deadline: int) -> None:
+        """A timer was armed before all others, on the machine's thread, while the clock is
+        virtual: the running slice of guest code must end by ``deadline`` (ns of machine time)."""
 
     @abc.abstractmethod
     def end_run(self) -> None:

@@ -438,7 +438,7 @@ class RunCore:
         if clock is not None:
             clock.run_due()
             waker = self._waker
-            if waker is not None:
+            if waker is not None and not clock.virtual:  # virtual time: the CPU's slices end at timers
                 waker.rearm(clock.next_deadline())
         controller = self.controller
         if controller is None:
@@ -457,10 +457,17 @@ class RunCore:
                 return True
             if self.expired:
                 return False
+            if clock is not None and clock.virtual and (deadline := clock.next_deadline()) is not None:
+                clock.skip_to(deadline)  # nothing runs until then: machine time is there at once
+                continue
             remaining = None if self._deadline is None else self._deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            if clock is not None:
+            if clock is not None and clock.virtual:
+                # No timer left: only host input (or the time limit) can wake the guest.
+                self.woken.wait(remaining)
+                self.woken.clear()
+            elif clock is not None:
                 sleep_until(clock.now, clock.next_deadline(), self.woken, remaining)
             else:
                 self.woken.wait(remaining)
@@ -501,10 +508,15 @@ class RunCore:
                 controller.nmi_raised = nmi_raised  # type: ignore[attr-defined]
         if clock is not None:
             waker = self._waker = Waker(self._kick, clock.now)
-            clock.deadline_changed = waker.arm
             clock.wakeup = waker.kick
             clock.paused_changed = self._pause_limit
-            waker.arm(clock.next_deadline())
+            if clock.virtual:
+                # Timers are instructions away, not host time: the CPU's slice ends at the earliest
+                # (a timer armed during a slice shortens it); the waker only passes host input on.
+                clock.deadline_changed = self.cpu.deadline_changed
+            else:
+                clock.deadline_changed = waker.arm
+                waker.arm(clock.next_deadline())
 
     def _stop_waking(self) -> None:
         if self._waker is not None:

@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ..clock import VirtualClock
 from ..irq import InterruptController
 from ..cpu import CpuState, Segment, code_bits, decode_one, translate
 from ..cpu_model import (FEATURES, PASS_THROUGH, CpuidTable, add_features, answer, cpuid_for, features_of,
@@ -39,7 +40,7 @@ from .fastcall import FastCall
 from .idt import IdtDelivery
 from .intercepts import EMULATED, EXCP_VMEXIT, MSR, SCRATCH_SIZE, VINTR, InterceptControls, InterceptHandler, Step
 from .msrs import MsrRules
-from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineFeatures, add_c_block_hook, cpu_layout, engine_fastcalls,
+from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineCounter, EngineFeatures, add_c_block_hook, cpu_layout, engine_fastcalls,
                              engine_kick, engine_name, engine_real_mode_ints, hook_bounds_offset, pushf_clears_rf,
                              registers_match, smsw_operand_size)
 
@@ -158,6 +159,8 @@ class UnicornAccelerator(Accelerator):
         self.regs: Any = None  # register access in every mode (see _WideRegisters)
         self._kicker = _Kicker(None)  # until setup: nothing to stop
         self._vcpu_thread = 0
+        self._counter: EngineCounter | None = None  # the engine's instruction count (vmcore's build)
+        self._virtual: _VirtualTime | None = None  # a run whose clock is virtual (see _VirtualTime)
 
     # --- set-up ---------------------------------------------------------------------
 
@@ -227,6 +230,7 @@ class UnicornAccelerator(Accelerator):
         # do the same here (vmcore.accel.fastcall), at some 60 us a call.
         self._fastcall = None if engine_fastcalls(uclib, self.uc, amd) else FastCall(
             self.regs, self._deliver, lambda: bool(self._segment("cs")["l"]), amd=amd, set_cpl=set_cpl)
+        self._counter = EngineCounter.of(uclib, self.uc)
         # And it delivers real-mode software interrupts itself (a SeaBIOS boot makes about 150, at
         # some 55 us each through vmcore.accel.idt); a stock unicorn reports them to on_intr.
         engine_real_mode_ints(uclib, self.uc)
@@ -355,10 +359,20 @@ class UnicornAccelerator(Accelerator):
         uc = self.uc
         self._core = core
         self._pending = None
+        clock = core.clock
+        if clock is not None and clock.virtual:
+            assert self._counter is not None and isinstance(clock, VirtualClock)  # virtual_time_unavailable
+            if self._virtual is None:
+                self.uc.ctl_flush_tb()  # every block from now on is translated with the counting hook
+            self._virtual = _VirtualTime(clock, self._counter)
+        else:
+            self._virtual = None
         accessors = core.accessors
         # The port hooks are the core's accessors themselves (see _Callbacks): a call more per
         # access costs ~10% here.
         self._mmio[:] = accessors.mmio_read, accessors.mmio_write
+        if self._virtual is not None:
+            self._mmio[:] = self._virtual.charged(accessors.mmio_read), self._virtual.charged(accessors.mmio_write)
         mmio_write = accessors.mmio_write
         diversion = self._diversion
 
@@ -453,8 +467,11 @@ class UnicornAccelerator(Accelerator):
                             uc.hook_add(uc_mod.UC_HOOK_INSN, on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)]
         callbacks = self._callbacks
         assert callbacks is not None
-        self._port_hooks = [callbacks.hook_port(X.UC_X86_INS_IN, accessors.port_in),
-                            callbacks.hook_port(X.UC_X86_INS_OUT, accessors.port_out)]
+        port_in, port_out = accessors.port_in, accessors.port_out
+        if self._virtual is not None:
+            port_in, port_out = self._virtual.charged(port_in), self._virtual.charged(port_out)
+        self._port_hooks = [callbacks.hook_port(X.UC_X86_INS_IN, port_in),
+                            callbacks.hook_port(X.UC_X86_INS_OUT, port_out)]
         if self._intercepts is not None:
             self._intercepts.msrs.devices = core.msrs
             # CR8 is the local APIC's TPR where one is modelled.
@@ -473,6 +490,8 @@ class UnicornAccelerator(Accelerator):
         self._hooks, self._port_hooks = [], []
         self._mmio[:] = _no_mmio_read, _no_mmio_write
         self._core = None
+        if self._virtual is not None:
+            self._virtual.counter.virtual_tsc(0, 0)  # the host's TSC again, for whatever runs next
 
     def _enter(self) -> int:
         """One emu_start: the guest runs until a hlt, a kick or a stop; what ended it, as an exit kind
@@ -565,12 +584,18 @@ class UnicornAccelerator(Accelerator):
         elif self._window:
             self._window = False
             kicker.step_from(pc)  # the guest has IF clear and an interrupt waits: look again after this block
+        virtual = self._virtual
+        limit = count or (0 if kicker.usable else _SLICE)
+        if virtual is not None:
+            limit = virtual.begin(count)
         try:
-            self.regs.emu_start(pc, count or (0 if kicker.usable else _SLICE))
+            self.regs.emu_start(pc, limit)
         except BaseException:
             if self._pending is None:
                 raise
         finally:
+            if virtual is not None:
+                virtual.end()
             if count:
                 kicker.release()  # a kick that waited for the step stops the next run at once
             else:
@@ -645,6 +670,16 @@ class UnicornAccelerator(Accelerator):
     def time_stamp_counter(self) -> tuple[Callable[[], int], Callable[[], int]] | None:
         # Lazily: the scratch engine behind it is made when a device first asks.
         return (lambda: host_tsc().read()), (lambda: host_tsc().hz())
+
+    def virtual_time_unavailable(self) -> str | None:
+        if uc_mod is None or not _engine_counts():
+            return ("this unicorn cannot count instructions as they run: virtual time needs vmcore's engine "
+                    "build (scripts/build-engine)")
+        return None
+
+    def deadline_changed(self, deadline: int) -> None:
+        if self._virtual is not None:
+            self._virtual.deadline_changed(deadline)
 
     def interrupts_enabled(self) -> bool:
         return bool(self.regs.reg_read(X.UC_X86_REG_EFLAGS) & _FLAG_IF)
@@ -1110,6 +1145,76 @@ class _HostTsc:
 @functools.cache
 def host_tsc() -> _HostTsc:
     return _HostTsc()
+
+
+def _engine_counts() -> bool:
+    """Whether the installed engine is vmcore's build with instruction counting (0012-virtual-time)."""
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    return getattr(uclib, "vmcore_insn_count", None) is not None
+
+
+class _VirtualTime:
+    """A run whose clock is virtual (vmcore.clock.VirtualClock): every emu_start is a counted slice.
+
+    A slice runs to the next timer's instruction (at most ``MAX_SLICE``, so the loop looks at its
+    limits now and then), the clock reads the engine's count while it runs, the TSC is the same
+    count (one tick per ns: 1 GHz), and a timer armed during the slice for sooner moves its end.
+    Stops other than the count's end (an access that ends the run, a kick, ``hlt``) are taken
+    where the same instruction is reached in every run; host input is what can differ.
+    """
+
+    #: The most instructions one slice runs without a timer to end it.
+    MAX_SLICE = 10_000_000
+
+    def __init__(self, clock: VirtualClock, counter: EngineCounter) -> None:
+        self.clock, self.counter = clock, counter
+        self._limit = 0  # the running slice's count, 0 between slices
+
+    def begin(self, count: int) -> int:
+        """A slice of ``count`` instructions (0: up to the next timer): the count to run."""
+        clock = self.clock
+        limit = self._limit = count or clock.budget(self.MAX_SLICE)
+        self.counter.virtual_tsc(clock.now(), clock.ns_per_instruction)
+        clock.slice(self._executed)
+        return limit
+
+    def _executed(self) -> int:
+        # The engine counts an instruction before it runs: one past the count is the stop itself.
+        return min(self.counter.count(), self._limit)
+
+    def end(self) -> None:
+        executed = self._executed()
+        self._limit = 0
+        self.clock.slice_done(executed)
+
+    def charged(self, access: Callable[..., Any]) -> Callable[..., Any]:
+        """``access`` (a device accessor), each call first charged the clock's device-access time."""
+        clock = self.clock
+        cost = clock.ns_per_device_access
+        if not cost:
+            return access
+
+        virtual_tsc, per_instruction = self.counter.virtual_tsc, clock.ns_per_instruction
+
+        def charged_access(*args: Any) -> Any:
+            virtual_tsc(clock.charge(cost), per_instruction)  # the TSC counts the access's time too
+            deadline = clock.next_deadline()
+            if deadline is not None and deadline <= clock.now():
+                self.deadline_changed(deadline)  # due now: the slice ends after this instruction
+            return access(*args)
+
+        return charged_access
+
+    def deadline_changed(self, deadline: int) -> None:
+        if not self._limit:
+            return  # between slices: the next one is measured from the queue
+        clock = self.clock
+        done = self._executed()
+        left = max(0, -(-(deadline - clock.now()) // clock.ns_per_instruction))
+        if done + left < self._limit:
+            self._limit = done + left
+            self.counter.set_limit(self._limit)
 
 
 #: Features QEMU 5.0's TCG implements (its TCG_7_0_EBX/ECX feature masks) that unicorn's own

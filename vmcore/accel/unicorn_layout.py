@@ -505,6 +505,38 @@ def engine_real_mode_ints(lib: Any, uc: Any) -> bool:
     return True
 
 
+class EngineCounter:
+    """vmcore's build's instruction counting (0012-virtual-time): how many instructions the running
+    ``emu_start`` with a count has run, moving its end while it runs, and a TSC made of them."""
+
+    def __init__(self, lib: Any, uc: Any) -> None:
+        self._uch = uc._uch
+        self._count = lib.vmcore_insn_count
+        self._count.argtypes, self._count.restype = (ctypes.c_void_p,), ctypes.c_uint64
+        self._limit = lib.vmcore_set_insn_limit
+        self._limit.argtypes, self._limit.restype = (ctypes.c_void_p, ctypes.c_uint64), None
+        self._tsc = lib.vmcore_set_virtual_tsc
+        self._tsc.argtypes, self._tsc.restype = (ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64), None
+
+    @classmethod
+    def of(cls, lib: Any, uc: Any) -> "EngineCounter | None":
+        """The engine's counter, or None on an engine without it (the stock wheel)."""
+        if getattr(lib, "vmcore_insn_count", None) is None:
+            return None
+        return cls(lib, uc)
+
+    def count(self) -> int:
+        """Instructions counted by this emu_start so far (one more than ran, once its count is spent)."""
+        return self._count(self._uch)
+
+    def set_limit(self, count: int) -> None:
+        self._limit(self._uch, count)
+
+    def virtual_tsc(self, base: int, per_instruction: int) -> None:
+        """rdtsc gives ``base + count() * per_instruction`` (0: the host's TSC again)."""
+        self._tsc(self._uch, base, per_instruction)
+
+
 #: vmcore_set_fastcalls's modes: SYSCALL where Intel allows it (64-bit mode only) or AMD.
 FASTCALLS_INTEL, FASTCALLS_AMD = 1, 2
 

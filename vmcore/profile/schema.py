@@ -18,6 +18,8 @@ from .yaml_tree import Mapping, parse_yaml
 IRQCHIPS = ("auto", "userspace", "kernel", "none")
 DEVICE_ERROR_POLICIES = ("stop", "continue")
 ACCELS = ("kvm", "tcg", "auto")
+#: Machine time: the host's (HostClock), or made of the guest's instructions (VirtualClock).
+CLOCKS = ("host", "virtual")
 
 
 @attrs.frozen
@@ -35,6 +37,7 @@ class Profile:
     device_errors: str = "stop"  # stop | continue: what an exception raised by a device does
     kernel_pit: bool = False
     loader: "LoaderSpec | None" = None
+    clock: str = "host"  # host | virtual (vmcore.clock.VirtualClock: runs repeat exactly; the software CPU)
 
     @classmethod
     def load(cls, path: str | Path, overrides: Iterable[str] = ()) -> "Profile":
@@ -59,7 +62,7 @@ class Profile:
 def _validate(tree: Mapping, path: Path | None) -> Profile:
     # "extends" was consumed while loading; listed so a misspelling gets its did-you-mean.
     unknown_keys(tree, ("name", "extends", "accel", "irqchip", "kernel_pit", "device_errors", "cpu", "memory",
-                        "loader", "devices", "limits"), "")
+                        "loader", "devices", "limits", "clock"), "")
     name = scalar_node(tree["name"], "name", "a name").value if "name" in tree else (path.stem if path else "machine")
     if "name" in tree and not name.strip():
         raise ProfileError(tree["name"].where, "name", "must not be empty (leave it out to use the file's name)")
@@ -86,5 +89,9 @@ def _validate(tree: Mapping, path: Path | None) -> Profile:
     loader = validate_loader(section(tree, "loader"), tree.key_where.get("loader"))
     device_errors = (choice(tree["device_errors"], "device_errors", DEVICE_ERROR_POLICIES)
                      if "device_errors" in tree else "stop")
+    clock = choice(tree["clock"], "clock", CLOCKS) if "clock" in tree else "host"
+    if clock == "virtual" and accel == "kvm":
+        raise ProfileError(tree.key_where["clock"], "clock", "virtual time is counted in instructions by the "
+                           "software CPU: it needs accel: tcg (or auto); KVM runs the guest at the host's pace")
     return Profile(name=name, path=path, accel=accel, cpu=cpu, memory=memory, devices=devices, limits=limits,
-                   irqchip=irqchip, kernel_pit=kernel_pit, loader=loader, device_errors=device_errors)
+                   irqchip=irqchip, kernel_pit=kernel_pit, loader=loader, device_errors=device_errors, clock=clock)
