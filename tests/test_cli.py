@@ -255,7 +255,7 @@ def test_no_arguments_shows_usage() -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.startswith("usage: vmcore")
-    assert "{run,diff,check,devices,info,fuzz}" in result.stderr
+    assert "{run,diff,check,replay,export-test,devices,info,fuzz}" in result.stderr
     assert "Traceback" not in result.stderr
 
 

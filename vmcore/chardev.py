@@ -87,23 +87,71 @@ class InputBuffer:
         self._changed = threading.Condition(threading.Lock())
         self._closed = False
         self.ready: Ready | None = None
+        # A recording's gate (see hold): host input waits here until the machine thread commits it.
+        self._pending = bytearray()
+        self._post: Callable[[Callable[[], None]], None] | None = None
+        self._committed: Callable[[bytes], None] | None = None
+        self._silenced = False
 
     def __len__(self) -> int:
         return len(self._data)
 
     def wait_for_room(self) -> int:
         """Block until there is room (reader thread): how many bytes may be read, 0 once closed."""
-        if not self.capacity:  # no receiver: read on, and put() drops it
+        if not self.capacity or self._silenced:  # no receiver: read on, and put() drops it
             return 0 if self._closed else READ_CHUNK
         with self._changed:
-            if len(self._data) >= self.capacity:
-                while not self._closed and len(self._data) > self._low_water:
+            if len(self._data) + len(self._pending) >= self.capacity:
+                while not self._closed and len(self._data) + len(self._pending) > self._low_water:
                     self._changed.wait()
-            return 0 if self._closed else self.capacity - len(self._data)
+            return 0 if self._closed else self.capacity - len(self._data) - len(self._pending)
 
     def put(self, data: bytes) -> None:
         """Append host input (any thread): a reader puts no more than :meth:`wait_for_room` allowed."""
-        if not data or not self.capacity:
+        if not data or not self.capacity or self._silenced:
+            return
+        post = self._post
+        with self._changed:
+            if post is not None:  # a recording's gate: the machine thread commits it (see hold)
+                first = not self._pending
+                self._pending += data
+            else:
+                was_empty = not self._data
+                self._data += data
+        if post is not None:
+            if first:
+                post(self._commit)
+            return
+        ready = self.ready
+        if was_empty and ready is not None:
+            ready()
+
+    def hold(self, post: Callable[[Callable[[], None]], None], committed: Callable[[bytes], None]) -> None:
+        """Gate host input for a recording (vmcore.record): what readers put waits, unseen by the
+        device, until ``post`` (a clock's ``call_soon_threadsafe``) has the machine thread commit
+        it, at a point of the run a replay can name; ``committed`` is told what each commit added."""
+        self._post, self._committed = post, committed
+
+    def _commit(self) -> None:
+        with self._changed:
+            data = bytes(self._pending)
+            self._pending.clear()
+        if data:
+            assert self._committed is not None
+            self._committed(data)
+            self.inject(data)
+
+    def silence(self) -> None:
+        """Receive nothing from the host from now on (a replay gives the device its input instead):
+        readers read on, and what they read is dropped."""
+        self._silenced = True
+        with self._changed:
+            self._pending.clear()
+            self._changed.notify_all()
+
+    def inject(self, data: bytes) -> None:
+        """Input from the machine thread itself (a commit, a replay): visible to the device at once."""
+        if not data:
             return
         with self._changed:
             was_empty = not self._data

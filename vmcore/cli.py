@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, NoReturn, Sequence
+from typing import IO, Callable, NoReturn, Sequence
 
 from .accel import RunLimits
 from .bus import Transaction
@@ -86,6 +86,9 @@ def _positive_count(text: str) -> int:
 
 
 VERBOSE_HELP = "log more, and always say why the machine stopped"
+#: The exit status of a replay that did not go as recorded.
+REPLAY_DIVERGED = 12
+
 DIFF_STATUS = ("exit status: 0 when the runs are identical and ended cleanly (hlt or the guest's own exit); "
                "1 when they differ; when they are identical but both stopped on a fault or a limit, that stop's "
                "status (4 guest fault, 6 run limit, 10 device error, ...); 2 a configuration error; 8 when an "
@@ -119,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="the point --snapshot saves at: after this many exits, or at this much machine "
                           "time (with a unit: 2s, 300ms, 50us)")
     run.add_argument("--restore", metavar="FILE", help="go on from a snapshot of a machine of this profile")
+    run.add_argument("--record", metavar="FILE",
+                     help="record the run for 'vmcore replay' and 'vmcore export-test': its host input, with the "
+                          "instruction each byte arrived at, and every transaction and IRQ (needs clock: virtual)")
     run.add_argument("--monitor", action="store_true",
                      help="a Python REPL on the terminal into the running machine: vm.pause(), vm.registers(), ... "
                           "(no device may read the terminal meanwhile)")
@@ -153,6 +159,21 @@ def _parser() -> argparse.ArgumentParser:
                        help="check that each device type of the profile saves all of its state: saved at random "
                             "points of a hostile guest's run and loaded into a fresh one, it must go on the same")
     check.add_argument("--seeds", type=int, default=4, metavar="N", help="runs per device for --snapshot-selftest")
+
+    replay = sub.add_parser("replay", help="run a recording (vmcore run --record) again and compare it event by event",
+                            parents=[verbose], epilog="exit status: the run's own when it went as recorded; "
+                            f"{REPLAY_DIVERGED} when it diverged (the first difference on stderr); 2 for a recording "
+                            "that cannot be replayed")
+    replay.add_argument("recording", help="a file written by vmcore run --record")
+    replay.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="stop after this much wall-clock time")
+
+    export = sub.add_parser("export-test", help="write a recorded device's transactions as a pytest test on the fake bus",
+                            parents=[verbose])
+    export.add_argument("recording", help="a file written by vmcore run --record")
+    export.add_argument("--device", required=True, metavar="NAME", help="the device (its name in the profile)")
+    export.add_argument("--out", metavar="FILE", help="the test module to write (default: test_NAME_recorded.py)")
+    export.add_argument("--limit", type=_positive_count, default=20_000, metavar="N",
+                        help="replay at most its first N transactions (default 20000)")
 
     devices = sub.add_parser("devices", help="list device types with their properties", parents=[verbose])
     devices.add_argument("type", nargs="?", help="show only this device type")
@@ -213,6 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _diff(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "replay":
+            return _replay(args)
+        if args.command == "export-test":
+            return _export_test(args)
         if args.command == "devices":
             return _devices(args.type)
         if args.command == "fuzz":
@@ -239,6 +264,58 @@ def _build(profile_name: str, overrides: list[str]) -> Machine:
     from .profile import Profile
 
     return Machine.build(Profile.load(_profile_path(profile_name), overrides))
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .profile import Profile
+    from .record import Replay, RecordingError, load
+
+    try:
+        record = load(args.recording)
+        machine = Machine.build(Profile.load(Path(record["profile"]), record["overrides"]))
+    except RecordingError as exc:
+        print(f"vmcore: replay: {exc}", file=sys.stderr)
+        return STATUS["config-error"]
+    with machine:
+        try:
+            replay = Replay(machine, record)
+            transaction_sink, irq_sink = replay.attach()
+            machine.set_tracer(transaction_sink)
+            machine.set_irq_tracer(irq_sink)
+        except RecordingError as exc:
+            print(f"vmcore: replay: {args.recording}: {exc}", file=sys.stderr)
+            return STATUS["config-error"]
+        stop = machine.run(None, RunLimits(timeout=args.timeout))
+    sys.stdout.flush()
+    verdict = replay.verdict(stop)
+    if verdict is not None:
+        print(f"vmcore: replay: {args.recording}: {verdict}", file=sys.stderr)
+        return REPLAY_DIVERGED
+    print(f"vmcore: replay: {args.recording}: replayed as recorded: {replay.seen} events, "
+          f"{len(record['inputs'])} inputs, {stop.kind} (status {stop.status})", file=sys.stderr)
+    return stop.status
+
+
+def _export_test(args: argparse.Namespace) -> int:
+    from .profile import Profile
+    from .record import RecordingError, export_test, load
+
+    out = Path(args.out or f"test_{''.join(c if c.isalnum() else '_' for c in args.device)}_recorded.py")
+    try:
+        record = load(args.recording)
+        profile = Profile.load(Path(record["profile"]), record["overrides"])
+        source = export_test(record, args.device, DeviceRegistry.default(),
+                             {spec.name: spec for spec in profile.devices}, limit=args.limit)
+    except (RecordingError, DeviceTypeError) as exc:
+        print(f"vmcore: export-test: {exc}", file=sys.stderr)
+        return STATUS["config-error"]
+    problem = _report_path_problem(str(out))
+    if problem:
+        print(f"vmcore: export-test: {out}: {problem}", file=sys.stderr)
+        return STATUS["config-error"]
+    out.write_text(source, encoding="utf-8")
+    print(f"vmcore: export-test: wrote {out}: device {args.device}, {source.count(chr(10))} lines", file=sys.stderr)
+    return 0
 
 
 def _report_path_problem(path: str) -> str:
@@ -276,7 +353,24 @@ def _run(args: argparse.Namespace) -> int:
         if point == "exits" and args.max_exits is not None and args.max_exits <= where:
             print("vmcore: --max-exits ends the run before --snapshot-after", file=sys.stderr)
             return STATUS["config-error"]
+    if args.record:
+        problem = _report_path_problem(args.record)
+        if problem or args.restore or args.monitor or args.monitor_socket:
+            why = problem or ("a replay starts where the profile does, not from a snapshot (--restore)" if args.restore
+                              else "what the monitor does to the machine is not recorded (--monitor)")
+            print(f"vmcore: --record {args.record}: {why}", file=sys.stderr)
+            return STATUS["config-error"]
     machine = _build(args.profile, args.overrides)
+    recorder = None
+    if args.record:
+        from .record import Recorder, RecordingError
+
+        try:
+            recorder = Recorder(machine, str(_profile_path(args.profile).resolve()), args.overrides)
+        except RecordingError as exc:
+            machine.close()
+            print(f"vmcore: {exc}", file=sys.stderr)
+            return STATUS["config-error"]
     if args.restore:
         from .snapshot import SnapshotError
 
@@ -296,14 +390,23 @@ def _run(args: argparse.Namespace) -> int:
                 return STATUS["config-error"]
         elif args.trace:
             trace_out = sys.stderr
+        sinks: list[Callable[[Transaction], None]] = []
+        irq_sinks: list[Callable[[IrqEvent], None]] = []
+        if recorder is not None:
+            transaction_sink, irq_sink = recorder.attach()
+            sinks.append(transaction_sink)
+            irq_sinks.append(irq_sink)
         if trace_out is not None:
             out = trace_out
 
             def tracer(txn: Transaction | IrqEvent) -> None:
                 out.write(f"{txn}\n")
 
-            machine.set_tracer(tracer)
-            machine.set_irq_tracer(tracer)
+            sinks.append(tracer)
+            irq_sinks.append(tracer)
+        if sinks:
+            machine.set_tracer(sinks[0] if len(sinks) == 1 else lambda txn: [sink(txn) for sink in sinks])
+            machine.set_irq_tracer(irq_sinks[0] if len(irq_sinks) == 1 else lambda event: [sink(event) for sink in irq_sinks])
         if args.history > 0:
             machine.keep_history(args.history)
         perfetto_out: IO[bytes] | None = None
@@ -349,6 +452,15 @@ def _run(args: argparse.Namespace) -> int:
             if perfetto_out is not None:
                 perfetto_out.close()
         accel = machine.accelerator.name if machine.accelerator else "none"
+        if recorder is not None:
+            try:
+                size = recorder.save(args.record, stop)
+            except (RecordingError, OSError) as exc:
+                print(f"vmcore: --record {args.record}: {exc}", file=sys.stderr)
+                return STATUS["host-error"]
+            if args.verbose:
+                print(f"vmcore: recorded {len(recorder.events)} events and {len(recorder.inputs)} inputs to "
+                      f"{args.record} ({size} bytes)", file=sys.stderr)
         if args.snapshot and stop.kind == "paused":
             from .accel import AcceleratorUnavailable
             from .snapshot import SnapshotError

@@ -325,6 +325,9 @@ class VirtualClock(Clock):
         self._started = False
         #: Instructions executed in all (the slices' counts added up).
         self.instructions = 0
+        # Callbacks posted at an instruction and a time (a replay's host input), earliest first:
+        # (instructions, time ns, order, callback).
+        self._at_instruction: list[tuple[int, int, int, Callable[[], None]]] = []
 
     def now(self) -> int:
         counted = self._counted
@@ -347,12 +350,33 @@ class VirtualClock(Clock):
         return self.EPOCH
 
     def budget(self, limit: int) -> int:
-        """Instructions from now to the next timer (at least 1), at most ``limit``."""
+        """Instructions from now to the next timer or instruction callback (at least 1), at most ``limit``."""
+        if self._at_instruction and self._at_instruction[0][0] > self.instructions:
+            limit = min(limit, self._at_instruction[0][0] - self.instructions)
         deadline = self.next_deadline()
         if deadline is None:
             return limit
         step = self.ns_per_instruction
         return max(1, min(limit, -(-(deadline - self.now()) // step)))
+
+    def call_at_instruction(self, instructions: int, time: int, callback: Callable[[], None]) -> None:
+        """Post ``callback`` (it runs first among what is due, as host input does) once the guest has
+        run ``instructions`` instructions and machine time is ``time``: where a recording saw host
+        input arrive (a slice that ended there, or a ``hlt`` that waited there)."""
+        heapq.heappush(self._at_instruction, (instructions, time, next(self._order), callback))
+
+    def next_deadline(self) -> int | None:
+        deadline = super().next_deadline()
+        queue = self._at_instruction
+        if queue and queue[0][0] <= self.instructions:  # reached: only its time is left to come
+            return queue[0][1] if deadline is None else min(deadline, queue[0][1])
+        return deadline
+
+    def run_due(self) -> int:
+        queue = self._at_instruction
+        while queue and queue[0][0] <= self.instructions and queue[0][1] <= self.now():
+            self._posted.append(heapq.heappop(queue)[3])
+        return super().run_due()
 
     def slice(self, counted: Callable[[], int]) -> None:
         """A slice of guest code begins: ``counted()`` says how many of its instructions ran so far."""

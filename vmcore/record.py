@@ -1,0 +1,376 @@
+"""Recording a run, replaying it exactly, and a recorded device's transactions as a unit test.
+
+``vmcore run PROFILE --record FILE`` keeps what makes a run what it is: the profile (path,
+``--set`` overrides, and a digest of the machine it builds: devices and their configuration,
+memory as built), the host input each device received and the instruction at which it
+arrived, and what the run did: every bus transaction and IRQ event with its machine time
+(at most :data:`MAX_EVENTS`), and how it stopped. It needs ``clock: virtual``: with machine
+time made of instructions, host input is all that differs between two runs, and a recording
+gates it, so a device sees input only at a point the recording names (:class:`Recorder`).
+
+``vmcore replay FILE`` builds the same machine, hands each device its input at the recorded
+instruction, and compares the run with the recording event by event: the first difference is
+reported (a replay that diverged), as PANDA reports one.
+
+``vmcore export-test FILE --device NAME`` writes a pytest module that attaches the device to
+the fake bus (vmcore.testing) with its profile's properties, replays its transactions at their
+machine times and asserts each read's answer and its IRQ lines: a bug seen under a guest
+becomes a unit test. It is checked before it is written: where the device's answers depend on
+more than its own transactions and time (guest memory it reads by DMA, another device, host
+input), the fake bus answers otherwise and the export says where, rather than write a test
+that fails.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .bus import Direction, Space, Transaction
+from .irq import IrqEvent
+
+if TYPE_CHECKING:
+    from .machine import Machine
+    from .stop import StopReason
+
+FORMAT = "vmcore recording"
+VERSION = 1
+#: Most transactions and IRQ events a recording keeps (the inputs are always kept): enough for a
+#: firmware boot many times over; a Linux boot's millions would make a file of hundreds of MB.
+MAX_EVENTS = 1_000_000
+#: Most host input a recording keeps; input past it ends the recording's usefulness, and says so.
+MAX_INPUT = 16 << 20
+#: Largest recording file read back (a file this big is no recording of ours).
+MAX_FILE = 512 << 20
+
+
+class RecordingError(Exception):
+    """A recording that cannot be made, read, replayed or exported (one line, what and why)."""
+
+
+def input_buffer(device: Any) -> Any:
+    """The host input buffer of a device's backend (vmcore.chardev.InputBuffer), if it receives any."""
+    buffer = getattr(getattr(device, "backend", None), "input", None)
+    return buffer if getattr(buffer, "capacity", 0) else None
+
+
+def machine_digest(machine: "Machine") -> str:
+    """What a replay must build again: each device's name, type and configuration, and memory as
+    built (before the run: images, zeroes, what a loader wrote)."""
+    digest = hashlib.sha256()
+    for name, device in sorted(machine.devices.items()):
+        digest.update(f"{name}={type(device).type_name}:{getattr(device, 'config', None)!r}\n".encode())
+    for block in machine.memory.blocks():
+        digest.update(f"{block.name}:{block.size}\n".encode())
+        digest.update(block.view)
+    return digest.hexdigest()
+
+
+def _space(txn: Transaction) -> str:
+    return txn.space.value
+
+
+class Recorder:
+    """Keeps a run of ``machine`` (built from ``profile`` with ``overrides``) for :func:`save`."""
+
+    def __init__(self, machine: "Machine", profile: str, overrides: list[str]) -> None:
+        if not machine.clock.virtual:
+            raise RecordingError("--record needs clock: virtual (add it to the profile or --set clock=virtual): "
+                                 "on the host's clock no two runs are alike, whatever is recorded")
+        self.machine = machine
+        self.header: dict[str, Any] = {
+            "format": FORMAT, "version": VERSION, "profile": profile, "overrides": list(overrides),
+            "machine": machine_digest(machine), "recorded": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        #: [time ns, space, direction, address, size, value, device] and [time, "irq", kind, number, value, devices].
+        self.events: list[list[Any]] = []
+        self.dropped = 0
+        #: [instructions, time ns, device, hex bytes]: host input as each device received it.
+        self.inputs: list[list[Any]] = []
+        self._input_bytes = 0
+        self.input_overflow = False
+
+    def attach(self) -> tuple[Callable[[Transaction], None], Callable[[IrqEvent], None]]:
+        """Gate every device's host input; returns the sinks for transactions and IRQ events (the
+        caller puts them on the machine's tracers, with any others it has)."""
+        machine = self.machine
+        clock = machine.clock
+        for name, device in machine.devices.items():
+            buffer = input_buffer(device)
+            if buffer is not None:
+                buffer.hold(clock.call_soon_threadsafe, self._committer(name))
+        return self._transaction, self._irq
+
+    def _committer(self, name: str) -> Callable[[bytes], None]:
+        clock = self.machine.clock
+
+        def committed(data: bytes) -> None:
+            self._input_bytes += len(data)
+            if self._input_bytes > MAX_INPUT:
+                self.input_overflow = True
+                return
+            self.inputs.append([clock.instructions, clock.now(), name, data.hex()])
+
+        return committed
+
+    def _transaction(self, txn: Transaction) -> None:
+        if len(self.events) >= MAX_EVENTS:
+            self.dropped += 1
+            return
+        self.events.append([self.machine.clock.now(), _space(txn), txn.direction.value, txn.address, txn.size,
+                            txn.value, txn.device])
+
+    def _irq(self, event: IrqEvent) -> None:
+        if len(self.events) >= MAX_EVENTS:
+            self.dropped += 1
+            return
+        self.events.append([event.time, "irq", event.kind, event.number, event.value, list(event.devices)])
+
+    def save(self, path: str | Path, stop: "StopReason") -> int:
+        """Write the recording (to a temporary file, renamed into place); returns its size."""
+        if self.input_overflow:
+            raise RecordingError(f"the run received more than {MAX_INPUT >> 20} MiB of host input: a replay "
+                                 "could not give the devices what they received")
+        record = dict(self.header, stop={"kind": stop.kind, "status": stop.status}, inputs=self.inputs,
+                      events=self.events, dropped=self.dropped,
+                      instructions=self.machine.clock.instructions, time_ns=self.machine.clock.now())
+        target = Path(path)
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                json.dump(record, file, separators=(",", ":"))
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return target.stat().st_size
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """A recording, checked to be one (format, version, the fields a replay reads)."""
+    try:
+        size = Path(path).stat().st_size
+        if size > MAX_FILE:
+            raise RecordingError(f"{path}: {size} bytes, larger than any recording ({MAX_FILE >> 20} MiB)")
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RecordingError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecordingError(f"{path}: not a recording ({type(exc).__name__})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise RecordingError(f"{path}: not a vmcore recording")
+    if record.get("version") != VERSION:
+        raise RecordingError(f"{path}: a recording of version {record.get('version')!r}; this vmcore reads version "
+                             f"{VERSION}")
+    try:
+        for key, kind in (("profile", str), ("overrides", list), ("machine", str), ("inputs", list),
+                          ("events", list), ("stop", dict)):
+            if not isinstance(record[key], kind):
+                raise TypeError(f"{key} is not a {kind.__name__}")
+        for item in record["inputs"]:
+            int(item[0]), int(item[1]), str(item[2]), bytes.fromhex(item[3])
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise RecordingError(f"{path}: a damaged recording ({type(exc).__name__}: {exc})") from None
+    return record
+
+
+# --- replay ------------------------------------------------------------------------------------
+
+
+class Replay:
+    """Runs a machine built again from a recording: inputs at their instructions, every event
+    compared with the recording as it happens (the first difference is kept)."""
+
+    def __init__(self, machine: "Machine", record: dict[str, Any]) -> None:
+        if not machine.clock.virtual:
+            raise RecordingError("the recorded profile no longer has clock: virtual")
+        if machine_digest(machine) != record["machine"]:
+            raise RecordingError("the profile builds another machine than the one recorded (its devices, their "
+                                 "configuration or memory as built differ: a changed image or profile?)")
+        self.machine = machine
+        self.record = record
+        self.expected = record["events"]
+        self.seen = 0
+        #: The first difference: (event index, recorded, replayed), or None.
+        self.divergence: tuple[int, Any, Any] | None = None
+
+    def attach(self) -> tuple[Callable[[Transaction], None], Callable[[IrqEvent], None]]:
+        """Silence the host's input and schedule the recording's; returns the sinks that compare
+        transactions and IRQ events with it."""
+        machine = self.machine
+        clock = machine.clock
+        buffers = {name: input_buffer(device) for name, device in machine.devices.items()}
+        for buffer in buffers.values():
+            if buffer is not None:
+                buffer.silence()  # the host's input is not this run's: the recording's is
+        for instructions, time_ns, name, data in self.record["inputs"]:
+            buffer = buffers.get(name)
+            if buffer is None:
+                raise RecordingError(f"the recording gives host input to device {name!r}, which receives none here")
+            clock.call_at_instruction(int(instructions), int(time_ns), _injector(buffer, bytes.fromhex(data)))
+        return self._transaction, self._irq
+
+    def _check(self, event: list[Any]) -> None:
+        index = self.seen
+        self.seen += 1
+        if self.divergence is not None or index >= len(self.expected):
+            return
+        if self.expected[index] != event:
+            self.divergence = (index, self.expected[index], event)
+
+    def _transaction(self, txn: Transaction) -> None:
+        self._check([self.machine.clock.now(), _space(txn), txn.direction.value, txn.address, txn.size, txn.value,
+                     txn.device])
+
+    def _irq(self, event: IrqEvent) -> None:
+        self._check([event.time, "irq", event.kind, event.number, event.value, list(event.devices)])
+
+    def verdict(self, stop: "StopReason") -> str | None:
+        """None when the replay went as recorded; else what differed first, in one line."""
+        if self.divergence is not None:
+            index, recorded, replayed = self.divergence
+            return (f"the replay diverged at event {index} (machine time {replayed[0]} ns): recorded "
+                    f"{describe(recorded)}, replayed {describe(replayed)}")
+        kept = len(self.expected)
+        if self.seen < kept:
+            return f"the replay stopped after {self.seen} of the {kept} recorded events ({stop.kind}: {stop.message})"
+        if not self.record.get("dropped") and self.seen > kept:
+            return f"the replay went on past the {kept} recorded events"
+        recorded = self.record["stop"]
+        if (stop.kind, stop.status) != (recorded["kind"], recorded["status"]):
+            return f"the run ended otherwise: recorded {recorded['kind']} (status {recorded['status']}), replayed " \
+                   f"{stop.kind} (status {stop.status})"
+        return None
+
+
+def _injector(buffer: Any, data: bytes) -> Callable[[], None]:
+    return lambda: buffer.inject(data)
+
+
+def describe(event: list[Any]) -> str:
+    """An event of a recording as a trace line shows it."""
+    if event[1] == "irq":
+        _time, _irq, kind, number, value, devices = event
+        return str(IrqEvent(kind, number, value, tuple(devices), _time))
+    _time, space, direction, address, size, value, device = event
+    return str(Transaction(Space(space), address, size, Direction(direction), value, device))
+
+
+# --- export-test -------------------------------------------------------------------------------
+
+#: Properties a device's host end takes: on the fake bus its backend is "memory", nothing opened.
+_HOST_PROPS = ("backend", "path", "socket_mode", "input")
+#: Most transactions an exported test replays (the rest are left out, and the test says so).
+MAX_EXPORTED = 20_000
+
+
+def export_test(record: dict[str, Any], device: str, registry: Any, profile_devices: dict[str, Any],
+                limit: int = MAX_EXPORTED) -> str:
+    """The pytest module for ``device``'s recorded transactions, checked on the fake bus first."""
+    from .testing import FakeBus
+
+    spec = profile_devices.get(device)
+    if spec is None:
+        known = ", ".join(sorted(profile_devices)) or "none"
+        raise RecordingError(f"the recorded machine has no device {device!r} (its devices: {known})")
+    dtype = registry.get(spec.type)
+    props = {key: value for key, value in spec.props.items() if key not in _HOST_PROPS}
+    if "backend" in {info.name for info in dtype.properties}:
+        props["backend"] = "memory"
+    ops = [event for event in record["events"] if event[1] in ("pio", "mmio") and event[6] == device]
+    if not ops:
+        raise RecordingError(f"device {device!r} made no port or MMIO transaction in the recording")
+    cut = len(ops) > limit
+    ops = ops[:limit]
+    lines = {int(number) for event in record["events"] if event[1] == "irq" and event[2] == "line"
+             and device in event[5] for number in [event[3]]}
+    end = ops[-1][0]
+    irqs = [[event[0], event[3], bool(event[4])] for event in record["events"]
+            if event[1] == "irq" and event[2] == "line" and event[3] in lines and event[0] <= end]
+    # The check: the same replay, here and now, must give the recorded answers.
+    bus = FakeBus(registry)
+    try:
+        try:
+            bus.attach(spec.type, name=device, **props)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the device cannot stand alone on the fake bus
+            raise RecordingError(f"device {device!r} ({spec.type}) cannot be built alone on the fake bus: {exc}") from None
+        for index, (when, space, direction, address, size, value, _owner) in enumerate(ops):
+            bus.step(max(0, when - bus.clock.now()))
+            got = _access(bus, space, direction, address, size, value)
+            if direction == "read" and got != value:
+                raise RecordingError(
+                    f"on the fake bus {device!r} answers otherwise: its transaction {index} (machine time {when} ns), "
+                    f"{space} read {address:#x}/{size}, gave {value:#x} under the guest and {got:#x} here: its "
+                    "answers depend on more than its own transactions and time (guest memory it reads by DMA, "
+                    "another device, host input)")
+        seen = [[when, line, level] for when, line, level in bus.irq_events if line in lines]
+        if seen != irqs:
+            raise RecordingError(f"on the fake bus {device!r} drives its IRQ lines otherwise than under the guest "
+                                 f"(first recorded changes {irqs[:3]}, here {seen[:3]})")
+    finally:
+        bus.close()
+    return _module(record, device, spec.type, props, ops, sorted(lines), irqs, cut)
+
+
+def _access(bus: Any, space: str, direction: str, address: int, size: int, value: int) -> int | None:
+    if space == "pio":
+        return bus.io_read(address, size) if direction == "read" else bus.io_write(address, size, value)
+    return bus.mmio_read(address, size) if direction == "read" else bus.mmio_write(address, size, value)
+
+
+def _module(record: dict[str, Any], device: str, dtype: str, props: dict[str, Any], ops: list[list[Any]],
+            lines: list[int], irqs: list[list[Any]], cut: bool) -> str:
+    name = "".join(c if c.isalnum() else "_" for c in device).strip("_") or "device"
+    rows = "\n".join(f"    ({when}, {space!r}, {direction!r}, {address:#x}, {size}, {value:#x}),"
+                     for when, space, direction, address, size, value, _owner in ops)
+    irq_rows = "\n".join(f"    ({when}, {line}, {level})," for when, line, level in irqs)
+    note = (f"\nOnly the first {len(ops)} of its transactions are here (vmcore export-test --limit).\n" if cut else "")
+    overrides = " ".join(f"--set {item}" for item in record["overrides"])
+    return f'''"""{device} ({dtype}) as a recorded run saw it: `vmcore export-test --device {device}` from a
+recording of {record["profile"]}{(" " + overrides) if overrides else ""} ({record.get("recorded", "")}).
+
+Each transaction the guest made is replayed on the fake bus at its machine time; each read must
+give the answer the device gave under the guest, and its IRQ lines must change as they did.
+Edit an expected answer where the recorded one was the bug.
+{note}"""
+
+from __future__ import annotations
+
+#: The device's properties in the profile (its host end on the fake bus: memory).
+PROPS = {props!r}
+
+#: (machine time in ns, space, direction, address, size, value): a read's value is its answer.
+TRANSACTIONS = [
+{rows}
+]
+
+#: The IRQ lines it drives, and each change of their level up to its last transaction:
+#: (machine time in ns, line, level).
+LINES = {set(lines) if lines else "set()"}
+IRQS = [
+{irq_rows}
+]
+
+
+def test_{name}_answers_as_recorded(fake_bus):
+    fake_bus.attach({dtype!r}, name={device!r}, **PROPS)
+    for index, (when, space, direction, address, size, value) in enumerate(TRANSACTIONS):
+        fake_bus.step(max(0, when - fake_bus.clock.now()))
+        if space == "pio":
+            if direction == "read":
+                got = fake_bus.io_read(address, size)
+            else:
+                fake_bus.io_write(address, size, value)
+        elif direction == "read":
+            got = fake_bus.mmio_read(address, size)
+        else:
+            fake_bus.mmio_write(address, size, value)
+        if direction == "read":
+            assert got == value, f"transaction {{index}} at {{when}} ns: {{space}} read {{address:#x}}/{{size}} gave {{got:#x}}, recorded {{value:#x}}"
+    assert [(when, line, level) for when, line, level in fake_bus.irq_events if line in LINES] == IRQS
+'''
