@@ -189,3 +189,56 @@ def test_a_boot_split_anywhere_by_a_snapshot_is_the_whole_boot_to_the_nanosecond
         assert len(joined) == len(whole) and (end.kind, end.status) == ("exit", 85)
 
     split()
+
+
+@needs_counting_engine
+def test_a_snapshot_after_n_instructions_is_taken_exactly_there(tmp_path: Path) -> None:
+    whole, _stop, _ = _timed_run(tmp_path)
+    first: list[tuple[int, str]] = []
+    with Machine.build(Profile.load(_PC[0], ("clock=virtual", *_PC[1]))) as machine:
+        clock = machine.clock
+        assert isinstance(clock, VirtualClock)
+        machine.set_tracer(lambda txn: first.append((clock.now(), str(txn))))
+        machine.set_irq_tracer(lambda event: first.append((clock.now(), str(event))))
+        stop = machine.run("tcg", RunLimits(timeout=60, pause_at_instruction=2_000_000))
+        assert (stop.kind, stop.message) == ("paused", "paused after 2000000 instructions")
+        assert clock.instructions == 2_000_000
+        machine.save_snapshot(tmp_path / "insn.snap")
+    second, end, _ = _timed_run(tmp_path, restore=tmp_path / "insn.snap")
+    assert first + second == whole and (end.kind, end.status) == ("exit", 85)
+
+
+def test_a_snapshot_after_n_instructions_needs_the_virtual_clock(tmp_path: Path) -> None:
+    from tests.helpers import vmcore
+
+    run = vmcore("run", "hello", "--accel", "tcg", "--snapshot", str(tmp_path / "x.snap"),
+                 "--snapshot-after", "1000insn")
+    assert run.status == 2 and "needs clock: virtual" in run.stderr, run.stderr
+    assert not (tmp_path / "x.snap").exists()
+
+
+def test_sigusr1_saves_a_snapshot_of_a_guest_that_never_stops(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.tiny_guests import SPIN, profile_for
+
+    profile, snap = profile_for(SPIN, tmp_path), tmp_path / "spin.snap"
+    proc = subprocess.Popen([sys.executable, "-m", "vmcore", "run", str(profile), "--accel", "tcg", "--timeout", "60",
+                             "--snapshot", str(snap), "--snapshot-after", "SIGUSR1"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.5)  # started and spinning (the signal before the run would end the process)
+        proc.send_signal(signal.SIGUSR1)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and b"saved the machine" in err, err
+    from tests.helpers import vmcore
+
+    again = vmcore("run", str(profile), "--accel", "tcg", "--restore", str(snap), "--timeout", "0.5")
+    assert again.status == 6 and "timeout" in again.stderr  # it spins on from where it was saved

@@ -7,6 +7,7 @@ import atexit
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -57,11 +58,21 @@ def _pause_limit(point: tuple[str, int] | None) -> dict[str, int]:
     if point is None:
         return {}
     kind, value = point
-    return {"pause_after": value} if kind == "exits" else {"pause_at": value}
+    return {"exits": {"pause_after": value}, "time": {"pause_at": value},
+            "instructions": {"pause_at_instruction": value}, "signal": {"pause_on_signal": value}}[kind]
+
+
+#: Signals --snapshot-after takes: the two the user may send for their own purposes.
+_PAUSE_SIGNALS = {"SIGUSR1": signal.SIGUSR1, "SIGUSR2": signal.SIGUSR2}
 
 
 def _snapshot_point(text: str) -> tuple[str, int]:
-    """``--snapshot-after``: ("exits", N) for a count, ("time", ns) for a time with its unit."""
+    """``--snapshot-after``: ("exits", N) for a count, ("time", ns) for a time with its unit,
+    ("instructions", N) for a count with ``insn``, ("signal", number) for SIGUSR1 or SIGUSR2."""
+    if text.upper() in _PAUSE_SIGNALS:
+        return "signal", int(_PAUSE_SIGNALS[text.upper()])
+    if text.endswith("insn") and text[:-4].strip():
+        return "instructions", _positive_count(text[:-4].strip())
     for unit in ("ms", "us", "ns", "s"):
         if text.endswith(unit) and text[:-len(unit)].strip():
             try:
@@ -118,9 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--snapshot", metavar="FILE",
                      help="save the machine to FILE where the run stops at --snapshot-after (vCPU, devices, "
                           "memory, time); --restore goes on from there")
-    run.add_argument("--snapshot-after", type=_snapshot_point, metavar="EXITS|TIME",
-                     help="the point --snapshot saves at: after this many exits, or at this much machine "
-                          "time (with a unit: 2s, 300ms, 50us)")
+    run.add_argument("--snapshot-after", type=_snapshot_point, metavar="EXITS|TIME|Ninsn|SIGUSR1",
+                     help="the point --snapshot saves at: after this many exits, at this much machine time "
+                          "(with a unit: 2s, 300ms, 50us), after this many instructions (2000000insn; needs "
+                          "clock: virtual), or when the process gets SIGUSR1 (or SIGUSR2)")
     run.add_argument("--restore", metavar="FILE", help="go on from a snapshot of a machine of this profile")
     run.add_argument("--record", metavar="FILE",
                      help="record the run for 'vmcore replay' and 'vmcore export-test': its host input, with the "

@@ -340,12 +340,10 @@ class Machine:
             for line in self.irq_lines:
                 if line.level:
                     route(line.number, True)
-        limits = RunLimits(
+        limits = attrs.evolve(
+            limits,
             timeout=limits.timeout if limits.timeout is not None else self.profile.limits.timeout,
             max_exits=limits.max_exits if limits.max_exits is not None else self.profile.limits.max_exits,
-            stuck_after=limits.stuck_after,
-            pause_after=limits.pause_after,
-            pause_at=limits.pause_at,
         )
         # The CPU's INTR: a local APIC device (the IRQ-line controller on its LINT0), or that controller.
         cpu = None if self.profile.irqchip in ("none", "kernel") else cpu_interrupts(self.devices.values(), controller)

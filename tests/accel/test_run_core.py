@@ -377,3 +377,29 @@ def test_an_nmi_raised_by_an_access_is_injected_before_intr_and_whatever_if_says
     stop = cpu.run(pio, mmio, RunLimits(timeout=0.5), controller=controller)  # type: ignore[arg-type]
     assert nmis == [[]] and cpu.delivered == []  # the NMI once, before any INTR; INTR held by IF
     assert stop.kind == "halted" and controller.nmi_raised is None  # the core unhooks itself
+
+
+def test_ctrl_c_stops_a_software_cpu_guest_that_never_exits(tmp_path: Path) -> None:
+    """Python runs a signal's handler between bytecodes only; a guest spinning in emu_start gave it
+    none, so SIGINT waited for the run's time limit (19 s of 20). The wakeup fd kicks the vCPU."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO
+    from tests.tiny_guests import SPIN, profile_for
+
+    proc = subprocess.Popen([sys.executable, "-m", "vmcore", "run", str(profile_for(SPIN, tmp_path)), "--accel", "tcg",
+                             "--timeout", "60"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        # Half the run's time limit: only the signal itself can have stopped it by then.
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and b"interrupted: stopped by the user" in err, err

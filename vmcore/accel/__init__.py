@@ -57,6 +57,11 @@ class RunLimits:
     #: As pause_after, at this machine time (ns) instead: the first such point after it (a guest
     #: in hlt is let wait for its interrupt first, so a restore never cuts a hlt short).
     pause_at: int | None = attrs.field(default=None, validator=_positive)
+    #: As pause_after, after this many instructions of the guest: exactly there, with a virtual clock
+    #: (vmcore.clock.VirtualClock, which counts them); a run on the host's clock refuses it.
+    pause_at_instruction: int | None = attrs.field(default=None, validator=_positive)
+    #: As pause_after, when the process receives this signal (SIGUSR1, say), on the main thread.
+    pause_on_signal: int | None = attrs.field(default=None, validator=_positive)
 
 
 #: The vCPU for a report: registers, segments, the guest-physical address of the code at

@@ -24,6 +24,7 @@ from: 0 for ports).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -108,6 +109,51 @@ class Accessors(NamedTuple):
     port_out: Callable[..., None]
     mmio_read: Callable[..., int]
     mmio_write: Callable[..., None]
+
+
+class _SignalKick:
+    """Signals reach a vCPU running guest code in C. Python runs a signal's handler only between
+    bytecodes, on the main thread, so on the software CPU a guest looping without exits kept
+    Ctrl-C (and SIGUSR1's pause) waiting until something else stopped emu_start: the run's time
+    limit. CPython's C-level handler writes the signal's number to the wakeup fd; a thread
+    reading it kicks the vCPU, whose loop then runs the handler. (KVM_RUN returns EINTR anyway.)"""
+
+    def __init__(self, kick: Callable[[], None]) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, args=(kick,), name="vmcore-signals", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def install(cls, kick: Callable[[], None]) -> "_SignalKick | None":
+        """On the main thread (where signals are handled): the kicker; elsewhere None."""
+        try:
+            return cls(kick)
+        except ValueError:  # not the main thread
+            return None
+
+    def _loop(self, kick: Callable[[], None]) -> None:
+        while True:
+            try:
+                data = os.read(self._read, 64)
+            except OSError:
+                return
+            if self._closing or not data:
+                return
+            kick()
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous)
+        self._closing = True
+        try:
+            os.write(self._write, b"\0")
+        except OSError:
+            pass
+        self._thread.join(timeout=1)
+        os.close(self._read)
+        os.close(self._write)
 
 
 class RunCore:
@@ -296,11 +342,19 @@ class RunCore:
             self.wait_for_interrupt = cpu.timeline.wrap_wait(self.wait_for_interrupt)  # type: ignore[method-assign]
         sigint = self._catch_sigint()
         pause = None
+        paused_by = self._catch_pause_signal()
+        signals = _SignalKick.install(self._kick) if sigint is not None else None
         try:
             self._start_waking()
             self._arm_timeout()
             if self.limits.pause_at is not None and self.clock is not None:
                 pause = self.clock.call_at(self.limits.pause_at, self._pause_now)
+            if self.limits.pause_at_instruction is not None:
+                at = self.limits.pause_at_instruction
+                if self.clock is None or not self.clock.virtual:
+                    return StopReason.of("config-error", "a pause after a number of instructions needs clock: "
+                                         "virtual (instructions are counted only then)")
+                self.clock.call_at_instruction(at, 0, lambda: self._pause(f"paused after {at} instructions"))
             return self._counted(self._loop(enter))
         except CpuStop as stop:
             self.drain()  # what the guest queued before it failed reaches its devices
@@ -317,6 +371,10 @@ class RunCore:
                 pause.cancel()
             if sigint is not None:
                 signal.signal(signal.SIGINT, sigint)
+            if paused_by is not None:
+                signal.signal(paused_by[0], paused_by[1])
+            if signals is not None:
+                signals.close()
             if self._timer is not None:
                 self._timer.cancel()
             self._stop_waking()
@@ -339,6 +397,19 @@ class RunCore:
             self.cpu.end_run()
 
         return signal.signal(signal.SIGINT, interrupted)
+
+    def _catch_pause_signal(self) -> tuple[int, Any] | None:
+        """With RunLimits.pause_on_signal, on the main thread: that signal pauses the run where a
+        snapshot can be saved (see _pause). The signal and the handler it replaced, or None."""
+        number = self.limits.pause_on_signal
+        if number is None or threading.current_thread() is not threading.main_thread():
+            return None
+
+        def paused(_signum: int, _frame: Any) -> None:
+            self._pause(f"paused by signal {signal.Signals(number).name}")
+            self.woken.set()  # a guest in hlt is waited for in the loop
+
+        return number, signal.signal(number, paused)
 
     def _loop(self, enter: Callable[[], int]) -> StopReason:
         record = self.exit
