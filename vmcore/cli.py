@@ -134,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
                           "(with a unit: 2s, 300ms, 50us), after this many instructions (2000000insn; needs "
                           "clock: virtual), or when the process gets SIGUSR1 (or SIGUSR2)")
     run.add_argument("--restore", metavar="FILE", help="go on from a snapshot of a machine of this profile")
+    run.add_argument("--reload-on-change", action="store_true",
+                     help="when a device's module file changes, import it again and rebuild the device from its "
+                          "state under the running guest (vmcore.reload; each reload or refusal is said on stderr)")
     run.add_argument("--record", metavar="FILE",
                      help="record the run for 'vmcore replay' and 'vmcore export-test': its host input, with the "
                           "instruction each byte arrived at, and every transaction and IRQ (needs clock: virtual)")
@@ -453,10 +456,17 @@ def _run(args: argparse.Namespace) -> int:
                     return STATUS["config-error"]
             if args.monitor:
                 start_console(monitor)
+        watcher = None
+        if args.reload_on_change:
+            from .reload import ReloadWatcher
+
+            watcher = ReloadWatcher(machine, lambda said: print(f"vmcore: {said}", file=sys.stderr, flush=True))
         try:
             stop = machine.run(args.accel, RunLimits(timeout=args.timeout, max_exits=args.max_exits,
                                                      stuck_after=args.stuck_after, **_pause_limit(args.snapshot_after)))
         finally:
+            if watcher is not None:
+                watcher.close()
             if server is not None:
                 server.close()
             if trace_out is not None and trace_out is not sys.stderr:

@@ -166,6 +166,10 @@ class Clock:
         """How many timers are armed (the queue's live entries)."""
         return len(self._queue) - self._dead
 
+    def timers(self) -> list[Timer]:
+        """The armed timers, earliest first."""
+        return [timer for _deadline, seq, timer in sorted(self._queue) if seq == timer._seq]
+
     def next_deadline(self) -> int | None:
         """When the earliest pending timer is due, or None."""
         queue = self._queue

@@ -229,6 +229,14 @@ class Machine:
         next run on. Deliveries inside KVM's own irqchip (``irqchip: kernel``) are not seen."""
         self._irq_tracer = tracer
 
+    def reload_device(self, name: str) -> str:
+        """Re-import device ``name``'s module and rebuild it from its saved state, under a running
+        guest (vmcore.reload: on the machine's thread, between exits or from the paused monitor).
+        Returns what was done; a ReloadError leaves the running device as it was."""
+        from .reload import reload_device
+
+        return reload_device(self, name)
+
     def save_snapshot(self, path: str | Path) -> int:
         """Save the machine into ``path`` between runs (after a run stopped, or from the paused
         monitor): the vCPU, every device's state (vmcore.snapshot), guest memory (pages that are

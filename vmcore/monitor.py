@@ -25,6 +25,8 @@ per line, ``{"execute": COMMAND, "arguments": {...}}``, and gets one line back,
 - ``irq`` (``line``, ``level``): drive an IRQ line;
 - ``snapshot`` (``path``; paused only): save the machine there (vmcore.snapshot), as
   ``vmcore run --snapshot`` does; ``vmcore run --restore PATH`` goes on from it;
+- ``reload`` (``device``): import the device's module again and rebuild the device from its
+  state under the running guest (vmcore.reload); refused, with why, where it cannot be;
 - ``quit``: end the run (stop kind ``exit``, status 0).
 
 Every command runs on the machine's thread (posted to its clock, or taken by the paused
@@ -212,6 +214,20 @@ class Monitor:
             if not isinstance(path, str) or not path:
                 raise MonitorError('path must be a file name, as in {"path": "machine.snap"}')
             return self._on_machine(lambda: {"bytes": machine.save_snapshot(path)})
+        if command == "reload":
+            name = arguments.get("device")
+            if not isinstance(name, str) or name not in machine.devices:
+                raise MonitorError(f'device must be one of {", ".join(machine.devices)}, as in {{"device": "com1"}}')
+
+            def reload() -> dict[str, str]:
+                from .reload import ReloadError
+
+                try:
+                    return {"reloaded": machine.reload_device(name)}
+                except ReloadError as exc:
+                    raise MonitorError(str(exc)) from None
+
+            return self._on_machine(reload)
         if command == "quit":
 
             def quit_() -> None:
@@ -387,6 +403,10 @@ class Commands:
     def snapshot(self, path: str) -> dict[str, int]:
         """Save the paused machine to ``path`` (``vmcore run --restore PATH`` goes on from it)."""
         return self._do("snapshot", path=path)  # type: ignore[no-any-return]
+
+    def reload(self, device: str) -> dict[str, str]:
+        """Re-import ``device``'s module and rebuild it from its state under the running guest (vmcore.reload)."""
+        return self._do("reload", device=device)  # type: ignore[no-any-return]
 
     def quit(self) -> None:
         self._do("quit")

@@ -350,6 +350,10 @@ class PciBus:
         slot = self._slots[(device_number, function_number)] = _Slot(function, name)
         self._update(slot)
 
+    def owners(self) -> set[str]:
+        """The names the functions on the bus were attached under (their devices')."""
+        return {slot.name for slot in self._slots.values() if slot.name}
+
     def function(self, device_number: int, function_number: int = 0) -> Any | None:
         """The function at ``00:dd.f``, or None."""
         slot = self._slots.get((device_number, function_number))

@@ -1,0 +1,186 @@
+"""Hot reload (vmcore.reload): a device's module imported again and its instance rebuilt from its
+saved state while a guest runs against it, all or nothing."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+from vmcore.accel import RunLimits
+from vmcore.machine import Machine
+from vmcore.plugins import DeviceRegistry, make_plugin_manager
+from vmcore.profile import Profile
+from vmcore.reload import ReloadError
+
+_MODULE = '''
+import attrs
+from vmcore.bus import Region, Space
+from vmcore.device import Device, prop
+from vmcore.hookspecs import hookimpl
+
+
+@attrs.frozen
+class CounterConfig:
+    port: int = prop(0x300, "Its port.")
+
+
+class Counter(Device):
+    """A port whose reads count."""
+
+    type_name = "reload-counter"
+    Config = CounterConfig
+
+    class State:
+        count: int
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        self.count = 0
+
+    def regions(self):
+        return [Region(Space.PIO, self.config.port, 1, self.read, None, sizes=(1,))]
+
+    def read(self, offset, size):
+        self.count += 1
+        return {answer}
+
+
+@hookimpl
+def vmcore_device_types():
+    return [Counter]
+'''
+#: Version 1 counts up to 0x20 and stays there; version 2 answers 0xFF once the count it carried
+#: is past 0x20, and 0x01 before (a device rebuilt without its state would say 0x01 first).
+V1 = "min(self.count, 0x20)"
+V2 = "0xFF if self.count > 0x20 else 0x01"
+
+# in al, dx (DX = 0x300); out 0xF1, al; cmp al, 0xFF; jne back; mov dx, 0x501; out dx, al; hlt
+_GUEST = bytes([0xBA, 0x00, 0x03,        # mov dx, 0x300
+                0xEC,                    # in al, dx
+                0xE6, 0xF1,              # out 0xF1, al
+                0x3C, 0xFF,              # cmp al, 0xFF
+                0x75, 0xF9,              # jne back to the in
+                0xBA, 0x01, 0x05,        # mov dx, 0x501
+                0xEE,                    # out dx, al: debug-exit
+                0xF4])
+
+
+@pytest.fixture
+def counter_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    module = tmp_path / "reload_counter_plugin.py"
+    module.write_text(_MODULE.replace("{answer}", V1))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "reload_counter_plugin", raising=False)
+    plugin = importlib.import_module("reload_counter_plugin")
+    (tmp_path / "guest.bin").write_bytes(_GUEST)
+    profile = Profile.from_yaml(
+        "cpu: {mode: real, entry: 0x0}\n"
+        f"memory:\n  ram: {{base: 0x0, size: 4K, kind: ram, image: {tmp_path / 'guest.bin'}}}\n"
+        "irqchip: userspace\n"
+        "devices:\n"
+        "  counter: {type: reload-counter}\n"
+        "  console: {type: debugcon, port: 0xF1, backend: memory}\n"
+        "  exit: {type: debug-exit, port: 0x501}\n"
+        "  pic: {type: i8259}\n"
+        "limits: {timeout: 60}\n")
+    registry = DeviceRegistry.default(plugins=[plugin])
+    machine = Machine.build(profile, registry)
+    yield machine, module
+    machine.close()
+    sys.modules.pop("reload_counter_plugin", None)
+
+
+def test_a_device_reloaded_under_a_running_guest_answers_with_the_new_code_and_its_old_state(counter_machine) -> None:
+    machine, module = counter_machine
+    console = machine.devices["console"]
+    said: list[str] = []
+
+    def edit_and_reload() -> None:
+        deadline = time.monotonic() + 30
+        while console.output.count(0x20) < 50 and time.monotonic() < deadline:  # spinning on version 1
+            time.sleep(0.01)
+        module.write_text(_MODULE.replace("{answer}", V2))
+        machine.clock.call_soon_threadsafe(lambda: said.append(machine.reload_device("counter")))
+
+    editor = threading.Thread(target=edit_and_reload)
+    editor.start()
+    stop = machine.run("tcg", RunLimits(timeout=60))
+    editor.join()
+    output = bytes(console.output)
+    assert (stop.kind, stop.status) == ("exit", 0xFF * 2 + 1), stop.message
+    assert output[:0x20] == bytes(range(1, 0x21)) and output.endswith(b"\x20\xff")
+    assert b"\x01" not in output[0x20:]  # the count went on from the running device's
+    assert said and said[0].startswith("reloaded counter (reload-counter) from ")
+    assert type(machine.devices["counter"]).__module__ == "reload_counter_plugin"
+    assert machine.devices["counter"].count == len(output)
+
+
+def test_a_module_that_no_longer_imports_leaves_the_running_device_in_place(counter_machine) -> None:
+    machine, module = counter_machine
+    before = machine.devices["counter"]
+    module.write_text("def broken(:\n")
+    with pytest.raises(ReloadError, match=r"counter: reload_counter_plugin does not import: SyntaxError"):
+        machine.reload_device("counter")
+    assert machine.devices["counter"] is before
+    assert machine.pio.read(0x300, 1) == 1  # still served by the running one
+
+
+def test_a_state_that_no_longer_fits_is_refused_and_nothing_moves(counter_machine) -> None:
+    machine, module = counter_machine
+    before = machine.devices["counter"]
+    module.write_text(_MODULE.replace("{answer}", V1).replace("        count: int\n", "        count: int\n        extra: int\n")
+                      .replace("        self.count = 0\n", "        self.count = 0\n        self.extra = 0\n"))
+    with pytest.raises(ReloadError, match=r"the new code's state does not fit what the running device saved"):
+        machine.reload_device("counter")
+    assert machine.devices["counter"] is before
+    assert [owner for _region, owner in machine.pio.claims()].count("counter") == 1
+
+
+def test_what_cannot_be_reloaded_yet_says_why(counter_machine) -> None:
+    machine, _module = counter_machine
+    with pytest.raises(ReloadError, match="pic: an interrupt controller cannot be reloaded yet"):
+        machine.reload_device("pic")
+    with pytest.raises(ReloadError, match="no device 'nosuch'"):
+        machine.reload_device("nosuch")
+
+
+def test_a_pci_function_is_refused() -> None:
+    profile = Profile.load(REPO / "machines" / "pc-bios.yaml", ("devices.com1.backend=memory",
+                                                                 "devices.debuglog.backend=memory"))
+    with Machine.build(profile) as machine:
+        with pytest.raises(ReloadError, match="ide: a PCI function cannot be reloaded yet"):
+            machine.reload_device("ide")
+        said = machine.reload_device("rtc")  # an ISA device of the same machine reloads
+        assert said.startswith("reloaded rtc (cmos-rtc) from ")
+
+
+def test_the_watcher_reloads_a_device_whose_module_file_changed(counter_machine) -> None:
+    from vmcore.reload import ReloadWatcher
+
+    machine, module = counter_machine
+    console = machine.devices["console"]
+    said: list[str] = []
+
+    def edit() -> None:
+        deadline = time.monotonic() + 30
+        while console.output.count(0x20) < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        module.write_text(_MODULE.replace("{answer}", V2) + "\n# edited\n")
+
+    watcher = ReloadWatcher(machine, said.append, interval=0.05)
+    editor = threading.Thread(target=edit)
+    editor.start()
+    try:
+        stop = machine.run("tcg", RunLimits(timeout=60))
+    finally:
+        editor.join()
+        watcher.close()
+    assert (stop.kind, stop.status) == ("exit", 0xFF * 2 + 1), stop.message
+    assert len(said) == 1 and said[0].startswith("reloaded counter (reload-counter)"), said
+    assert b"\x01" not in bytes(console.output)[0x20:]
