@@ -365,6 +365,10 @@ class Machine:
                 from .snapshot import SnapshotError, load_memory
 
                 header, data = self._restored
+                saved_on = header.get("accelerator")
+                if saved_on != self.accelerator.name:
+                    return StopReason.of("config-error", f"the snapshot's vCPU was saved on {saved_on}; restore it "
+                                         f"with --accel {saved_on} (moving a vCPU between accelerators is not done yet)")
                 try:
                     load_memory(header, data, {block.name: (block.view, block.readonly)
                                                for block in self.memory.blocks()})

@@ -69,6 +69,13 @@ _MMIO_DATA = _MMIO + s._exit_mmio.data.offset
 _MMIO_LEN = (_MMIO + s._exit_mmio.len.offset) // 4
 _MMIO_IS_WRITE = _MMIO + s._exit_mmio.is_write.offset
 assert k.KVM_EXIT_IO_OUT == 1 and k.KVM_EXIT_IO_IN == 0  # the direction byte is "is a write"
+#: The MSRs a snapshot keeps besides EFER (in kvm_sregs): SYSCALL's, FS/GS bases and the swapped
+#: GS base, SYSENTER's, PAT, and the TSC (KVM moves its offset so the count goes on).
+_SAVED_MSRS = (0x10, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084, 0xC0000100, 0xC0000101, 0xC0000102,
+               0xC0000103, 0x174, 0x175, 0x176, 0x277)
+#: kvm_vcpu_events.flags (<asm/kvm.h>): which optional parts KVM_SET_VCPU_EVENTS takes.
+_VCPUEVENT_VALID_NMI_PENDING, _VCPUEVENT_VALID_SIPI_VECTOR, _VCPUEVENT_VALID_SHADOW, _VCPUEVENT_VALID_SMM = 1, 2, 4, 8
+
 # The coalesced ring: first/last (u32) then entries of phys_addr u64, len u32, pio u32, data[8].
 _ENTRY = ctypes.sizeof(s.kvm_coalesced_mmio)
 _RING_HEADER = s.kvm_coalesced_mmio_ring.coalesced_mmio.offset
@@ -124,6 +131,10 @@ class KvmAccelerator(Accelerator):
         self._exit_waiting = [False]
         #: Single-stepping is on for the vCPU (request_step) until its step ends.
         self._stepping = [False]
+        #: Completes the exit a run stopped at (see _enter_function's finish), called by end().
+        self._finish: Callable[[], None] | None = None
+        #: The last run stopped inside a string I/O or a split MMIO access (not saveable there).
+        self._incomplete = False
 
     @classmethod
     def open(cls, path: str | None = None, kernel_irqchip: bool = False,
@@ -308,6 +319,9 @@ class KvmAccelerator(Accelerator):
             tick()
 
     def end(self) -> None:
+        finish, self._finish = self._finish, None
+        if finish is not None:
+            finish()
         if self._stepping[0]:  # the run ended inside a step: the next one runs freely
             self._stepping[0] = False
             self.step_done = None
@@ -390,8 +404,10 @@ class KvmAccelerator(Accelerator):
                     if queued:
                         # Writes the guest posted or rang before this exit reach their devices first.
                         flush()
-                        if ending[0] is not None:
+                        if ending[0] is not None and ending[0].kind != "paused":
                             return YIELD  # the limit was reached on the way: the core stops
+                        # A pause reached on the way serves this exit too (the core stops after it):
+                        # KVM completes it when the run ends, so its access must not be dropped.
                 reason = u32[_EXIT_REASON]
                 if reason == EXIT_IO:
                     size = u8[_IO_SIZE]
@@ -433,6 +449,38 @@ class KvmAccelerator(Accelerator):
                     return STEPPED
                 raise CpuStop(self._other_exit(reason))
 
+        def finish() -> None:
+            """The run is over: complete the exit it stopped at, without running the guest.
+
+            KVM completes an I/O, MMIO or MSR exit (the answer into the register, RIP past the
+            instruction) only when KVM_RUN is entered again (Documentation/virt/kvm/api.rst:
+            userspace re-enters with immediate_exit set to complete pending operations without
+            letting further instructions run). Left pending, the next run, a snapshot or a
+            restored machine would see the instruction half done, or its answer lost."""
+            nonlocal target
+            if strings or fragment[0] is not None or waiting[0]:
+                # A `rep ins/outs` or a page-crossing MMIO access cut short: KVM re-executes what is
+                # left of it when the guest runs again, so its state is not lost, but it is not done.
+                self._incomplete = True
+                return
+            if target is not None:
+                target[0] = record.value
+                target = None
+            run.immediate_exit = 1
+            try:
+                vcpu_run()
+            except InterruptedError:
+                pass  # done: nothing of the guest ran
+            except KvmError as exc:
+                log.debug("completing the last exit: %s", exc)
+            else:
+                # An exit without guest code run (KVM's own checks): nothing was pending.
+                log.debug("completing the last exit: KVM_RUN returned exit %s", u32[_EXIT_REASON])
+            finally:
+                run.immediate_exit = 0
+            self._incomplete = False
+
+        self._finish = finish
         return enter
 
     def request_step(self, done: Callable[[], None]) -> None:
@@ -489,10 +537,15 @@ class KvmAccelerator(Accelerator):
                 poller.register(bell.fd, select.POLLIN)
             poll_bells = poller.poll
 
+        def stopping() -> bool:
+            # A pause (a snapshot point) lets everything the guest already did reach its devices:
+            # the machine is saved past those writes. Any other stop leaves the rest unseen.
+            return ending[0] is not None and ending[0].kind != "paused"
+
         def flush() -> None:
             if ring32 is not None:
                 first, last = ring32[0], ring32[1]
-                while first != last and ending[0] is None:
+                while first != last and not stopping():
                     i = 1 + 3 * first  # the entry in u64 items: phys_addr, len|pio, data
                     address, length, is_pio, data = ring64[i], ring32[2 * i + 2], ring32[2 * i + 3], ring64[i + 2]
                     first += 1
@@ -513,7 +566,7 @@ class KvmAccelerator(Accelerator):
                         continue
                     write = port_out if bell.pio else mmio_write
                     for _ in range(rings):  # one write per ring
-                        if ending[0] is not None:
+                        if stopping():
                             return
                         write(None, bell.address, bell.size, bell.value)
 
@@ -710,6 +763,67 @@ class KvmAccelerator(Accelerator):
             kind = k.SYSTEM_EVENT_NAMES.get(event.type, str(event.type))
             return StopReason.of("system-event", f"system event {kind}", detail={"type": event.type})
         return self.stop_reason("unknown-exit", f"unhandled KVM exit {name} ({reason})")
+
+    # --- snapshots -------------------------------------------------------------------------
+
+    def save_cpu(self) -> dict[str, Any]:
+        """The vCPU for a snapshot (vmcore.snapshot), between runs, its last exit completed (see
+        end): KVM's own records of it, as the kernel lays them out (kvm_regs, kvm_sregs with the
+        segments' hidden parts, kvm_fpu, kvm_vcpu_events with the interrupt shadow and NMI
+        masking), and the MSRs a guest sets up (EFER is in kvm_sregs; the TSC goes on from its
+        value). A vCPU stopped inside a string I/O, or a machine whose interrupt controllers are
+        KVM's (irqchip: kernel, not saved), is refused."""
+        if self.kernel_irqchip:
+            raise AcceleratorUnavailable("irqchip: kernel: the in-kernel PIC, IOAPIC and local APIC are not saved "
+                                         "in a snapshot yet (irqchip: userspace is)")
+        if self._finish is not None:
+            self._finish()  # saved from inside a run (the paused monitor): the exit being served is completed first
+        if self._incomplete:
+            raise AcceleratorUnavailable("the vCPU stopped inside a string I/O or a page-crossing MMIO access: "
+                                         "save at another point")
+        vcpu = self.vcpu
+        regs, sregs, fpu, events = vcpu.get_regs(), vcpu.get_sregs(), vcpu.get_fpu(), vcpu.get_vcpu_events()
+        msrs = {}
+        for index in _SAVED_MSRS:
+            try:
+                msrs[f"{index:#x}"] = vcpu.get_msr(index)
+            except KvmError:
+                pass  # not one this KVM keeps
+        registers = {name: int(getattr(regs, name)) for name in (*_GPRS, "rip", "rflags")}
+        registers.update({name: int(getattr(sregs, name)) for name in ("cr0", "cr2", "cr3", "cr4", "efer")})
+        return {"registers": registers, "msrs": msrs,
+                "kvm": {name: bytes(struct).hex() for name, struct in
+                        (("regs", regs), ("sregs", sregs), ("fpu", fpu), ("events", events))}}
+
+    def restore_cpu(self, saved: dict[str, Any]) -> None:
+        """Give the vCPU (set up, not yet run) a state :meth:`save_cpu` saved."""
+        if "kvm" not in saved:
+            raise AcceleratorUnavailable("the snapshot's vCPU is the software CPU's: restoring it on KVM (and back) "
+                                         "is not done yet; restore it with --accel tcg")
+        layouts = {"regs": s.kvm_regs, "sregs": s.kvm_sregs, "fpu": s.kvm_fpu, "events": s.kvm_vcpu_events}
+        raw = {}
+        for name, layout in layouts.items():
+            data = bytes.fromhex(saved["kvm"][name])
+            if len(data) != ctypes.sizeof(layout):
+                raise AcceleratorUnavailable(f"the snapshot's kvm {name} is {len(data)} bytes, not this KVM's "
+                                             f"{ctypes.sizeof(layout)}")
+            raw[name] = layout.from_buffer_copy(data)
+        vcpu = self.vcpu
+        try:
+            vcpu.set_sregs(raw["sregs"])  # the mode first: what the rest means follows from it
+            vcpu.set_regs(raw["regs"])
+            vcpu.set_fpu(raw["fpu"])
+            for index, value in saved["msrs"].items():
+                if not vcpu.set_msr(int(index, 16), int(value)):
+                    log.warning("snapshot: KVM refused MSR %s = %#x", index, int(value))
+            events = raw["events"]
+            # What this VM takes: the interrupt shadow, SMM, a pending NMI and the SIPI vector (QEMU's
+            # set); payloads and triple-fault events only where a capability enabled them.
+            events.flags = (events.flags & (_VCPUEVENT_VALID_SHADOW | _VCPUEVENT_VALID_SMM)) | \
+                _VCPUEVENT_VALID_NMI_PENDING | _VCPUEVENT_VALID_SIPI_VECTOR
+            vcpu.set_vcpu_events(events)
+        except KvmError as exc:
+            raise AcceleratorUnavailable(f"KVM refused the snapshot's vCPU state: {exc}") from None
 
     def set_registers(self, values: dict[str, int]) -> None:
         regs = self.vcpu.get_regs()

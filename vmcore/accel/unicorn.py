@@ -957,6 +957,9 @@ class UnicornAccelerator(Accelerator):
 
     def restore_cpu(self, saved: dict[str, Any]) -> None:
         """Give the vCPU (set up, not yet run) a state :meth:`save_cpu` saved."""
+        if "engine" not in saved:
+            raise AcceleratorUnavailable("the snapshot's vCPU is KVM's: restoring it on the software CPU (and back) "
+                                         "is not done yet; restore it with --accel kvm")
         block = self._engine_block()
         engine = saved["engine"]
         if engine["name"] != engine_name():

@@ -47,6 +47,7 @@ __all__ = [
     "kvm_msr_filter_range",
     "kvm_msr_filter",
     "KVM_MSR_FILTER_MAX_RANGES",
+    "kvm_vcpu_events",
     "kvm_debug_exit_arch",
     "kvm_guest_debug_arch",
     "kvm_guest_debug",
@@ -319,6 +320,45 @@ class kvm_guest_debug(Structure):  # KVM_SET_GUEST_DEBUG: single-stepping for th
         ("control", c_uint32),
         ("pad", c_uint32),
         ("arch", kvm_guest_debug_arch),
+    ]
+
+
+class _vcpu_events_exception(Structure):
+    _fields_ = [("injected", c_uint8), ("nr", c_uint8), ("has_error_code", c_uint8), ("pending", c_uint8),
+                ("error_code", c_uint32)]
+
+
+class _vcpu_events_interrupt(Structure):
+    _fields_ = [("injected", c_uint8), ("nr", c_uint8), ("soft", c_uint8), ("shadow", c_uint8)]
+
+
+class _vcpu_events_nmi(Structure):
+    _fields_ = [("injected", c_uint8), ("pending", c_uint8), ("masked", c_uint8), ("pad", c_uint8)]
+
+
+class _vcpu_events_smi(Structure):
+    _fields_ = [("smm", c_uint8), ("pending", c_uint8), ("smm_inside_nmi", c_uint8), ("latched_init", c_uint8)]
+
+
+class _vcpu_events_triple_fault(Structure):
+    _fields_ = [("pending", c_uint8)]
+
+
+class kvm_vcpu_events(Structure):
+    """<asm/kvm.h>, KVM_GET/SET_VCPU_EVENTS: what is in flight besides the registers (an exception
+    or interrupt being injected, the interrupt shadow, NMI masking, SMM)."""
+
+    _fields_ = [
+        ("exception", _vcpu_events_exception),
+        ("interrupt", _vcpu_events_interrupt),
+        ("nmi", _vcpu_events_nmi),
+        ("sipi_vector", c_uint32),
+        ("flags", c_uint32),
+        ("smi", _vcpu_events_smi),
+        ("triple_fault", _vcpu_events_triple_fault),
+        ("reserved", c_uint8 * 26),
+        ("exception_has_payload", c_uint8),
+        ("exception_payload", c_uint64),
     ]
 
 

@@ -424,6 +424,21 @@ class Vcpu:
             raise KvmError(f"KVM_GET_MSRS: KVM did not return MSR {index:#x}")
         return int(request.entries[0].data)
 
+    def set_msr(self, index: int, value: int) -> bool:
+        """Set the guest's MSR ``index`` (KVM_SET_MSRS of one entry); False where KVM refused it."""
+        request = _s.msrs_type(1)(nmsrs=1)
+        request.entries[0].index = index
+        request.entries[0].data = value
+        return _call(self.fd, _k.KVM_SET_MSRS, request) == 1
+
+    def get_vcpu_events(self) -> _s.kvm_vcpu_events:
+        events = _s.kvm_vcpu_events()
+        _call(self.fd, _k.KVM_GET_VCPU_EVENTS, events)
+        return events
+
+    def set_vcpu_events(self, events: _s.kvm_vcpu_events) -> None:
+        _call(self.fd, _k.KVM_SET_VCPU_EVENTS, events)
+
     def tsc_khz(self) -> int:
         """The guest's TSC rate in kHz (KVM_GET_TSC_KHZ)."""
         return _call(self.fd, _k.KVM_GET_TSC_KHZ)
