@@ -28,7 +28,7 @@ def _echo_args(tmp_path: Path, text: bytes) -> list[str]:
     (tmp_path / "typed").write_bytes(text)
     return ["--set", "clock=virtual", "--set", "devices.com1.backend=file",
             "--set", f"devices.com1.path={tmp_path / 'screen'}", "--set", f"devices.com1.input={tmp_path / 'typed'}",
-            "--set", "devices.console.backend=null"]
+            "--set", "devices.console.backend=\"null\""]
 
 
 def test_recording_needs_a_virtual_clock() -> None:
@@ -94,7 +94,7 @@ def test_a_changed_profile_is_refused_before_the_replay_runs(tmp_path: Path, cap
     profile.write_text((REPO / "machines" / "hello.yaml").read_text().replace("../guest", str(REPO / "guest")))
     recording = tmp_path / "r.rec"
     assert main(["run", str(profile), "--record", str(recording), "--set", "clock=virtual",
-                 "--set", "devices.console.backend=null"]) == 0
+                 "--set", "devices.console.backend=\"null\""]) == 0
     profile.write_text(profile.read_text() + "\n# a comment changes nothing\n")
     assert main(["replay", str(recording)]) == 0
     profile.write_text(profile.read_text().replace("port: 0xF1", "port: 0xF2"))
@@ -106,7 +106,7 @@ def test_a_changed_profile_is_refused_before_the_replay_runs(tmp_path: Path, cap
 def test_export_test_writes_a_fake_bus_test_that_passes_and_fails_when_the_device_changes(tmp_path: Path) -> None:
     recording = tmp_path / "boot.rec"
     assert main(["run", "pc-bios", "--record", str(recording), "--set", "clock=virtual",
-                 "--set", "devices.com1.backend=null", "--set", "devices.debuglog.backend=null"]) == 85
+                 "--set", "devices.com1.backend=\"null\"", "--set", "devices.debuglog.backend=\"null\""]) == 85
     test_file = tmp_path / "test_pit_recorded.py"
     assert main(["export-test", str(recording), "--device", "pit", "--out", str(test_file)]) == 0
     source = test_file.read_text()

@@ -27,11 +27,11 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .bus import Direction, Space, Transaction
+from .device import resolve_paths
 from .irq import IrqEvent
 
 if TYPE_CHECKING:
@@ -140,13 +140,13 @@ class Recorder:
                       events=self.events, dropped=self.dropped,
                       instructions=self.machine.clock.instructions, time_ns=self.machine.clock.now())
         target = Path(path)
-        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+        temporary = target.with_name(f".{target.name}.partial")  # as a snapshot is written: no half file
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
+            with open(temporary, "w", encoding="utf-8") as file:
                 json.dump(record, file, separators=(",", ":"))
             os.replace(temporary, target)
         except BaseException:
-            Path(temporary).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
             raise
         return target.stat().st_size
 
@@ -279,7 +279,10 @@ def export_test(record: dict[str, Any], device: str, registry: Any, profile_devi
         known = ", ".join(sorted(profile_devices)) or "none"
         raise RecordingError(f"the recorded machine has no device {device!r} (its devices: {known})")
     dtype = registry.get(spec.type)
-    props = {key: value for key, value in spec.props.items() if key not in _HOST_PROPS}
+    # Host paths (a disk image) as the machine resolved them: relative to the profile that set them.
+    folders = {key: Path(where.file).parent for key, where in spec.prop_where.items() if where.line and where.file}
+    props = {key: value for key, value in resolve_paths(dtype.cls.Config, spec.props, folders).items()
+             if key not in _HOST_PROPS}
     if "backend" in {info.name for info in dtype.properties}:
         props["backend"] = "memory"
     ops = [event for event in record["events"] if event[1] in ("pio", "mmio") and event[6] == device]
