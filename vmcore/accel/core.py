@@ -28,7 +28,7 @@ import os
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 
 import attrs
 
@@ -118,7 +118,8 @@ class _SignalKick:
     limit. CPython's C-level handler writes the signal's number to the wakeup fd; a thread
     reading it kicks the vCPU, whose loop then runs the handler. (KVM_RUN returns EINTR anyway.)"""
 
-    def __init__(self, kick: Callable[[], None]) -> None:
+    def __init__(self, kick: Callable[[], None], signals: frozenset[int]) -> None:
+        self._signals = signals
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
         self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
@@ -127,10 +128,10 @@ class _SignalKick:
         self._thread.start()
 
     @classmethod
-    def install(cls, kick: Callable[[], None]) -> "_SignalKick | None":
-        """On the main thread (where signals are handled): the kicker; elsewhere None."""
+    def install(cls, kick: Callable[[], None], signals: Iterable[int]) -> "_SignalKick | None":
+        """On the main thread (where signals are handled): the kicker for ``signals``; elsewhere None."""
         try:
-            return cls(kick)
+            return cls(kick, frozenset(signals))
         except ValueError:  # not the main thread
             return None
 
@@ -142,7 +143,10 @@ class _SignalKick:
                 return
             if self._closing or not data:
                 return
-            kick()
+            # Only the signals the run handles: every signal with a Python handler comes through
+            # here, the KVM backend's own kick signal too, which a kick would only send again.
+            if not self._signals.isdisjoint(data):
+                kick()
 
     def close(self) -> None:
         signal.set_wakeup_fd(self._previous)
@@ -343,7 +347,8 @@ class RunCore:
         sigint = self._catch_sigint()
         pause = None
         paused_by = self._catch_pause_signal()
-        signals = _SignalKick.install(self._kick) if sigint is not None else None
+        signals = (_SignalKick.install(self._kick, [signal.SIGINT] + ([paused_by[0]] if paused_by else []))
+                   if sigint is not None else None)
         try:
             self._start_waking()
             self._arm_timeout()
