@@ -203,6 +203,23 @@ def child(argv: list[str], timeout: float = CHILD_TIMEOUT, env: dict[str, str] |
                time.monotonic() - start)
 
 
+def signal_a_spinning_guest(profile: Path, signum: int, *args: str) -> tuple[int, bytes]:
+    """``vmcore run PROFILE --accel tcg ARGS`` on a guest that spins without exits (tiny_guests.SPIN),
+    sent ``signum`` once it runs; its status and stderr. It must end within half its time limit:
+    only the signal can have ended it."""
+    proc = subprocess.Popen([sys.executable, "-m", "vmcore", "run", str(profile), "--accel", "tcg", "--timeout", "60",
+                             *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        time.sleep(1.5)  # started and spinning (a signal before the run's handler would end the process)
+        proc.send_signal(signum)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
 def vmcore(*args: str, timeout: float = CHILD_TIMEOUT, env: dict[str, str] | None = None) -> Run:
     """``python -m vmcore ARGS`` in a child process (``env`` adds to the environment)."""
     return child([sys.executable, "-m", "vmcore", *args], timeout, env)

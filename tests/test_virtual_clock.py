@@ -219,26 +219,12 @@ def test_a_snapshot_after_n_instructions_needs_the_virtual_clock(tmp_path: Path)
 
 def test_sigusr1_saves_a_snapshot_of_a_guest_that_never_stops(tmp_path: Path) -> None:
     import signal
-    import subprocess
-    import sys
-    import time
 
+    from tests.helpers import signal_a_spinning_guest, vmcore
     from tests.tiny_guests import SPIN, profile_for
 
     profile, snap = profile_for(SPIN, tmp_path), tmp_path / "spin.snap"
-    proc = subprocess.Popen([sys.executable, "-m", "vmcore", "run", str(profile), "--accel", "tcg", "--timeout", "60",
-                             "--snapshot", str(snap), "--snapshot-after", "SIGUSR1"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        time.sleep(1.5)  # started and spinning (the signal before the run would end the process)
-        proc.send_signal(signal.SIGUSR1)
-        _out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0 and b"saved the machine" in err, err
-    from tests.helpers import vmcore
-
+    status, err = signal_a_spinning_guest(profile, signal.SIGUSR1, "--snapshot", str(snap), "--snapshot-after", "SIGUSR1")
+    assert status == 0 and b"saved the machine" in err, err
     again = vmcore("run", str(profile), "--accel", "tcg", "--restore", str(snap), "--timeout", "0.5")
     assert again.status == 6 and "timeout" in again.stderr  # it spins on from where it was saved

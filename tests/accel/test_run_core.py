@@ -383,26 +383,12 @@ def test_ctrl_c_stops_a_software_cpu_guest_that_never_exits(tmp_path: Path) -> N
     """Python runs a signal's handler between bytecodes only; a guest spinning in emu_start gave it
     none, so SIGINT waited for the run's time limit (19 s of 20). The wakeup fd kicks the vCPU."""
     import signal
-    import subprocess
-    import sys
-    import time
 
-    from tests.helpers import REPO
+    from tests.helpers import signal_a_spinning_guest
     from tests.tiny_guests import SPIN, profile_for
 
-    proc = subprocess.Popen([sys.executable, "-m", "vmcore", "run", str(profile_for(SPIN, tmp_path)), "--accel", "tcg",
-                             "--timeout", "60"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        time.sleep(1.5)
-        proc.send_signal(signal.SIGINT)
-        # Half the run's time limit: only the signal itself can have stopped it by then.
-        _out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130 and b"interrupted: stopped by the user" in err, err
+    status, err = signal_a_spinning_guest(profile_for(SPIN, tmp_path), signal.SIGINT)
+    assert status == 130 and b"interrupted: stopped by the user" in err, err
 
 
 def test_the_signal_kick_answers_only_the_signals_the_run_handles() -> None:
