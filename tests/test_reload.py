@@ -131,15 +131,27 @@ def test_a_module_that_no_longer_imports_leaves_the_running_device_in_place(coun
     assert machine.pio.read(0x300, 1) == 1  # still served by the running one
 
 
-def test_a_state_that_no_longer_fits_is_refused_and_nothing_moves(counter_machine) -> None:
+def test_a_field_the_new_state_adds_starts_as_the_new_code_sets_it(counter_machine) -> None:
+    machine, module = counter_machine
+    assert [machine.pio.read(0x300, 1) for _ in range(3)] == [1, 2, 3]
+    module.write_text(_MODULE.replace("{answer}", "self.count + self.offset")
+                      .replace("        count: int\n", "        count: int\n        offset: int\n")
+                      .replace("        self.count = 0\n", "        self.count = 0\n        self.offset = 0x40\n"))
+    said = machine.reload_device("counter")
+    assert "new fields as the new code starts them: offset" in said, said
+    assert machine.pio.read(0x300, 1) == 4 + 0x40  # the count carried, the new field as the constructor set it
+
+
+def test_a_state_of_another_version_is_refused_and_nothing_moves(counter_machine) -> None:
     machine, module = counter_machine
     before = machine.devices["counter"]
-    module.write_text(_MODULE.replace("{answer}", V1).replace("        count: int\n", "        count: int\n        extra: int\n")
-                      .replace("        self.count = 0\n", "        self.count = 0\n        self.extra = 0\n"))
-    with pytest.raises(ReloadError, match=r"the new code's state does not fit what the running device saved"):
+    module.write_text(_MODULE.replace("{answer}", V1).replace("        count: int\n", "        version = 2\n        count: int\n"))
+    with pytest.raises(ReloadError, match=r"the new code's state does not fit what the running device saved: "
+                                          r".*version 1; this reload-counter reads version 2"):
         machine.reload_device("counter")
     assert machine.devices["counter"] is before
     assert [owner for _region, owner in machine.pio.claims()].count("counter") == 1
+    assert machine.pio.read(0x300, 1) == 1  # still served by the running one
 
 
 def test_what_cannot_be_reloaded_yet_says_why(counter_machine) -> None:

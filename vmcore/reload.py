@@ -5,9 +5,10 @@ A device author edits a model while a guest runs against it; the machine keeps g
 new code. :func:`reload_device` does what a snapshot does for one device, in place: the device
 is saved (its declared ``State``, vmcore.snapshot), its module re-imported, a new instance built
 from the same configuration and loaded with the saved state, and the buses, timers and host end
-moved over to it. All or nothing: a module that does not import, a type that is gone, a ``State``
-that no longer fits what was saved, or regions that no longer fit the bus leave the running
-device as it was, and say why.
+moved over to it. A field the new ``State`` adds starts as the new code sets it; one it drops is
+left behind. All or nothing: a module that does not import, a type that is gone, a ``State`` of
+another version, or regions that no longer fit the bus leave the running device as it was, and
+say why.
 
 What moves over as it is: the device's IRQ lines (the machine's, by number), its host end
 (``backend``, with its open files, sockets and readers, and ``output``, the memory backend's
@@ -78,6 +79,7 @@ def reload_device(machine: "Machine", name: str) -> str:
                            irq_lines=machine.irq_lines, pci=machine.pci, tsc=machine.tsc)
     except (PropertyError, ValueError, TypeError, OSError) as exc:
         raise ReloadError(f"{name}: the new {old_cls.__name__} cannot be built from its properties: {exc}") from None
+    saved, added, dropped = _fit(saved, new)
     try:
         load_device(new, saved)
     except SnapshotError as exc:
@@ -103,8 +105,30 @@ def reload_device(machine: "Machine", name: str) -> str:
     _rebind_input(getattr(new, "backend", None), device, new)
     machine.devices[name] = new
     spaces = sorted({region.space.value for region in new.regions()})
+    changes = "".join(f"; {what}: {', '.join(names)}" for what, names in
+                      (("new fields as the new code starts them", added), ("fields dropped", dropped)) if names)
     return (f"reloaded {name} ({old_cls.type_name}) from {getattr(module, '__file__', module_name)} with its state "
-            f"({len(saved.get('fields', {}))} fields; regions on {', '.join(spaces) or 'no bus'})")
+            f"({len(saved.get('fields', {}))} fields{changes}; regions on {', '.join(spaces) or 'no bus'})")
+
+
+def _fit(saved: dict[str, Any], new: Any) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The running device's saved state for the new code: a field the new State adds keeps the value
+    the new instance started with, a field it no longer has is dropped (editing a model while it
+    runs often adds one). A changed version (the author's "incompatible") still refuses, in load_device."""
+    from .snapshot import save_device, state_fields
+
+    state_cls = getattr(type(new), "State", None)
+    if state_cls is None or getattr(new, "load_state", None) is not None:
+        return saved, [], []
+    expected = state_fields(state_cls)
+    fields = saved["fields"]
+    added = [field for field in expected if field not in fields]
+    dropped = sorted(set(fields) - set(expected))
+    if not added and not dropped:
+        return saved, [], []
+    fresh = save_device(new)["fields"] if added else {}
+    merged = {field: fields[field] if field in fields else fresh[field] for field in expected}
+    return dict(saved, fields=merged), added, dropped
 
 
 def _cancel_timers(machine: "Machine", device: Any) -> None:
