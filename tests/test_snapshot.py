@@ -377,3 +377,21 @@ def test_a_snapshot_file_larger_than_the_machine_could_need_is_not_read(tmp_path
     big.write_bytes(b"VMCORESN" + bytes(100_000))
     with pytest.raises(SnapshotError, match="100008 bytes, more than a snapshot of this machine can be"):
         read_snapshot(big, limit=50_000)
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("after", [2, 9])
+def test_a_kvm_pause_inside_a_rep_string_io_waits_for_the_instruction_to_end(after: int, tmp_path: Path) -> None:
+    """KVM hands a `rep outsb`/`insb` over element by element: a pause point reached at one of them
+    waits for the instruction's last (saving inside one was refused), and the split traces as the whole."""
+    from tests.helpers import skip_without_kvm
+
+    skip_without_kvm()
+    whole_trace, first, second, snap = (tmp_path / name for name in ("whole.txt", "a.txt", "b.txt", "s.snap"))
+    whole = vmcore("run", "string-io", "--accel", "kvm", "--trace-file", str(whole_trace))
+    saved = vmcore("run", "string-io", "--accel", "kvm", "--snapshot", str(snap), "--snapshot-after", str(after),
+                   "--trace-file", str(first))
+    assert saved.status == 0 and "vmcore: saved the machine after" in saved.stderr, saved.stderr
+    restored = vmcore("run", "string-io", "--accel", "kvm", "--restore", str(snap), "--trace-file", str(second))
+    assert saved.stdout + restored.stdout == whole.stdout and restored.status == whole.status == 0
+    assert first.read_text() + second.read_text() == whole_trace.read_text()

@@ -141,6 +141,12 @@ class Accelerator(abc.ABC):
     def kick(self) -> None:
         """From any thread: make ``enter`` come back (YIELD) soon, so timers and input are served."""
 
+    def between_instructions(self) -> bool:
+        """Whether the access just served ended its instruction (not one element of a ``rep
+        ins/outs`` or half of a split MMIO access that the backend serves one by one): a pause
+        point waits until it is."""
+        return True
+
     def deadline_changed(self, deadline: int) -> None:
         """A timer was armed before all others, on the machine's thread, while the clock is
         virtual: the running slice of guest code must end by ``deadline`` (ns of machine time)."""

@@ -437,8 +437,11 @@ class RunCore:
                     return stop
                 continue
             if attention[0]:
-                if self.ending[0] is not None:
-                    return self.ending[0]
+                ending = self.ending[0]
+                if ending is not None:
+                    if ending.kind != "paused" or self.cpu.between_instructions():
+                        return ending
+                    continue  # a pause point waits for the rest of the instruction (a `rep ins/outs`)
                 self.service()  # the access raised an interrupt: offer it now
                 attention[0] = self.intr[0]
 

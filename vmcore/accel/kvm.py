@@ -766,6 +766,9 @@ class KvmAccelerator(Accelerator):
 
     # --- snapshots -------------------------------------------------------------------------
 
+    def between_instructions(self) -> bool:
+        return not self._strings and self._fragment[0] is None and not self._exit_waiting[0]
+
     def save_cpu(self) -> dict[str, Any]:
         """The vCPU for a snapshot (vmcore.snapshot), between runs, its last exit completed (see
         end): KVM's own records of it, as the kernel lays them out (kvm_regs, kvm_sregs with the
