@@ -186,3 +186,31 @@ def test_input_typed_while_the_guest_runs_is_replayed_at_the_instruction_it_arri
     assert main(["replay", str(recording)]) == 35
     said = capsys.readouterr().err
     assert "replayed as recorded" in said, said
+
+
+@needs_counting_engine
+def test_a_recording_stays_bounded_and_its_replay_compares_what_it_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import vmcore.record
+
+    monkeypatch.setattr(vmcore.record, "MAX_EVENTS", 40)
+    recording = tmp_path / "short.rec"
+    assert main(["run", "pc-bios", "--record", str(recording), "--set", "clock=virtual",
+                 "--set", 'devices.com1.backend="null"', "--set", 'devices.debuglog.backend="null"']) == 85
+    record = load(recording)
+    assert len(record["events"]) == 40 and record["dropped"] > 5000
+    capsys.readouterr()
+    assert main(["replay", str(recording)]) == 85  # the 40 kept compared; the rest ran on unrecorded
+    assert "replayed as recorded" in capsys.readouterr().err
+
+
+@needs_counting_engine
+def test_more_host_input_than_a_recording_keeps_is_said_not_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import vmcore.record
+
+    monkeypatch.setattr(vmcore.record, "MAX_INPUT", 4)
+    recording = tmp_path / "typed.rec"
+    assert main(["run", str(ECHO), "--record", str(recording), *_echo_args(tmp_path, b"hi there\nq")]) == 8
+    assert "--record " in (said := capsys.readouterr().err) and "more than 4 bytes of host input" in said, said
+    assert not recording.exists()

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .bus import Direction, Space, Transaction
 from .device import resolve_paths
 from .irq import IrqEvent
+from .units import format_size
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -134,8 +135,8 @@ class Recorder:
     def save(self, path: str | Path, stop: "StopReason") -> int:
         """Write the recording (to a temporary file, renamed into place); returns its size."""
         if self.input_overflow:
-            raise RecordingError(f"the run received more than {MAX_INPUT >> 20} MiB of host input: a replay "
-                                 "could not give the devices what they received")
+            raise RecordingError(f"the run received more than {format_size(MAX_INPUT)} bytes of host input: a "
+                                 "replay could not give the devices what they received")
         record = dict(self.header, stop={"kind": stop.kind, "status": stop.status}, inputs=self.inputs,
                       events=self.events, dropped=self.dropped,
                       instructions=self.machine.clock.instructions, time_ns=self.machine.clock.now())
@@ -156,7 +157,7 @@ def load(path: str | Path) -> dict[str, Any]:
     try:
         size = Path(path).stat().st_size
         if size > MAX_FILE:
-            raise RecordingError(f"{path}: {size} bytes, larger than any recording ({MAX_FILE >> 20} MiB)")
+            raise RecordingError(f"{path}: {size} bytes, larger than any recording ({format_size(MAX_FILE)})")
         record = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise RecordingError(f"{path}: cannot read it: {exc.strerror or exc}") from None
