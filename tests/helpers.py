@@ -203,6 +203,43 @@ def child(argv: list[str], timeout: float = CHILD_TIMEOUT, env: dict[str, str] |
                time.monotonic() - start)
 
 
+def serial_echo(accel: str, folder: Path, exchanges: Sequence[tuple[bytes, bytes]], *extra: str) -> tuple[bytes, int]:
+    """``vmcore run serial-echo`` (with ``extra`` arguments) driven over its UART's socket: for each
+    (send, echoed) of ``exchanges`` the bytes are sent once all echoed so far came back; everything
+    received (up to the end of the socket) and the process's status."""
+    import socket
+
+    path = folder / "com1.sock"
+    argv = [sys.executable, "-m", "vmcore", "run", "serial-echo", "--accel", accel, *extra,
+            "--set", "devices.com1.backend=socket", "--set", f"devices.com1.path={path}"]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not path.exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the UART socket never appeared"
+            time.sleep(0.02)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.settimeout(30)
+        client.connect(str(path))
+        received = expected = b""
+        for send, echoed in exchanges:
+            client.sendall(send)  # each after the guest echoed the last: at another moment of its run
+            expected += echoed
+            while expected not in received:
+                chunk = client.recv(256)
+                if not chunk:
+                    break
+                received += chunk
+        client.close()
+        status = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return received, status
+
+
 def signal_a_spinning_guest(profile: Path, signum: int, *args: str) -> tuple[int, bytes]:
     """``vmcore run PROFILE --accel tcg ARGS`` on a guest that spins without exits (tiny_guests.SPIN),
     sent ``signum`` once it runs; its status and stderr. It must end within half its time limit:

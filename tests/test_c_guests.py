@@ -10,17 +10,15 @@ with the reason. On hardware-assisted KVM they run.
 from __future__ import annotations
 
 import functools
-import socket
 import struct
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, child, kvm_unavailable, vmcore
+from tests.helpers import REPO, child, kvm_unavailable, serial_echo, vmcore
 from vmcore.accel import RunLimits
 from vmcore.diff import differential
 from vmcore.machine import Machine
@@ -127,40 +125,8 @@ def test_multiboot_kernel_is_identical_on_both_accelerators() -> None:
     assert result.identical, result.report()
 
 
-def _serial_echo(accel: str, tmp_path: Path) -> tuple[bytes, int]:
-    path = tmp_path / "com1.sock"
-    argv = [sys.executable, "-m", "vmcore", "run", "serial-echo", "--accel", accel,
-            "--set", "devices.com1.backend=socket", "--set", f"devices.com1.path={path}"]
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while not path.exists():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the UART socket never appeared"
-            time.sleep(0.02)
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        client.settimeout(20)
-        client.connect(str(path))
-        received = b""
-        while b"echo ready\n" not in received:
-            received += client.recv(256)
-        client.sendall(b"hi there q")
-        while b"bye\n" not in received:
-            chunk = client.recv(256)
-            if not chunk:
-                break
-            received += chunk
-        client.close()
-        status = proc.wait(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return received, status
-
-
 def test_serial_echo_over_the_socket_backend(irq_accel: str, tmp_path: Path) -> None:
-    received, status = _serial_echo(irq_accel, tmp_path)
+    received, status = serial_echo(irq_accel, tmp_path, [(b"", b"echo ready\n"), (b"hi there q", b"hi there qbye\n")])
     assert received == b"echo ready\nhi there qbye\n"
     assert status == 35  # debug-exit 0x11
 

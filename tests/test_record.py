@@ -148,36 +148,12 @@ def test_input_typed_while_the_guest_runs_is_replayed_at_the_instruction_it_arri
     """Bytes sent over the UART's socket at moments the host decides: each commit lands at some
     instruction of the guest's run; the replay puts each at the same one, so every IRQ and
     transaction after it happens at the same machine time."""
-    import socket
-    import time
+    from tests.helpers import serial_echo
 
-    sock, recording = tmp_path / "com1.sock", tmp_path / "typed.rec"
-    argv = [sys.executable, "-m", "vmcore", "run", "serial-echo", "--accel", "tcg", "--set", "clock=virtual",
-            "--record", str(recording), "--set", "devices.com1.backend=socket", "--set", f"devices.com1.path={sock}"]
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the UART socket never appeared"
-            time.sleep(0.02)
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        client.settimeout(30)
-        client.connect(str(sock))
-        received = expected = b""
-        for send, echoed in ((b"", b"echo ready\n"), (b"ab", b"ab"), (b"cd", b"cd"), (b"q", b"qbye\n")):
-            client.sendall(send)  # each after the guest echoed the last: at another moment of its run
-            expected += echoed
-            while expected not in received:
-                chunk = client.recv(256)
-                assert chunk, received
-                received += chunk
-        client.close()
-        assert proc.wait(timeout=30) == 35
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    recording = tmp_path / "typed.rec"
+    received, status = serial_echo("tcg", tmp_path, [(b"", b"echo ready\n"), (b"ab", b"ab"), (b"cd", b"cd"), (b"q", b"qbye\n")],
+                                   "--set", "clock=virtual", "--record", str(recording))
+    assert status == 35, received
     record = load(recording)
     arrived = [int(item[0]) for item in record["inputs"]]
     assert b"".join(bytes.fromhex(item[3]) for item in record["inputs"]) == b"abcdq"

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Callable, NoReturn, Sequence
+from typing import IO, Any, Callable, NoReturn, Sequence
 
 from .accel import RunLimits
 from .bus import Transaction
@@ -281,6 +281,18 @@ def _build(profile_name: str, overrides: list[str]) -> Machine:
     return Machine.build(Profile.load(_profile_path(profile_name), overrides))
 
 
+def _fan_out(sinks: list[Callable[[Any], None]]) -> Callable[[Any], None]:
+    """One tracer that hands each event to every sink (the sink itself where there is one)."""
+    if len(sinks) == 1:
+        return sinks[0]
+
+    def each(event: Any) -> None:
+        for sink in sinks:
+            sink(event)
+
+    return each
+
+
 def _replay(args: argparse.Namespace) -> int:
     from .profile import Profile
     from .record import Replay, RecordingError, load
@@ -313,9 +325,9 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _export_test(args: argparse.Namespace) -> int:
     from .profile import Profile
-    from .record import RecordingError, export_test, load
+    from .record import RecordingError, export_test, identifier, load
 
-    out = Path(args.out or f"test_{''.join(c if c.isalnum() else '_' for c in args.device)}_recorded.py")
+    out = Path(args.out or f"test_{identifier(args.device)}_recorded.py")
     try:
         record = load(args.recording)
         profile = Profile.load(Path(record["profile"]), record["overrides"])
@@ -420,8 +432,8 @@ def _run(args: argparse.Namespace) -> int:
             sinks.append(tracer)
             irq_sinks.append(tracer)
         if sinks:
-            machine.set_tracer(sinks[0] if len(sinks) == 1 else lambda txn: [sink(txn) for sink in sinks])
-            machine.set_irq_tracer(irq_sinks[0] if len(irq_sinks) == 1 else lambda event: [sink(event) for sink in irq_sinks])
+            machine.set_tracer(_fan_out(sinks))
+            machine.set_irq_tracer(_fan_out(irq_sinks))
         if args.history > 0:
             machine.keep_history(args.history)
         perfetto_out: IO[bytes] | None = None

@@ -291,8 +291,8 @@ def export_test(record: dict[str, Any], device: str, registry: Any, profile_devi
         raise RecordingError(f"device {device!r} made no port or MMIO transaction in the recording")
     cut = len(ops) > limit
     ops = ops[:limit]
-    lines = {int(number) for event in record["events"] if event[1] == "irq" and event[2] == "line"
-             and device in event[5] for number in [event[3]]}
+    lines = {int(event[3]) for event in record["events"]
+             if event[1] == "irq" and event[2] == "line" and device in event[5]}
     end = ops[-1][0]
     irqs = [[event[0], event[3], bool(event[4])] for event in record["events"]
             if event[1] == "irq" and event[2] == "line" and event[3] in lines and event[0] <= end]
@@ -321,6 +321,11 @@ def export_test(record: dict[str, Any], device: str, registry: Any, profile_devi
     return _module(record, device, spec.type, props, ops, sorted(lines), irqs, cut)
 
 
+def identifier(device: str) -> str:
+    """A device name as a Python identifier's part (the test's name, its default file name)."""
+    return "".join(c if c.isalnum() else "_" for c in device).strip("_") or "device"
+
+
 def _access(bus: Any, space: str, direction: str, address: int, size: int, value: int) -> int | None:
     if space == "pio":
         return bus.io_read(address, size) if direction == "read" else bus.io_write(address, size, value)
@@ -329,7 +334,7 @@ def _access(bus: Any, space: str, direction: str, address: int, size: int, value
 
 def _module(record: dict[str, Any], device: str, dtype: str, props: dict[str, Any], ops: list[list[Any]],
             lines: list[int], irqs: list[list[Any]], cut: bool) -> str:
-    name = "".join(c if c.isalnum() else "_" for c in device).strip("_") or "device"
+    name = identifier(device)
     rows = "\n".join(f"    ({when}, {space!r}, {direction!r}, {address:#x}, {size}, {value:#x}),"
                      for when, space, direction, address, size, value, _owner in ops)
     irq_rows = "\n".join(f"    ({when}, {line}, {level})," for when, line, level in irqs)

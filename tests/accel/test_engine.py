@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -250,62 +251,45 @@ def test_pushf_stores_rflags_with_rf_clear_after_an_iret_set_it() -> None:
     assert rf == (not pushf_clears_rf(uclib))
 
 
+def _deliveries(profile_name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, bytes, list[tuple[int, dict[str, Any]]], bool]:
+    """A tcg run of a bundled profile with every interrupt vmcore's Python IDT delivery serves
+    recorded: its stop, the console's output, the deliveries (vector, keywords), and whether the
+    engine delivered hardware interrupts itself."""
+    from vmcore.accel import RunLimits
+    from vmcore.accel.idt import IdtDelivery
+    from vmcore.machine import Machine
+    from vmcore.profile import Profile
+
+    delivered: list[tuple[int, dict[str, Any]]] = []
+    original = IdtDelivery.deliver
+
+    def deliver(self, vector, **kwargs):  # type: ignore[no-untyped-def]
+        delivered.append((vector, kwargs))
+        return original(self, vector, **kwargs)
+
+    monkeypatch.setattr(IdtDelivery, "deliver", deliver)
+    profile = Profile.load(REPO / "machines" / f"{profile_name}.yaml", ("devices.console.backend=memory",))
+    with Machine.build(profile) as machine:
+        stop = machine.run("tcg", RunLimits(timeout=20))
+        return stop, bytes(machine.devices["console"].output), delivered, machine.accelerator._hardirq is not None
+
+
 @needs_engine_build
-def test_the_engine_takes_hardware_interrupts_itself() -> None:
+def test_the_engine_takes_hardware_interrupts_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     """0005-hardirq-ack: the CPU delivers the 8259's interrupts with QEMU's own code, asking the
     controller for the vector as it takes one; vmcore's Python IDT delivery serves none of them
     (it still serves a stock engine: the stock test above runs rm-timer there)."""
-    from vmcore.accel import RunLimits
-    from vmcore.accel.idt import IdtDelivery
-    from vmcore.machine import Machine
-    from vmcore.profile import Profile
-
-    external = []
-    original = IdtDelivery.deliver
-
-    def deliver(self, vector, **kwargs):  # type: ignore[no-untyped-def]
-        if kwargs.get("external"):
-            external.append(vector)
-        return original(self, vector, **kwargs)
-
-    IdtDelivery.deliver = deliver  # type: ignore[method-assign]
-    try:
-        profile = Profile.load(REPO / "machines" / "rm-timer.yaml", ("devices.console.backend=memory",))
-        with Machine.build(profile) as machine:
-            stop = machine.run("tcg", RunLimits(timeout=20))
-            output = bytes(machine.devices["console"].output)
-            assert machine.accelerator._hardirq is not None
-    finally:
-        IdtDelivery.deliver = original  # type: ignore[method-assign]
+    stop, output, delivered, hardirq = _deliveries("rm-timer", monkeypatch)
+    assert hardirq
     assert (stop.kind, output) == ("exit", b"rm ticks: 10\n"), stop.message
-    assert external == []
+    assert [vector for vector, kwargs in delivered if kwargs.get("external")] == []
 
 
 @needs_engine_build
-def test_the_engine_delivers_real_mode_software_interrupts_itself() -> None:
+def test_the_engine_delivers_real_mode_software_interrupts_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     """0010-native-real-mode-ints: ``int 21h`` in real mode goes through the IVT in the engine
     (QEMU's do_interrupt_real); the #DE after it, an exception, still reaches vmcore's IDT
     delivery (vmcore.accel.idt), which serves both on a stock engine."""
-    from vmcore.accel import RunLimits
-    from vmcore.accel.idt import IdtDelivery
-    from vmcore.machine import Machine
-    from vmcore.profile import Profile
-
-    delivered = []
-    original = IdtDelivery.deliver
-
-    def deliver(self, vector, **kwargs):  # type: ignore[no-untyped-def]
-        delivered.append((vector, kwargs.get("software", False)))
-        return original(self, vector, **kwargs)
-
-    IdtDelivery.deliver = deliver  # type: ignore[method-assign]
-    try:
-        profile = Profile.load(REPO / "machines" / "int-ivt.yaml", ("devices.console.backend=memory",))
-        with Machine.build(profile) as machine:
-            stop = machine.run("tcg", RunLimits(timeout=20))
-            output = bytes(machine.devices["console"].output)
-    finally:
-        IdtDelivery.deliver = original  # type: ignore[method-assign]
+    stop, output, delivered, _hardirq = _deliveries("int-ivt", monkeypatch)
     assert (stop.kind, output) == ("halted", b"int21\nde\nivt ok\n"), stop.message
-    assert delivered == [(0, False)]  # the #DE only
-
+    assert [(vector, kwargs.get("software", False)) for vector, kwargs in delivered] == [(0, False)]  # the #DE only

@@ -493,3 +493,29 @@ def test_close_stops_a_reader_waiting_for_room(fake_bus, tmp_path):
     wait_until_host_input_is_held(fake_bus, uart)
     uart.close()
     assert started and not any(t.is_alive() for t in started)
+
+
+def test_input_held_for_a_recording_stays_within_the_buffer_until_the_machine_commits_it():
+    """InputBuffer.hold (vmcore.record): what a reader puts waits unseen; with what waits counted, a
+    reader is let read no more than the capacity, and a commit on the machine thread makes it visible."""
+    posted = []
+    committed = []
+    buffer = chardev.InputBuffer(8)
+    buffer.hold(posted.append, committed.append)
+    assert buffer.wait_for_room() == 8
+    buffer.put(b"abcdef")
+    buffer.put(b"gh")
+    assert len(posted) == 1 and buffer.take(8) == b""  # one commit asked for; nothing seen yet
+    room = []
+    reader = threading.Thread(target=lambda: room.append(buffer.wait_for_room()))
+    reader.start()
+    reader.join(0.2)
+    assert reader.is_alive()  # full: the reader waits, reading nothing more from the host
+    posted[0]()  # the machine thread commits
+    assert committed == [b"abcdefgh"] and buffer.take(8) == b"abcdefgh"
+    reader.join(5)
+    assert room == [8]
+    buffer.silence()
+    buffer.put(b"dropped")
+    assert buffer.take(8) == b"" and buffer.wait_for_room() == chardev.READ_CHUNK
+    buffer.close()

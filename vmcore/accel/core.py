@@ -542,13 +542,9 @@ class RunCore:
             remaining = None if self._deadline is None else self._deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            if clock is not None and clock.virtual:
-                # No timer left: only host input (or the time limit) can wake the guest.
-                self.woken.wait(remaining)
-                self.woken.clear()
-            elif clock is not None:
+            if clock is not None and not clock.virtual:
                 sleep_until(clock.now, clock.next_deadline(), self.woken, remaining)
-            else:
+            else:  # no clock, or a virtual one with no timer left: only input or the time limit wakes it
                 self.woken.wait(remaining)
                 self.woken.clear()
 

@@ -44,6 +44,7 @@ from ..kvm import structs as s
 from .msrs import APIC_BASE as MSR_APIC_BASE
 from .msrs import TSC as MSR_TSC
 from .msrs import TSC_DEADLINE as MSR_TSC_DEADLINE
+from .msrs import SNAPSHOT_MSRS
 from .msrs import apic_base_refused
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
@@ -69,10 +70,8 @@ _MMIO_DATA = _MMIO + s._exit_mmio.data.offset
 _MMIO_LEN = (_MMIO + s._exit_mmio.len.offset) // 4
 _MMIO_IS_WRITE = _MMIO + s._exit_mmio.is_write.offset
 assert k.KVM_EXIT_IO_OUT == 1 and k.KVM_EXIT_IO_IN == 0  # the direction byte is "is a write"
-#: The MSRs a snapshot keeps besides EFER (in kvm_sregs): SYSCALL's, FS/GS bases and the swapped
-#: GS base, SYSENTER's, PAT, and the TSC (KVM moves its offset so the count goes on).
-_SAVED_MSRS = (0x10, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084, 0xC0000100, 0xC0000101, 0xC0000102,
-               0xC0000103, 0x174, 0x175, 0x176, 0x277)
+#: The MSRs a snapshot keeps (EFER is in kvm_sregs), and the TSC: KVM moves its offset so the count goes on.
+_SAVED_MSRS = (MSR_TSC, *SNAPSHOT_MSRS)
 #: kvm_vcpu_events.flags (<asm/kvm.h>): which optional parts KVM_SET_VCPU_EVENTS takes.
 _VCPUEVENT_VALID_NMI_PENDING, _VCPUEVENT_VALID_SIPI_VECTOR, _VCPUEVENT_VALID_SHADOW, _VCPUEVENT_VALID_SMM = 1, 2, 4, 8
 

@@ -29,6 +29,12 @@ FS_BASE, GS_BASE, KERNEL_GS_BASE = 0xC0000100, 0xC0000101, 0xC0000102
 TSC_AUX = 0xC0000103
 X2APIC_FIRST, X2APIC_LAST = 0x800, 0x8FF
 
+#: The MSRs a guest sets up that a snapshot keeps, on every accelerator (besides what each keeps
+#: elsewhere or adds: EFER, the TSC): SYSCALL's STAR, LSTAR, CSTAR and SFMASK, the FS, GS and
+#: swapped GS bases, TSC_AUX, SYSENTER's CS, ESP and EIP, and PAT.
+SNAPSHOT_MSRS = (0xC0000081, LSTAR, CSTAR, 0xC0000084, FS_BASE, GS_BASE, KERNEL_GS_BASE, TSC_AUX, 0x174,
+                 SYSENTER_ESP, SYSENTER_EIP, 0x277)
+
 #: MSRs that hold a linear address: a write must be canonical.
 ADDRESS_MSRS = (SYSENTER_ESP, SYSENTER_EIP, LSTAR, CSTAR, FS_BASE, GS_BASE, KERNEL_GS_BASE)
 

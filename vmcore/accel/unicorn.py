@@ -39,7 +39,7 @@ from .control_registers import allowed_cr4
 from .fastcall import FastCall
 from .idt import IdtDelivery
 from .intercepts import EMULATED, EXCP_VMEXIT, MSR, SCRATCH_SIZE, VINTR, InterceptControls, InterceptHandler, Step
-from .msrs import MsrRules
+from .msrs import SNAPSHOT_MSRS, MsrRules
 from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineCounter, EngineFeatures, add_c_block_hook, cpu_layout, engine_fastcalls,
                              engine_kick, engine_name, engine_real_mode_ints, hook_bounds_offset, pushf_clears_rf,
                              registers_match, smsw_operand_size)
@@ -74,9 +74,8 @@ _SEGMENT_SLOTS = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
 _MODES = {"real": "UC_MODE_32", "reset": "UC_MODE_32", "protected": "UC_MODE_32", "long": "UC_MODE_64"}
 _FLAG_IF, _FLAG_TF = 1 << 9, 1 << 8
 _MSR_EFER = 0xC0000080
-#: The MSRs a snapshot keeps besides EFER: SYSCALL's and SYSENTER's, the FS/GS bases, PAT, TSC_AUX.
-_SAVED_MSRS = (_MSR_EFER, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084, 0xC0000100, 0xC0000101, 0xC0000102,
-               0xC0000103, 0x174, 0x175, 0x176, 0x277)
+#: The MSRs a snapshot keeps, EFER first (its writes decide what the others mean).
+_SAVED_MSRS = (_MSR_EFER, *SNAPSHOT_MSRS)
 #: The x87/SSE control and status registers a snapshot keeps (with ST0-7 and XMM0-15).
 _FPU_CONTROL = ("fpcw", "fpsw", "fptag", "mxcsr")
 #: hflags, hflags2 and ten segment caches (ES, CS, SS, DS, FS, GS, LDT, TR, GDT, IDT): one stretch.
