@@ -411,3 +411,37 @@ def test_the_command_waits_for_a_thread_still_running() -> None:
                           capture_output=True, text=True, cwd=REPO, stdin=subprocess.DEVNULL, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "thread finished" in done.stdout and "exit handler ran" in done.stdout
+
+
+# --- the launcher: vmcore's modules imported with the collector paused ------------------------
+
+_LAUNCH = """
+import gc, sys
+during_import = []  # a collection that starts before vmcore.cli has defined command()
+gc.callbacks.append(lambda phase, info: phase == "start" and during_import.append(
+    getattr(sys.modules.get("vmcore.cli"), "command", None) is None))
+{disable}
+sys.argv = ["vmcore", "--help"]
+{launch}
+print(sum(during_import), gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr)
+"""
+_THROUGH_MAIN = "from vmcore.__main__ import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
+_DIRECT = "from vmcore.cli import command\ntry:\n    command()\nexcept SystemExit:\n    pass"
+
+
+@pytest.mark.parametrize("disable, launch, expected", [
+    ("", _THROUGH_MAIN, "0 True True"),  # nothing collected while importing; frozen; collecting again
+    ("gc.disable()", _THROUGH_MAIN, "0 False True"),  # a collector the caller turned off stays off
+])
+def test_python_m_vmcore_imports_the_cli_without_collections_and_freezes_what_it_made(disable, launch,
+                                                                                        expected) -> None:
+    done = python(_LAUNCH.format(disable=disable, launch=launch))
+    assert "usage: vmcore" in done.stdout, done.stderr
+    assert done.stderr.split() == expected.split()
+
+
+def test_imported_without_the_launcher_the_cli_is_collected_while_it_imports() -> None:
+    # The comparison that shows the check above can fail: the same imports, the collector on.
+    done = python(_LAUNCH.format(disable="", launch=_DIRECT))
+    collections, enabled, frozen = done.stderr.split()
+    assert int(collections) > 0 and enabled == "True" and frozen == "False", done.stderr

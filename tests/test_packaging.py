@@ -74,3 +74,11 @@ def test_outside_the_repository_vmcore_devices_lists_every_builtin(tmp_path: Pat
     listing = _outside_the_repository(tmp_path, "-m", "vmcore", "devices").stdout
     listed = re.findall(r"^(\S+)  \((vmcore_devices\.\w+), plugin ", listing, re.M)
     assert dict(listed) == PYPROJECT["project"]["entry-points"]["vmcore"]
+
+
+def test_the_console_script_is_the_launcher_python_m_vmcore_runs() -> None:
+    # Both go through vmcore.__main__.main, which imports the CLI with the collector paused.
+    assert PYPROJECT["project"]["scripts"] == {"vmcore": "vmcore.__main__:main"}
+    installed = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")
+                 if ep.dist is not None and ep.dist.name == "vmcore"}
+    assert installed == PYPROJECT["project"]["scripts"]

@@ -34,15 +34,17 @@ import logging
 import os
 import select
 import signal
-import socket
 import stat
 import sys
 import threading
-from typing import IO, Any, Callable, Literal
+from typing import IO, TYPE_CHECKING, Any, Callable, Literal
 
 import attrs
 
 from .device import PropertyError, prop
+
+if TYPE_CHECKING:
+    import socket  # imported where a socket backend opens (a few ms every run would pay)
 
 #: Most bytes one host read asks for.
 READ_CHUNK = 4096
@@ -561,6 +563,8 @@ class SocketBackend(Backend):
 
     def open(self, ready: Ready | None = None) -> None:
         super().open(ready)
+        import socket
+
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             if self.mode == "server":
@@ -592,6 +596,8 @@ class SocketBackend(Backend):
         self._refuse_non_socket(path)
         if not os.path.lexists(path):
             return
+        import socket
+
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.setblocking(False)
