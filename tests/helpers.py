@@ -535,3 +535,27 @@ class PtyReader:
         except (OSError, ChildProcessError):
             pass
         os.close(self.fd)
+
+
+# --- snapshots ------------------------------------------------------------------------------------
+
+
+def rewrite_snapshot(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Rewrite a snapshot's header with ``change`` (given the header to edit in place), its
+    checksum made again: a file that is whole, its content what a test wants."""
+    import hashlib
+
+    from vmcore.snapshot import MAGIC, read_snapshot
+
+    header, data = read_snapshot(path, limit=1 << 32)
+    change(header)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    body = MAGIC + len(text).to_bytes(8, "little") + text + data
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def as_if_from_kvm(header: dict[str, Any]) -> None:
+    """A software-CPU snapshot made to look saved on KVM: its engine's own record dropped, so the
+    vCPU can come back only through its portable form (vmcore.accel.portable)."""
+    header["accelerator"] = "kvm"
+    del header["cpu"]["engine"]

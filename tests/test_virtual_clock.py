@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, rewrite_snapshot
 from vmcore.accel import RunLimits
 from vmcore.clock import VirtualClock
 from vmcore.machine import Machine
@@ -182,6 +182,33 @@ def test_a_boot_split_anywhere_by_a_snapshot_is_the_whole_boot_to_the_nanosecond
     def split(after: int) -> None:
         first, paused, snapshot = _timed_run(tmp_path, pause_after=after)
         assert paused.kind == "paused" and snapshot is not None
+        second, end, _ = _timed_run(tmp_path, restore=snapshot)
+        joined = first + second
+        differs = next((i for i, (a, b) in enumerate(zip(joined, whole)) if a != b), None)
+        assert differs is None, f"split after {after} exits: event {differs} {joined[differs]} != {whole[differs]}"
+        assert len(joined) == len(whole) and (end.kind, end.status) == ("exit", 85)
+
+    split()
+
+
+@needs_counting_engine
+def test_a_vcpu_brought_back_through_its_portable_form_goes_on_as_the_whole_boot(tmp_path: Path) -> None:
+    """The form a vCPU moves between accelerators in (vmcore.accel.portable): saved at points
+    hypothesis picks, the engine's own record of the vCPU dropped (as a KVM snapshot has none),
+    restored from the registers, segment caches, x87/SSE state and events alone (hflags worked
+    out again by the engine), SeaBIOS's boot goes on to the same events at the same times."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    whole, stop, _ = _timed_run(tmp_path)
+    accesses = sum(1 for _when, text in whole if not text.startswith(("irq", "intr", "pci")))
+
+    @settings(max_examples=5, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(st.integers(min_value=1, max_value=accesses - 1))
+    def split(after: int) -> None:
+        first, paused, snapshot = _timed_run(tmp_path, pause_after=after)
+        assert paused.kind == "paused" and snapshot is not None
+        rewrite_snapshot(snapshot, lambda header: header["cpu"].pop("engine"))
         second, end, _ = _timed_run(tmp_path, restore=snapshot)
         joined = first + second
         differs = next((i for i, (a, b) in enumerate(zip(joined, whole)) if a != b), None)

@@ -367,8 +367,14 @@ class Machine:
                 header, data = self._restored
                 saved_on = header.get("accelerator")
                 if saved_on != self.accelerator.name:
-                    return StopReason.of("config-error", f"the snapshot's vCPU was saved on {saved_on}; restore it "
-                                         f"with --accel {saved_on} (moving a vCPU between accelerators is not done yet)")
+                    # Another accelerator's vCPU comes over in its portable form (vmcore.accel.portable).
+                    moved = header["cpu"].get("portable")
+                    if not isinstance(moved, dict):
+                        return StopReason.of("config-error", f"the snapshot's vCPU was saved on {saved_on} without "
+                                             f"a portable form; restore it with --accel {saved_on}")
+                    if "refused" in moved:
+                        return StopReason.of("config-error", f"the snapshot's vCPU cannot move from {saved_on} to "
+                                             f"{self.accelerator.name}: {moved['refused']}")
                 try:
                     load_memory(header, data, {block.name: (block.view, block.readonly)
                                                for block in self.memory.blocks()})

@@ -48,7 +48,7 @@ from .msrs import SNAPSHOT_MSRS
 from .msrs import apic_base_refused
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
-from . import Accelerator, AcceleratorUnavailable
+from . import Accelerator, AcceleratorUnavailable, portable
 from .core import HALT, MMIO_READ, MMIO_WRITE, PIO_READ, PIO_WRITE, STEPPED, YIELD, CpuStop, RunCore
 
 log = logging.getLogger("vmcore.accel.kvm")
@@ -72,6 +72,8 @@ _MMIO_IS_WRITE = _MMIO + s._exit_mmio.is_write.offset
 assert k.KVM_EXIT_IO_OUT == 1 and k.KVM_EXIT_IO_IN == 0  # the direction byte is "is a write"
 #: The MSRs a snapshot keeps (EFER is in kvm_sregs), and the TSC: KVM moves its offset so the count goes on.
 _SAVED_MSRS = (MSR_TSC, *SNAPSHOT_MSRS)
+#: The MSRs a vCPU the software CPU saved brings over (its TSC comes in the portable part).
+_PORTABLE_MSRS = frozenset(SNAPSHOT_MSRS)
 #: kvm_vcpu_events.flags (<asm/kvm.h>): which optional parts KVM_SET_VCPU_EVENTS takes.
 _VCPUEVENT_VALID_NMI_PENDING, _VCPUEVENT_VALID_SIPI_VECTOR, _VCPUEVENT_VALID_SHADOW, _VCPUEVENT_VALID_SMM = 1, 2, 4, 8
 
@@ -795,13 +797,14 @@ class KvmAccelerator(Accelerator):
         registers.update({name: int(getattr(sregs, name)) for name in ("cr0", "cr2", "cr3", "cr4", "efer")})
         return {"registers": registers, "msrs": msrs,
                 "kvm": {name: bytes(struct).hex() for name, struct in
-                        (("regs", regs), ("sregs", sregs), ("fpu", fpu), ("events", events))}}
+                        (("regs", regs), ("sregs", sregs), ("fpu", fpu), ("events", events))},
+                "portable": portable.from_kvm(regs, sregs, fpu, events)}
 
     def restore_cpu(self, saved: dict[str, Any]) -> None:
         """Give the vCPU (set up, not yet run) a state :meth:`save_cpu` saved."""
         if "kvm" not in saved:
-            raise AcceleratorUnavailable("the snapshot's vCPU is the software CPU's: restoring it on KVM (and back) "
-                                         "is not done yet; restore it with --accel tcg")
+            self._restore_portable(saved)
+            return
         layouts = {"regs": s.kvm_regs, "sregs": s.kvm_sregs, "fpu": s.kvm_fpu, "events": s.kvm_vcpu_events}
         raw = {}
         for name, layout in layouts.items():
@@ -823,6 +826,28 @@ class KvmAccelerator(Accelerator):
             # set); payloads and triple-fault events only where a capability enabled them.
             events.flags = (events.flags & (_VCPUEVENT_VALID_SHADOW | _VCPUEVENT_VALID_SMM)) | \
                 _VCPUEVENT_VALID_NMI_PENDING | _VCPUEVENT_VALID_SIPI_VECTOR
+            vcpu.set_vcpu_events(events)
+        except KvmError as exc:
+            raise AcceleratorUnavailable(f"KVM refused the snapshot's vCPU state: {exc}") from None
+
+    def _restore_portable(self, saved: dict[str, Any]) -> None:
+        """A vCPU the software CPU saved (vmcore.accel.portable): KVM's own state of the new vCPU
+        with the saved registers, segments, x87/SSE state, events and MSRs written over it."""
+        state = portable.check(saved["portable"])
+        vcpu = self.vcpu
+        regs, sregs, fpu, events = vcpu.get_regs(), vcpu.get_sregs(), vcpu.get_fpu(), vcpu.get_vcpu_events()
+        portable.to_kvm(state, regs, sregs, fpu, events)
+        msrs = {int(index, 16): int(value) for index, value in saved["msrs"].items() if int(index, 16) in _PORTABLE_MSRS}
+        if "tsc" in state:
+            msrs[MSR_TSC] = state["tsc"]
+        events.flags = _VCPUEVENT_VALID_SHADOW | _VCPUEVENT_VALID_NMI_PENDING
+        try:
+            vcpu.set_sregs(sregs)
+            vcpu.set_regs(regs)
+            vcpu.set_fpu(fpu)
+            for index, value in msrs.items():
+                if not vcpu.set_msr(index, value):
+                    log.warning("snapshot: KVM refused MSR %#x = %#x", index, value)
             vcpu.set_vcpu_events(events)
         except KvmError as exc:
             raise AcceleratorUnavailable(f"KVM refused the snapshot's vCPU state: {exc}") from None

@@ -33,7 +33,7 @@ from ..cpu_model import (FEATURES, PASS_THROUGH, CpuidTable, add_features, answe
 from ..device import GuestExit
 from ..memory import GuestMemory, MemorySlot
 from ..stop import StopReason
-from . import Accelerator, AcceleratorUnavailable
+from . import Accelerator, AcceleratorUnavailable, portable
 from .core import HALT, STEPPED, YIELD, CpuStop, Diversion, RunCore
 from .control_registers import allowed_cr4
 from .fastcall import FastCall
@@ -88,6 +88,7 @@ _CPUID7_ECX_OSPKE = 1 << 4
 _CPUID1_EDX_APIC = 1 << 9
 _CR4_PKE = 1 << 22
 _HF2_NMI = 1 << 2
+_HF_INHIBIT_IRQ = 1 << 3  # hflags: the interrupt shadow (QEMU's HF_INHIBIT_IRQ_MASK)
 _CR0_RESET = 0x60000010  # CD | NW | ET: CR0 after RESET, protection off
 _CR0_PG = 1 << 31
 #: Instructions per emu_start where no _Kicker can be installed (another unicorn build): how
@@ -153,6 +154,7 @@ class UnicornAccelerator(Accelerator):
         self._cr4_allowed: int | None = None  # the CR4 bits this CPUID allows (see _check_cr4)
         self._intercepts: InterceptHandler | None = None  # instructions checked here (vmcore.accel.intercepts)
         self._segment_caches: int | None = None  # the engine's segment descriptor caches (see _segment)
+        self._env: int | None = None  # the engine's x86 state (CPUX86State), where the caches were found
         self._step: Step | None = None  # an intercepted instruction to run once, its intercept off
         self._single_step = False  # the next run is one instruction (request_step)
         self.regs: Any = None  # register access in every mode (see _WideRegisters)
@@ -182,6 +184,7 @@ class UnicornAccelerator(Accelerator):
         self._halted = None if layout is None else ctypes.c_uint32.from_address(cpu + layout.halted)
         if layout is not None and layout.segments is not None:
             self._segment_caches = cpu + layout.env + layout.segments
+            self._env = cpu + layout.env
         self._exception = None if layout is None else _ExceptionInfo.of(cpu + layout.env, layout)
         set_cpl = None
         if layout is not None and layout.hflags is not None:
@@ -952,13 +955,43 @@ class UnicornAccelerator(Accelerator):
         # Not the engine's halted flag: a snapshot is taken at an exit, with the guest running (the
         # flag only says how the engine's last run ended, and a set one would stop the next).
         return {"registers": registers, "msrs": msrs, "fpu": fpu,
-                "engine": {"name": engine_name(), "block": ctypes.string_at(block, _ENGINE_BLOCK).hex()}}
+                "engine": {"name": engine_name(), "block": ctypes.string_at(block, _ENGINE_BLOCK).hex()},
+                "portable": self._portable(block, registers, msrs.get(f"{_MSR_EFER:#x}", 0), fpu)}
+
+    def _portable(self, block: int, registers: dict[str, int], efer: int, fpu: dict[str, Any]) -> dict[str, Any]:
+        """This vCPU in the form KVM takes too (vmcore.accel.portable), from the engine block's
+        segment caches and flags and the registers save_cpu read."""
+        def cache(slot: int) -> tuple[int, int, int, int]:
+            at = block + 8 + SEGMENT_CACHE_SIZE * slot
+            return (ctypes.c_uint32.from_address(at).value & 0xFFFF, ctypes.c_uint64.from_address(at + 8).value,
+                    ctypes.c_uint32.from_address(at + 16).value, ctypes.c_uint32.from_address(at + 20).value)
+
+        segments = {}
+        for slot, name in enumerate(portable.SEGMENTS):
+            selector, base, limit, flags = cache(slot)
+            segments[name] = {"selector": selector, "base": base, "limit": limit, **portable.attributes_of_flags(flags)}
+        tables = {name: {"base": cache(slot)[1], "limit": cache(slot)[2]} for slot, name in enumerate(portable.TABLES, 8)}
+        hflags, hflags2 = ctypes.c_uint32.from_address(block).value, ctypes.c_uint32.from_address(block + 4).value
+        regs = self.regs
+        extra = {name: regs.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}")) for name in ("fop", "fip", "fdp")}
+        state: dict[str, Any] = {
+            "registers": {name: registers[name] for name in portable.GPRS},
+            "control": {**{name: registers[name] for name in ("cr0", "cr2", "cr3", "cr4")}, "efer": efer},
+            "segments": segments, "tables": tables,
+            "fpu": {"fcw": fpu["fpcw"], "fsw": fpu["fpsw"], "ftw": portable.abridged_tags(fpu["fptag"]), **extra,
+                    "mxcsr": fpu["mxcsr"], "xmm": fpu["xmm"],
+                    "st": [(int(m).to_bytes(8, "little") + int(e).to_bytes(2, "little")).hex() for m, e in fpu["st"]]},
+            "events": {"shadow": int(bool(hflags & _HF_INHIBIT_IRQ)), "nmi_masked": int(bool(hflags2 & _HF2_NMI))},
+        }
+        if self._virtual is None:
+            state["tsc"] = host_tsc().read()
+        return state
 
     def restore_cpu(self, saved: dict[str, Any]) -> None:
         """Give the vCPU (set up, not yet run) a state :meth:`save_cpu` saved."""
         if "engine" not in saved:
-            raise AcceleratorUnavailable("the snapshot's vCPU is KVM's: restoring it on the software CPU (and back) "
-                                         "is not done yet; restore it with --accel kvm")
+            self._restore_portable(saved)
+            return
         block = self._engine_block()
         engine = saved["engine"]
         if engine["name"] != engine_name():
@@ -990,6 +1023,61 @@ class UnicornAccelerator(Accelerator):
             regs.reg_write(getattr(X, f"UC_X86_REG_XMM{i}"), int(value))
         ctypes.memmove(block, raw, _ENGINE_BLOCK)
         regs.reg_write(X.UC_X86_REG_RIP, int(registers["rip"]))
+        self._pc = None
+        self.uc.ctl_flush_tb()
+        if self._intercepts is not None:
+            self._intercepts.follow_state()
+
+    def _restore_portable(self, saved: dict[str, Any]) -> None:
+        """A vCPU KVM saved (vmcore.accel.portable): the registers written as in restore_cpu, the
+        segment caches written as KVM had them, and the engine's mode flags worked out from them
+        by the engine's own x86_update_hflags (CPL, PE, CS32/SS32/CS64, ADDSEG, LMA, ...; its
+        other bits, the SVM intercepts' among them, stay as set up)."""
+        state = portable.check(saved["portable"])
+        block = self._engine_block()
+        update_hflags = _update_hflags()
+        if update_hflags is None or self._env is None:
+            raise AcceleratorUnavailable("this unicorn build does not export x86_update_hflags: a vCPU from KVM "
+                                         "cannot be restored on it")
+        regs = self.regs
+        control = state["control"]
+        regs.msr_write(_MSR_EFER, control["efer"])
+        for name in ("cr4", "cr3", "cr0", "cr2"):
+            regs.reg_write(_reg(name), control[name])
+        for index, value in saved["msrs"].items():
+            if int(index, 16) in SNAPSHOT_MSRS:
+                try:
+                    regs.msr_write(int(index, 16), int(value))
+                except uc_mod.UcError:
+                    pass  # not one this engine keeps
+        for name in _GPRS:
+            regs.reg_write(_reg(name), state["registers"][name])
+        fpu = state["fpu"]
+        regs.reg_write(X.UC_X86_REG_FPCW, fpu["fcw"])
+        regs.reg_write(X.UC_X86_REG_FPSW, fpu["fsw"])  # with TOP
+        regs.reg_write(X.UC_X86_REG_FPTAG, portable.full_tags(fpu["ftw"]))
+        regs.reg_write(X.UC_X86_REG_MXCSR, fpu["mxcsr"] & 0xFFFFFFFF)
+        for name in ("fop", "fip", "fdp"):
+            regs.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), fpu[name])
+        for i, value in enumerate(fpu["st"]):
+            raw = bytes.fromhex(value)
+            regs.reg_write(getattr(X, f"UC_X86_REG_FP{i}"), (int.from_bytes(raw[:8], "little"),
+                                                             int.from_bytes(raw[8:], "little")))
+        for i, value in enumerate(fpu["xmm"]):
+            regs.reg_write(getattr(X, f"UC_X86_REG_XMM{i}"), value)
+        caches = [(state["segments"][name], portable.flags_of(state["segments"][name])) for name in portable.SEGMENTS]
+        caches += [({"selector": 0, **state["tables"][name]}, 0) for name in portable.TABLES]
+        for slot, (segment, flags) in enumerate(caches):
+            at = block + 8 + SEGMENT_CACHE_SIZE * slot
+            ctypes.c_uint32.from_address(at).value = segment["selector"]
+            ctypes.c_uint64.from_address(at + 8).value = segment["base"]
+            ctypes.c_uint32.from_address(at + 16).value = segment["limit"]
+            ctypes.c_uint32.from_address(at + 20).value = flags
+        update_hflags(self._env)
+        hflags, hflags2 = ctypes.c_uint32.from_address(block), ctypes.c_uint32.from_address(block + 4)
+        hflags.value = hflags.value & ~_HF_INHIBIT_IRQ | (_HF_INHIBIT_IRQ if state["events"]["shadow"] else 0)
+        hflags2.value = hflags2.value & ~_HF2_NMI | (_HF2_NMI if state["events"]["nmi_masked"] else 0)
+        regs.reg_write(X.UC_X86_REG_RIP, state["registers"]["rip"])
         self._pc = None
         self.uc.ctl_flush_tb()
         if self._intercepts is not None:
@@ -1147,6 +1235,20 @@ class _HostTsc:
 @functools.cache
 def host_tsc() -> _HostTsc:
     return _HostTsc()
+
+
+@functools.lru_cache(maxsize=None)
+def _update_hflags() -> Callable[[int], None] | None:
+    """The engine's ``x86_update_hflags(CPUX86State *)`` (QEMU's, exported by unicorn as
+    x86_update_hflags_x86_64): hflags worked out again from the segment caches, CRs, EFER and
+    EFLAGS, as QEMU does after loading a vCPU from KVM or a migration stream. None if absent."""
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    function = getattr(uclib, "x86_update_hflags_x86_64", None)
+    if function is None:
+        return None
+    function.argtypes, function.restype = [ctypes.c_void_p], None
+    return function  # type: ignore[no-any-return]
 
 
 def _engine_counts() -> bool:
