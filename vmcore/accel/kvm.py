@@ -136,6 +136,7 @@ class KvmAccelerator(Accelerator):
         self._finish: Callable[[], None] | None = None
         #: The last run stopped inside a string I/O or a split MMIO access (not saveable there).
         self._incomplete = False
+        self._xsave = False  # KVM_CAP_XSAVE (see setup)
 
     @classmethod
     def open(cls, path: str | None = None, kernel_irqchip: bool = False,
@@ -171,6 +172,8 @@ class KvmAccelerator(Accelerator):
     def setup(self, memory: GuestMemory, state: CpuState) -> None:
         self.memory = memory
         self._readonly_ok = self.vm.check_extension(k.KVM_CAP_READONLY_MEM) > 0
+        # Snapshots read and write the x87/SSE state through the XSAVE area where KVM has it.
+        self._xsave = self.vm.check_extension(k.KVM_CAP_XSAVE) > 0
         self._slot_ids: dict[int, int] = {}  # id(window) -> KVM slot number
         self._free_ids: list[int] = []
         self._map_changed([], list(memory))
@@ -787,6 +790,7 @@ class KvmAccelerator(Accelerator):
                                          "save at another point")
         vcpu = self.vcpu
         regs, sregs, fpu, events = vcpu.get_regs(), vcpu.get_sregs(), vcpu.get_fpu(), vcpu.get_vcpu_events()
+        xsave = vcpu.get_xsave() if self._xsave else None
         msrs = {}
         for index in _SAVED_MSRS:
             try:
@@ -795,10 +799,13 @@ class KvmAccelerator(Accelerator):
                 pass  # not one this KVM keeps
         registers = {name: int(getattr(regs, name)) for name in (*_GPRS, "rip", "rflags")}
         registers.update({name: int(getattr(sregs, name)) for name in ("cr0", "cr2", "cr3", "cr4", "efer")})
-        return {"registers": registers, "msrs": msrs,
-                "kvm": {name: bytes(struct).hex() for name, struct in
-                        (("regs", regs), ("sregs", sregs), ("fpu", fpu), ("events", events))},
-                "portable": portable.from_kvm(regs, sregs, fpu, events)}
+        saved = {name: bytes(struct).hex() for name, struct in
+                 (("regs", regs), ("sregs", sregs), ("fpu", fpu), ("events", events))}
+        if xsave is not None:
+            saved["xsave"] = bytes(xsave).hex()  # the x87/SSE state whole (see vmcore.accel.portable)
+        return {"registers": registers, "msrs": msrs, "kvm": saved,
+                "portable": portable.from_kvm(regs, sregs, fpu if xsave is None else portable.fpu_from_xsave(xsave),
+                                              events)}
 
     def restore_cpu(self, saved: dict[str, Any]) -> None:
         """Give the vCPU (set up, not yet run) a state :meth:`save_cpu` saved."""
@@ -806,6 +813,11 @@ class KvmAccelerator(Accelerator):
             self._restore_portable(saved)
             return
         layouts = {"regs": s.kvm_regs, "sregs": s.kvm_sregs, "fpu": s.kvm_fpu, "events": s.kvm_vcpu_events}
+        if "xsave" in saved["kvm"]:
+            if not self._xsave:
+                raise AcceleratorUnavailable("the snapshot keeps the vCPU's XSAVE area and this KVM has no "
+                                             "KVM_CAP_XSAVE")
+            layouts["xsave"] = s.kvm_xsave
         raw = {}
         for name, layout in layouts.items():
             data = bytes.fromhex(saved["kvm"][name])
@@ -818,6 +830,8 @@ class KvmAccelerator(Accelerator):
             vcpu.set_sregs(raw["sregs"])  # the mode first: what the rest means follows from it
             vcpu.set_regs(raw["regs"])
             vcpu.set_fpu(raw["fpu"])
+            if "xsave" in raw:
+                vcpu.set_xsave(raw["xsave"])
             for index, value in saved["msrs"].items():
                 if not vcpu.set_msr(int(index, 16), int(value)):
                     log.warning("snapshot: KVM refused MSR %s = %#x", index, int(value))
@@ -845,6 +859,10 @@ class KvmAccelerator(Accelerator):
             vcpu.set_sregs(sregs)
             vcpu.set_regs(regs)
             vcpu.set_fpu(fpu)
+            if self._xsave:
+                xsave = vcpu.get_xsave()
+                portable.fpu_into_xsave(fpu, xsave)
+                vcpu.set_xsave(xsave)
             for index, value in msrs.items():
                 if not vcpu.set_msr(index, value):
                     log.warning("snapshot: KVM refused MSR %#x = %#x", index, value)

@@ -139,6 +139,14 @@ class kvm_fpu(Structure):
     ]
 
 
+class kvm_xsave(Structure):
+    """KVM_GET/SET_XSAVE: the vCPU's XSAVE area, 4 KiB: the legacy FXSAVE region (x87, MXCSR, XMM)
+    first, the XSAVE header at 512 (XSTATE_BV: which components hold other than their initial
+    state), then the extended components (AVX's upper halves...)."""
+
+    _fields_ = [("region", c_uint32 * 1024)]
+
+
 class kvm_userspace_memory_region(Structure):
     _fields_ = [
         ("slot", c_uint32),

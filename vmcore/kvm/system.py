@@ -415,6 +415,14 @@ class Vcpu:
     def set_fpu(self, fpu: _s.kvm_fpu) -> None:
         _call(self.fd, _k.KVM_SET_FPU, fpu)
 
+    def get_xsave(self) -> _s.kvm_xsave:
+        xsave = _s.kvm_xsave()
+        _call(self.fd, _k.KVM_GET_XSAVE, xsave)
+        return xsave
+
+    def set_xsave(self, xsave: _s.kvm_xsave) -> None:
+        _call(self.fd, _k.KVM_SET_XSAVE, xsave)
+
     def get_msr(self, index: int) -> int:
         """The guest's MSR ``index`` (KVM_GET_MSRS of one entry)."""
         request = _s.msrs_type(1)(nmsrs=1)
