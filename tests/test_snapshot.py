@@ -470,3 +470,62 @@ def test_a_kvm_pause_inside_a_rep_string_io_waits_for_the_instruction_to_end(aft
     restored = vmcore("run", "string-io", "--accel", "kvm", "--restore", str(snap), "--trace-file", str(second))
     assert saved.stdout + restored.stdout == whole.stdout and restored.status == whole.status == 0
     assert first.read_text() + second.read_text() == whole_trace.read_text()
+
+
+@pytest.mark.kvm
+def test_kvms_own_interrupt_controllers_pit_local_apic_and_clock_go_into_the_vcpus_snapshot() -> None:
+    """irqchip: kernel: KVM's PICs and IOAPIC (KVM_GET/SET_IRQCHIP), its local APIC (KVM_GET/SET_LAPIC),
+    its PIT (KVM_GET/SET_PIT2) and the VM's kvmclock, saved from one VM and set in another."""
+    from tests.helpers import skip_without_kvm
+    from vmcore.accel.kvm import KvmAccelerator
+
+    skip_without_kvm()
+    first = KvmAccelerator.open(kernel_irqchip=True, kernel_pit=True)
+    try:
+        pic = first.vm.get_irqchip(0)
+        pic.chip[2] = 0xB8  # kvm_pic_state.imr
+        first.vm.set_irqchip(pic)
+        pit = first.vm.get_pit2()
+        pit.channels[0].count, pit.channels[0].mode = 1234, 2
+        first.vm.set_pit2(pit)
+        lapic = first.vcpu.get_lapic()
+        lapic.regs[0x80] = 0x20  # the task priority register
+        first.vcpu.set_lapic(lapic)
+        first.vm.set_clock(5 * 10**12)
+        saved = json.loads(json.dumps(first.save_cpu()))
+    finally:
+        first.close()
+    assert "refused" in saved["portable"] and "irqchip: kernel" in saved["portable"]["refused"]
+    second = KvmAccelerator.open(kernel_irqchip=True, kernel_pit=True)
+    try:
+        assert second.vm.get_irqchip(0).chip[2] != 0xB8 and second.vcpu.get_lapic().regs[0x80] != 0x20
+        second.restore_cpu(saved)
+        assert second.vm.get_irqchip(0).chip[2] == 0xB8
+        restored = second.vm.get_pit2()
+        assert (restored.channels[0].count, restored.channels[0].mode) == (1234, 2)
+        assert second.vcpu.get_lapic().regs[0x80] == 0x20
+        assert 5 * 10**12 <= second.vm.get_clock().clock < 6 * 10**12
+    finally:
+        second.close()
+    userspace = KvmAccelerator.open()
+    try:
+        with pytest.raises(ValueError, match="restore it with the profile it was made with"):
+            userspace.restore_cpu(saved)
+    finally:
+        userspace.close()
+
+
+@pytest.mark.kvm
+def test_seabios_on_kvms_own_interrupt_controllers_goes_on_from_a_snapshot(tmp_path: Path) -> None:
+    """pc-bios with irqchip: kernel and kernel_pit, saved mid-boot: restored, the BIOS tick the boot
+    sector waits for still comes (through KVM's PIT and PIC, whose state the snapshot carries)."""
+    from tests.helpers import skip_without_kvm
+
+    skip_without_kvm()
+    snap, kernel = tmp_path / "pc.snap", ("--set", "irqchip=kernel", "--set", "kernel_pit=true")
+    saved = vmcore("run", "pc-bios", "--accel", "kvm", *kernel, "--snapshot", str(snap), "--snapshot-after", "3000")
+    assert saved.status == 0, saved.stderr
+    restored = vmcore("run", "pc-bios", "--accel", "kvm", *kernel, "--restore", str(snap))
+    assert restored.status == 85 and b"hello from int 10h" in restored.stdout, restored.stderr
+    userspace = vmcore("run", "pc-bios", "--accel", "kvm", "--restore", str(snap))
+    assert userspace.status == 2 and "restore it with the profile it was made with" in userspace.stderr

@@ -71,7 +71,12 @@ _MMIO_LEN = (_MMIO + s._exit_mmio.len.offset) // 4
 _MMIO_IS_WRITE = _MMIO + s._exit_mmio.is_write.offset
 assert k.KVM_EXIT_IO_OUT == 1 and k.KVM_EXIT_IO_IN == 0  # the direction byte is "is a write"
 #: The MSRs a snapshot keeps (EFER is in kvm_sregs), and the TSC: KVM moves its offset so the count goes on.
-_SAVED_MSRS = (MSR_TSC, *SNAPSHOT_MSRS)
+#: kvmclock's MSRs (KVM's paravirtual clock, MSR_KVM_WALL_CLOCK_NEW and MSR_KVM_SYSTEM_TIME_NEW):
+#: restored, KVM goes on updating the pages the guest gave it.
+_KVMCLOCK_MSRS = (0x4B564D00, 0x4B564D01)
+_SAVED_MSRS = (MSR_TSC, *SNAPSHOT_MSRS, *_KVMCLOCK_MSRS)
+#: KVM_GET_IRQCHIP's chips: the master and slave PICs and the IOAPIC.
+_IRQCHIPS = (0, 1, 2)
 #: The MSRs a vCPU the software CPU saved brings over (its TSC comes in the portable part).
 _PORTABLE_MSRS = frozenset(SNAPSHOT_MSRS)
 #: kvm_vcpu_events.flags (<asm/kvm.h>): which optional parts KVM_SET_VCPU_EVENTS takes.
@@ -100,11 +105,12 @@ class KvmAccelerator(Accelerator):
 
     name = "kvm"
 
-    def __init__(self, kvm: Kvm, vm: Vm, vcpu: Vcpu, kernel_irqchip: bool = False) -> None:
+    def __init__(self, kvm: Kvm, vm: Vm, vcpu: Vcpu, kernel_irqchip: bool = False, kernel_pit: bool = False) -> None:
         self.kvm = kvm
         self.vm = vm
         self.vcpu = vcpu
         self.kernel_irqchip = kernel_irqchip
+        self.kernel_pit = kernel_pit
         self.memory: GuestMemory | None = None
         self._msr_exits = False  # IA32_APIC_BASE comes to userspace (see _apic_base_exits)
         self._physical_bits = 36  # the guest's MAXPHYADDR, from its CPUID
@@ -161,7 +167,7 @@ class KvmAccelerator(Accelerator):
         except KvmError as exc:
             kvm.close()
             raise AcceleratorUnavailable(f"KVM is present but unusable: {exc}") from None
-        return cls(kvm, vm, vcpu, kernel_irqchip)
+        return cls(kvm, vm, vcpu, kernel_irqchip, kernel_irqchip and kernel_pit)
 
     def set_irq_line(self, line: int, level: bool) -> None:
         """Drive an input of the in-kernel interrupt controller (KVM_IRQ_LINE)."""
@@ -778,11 +784,8 @@ class KvmAccelerator(Accelerator):
         end): KVM's own records of it, as the kernel lays them out (kvm_regs, kvm_sregs with the
         segments' hidden parts, kvm_fpu, kvm_vcpu_events with the interrupt shadow and NMI
         masking), and the MSRs a guest sets up (EFER is in kvm_sregs; the TSC goes on from its
-        value). A vCPU stopped inside a string I/O, or a machine whose interrupt controllers are
-        KVM's (irqchip: kernel, not saved), is refused."""
-        if self.kernel_irqchip:
-            raise AcceleratorUnavailable("irqchip: kernel: the in-kernel PIC, IOAPIC and local APIC are not saved "
-                                         "in a snapshot yet (irqchip: userspace is)")
+        value); the VM's kvmclock; with irqchip: kernel, KVM's PICs, IOAPIC, local APIC (and its
+        TSC deadline) and, with kernel_pit, its PIT. A vCPU stopped inside a string I/O is refused."""
         if self._finish is not None:
             self._finish()  # saved from inside a run (the paused monitor): the exit being served is completed first
         if self._incomplete:
@@ -799,13 +802,25 @@ class KvmAccelerator(Accelerator):
                 pass  # not one this KVM keeps
         registers = {name: int(getattr(regs, name)) for name in (*_GPRS, "rip", "rflags")}
         registers.update({name: int(getattr(sregs, name)) for name in ("cr0", "cr2", "cr3", "cr4", "efer")})
-        saved = {name: bytes(struct).hex() for name, struct in
-                 (("regs", regs), ("sregs", sregs), ("fpu", fpu), ("events", events))}
+        saved: dict[str, Any] = {name: bytes(struct).hex() for name, struct in
+                                 (("regs", regs), ("sregs", sregs), ("fpu", fpu), ("events", events))}
         if xsave is not None:
             saved["xsave"] = bytes(xsave).hex()  # the x87/SSE state whole (see vmcore.accel.portable)
-        return {"registers": registers, "msrs": msrs, "kvm": saved,
-                "portable": portable.from_kvm(regs, sregs, fpu if xsave is None else portable.fpu_from_xsave(xsave),
-                                              events)}
+        saved["clock_ns"] = int(self.vm.get_clock().clock)  # kvmclock: a guest's time goes on from here
+        if self.kernel_irqchip:
+            saved["irqchip"] = [bytes(self.vm.get_irqchip(chip)).hex() for chip in _IRQCHIPS]
+            saved["lapic"] = bytes(vcpu.get_lapic()).hex()
+            try:
+                saved["tsc_deadline"] = vcpu.get_msr(MSR_TSC_DEADLINE)
+            except KvmError:
+                pass  # no TSC-deadline timer on this KVM
+            if self.kernel_pit:
+                saved["pit"] = bytes(self.vm.get_pit2()).hex()
+            moved: dict[str, Any] = {"refused": "irqchip: kernel: KVM's own interrupt controllers have no place on "
+                                                "the software CPU (irqchip: userspace moves)"}
+        else:
+            moved = portable.from_kvm(regs, sregs, fpu if xsave is None else portable.fpu_from_xsave(xsave), events)
+        return {"registers": registers, "msrs": msrs, "kvm": saved, "portable": moved}
 
     def restore_cpu(self, saved: dict[str, Any]) -> None:
         """Give the vCPU (set up, not yet run) a state :meth:`save_cpu` saved."""
@@ -818,9 +833,19 @@ class KvmAccelerator(Accelerator):
                 raise AcceleratorUnavailable("the snapshot keeps the vCPU's XSAVE area and this KVM has no "
                                              "KVM_CAP_XSAVE")
             layouts["xsave"] = s.kvm_xsave
+        if ("irqchip" in saved["kvm"]) != self.kernel_irqchip or ("pit" in saved["kvm"]) != self.kernel_pit:
+            raise ValueError("the snapshot's interrupt controllers and PIT are not where this machine has them "
+                             "(irqchip, kernel_pit): restore it with the profile it was made with")
+        if self.kernel_irqchip:
+            layouts["lapic"] = s.kvm_lapic_state
+            for i in range(len(_IRQCHIPS)):
+                layouts[f"irqchip{i}"] = s.kvm_irqchip
+            if self.kernel_pit:
+                layouts["pit"] = s.kvm_pit_state2
         raw = {}
         for name, layout in layouts.items():
-            data = bytes.fromhex(saved["kvm"][name])
+            data = bytes.fromhex(saved["kvm"][name] if not name.startswith("irqchip") else
+                                 saved["kvm"]["irqchip"][int(name[7:])])
             if len(data) != ctypes.sizeof(layout):
                 raise AcceleratorUnavailable(f"the snapshot's kvm {name} is {len(data)} bytes, not this KVM's "
                                              f"{ctypes.sizeof(layout)}")
@@ -841,6 +866,18 @@ class KvmAccelerator(Accelerator):
             events.flags = (events.flags & (_VCPUEVENT_VALID_SHADOW | _VCPUEVENT_VALID_SMM)) | \
                 _VCPUEVENT_VALID_NMI_PENDING | _VCPUEVENT_VALID_SIPI_VECTOR
             vcpu.set_vcpu_events(events)
+            if self.kernel_irqchip:
+                # The local APIC after IA32_APIC_BASE (in kvm_sregs), its TSC deadline after the LVT
+                # timer's mode (QEMU's order); the PICs and IOAPIC are the VM's.
+                vcpu.set_lapic(raw["lapic"])
+                if "tsc_deadline" in saved["kvm"]:
+                    vcpu.set_msr(MSR_TSC_DEADLINE, int(saved["kvm"]["tsc_deadline"]))
+                for i in range(len(_IRQCHIPS)):
+                    self.vm.set_irqchip(raw[f"irqchip{i}"])
+                if self.kernel_pit:
+                    self.vm.set_pit2(raw["pit"])  # each count loads again as set, counting from now
+            if "clock_ns" in saved["kvm"]:
+                self.vm.set_clock(int(saved["kvm"]["clock_ns"]))
         except KvmError as exc:
             raise AcceleratorUnavailable(f"KVM refused the snapshot's vCPU state: {exc}") from None
 

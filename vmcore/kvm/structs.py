@@ -15,6 +15,7 @@ from ctypes import (
     Union,
     c_char,
     c_int32,
+    c_int64,
     c_uint8,
     c_uint16,
     c_uint32,
@@ -38,6 +39,12 @@ __all__ = [
     "kvm_irq_level",
     "kvm_interrupt",
     "kvm_pit_config",
+    "kvm_irqchip",
+    "kvm_lapic_state",
+    "kvm_pit_channel_state",
+    "kvm_pit_state2",
+    "kvm_clock_data",
+    "kvm_xsave",
     "kvm_coalesced_mmio_zone",
     "kvm_coalesced_mmio",
     "kvm_coalesced_mmio_ring",
@@ -236,6 +243,50 @@ class kvm_irq_level(Structure):
 
 class kvm_pit_config(Structure):
     _fields_ = [("flags", c_uint32), ("pad", c_uint32 * 15)]
+
+
+class kvm_irqchip(Structure):
+    """KVM_GET/SET_IRQCHIP: one in-kernel interrupt controller's state (``chip_id`` 0: master PIC,
+    1: slave PIC, 2: IOAPIC), kept whole as KVM lays it out (a snapshot saves the bytes)."""
+
+    _fields_ = [("chip_id", c_uint32), ("pad", c_uint32), ("chip", c_uint8 * 512)]
+
+
+class kvm_lapic_state(Structure):
+    """KVM_GET/SET_LAPIC: the in-kernel local APIC's register page (KVM_APIC_REG_SIZE bytes)."""
+
+    _fields_ = [("regs", c_uint8 * 0x400)]
+
+
+class kvm_pit_channel_state(Structure):
+    _fields_ = [
+        ("count", c_uint32),  # can be 65536
+        ("latched_count", c_uint16),
+        ("count_latched", c_uint8),
+        ("status_latched", c_uint8),
+        ("status", c_uint8),
+        ("read_state", c_uint8),
+        ("write_state", c_uint8),
+        ("write_latch", c_uint8),
+        ("rw_mode", c_uint8),
+        ("mode", c_uint8),
+        ("bcd", c_uint8),
+        ("gate", c_uint8),
+        ("count_load_time", c_int64),
+    ]
+
+
+class kvm_pit_state2(Structure):
+    """KVM_GET/SET_PIT2: the in-kernel PIT's three channels (a set count counts from the set)."""
+
+    _fields_ = [("channels", kvm_pit_channel_state * 3), ("flags", c_uint32), ("reserved", c_uint32 * 9)]
+
+
+class kvm_clock_data(Structure):
+    """KVM_GET/SET_CLOCK: the VM's kvmclock (ns), which a guest's kvmclock pages count from."""
+
+    _fields_ = [("clock", c_uint64), ("flags", c_uint32), ("pad0", c_uint32), ("realtime", c_uint64),
+                ("host_tsc", c_uint64), ("pad", c_uint32 * 4)]
 
 
 class _pad_or_pio(Union):

@@ -295,6 +295,32 @@ class Vm:
     def create_pit2(self, flags: int = 0) -> None:
         _call(self.fd, _k.KVM_CREATE_PIT2, _s.kvm_pit_config(flags=flags))
 
+    def get_irqchip(self, chip_id: int) -> _s.kvm_irqchip:
+        """An in-kernel interrupt controller's state: 0 master PIC, 1 slave PIC, 2 IOAPIC."""
+        chip = _s.kvm_irqchip(chip_id=chip_id)
+        _call(self.fd, _k.KVM_GET_IRQCHIP, chip)
+        return chip
+
+    def set_irqchip(self, chip: _s.kvm_irqchip) -> None:
+        _call(self.fd, _k.KVM_SET_IRQCHIP, chip)
+
+    def get_pit2(self) -> _s.kvm_pit_state2:
+        state = _s.kvm_pit_state2()
+        _call(self.fd, _k.KVM_GET_PIT2, state)
+        return state
+
+    def set_pit2(self, state: _s.kvm_pit_state2) -> None:
+        _call(self.fd, _k.KVM_SET_PIT2, state)
+
+    def get_clock(self) -> _s.kvm_clock_data:
+        data = _s.kvm_clock_data()
+        _call(self.fd, _k.KVM_GET_CLOCK, data)
+        return data
+
+    def set_clock(self, clock_ns: int) -> None:
+        """Set the VM's kvmclock to ``clock_ns`` (guests' kvmclock pages count on from there)."""
+        _call(self.fd, _k.KVM_SET_CLOCK, _s.kvm_clock_data(clock=clock_ns))
+
     def register_coalesced_mmio(self, addr: int, size: int, pio: bool = False) -> None:
         """Let writes to the range queue in the ring instead of exiting one by one."""
         zone = _s.kvm_coalesced_mmio_zone(addr=addr, size=size, pio=int(pio))
@@ -414,6 +440,14 @@ class Vcpu:
 
     def set_fpu(self, fpu: _s.kvm_fpu) -> None:
         _call(self.fd, _k.KVM_SET_FPU, fpu)
+
+    def get_lapic(self) -> _s.kvm_lapic_state:
+        state = _s.kvm_lapic_state()
+        _call(self.fd, _k.KVM_GET_LAPIC, state)
+        return state
+
+    def set_lapic(self, state: _s.kvm_lapic_state) -> None:
+        _call(self.fd, _k.KVM_SET_LAPIC, state)
 
     def get_xsave(self) -> _s.kvm_xsave:
         xsave = _s.kvm_xsave()
