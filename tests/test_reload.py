@@ -162,14 +162,68 @@ def test_what_cannot_be_reloaded_yet_says_why(counter_machine) -> None:
         machine.reload_device("nosuch")
 
 
-def test_a_pci_function_is_refused() -> None:
-    profile = Profile.load(REPO / "machines" / "pc-bios.yaml", ("devices.com1.backend=memory",
-                                                                 "devices.debuglog.backend=memory"))
-    with Machine.build(profile) as machine:
-        with pytest.raises(ReloadError, match="ide: a PCI function cannot be reloaded yet"):
-            machine.reload_device("ide")
-        said = machine.reload_device("rtc")  # an ISA device of the same machine reloads
-        assert said.startswith("reloaded rtc (cmos-rtc) from ")
+_PC = (REPO / "machines" / "pc-bios.yaml", ("devices.com1.backend=memory", "devices.debuglog.backend=memory"))
+
+
+@pytest.mark.parametrize("names", [("ide",), ("i440fx", "ide")])
+def test_pci_functions_reloaded_mid_boot_keep_their_slot_bars_and_memory_windows(names: tuple[str, ...]) -> None:
+    """SeaBIOS boots on: the piix-ide function reloaded once the BIOS has mapped its BAR4 (the new
+    instance takes 00:01.1 and BAR4 maps again where its loaded configuration says), the i440fx
+    too (its PAM and SMRAM windows the new instance's, the running one's dropped)."""
+    with Machine.build(Profile.load(_PC[0], _PC[1])) as machine:
+        ide = machine.devices["ide"]
+        windows = sorted(overlay.name for overlay in machine.memory.overlays())
+        said: list[str] = []
+        mapped: list[int | None] = []
+
+        def reload_when_mapped() -> None:
+            deadline = time.monotonic() + 30
+            while machine.pci.mapping(ide, 4) is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+            mapped.append(machine.pci.mapping(ide, 4))
+            for name in names:
+                machine.clock.call_soon_threadsafe(lambda name=name: said.append(machine.reload_device(name)))
+
+        editor = threading.Thread(target=reload_when_mapped)
+        editor.start()
+        stop = machine.run("tcg", RunLimits(timeout=60))
+        editor.join()
+        assert (stop.kind, stop.status) == ("exit", 85), stop.message
+        assert b"hello from int 10h" in bytes(machine.devices["com1"].output)
+        assert [line.split(" (")[0] for line in said] == [f"reloaded {name}" for name in names]
+        new = machine.devices["ide"]
+        assert new is not ide and machine.pci.function(1, 1) is new
+        assert mapped[0] is not None and machine.pci.mapping(new, 4) == mapped[0]
+        owners = {owner for _region, owner in machine.pio.claims()}
+        assert "ide:bar4" in owners and machine.pio.find(mapped[0])[1] == "ide:bar4"
+        assert sorted(overlay.name for overlay in machine.memory.overlays()) == windows  # none twice
+
+
+def test_a_pci_function_whose_reload_fails_stays_in_its_slot_with_its_bars(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vmcore.snapshot
+    from vmcore.snapshot import SnapshotError
+
+    with Machine.build(Profile.load(_PC[0], _PC[1])) as machine:
+        machine.pci.assign()  # BARs placed as firmware would
+        ide, host = machine.devices["ide"], machine.devices["i440fx"]
+        base, windows = machine.pci.mapping(ide, 4), machine.memory.overlays()
+        claims = sorted((region.base, owner) for region, owner in machine.pio.claims())
+
+        def refuse(device, saved):  # type: ignore[no-untyped-def]
+            raise SnapshotError("made to fail")
+
+        monkeypatch.setattr(vmcore.snapshot, "load_device", refuse)  # reload_device imports it when called
+        for name in ("ide", "i440fx"):
+            with pytest.raises(ReloadError, match=f"{name}: the new code's state does not fit .*made to fail"):
+                machine.reload_device(name)
+        assert machine.devices["ide"] is ide and machine.pci.function(1, 1) is ide
+        assert machine.devices["i440fx"] is host and machine.pci.function(0, 0) is host
+        assert base is not None and machine.pci.mapping(ide, 4) == base
+        assert sorted((region.base, owner) for region, owner in machine.pio.claims()) == claims
+        assert machine.memory.overlays() == windows  # the new instance's windows gone again
+        monkeypatch.undo()
+        said = machine.reload_device("ide")  # and once it can, it does
+        assert said.startswith("reloaded ide (piix-ide) from ") and machine.pci.mapping(machine.devices["ide"], 4) == base
 
 
 def test_the_watcher_reloads_a_device_whose_module_file_changed(counter_machine) -> None:

@@ -350,6 +350,30 @@ class PciBus:
         slot = self._slots[(device_number, function_number)] = _Slot(function, name)
         self._update(slot)
 
+    def detach(self, name: str) -> list[tuple[tuple[int, int], Any]]:
+        """Take the functions attached under ``name`` off the bus, their BARs unmapped; returns
+        what :meth:`reattach` puts back (a hot reload frees the slot for the new instance)."""
+        held = [(key, slot) for key, slot in self._slots.items() if slot.name == name]
+        for key, slot in held:
+            for _base, claimed in slot.mapped.values():
+                for bus, region in claimed:
+                    bus.unclaim(region)
+            slot.mapped.clear()
+            del self._slots[key]
+        return held
+
+    def reattach(self, held: list[tuple[tuple[int, int], Any]]) -> None:
+        """Put back what :meth:`detach` took, its BARs placed again as its configuration says; a
+        function attached there since is taken off first."""
+        for key, slot in held:
+            replaced = self._slots.pop(key, None)
+            if replaced is not None:
+                for _base, claimed in replaced.mapped.values():
+                    for bus, region in claimed:
+                        bus.unclaim(region)
+            self._slots[key] = slot
+            self._update(slot)
+
     def owners(self) -> set[str]:
         """The names the functions on the bus were attached under (their devices')."""
         return {slot.name for slot in self._slots.values() if slot.name}

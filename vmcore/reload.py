@@ -12,8 +12,10 @@ say why.
 
 What moves over as it is: the device's IRQ lines (the machine's, by number), its host end
 (``backend``, with its open files, sockets and readers, and ``output``, the memory backend's
-buffer). What cannot be moved yet: an interrupt controller (the CPU's wiring holds it) and a
-PCI function (its configuration space is placed on the PCI bus): those are refused.
+buffer). A PCI function's slot goes to the new instance, its BARs mapped again where its loaded
+configuration space puts them; memory the device decodes itself (its overlays: a chipset's PAM
+windows) is the new instance's once it has loaded the state. What cannot be moved yet: an interrupt controller (the running
+CPU's loop holds it, and the IRQ lines route to it): that is refused.
 
 It runs on the machine's thread, between two exits or while the monitor holds the machine.
 """
@@ -56,8 +58,6 @@ def reload_device(machine: "Machine", name: str) -> str:
                           "(docs/device-guide.md, section 11)")
     if isinstance(device, InterruptController) or device is machine.controller:
         raise ReloadError(f"{name}: an interrupt controller cannot be reloaded yet (the CPU's wiring holds it)")
-    if machine.pci is not None and name in machine.pci.owners():
-        raise ReloadError(f"{name}: a PCI function cannot be reloaded yet (its configuration space is on the PCI bus)")
     spec = next(spec for spec in machine.profile.devices if spec.name == name)
     try:
         saved = save_device(device)
@@ -73,17 +73,30 @@ def reload_device(machine: "Machine", name: str) -> str:
     if not isinstance(new_cls, type) or getattr(new_cls, "type_name", None) != old_cls.type_name:
         raise ReloadError(f"{name}: {module_name} no longer defines {old_cls.__name__} (type {old_cls.type_name!r})")
     folders = {key: Path(where.file).parent for key, where in spec.prop_where.items() if where.line and where.file}
+    # A PCI function's slot is freed for the new instance, which attaches itself there as it is
+    # built; its BARs map again once its configuration space is loaded (state_loaded).
+    pci_held = machine.pci.detach(name) if machine.pci is not None else []
+    overlays = machine.memory.overlays()
     try:
         config = build_config(new_cls.Config, resolve_paths(new_cls.Config, spec.props, folders))
         new = build_device(new_cls, config, name, clock=machine.clock, memory=machine.memory, mmio=machine.mmio,
                            irq_lines=machine.irq_lines, pci=machine.pci, tsc=machine.tsc)
     except (PropertyError, ValueError, TypeError, OSError) as exc:
+        _drop_overlays(machine, [o for o in machine.memory.overlays() if o not in overlays])
+        _put_back(machine, pci_held)
         raise ReloadError(f"{name}: the new {old_cls.__name__} cannot be built from its properties: {exc}") from None
+    # Ranges of memory a device decodes itself (a chipset's PAM and SMRAM windows): the new instance
+    # made its own; the running one's are those it made under the same names, dropped once the new
+    # ones show what the loaded state says (the older overlay wins until then: no gap).
+    made = [o for o in machine.memory.overlays() if o not in overlays]
+    stale = [o for o in overlays if o.name in {m.name for m in made}]
     saved, added, dropped = _fit(saved, new)
     try:
         load_device(new, saved)
     except SnapshotError as exc:
         _cancel_timers(machine, new)
+        _drop_overlays(machine, made)
+        _put_back(machine, pci_held)
         raise ReloadError(f"{name}: the new code's state does not fit what the running device saved: {exc}") from None
 
     buses = (machine.pio, machine.mmio)
@@ -96,9 +109,12 @@ def reload_device(machine: "Machine", name: str) -> str:
         for bus, region in old_claims:
             bus.claim(region, name)
         _cancel_timers(machine, new)
+        _drop_overlays(machine, made)
+        _put_back(machine, pci_held)
         raise ReloadError(f"{name}: the new code's regions do not fit the buses: {exc}") from None
 
     _cancel_timers(machine, device)
+    _drop_overlays(machine, stale)
     for attribute in CARRIED:
         if hasattr(device, attribute) and hasattr(new, attribute):
             setattr(new, attribute, getattr(device, attribute))
@@ -109,6 +125,19 @@ def reload_device(machine: "Machine", name: str) -> str:
                       (("new fields as the new code starts them", added), ("fields dropped", dropped)) if names)
     return (f"reloaded {name} ({old_cls.type_name}) from {getattr(module, '__file__', module_name)} with its state "
             f"({len(saved.get('fields', {}))} fields{changes}; regions on {', '.join(spaces) or 'no bus'})")
+
+
+def _drop_overlays(machine: "Machine", overlays: list[Any]) -> None:
+    with machine.memory.transaction():
+        for overlay in overlays:
+            machine.memory.remove_overlay(overlay)
+
+
+def _put_back(machine: "Machine", pci_held: list[Any]) -> None:
+    """A reload that failed: the running device's PCI functions back in their slots (taking off
+    any the new instance attached), its BARs mapped where they were."""
+    if pci_held and machine.pci is not None:
+        machine.pci.reattach(pci_held)
 
 
 def _fit(saved: dict[str, Any], new: Any) -> tuple[dict[str, Any], list[str], list[str]]:
