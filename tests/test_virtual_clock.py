@@ -163,59 +163,48 @@ def _timed_run(folder: Path, pause_after: int | None = None, restore: Path | Non
         return events, stop, snapshot
 
 
-@needs_counting_engine
-def test_a_boot_split_anywhere_by_a_snapshot_is_the_whole_boot_to_the_nanosecond(tmp_path: Path) -> None:
-    """Item 2 of snapshots, for every device of the PC (i440fx, piix3, piix-ide, i8259, i8254,
-    cmos-rtc, i8042, uart16550, fw-cfg, debugcon, debug-exit): saved at a point hypothesis picks
-    and restored in a new machine, the two halves make exactly the events of one whole boot,
-    each at the same machine time, and end as it ends. A field a device left out of its State
-    shows as the first event that differs."""
+def _splits_match_the_whole_boot(folder: Path, examples: int, edit: Any = None) -> None:
+    """A pc-bios boot saved at exit counts hypothesis picks (each snapshot given to ``edit``, if
+    any) and restored in a new machine: the two halves make exactly the whole boot's events, each
+    at the same machine time, and end as it ends."""
     from hypothesis import HealthCheck, given, settings, strategies as st
 
-    whole, stop, _ = _timed_run(tmp_path)
+    whole, stop, _ = _timed_run(folder)
     assert (stop.kind, stop.status) == ("exit", 85)
     accesses = sum(1 for _when, text in whole if not text.startswith(("irq", "intr", "pci")))
 
-    @settings(max_examples=6, deadline=None, database=None,
+    @settings(max_examples=examples, deadline=None, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(st.integers(min_value=1, max_value=accesses - 1))
     def split(after: int) -> None:
-        first, paused, snapshot = _timed_run(tmp_path, pause_after=after)
+        first, paused, snapshot = _timed_run(folder, pause_after=after)
         assert paused.kind == "paused" and snapshot is not None
-        second, end, _ = _timed_run(tmp_path, restore=snapshot)
+        if edit is not None:
+            edit(snapshot)
+        second, end, _ = _timed_run(folder, restore=snapshot)
         joined = first + second
         differs = next((i for i, (a, b) in enumerate(zip(joined, whole)) if a != b), None)
         assert differs is None, f"split after {after} exits: event {differs} {joined[differs]} != {whole[differs]}"
         assert len(joined) == len(whole) and (end.kind, end.status) == ("exit", 85)
 
     split()
+
+
+@needs_counting_engine
+def test_a_boot_split_anywhere_by_a_snapshot_is_the_whole_boot_to_the_nanosecond(tmp_path: Path) -> None:
+    """Item 2 of snapshots, for every device of the PC (i440fx, piix3, piix-ide, i8259, i8254,
+    cmos-rtc, i8042, uart16550, fw-cfg, debugcon, debug-exit): a field a device left out of its
+    State shows as the first event that differs."""
+    _splits_match_the_whole_boot(tmp_path, examples=6)
 
 
 @needs_counting_engine
 def test_a_vcpu_brought_back_through_its_portable_form_goes_on_as_the_whole_boot(tmp_path: Path) -> None:
-    """The form a vCPU moves between accelerators in (vmcore.accel.portable): saved at points
-    hypothesis picks, the engine's own record of the vCPU dropped (as a KVM snapshot has none),
-    restored from the registers, segment caches, x87/SSE state and events alone (hflags worked
-    out again by the engine), SeaBIOS's boot goes on to the same events at the same times."""
-    from hypothesis import HealthCheck, given, settings, strategies as st
-
-    whole, stop, _ = _timed_run(tmp_path)
-    accesses = sum(1 for _when, text in whole if not text.startswith(("irq", "intr", "pci")))
-
-    @settings(max_examples=5, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-    @given(st.integers(min_value=1, max_value=accesses - 1))
-    def split(after: int) -> None:
-        first, paused, snapshot = _timed_run(tmp_path, pause_after=after)
-        assert paused.kind == "paused" and snapshot is not None
-        rewrite_snapshot(snapshot, lambda header: header["cpu"].pop("engine"))
-        second, end, _ = _timed_run(tmp_path, restore=snapshot)
-        joined = first + second
-        differs = next((i for i, (a, b) in enumerate(zip(joined, whole)) if a != b), None)
-        assert differs is None, f"split after {after} exits: event {differs} {joined[differs]} != {whole[differs]}"
-        assert len(joined) == len(whole) and (end.kind, end.status) == ("exit", 85)
-
-    split()
+    """The form a vCPU moves between accelerators in (vmcore.accel.portable): the engine's own
+    record of the vCPU dropped (as a KVM snapshot has none), restored from the registers, segment
+    caches, x87/SSE state and events alone (hflags worked out again by the engine)."""
+    _splits_match_the_whole_boot(tmp_path, examples=5,
+                                 edit=lambda snapshot: rewrite_snapshot(snapshot, lambda h: h["cpu"].pop("engine")))
 
 
 @needs_counting_engine
