@@ -162,6 +162,8 @@ _HELLO = ("devices.console.backend=memory",)
 #: A stack of three values pushed (TOP = 5: R5, R6, R7 hold ST(0)..ST(2)), the rest empty, and
 #: registers of every other kind set to values a reset never has.
 _X87 = {5: (0xC90FDAA22168C235, 0x4000), 6: (0x8000000000000000, 0xBFFF), 7: (0xFFFFFFFFFFFFFFFF, 0x7FFE)}
+#: Breakpoint addresses and a DR6 with B0 set; DR7 with none enabled (the guest runs on).
+_DEBUG = {"dr0": 0x12340, "dr1": 0x23450, "dr2": 0x34560, "dr3": 0x45670, "dr6": 0xFFFF0FF1, "dr7": 0x400}
 _FPU = {"FPCW": 0x027F, "FPSW": 5 << 11 | 0x0041, "MXCSR": 0x1F80 | 0x20, "FOP": 0x0159, "FIP": 0x7C12,
         "FDP": 0x9000}
 
@@ -177,6 +179,11 @@ def _set_fpu(machine: Any) -> None:
         regs.reg_write(getattr(X, f"UC_X86_REG_FP{index}"), value)
     for i in range(16):
         regs.reg_write(getattr(X, f"UC_X86_REG_XMM{i}"), (0x0123456789ABCDEF << 64 | 0xFEDCBA9876543210) ^ i)
+    for name, value in _DEBUG.items():
+        regs.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), value)
+    xcr0 = machine.accelerator._xcr0()  # as an OS's xsetbv leaves it: x87 and SSE state on
+    assert xcr0 is not None, "XCR0 not found in this engine"
+    xcr0.value = 3
 
 
 def _saved_after_setting_the_fpu(tmp_path: Any) -> tuple[Any, dict[str, Any]]:
@@ -190,7 +197,8 @@ def _saved_after_setting_the_fpu(tmp_path: Any) -> tuple[Any, dict[str, Any]]:
         assert machine.run("tcg", RunLimits(timeout=30, pause_after=1)).kind == "paused"
         _set_fpu(machine)
         machine.save_snapshot(snap)
-        return snap, machine.accelerator.save_cpu()["portable"]["fpu"]
+        moved = machine.accelerator.save_cpu()["portable"]
+        return snap, {"fpu": moved["fpu"], "debug": moved["debug"], "xcr0": moved["control"]["xcr0"]}
 
 
 def _fpu_after_restoring(snap: Any, accel: str, save_to: Any = None) -> dict[str, Any]:
@@ -205,21 +213,24 @@ def _fpu_after_restoring(snap: Any, accel: str, save_to: Any = None) -> dict[str
         assert stop.kind in ("paused", "halted"), stop
         if save_to is not None:
             machine.save_snapshot(save_to)
-        return machine.accelerator.save_cpu()["portable"]["fpu"]
+        moved = machine.accelerator.save_cpu()["portable"]
+        return {"fpu": moved["fpu"], "debug": moved.get("debug"), "xcr0": moved["control"].get("xcr0")}
 
 
-def test_the_software_cpus_x87_and_sse_state_comes_back_through_the_portable_form(tmp_path: Any) -> None:
+def test_the_software_cpus_x87_sse_debug_and_xcr0_state_comes_back_through_the_portable_form(tmp_path: Any) -> None:
     from tests.helpers import as_if_from_kvm, rewrite_snapshot
 
     snap, before = _saved_after_setting_the_fpu(tmp_path)
-    assert before["ftw"] == 0b1110_0000 and before["fsw"] >> 11 == 5
-    assert before["st"][5] == (0xC90FDAA22168C235).to_bytes(8, "little").hex() + "0040"
+    assert before["fpu"]["ftw"] == 0b1110_0000 and before["fpu"]["fsw"] >> 11 == 5
+    assert before["fpu"]["st"][5] == (0xC90FDAA22168C235).to_bytes(8, "little").hex() + "0040"
+    assert before["debug"] == _DEBUG and before["xcr0"] == 3
+    assert _fpu_after_restoring(snap, "tcg") == before  # the software CPU's own record
     rewrite_snapshot(snap, as_if_from_kvm)
     assert _fpu_after_restoring(snap, "tcg") == before
 
 
 @pytest.mark.kvm
-def test_x87_and_sse_state_moves_to_kvm_and_back_by_physical_register(tmp_path: Any) -> None:
+def test_x87_sse_debug_and_xcr0_state_moves_to_kvm_and_back(tmp_path: Any) -> None:
     """KVM keeps the x87 stack as FXSAVE does, ST(0) first; the software CPU and the portable form by
     physical register: moved to KVM and read back from it, every register is where it was."""
     from tests.helpers import skip_without_kvm

@@ -142,7 +142,7 @@ class KvmAccelerator(Accelerator):
         self._finish: Callable[[], None] | None = None
         #: The last run stopped inside a string I/O or a split MMIO access (not saveable there).
         self._incomplete = False
-        self._xsave = False  # KVM_CAP_XSAVE (see setup)
+        self._xsave = self._xcrs = self._debugregs = False  # KVM_CAP_XSAVE, _XCRS, _DEBUGREGS (see setup)
 
     @classmethod
     def open(cls, path: str | None = None, kernel_irqchip: bool = False,
@@ -180,6 +180,8 @@ class KvmAccelerator(Accelerator):
         self._readonly_ok = self.vm.check_extension(k.KVM_CAP_READONLY_MEM) > 0
         # Snapshots read and write the x87/SSE state through the XSAVE area where KVM has it.
         self._xsave = self.vm.check_extension(k.KVM_CAP_XSAVE) > 0
+        self._xcrs = self.vm.check_extension(k.KVM_CAP_XCRS) > 0
+        self._debugregs = self.vm.check_extension(k.KVM_CAP_DEBUGREGS) > 0
         self._slot_ids: dict[int, int] = {}  # id(window) -> KVM slot number
         self._free_ids: list[int] = []
         self._map_changed([], list(memory))
@@ -794,6 +796,8 @@ class KvmAccelerator(Accelerator):
         vcpu = self.vcpu
         regs, sregs, fpu, events = vcpu.get_regs(), vcpu.get_sregs(), vcpu.get_fpu(), vcpu.get_vcpu_events()
         xsave = vcpu.get_xsave() if self._xsave else None
+        xcrs = vcpu.get_xcrs() if self._xcrs else None
+        debugregs = vcpu.get_debugregs() if self._debugregs else None
         msrs = {}
         for index in _SAVED_MSRS:
             try:
@@ -804,8 +808,9 @@ class KvmAccelerator(Accelerator):
         registers.update({name: int(getattr(sregs, name)) for name in ("cr0", "cr2", "cr3", "cr4", "efer")})
         saved: dict[str, Any] = {name: bytes(struct).hex() for name, struct in
                                  (("regs", regs), ("sregs", sregs), ("fpu", fpu), ("events", events))}
-        if xsave is not None:
-            saved["xsave"] = bytes(xsave).hex()  # the x87/SSE state whole (see vmcore.accel.portable)
+        for name, struct in (("xsave", xsave), ("xcrs", xcrs), ("debugregs", debugregs)):
+            if struct is not None:  # the x87/SSE state whole (see vmcore.accel.portable), XCR0, DR0-7
+                saved[name] = bytes(struct).hex()
         saved["clock_ns"] = int(self.vm.get_clock().clock)  # kvmclock: a guest's time goes on from here
         if self.kernel_irqchip:
             saved["irqchip"] = [bytes(self.vm.get_irqchip(chip)).hex() for chip in _IRQCHIPS]
@@ -819,7 +824,8 @@ class KvmAccelerator(Accelerator):
             moved: dict[str, Any] = {"refused": "irqchip: kernel: KVM's own interrupt controllers have no place on "
                                                 "the software CPU (irqchip: userspace moves)"}
         else:
-            moved = portable.from_kvm(regs, sregs, fpu if xsave is None else portable.fpu_from_xsave(xsave), events)
+            moved = portable.from_kvm(regs, sregs, fpu if xsave is None else portable.fpu_from_xsave(xsave), events,
+                                      debugregs, xcrs)
         return {"registers": registers, "msrs": msrs, "kvm": saved, "portable": moved}
 
     def restore_cpu(self, saved: dict[str, Any]) -> None:
@@ -828,11 +834,12 @@ class KvmAccelerator(Accelerator):
             self._restore_portable(saved)
             return
         layouts = {"regs": s.kvm_regs, "sregs": s.kvm_sregs, "fpu": s.kvm_fpu, "events": s.kvm_vcpu_events}
-        if "xsave" in saved["kvm"]:
-            if not self._xsave:
-                raise AcceleratorUnavailable("the snapshot keeps the vCPU's XSAVE area and this KVM has no "
-                                             "KVM_CAP_XSAVE")
-            layouts["xsave"] = s.kvm_xsave
+        for name, layout, available in (("xsave", s.kvm_xsave, self._xsave), ("xcrs", s.kvm_xcrs, self._xcrs),
+                                        ("debugregs", s.kvm_debugregs, self._debugregs)):
+            if name in saved["kvm"]:
+                if not available:
+                    raise AcceleratorUnavailable(f"the snapshot keeps the vCPU's {name} and this KVM cannot set them")
+                layouts[name] = layout
         if ("irqchip" in saved["kvm"]) != self.kernel_irqchip or ("pit" in saved["kvm"]) != self.kernel_pit:
             raise ValueError("the snapshot's interrupt controllers and PIT are not where this machine has them "
                              "(irqchip, kernel_pit): restore it with the profile it was made with")
@@ -855,8 +862,12 @@ class KvmAccelerator(Accelerator):
             vcpu.set_sregs(raw["sregs"])  # the mode first: what the rest means follows from it
             vcpu.set_regs(raw["regs"])
             vcpu.set_fpu(raw["fpu"])
+            if "xcrs" in raw:
+                vcpu.set_xcrs(raw["xcrs"])  # before the XSAVE area: XCR0 says which components it may hold
             if "xsave" in raw:
                 vcpu.set_xsave(raw["xsave"])
+            if "debugregs" in raw:
+                vcpu.set_debugregs(raw["debugregs"])
             for index, value in saved["msrs"].items():
                 if not vcpu.set_msr(int(index, 16), int(value)):
                     log.warning("snapshot: KVM refused MSR %s = %#x", index, int(value))
@@ -887,7 +898,9 @@ class KvmAccelerator(Accelerator):
         state = portable.check(saved["portable"])
         vcpu = self.vcpu
         regs, sregs, fpu, events = vcpu.get_regs(), vcpu.get_sregs(), vcpu.get_fpu(), vcpu.get_vcpu_events()
-        portable.to_kvm(state, regs, sregs, fpu, events)
+        xcrs = vcpu.get_xcrs() if self._xcrs else None
+        debugregs = vcpu.get_debugregs() if self._debugregs else None
+        portable.to_kvm(state, regs, sregs, fpu, events, debugregs, xcrs)
         msrs = {int(index, 16): int(value) for index, value in saved["msrs"].items() if int(index, 16) in _PORTABLE_MSRS}
         if "tsc" in state:
             msrs[MSR_TSC] = state["tsc"]
@@ -896,6 +909,10 @@ class KvmAccelerator(Accelerator):
             vcpu.set_sregs(sregs)
             vcpu.set_regs(regs)
             vcpu.set_fpu(fpu)
+            if xcrs is not None and "xcr0" in state["control"]:
+                vcpu.set_xcrs(xcrs)
+            if debugregs is not None and "debug" in state:
+                vcpu.set_debugregs(debugregs)
             if self._xsave:
                 xsave = vcpu.get_xsave()
                 portable.fpu_into_xsave(fpu, xsave)

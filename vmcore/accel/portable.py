@@ -12,6 +12,8 @@ nothing, and also in this common form, so that a snapshot made on one can go on 
   R((TOP + i) mod 8), TOP in fsw bits 13:11), fcw, fsw, the abridged tag byte (FXSAVE's: bit i
   set when Ri holds a value), fop, fip, fdp, mxcsr and xmm0-15.
 - ``events``: the interrupt shadow (the instruction after sti or mov ss) and NMI blocking.
+- ``debug``: DR0-DR3, DR6, DR7; ``xcr0`` (in ``control``): the XSAVE components the OS turned on.
+  Both where the accelerator gives them (older snapshots and engines without them leave them out).
 - ``tsc`` (the software CPU's, on a host clock): where the time-stamp counter was, so that KVM
   goes on from there; the software CPU's TSC is the host's and cannot be set, so the other way
   it jumps ahead to the host's count.
@@ -37,6 +39,7 @@ CONTROL = ("cr0", "cr2", "cr3", "cr4", "efer")
 #: Segment registers in the software CPU's order (QEMU's R_ES..R_GS, then LDT and TR).
 SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs", "ldt", "tr")
 TABLES = ("gdt", "idt")
+DEBUG = ("dr0", "dr1", "dr2", "dr3", "dr6", "dr7")
 ATTRIBUTES = ("type", "s", "dpl", "present", "db", "l", "g", "avl")
 
 _TYPE_SHIFT, _S, _DPL_SHIFT, _P, _AVL, _L, _B, _G = 8, 1 << 12, 13, 1 << 15, 1 << 20, 1 << 21, 1 << 22, 1 << 23
@@ -131,6 +134,10 @@ def check(portable: Any) -> dict[str, Any]:
         _numbers(portable["events"], ("shadow", "nmi_masked"), 1)
         if "tsc" in portable:
             _fits(portable["tsc"], 64, "tsc")
+        if "xcr0" in portable["control"]:
+            _fits(portable["control"]["xcr0"], 64, "xcr0")
+        if "debug" in portable:
+            _numbers(portable["debug"], DEBUG, 64)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"the portable vCPU lacks {exc}") from None
     return portable
@@ -152,9 +159,10 @@ def _fits(value: Any, bits: int, name: str) -> None:
 # --- KVM's structures -----------------------------------------------------------------------------
 
 
-def from_kvm(regs: Any, sregs: Any, fpu: Any, events: Any) -> dict[str, Any]:
-    """The portable vCPU from KVM's kvm_regs, kvm_sregs, kvm_fpu and kvm_vcpu_events; a
-    ``refused`` one when KVM holds an event in flight that the software CPU has no place for."""
+def from_kvm(regs: Any, sregs: Any, fpu: Any, events: Any, debugregs: Any = None, xcrs: Any = None) -> dict[str, Any]:
+    """The portable vCPU from KVM's kvm_regs, kvm_sregs, kvm_fpu and kvm_vcpu_events (and
+    kvm_debugregs, kvm_xcrs where KVM gives them); a ``refused`` one when KVM holds an event in
+    flight that the software CPU has no place for."""
     in_flight = []
     if any(sregs.interrupt_bitmap) or events.interrupt.injected:
         in_flight.append("an interrupt taken from the interrupt controller, not yet delivered")
@@ -169,7 +177,7 @@ def from_kvm(regs: Any, sregs: Any, fpu: Any, events: Any) -> dict[str, Any]:
     physical = [b""] * 8
     for i in range(8):  # kvm_fpu (FXSAVE) keeps ST(0)..ST(7); the portable form keeps R0..R7
         physical[(top + i) & 7] = bytes(fpu.fpr[i])[:10]
-    return {
+    state = {
         "registers": {name: int(getattr(regs, name)) for name in GPRS},
         "control": {name: int(getattr(sregs, name)) for name in CONTROL},
         "segments": {name: segment_from_kvm(getattr(sregs, name)) for name in SEGMENTS},
@@ -181,11 +189,27 @@ def from_kvm(regs: Any, sregs: Any, fpu: Any, events: Any) -> dict[str, Any]:
                 "xmm": [int.from_bytes(bytes(value), "little") for value in fpu.xmm]},
         "events": {"shadow": int(bool(events.interrupt.shadow)), "nmi_masked": int(bool(events.nmi.masked))},
     }
+    if debugregs is not None:
+        state["debug"] = {**{f"dr{i}": int(debugregs.db[i]) for i in range(4)}, "dr6": int(debugregs.dr6),
+                          "dr7": int(debugregs.dr7)}
+    if xcrs is not None:
+        xcr0 = [int(xcrs.xcrs[i].value) for i in range(min(xcrs.nr_xcrs, 16)) if xcrs.xcrs[i].xcr == 0]
+        if xcr0:
+            state["control"]["xcr0"] = xcr0[0]
+    return state
 
 
-def to_kvm(portable: dict[str, Any], regs: Any, sregs: Any, fpu: Any, events: Any) -> None:
+def to_kvm(portable: dict[str, Any], regs: Any, sregs: Any, fpu: Any, events: Any, debugregs: Any = None,
+           xcrs: Any = None) -> None:
     """Write a checked portable vCPU into KVM's structures (as got from the vCPU: what the portable
     form does not hold, the APIC base and CR8, stays KVM's)."""
+    if debugregs is not None and "debug" in portable:
+        for i in range(4):
+            debugregs.db[i] = portable["debug"][f"dr{i}"]
+        debugregs.dr6, debugregs.dr7 = portable["debug"]["dr6"], portable["debug"]["dr7"]
+    if xcrs is not None and "xcr0" in portable["control"]:
+        xcrs.nr_xcrs, xcrs.flags = 1, 0
+        xcrs.xcrs[0].xcr, xcrs.xcrs[0].value = 0, portable["control"]["xcr0"]
     for name in GPRS:
         setattr(regs, name, portable["registers"][name])
     control = portable["control"]

@@ -42,7 +42,7 @@ from .intercepts import EMULATED, EXCP_VMEXIT, MSR, SCRATCH_SIZE, VINTR, Interce
 from .msrs import SNAPSHOT_MSRS, MsrRules
 from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineCounter, EngineFeatures, add_c_block_hook, cpu_layout, engine_fastcalls,
                              engine_kick, engine_name, engine_real_mode_ints, hook_bounds_offset, pushf_clears_rf,
-                             registers_match, smsw_operand_size)
+                             registers_match, smsw_operand_size, xcr0_offset)
 
 try:
     import unicorn as uc_mod
@@ -77,7 +77,7 @@ _MSR_EFER = 0xC0000080
 #: The MSRs a snapshot keeps, EFER first (its writes decide what the others mean).
 _SAVED_MSRS = (_MSR_EFER, *SNAPSHOT_MSRS)
 #: The x87/SSE control and status registers a snapshot keeps (with ST0-7 and XMM0-15).
-_FPU_CONTROL = ("fpcw", "fpsw", "fptag", "mxcsr")
+_FPU_CONTROL = ("fpcw", "fpsw", "fptag", "mxcsr", "fop", "fip", "fdp")
 #: hflags, hflags2 and ten segment caches (ES, CS, SS, DS, FS, GS, LDT, TR, GDT, IDT): one stretch.
 _ENGINE_BLOCK = 8 + 10 * 24
 _EFER_LMA = 1 << 10
@@ -952,11 +952,37 @@ class UnicornAccelerator(Accelerator):
         fpu = {name: regs.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}")) for name in _FPU_CONTROL}
         fpu["st"] = [list(regs.reg_read(getattr(X, f"UC_X86_REG_FP{i}"))) for i in range(8)]
         fpu["xmm"] = [regs.reg_read(getattr(X, f"UC_X86_REG_XMM{i}")) for i in range(16)]
+        debug = {name: regs.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}")) for name in portable.DEBUG}
+        xcr0 = self._xcr0()
+        if xcr0 is not None:
+            registers["xcr0"] = xcr0.value
         # Not the engine's halted flag: a snapshot is taken at an exit, with the guest running (the
         # flag only says how the engine's last run ended, and a set one would stop the next).
-        return {"registers": registers, "msrs": msrs, "fpu": fpu,
+        moved = self._portable(block, registers, msrs.get(f"{_MSR_EFER:#x}", 0), fpu)
+        moved["debug"] = debug
+        if xcr0 is not None:
+            moved["control"]["xcr0"] = xcr0.value
+        return {"registers": registers, "msrs": msrs, "fpu": fpu, "debug": debug,
                 "engine": {"name": engine_name(), "block": ctypes.string_at(block, _ENGINE_BLOCK).hex()},
-                "portable": self._portable(block, registers, msrs.get(f"{_MSR_EFER:#x}", 0), fpu)}
+                "portable": moved}
+
+    def _xcr0(self) -> ctypes.c_uint64 | None:
+        """XCR0 in the engine's x86 state (unicorn's API has no register for it), or None where it
+        was not found: an OS that turned XSAVE components on must find them on after a restore."""
+        layout = cpu_layout()
+        if layout is None or self._env is None:
+            return None
+        offset = xcr0_offset(layout.cpu_pointer, layout.env)
+        return None if offset is None else ctypes.c_uint64.from_address(self._env + offset)
+
+    def _restore_extras(self, debug: dict[str, int] | None, xcr0: int | None) -> None:
+        """The debug registers and XCR0 a snapshot holds (older snapshots have neither)."""
+        if debug is not None:
+            for name in portable.DEBUG:
+                self.regs.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), int(debug[name]))
+        target = self._xcr0()
+        if xcr0 is not None and target is not None:
+            target.value = int(xcr0)
 
     def _portable(self, block: int, registers: dict[str, int], efer: int, fpu: dict[str, Any]) -> dict[str, Any]:
         """This vCPU in the form KVM takes too (vmcore.accel.portable), from the engine block's
@@ -973,12 +999,12 @@ class UnicornAccelerator(Accelerator):
         tables = {name: {"base": cache(slot)[1], "limit": cache(slot)[2]} for slot, name in enumerate(portable.TABLES, 8)}
         hflags, hflags2 = ctypes.c_uint32.from_address(block).value, ctypes.c_uint32.from_address(block + 4).value
         regs = self.regs
-        extra = {name: regs.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}")) for name in ("fop", "fip", "fdp")}
         state: dict[str, Any] = {
             "registers": {name: registers[name] for name in portable.GPRS},
             "control": {**{name: registers[name] for name in ("cr0", "cr2", "cr3", "cr4")}, "efer": efer},
             "segments": segments, "tables": tables,
-            "fpu": {"fcw": fpu["fpcw"], "fsw": fpu["fpsw"], "ftw": portable.abridged_tags(fpu["fptag"]), **extra,
+            "fpu": {"fcw": fpu["fpcw"], "fsw": fpu["fpsw"], "ftw": portable.abridged_tags(fpu["fptag"]),
+                    "fop": fpu["fop"], "fip": fpu["fip"], "fdp": fpu["fdp"],
                     "mxcsr": fpu["mxcsr"], "xmm": fpu["xmm"],
                     "st": [(int(m).to_bytes(8, "little") + int(e).to_bytes(2, "little")).hex() for m, e in fpu["st"]]},
             "events": {"shadow": int(bool(hflags & _HF_INHIBIT_IRQ)), "nmi_masked": int(bool(hflags2 & _HF2_NMI))},
@@ -1016,11 +1042,13 @@ class UnicornAccelerator(Accelerator):
             regs.reg_write(_reg(name), int(registers[name]))
         fpu = saved["fpu"]
         for name in _FPU_CONTROL:
-            regs.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), int(fpu[name]))
+            if name in fpu:  # fop, fip and fdp: older snapshots lack them
+                regs.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), int(fpu[name]))
         for i, (mantissa, exponent) in enumerate(fpu["st"]):
             regs.reg_write(getattr(X, f"UC_X86_REG_FP{i}"), (int(mantissa), int(exponent)))
         for i, value in enumerate(fpu["xmm"]):
             regs.reg_write(getattr(X, f"UC_X86_REG_XMM{i}"), int(value))
+        self._restore_extras(saved.get("debug"), registers.get("xcr0"))
         ctypes.memmove(block, raw, _ENGINE_BLOCK)
         regs.reg_write(X.UC_X86_REG_RIP, int(registers["rip"]))
         self._pc = None
@@ -1073,6 +1101,7 @@ class UnicornAccelerator(Accelerator):
             ctypes.c_uint64.from_address(at + 8).value = segment["base"]
             ctypes.c_uint32.from_address(at + 16).value = segment["limit"]
             ctypes.c_uint32.from_address(at + 20).value = flags
+        self._restore_extras(state.get("debug"), control.get("xcr0"))
         update_hflags(self._env)
         hflags, hflags2 = ctypes.c_uint32.from_address(block), ctypes.c_uint32.from_address(block + 4)
         hflags.value = hflags.value & ~_HF_INHIBIT_IRQ | (_HF_INHIBIT_IRQ if state["events"]["shadow"] else 0)

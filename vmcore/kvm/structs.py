@@ -45,6 +45,9 @@ __all__ = [
     "kvm_pit_state2",
     "kvm_clock_data",
     "kvm_xsave",
+    "kvm_debugregs",
+    "kvm_xcr",
+    "kvm_xcrs",
     "kvm_coalesced_mmio_zone",
     "kvm_coalesced_mmio",
     "kvm_coalesced_mmio_ring",
@@ -152,6 +155,23 @@ class kvm_xsave(Structure):
     state), then the extended components (AVX's upper halves...)."""
 
     _fields_ = [("region", c_uint32 * 1024)]
+
+
+class kvm_debugregs(Structure):
+    """KVM_GET/SET_DEBUGREGS: DR0-DR3, DR6 and DR7."""
+
+    _fields_ = [("db", c_uint64 * 4), ("dr6", c_uint64), ("dr7", c_uint64), ("flags", c_uint64),
+                ("reserved", c_uint64 * 9)]
+
+
+class kvm_xcr(Structure):
+    _fields_ = [("xcr", c_uint32), ("reserved", c_uint32), ("value", c_uint64)]
+
+
+class kvm_xcrs(Structure):
+    """KVM_GET/SET_XCRS: the extended control registers (XCR0: which XSAVE components the OS uses)."""
+
+    _fields_ = [("nr_xcrs", c_uint32), ("flags", c_uint32), ("xcrs", kvm_xcr * 16), ("padding", c_uint64 * 16)]
 
 
 class kvm_userspace_memory_region(Structure):

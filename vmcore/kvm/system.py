@@ -449,6 +449,22 @@ class Vcpu:
     def set_lapic(self, state: _s.kvm_lapic_state) -> None:
         _call(self.fd, _k.KVM_SET_LAPIC, state)
 
+    def get_debugregs(self) -> _s.kvm_debugregs:
+        regs = _s.kvm_debugregs()
+        _call(self.fd, _k.KVM_GET_DEBUGREGS, regs)
+        return regs
+
+    def set_debugregs(self, regs: _s.kvm_debugregs) -> None:
+        _call(self.fd, _k.KVM_SET_DEBUGREGS, regs)
+
+    def get_xcrs(self) -> _s.kvm_xcrs:
+        xcrs = _s.kvm_xcrs()
+        _call(self.fd, _k.KVM_GET_XCRS, xcrs)
+        return xcrs
+
+    def set_xcrs(self, xcrs: _s.kvm_xcrs) -> None:
+        _call(self.fd, _k.KVM_SET_XCRS, xcrs)
+
     def get_xsave(self) -> _s.kvm_xsave:
         xsave = _s.kvm_xsave()
         _call(self.fd, _k.KVM_GET_XSAVE, xsave)
