@@ -27,7 +27,7 @@ from .cpu import CpuSetupError, CpuState, start_state, tables_size
 from .cpu_model import CpuModelError
 from .device import PropertyError, resolve_paths
 from .faults import DeviceFault, GuestExit, GuestReset, obey
-from .irq import InterruptController, IrqEvent, LocalInterruptController
+from .irq import InterruptController, IoInterruptController, IrqEvent, LocalInterruptController
 from .memory import GuestMemory, GuestMemoryError
 from .tsc import TimeStampCounter
 from .pci import PciBus
@@ -101,6 +101,8 @@ class Machine:
         self._restored: tuple[dict[str, Any], bytes] | None = None
         #: The last transactions, for fault reports (see keep_history).
         self.history: collections.deque[Transaction] | None = None
+        #: What a run undoes as it ends, besides its own (see replace_controller).
+        self._after_run: list[Callable[[], None]] = []
         pio.device_errors = mmio.device_errors = profile.device_errors
 
     # --- building ------------------------------------------------------------------
@@ -407,6 +409,8 @@ class Machine:
             stop = self._run(limits, cpu)
         finally:
             undo()
+            while self._after_run:
+                self._after_run.pop()()
             self.clock.timer_fired = None
             if timeline is not None:
                 timeline.close()
@@ -415,6 +419,34 @@ class Machine:
             if summary is not None:
                 log.warning("%s", summary)
         return self._finish(stop)
+
+    def replace_controller(self, old: Any, new: Any) -> None:
+        """Wire ``new``, a reloaded interrupt controller (vmcore.reload), where ``old`` was: the IRQ
+        lines' routing (the 8259 pair and the I/O APICs), the local APIC's LINT0 and the I/O APICs'
+        links to it, and, during a run, the CPU's own controller (RunCore.rebind) with its
+        interrupt deliveries traced as before."""
+        devices = list(self.devices.values())
+        for device in devices:  # the links the old one had: an I/O APIC's locals, a local APIC's EOI listeners
+            if isinstance(device, IoInterruptController) and old in getattr(device, "locals", ()):
+                device.locals.remove(old)
+            listeners = getattr(device, "eoi_listeners", None)
+            if listeners is not None:
+                listeners[:] = [listener for listener in listeners if getattr(listener, "__self__", None) is not old]
+        if hasattr(old, "intr_changed"):
+            old.intr_changed = None
+        if self.profile.irqchip in ("none", "kernel"):
+            return
+        lines = self.controller
+        route = irq_route(devices, lines)
+        if route is not None:
+            self.irq_lines.route = route
+        cpu = cpu_interrupts(devices, lines)  # connects LINT0 and the I/O APICs again
+        running = self.accelerator.running_controller() if self.accelerator is not None else None
+        if running is not None and running[0] is not cpu:
+            if "acknowledge" in vars(running[0]):  # its deliveries were traced: the new one's are
+                del running[0].acknowledge
+                self._after_run.append(self._trace_deliveries(cpu))
+            self.accelerator.rebind_controller(cpu)
 
     def _trace_deliveries(self, controller: Any) -> Callable[[], None]:
         """With an IRQ tracer, have the CPU's controller's acknowledge cycle (every accelerator calls
@@ -438,7 +470,7 @@ class Machine:
             return lambda: None
 
         def undo() -> None:
-            del controller.acknowledge
+            vars(controller).pop("acknowledge", None)  # gone already if the controller was replaced
 
         return undo
 

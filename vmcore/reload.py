@@ -14,8 +14,9 @@ What moves over as it is: the device's IRQ lines (the machine's, by number), its
 (``backend``, with its open files, sockets and readers, and ``output``, the memory backend's
 buffer). A PCI function's slot goes to the new instance, its BARs mapped again where its loaded
 configuration space puts them; memory the device decodes itself (its overlays: a chipset's PAM
-windows) is the new instance's once it has loaded the state. What cannot be moved yet: an interrupt controller (the running
-CPU's loop holds it, and the IRQ lines route to it): that is refused.
+windows) is the new instance's once it has loaded the state. An interrupt controller (the 8259
+pair, a local or I/O APIC) is wired where the old one was (Machine.replace_controller): the IRQ
+lines' routing, the APICs' links and, during a run, the CPU's own controller.
 
 It runs on the machine's thread, between two exits or while the monitor holds the machine.
 """
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .bus import BusError
 from .device import PropertyError, build_config, resolve_paths
-from .irq import InterruptController
+from .irq import InterruptController, IoInterruptController, LocalInterruptController
 from .wiring import build_device, claim_regions
 
 if TYPE_CHECKING:
@@ -56,8 +57,6 @@ def reload_device(machine: "Machine", name: str) -> str:
     if not savable(device):
         raise ReloadError(f"{name}: its type declares no State, so its state cannot be carried into new code "
                           "(docs/device-guide.md, section 11)")
-    if isinstance(device, InterruptController) or device is machine.controller:
-        raise ReloadError(f"{name}: an interrupt controller cannot be reloaded yet (the CPU's wiring holds it)")
     spec = next(spec for spec in machine.profile.devices if spec.name == name)
     try:
         saved = save_device(device)
@@ -120,6 +119,8 @@ def reload_device(machine: "Machine", name: str) -> str:
             setattr(new, attribute, getattr(device, attribute))
     _rebind_input(getattr(new, "backend", None), device, new)
     machine.devices[name] = new
+    if isinstance(device, (InterruptController, LocalInterruptController, IoInterruptController)):
+        machine.replace_controller(device, new)
     spaces = sorted({region.space.value for region in new.regions()})
     changes = "".join(f"; {what}: {', '.join(names)}" for what, names in
                       (("new fields as the new code starts them", added), ("fields dropped", dropped)) if names)

@@ -125,6 +125,21 @@ class Accelerator(abc.ABC):
     def offer_interrupt(self, controller: InterruptController) -> bool:
         """Deliver the controller's pending interrupt if the guest can take it now; True when delivered."""
 
+    def running_controller(self) -> tuple[InterruptController | None] | None:
+        """During a run, (the CPU's interrupt controller,); None between runs."""
+        core = getattr(self, "_core", None)
+        return None if core is None else (core.controller,)
+
+    def rebind_controller(self, controller: InterruptController | None) -> None:
+        """During a run, make ``controller`` the CPU's (RunCore.rebind); between runs nothing holds it."""
+        core = getattr(self, "_core", None)
+        if core is not None:
+            core.rebind(controller)
+
+    def controller_changed(self, controller: InterruptController | None) -> None:
+        """During a run: the CPU's interrupt controller is now ``controller`` (RunCore.rebind, after a
+        hot reload); a backend that kept the old one (for CR8, the TPR) takes the new one."""
+
     def inject_nmi(self) -> None:
         """Deliver an NMI: taken whatever IF says, then none until the guest's next iret (SDM 6.7.1)."""
         raise NotImplementedError(f"{self.name}: NMIs are not supported")

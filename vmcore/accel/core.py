@@ -189,6 +189,7 @@ class RunCore:
         self.accessors = self._accessors()
         self._waker: Waker | None = None
         self._take_nmi: Callable[[], bool] | None = None
+        self._watching = False  # the controller's callbacks are installed (see _watch)
         self._deadline: float | None = None
         self._timer: threading.Timer | None = None  # ends the run at _deadline (the time limit)
         self._time_left: float | None = None  # of the limit, while the monitor holds the machine
@@ -554,33 +555,8 @@ class RunCore:
             self._waker.arm(deadline)
 
     def _start_waking(self) -> None:
-        controller, clock = self.controller, self.clock
-        if controller is not None:
-            self.intr[0] = self.attention[0] = controller.pending()
-
-            kicks = not self.cpu.returns_per_access
-
-            def intr_changed(level: bool) -> None:
-                self.intr[0] = level
-                self.attention[0] = level or self.ending[0] is not None
-                if level:
-                    # Raised by an access or a timer on this thread: the loop offers it next
-                    # (a CPU that runs on past accesses is stopped for it); only a hlt wait needs waking.
-                    self.woken.set()
-                    if kicks:
-                        self.cpu.kick()
-
-            controller.intr_changed = intr_changed
-            self._take_nmi = getattr(controller, "take_nmi", None)
-            if self._take_nmi is not None:
-
-                def nmi_raised() -> None:
-                    self.attention[0] = True
-                    self.woken.set()
-                    if kicks:
-                        self.cpu.kick()
-
-                controller.nmi_raised = nmi_raised  # type: ignore[attr-defined]
+        clock = self.clock
+        self._watch(self.controller)
         if clock is not None:
             waker = self._waker = Waker(self._kick, clock.now)
             clock.wakeup = waker.kick
@@ -599,10 +575,66 @@ class RunCore:
             self._waker = None
         if self.clock is not None:
             self.clock.deadline_changed = self.clock.wakeup = self.clock.paused_changed = None
-        if self.controller is not None:
-            self.controller.intr_changed = None
+        self._unwatch(self.controller)
+
+    def _watch(self, controller: InterruptController | None) -> None:
+        """Follow ``controller``'s INTR (and NMIs, a local APIC's): the loop offers what it raises."""
+        self._watching = True
+        if controller is None:
+            self.intr[0] = False
+            return
+        self.intr[0] = self.attention[0] = controller.pending()
+        kicks = not self.cpu.returns_per_access
+
+        def intr_changed(level: bool) -> None:
+            self.intr[0] = level
+            self.attention[0] = level or self.ending[0] is not None
+            if level:
+                # Raised by an access or a timer on this thread: the loop offers it next
+                # (a CPU that runs on past accesses is stopped for it); only a hlt wait needs waking.
+                self.woken.set()
+                if kicks:
+                    self.cpu.kick()
+
+        controller.intr_changed = intr_changed
+        self._take_nmi = getattr(controller, "take_nmi", None)
+        if self._take_nmi is not None:
+
+            def nmi_raised() -> None:
+                self.attention[0] = True
+                self.woken.set()
+                if kicks:
+                    self.cpu.kick()
+
+            controller.nmi_raised = nmi_raised  # type: ignore[attr-defined]
+
+    def _unwatch(self, controller: InterruptController | None) -> None:
+        self._watching = False
+        if controller is not None:
+            controller.intr_changed = None
             if self._take_nmi is not None:
-                self.controller.nmi_raised = None  # type: ignore[attr-defined]
+                controller.nmi_raised = None  # type: ignore[attr-defined]
+        self._take_nmi = None
+
+    def rebind(self, controller: InterruptController | None) -> None:
+        """The CPU's interrupt controller is now ``controller`` (a device reloaded under the running
+        guest, vmcore.reload): its INTR is followed from here on, its MSRs answered, and the
+        accelerator told (what it keeps of the controller: a local APIC's TPR for CR8)."""
+        old = self.controller
+        if controller is old:
+            return
+        watching = self._watching
+        if watching:
+            self._unwatch(old)
+        for index in [index for index, device in self.msrs.items() if device is old]:
+            del self.msrs[index]  # in place: the accelerators hold this dict
+        if isinstance(controller, ModelSpecificRegisters):
+            self.msrs.update({index: controller for index in controller.msr_indices()})
+        self.controller = controller
+        if watching:
+            self._watch(controller)
+        self.cpu.controller_changed(controller)
+        self.woken.set()  # a hlt wait looks at the new controller's INTR
 
     def _kick(self) -> None:
         """From any thread: the loop should look at timers, input and INTR soon."""

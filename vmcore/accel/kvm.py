@@ -143,6 +143,8 @@ class KvmAccelerator(Accelerator):
         #: The last run stopped inside a string I/O or a split MMIO access (not saveable there).
         self._incomplete = False
         self._xsave = self._xcrs = self._debugregs = False  # KVM_CAP_XSAVE, _XCRS, _DEBUGREGS (see setup)
+        #: The lapic model whose TPR is CR8 during a run (see begin), in a cell.
+        self._apic: list[Any] = [None]
 
     @classmethod
     def open(cls, path: str | None = None, kernel_irqchip: bool = False,
@@ -382,7 +384,8 @@ class KvmAccelerator(Accelerator):
         target: Any = None  # where the answer to the read in progress goes (see core.ExitRecord)
         # CR8 is the lapic model's TPR (bits 7:4). KVM without its own APIC keeps CR8 in kvm_run:
         # given before each KVM_RUN, read back after (as QEMU's kvm_arch_pre_run/post_run do).
-        apic = core.controller if hasattr(core.controller, "set_task_priority") else None
+        self._apic[0] = core.controller if hasattr(core.controller, "set_task_priority") else None
+        apic_cell = self._apic  # a cell: a local APIC reloaded mid-run takes over (controller_changed)
 
         def enter() -> int:
             nonlocal target
@@ -396,6 +399,7 @@ class KvmAccelerator(Accelerator):
                 if waiting[0]:
                     waiting[0] = False  # an exit came back while serving the last one
                 else:
+                    apic = apic_cell[0]
                     if apic is not None:
                         tpr = apic.task_priority() >> 4
                         run.cr8 = tpr
@@ -780,6 +784,9 @@ class KvmAccelerator(Accelerator):
 
     def between_instructions(self) -> bool:
         return not self._strings and self._fragment[0] is None and not self._exit_waiting[0]
+
+    def controller_changed(self, controller: Any) -> None:
+        self._apic[0] = controller if hasattr(controller, "set_task_priority") else None
 
     def save_cpu(self) -> dict[str, Any]:
         """The vCPU for a snapshot (vmcore.snapshot), between runs, its last exit completed (see

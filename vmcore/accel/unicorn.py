@@ -686,6 +686,12 @@ class UnicornAccelerator(Accelerator):
     def interrupts_enabled(self) -> bool:
         return bool(self.regs.reg_read(X.UC_X86_REG_EFLAGS) & _FLAG_IF)
 
+    def controller_changed(self, controller: InterruptController | None) -> None:
+        if self._intercepts is not None:
+            self._intercepts.apic = controller if hasattr(controller, "set_task_priority") else None
+        if self._hardirq is not None and self._hardirq.controller is not None:
+            self._hardirq.controller = controller
+
     def offer_interrupt(self, controller: InterruptController) -> bool:
         if self._hardirq is not None:
             # vmcore's engine build: the CPU takes it itself where it can (see _EngineInterrupts).
