@@ -31,9 +31,10 @@ def _echo_args(tmp_path: Path, text: bytes) -> list[str]:
             "--set", "devices.console.backend=\"null\""]
 
 
-def test_recording_needs_a_virtual_clock() -> None:
+def test_recording_needs_a_virtual_clock_or_one_that_keeps_its_readings() -> None:
     with Machine.build(Profile.load(REPO / "machines" / "hello.yaml", ("devices.console.backend=memory",))) as machine:
-        with pytest.raises(RecordingError, match="--record needs clock: virtual"):
+        with pytest.raises(RecordingError, match="--record needs clock: virtual, or a machine built with a "
+                                                 "LoggedHostClock"):
             Recorder(machine, "hello", [])
     assert main(["run", "hello", "--record", "/nonexistent-folder/r.json", "--set", "clock=virtual"]) == 2
     for extra in (["--monitor-socket", "/tmp/never.sock"], ["--restore", "/tmp/never.snap"]):
@@ -190,3 +191,47 @@ def test_more_host_input_than_a_recording_keeps_is_said_not_saved(tmp_path: Path
     assert main(["run", str(ECHO), "--record", str(recording), *_echo_args(tmp_path, b"hi there\nq")]) == 8
     assert "--record " in (said := capsys.readouterr().err) and "more than 4 bytes of host input" in said, said
     assert not recording.exists()
+
+
+# --- on the host's clock ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("accel", ["tcg", "kvm"])
+def test_a_run_on_the_hosts_clock_replays_where_its_timers_came_in_hlt(accel: str, tmp_path: Path) -> None:
+    """rm-timer takes ten PIT ticks, each awaited in hlt, on the host's clock: recorded (every reading
+    of the clock, where the vCPU came back without an exit) and replayed on the same accelerator,
+    its events come again at the same machine times."""
+    from tests.helpers import skip_without_kvm, vmcore
+
+    if accel == "kvm":
+        skip_without_kvm()
+    recording = tmp_path / "rm.rec"
+    recorded = vmcore("run", "rm-timer", "--accel", accel, "--record", str(recording))
+    assert recorded.status == 39 and recorded.stdout == b"rm ticks: 10\n", recorded.stderr
+    record = load(recording)
+    assert record["clock"] == "host" and record["accelerator"] == accel and len(record["readings"]) > 80
+    replayed = vmcore("replay", str(recording))
+    assert replayed.status == 39 and replayed.stdout == b"rm ticks: 10\n", replayed.stderr
+    assert "replayed as recorded: 80 events" in replayed.stderr
+
+    # A reading moved: the PIT's count read back differs, and the replay says where.
+    changed = json.loads(recording.read_text())
+    changed["readings"] = [value + 50_000 if i > len(changed["readings"]) // 2 and value >= 0 else value
+                           for i, value in enumerate(changed["readings"])]
+    recording.write_text(json.dumps(changed))
+    moved = vmcore("replay", str(recording))
+    assert moved.status == 12 and "the replay diverged at event" in moved.stderr, moved.stderr
+
+
+def test_a_replay_on_the_hosts_clock_says_why_a_guest_that_reads_its_own_time_diverged(tmp_path: Path) -> None:
+    """SeaBIOS measures the CPU's speed with the TSC (the host's, never recorded): the replay's
+    debug log prints another frequency, and the replay names it and why."""
+    from tests.helpers import vmcore
+
+    recording = tmp_path / "bios.rec"
+    recorded = vmcore("run", "pc-bios", "--accel", "tcg", "--record", str(recording),
+                      "--set", "devices.com1.backend=\"null\"", "--set", "devices.debuglog.backend=\"null\"")
+    assert recorded.status == 85, recorded.stderr
+    replayed = vmcore("replay", str(recording))
+    assert replayed.status == 12, replayed.stderr
+    assert "the replay diverged at event" in replayed.stderr and "read no time of its own (TSC)" in replayed.stderr

@@ -139,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
                           "state under the running guest (vmcore.reload; each reload or refusal is said on stderr)")
     run.add_argument("--record", metavar="FILE",
                      help="record the run for 'vmcore replay' and 'vmcore export-test': its host input, with the "
-                          "instruction each byte arrived at, and every transaction and IRQ (needs clock: virtual)")
+                          "instruction each byte arrived at (on the host's clock: every reading of the clock, the "
+                          "input at its reading), and every transaction and IRQ")
     run.add_argument("--monitor", action="store_true",
                      help="a Python REPL on the terminal into the running machine: vm.pause(), vm.registers(), ... "
                           "(no device may read the terminal meanwhile)")
@@ -275,10 +276,15 @@ def _profile_path(name: str) -> Path:
         raise ProfileError(Where(name), "", f"cannot read the profile: {exc.strerror or exc}") from None
 
 
-def _build(profile_name: str, overrides: list[str]) -> Machine:
+def _build(profile_name: str, overrides: list[str], record: bool = False) -> Machine:
     from .profile import Profile
 
-    return Machine.build(Profile.load(_profile_path(profile_name), overrides))
+    profile = Profile.load(_profile_path(profile_name), overrides)
+    if record:
+        from .record import recording_clock
+
+        return Machine.build(profile, clock=recording_clock(profile))
+    return Machine.build(profile)
 
 
 def _fan_out(sinks: list[Callable[[Any], None]]) -> Callable[[Any], None]:
@@ -295,11 +301,11 @@ def _fan_out(sinks: list[Callable[[Any], None]]) -> Callable[[Any], None]:
 
 def _replay(args: argparse.Namespace) -> int:
     from .profile import Profile
-    from .record import Replay, RecordingError, load
+    from .record import Replay, RecordingError, load, replayed_clock
 
     try:
         record = load(args.recording)
-        machine = Machine.build(Profile.load(Path(record["profile"]), record["overrides"]))
+        machine = Machine.build(Profile.load(Path(record["profile"]), record["overrides"]), clock=replayed_clock(record))
     except RecordingError as exc:
         print(f"vmcore: replay: {exc}", file=sys.stderr)
         return STATUS["config-error"]
@@ -312,7 +318,8 @@ def _replay(args: argparse.Namespace) -> int:
         except RecordingError as exc:
             print(f"vmcore: replay: {args.recording}: {exc}", file=sys.stderr)
             return STATUS["config-error"]
-        stop = machine.run(None, RunLimits(timeout=args.timeout))
+        # On the accelerator it was recorded on (a recording on the host's clock may be KVM's).
+        stop = machine.run(record.get("accelerator"), RunLimits(timeout=args.timeout))
     sys.stdout.flush()
     verdict = replay.verdict(stop)
     if verdict is not None:
@@ -387,7 +394,7 @@ def _run(args: argparse.Namespace) -> int:
                               else "what the monitor does to the machine is not recorded (--monitor)")
             print(f"vmcore: --record {args.record}: {why}", file=sys.stderr)
             return STATUS["config-error"]
-    machine = _build(args.profile, args.overrides)
+    machine = _build(args.profile, args.overrides, record=bool(args.record))
     recorder = None
     if args.record:
         from .record import Recorder, RecordingError

@@ -15,6 +15,7 @@ import collections
 import datetime as dt
 import heapq
 import itertools
+import threading
 import time
 from typing import Callable
 
@@ -115,6 +116,25 @@ class Clock:
         if wakeup is not None:
             wakeup()
 
+    #: Set during a run: wakes a halted guest's wait without stopping a running one (see post_quietly).
+    idle_wakeup: Callable[[], None] | None = None
+
+    def post_quietly(self, callback: Callable[[], None]) -> None:
+        """As :meth:`call_soon_threadsafe`, but a running vCPU is not stopped for it: the callback
+        runs at the run loop's next look (the next exit, or at once in a halted guest's wait).
+        A recording on the host's clock takes host input this way, so that it lands where the
+        guest's own course puts the loop, which a replay reaches again."""
+        self._posted.append(callback)
+        wake = self.idle_wakeup
+        if wake is not None:
+            wake()
+
+    #: Whether machine time is read back from a recording (:class:`ReplayedHostClock`): the run
+    #: then never waits for host time (a halted guest's wait is the recorded one, already over).
+    replaying = False
+    #: A replayed clock that has given every recorded reading (see :class:`ReplayedHostClock`).
+    exhausted = False
+
     #: Whether machine time is made of the guest's instructions (:class:`VirtualClock`): the run
     #: then ends each slice of guest code at the next timer's instruction, and a ``hlt`` skips
     #: to that timer, instead of the host's time doing both.
@@ -123,6 +143,26 @@ class Clock:
     def now(self) -> int:
         """Nanoseconds of machine time since the guest's first instruction (0 before it)."""
         raise NotImplementedError
+
+    def note_yield(self, at_entry: bool) -> None:
+        """The vCPU came back without an exit, stopped by a kick (a recording keeps where: see
+        :class:`LoggedHostClock`); ``at_entry``: before the guest ran an instruction."""
+
+    def yield_now(self) -> bool:
+        """Whether the vCPU must come back here without running (a replay, where it did)."""
+        return False
+
+    def sleep_until(self, deadline: int | None, woken: "threading.Event", limit: float | None) -> None:
+        """Block the machine's thread (a halted guest) until machine time ``deadline``, ``woken``
+        or ``limit`` seconds of host time."""
+        if deadline is None:
+            timeout = limit
+        else:
+            timeout = max(0.0, (deadline - self.now()) / 1e9)
+            if limit is not None:
+                timeout = min(timeout, limit)
+        woken.wait(timeout)
+        woken.clear()
 
     def power_on_time(self) -> dt.datetime:
         """The date and time (UTC, naive) a battery-backed clock shows at power-on (an RTC whose
@@ -261,6 +301,117 @@ class HostClock(Clock):
             self._origin = time.monotonic_ns() - paused_at  # time goes on from where it stopped
         if paused_at is not None and self.paused_changed is not None:
             self.paused_changed(False)
+
+
+#: Marks among a :class:`LoggedHostClock`'s readings (see ``note_yield``).
+YIELD_AT_ENTRY, YIELD_WHILE_RUNNING = -1, -2
+
+
+class LoggedHostClock(HostClock):
+    """A :class:`HostClock` that keeps every reading made on the machine's thread (the thread that
+    started it: the vCPU's), for a recording of a run on the host's time (vmcore.record). Read in
+    the same order, the same values make the run again: every device's answer that depends on
+    time, every timer that fired at a check of the run loop, each wait of a halted guest."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.readings: list[int] = []
+        self.limit = limit  # most readings kept; past it the recording says it cannot be replayed
+        self.overflow = False
+        self.power_on: dt.datetime | None = None  # what an RTC was told (the host's date, once)
+        self._thread: int | None = None
+
+    def start(self, at: int = 0) -> None:
+        super().start(at)
+        if self._thread is None:
+            self._thread = threading.get_ident()
+
+    def power_on_time(self) -> dt.datetime:
+        if self.power_on is None:
+            self.power_on = super().power_on_time()
+        return self.power_on
+
+    def now(self) -> int:
+        value = super().now()
+        if threading.get_ident() == self._thread:
+            self._keep(value)
+        return value
+
+    def note_yield(self, at_entry: bool) -> None:
+        # Kept among the readings: -1 where the vCPU was stopped before it ran (a kick between two
+        # runs: a replay yields there too), -2 where the host's time stopped it while it ran.
+        self._keep(YIELD_AT_ENTRY if at_entry else YIELD_WHILE_RUNNING)
+
+    def _keep(self, value: int) -> None:
+        if len(self.readings) < self.limit:
+            self.readings.append(value)
+        else:
+            self.overflow = True
+
+
+class ReplayedHostClock(HostClock):
+    """Machine time read back from a :class:`LoggedHostClock`'s readings, in order, on the machine's
+    thread (another thread reads the last one given). Past the last reading the replay has gone
+    further than the recording: ``exhausted`` is set and time stands still (the replay's verdict
+    says so). Waits of a halted guest take no host time."""
+
+    replaying = True
+
+    def __init__(self, readings: list[int], power_on: dt.datetime) -> None:
+        super().__init__()
+        self.readings = readings
+        self.power_on = power_on
+        self.position = 0  # readings given so far
+        self.exhausted = False
+        #: The recording's vCPU was stopped by the host's time while it ran somewhere here: a replay
+        #: cannot stop it at that instruction.
+        self.stopped_while_running = False
+        self._last = 0
+        self._thread: int | None = None
+        #: (position, callback): run by :meth:`run_due` once that many readings were given, as the
+        #: recording's host input was committed there.
+        self._at_position: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
+
+    def start(self, at: int = 0) -> None:
+        super().start(at)
+        if self._thread is None:
+            self._thread = threading.get_ident()
+
+    def now(self) -> int:
+        if threading.get_ident() != self._thread:
+            return self._last
+        if self.position < len(self.readings) and self.readings[self.position] >= 0:
+            self._last = self.readings[self.position]
+            self.position += 1
+        else:
+            self.exhausted = True  # past the recording, or out of step with it (a yield there)
+        return self._last
+
+    def yield_now(self) -> bool:
+        if self.position < len(self.readings) and self.readings[self.position] < 0:
+            self.stopped_while_running |= self.readings[self.position] == YIELD_WHILE_RUNNING
+            self.position += 1
+            return True
+        return False
+
+    def power_on_time(self) -> dt.datetime:
+        return self.power_on
+
+    def call_at_position(self, position: int, callback: Callable[[], None]) -> None:
+        """Run ``callback`` (on the machine's thread) once ``position`` readings were given (in
+        order of position: the recording's order)."""
+        self._at_position.append((position, callback))
+
+    def run_due(self) -> int:
+        queue = self._at_position
+        while queue and queue[0][0] <= self.position:
+            self._posted.append(queue.popleft()[1])  # with the posted callbacks, as recorded
+        return super().run_due()
+
+    def sleep_until(self, deadline: int | None, woken: "threading.Event", limit: float | None) -> None:
+        if deadline is not None:
+            self.now()  # the recorded wait read the time once to compute its timeout
+        woken.clear()
 
 
 class ManualClock(Clock):

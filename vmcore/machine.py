@@ -108,16 +108,18 @@ class Machine:
     # --- building ------------------------------------------------------------------
 
     @classmethod
-    def build(cls, profile: Profile, registry: DeviceRegistry | None = None) -> "Machine":
+    def build(cls, profile: Profile, registry: DeviceRegistry | None = None, clock: Clock | None = None) -> "Machine":
         """Create memory, load images, build and wire devices; no CPU yet.
 
-        Every problem is a ProfileError naming the file, line and key.
+        Every problem is a ProfileError naming the file, line and key. ``clock``: the machine's
+        (a recording's or a replay's, vmcore.record); by default the profile's.
         """
         registry = registry if registry is not None else DeviceRegistry.default()
         memory = GuestMemory()
         pio, mmio = Bus(Space.PIO), Bus(Space.MMIO)
         pci = PciBus(pio, mmio)
-        clock: Clock = VirtualClock() if profile.clock == "virtual" else HostClock()
+        if clock is None:
+            clock = VirtualClock() if profile.clock == "virtual" else HostClock()
         irq_lines = IrqLines()
         image_sizes: dict[str, int] = {}  # bytes loaded into each slot, for placing the CPU tables
         devices: dict[str, Any] = {}

@@ -4,9 +4,16 @@
 ``--set`` overrides, and a digest of the machine it builds: devices and their configuration,
 memory as built), the host input each device received and the instruction at which it
 arrived, and what the run did: every bus transaction and IRQ event with its machine time
-(at most :data:`MAX_EVENTS`), and how it stopped. It needs ``clock: virtual``: with machine
-time made of instructions, host input is all that differs between two runs, and a recording
-gates it, so a device sees input only at a point the recording names (:class:`Recorder`).
+(at most :data:`MAX_EVENTS`), and how it stopped. With ``clock: virtual`` machine time is made of
+instructions, host input is all that differs between two runs, and a recording gates it, so a
+device sees input only at a point the recording names (:class:`Recorder`). On the host's clock
+(KVM, or the software CPU without it) the recording also keeps every reading of the clock made on
+the machine's thread, in order, and where the vCPU came back without an exit
+(vmcore.clock.LoggedHostClock); its input is committed at the loop's next look, without stopping
+the guest. A replay gives the readings back in order: it follows the recording exactly where
+timers and input reached the guest at its exits or while it waited in ``hlt``, and says where it
+diverged otherwise (an interrupt that stopped the guest while it ran cannot be put at the same
+instruction without an instruction counter; a TSC the guest reads is the host's).
 
 ``vmcore replay FILE`` builds the same machine, hands each device its input at the recorded
 instruction, and compares the run with the recording event by event: the first difference is
@@ -44,6 +51,8 @@ VERSION = 1
 #: Most transactions and IRQ events a recording keeps (the inputs are always kept): enough for a
 #: firmware boot many times over; a Linux boot's millions would make a file of hundreds of MB.
 MAX_EVENTS = 1_000_000
+#: Most readings of the host's clock a recording on it keeps (a few per exit).
+MAX_READINGS = 4_000_000
 #: Most host input a recording keeps; input past it ends the recording's usefulness, and says so.
 MAX_INPUT = 16 << 20
 #: Largest recording file read back (a file this big is no recording of ours).
@@ -80,18 +89,23 @@ class Recorder:
     """Keeps a run of ``machine`` (built from ``profile`` with ``overrides``) for :func:`save`."""
 
     def __init__(self, machine: "Machine", profile: str, overrides: list[str]) -> None:
-        if not machine.clock.virtual:
-            raise RecordingError("--record needs clock: virtual (add it to the profile or --set clock=virtual): "
-                                 "on the host's clock no two runs are alike, whatever is recorded")
+        from .clock import LoggedHostClock
+
+        if not machine.clock.virtual and not isinstance(machine.clock, LoggedHostClock):
+            raise RecordingError("--record needs clock: virtual, or a machine built with a LoggedHostClock "
+                                 "(vmcore run --record does that on the host's clock)")
         self.machine = machine
+        self.host_time = isinstance(machine.clock, LoggedHostClock)
         self.header: dict[str, Any] = {
             "format": FORMAT, "version": VERSION, "profile": profile, "overrides": list(overrides),
             "machine": machine_digest(machine), "recorded": datetime.datetime.now().isoformat(timespec="seconds"),
+            "clock": "host" if self.host_time else "virtual",
         }
         #: [time ns, space, direction, address, size, value, device] and [time, "irq", kind, number, value, devices].
         self.events: list[list[Any]] = []
         self.dropped = 0
-        #: [instructions, time ns, device, hex bytes]: host input as each device received it.
+        #: [instructions, time ns, device, hex bytes]: host input as each device received it (on the
+        #: host's clock: [readings of the clock so far, the last one, device, hex bytes]).
         self.inputs: list[list[Any]] = []
         self._input_bytes = 0
         self.input_overflow = False
@@ -103,8 +117,8 @@ class Recorder:
         clock = machine.clock
         for name, device in machine.devices.items():
             buffer = input_buffer(device)
-            if buffer is not None:
-                buffer.hold(clock.call_soon_threadsafe, self._committer(name))
+            if buffer is not None:  # (on the host's clock without stopping the vCPU: see Clock.post_quietly)
+                buffer.hold(clock.post_quietly if self.host_time else clock.call_soon_threadsafe, self._committer(name))
         return self._transaction, self._irq
 
     def _committer(self, name: str) -> Callable[[bytes], None]:
@@ -115,7 +129,11 @@ class Recorder:
             if self._input_bytes > MAX_INPUT:
                 self.input_overflow = True
                 return
-            self.inputs.append([clock.instructions, clock.now(), name, data.hex()])
+            if self.host_time:  # where in the clock's readings (reading it here would add one)
+                readings = clock.readings  # type: ignore[attr-defined]
+                self.inputs.append([len(readings), readings[-1] if readings else 0, name, data.hex()])
+            else:
+                self.inputs.append([clock.instructions, clock.now(), name, data.hex()])
 
         return committed
 
@@ -137,9 +155,19 @@ class Recorder:
         if self.input_overflow:
             raise RecordingError(f"the run received more than {format_size(MAX_INPUT)} bytes of host input: a "
                                  "replay could not give the devices what they received")
+        clock: Any = self.machine.clock
+        if self.host_time and clock.overflow:
+            raise RecordingError(f"the run read the host's clock more than {clock.limit} times: a replay could "
+                                 "not give it the same time")
+        accelerator = self.machine.accelerator
         record = dict(self.header, stop={"kind": stop.kind, "status": stop.status}, inputs=self.inputs,
                       events=self.events, dropped=self.dropped,
-                      instructions=self.machine.clock.instructions, time_ns=self.machine.clock.now())
+                      accelerator=accelerator.name if accelerator is not None else None)
+        if self.host_time:
+            record.update(readings=clock.readings, power_on=(clock.power_on or clock.power_on_time()).isoformat(),
+                          time_ns=clock.readings[-1] if clock.readings else 0)
+        else:
+            record.update(instructions=clock.instructions, time_ns=clock.now())
         target = Path(path)
         temporary = target.with_name(f".{target.name}.partial")  # as a snapshot is written: no half file
         try:
@@ -175,6 +203,12 @@ def load(path: str | Path) -> dict[str, Any]:
                 raise TypeError(f"{key} is not a {kind.__name__}")
         for item in record["inputs"]:
             int(item[0]), int(item[1]), str(item[2]), bytes.fromhex(item[3])
+        if record.get("clock", "virtual") == "host":
+            if not isinstance(record["readings"], list) or not all(type(v) is int for v in record["readings"]):
+                raise TypeError("readings is not a list of numbers")
+            datetime.datetime.fromisoformat(record["power_on"])
+        elif record.get("clock", "virtual") != "virtual":
+            raise ValueError(f"clock {record['clock']!r} is neither host nor virtual")
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise RecordingError(f"{path}: a damaged recording ({type(exc).__name__}: {exc})") from None
     return record
@@ -188,7 +222,11 @@ class Replay:
     compared with the recording as it happens (the first difference is kept)."""
 
     def __init__(self, machine: "Machine", record: dict[str, Any]) -> None:
-        if not machine.clock.virtual:
+        self.host_time = record.get("clock", "virtual") == "host"
+        if self.host_time and not machine.clock.replaying:
+            raise RecordingError("a recording on the host's clock replays on a machine built with its readings "
+                                 "(replayed_clock)")
+        if not self.host_time and not machine.clock.virtual:
             raise RecordingError("the recorded profile no longer has clock: virtual")
         if machine_digest(machine) != record["machine"]:
             raise RecordingError("the profile builds another machine than the one recorded (its devices, their "
@@ -209,11 +247,14 @@ class Replay:
         for buffer in buffers.values():
             if buffer is not None:
                 buffer.silence()  # the host's input is not this run's: the recording's is
-        for instructions, time_ns, name, data in self.record["inputs"]:
+        for where, time_ns, name, data in self.record["inputs"]:
             buffer = buffers.get(name)
             if buffer is None:
                 raise RecordingError(f"the recording gives host input to device {name!r}, which receives none here")
-            clock.call_at_instruction(int(instructions), int(time_ns), _injector(buffer, bytes.fromhex(data)))
+            if self.host_time:  # at the same reading of the host's clock
+                clock.call_at_position(int(where), _injector(buffer, bytes.fromhex(data)))  # type: ignore[attr-defined]
+            else:
+                clock.call_at_instruction(int(where), int(time_ns), _injector(buffer, bytes.fromhex(data)))
         return self._transaction, self._irq
 
     def _check(self, event: list[Any]) -> None:
@@ -233,10 +274,19 @@ class Replay:
 
     def verdict(self, stop: "StopReason") -> str | None:
         """None when the replay went as recorded; else what differed first, in one line."""
+        hint = (" (on the host's clock a replay follows the recording where timers and input reached the guest "
+                "at its exits or while it waited in hlt, and it read no time of its own (TSC); one that came while it "
+                "ran took it elsewhere)" if self.host_time else "")
+        clock: Any = self.machine.clock
+        if self.host_time and clock.stopped_while_running:
+            hint = (" (the recording's vCPU was stopped by the host's time while it ran: a replay cannot stop it "
+                    "at that instruction)")
         if self.divergence is not None:
             index, recorded, replayed = self.divergence
             return (f"the replay diverged at event {index} (machine time {replayed[0]} ns): recorded "
-                    f"{describe(recorded)}, replayed {describe(replayed)}")
+                    f"{describe(recorded)}, replayed {describe(replayed)}{hint}")
+        if self.host_time and clock.exhausted:
+            return f"the replay read the host's clock more often than the recording did{hint}"
         kept = len(self.expected)
         if self.seen < kept:
             return f"the replay stopped after {self.seen} of the {kept} recorded events ({stop.kind}: {stop.message})"
@@ -247,6 +297,26 @@ class Replay:
             return f"the run ended otherwise: recorded {recorded['kind']} (status {recorded['status']}), replayed " \
                    f"{stop.kind} (status {stop.status})"
         return None
+
+
+def replayed_clock(record: dict[str, Any]) -> Any:
+    """The clock a replay's machine is built with: for a recording on the host's clock, its
+    readings given back in order (vmcore.clock.ReplayedHostClock); else None (the profile's)."""
+    if record.get("clock", "virtual") != "host":
+        return None
+    from .clock import ReplayedHostClock
+
+    return ReplayedHostClock(record["readings"], datetime.datetime.fromisoformat(record["power_on"]))
+
+
+def recording_clock(profile: Any) -> Any:
+    """The clock ``vmcore run --record`` builds a machine with: on the host's clock one that keeps
+    its readings (vmcore.clock.LoggedHostClock); None for a virtual clock (the profile's)."""
+    if profile.clock == "virtual":
+        return None
+    from .clock import LoggedHostClock
+
+    return LoggedHostClock(MAX_READINGS)
 
 
 def _injector(buffer: Any, data: bytes) -> Callable[[], None]:

@@ -39,7 +39,7 @@ from ..faults import DeviceFault, GuestReset
 from ..irq import InterruptController, ModelSpecificRegisters
 from ..stop import StopReason
 from ..stuck import CHECK_EVERY, PollWatch, describe
-from .wakeup import Waker, sleep_until
+from .wakeup import Waker
 
 log = logging.getLogger("vmcore.stuck")
 
@@ -518,7 +518,7 @@ class RunCore:
         if clock is not None:
             clock.run_due()
             waker = self._waker
-            if waker is not None and not clock.virtual:  # virtual time: the CPU's slices end at timers
+            if waker is not None and not clock.virtual and not clock.replaying:  # virtual: slices end at timers
                 waker.rearm(clock.next_deadline())
         controller = self.controller
         if controller is None:
@@ -535,8 +535,8 @@ class RunCore:
         while True:
             if self.service():
                 return True
-            if self.expired:
-                return False
+            if self.expired or clock is not None and clock.replaying and clock.exhausted:
+                return False  # (a replay past its recording's time: nothing more will come)
             if clock is not None and clock.virtual and (deadline := clock.next_deadline()) is not None:
                 clock.skip_to(deadline)  # nothing runs until then: machine time is there at once
                 continue
@@ -544,7 +544,7 @@ class RunCore:
             if remaining is not None and remaining <= 0:
                 return False
             if clock is not None and not clock.virtual:
-                sleep_until(clock.now, clock.next_deadline(), self.woken, remaining)
+                clock.sleep_until(clock.next_deadline(), self.woken, remaining)
             else:  # no clock, or a virtual one with no timer left: only input or the time limit wakes it
                 self.woken.wait(remaining)
                 self.woken.clear()
@@ -560,8 +560,11 @@ class RunCore:
         if clock is not None:
             waker = self._waker = Waker(self._kick, clock.now)
             clock.wakeup = waker.kick
+            clock.idle_wakeup = self.woken.set
             clock.paused_changed = self._pause_limit
-            if clock.virtual:
+            if clock.replaying:
+                pass  # timers fire where the recording's time says, at the loop's checks: no kicks
+            elif clock.virtual:
                 # Timers are instructions away, not host time: the CPU's slice ends at the earliest
                 # (a timer armed during a slice shortens it); the waker only passes host input on.
                 clock.deadline_changed = self.cpu.deadline_changed
@@ -575,6 +578,7 @@ class RunCore:
             self._waker = None
         if self.clock is not None:
             self.clock.deadline_changed = self.clock.wakeup = self.clock.paused_changed = None
+            self.clock.idle_wakeup = None
         self._unwatch(self.controller)
 
     def _watch(self, controller: InterruptController | None) -> None:

@@ -386,6 +386,10 @@ class KvmAccelerator(Accelerator):
         # given before each KVM_RUN, read back after (as QEMU's kvm_arch_pre_run/post_run do).
         self._apic[0] = core.controller if hasattr(core.controller, "set_task_priority") else None
         apic_cell = self._apic  # a cell: a local APIC reloaded mid-run takes over (controller_changed)
+        # A recording on the host's clock keeps where the vCPU came back without an exit; its replay
+        # comes back there too (vmcore.clock.LoggedHostClock, ReplayedHostClock).
+        clock = core.clock
+        clock_yields = clock is not None and (clock.replaying or hasattr(clock, "readings"))
 
         def enter() -> int:
             nonlocal target
@@ -403,10 +407,16 @@ class KvmAccelerator(Accelerator):
                     if apic is not None:
                         tpr = apic.task_priority() >> 4
                         run.cr8 = tpr
+                    if clock_yields and clock.yield_now():  # a replay: the recorded run came back here
+                        run.immediate_exit = 0
+                        return YIELD
+                    at_entry = run.immediate_exit
                     try:
                         vcpu_run()
                     except InterruptedError:
                         run.immediate_exit = 0
+                        if clock_yields:
+                            clock.note_yield(bool(at_entry))
                         if apic is not None and run.cr8 != tpr:
                             apic.set_task_priority(run.cr8 << 4)
                         if queued:

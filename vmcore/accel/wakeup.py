@@ -73,14 +73,3 @@ class Waker:
                 self._deadline = self._now() + RETRY_NS
                 self._action()
 
-
-def sleep_until(now: Callable[[], int], deadline: int | None, woken: threading.Event, limit: float | None) -> None:
-    """Block the vCPU thread (a halted guest) until ``deadline``, a wake-up, or ``limit`` seconds."""
-    if deadline is None:
-        timeout = limit
-    else:
-        timeout = max(0.0, (deadline - now()) / 1e9)
-        if limit is not None:
-            timeout = min(timeout, limit)
-    woken.wait(timeout)
-    woken.clear()
