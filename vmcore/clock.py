@@ -134,6 +134,8 @@ class Clock:
     replaying = False
     #: A replayed clock that has given every recorded reading (see :class:`ReplayedHostClock`).
     exhausted = False
+    #: Whether the clock keeps its readings for a recording (see :class:`LoggedHostClock`).
+    keeps_readings = False
 
     #: Whether machine time is made of the guest's instructions (:class:`VirtualClock`): the run
     #: then ends each slice of guest code at the next timer's instruction, and a ``hlt`` skips
@@ -312,6 +314,8 @@ class LoggedHostClock(HostClock):
     started it: the vCPU's), for a recording of a run on the host's time (vmcore.record). Read in
     the same order, the same values make the run again: every device's answer that depends on
     time, every timer that fired at a check of the run loop, each wait of a halted guest."""
+
+    keeps_readings = True
 
     def __init__(self, limit: int) -> None:
         super().__init__()

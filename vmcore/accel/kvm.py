@@ -389,7 +389,7 @@ class KvmAccelerator(Accelerator):
         # A recording on the host's clock keeps where the vCPU came back without an exit; its replay
         # comes back there too (vmcore.clock.LoggedHostClock, ReplayedHostClock).
         clock = core.clock
-        clock_yields = clock is not None and (clock.replaying or hasattr(clock, "readings"))
+        clock_yields = clock is not None and (clock.replaying or clock.keeps_readings)
 
         def enter() -> int:
             nonlocal target
