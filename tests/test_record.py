@@ -235,3 +235,21 @@ def test_a_replay_on_the_hosts_clock_says_why_a_guest_that_reads_its_own_time_di
     replayed = vmcore("replay", str(recording))
     assert replayed.status == 12, replayed.stderr
     assert "the replay diverged at event" in replayed.stderr and "read no time of its own (TSC)" in replayed.stderr
+
+
+def test_a_recording_that_read_the_clock_more_than_it_keeps_is_said_not_saved(tmp_path: Path) -> None:
+    from vmcore.accel import RunLimits
+    from vmcore.clock import LoggedHostClock
+
+    clock = LoggedHostClock(limit=50)  # rm-timer reads it some 170 times
+    profile = Profile.load(REPO / "machines" / "rm-timer.yaml", ("devices.console.backend=memory",))
+    with Machine.build(profile, clock=clock) as machine:
+        recorder = Recorder(machine, "rm-timer", [])
+        transactions, irqs = recorder.attach()
+        machine.set_tracer(transactions)
+        machine.set_irq_tracer(irqs)
+        stop = machine.run("tcg", RunLimits(timeout=30))
+        assert stop.status == 39 and len(clock.readings) == 50 and clock.overflow
+        with pytest.raises(RecordingError, match="read the host's clock more than 50 times"):
+            recorder.save(tmp_path / "r.rec", stop)
+    assert not (tmp_path / "r.rec").exists()

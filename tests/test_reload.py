@@ -97,15 +97,20 @@ def counter_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: i
     sys.modules.pop("reload_counter_plugin", None)
 
 
+def _wait_until(condition: Any, seconds: float = 30) -> None:
+    """Poll ``condition()`` from a helper thread while the guest runs (at most ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def test_a_device_reloaded_under_a_running_guest_answers_with_the_new_code_and_its_old_state(counter_machine) -> None:
     machine, module = counter_machine
     console = machine.devices["console"]
     said: list[str] = []
 
     def edit_and_reload() -> None:
-        deadline = time.monotonic() + 30
-        while console.output.count(0x20) < 50 and time.monotonic() < deadline:  # spinning on version 1
-            time.sleep(0.01)
+        _wait_until(lambda: console.output.count(0x20) >= 50)  # spinning on version 1
         module.write_text(_MODULE.replace("{answer}", V2))
         machine.clock.call_soon_threadsafe(lambda: said.append(machine.reload_device("counter")))
 
@@ -171,9 +176,7 @@ def _reload_mid_run(profile: Path, accel: str, name: str, when: Any, overrides: 
         old, said = machine.devices[name], []
 
         def reload_when_ready() -> None:
-            deadline = time.monotonic() + 30
-            while not when(events) and time.monotonic() < deadline:
-                time.sleep(0.0005)
+            _wait_until(lambda: when(events))
             machine.clock.call_soon_threadsafe(lambda: said.append(machine.reload_device(name)))
 
         editor = threading.Thread(target=reload_when_ready)
@@ -249,9 +252,7 @@ def test_pci_functions_reloaded_mid_boot_keep_their_slot_bars_and_memory_windows
         mapped: list[int | None] = []
 
         def reload_when_mapped() -> None:
-            deadline = time.monotonic() + 30
-            while machine.pci.mapping(ide, 4) is None and time.monotonic() < deadline:
-                time.sleep(0.001)
+            _wait_until(lambda: machine.pci.mapping(ide, 4) is not None)
             mapped.append(machine.pci.mapping(ide, 4))
             for name in names:
                 machine.clock.call_soon_threadsafe(lambda name=name: said.append(machine.reload_device(name)))
@@ -306,9 +307,7 @@ def test_the_watcher_reloads_a_device_whose_module_file_changed(counter_machine)
     said: list[str] = []
 
     def edit() -> None:
-        deadline = time.monotonic() + 30
-        while console.output.count(0x20) < 50 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_until(lambda: console.output.count(0x20) >= 50)
         module.write_text(_MODULE.replace("{answer}", V2) + "\n# edited\n")
 
     watcher = ReloadWatcher(machine, said.append, interval=0.05)

@@ -279,11 +279,13 @@ class HostClock(Clock):
         super().__init__()
         self._origin: int | None = None  # host monotonic ns at t=0; None: not started
         self._paused_at: int | None = None  # machine time when paused
+        self._thread: int | None = None  # the machine's thread: the one that started the clock
 
     def start(self, at: int = 0) -> None:
         """Machine time begins now, at ``at`` ns (a restored snapshot's time; 0 for a new machine)."""
         if self._origin is None:
             self._origin = time.monotonic_ns() - at
+            self._thread = threading.get_ident()
 
     def now(self) -> int:
         if self._paused_at is not None:
@@ -323,12 +325,6 @@ class LoggedHostClock(HostClock):
         self.limit = limit  # most readings kept; past it the recording says it cannot be replayed
         self.overflow = False
         self.power_on: dt.datetime | None = None  # what an RTC was told (the host's date, once)
-        self._thread: int | None = None
-
-    def start(self, at: int = 0) -> None:
-        super().start(at)
-        if self._thread is None:
-            self._thread = threading.get_ident()
 
     def power_on_time(self) -> dt.datetime:
         if self.power_on is None:
@@ -371,15 +367,9 @@ class ReplayedHostClock(HostClock):
         #: cannot stop it at that instruction.
         self.stopped_while_running = False
         self._last = 0
-        self._thread: int | None = None
         #: (position, callback): run by :meth:`run_due` once that many readings were given, as the
         #: recording's host input was committed there.
         self._at_position: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
-
-    def start(self, at: int = 0) -> None:
-        super().start(at)
-        if self._thread is None:
-            self._thread = threading.get_ident()
 
     def now(self) -> int:
         if threading.get_ident() != self._thread:

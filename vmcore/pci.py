@@ -355,10 +355,7 @@ class PciBus:
         what :meth:`reattach` puts back (a hot reload frees the slot for the new instance)."""
         held = [(key, slot) for key, slot in self._slots.items() if slot.name == name]
         for key, slot in held:
-            for _base, claimed in slot.mapped.values():
-                for bus, region in claimed:
-                    bus.unclaim(region)
-            slot.mapped.clear()
+            self._unmap(slot)
             del self._slots[key]
         return held
 
@@ -368,11 +365,17 @@ class PciBus:
         for key, slot in held:
             replaced = self._slots.pop(key, None)
             if replaced is not None:
-                for _base, claimed in replaced.mapped.values():
-                    for bus, region in claimed:
-                        bus.unclaim(region)
+                self._unmap(replaced)
             self._slots[key] = slot
             self._update(slot)
+
+    @staticmethod
+    def _unmap(slot: _Slot) -> None:
+        """Every BAR of ``slot`` off its bus."""
+        for _base, claimed in slot.mapped.values():
+            for bus, region in claimed:
+                bus.unclaim(region)
+        slot.mapped.clear()
 
     def owners(self) -> set[str]:
         """The names the functions on the bus were attached under (their devices')."""

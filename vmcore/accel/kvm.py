@@ -100,6 +100,15 @@ _GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
          "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
 
 
+def _struct(layout: Any, data: str, name: str) -> Any:
+    """A KVM structure a snapshot saved (hex), checked to be this KVM's size."""
+    raw = bytes.fromhex(data)
+    if len(raw) != ctypes.sizeof(layout):
+        raise AcceleratorUnavailable(f"the snapshot's kvm {name} is {len(raw)} bytes, not this KVM's "
+                                     f"{ctypes.sizeof(layout)}")
+    return layout.from_buffer_copy(raw)
+
+
 class KvmAccelerator(Accelerator):
     """A VM with one vCPU on /dev/kvm."""
 
@@ -410,7 +419,7 @@ class KvmAccelerator(Accelerator):
                     if clock_yields and clock.yield_now():  # a replay: the recorded run came back here
                         run.immediate_exit = 0
                         return YIELD
-                    at_entry = run.immediate_exit
+                    at_entry = clock_yields and run.immediate_exit  # (read only for a recording)
                     try:
                         vcpu_run()
                     except InterruptedError:
@@ -862,52 +871,35 @@ class KvmAccelerator(Accelerator):
                              "(irqchip, kernel_pit): restore it with the profile it was made with")
         if self.kernel_irqchip:
             layouts["lapic"] = s.kvm_lapic_state
-            for i in range(len(_IRQCHIPS)):
-                layouts[f"irqchip{i}"] = s.kvm_irqchip
             if self.kernel_pit:
                 layouts["pit"] = s.kvm_pit_state2
-        raw = {}
-        for name, layout in layouts.items():
-            data = bytes.fromhex(saved["kvm"][name] if not name.startswith("irqchip") else
-                                 saved["kvm"]["irqchip"][int(name[7:])])
-            if len(data) != ctypes.sizeof(layout):
-                raise AcceleratorUnavailable(f"the snapshot's kvm {name} is {len(data)} bytes, not this KVM's "
-                                             f"{ctypes.sizeof(layout)}")
-            raw[name] = layout.from_buffer_copy(data)
-        vcpu = self.vcpu
-        try:
-            vcpu.set_sregs(raw["sregs"])  # the mode first: what the rest means follows from it
-            vcpu.set_regs(raw["regs"])
-            vcpu.set_fpu(raw["fpu"])
-            if "xcrs" in raw:
-                vcpu.set_xcrs(raw["xcrs"])  # before the XSAVE area: XCR0 says which components it may hold
-            if "xsave" in raw:
-                vcpu.set_xsave(raw["xsave"])
-            if "debugregs" in raw:
-                vcpu.set_debugregs(raw["debugregs"])
-            for index, value in saved["msrs"].items():
-                if not vcpu.set_msr(int(index, 16), int(value)):
-                    log.warning("snapshot: KVM refused MSR %s = %#x", index, int(value))
-            events = raw["events"]
-            # What this VM takes: the interrupt shadow, SMM, a pending NMI and the SIPI vector (QEMU's
-            # set); payloads and triple-fault events only where a capability enabled them.
-            events.flags = (events.flags & (_VCPUEVENT_VALID_SHADOW | _VCPUEVENT_VALID_SMM)) | \
-                _VCPUEVENT_VALID_NMI_PENDING | _VCPUEVENT_VALID_SIPI_VECTOR
-            vcpu.set_vcpu_events(events)
+        raw = {name: _struct(layout, saved["kvm"][name], name) for name, layout in layouts.items()}
+        chips = [_struct(s.kvm_irqchip, data, "irqchip") for data in saved["kvm"]["irqchip"]] if self.kernel_irqchip else []
+        if len(chips) != (len(_IRQCHIPS) if self.kernel_irqchip else 0):
+            raise AcceleratorUnavailable("the snapshot's kvm irqchip does not hold the two PICs and the IOAPIC")
+        events = raw["events"]
+        # What this VM takes: the interrupt shadow, SMM, a pending NMI and the SIPI vector (QEMU's
+        # set); payloads and triple-fault events only where a capability enabled them.
+        events.flags = (events.flags & (_VCPUEVENT_VALID_SHADOW | _VCPUEVENT_VALID_SMM)) | \
+            _VCPUEVENT_VALID_NMI_PENDING | _VCPUEVENT_VALID_SIPI_VECTOR
+        msrs = {int(index, 16): int(value) for index, value in saved["msrs"].items()}
+
+        def controllers_and_clock() -> None:
             if self.kernel_irqchip:
                 # The local APIC after IA32_APIC_BASE (in kvm_sregs), its TSC deadline after the LVT
                 # timer's mode (QEMU's order); the PICs and IOAPIC are the VM's.
-                vcpu.set_lapic(raw["lapic"])
+                self.vcpu.set_lapic(raw["lapic"])
                 if "tsc_deadline" in saved["kvm"]:
-                    vcpu.set_msr(MSR_TSC_DEADLINE, int(saved["kvm"]["tsc_deadline"]))
-                for i in range(len(_IRQCHIPS)):
-                    self.vm.set_irqchip(raw[f"irqchip{i}"])
+                    self.vcpu.set_msr(MSR_TSC_DEADLINE, int(saved["kvm"]["tsc_deadline"]))
+                for chip in chips:
+                    self.vm.set_irqchip(chip)
                 if self.kernel_pit:
                     self.vm.set_pit2(raw["pit"])  # each count loads again as set, counting from now
             if "clock_ns" in saved["kvm"]:
                 self.vm.set_clock(int(saved["kvm"]["clock_ns"]))
-        except KvmError as exc:
-            raise AcceleratorUnavailable(f"KVM refused the snapshot's vCPU state: {exc}") from None
+
+        self._set_vcpu(raw["sregs"], raw["regs"], raw["fpu"], raw.get("xcrs"), raw.get("xsave"), raw.get("debugregs"),
+                       msrs, events, controllers_and_clock)
 
     def _restore_portable(self, saved: dict[str, Any]) -> None:
         """A vCPU the software CPU saved (vmcore.accel.portable): KVM's own state of the new vCPU
@@ -915,29 +907,40 @@ class KvmAccelerator(Accelerator):
         state = portable.check(saved["portable"])
         vcpu = self.vcpu
         regs, sregs, fpu, events = vcpu.get_regs(), vcpu.get_sregs(), vcpu.get_fpu(), vcpu.get_vcpu_events()
-        xcrs = vcpu.get_xcrs() if self._xcrs else None
-        debugregs = vcpu.get_debugregs() if self._debugregs else None
+        xcrs = vcpu.get_xcrs() if self._xcrs and "xcr0" in state["control"] else None
+        debugregs = vcpu.get_debugregs() if self._debugregs and "debug" in state else None
         portable.to_kvm(state, regs, sregs, fpu, events, debugregs, xcrs)
+        xsave = None
+        if self._xsave:
+            xsave = vcpu.get_xsave()
+            portable.fpu_into_xsave(fpu, xsave)
         msrs = {int(index, 16): int(value) for index, value in saved["msrs"].items() if int(index, 16) in _PORTABLE_MSRS}
         if "tsc" in state:
             msrs[MSR_TSC] = state["tsc"]
         events.flags = _VCPUEVENT_VALID_SHADOW | _VCPUEVENT_VALID_NMI_PENDING
+        self._set_vcpu(sregs, regs, fpu, xcrs, xsave, debugregs, msrs, events, lambda: None)
+
+    def _set_vcpu(self, sregs: Any, regs: Any, fpu: Any, xcrs: Any, xsave: Any, debugregs: Any, msrs: dict[int, int],
+                  events: Any, then: Callable[[], None]) -> None:
+        """Set a vCPU's state in KVM's order: the mode first (what the rest means follows from
+        it), XCR0 before the XSAVE area (it says which components the area may hold), the events
+        after the MSRs; then ``then`` (the VM's interrupt controllers and clock)."""
+        vcpu = self.vcpu
         try:
             vcpu.set_sregs(sregs)
             vcpu.set_regs(regs)
             vcpu.set_fpu(fpu)
-            if xcrs is not None and "xcr0" in state["control"]:
+            if xcrs is not None:
                 vcpu.set_xcrs(xcrs)
-            if debugregs is not None and "debug" in state:
-                vcpu.set_debugregs(debugregs)
-            if self._xsave:
-                xsave = vcpu.get_xsave()
-                portable.fpu_into_xsave(fpu, xsave)
+            if xsave is not None:
                 vcpu.set_xsave(xsave)
+            if debugregs is not None:
+                vcpu.set_debugregs(debugregs)
             for index, value in msrs.items():
                 if not vcpu.set_msr(index, value):
                     log.warning("snapshot: KVM refused MSR %#x = %#x", index, value)
             vcpu.set_vcpu_events(events)
+            then()
         except KvmError as exc:
             raise AcceleratorUnavailable(f"KVM refused the snapshot's vCPU state: {exc}") from None
 

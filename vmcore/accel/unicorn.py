@@ -40,7 +40,7 @@ from .fastcall import FastCall
 from .idt import IdtDelivery
 from .intercepts import EMULATED, EXCP_VMEXIT, MSR, SCRATCH_SIZE, VINTR, InterceptControls, InterceptHandler, Step
 from .msrs import SNAPSHOT_MSRS, MsrRules
-from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineCounter, EngineFeatures, add_c_block_hook, cpu_layout, engine_fastcalls,
+from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineCounter, SegmentCache, EngineFeatures, add_c_block_hook, cpu_layout, engine_fastcalls,
                              engine_kick, engine_name, engine_real_mode_ints, hook_bounds_offset, pushf_clears_rf,
                              registers_match, smsw_operand_size, xcr0_offset)
 
@@ -861,11 +861,9 @@ class UnicornAccelerator(Accelerator):
         caches = self._segment_caches
         if caches is not None:
             # What the CPU loaded (its descriptor cache), whatever the tables say now.
-            at = caches + SEGMENT_CACHE_SIZE * _SEGMENT_SLOTS[name]
-            flags = ctypes.c_uint32.from_address(at + 20).value
-            return {"selector": ctypes.c_uint32.from_address(at).value & 0xFFFF,
-                    "base": ctypes.c_uint64.from_address(at + 8).value,
-                    "limit": ctypes.c_uint32.from_address(at + 16).value, "type": flags >> 8 & 0xF,
+            cache = SegmentCache.from_address(caches + SEGMENT_CACHE_SIZE * _SEGMENT_SLOTS[name])
+            flags = cache.flags
+            return {"selector": cache.selector & 0xFFFF, "base": cache.base, "limit": cache.limit, "type": flags >> 8 & 0xF,
                     "l": flags >> 21 & 1, "db": flags >> 22 & 1}
         selector = self.regs.reg_read(_reg(name))
         if self.mode == "real":
@@ -886,7 +884,7 @@ class UnicornAccelerator(Accelerator):
     def _segment_base(self, name: str) -> int:
         caches = self._segment_caches
         if caches is not None:  # what the CPU loaded (see _segment)
-            return ctypes.c_uint64.from_address(caches + SEGMENT_CACHE_SIZE * _SEGMENT_SLOTS[name] + 8).value
+            return int(SegmentCache.from_address(caches + SEGMENT_CACHE_SIZE * _SEGMENT_SLOTS[name]).base)
         if self.mode == "real":
             return self.regs.reg_read(_reg(name)) << 4
         if self.mode == "long" and name in ("cs", "ds", "es", "ss"):
@@ -964,13 +962,9 @@ class UnicornAccelerator(Accelerator):
             registers["xcr0"] = xcr0.value
         # Not the engine's halted flag: a snapshot is taken at an exit, with the guest running (the
         # flag only says how the engine's last run ended, and a set one would stop the next).
-        moved = self._portable(block, registers, msrs.get(f"{_MSR_EFER:#x}", 0), fpu)
-        moved["debug"] = debug
-        if xcr0 is not None:
-            moved["control"]["xcr0"] = xcr0.value
         return {"registers": registers, "msrs": msrs, "fpu": fpu, "debug": debug,
                 "engine": {"name": engine_name(), "block": ctypes.string_at(block, _ENGINE_BLOCK).hex()},
-                "portable": moved}
+                "portable": self._portable(block, registers, msrs.get(f"{_MSR_EFER:#x}", 0), fpu, debug)}
 
     def _xcr0(self) -> ctypes.c_uint64 | None:
         """XCR0 in the engine's x86 state (unicorn's API has no register for it), or None where it
@@ -981,33 +975,23 @@ class UnicornAccelerator(Accelerator):
         offset = xcr0_offset(layout.cpu_pointer, layout.env)
         return None if offset is None else ctypes.c_uint64.from_address(self._env + offset)
 
-    def _restore_extras(self, debug: dict[str, int] | None, xcr0: int | None) -> None:
-        """The debug registers and XCR0 a snapshot holds (older snapshots have neither)."""
-        if debug is not None:
-            for name in portable.DEBUG:
-                self.regs.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), int(debug[name]))
-        target = self._xcr0()
-        if xcr0 is not None and target is not None:
-            target.value = int(xcr0)
-
-    def _portable(self, block: int, registers: dict[str, int], efer: int, fpu: dict[str, Any]) -> dict[str, Any]:
+    def _portable(self, block: int, registers: dict[str, int], efer: int, fpu: dict[str, Any],
+                  debug: dict[str, int]) -> dict[str, Any]:
         """This vCPU in the form KVM takes too (vmcore.accel.portable), from the engine block's
         segment caches and flags and the registers save_cpu read."""
-        def cache(slot: int) -> tuple[int, int, int, int]:
-            at = block + 8 + SEGMENT_CACHE_SIZE * slot
-            return (ctypes.c_uint32.from_address(at).value & 0xFFFF, ctypes.c_uint64.from_address(at + 8).value,
-                    ctypes.c_uint32.from_address(at + 16).value, ctypes.c_uint32.from_address(at + 20).value)
-
-        segments = {}
-        for slot, name in enumerate(portable.SEGMENTS):
-            selector, base, limit, flags = cache(slot)
-            segments[name] = {"selector": selector, "base": base, "limit": limit, **portable.attributes_of_flags(flags)}
-        tables = {name: {"base": cache(slot)[1], "limit": cache(slot)[2]} for slot, name in enumerate(portable.TABLES, 8)}
+        caches = _segment_caches(block)
+        segments = {name: {"selector": cache.selector & 0xFFFF, "base": cache.base, "limit": cache.limit,
+                           **portable.attributes_of_flags(cache.flags)}
+                    for name, cache in zip(portable.SEGMENTS, caches)}
+        tables = {name: {"base": cache.base, "limit": cache.limit}
+                  for name, cache in zip(portable.TABLES, caches[len(portable.SEGMENTS):])}
         hflags, hflags2 = ctypes.c_uint32.from_address(block).value, ctypes.c_uint32.from_address(block + 4).value
-        regs = self.regs
+        control = {**{name: registers[name] for name in ("cr0", "cr2", "cr3", "cr4")}, "efer": efer}
+        if "xcr0" in registers:
+            control["xcr0"] = registers["xcr0"]
         state: dict[str, Any] = {
             "registers": {name: registers[name] for name in portable.GPRS},
-            "control": {**{name: registers[name] for name in ("cr0", "cr2", "cr3", "cr4")}, "efer": efer},
+            "control": control, "debug": debug,
             "segments": segments, "tables": tables,
             "fpu": {"fcw": fpu["fpcw"], "fsw": fpu["fpsw"], "ftw": portable.abridged_tags(fpu["fptag"]),
                     "fop": fpu["fop"], "fip": fpu["fip"], "fdp": fpu["fdp"],
@@ -1032,21 +1016,63 @@ class UnicornAccelerator(Accelerator):
         raw = bytes.fromhex(engine["block"])
         if len(raw) != _ENGINE_BLOCK:
             raise AcceleratorUnavailable("the snapshot's engine state is not this engine's size")
+        self._load(saved["registers"], saved["msrs"], saved["fpu"], saved.get("debug"),
+                   lambda: ctypes.memmove(block, raw, _ENGINE_BLOCK))  # the engine's own record, as it was
+
+    def _restore_portable(self, saved: dict[str, Any]) -> None:
+        """A vCPU KVM saved (vmcore.accel.portable): the registers written as restore_cpu writes
+        them, the segment caches as KVM had them, and the engine's mode flags worked out from
+        them by the engine's own x86_update_hflags (CPL, PE, CS32/SS32/CS64, ADDSEG, LMA, ...; its
+        other bits, the SVM intercepts' among them, stay as set up)."""
+        state = portable.check(saved["portable"])
+        block = self._engine_block()
+        update_hflags = _update_hflags()
+        env = self._env
+        if update_hflags is None or env is None:
+            raise AcceleratorUnavailable("this unicorn build does not export x86_update_hflags: a vCPU from KVM "
+                                         "cannot be restored on it")
+        control, fpu = state["control"], state["fpu"]
+        registers = {**state["registers"], **{name: control[name] for name in ("cr0", "cr2", "cr3", "cr4")}}
+        if "xcr0" in control:
+            registers["xcr0"] = control["xcr0"]
+        msrs = {f"{_MSR_EFER:#x}": control["efer"],
+                **{index: value for index, value in saved["msrs"].items() if int(index, 16) in SNAPSHOT_MSRS}}
+        st = [bytes.fromhex(value) for value in fpu["st"]]
+        engine_fpu = {"fpcw": fpu["fcw"], "fpsw": fpu["fsw"], "fptag": portable.full_tags(fpu["ftw"]),  # FPSW with TOP
+                      "mxcsr": fpu["mxcsr"] & 0xFFFFFFFF, "fop": fpu["fop"], "fip": fpu["fip"], "fdp": fpu["fdp"],
+                      "st": [(int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")) for raw in st],
+                      "xmm": fpu["xmm"]}
+
+        def segments_and_flags() -> None:
+            sources = [(state["segments"][name], portable.flags_of(state["segments"][name]))
+                       for name in portable.SEGMENTS] + [({"selector": 0, **state["tables"][name]}, 0)
+                                                         for name in portable.TABLES]
+            for cache, (segment, flags) in zip(_segment_caches(block), sources):
+                cache.selector, cache.base, cache.limit, cache.flags = (segment["selector"], segment["base"],
+                                                                        segment["limit"], flags)
+            update_hflags(env)
+            hflags, hflags2 = ctypes.c_uint32.from_address(block), ctypes.c_uint32.from_address(block + 4)
+            hflags.value = hflags.value & ~_HF_INHIBIT_IRQ | (_HF_INHIBIT_IRQ if state["events"]["shadow"] else 0)
+            hflags2.value = hflags2.value & ~_HF2_NMI | (_HF2_NMI if state["events"]["nmi_masked"] else 0)
+
+        self._load(registers, msrs, engine_fpu, state.get("debug"), segments_and_flags)
+
+    def _load(self, registers: dict[str, Any], msrs: dict[str, Any], fpu: dict[str, Any], debug: dict[str, Any] | None,
+              engine_state: Callable[[], Any]) -> None:
+        """Write a saved vCPU (save_cpu's form) into the engine: the mode first (the writes
+        recompute what follows from it), then the rest, then ``engine_state`` (the engine's
+        record of segments and flags), RIP last."""
         regs = self.regs
-        registers = saved["registers"]
-        # The mode first (the writes recompute what follows from it), then the rest; the
-        # engine's record of segments and flags last, as it was.
-        regs.msr_write(_MSR_EFER, int(saved["msrs"].get(f"{_MSR_EFER:#x}", 0)))
+        regs.msr_write(_MSR_EFER, int(msrs.get(f"{_MSR_EFER:#x}", 0)))
         for name in ("cr4", "cr3", "cr0", "cr2"):
             regs.reg_write(_reg(name), int(registers[name]))
-        for index, value in saved["msrs"].items():
+        for index, value in msrs.items():
             try:
                 regs.msr_write(int(index, 16), int(value))
             except uc_mod.UcError:
-                pass
+                pass  # not one this engine keeps
         for name in _GPRS:
             regs.reg_write(_reg(name), int(registers[name]))
-        fpu = saved["fpu"]
         for name in _FPU_CONTROL:
             if name in fpu:  # fop, fip and fdp: older snapshots lack them
                 regs.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), int(fpu[name]))
@@ -1054,65 +1080,14 @@ class UnicornAccelerator(Accelerator):
             regs.reg_write(getattr(X, f"UC_X86_REG_FP{i}"), (int(mantissa), int(exponent)))
         for i, value in enumerate(fpu["xmm"]):
             regs.reg_write(getattr(X, f"UC_X86_REG_XMM{i}"), int(value))
-        self._restore_extras(saved.get("debug"), registers.get("xcr0"))
-        ctypes.memmove(block, raw, _ENGINE_BLOCK)
+        if debug is not None:
+            for name in portable.DEBUG:
+                regs.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), int(debug[name]))
+        xcr0 = self._xcr0()
+        if "xcr0" in registers and xcr0 is not None:
+            xcr0.value = int(registers["xcr0"])
+        engine_state()
         regs.reg_write(X.UC_X86_REG_RIP, int(registers["rip"]))
-        self._pc = None
-        self.uc.ctl_flush_tb()
-        if self._intercepts is not None:
-            self._intercepts.follow_state()
-
-    def _restore_portable(self, saved: dict[str, Any]) -> None:
-        """A vCPU KVM saved (vmcore.accel.portable): the registers written as in restore_cpu, the
-        segment caches written as KVM had them, and the engine's mode flags worked out from them
-        by the engine's own x86_update_hflags (CPL, PE, CS32/SS32/CS64, ADDSEG, LMA, ...; its
-        other bits, the SVM intercepts' among them, stay as set up)."""
-        state = portable.check(saved["portable"])
-        block = self._engine_block()
-        update_hflags = _update_hflags()
-        if update_hflags is None or self._env is None:
-            raise AcceleratorUnavailable("this unicorn build does not export x86_update_hflags: a vCPU from KVM "
-                                         "cannot be restored on it")
-        regs = self.regs
-        control = state["control"]
-        regs.msr_write(_MSR_EFER, control["efer"])
-        for name in ("cr4", "cr3", "cr0", "cr2"):
-            regs.reg_write(_reg(name), control[name])
-        for index, value in saved["msrs"].items():
-            if int(index, 16) in SNAPSHOT_MSRS:
-                try:
-                    regs.msr_write(int(index, 16), int(value))
-                except uc_mod.UcError:
-                    pass  # not one this engine keeps
-        for name in _GPRS:
-            regs.reg_write(_reg(name), state["registers"][name])
-        fpu = state["fpu"]
-        regs.reg_write(X.UC_X86_REG_FPCW, fpu["fcw"])
-        regs.reg_write(X.UC_X86_REG_FPSW, fpu["fsw"])  # with TOP
-        regs.reg_write(X.UC_X86_REG_FPTAG, portable.full_tags(fpu["ftw"]))
-        regs.reg_write(X.UC_X86_REG_MXCSR, fpu["mxcsr"] & 0xFFFFFFFF)
-        for name in ("fop", "fip", "fdp"):
-            regs.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), fpu[name])
-        for i, value in enumerate(fpu["st"]):
-            raw = bytes.fromhex(value)
-            regs.reg_write(getattr(X, f"UC_X86_REG_FP{i}"), (int.from_bytes(raw[:8], "little"),
-                                                             int.from_bytes(raw[8:], "little")))
-        for i, value in enumerate(fpu["xmm"]):
-            regs.reg_write(getattr(X, f"UC_X86_REG_XMM{i}"), value)
-        caches = [(state["segments"][name], portable.flags_of(state["segments"][name])) for name in portable.SEGMENTS]
-        caches += [({"selector": 0, **state["tables"][name]}, 0) for name in portable.TABLES]
-        for slot, (segment, flags) in enumerate(caches):
-            at = block + 8 + SEGMENT_CACHE_SIZE * slot
-            ctypes.c_uint32.from_address(at).value = segment["selector"]
-            ctypes.c_uint64.from_address(at + 8).value = segment["base"]
-            ctypes.c_uint32.from_address(at + 16).value = segment["limit"]
-            ctypes.c_uint32.from_address(at + 20).value = flags
-        self._restore_extras(state.get("debug"), control.get("xcr0"))
-        update_hflags(self._env)
-        hflags, hflags2 = ctypes.c_uint32.from_address(block), ctypes.c_uint32.from_address(block + 4)
-        hflags.value = hflags.value & ~_HF_INHIBIT_IRQ | (_HF_INHIBIT_IRQ if state["events"]["shadow"] else 0)
-        hflags2.value = hflags2.value & ~_HF2_NMI | (_HF2_NMI if state["events"]["nmi_masked"] else 0)
-        regs.reg_write(X.UC_X86_REG_RIP, state["registers"]["rip"])
         self._pc = None
         self.uc.ctl_flush_tb()
         if self._intercepts is not None:
@@ -1270,6 +1245,11 @@ class _HostTsc:
 @functools.cache
 def host_tsc() -> _HostTsc:
     return _HostTsc()
+
+
+def _segment_caches(block: int) -> list[SegmentCache]:
+    """The ten segment caches after hflags and hflags2 (ES, CS, SS, DS, FS, GS, LDT, TR, GDT, IDT)."""
+    return [SegmentCache.from_address(block + 8 + SEGMENT_CACHE_SIZE * slot) for slot in range(10)]
 
 
 @functools.lru_cache(maxsize=None)

@@ -313,7 +313,15 @@ def _probe_features(cpu_pointer: int, env: int) -> int | None:
     return None
 
 
-SEGMENT_CACHE_SIZE = 24
+class SegmentCache(ctypes.Structure):
+    """One of the engine's segment descriptor caches (QEMU's SegmentCache): what the CPU loaded."""
+
+    _fields_ = [("selector", ctypes.c_uint32), ("_pad", ctypes.c_uint32), ("base", ctypes.c_uint64),
+                ("limit", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+SEGMENT_CACHE_SIZE = ctypes.sizeof(SegmentCache)
+assert SEGMENT_CACHE_SIZE == 24
 
 
 def _probe_segments(cpu_pointer: int, env: int, candidate: int) -> int | None:
