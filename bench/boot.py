@@ -20,6 +20,12 @@ QEMU without the console.
 
 The guest (guest/bootsector.S) waits for the BIOS's next timer tick (18.2 Hz) before it
 exits, in both VMMs alike: each run's time includes up to 55 ms of that wait.
+
+A whole process's time is mostly start-up for vmcore (Python, its libraries, vmcore's modules,
+the machine's build) and QEMU alike; the firmware's own part is measured apart, in runs of
+their own in the same rounds: the debug log is read through a pipe as it is written, and
+SeaBIOS's span is the time from its first line ("SeaBIOS (version") to the line it prints
+as it jumps to the boot sector ("Booting from 0000:7c00"), the same guest code in both VMMs.
 """
 
 from __future__ import annotations
@@ -103,7 +109,43 @@ def warm_boots(accel: str, count: int) -> list[float]:
     return times[1:]
 
 
-def qemu_run(accel: str, folder: Path, debugcon: bool = True) -> tuple[float, int] | None:
+#: SeaBIOS's first debug-log line, and the one it prints as it jumps to the boot sector.
+FIRST_LINE, BOOT_LINE = b"SeaBIOS (version", b"Booting from 0000:7c00"
+
+
+def firmware_span(command: list[str], **popen: object) -> tuple[float, float] | None:
+    """Run ``command`` with its stdout (the debug log, alone) read as it comes: seconds from start to
+    SeaBIOS's first line, and from there to the boot sector's jump; None where either line is missing."""
+    start = time.monotonic()
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, **popen)  # type: ignore[call-overload]
+    assert process.stdout is not None
+    first = boot = None
+    tail = b""
+    with process:
+        while chunk := os.read(process.stdout.fileno(), 65536):
+            now = time.monotonic()
+            tail += chunk
+            if first is None and FIRST_LINE in tail:
+                first = now
+            if boot is None and BOOT_LINE in tail:
+                boot = now
+            tail = tail[-len(BOOT_LINE):]
+    if first is None or boot is None:
+        return None
+    return first - start, boot - first
+
+
+def vmcore_span() -> tuple[float, float] | None:
+    """firmware_span of ``vmcore run`` on the software CPU, its debug log on stdout and COM1 nowhere."""
+    return firmware_span([sys.executable, "-m", "vmcore", "run", str(PROFILE), "--accel", "tcg", "--timeout", "20",
+                          "--set", "devices.debuglog.backend=stdio", "--set", "devices.com1.backend=null"],
+                         cwd=ROOT, env=bytecode_env())
+
+
+def qemu_command(accel: str, folder: Path, debugcon: str | None = "null") -> list[str] | None:
+    """QEMU -M pc as the profile builds it; ``debugcon``: the debug console's chardev backend (None: no
+    console at 0x402)."""
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
         return None
@@ -117,7 +159,14 @@ def qemu_run(accel: str, folder: Path, debugcon: bool = True) -> tuple[float, in
                "-fw_cfg", f"name=etc/sercon-port,file={folder / 'sercon'}",
                "-fw_cfg", f"name=etc/show-boot-menu,file={folder / 'menu'}"]
     if debugcon:  # the profile's debuglog device (vmcore sends it to stderr, here sent nowhere)
-        command += ["-chardev", "null,id=debuglog", "-device", "isa-debugcon,iobase=0x402,chardev=debuglog"]
+        command += ["-chardev", f"{debugcon},id=debuglog", "-device", "isa-debugcon,iobase=0x402,chardev=debuglog"]
+    return command
+
+
+def qemu_run(accel: str, folder: Path, debugcon: bool = True) -> tuple[float, int] | None:
+    command = qemu_command(accel, folder, "null" if debugcon else None)
+    if command is None:
+        return None
     start = time.monotonic()
     done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.monotonic() - start, done.returncode
@@ -226,6 +275,9 @@ def main() -> int:
     quiet: list[tuple[float, int]] = []
     quiet_qemu: list[float] = []
     quiet_paired: list[float] = []
+    # SeaBIOS's own span in each VMM (firmware_span), back to back in each round.
+    spans: list[tuple[float, float]] = []
+    qemu_spans: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as folder:
         for accel in accels:  # not measured: bytecode written, files in the page cache
             vmcore_run(accel)
@@ -245,6 +297,11 @@ def main() -> int:
                 quiet_qemu.append(reference[0])
                 if quiet[-1][1] == 85:
                     quiet_paired.append(quiet[-1][0] / reference[0])
+            command = qemu_command("tcg", Path(folder), "stdio")
+            span, qemu_span = vmcore_span(), None if command is None else firmware_span(command)
+            if span is not None and qemu_span is not None:
+                spans.append(span)
+                qemu_spans.append(qemu_span)
     for accel in accels:
         runs = times[accel]
         ok = [t for t, status in runs if status == 85]
@@ -284,6 +341,18 @@ def main() -> int:
             if warm:
                 lines.append(f"  in one process, boots after the first (build and run, {len(warm)}): median "
                              f"{statistics.median(warm):.3f} s; vmcore/QEMU {statistics.median(warm) / q:.2f}x")
+                least = floor + statistics.median(warm)
+                lines.append(f"  the floor and a boot in one process together (what a fresh process would take if "
+                             f"vmcore's modules, first build and engine set-up cost nothing): {least:.3f} s = "
+                             f"{least / q:.2f}x QEMU")
+        if accel == "tcg" and spans:
+            ratios = sorted(span[1] / qemu[1] for span, qemu in zip(spans, qemu_spans))
+            lines.append(f"  SeaBIOS's own span, its first debug line to its jump to the boot sector ({len(spans)} "
+                         f"runs each, debug log through a pipe): vmcore {statistics.median(s[1] for s in spans):.3f} s, "
+                         f"QEMU {statistics.median(s[1] for s in qemu_spans):.3f} s; each round's ratio median "
+                         f"{statistics.median(ratios):.2f}x, from {ratios[0]:.2f}x to {ratios[-1]:.2f}x")
+            lines.append(f"    before that first line: vmcore {statistics.median(s[0] for s in spans):.3f} s (Python, "
+                         f"vmcore, the machine's build), QEMU {statistics.median(s[0] for s in qemu_spans):.3f} s")
         failed = [status for _t, status in runs if status != 85]
         if failed:
             lines.append(f"  failed runs ended with process status {failed}")

@@ -223,6 +223,18 @@ def test_out_of_range_time_bytes_are_clamped(fake_bus, rtc):
     assert (rd(fake_bus, MONTH), rd(fake_bus, DAY), rd(fake_bus, MINUTES)) == (0x02, 0x28, 0x59)
 
 
+@pytest.mark.parametrize("century, year, month, last", [(0x20, 0x24, 0x02, 0x29), (0x19, 0x00, 0x02, 0x28),
+                                                       (0x20, 0x00, 0x02, 0x29), (0x20, 0x25, 0x04, 0x30),
+                                                       (0x99, 0x99, 0x12, 0x31)])
+def test_a_day_past_the_month_is_clamped_to_its_last_day(fake_bus, rtc, century, year, month, last):
+    # Leap years as the Gregorian calendar has them (2000 and 2024, not 1900); December of 9999.
+    wr(fake_bus, B, SET | HOUR_24)
+    for index, value in ((CENTURY, century), (YEAR, year), (MONTH, month), (DAY, 0x31)):
+        wr(fake_bus, index, value)
+    wr(fake_bus, B, HOUR_24)
+    assert (rd(fake_bus, MONTH), rd(fake_bus, DAY)) == (month, last)
+
+
 def test_clock_stops_at_the_end_of_year_9999_instead_of_failing(fake_bus, rtc):
     # Found by `vmcore fuzz cmos-rtc`: the next update raised OverflowError (datetime ends in 9999).
     wr(fake_bus, B, SET | HOUR_24)
