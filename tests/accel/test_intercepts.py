@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.accel.test_accel_tcg import console, run_tcg
-from tests.tiny_guests import TinyGuest
+from tests.tiny_guests import TinyGuest, profile_for
 from vmcore.accel.control_registers import cr0_fault, cr4_fault
 from vmcore.accel.msrs import canonical
 
@@ -53,6 +53,64 @@ def test_paging_without_protection_raises_gp(tmp_path: Path) -> None:
         0xF4]), data={**IVT, 0x40: handler}), tmp_path)
     assert result["kind"] == "halted", result["message"]
     assert console(result)[:1] == b"G" and not console(result)[1] & 0x80
+
+
+# A #GP handler that prints 'G', then CR0's top byte (NW is bit 29, PG bit 31), and halts.
+CR0_TOP_HANDLER = bytes([0xB0, 0x47, 0xE6, 0xF1,  # mov al, 'G'; out
+                         0x0F, 0x20, 0xC0,        # mov eax, cr0
+                         0x66, 0xC1, 0xE8, 0x18,  # shr eax, 24
+                         0xE6, 0xF1, 0xF4])       # out 0xF1, al; hlt
+# PE set and cleared three times (as firmware switching modes does), then NW without CD: #GP(0).
+PE_TOGGLES_THEN_NW = bytes([0x0F, 0x20, 0xC0]) + bytes([  # mov eax, cr0
+    0x66, 0x83, 0xC8, 0x01,                   # or eax, 1 (PE)
+    0x0F, 0x22, 0xC0,                         # mov cr0, eax
+    0x66, 0x83, 0xE0, 0xFE,                   # and eax, ~1
+    0x0F, 0x22, 0xC0]) * 3 + bytes([          # mov cr0, eax
+    0xB0, 0x50, 0xE6, 0xF1,                   # mov al, 'P'; out: the toggles ran
+    0x66, 0xB8, 0x10, 0x00, 0x00, 0x20,       # mov eax, 0x20000010: NW (and ET), CD clear
+    0x0F, 0x22, 0xC0,                         # mov cr0, eax: #GP(0), nothing loaded
+    0xF4])
+
+
+def cr0_guest(name: str) -> TinyGuest:
+    """PE_TOGGLES_THEN_NW at 0x20B (past the IVT's data), CR0_TOP_HANDLER for #GP."""
+    return TinyGuest(name, code=SETUP + bytes([0xE9, 0x00, 0x02]),  # jmp 0x20B
+                     data={**IVT, 0x40: CR0_TOP_HANDLER, 0x20B: PE_TOGGLES_THEN_NW})
+
+
+def test_not_write_through_without_cache_disable_raises_gp(tmp_path: Path) -> None:
+    result = run_tcg(cr0_guest("cr0_nw"), tmp_path)
+    # CR0 as at reset (CD and NW set: 0x60 on top), not the 0x20 the faulting write held.
+    assert (result["kind"], console(result)) == ("halted", b"PG\x60"), result["message"]
+
+
+def test_cr0_writes_that_keep_paging_as_it_was_are_checked_and_run_by_vmcore_s_engine(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vmcore's engine raises the faults of mov to CR0 itself (engine/unicorn, 0013-cr0-checks): the
+    intercept sees only writes that change PG, where the software CPU follows the guest's mode (a
+    SeaBIOS boot's mode switches were some 190 intercepts); on a stock engine it sees every one."""
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    from vmcore.accel import RunLimits
+    from vmcore.accel.intercepts import WRITE_CR0, InterceptHandler
+    from vmcore.accel.unicorn import UnicornAccelerator
+    from vmcore.accel.unicorn_layout import engine_cr0_checks
+    from vmcore.machine import Machine
+    from vmcore.profile import Profile
+
+    seen: list[int] = []
+    handle = InterceptHandler.handle
+
+    def spy(self: InterceptHandler, code: int, info: int) -> None:
+        seen.append(code)
+        handle(self, code, info)
+
+    monkeypatch.setattr(InterceptHandler, "handle", spy)
+    with Machine.build(Profile.load(profile_for(cr0_guest("cr0_engine"), tmp_path))) as machine:
+        stop = machine.run(UnicornAccelerator(), RunLimits(timeout=20))
+        assert (stop.kind, machine.devices["console"].output) == ("halted", b"PG\x60"), stop.report()
+    intercepted = seen.count(WRITE_CR0)
+    assert intercepted == (0 if engine_cr0_checks(uclib) is not None else 7)
 
 
 def test_smsw_into_a_32_bit_register_stores_all_of_cr0(tmp_path: Path) -> None:

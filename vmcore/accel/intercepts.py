@@ -11,7 +11,8 @@ map says which MSRs to trap. An intercepted instruction then comes back from the
 exception ``EXCP_VMEXIT + exit code`` (RIP at the instruction, the exit information in the
 error code) to the interrupt hook, where :class:`InterceptHandler` decides: a #GP, the
 instruction done right here (emulated), or the instruction run once by the engine with the
-intercept off (a step).
+intercept off (a step). vmcore's engine build raises the faults of a mov to CR0 itself
+(engine/unicorn, 0013-cr0-checks): there only a write that changes PG comes here.
 
 The engine's fields are found by experiment (``unicorn_layout._probe_svm``). The VMCB and
 the permission map live in guest-physical pages above every MMIO window (``SCRATCH``), which
@@ -77,6 +78,9 @@ class InterceptControls:
         self._cr_read = ctypes.c_uint16.from_address(env + fields.cr_read)
         self._cr_write = ctypes.c_uint16.from_address(env + fields.cr_write)
         self._msrpm = bytearray(_MSRPM_SIZE)
+        #: vmcore's engine checking and running writes to CR0 itself (see cr0_writes_in_engine).
+        self._engine_cr0: Callable[[bool, int], None] | None = None
+        self._cr0_exits = 0
         self.assert_guest()
 
     def assert_guest(self) -> None:
@@ -87,6 +91,15 @@ class InterceptControls:
     def set_cr(self, read: int, write: int) -> None:
         """Intercept reads of the CRs whose bits are set in ``read`` and writes likewise."""
         self._cr_read.value, self._cr_write.value = read, write
+
+    def cr0_writes_in_engine(self, checks: Callable[[bool, int], None], exit_mask: int) -> None:
+        """Have the engine raise the faults of ``mov`` to CR0 and run it (``checks(on, exit_mask)``,
+        unicorn_layout.engine_cr0_checks) instead of intercepting every write: only a write that
+        changes a bit of ``exit_mask`` still comes here as WRITE_CR0 (firmware writes CR0 at each
+        mode switch, some 190 times in a SeaBIOS boot: about 10 ms of intercepts)."""
+        self._engine_cr0, self._cr0_exits = checks, exit_mask
+        checks(True, exit_mask)
+        self._cr_write.value &= ~(1 << (WRITE_CR0 - 0x10))
 
     def set_cr_read(self, cr: int, on: bool) -> None:
         """Intercept (or not) reads of control register ``cr``."""
@@ -125,9 +138,16 @@ class InterceptControls:
         elif code < 0x20:
             saved = self._cr_write.value
             self._cr_write.value = saved & ~(1 << (code - 0x10))
+            # A CR0 write the engine sent here (it changes an exit_mask bit) steps unchecked, as
+            # an intercepted one does: the engine would send it here again.
+            engine = self._engine_cr0 if code == WRITE_CR0 else None
+            if engine is not None:
+                engine(False, 0)
 
             def restore() -> None:
                 self._cr_write.value = saved
+                if engine is not None:
+                    engine(True, self._cr0_exits)
         else:
             was = self.is_set(code)
             self.set_exit(code, False)
@@ -160,17 +180,23 @@ class InterceptHandler:
     """
 
     def __init__(self, controls: InterceptControls, cpu: Any, allowed_cr4: int, msrs: Any,
-                 real_mode_iret: bool = True, smsw_operand_size: bool = False) -> None:
+                 real_mode_iret: bool = True, smsw_operand_size: bool = False,
+                 engine_cr0: Callable[[bool, int], None] | None = None) -> None:
         self.controls = controls
         self.cpu = cpu
         self.allowed_cr4 = allowed_cr4
         self.msrs = msrs
         self.real_mode_iret = real_mode_iret
+        #: The CR0 bits whose change follow_state looks at: PG (EFER.LMA) and, where real-mode iret
+        #: is done here, PE.
+        self.follow_cr0 = CR0_PG | (CR0_PE if real_mode_iret else 0)
         #: Whether reads of CR0 are intercepted only while CR4.UMIP is set (see follow_state).
         self.cr0_reads_for_umip_only = smsw_operand_size
         #: The local APIC whose TPR CR8 is (set for each run where one is modelled), else None.
         self.apic: Any = None
         controls.set_cr(read=(1 << 0) | (1 << 8), write=(1 << 0) | (1 << 4) | (1 << 8))
+        if engine_cr0 is not None:
+            controls.cr0_writes_in_engine(engine_cr0, self.follow_cr0)
         controls.set_exit(MSR, True)
         for index, read, write in msrs.trapped():
             controls.trap_msr(index, read, write)
@@ -231,10 +257,8 @@ class InterceptHandler:
             why = cr0_fault(value, cr4=regs.reg_read(X.UC_X86_REG_CR4), efer=efer,
                             code64=bool(cs["l"]) and bool(efer & EFER_LMA))
             register = X.UC_X86_REG_CR0
-            # What follow_state looks at changes with PG (EFER.LMA) and, where real-mode iret is
-            # done here, PE: firmware switching modes without paging (SeaBIOS, about 150 times)
-            # skips it.
-            changed = (value ^ regs.reg_read(register)) & (CR0_PG | (CR0_PE if self.real_mode_iret else 0))
+            # Firmware switching modes without paging (SeaBIOS, about 150 times) skips follow_state.
+            changed = (value ^ regs.reg_read(register)) & self.follow_cr0
         else:
             why = cr4_fault(regs.reg_read(X.UC_X86_REG_CR4), value, allowed=self.allowed_cr4, efer=efer,
                             cr3=regs.reg_read(X.UC_X86_REG_CR3))

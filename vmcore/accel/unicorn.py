@@ -41,7 +41,7 @@ from .idt import IdtDelivery
 from .intercepts import EMULATED, EXCP_VMEXIT, MSR, SCRATCH_SIZE, VINTR, InterceptControls, InterceptHandler, Step
 from .msrs import SNAPSHOT_MSRS, MsrRules
 from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineCounter, SegmentCache, EngineFeatures, add_c_block_hook, cpu_layout, engine_fastcalls,
-                             engine_kick, engine_name, engine_real_mode_ints, hook_bounds_offset, pushf_clears_rf,
+                             engine_cr0_checks, engine_kick, engine_name, engine_real_mode_ints, hook_bounds_offset, pushf_clears_rf,
                              registers_match, smsw_operand_size, xcr0_offset)
 
 try:
@@ -245,13 +245,16 @@ class UnicornAccelerator(Accelerator):
         if intercepting:
             assert layout is not None and layout.svm is not None and layout.hflags is not None
             controls = InterceptControls(self.uc, cpu + layout.env, layout.svm, layout.hflags, _SCRATCH)
+            cr0_checks = engine_cr0_checks(uclib)
             self.regs.intercepts = controls
             rules = MsrRules(self.regs, features_of(self._cpuid), state.local_apic)
             # vmcore's engine build stores pushf's image with RF clear: a real-mode iret that
             # loads RF then needs no help (engine/unicorn/patches/0004-pushf-clears-rf.patch).
             self._intercepts = InterceptHandler(controls, _InterceptedCpu(self, hflags), self._cr4_allowed, rules,
                                                 real_mode_iret=not pushf_clears_rf(uclib),
-                                                smsw_operand_size=smsw_operand_size(uclib))
+                                                smsw_operand_size=smsw_operand_size(uclib),
+                                                engine_cr0=None if cr0_checks is None
+                                                else functools.partial(cr0_checks, self.uc))
 
     def _map_changed(self, _removed: list[MemorySlot], _added: list[MemorySlot]) -> None:
         """Follow the guest-physical map: memory slots and, between them, the MMIO windows.

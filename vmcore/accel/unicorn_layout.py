@@ -23,7 +23,7 @@ import ctypes
 import functools
 import os
 import struct
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 
@@ -499,6 +499,22 @@ def smsw_operand_size(lib: Any) -> bool:
     in every mode: vmcore's build (``vmcore_smsw_operand_size``); a stock unicorn stores 16 bits
     outside 64-bit mode."""
     return getattr(lib, "vmcore_smsw_operand_size", None) is not None
+
+
+def engine_cr0_checks(lib: Any) -> Callable[[Any, bool, int], None] | None:
+    """How to have the engine check and run ``mov`` to CR0 itself (vmcore's build,
+    ``vmcore_set_cr0_checks``): ``checks(uc, on, exit_mask)``, where a write that changes a bit of
+    ``exit_mask`` still leaves emulation as the SVM CR0-write intercept. None on a stock unicorn,
+    where vmcore intercepts every write to CR0 to raise its faults."""
+    function = getattr(lib, "vmcore_set_cr0_checks", None)
+    if function is None:
+        return None
+    function.argtypes, function.restype = (ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64), ctypes.c_int
+
+    def checks(uc: Any, on: bool, exit_mask: int) -> None:
+        function(uc._uch, int(on), exit_mask)
+
+    return checks
 
 
 def engine_real_mode_ints(lib: Any, uc: Any) -> bool:
