@@ -14,7 +14,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import vmcore.memory
@@ -615,3 +615,71 @@ def test_an_unquoted_null_override_still_removes_the_key(tmp_path: Path) -> None
 def test_a_malformed_quoted_override_is_one_line(tmp_path: Path, value: str, problem: str) -> None:
     err = load_error(write(tmp_path / "p.yaml", UART), (f"devices.com1.backend={value}",))
     assert str(err) == f"<command line: devices.com1.backend={value}>: devices.com1.backend: {problem}"
+
+
+# --- YAML read through libyaml, errors through PyYAML -----------------------------------------------
+
+from vmcore.profile import yaml_tree  # noqa: E402
+
+_YAML_PIECES = ["a", "b: ", ":", " ", "  ", "\n", "- ", "[", "]", "{", "}", ",", "&x ", "*x", "'", '"', "#", "!!str ",
+                "? ", "|", ">", "\t", "0x1F", "~", "null", "yes", "<<: ", "%YAML 1.1\n", "---\n", "...\n", "\\", "@",
+                "é", "\x85", "\u2028", "\r", "\x00", "!", "%"]
+
+
+def _located(node: Any) -> Any:
+    """What the located tree takes from a composed node: tag, text and line, all the way down."""
+    import yaml
+
+    if isinstance(node, yaml.ScalarNode):
+        return ("scalar", node.tag, node.value, node.start_mark.line)
+    if isinstance(node, yaml.SequenceNode):
+        return ("sequence", node.tag, node.start_mark.line, [_located(item) for item in node.value])
+    return ("mapping", node.tag, node.start_mark.line, [(_located(k), _located(v)) for k, v in node.value])
+
+
+def _composed_by_pyyaml(text: str) -> Any:
+    import yaml
+
+    try:
+        return _located(yaml.compose(text, Loader=yaml_tree.BoundedComposer))
+    except Exception:  # noqa: BLE001 - a text PyYAML refuses
+        return None
+
+
+@pytest.mark.skipif(yaml_tree._LibyamlComposer is None, reason="PyYAML without libyaml: profiles read by PyYAML alone")
+def test_every_machine_profile_is_read_through_libyaml_as_pyyaml_reads_it() -> None:
+    for path in sorted((Path(__file__).parent.parent / "machines").glob("*.yaml")):
+        text = path.read_text()
+        quick = yaml_tree._compose_quickly(text)
+        assert quick is not None, f"{path.name} went to PyYAML"
+        assert _located(quick) == _composed_by_pyyaml(text), path.name
+
+
+@pytest.mark.skipif(yaml_tree._LibyamlComposer is None, reason="PyYAML without libyaml: profiles read by PyYAML alone")
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.sampled_from(_YAML_PIECES), max_size=30).map("".join))
+# Found by fuzzing the two apart: a lone tag, an explicit key, empty values at the text's end.
+@example("!")
+@example("? ")
+@example("---\n ")
+@example("a:\n  b:")
+@example("- a\n-")
+def test_what_libyaml_composes_is_what_pyyaml_composes(text: str) -> None:
+    # libyaml takes a few texts PyYAML refuses (a tab after a scalar, "|#"): read as libyaml reads
+    # them. Where both take a text, the located tree must be the same; where they differ
+    # (tags, explicit keys, empty values at the end of a text), the text goes to PyYAML.
+    quick = yaml_tree._compose_quickly(text)
+    slow = _composed_by_pyyaml(text)
+    if quick is not None and slow is not None:
+        assert _located(quick) == slow
+
+
+def test_a_text_libyaml_refuses_is_said_wrong_in_pyyaml_s_words(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nmemory:\n  ram: {base: 0, size: 4K\n")  # an unclosed brace
+    with pytest.raises(ProfileError) as caught:
+        Profile.load(path)
+    # PyYAML's words ("but got"; libyaml's would be "did not find expected ',' or '}'").
+    assert str(caught.value).endswith(":4: YAML syntax error: while parsing a flow mapping (from line 3), "
+                                      "expected ',' or '}', but got '<stream end>'")
+    assert yaml_tree._compose_quickly(path.read_text()) is None

@@ -50,28 +50,27 @@ def _where(file: str, node: yaml.Node) -> Where:
     return Where(file, node.start_mark.line + 1)
 
 
-class BoundedComposer(yaml.SafeLoader):
-    """SafeLoader's composer with two refusals, each at the line of the offending event.
+class _Bounds:
+    """A composer's two refusals, each at the line of the offending event.
 
     PyYAML composes one Python call level per nesting level, so deep nesting would end in a
     RecursionError; and an alias inside the node it names (``a: &a [*a]``) composes into a
     cyclic graph that no walk of the tree ever finishes.
     """
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
+    def _bounds(self) -> None:
         self._depth = 0
         self._defined: dict[str, int] = {}  # anchor -> how many times defined so far
         self._open: list[tuple[str, int]] = []  # anchored collections still being composed
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[attr-defined]
         if isinstance(event, yaml.AliasEvent):
             if (event.anchor, self._defined.get(event.anchor, 0)) in self._open:
                 raise yaml.composer.ComposerError(
                     None, None, f"alias *{event.anchor} is inside the node &{event.anchor} names (a recursive "
                     "structure)", event.start_mark)
-            node = super().compose_node(parent, index)
+            node = super().compose_node(parent, index)  # type: ignore[misc]
             # Placed where the alias is written, not where its anchor is (its children keep theirs),
             # so "duplicate key" or "expected a mapping" point at the line that uses the alias.
             return type(node)(node.tag, node.value, event.start_mark, event.end_mark)
@@ -84,11 +83,35 @@ class BoundedComposer(yaml.SafeLoader):
             self._open.append((anchor, self._defined[anchor]))
         self._depth += 1
         try:
-            return super().compose_node(parent, index)
+            return super().compose_node(parent, index)  # type: ignore[misc]
         finally:
             self._depth -= 1
             if anchor is not None:
                 self._open.pop()
+
+
+class BoundedComposer(_Bounds, yaml.SafeLoader):
+    """SafeLoader's composer with the two refusals of _Bounds: PyYAML's own scanner and parser, whose
+    error messages the profile errors quote."""
+
+    def __init__(self, stream: str) -> None:
+        yaml.SafeLoader.__init__(self, stream)
+        self._bounds()
+
+
+if getattr(yaml, "__with_libyaml__", False):
+    class _LibyamlComposer(_Bounds, yaml.composer.Composer, yaml.cyaml.CParser, yaml.resolver.Resolver):  # type: ignore[misc]
+        """The same composer over libyaml's events: scanning and parsing in C, some ten times faster
+        than PyYAML's (about 5 ms of every ``vmcore run``); the composer, and so its bounds, stay
+        Python (libyaml's own composer recurses in C without a bound)."""
+
+        def __init__(self, stream: str) -> None:
+            yaml.cyaml.CParser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+            self._bounds()
+else:  # pragma: no cover - PyYAML built without libyaml
+    _LibyamlComposer = None
 
 
 class _Converter:
@@ -143,10 +166,52 @@ def _convert(file: str, node: yaml.Node) -> Node:
     return _Converter(file).convert(node)
 
 
+#: What libyaml reads otherwise than PyYAML in ways a located tree shows (found by fuzzing both,
+#: tests/test_profile.py): tags and directives (a lone "!" is a string to one, null to the
+#: other), explicit keys ("? ") and tabs (PyYAML refuses some that libyaml takes); and, see
+#: _has_empty_value, where an empty value is. Texts with any of these go to PyYAML.
+_NOT_PLAIN = frozenset("!%?\t")
+
+
+def _compose_quickly(text: str) -> yaml.Node | None:
+    """``text`` composed over libyaml's parser; None where that is not there, the text has one of
+    _NOT_PLAIN's characters, or libyaml finds something wrong: PyYAML's own parser then
+    composes it again, for the error messages profiles have always had (not libyaml's)."""
+    if _LibyamlComposer is None or not _NOT_PLAIN.isdisjoint(text):
+        return None
+    try:
+        root = yaml.compose(text, Loader=_LibyamlComposer)
+    except (yaml.YAMLError, ValueError, TypeError):  # noqa: BLE001 - said again by PyYAML's parser
+        return None
+    return root if root is not None and not _has_empty_value(root) else None
+
+
+def _has_empty_value(root: yaml.Node) -> bool:
+    """Whether a value is left out somewhere (``key:`` and nothing): the two parsers place some of
+    those on different lines (at the end of the text)."""
+    nodes, seen = [root], set()  # each node once: aliases share nodes (an alias bomb stays linear)
+    while nodes:
+        node = nodes.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            if not node.value and not node.style:
+                return True
+        elif isinstance(node, yaml.SequenceNode):
+            nodes.extend(node.value)
+        else:
+            for key, value in node.value:
+                nodes += (key, value)
+    return False
+
+
 def parse_yaml(text: str, file: str) -> Mapping:
     """Compose YAML text into a located tree; syntax errors become ProfileError."""
+    root = _compose_quickly(text)
     try:
-        root = yaml.compose(text, Loader=BoundedComposer)
+        if root is None:
+            root = yaml.compose(text, Loader=BoundedComposer)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0
