@@ -445,3 +445,17 @@ def test_imported_without_the_launcher_the_cli_is_collected_while_it_imports() -
     done = python(_LAUNCH.format(disable="", launch=_DIRECT))
     collections, enabled, frozen = done.stderr.split()
     assert int(collections) > 0 and enabled == "True" and frozen == "False", done.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["run"], ["-v", "run", "pc-bios", "--accel", "tcg", "--set", "a=1", "--set", "b=2", "--timeout", "3"],
+    ["run", "hello", "-v", "--snapshot", "s.bin", "--snapshot-after", "20"], ["diff", "hello", "--max-exits", "5"],
+    ["check", "pc-bios", "--snapshot-selftest", "--seeds", "2"], ["replay", "r.json", "--timeout", "1"],
+    ["export-test", "r.json", "--device", "com1", "--limit", "9"], ["devices"], ["devices", "i8259"], ["info"],
+    ["fuzz", "uart16550", "--runs", "3", "--prop", "port=0x2f8", "--mode", "random"],
+])
+def test_the_parser_built_for_the_command_given_parses_as_the_whole_one(argv: list[str]) -> None:
+    # main() adds only the named command's arguments (argparse's cost at every start-up).
+    from vmcore.cli import _command_named, _parser
+
+    assert vars(_parser(_command_named(argv)).parse_args(argv)) == vars(_parser().parse_args(argv))

@@ -106,7 +106,14 @@ DIFF_STATUS = ("exit status: 0 when the runs are identical and ended cleanly (hl
                "accelerator is unusable.")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``only``: the command to be parsed, whose arguments alone are added (the
+    others' names and help still list): argparse takes some 60 us an argument, a tenth of the
+    parser's cost at every start-up. None: every command's."""
+
+    def wanted(command: str) -> bool:
+        return only is None or only == command
+
     parser = argparse.ArgumentParser(prog="vmcore", description="A Python VMM for device models.")
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     # -v after the command too; SUPPRESS, so a command without it keeps what came before it.
@@ -116,101 +123,108 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="boot a machine profile", parents=[verbose],
                          epilog="with --accel both: " + DIFF_STATUS)
-    run.add_argument("profile", nargs="?", default="hello", help="a profile path or bundled name (default: hello)")
-    run.add_argument("--accel", choices=("kvm", "tcg", "auto", "both"),
-                     help="CPU accelerator (default: the profile's); 'both' runs a differential comparison")
-    run.add_argument("--trace", action="store_true", help="print every bus transaction to stderr")
-    run.add_argument("--trace-file", metavar="FILE", help="write every bus transaction to FILE")
-    run.add_argument("--perfetto", metavar="FILE",
-                     help="write the run as a Perfetto timeline to FILE (vCPU runs, transactions and timers by "
-                          "device, IRQ lines; opens in ui.perfetto.dev)")
-    run.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="stop after this much wall-clock time")
-    run.add_argument("--max-exits", type=_positive_count, metavar="N", help="stop after N exits")
-    run.add_argument("--snapshot", metavar="FILE",
-                     help="save the machine to FILE where the run stops at --snapshot-after (vCPU, devices, "
-                          "memory, time); --restore goes on from there")
-    run.add_argument("--snapshot-after", type=_snapshot_point, metavar="EXITS|TIME|Ninsn|SIGUSR1",
-                     help="the point --snapshot saves at: after this many exits, at this much machine time "
-                          "(with a unit: 2s, 300ms, 50us), after this many instructions (2000000insn; needs "
-                          "clock: virtual), or when the process gets SIGUSR1 (or SIGUSR2)")
-    run.add_argument("--restore", metavar="FILE", help="go on from a snapshot of a machine of this profile")
-    run.add_argument("--reload-on-change", action="store_true",
-                     help="when a device's module file changes, import it again and rebuild the device from its "
-                          "state under the running guest (vmcore.reload; each reload or refusal is said on stderr)")
-    run.add_argument("--record", metavar="FILE",
-                     help="record the run for 'vmcore replay' and 'vmcore export-test': its host input, with the "
-                          "instruction each byte arrived at (on the host's clock: every reading of the clock, the "
-                          "input at its reading), and every transaction and IRQ")
-    run.add_argument("--monitor", action="store_true",
-                     help="a Python REPL on the terminal into the running machine: vm.pause(), vm.registers(), ... "
-                          "(no device may read the terminal meanwhile)")
-    run.add_argument("--monitor-socket", metavar="PATH",
-                     help="serve the monitor on a Unix socket at PATH: JSON lines, as QEMU's QMP "
-                          "(pause, resume, registers, memory, devices, bus accesses, IRQs, quit; vmcore.monitor)")
-    run.add_argument("--stuck-after", type=_seconds_or_off, default=2.0, metavar="SECONDS",
-                     help="say so (once) when the guest keeps reading one device register and getting one "
-                          "answer for this long in machine time, and what its loop waits for (default 2; 0: off)")
-    run.add_argument("--history", type=int, default=16, metavar="N",
-                     help="show the last N bus transactions in a fault report (default 16; 0 for none)")
-    run.add_argument("--json-report", metavar="FILE",
-                     help="also write the stop report as JSON to FILE ('-' for stdout)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                     help="override a profile value, e.g. --set devices.console.port=0xE9 (repeatable); "
-                          "KEY=null removes the key, and a quoted VALUE is that text: "
-                          "--set 'devices.com1.backend=\"null\"' gives the string null")
+    if wanted("run"):
+        run.add_argument("profile", nargs="?", default="hello", help="a profile path or bundled name (default: hello)")
+        run.add_argument("--accel", choices=("kvm", "tcg", "auto", "both"),
+                         help="CPU accelerator (default: the profile's); 'both' runs a differential comparison")
+        run.add_argument("--trace", action="store_true", help="print every bus transaction to stderr")
+        run.add_argument("--trace-file", metavar="FILE", help="write every bus transaction to FILE")
+        run.add_argument("--perfetto", metavar="FILE",
+                         help="write the run as a Perfetto timeline to FILE (vCPU runs, transactions and timers by "
+                              "device, IRQ lines; opens in ui.perfetto.dev)")
+        run.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="stop after this much wall-clock time")
+        run.add_argument("--max-exits", type=_positive_count, metavar="N", help="stop after N exits")
+        run.add_argument("--snapshot", metavar="FILE",
+                         help="save the machine to FILE where the run stops at --snapshot-after (vCPU, devices, "
+                              "memory, time); --restore goes on from there")
+        run.add_argument("--snapshot-after", type=_snapshot_point, metavar="EXITS|TIME|Ninsn|SIGUSR1",
+                         help="the point --snapshot saves at: after this many exits, at this much machine time "
+                              "(with a unit: 2s, 300ms, 50us), after this many instructions (2000000insn; needs "
+                              "clock: virtual), or when the process gets SIGUSR1 (or SIGUSR2)")
+        run.add_argument("--restore", metavar="FILE", help="go on from a snapshot of a machine of this profile")
+        run.add_argument("--reload-on-change", action="store_true",
+                         help="when a device's module file changes, import it again and rebuild the device from its "
+                              "state under the running guest (vmcore.reload; each reload or refusal is said on stderr)")
+        run.add_argument("--record", metavar="FILE",
+                         help="record the run for 'vmcore replay' and 'vmcore export-test': its host input, with the "
+                              "instruction each byte arrived at (on the host's clock: every reading of the clock, the "
+                              "input at its reading), and every transaction and IRQ")
+        run.add_argument("--monitor", action="store_true",
+                         help="a Python REPL on the terminal into the running machine: vm.pause(), vm.registers(), ... "
+                              "(no device may read the terminal meanwhile)")
+        run.add_argument("--monitor-socket", metavar="PATH",
+                         help="serve the monitor on a Unix socket at PATH: JSON lines, as QEMU's QMP "
+                              "(pause, resume, registers, memory, devices, bus accesses, IRQs, quit; vmcore.monitor)")
+        run.add_argument("--stuck-after", type=_seconds_or_off, default=2.0, metavar="SECONDS",
+                         help="say so (once) when the guest keeps reading one device register and getting one "
+                              "answer for this long in machine time, and what its loop waits for (default 2; 0: off)")
+        run.add_argument("--history", type=int, default=16, metavar="N",
+                         help="show the last N bus transactions in a fault report (default 16; 0 for none)")
+        run.add_argument("--json-report", metavar="FILE",
+                         help="also write the stop report as JSON to FILE ('-' for stdout)")
+        run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                         help="override a profile value, e.g. --set devices.console.port=0xE9 (repeatable); "
+                              "KEY=null removes the key, and a quoted VALUE is that text: "
+                              "--set 'devices.com1.backend=\"null\"' gives the string null")
 
     diff = sub.add_parser("diff", help="run a profile on KVM and on the software CPU and compare their transactions",
                           parents=[verbose], epilog=DIFF_STATUS)
-    diff.add_argument("profile", nargs="?", default="hello", help="a profile path or bundled name (default: hello)")
-    diff.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="limit for each run")
-    diff.add_argument("--max-exits", type=_positive_count, metavar="N", help="limit for each run")
-    diff.add_argument("--show-output", action="store_true", help="let devices print to stdout during the runs")
-    diff.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    if wanted("diff"):
+        diff.add_argument("profile", nargs="?", default="hello", help="a profile path or bundled name (default: hello)")
+        diff.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="limit for each run")
+        diff.add_argument("--max-exits", type=_positive_count, metavar="N", help="limit for each run")
+        diff.add_argument("--show-output", action="store_true", help="let devices print to stdout during the runs")
+        diff.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
 
     check = sub.add_parser("check", help="validate a profile and build its machine without running it",
                            parents=[verbose])
-    check.add_argument("profile", help="a profile path or bundled name")
-    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
-    check.add_argument("--snapshot-selftest", action="store_true",
-                       help="check that each device type of the profile saves all of its state: saved at random "
-                            "points of a hostile guest's run and loaded into a fresh one, it must go on the same")
-    check.add_argument("--seeds", type=int, default=4, metavar="N", help="runs per device for --snapshot-selftest")
+    if wanted("check"):
+        check.add_argument("profile", help="a profile path or bundled name")
+        check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+        check.add_argument("--snapshot-selftest", action="store_true",
+                           help="check that each device type of the profile saves all of its state: saved at random "
+                                "points of a hostile guest's run and loaded into a fresh one, it must go on the same")
+        check.add_argument("--seeds", type=int, default=4, metavar="N", help="runs per device for --snapshot-selftest")
 
     replay = sub.add_parser("replay", help="run a recording (vmcore run --record) again and compare it event by event",
                             parents=[verbose], epilog="exit status: the run's own when it went as recorded; "
                             f"{REPLAY_DIVERGED} when it diverged (the first difference on stderr); 2 for a recording "
                             "that cannot be replayed")
-    replay.add_argument("recording", help="a file written by vmcore run --record")
-    replay.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="stop after this much wall-clock time")
+    if wanted("replay"):
+        replay.add_argument("recording", help="a file written by vmcore run --record")
+        replay.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="stop after this much wall-clock time")
 
     export = sub.add_parser("export-test", help="write a recorded device's transactions as a pytest test on the fake bus",
                             parents=[verbose])
-    export.add_argument("recording", help="a file written by vmcore run --record")
-    export.add_argument("--device", required=True, metavar="NAME", help="the device (its name in the profile)")
-    export.add_argument("--out", metavar="FILE", help="the test module to write (default: test_NAME_recorded.py)")
-    export.add_argument("--limit", type=_positive_count, default=20_000, metavar="N",
-                        help="replay at most its first N transactions (default 20000)")
+    if wanted("export-test"):
+        export.add_argument("recording", help="a file written by vmcore run --record")
+        export.add_argument("--device", required=True, metavar="NAME", help="the device (its name in the profile)")
+        export.add_argument("--out", metavar="FILE", help="the test module to write (default: test_NAME_recorded.py)")
+        export.add_argument("--limit", type=_positive_count, default=20_000, metavar="N",
+                            help="replay at most its first N transactions (default 20000)")
 
     devices = sub.add_parser("devices", help="list device types with their properties", parents=[verbose])
-    devices.add_argument("type", nargs="?", help="show only this device type")
+    if wanted("devices"):
+        devices.add_argument("type", nargs="?", help="show only this device type")
     sub.add_parser("info", help="show the host's KVM capabilities", parents=[verbose])
 
     fuzz = sub.add_parser("fuzz", help="drive a device type with a hostile guest and report what broke",
                           parents=[verbose])
-    fuzz.add_argument("device", nargs="?", help="a device type name (see 'vmcore devices')")
-    fuzz.add_argument("--all", action="store_true", help="every installed device type")
-    fuzz.add_argument("--runs", type=_positive_count, default=200, metavar="N", help="runs, each on a fresh device "
-                      "(default 200)")
-    fuzz.add_argument("--steps", type=_positive_count, default=50, metavar="N", help="operations per run (default 50)")
-    fuzz.add_argument("--seed", type=parse_int, metavar="S", help="make the runs repeatable (default: a random seed, "
-                      "printed with any failure)")
-    fuzz.add_argument("--prop", action="append", default=[], metavar="KEY=VALUE", dest="props",
-                      help="a device property, e.g. --prop port=0x2f8 (repeatable)")
-    fuzz.add_argument("--mode", choices=("hypothesis", "random"),
-                      help="where choices come from: hypothesis (shrinks best; the default when installed) or a "
-                           "seeded random generator (cheaper, for long runs)")
-    fuzz.add_argument("--hang-timeout", type=_positive_seconds, default=1.0, metavar="SECONDS",
-                      help="an operation taking longer than this is a hang (default 1)")
+    if wanted("fuzz"):
+        fuzz.add_argument("device", nargs="?", help="a device type name (see 'vmcore devices')")
+        fuzz.add_argument("--all", action="store_true", help="every installed device type")
+        fuzz.add_argument("--runs", type=_positive_count, default=200, metavar="N", help="runs, each on a fresh device "
+                          "(default 200)")
+        fuzz.add_argument("--steps", type=_positive_count, default=50, metavar="N", help="operations per run (default 50)")
+        fuzz.add_argument("--seed", type=parse_int, metavar="S", help="make the runs repeatable (default: a random seed, "
+                          "printed with any failure)")
+        fuzz.add_argument("--prop", action="append", default=[], metavar="KEY=VALUE", dest="props",
+                          help="a device property, e.g. --prop port=0x2f8 (repeatable)")
+        fuzz.add_argument("--mode", choices=("hypothesis", "random"),
+                          help="where choices come from: hypothesis (shrinks best; the default when installed) or a "
+                               "seeded random generator (cheaper, for long runs)")
+        fuzz.add_argument("--hang-timeout", type=_positive_seconds, default=1.0, metavar="SECONDS",
+                          help="an operation taking longer than this is a hang (default 1)")
     return parser
 
 
@@ -239,8 +253,13 @@ def command() -> NoReturn:
     os._exit(status)
 
 
+def _command_named(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names (its first word that is not an option), or None."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser(_command_named(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="vmcore: %(message)s", stream=sys.stderr)
     try:
