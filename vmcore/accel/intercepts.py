@@ -23,7 +23,7 @@ would hurt only its own fidelity.
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 from .control_registers import CR0_ET, CR0_PE, CR0_PG, EFER_LMA, cr0_fault, cr4_fault
 from .msrs import EFER, canonical
@@ -116,16 +116,18 @@ class InterceptControls:
             return bool(self._cr_read.value >> code & 1) if code < 0x10 else bool(self._cr_write.value >> (code - 0x10) & 1)
         return bool(self._intercept.value >> (code - _INTERCEPT_BASE) & 1)
 
-    def trap_msr(self, index: int, read: bool = True, write: bool = True) -> None:
-        """Intercept rdmsr/wrmsr of MSR ``index`` (MSRs outside the map's ranges always are)."""
-        for base, start in _MSRPM_RANGES:
-            if base <= index < base + 0x2000:
-                bit = (start * 8 + (index - base) * 2)
-                byte, shift = divmod(bit, 8)
-                self._msrpm[byte] |= (int(read) | int(write) << 1) << shift
-                self._uc.mem_write(self.scratch + _MSRPM_OFFSET + byte, bytes([self._msrpm[byte]]))
-                return
-        raise ValueError(f"MSR {index:#x} is outside the permission map: always intercepted")
+    def trap_msrs(self, msrs: Iterable[tuple[int, bool, bool]]) -> None:
+        """Intercept rdmsr and/or wrmsr of each ``(index, read, write)`` (MSRs outside the map's ranges
+        always are); the engine's copy of the map is written once, at the end."""
+        for index, read, write in msrs:
+            for base, start in _MSRPM_RANGES:
+                if base <= index < base + 0x2000:
+                    byte, shift = divmod(start * 8 + (index - base) * 2, 8)
+                    self._msrpm[byte] |= (int(read) | int(write) << 1) << shift
+                    break
+            else:
+                raise ValueError(f"MSR {index:#x} is outside the permission map: always intercepted")
+        self._uc.mem_write(self.scratch + _MSRPM_OFFSET, bytes(self._msrpm))
 
     def suspend(self, code: int) -> Callable[[], None]:
         """Turn exit ``code``'s intercept off for a step; the returned call turns it back on."""
@@ -198,8 +200,7 @@ class InterceptHandler:
         if engine_cr0 is not None:
             controls.cr0_writes_in_engine(engine_cr0, self.follow_cr0)
         controls.set_exit(MSR, True)
-        for index, read, write in msrs.trapped():
-            controls.trap_msr(index, read, write)
+        controls.trap_msrs(msrs.trapped())
         self.follow_state()
 
     def follow_state(self) -> None:
