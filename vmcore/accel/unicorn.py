@@ -245,7 +245,6 @@ class UnicornAccelerator(Accelerator):
         if intercepting:
             assert layout is not None and layout.svm is not None and layout.hflags is not None
             controls = InterceptControls(self.uc, cpu + layout.env, layout.svm, layout.hflags, _SCRATCH)
-            cr0_checks = engine_cr0_checks(uclib)
             self.regs.intercepts = controls
             rules = MsrRules(self.regs, features_of(self._cpuid), state.local_apic)
             # vmcore's engine build stores pushf's image with RF clear: a real-mode iret that
@@ -253,8 +252,7 @@ class UnicornAccelerator(Accelerator):
             self._intercepts = InterceptHandler(controls, _InterceptedCpu(self, hflags), self._cr4_allowed, rules,
                                                 real_mode_iret=not pushf_clears_rf(uclib),
                                                 smsw_operand_size=smsw_operand_size(uclib),
-                                                engine_cr0=None if cr0_checks is None
-                                                else functools.partial(cr0_checks, self.uc))
+                                                engine_cr0=engine_cr0_checks(uclib, self.uc))
 
     def _map_changed(self, _removed: list[MemorySlot], _added: list[MemorySlot]) -> None:
         """Follow the guest-physical map: memory slots and, between them, the MMIO windows.

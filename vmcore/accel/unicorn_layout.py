@@ -501,9 +501,9 @@ def smsw_operand_size(lib: Any) -> bool:
     return getattr(lib, "vmcore_smsw_operand_size", None) is not None
 
 
-def engine_cr0_checks(lib: Any) -> Callable[[Any, bool, int], None] | None:
-    """How to have the engine check and run ``mov`` to CR0 itself (vmcore's build,
-    ``vmcore_set_cr0_checks``): ``checks(uc, on, exit_mask)``, where a write that changes a bit of
+def engine_cr0_checks(lib: Any, uc: Any) -> Callable[[bool, int], None] | None:
+    """How to have ``uc`` check and run ``mov`` to CR0 itself (vmcore's build,
+    ``vmcore_set_cr0_checks``): ``checks(on, exit_mask)``, where a write that changes a bit of
     ``exit_mask`` still leaves emulation as the SVM CR0-write intercept. None on a stock unicorn,
     where vmcore intercepts every write to CR0 to raise its faults."""
     function = getattr(lib, "vmcore_set_cr0_checks", None)
@@ -511,7 +511,7 @@ def engine_cr0_checks(lib: Any) -> Callable[[Any, bool, int], None] | None:
         return None
     function.argtypes, function.restype = (ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64), ctypes.c_int
 
-    def checks(uc: Any, on: bool, exit_mask: int) -> None:
+    def checks(on: bool, exit_mask: int) -> None:
         function(uc._uch, int(on), exit_mask)
 
     return checks

@@ -15,6 +15,7 @@ import mmap
 import os
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
+from typing import TypeVar
 
 from vmcore.kvm import ioctl as _k
 from vmcore.kvm import structs as _s
@@ -73,6 +74,16 @@ def _libc_ioctl() -> Callable[[int, int, int], int]:
     func.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
     func.restype = ctypes.c_int
     return func
+
+
+_S = TypeVar("_S", bound=ctypes.Structure)
+
+
+def _read(fd: int, request: int, kind: type[_S]) -> _S:
+    """A fresh ``kind`` filled in by the KVM_GET_* ioctl ``request``."""
+    value = kind()
+    _call(fd, request, value)
+    return value
 
 
 def _call_ulong(fd: int, request: int, value: int) -> int:
@@ -305,17 +316,13 @@ class Vm:
         _call(self.fd, _k.KVM_SET_IRQCHIP, chip)
 
     def get_pit2(self) -> _s.kvm_pit_state2:
-        state = _s.kvm_pit_state2()
-        _call(self.fd, _k.KVM_GET_PIT2, state)
-        return state
+        return _read(self.fd, _k.KVM_GET_PIT2, _s.kvm_pit_state2)
 
     def set_pit2(self, state: _s.kvm_pit_state2) -> None:
         _call(self.fd, _k.KVM_SET_PIT2, state)
 
     def get_clock(self) -> _s.kvm_clock_data:
-        data = _s.kvm_clock_data()
-        _call(self.fd, _k.KVM_GET_CLOCK, data)
-        return data
+        return _read(self.fd, _k.KVM_GET_CLOCK, _s.kvm_clock_data)
 
     def set_clock(self, clock_ns: int) -> None:
         """Set the VM's kvmclock to ``clock_ns`` (guests' kvmclock pages count on from there)."""
@@ -418,57 +425,43 @@ class Vcpu:
         _call(self.fd, _k.KVM_SET_GUEST_DEBUG, debug)
 
     def get_regs(self) -> _s.kvm_regs:
-        regs = _s.kvm_regs()
-        _call(self.fd, _k.KVM_GET_REGS, regs)
-        return regs
+        return _read(self.fd, _k.KVM_GET_REGS, _s.kvm_regs)
 
     def set_regs(self, regs: _s.kvm_regs) -> None:
         _call(self.fd, _k.KVM_SET_REGS, regs)
 
     def get_sregs(self) -> _s.kvm_sregs:
-        sregs = _s.kvm_sregs()
-        _call(self.fd, _k.KVM_GET_SREGS, sregs)
-        return sregs
+        return _read(self.fd, _k.KVM_GET_SREGS, _s.kvm_sregs)
 
     def set_sregs(self, sregs: _s.kvm_sregs) -> None:
         _call(self.fd, _k.KVM_SET_SREGS, sregs)
 
     def get_fpu(self) -> _s.kvm_fpu:
-        fpu = _s.kvm_fpu()
-        _call(self.fd, _k.KVM_GET_FPU, fpu)
-        return fpu
+        return _read(self.fd, _k.KVM_GET_FPU, _s.kvm_fpu)
 
     def set_fpu(self, fpu: _s.kvm_fpu) -> None:
         _call(self.fd, _k.KVM_SET_FPU, fpu)
 
     def get_lapic(self) -> _s.kvm_lapic_state:
-        state = _s.kvm_lapic_state()
-        _call(self.fd, _k.KVM_GET_LAPIC, state)
-        return state
+        return _read(self.fd, _k.KVM_GET_LAPIC, _s.kvm_lapic_state)
 
     def set_lapic(self, state: _s.kvm_lapic_state) -> None:
         _call(self.fd, _k.KVM_SET_LAPIC, state)
 
     def get_debugregs(self) -> _s.kvm_debugregs:
-        regs = _s.kvm_debugregs()
-        _call(self.fd, _k.KVM_GET_DEBUGREGS, regs)
-        return regs
+        return _read(self.fd, _k.KVM_GET_DEBUGREGS, _s.kvm_debugregs)
 
     def set_debugregs(self, regs: _s.kvm_debugregs) -> None:
         _call(self.fd, _k.KVM_SET_DEBUGREGS, regs)
 
     def get_xcrs(self) -> _s.kvm_xcrs:
-        xcrs = _s.kvm_xcrs()
-        _call(self.fd, _k.KVM_GET_XCRS, xcrs)
-        return xcrs
+        return _read(self.fd, _k.KVM_GET_XCRS, _s.kvm_xcrs)
 
     def set_xcrs(self, xcrs: _s.kvm_xcrs) -> None:
         _call(self.fd, _k.KVM_SET_XCRS, xcrs)
 
     def get_xsave(self) -> _s.kvm_xsave:
-        xsave = _s.kvm_xsave()
-        _call(self.fd, _k.KVM_GET_XSAVE, xsave)
-        return xsave
+        return _read(self.fd, _k.KVM_GET_XSAVE, _s.kvm_xsave)
 
     def set_xsave(self, xsave: _s.kvm_xsave) -> None:
         _call(self.fd, _k.KVM_SET_XSAVE, xsave)
@@ -490,9 +483,7 @@ class Vcpu:
         return _call(self.fd, _k.KVM_SET_MSRS, request) == 1
 
     def get_vcpu_events(self) -> _s.kvm_vcpu_events:
-        events = _s.kvm_vcpu_events()
-        _call(self.fd, _k.KVM_GET_VCPU_EVENTS, events)
-        return events
+        return _read(self.fd, _k.KVM_GET_VCPU_EVENTS, _s.kvm_vcpu_events)
 
     def set_vcpu_events(self, events: _s.kvm_vcpu_events) -> None:
         _call(self.fd, _k.KVM_SET_VCPU_EVENTS, events)
