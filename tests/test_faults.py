@@ -92,6 +92,8 @@ def test_a_raising_device_stops_the_machine_with_a_report(accel: str, tmp_path: 
     assert report["kind"] == "device-error"
     assert report["detail"]["device"] == "flaky"
     assert report["detail"]["transaction"] == "pio read 0xf3/1"
+    # The history: every access before the fault, in order, named after its device.
+    assert report["transactions"] == ["pio  read  0x000000f2/1 <- 0x41 flaky", "pio  write 0x000000f1/1 -> 0x41 console"]
     assert "register 1 is not modelled" in report["message"]
     assert "KeyError" in report["detail"]["traceback"] and "in read" in report["detail"]["traceback"]
     assert report["registers"]["rip"] in (0x4, 0x6)  # at or just after the faulting `in`
@@ -104,6 +106,7 @@ def test_under_continue_a_raising_device_reads_all_ones_and_is_logged_once(accel
     report, run = boot(code, tmp_path, accel, profile_extra="device_errors: continue\n")
     assert run.status == 0 and report["kind"] == "halted"
     assert run.stdout == b"A\xff\xff"
+    assert report["transactions"][-2:] == ["pio  read  0x000000f3/1 <- 0xff flaky", "pio  write 0x000000f1/1 -> 0xff console"]
     assert run.stderr.count("device 'flaky' raised KeyError") == 1
     assert "continuing (reads give all ones)" in run.stderr and "Traceback" in run.stderr
 

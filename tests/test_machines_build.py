@@ -207,3 +207,18 @@ def test_run_limits_that_would_never_stop_are_rejected(field: str, value: float)
 def test_run_limits_accept_positive_values_and_none() -> None:
     assert RunLimits(timeout=0.5, max_exits=1) == RunLimits(0.5, 1)
     assert (RunLimits().timeout, RunLimits().max_exits) == (None, None)
+
+
+def test_a_kept_history_has_the_cpus_last_accesses_and_leaves_the_access_path_direct() -> None:
+    machine = Machine.build(Profile.load(resolve_profile("hello"), ["devices.console.backend=memory"]))
+    with machine:
+        machine.keep_history(3)
+        handler, _ = machine.pio.write_route(0xF1, 1)
+        # The device's own handler, not the bus's traced path: keeping history adds no tracer.
+        assert handler is not machine.pio.write and getattr(handler, "__self__", None) is machine.devices["console"]
+        stop = machine.run("tcg", RunLimits(timeout=20))
+    assert stop.kind == "halted"
+    # "Hello" then a newline, one outb each: the last three, oldest first, in the report too.
+    expected = [f"pio  write 0x000000f1/1 -> {ord(c):#04x} console" for c in "lo\n"]
+    assert [str(t) for t in machine.recent_transactions()] == expected
+    assert list(stop.transactions) == expected

@@ -99,8 +99,8 @@ class Machine:
         self.timeline: Timeline | None = None  # see set_timeline
         #: A snapshot to go on from in the next run (see restore_snapshot): its header and memory.
         self._restored: tuple[dict[str, Any], bytes] | None = None
-        #: The last transactions, for fault reports (see keep_history).
-        self.history: collections.deque[Transaction] | None = None
+        #: The CPU's last accesses, for fault reports (see keep_history and Bus.history).
+        self.history: collections.deque[tuple[Bus, Direction, int, int, int]] | None = None
         #: What a run undoes as it ends, besides its own (see replace_controller).
         self._after_run: list[Callable[[], None]] = []
         pio.device_errors = mmio.device_errors = profile.device_errors
@@ -300,14 +300,20 @@ class Machine:
         self._install_tracer()
 
     def keep_history(self, count: int) -> None:
-        """Keep the last ``count`` transactions for fault reports (0: none; costs ~1 us per access)."""
+        """Keep the CPU's last ``count`` accesses (both buses, in order) for fault reports, from the
+        next run on (0: none; a tuple an access, kept by the run core's accessors)."""
         self.history = collections.deque(maxlen=count) if count > 0 else None
-        self._install_tracer()
+        self.pio.history = self.mmio.history = self.history
+
+    def recent_transactions(self) -> list[Transaction]:
+        """The kept accesses (see keep_history), oldest first, each named after the device that
+        claims its address now."""
+        return [bus.transaction(direction, address, size, value)
+                for bus, direction, address, size, value in self.history or ()]
 
     def _install_tracer(self) -> None:
-        tracer, history = self._tracer, self.history
-        sinks = [sink for sink in (history.append if history is not None else None, tracer,
-                                   self.timeline.transaction if self.timeline is not None else None)
+        tracer = self._tracer
+        sinks = [sink for sink in (tracer, self.timeline.transaction if self.timeline is not None else None)
                  if sink is not None]
         combined: Callable[[Transaction], None] | None = None
         if len(sinks) == 1:
@@ -536,7 +542,7 @@ class Machine:
         """Every stop names its profile and, when kept, the transactions that led to it."""
         path = self.profile.path
         profile = f"{self.profile.name} ({path})" if path else self.profile.name
-        history = tuple(str(txn) for txn in self.history) if self.history else ()
+        history = tuple(str(txn) for txn in self.recent_transactions())
         return attrs.evolve(stop, profile=profile, transactions=history)
 
     def _device_error(self, exc: BaseException) -> StopReason:

@@ -7,7 +7,8 @@ Everything else is written once, here, and is the same on every backend:
 
 * the accessors: an access reaches its device through the bus's route tables,
   a device's exception is contained (or ends the run) in one place, a read's
-  answer is checked, every access counts as an exit against ``max_exits``;
+  answer is checked, every access counts as an exit against ``max_exits`` and
+  goes in the bus's history for fault reports when one is kept (``Bus.history``);
 * the loop: due timers run, a pending interrupt is offered to the CPU, the CPU
   runs to its next exit, the exit is dispatched, the limits are checked, and the
   stop is reported with the exit count;
@@ -226,6 +227,7 @@ class RunCore:
         divert = self.diversion  # its ``active`` is read per access: the backend flips it
         READ = Direction.READ
         watch, space, poll_stuck = self.poll_watch, "pio" if bus is self.pio else "mmio", self._poll_stuck
+        keep = bus.history.append if bus.history is not None else None
 
         def read(_cpu: Any, offset: int, size: int, base: int = 0, over: tuple[int, ...] = _OVER,
                  masks: tuple[int, ...] = _MASKS) -> int:
@@ -245,8 +247,10 @@ class RunCore:
                     value = bad(address, size, value)
             except BaseException as exc:
                 if not failed(bus, READ, address, size, None, exc):
-                    return masks[size]  # the run ends: this exit does not count
+                    return masks[size]  # the run ends (the report names this read): no exit, no history
                 value = masks[size]
+            if keep is not None:
+                keep((bus, READ, address, size, value))
             if divert.active:
                 divert.after(kind, address, size, value)
             if watch is not None:  # the stuck-guest detector: a run of equal reads of one register
@@ -273,11 +277,14 @@ class RunCore:
         box, max_exits, at_limit, failed = self.exits, self._first_limit, self._at_limit, self._failed
         divert = self.diversion
         WRITE = Direction.WRITE
+        keep = bus.history.append if bus.history is not None else None
 
         def write(_cpu: Any, offset: int, size: int, value: int, base: int = 0) -> None:
             address = base + offset
             if divert.active and divert.before(kind, address, size, value) is not None:
                 return
+            if keep is not None:  # before the device sees it: a write that raises ends the history
+                keep((bus, WRITE, address, size, value))
             try:
                 handler, where = routes[size][address]
             except KeyError:
