@@ -6,6 +6,7 @@ a shell sees (and a hung child fails its test instead of hanging the suite).
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -459,3 +460,16 @@ def test_the_parser_built_for_the_command_given_parses_as_the_whole_one(argv: li
     from vmcore.cli import _command_named, _parser
 
     assert vars(_parser(_command_named(argv)).parse_args(argv)) == vars(_parser().parse_args(argv))
+
+
+def test_the_whole_parser_has_every_command_and_an_unknown_one_lists_them(capsys: pytest.CaptureFixture[str]) -> None:
+    from vmcore.cli import COMMANDS, _command_named, _parser
+
+    whole = _parser()
+    subparsers = next(a for a in whole._actions if isinstance(a, argparse._SubParsersAction))
+    assert tuple(subparsers.choices) == COMMANDS
+    # A word that names no command builds the whole parser, whose error names every command.
+    with pytest.raises(SystemExit):
+        _parser(_command_named(["rnu", "hello"])).parse_args(["rnu", "hello"])
+    error = capsys.readouterr().err
+    assert "invalid choice: 'rnu'" in error and all(f"'{name}'" in error for name in COMMANDS)

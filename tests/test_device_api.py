@@ -452,3 +452,45 @@ def test_device_class_without_type_name_is_rejected():
     plugin = _plugin("acme_plugin", cls)
     with pytest.raises(DeviceTypeError, match="has no type_name"):
         DeviceRegistry.from_plugins(make_plugin_manager(load_entry_points=False, plugins=[plugin]))
+
+
+def test_the_plugin_managers_quick_lookup_finds_what_pluggys_own_finds() -> None:
+    """make_plugin_manager answers a module's unhookable names itself: for every name of every
+    built-in device module and of a module holding each kind of hook implementation (a function,
+    one under another name, a classmethod's and a staticmethod's, a bound method, an unmarked
+    function), its answer is pluggy's."""
+    import importlib
+
+    import pluggy
+
+    from vmcore.plugins import entry_points
+
+    class Holder:
+        @classmethod
+        @hookimpl(specname="vmcore_device_types")
+        def as_classmethod(cls) -> list[type]:
+            return []
+
+        @hookimpl(specname="vmcore_device_types")
+        def bound(self) -> list[type]:
+            return []
+
+    odd = types.ModuleType("odd_plugin")
+    odd.vmcore_device_types = hookimpl(lambda: [])  # type: ignore[attr-defined]
+    odd.renamed = hookimpl(specname="vmcore_device_types")(lambda: [])  # type: ignore[attr-defined]
+    odd.from_class = Holder.as_classmethod  # type: ignore[attr-defined]
+    odd.static = staticmethod(hookimpl(specname="vmcore_device_types")(lambda: []))  # type: ignore[attr-defined]
+    odd.bound = Holder().bound  # type: ignore[attr-defined]
+    odd.unmarked = lambda: []  # type: ignore[attr-defined]
+    odd.number, odd.Holder = 3, Holder  # type: ignore[attr-defined]
+    modules = [importlib.import_module(ep.value) for ep in entry_points("vmcore") if ep.value.startswith("vmcore_devices")]
+    ours, theirs = make_plugin_manager(load_entry_points=False), pluggy.PluginManager("vmcore")
+    found = 0
+    for module in [*modules, odd]:
+        for name in dir(module):
+            answer = ours.parse_hookimpl_opts(module, name)
+            assert answer == theirs.parse_hookimpl_opts(module, name), (module.__name__, name)
+            found += answer is not None
+    # Each device module's one, and odd's marked ones (pluggy 1.6 passes over a staticmethod object
+    # kept in a module: whichever it does, the two agree above).
+    assert found >= len(modules) + 4
