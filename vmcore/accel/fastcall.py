@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 try:
-    from unicorn import x86_const as X
+    from .engine import X
 except ImportError:  # pragma: no cover - the software CPU says so
     X = None
 

@@ -36,7 +36,7 @@ from ..stop import StopReason
 from .core import CpuStop
 
 try:
-    from unicorn import x86_const as X
+    from .engine import X
 except ImportError:  # pragma: no cover - the software CPU says so
     X = None
 

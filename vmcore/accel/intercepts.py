@@ -29,7 +29,7 @@ from .control_registers import CR0_ET, CR0_PE, CR0_PG, EFER_LMA, cr0_fault, cr4_
 from .msrs import EFER, canonical
 
 try:
-    from unicorn import x86_const as X
+    from .engine import X
 except ImportError:  # pragma: no cover - the accelerator says so
     X = None
 

@@ -15,7 +15,7 @@ from typing import Any
 from ..irq import ModelSpecificRegisters
 
 try:
-    from unicorn import x86_const as X
+    from .engine import X
 except ImportError:  # pragma: no cover - the accelerator says so
     X = None
 

@@ -45,8 +45,8 @@ from .unicorn_layout import (SEGMENT_CACHE_SIZE, EngineCounter, SegmentCache, En
                              registers_match, smsw_operand_size, xcr0_offset)
 
 try:
-    import unicorn as uc_mod
-    from unicorn import x86_const as X
+    from . import engine as uc_mod
+    from .engine import X
 except ImportError:  # pragma: no cover - exercised where unicorn is absent
     uc_mod = None
     X = None
@@ -226,7 +226,7 @@ class UnicornAccelerator(Accelerator):
                         "but the engine runs every instruction it knows", state.model.describe())
         self._cr4_allowed = allowed_cr4(self._cpuid)
         amd = vendor_of(self._cpuid) == "AuthenticAMD"
-        from unicorn.unicorn_py3.unicorn import uclib
+        from .engine import uclib
 
         # vmcore's engine build runs SYSCALL and SYSENTER itself; a stock unicorn calls hooks, which
         # do the same here (vmcore.accel.fastcall), at some 60 us a call.
@@ -1258,7 +1258,7 @@ def _update_hflags() -> Callable[[int], None] | None:
     """The engine's ``x86_update_hflags(CPUX86State *)`` (QEMU's, exported by unicorn as
     x86_update_hflags_x86_64): hflags worked out again from the segment caches, CRs, EFER and
     EFLAGS, as QEMU does after loading a vCPU from KVM or a migration stream. None if absent."""
-    from unicorn.unicorn_py3.unicorn import uclib
+    from .engine import uclib
 
     function = getattr(uclib, "x86_update_hflags_x86_64", None)
     if function is None:
@@ -1269,7 +1269,7 @@ def _update_hflags() -> Callable[[int], None] | None:
 
 def _engine_counts() -> bool:
     """Whether the installed engine is vmcore's build with instruction counting (0012-virtual-time)."""
-    from unicorn.unicorn_py3.unicorn import uclib
+    from .engine import uclib
 
     return getattr(uclib, "vmcore_insn_count", None) is not None
 
@@ -1425,7 +1425,7 @@ class _Callbacks:
         self._lib: Any = None
         if self.direct:
             try:
-                from unicorn.unicorn_py3.unicorn import uclib
+                from .engine import uclib
 
                 self._lib = uclib
             except ImportError:  # another binding (unicorn 2.0): its public calls
@@ -1512,7 +1512,7 @@ class _EngineInterrupts:
 
     @classmethod
     def of(cls, accel: "UnicornAccelerator") -> "_EngineInterrupts | None":
-        from unicorn.unicorn_py3.unicorn import uclib
+        from .engine import uclib
 
         setter = getattr(uclib, "vmcore_set_irq_ack", None)
         if setter is None or accel._raise_interrupt is None or accel._reset_interrupt is None:
@@ -1554,7 +1554,7 @@ def _interrupt_request(cpu: int) -> Callable[[int], None] | None:
     CPU look at them at its next block. None where it is not exported.
     """
     try:
-        from unicorn.unicorn_py3.unicorn import uclib
+        from .engine import uclib
 
         pointer = ctypes.c_void_p.in_dll(ctypes.CDLL(uclib._name), "cpu_interrupt_handler").value
     except (ImportError, ValueError, AttributeError, OSError):
@@ -1569,7 +1569,7 @@ def _interrupt_reset(cpu: int) -> Callable[[int], None] | None:
     """A function that clears interrupt-request bits of the engine's CPU: QEMU's
     ``cpu_reset_interrupt``, which unicorn's library exports. None where it does not."""
     try:
-        from unicorn.unicorn_py3.unicorn import uclib
+        from .engine import uclib
 
         function = ctypes.CDLL(uclib._name).cpu_reset_interrupt
     except (ImportError, AttributeError, OSError):
@@ -1713,7 +1713,7 @@ class _Kicker:
         if uc is None:
             return
         try:
-            from unicorn.unicorn_py3.unicorn import uclib
+            from .engine import uclib
         except ImportError:  # another binding (unicorn 2.0)
             return
         functions = engine_kick(uclib)
@@ -1820,7 +1820,7 @@ class _WideRegisters:
         # written through the C API directly, with one buffer: the binding's own path picks a
         # class and builds a ctypes object per call, 5x the cost (the interrupt and intercept
         # handlers make thousands of accesses in a firmware boot).
-        from unicorn.unicorn_py3.unicorn import uclib
+        from .engine import uclib
 
         self._uch = uc._uch
         self._c_read, self._c_write = uclib.uc_reg_read, uclib.uc_reg_write
@@ -1833,8 +1833,7 @@ class _WideRegisters:
     def _is_scalar(self, register: int) -> bool:
         scalar = self._scalar.get(register)
         if scalar is None:
-            scalar = self._scalar[register] = (type(self.uc)._select_reg_class(register) is ctypes.c_uint64
-                                               and register != X.UC_X86_REG_MSR)
+            scalar = self._scalar[register] = uc_mod.is_scalar(register)
         return scalar
 
     def _as(self, mode: int, call: Callable[..., Any], *args: Any) -> Any:

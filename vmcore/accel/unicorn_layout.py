@@ -28,8 +28,8 @@ from typing import Any, Callable
 import attrs
 
 try:
-    import unicorn as uc_mod
-    from unicorn import x86_const as X
+    from . import engine as uc_mod
+    from .engine import X
 except ImportError:  # pragma: no cover - the accelerator says so
     uc_mod = None
 
@@ -155,7 +155,7 @@ def cpu_layout() -> CpuLayout | None:
     experiment (about 40 ms, once per process); None where the experiments find no single answer."""
     if uc_mod is None:
         return None
-    from unicorn.unicorn_py3.unicorn import uclib
+    from .engine import uclib
 
     stated = stated_cpu_layout(uclib)
     if stated is not None:
@@ -593,7 +593,7 @@ def engine_name() -> str:
     if uc_mod is None:
         return "no unicorn"
     try:
-        from unicorn.unicorn_py3.unicorn import uclib
+        from .engine import uclib
     except ImportError:
         return f"unicorn {uc_mod.__version__}"
     function = getattr(uclib, "vmcore_engine", None)
@@ -622,7 +622,7 @@ def hook_bounds_offset() -> int | None:
     if uc_mod is None:
         return None
     try:
-        from unicorn.unicorn_py3.unicorn import uclib
+        from .engine import uclib
 
         uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, uc_mod.UC_MODE_64)
         callback = ctypes.cast(uclib.uc_errno, ctypes.c_void_p).value
