@@ -39,9 +39,8 @@ import sys
 import threading
 from typing import IO, TYPE_CHECKING, Any, Callable, Literal
 
-import attrs
-
 from .device import PropertyError, prop
+from .immutable import Immutable
 
 if TYPE_CHECKING:
     import socket  # imported where a socket backend opens (a few ms every run would pay)
@@ -59,8 +58,7 @@ MAX_SOCKET_PATH = 107
 Ready = Callable[[], None]
 
 
-@attrs.frozen
-class HostFile:
+class HostFile(Immutable):
     """A host file a device reads (an input) or creates and writes (an output), by property."""
 
     key: str  # the property naming it, for errors against the profile

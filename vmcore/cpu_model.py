@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 import struct
 
-import attrs
+from .immutable import Immutable
 
 #: (leaf, subleaf) -> (eax, ebx, ecx, edx).
 CpuidTable = dict[tuple[int, int], tuple[int, int, int, int]]
@@ -40,8 +40,7 @@ CpuidTable = dict[tuple[int, int], tuple[int, int, int, int]]
 EAX, EBX, ECX, EDX = range(4)
 
 
-@attrs.frozen
-class FeatureBit:
+class FeatureBit(Immutable):
     """Where a feature's bit lives in the CPUID."""
 
     leaf: int
@@ -99,8 +98,7 @@ def feature_name(name: str) -> str | None:
     return name if name in FEATURES else None
 
 
-@attrs.frozen
-class CpuModel:
+class CpuModel(Immutable):
     """A named CPU: identity, CPUID levels and features."""
 
     name: str
@@ -142,8 +140,7 @@ MODELS: dict[str, CpuModel] = {
 PASS_THROUGH = ("max", "host")
 
 
-@attrs.frozen
-class ModelSpec:
+class ModelSpec(Immutable):
     """A profile's ``cpu.model``, ``cpu.features`` and ``cpu.vendor``, names checked."""
 
     name: str = "max"
@@ -227,8 +224,7 @@ def _vendor_registers(vendor: str) -> tuple[int, int, int]:
     return ebx, ecx, edx
 
 
-@attrs.frozen
-class CpuidResult:
+class CpuidResult(Immutable):
     table: CpuidTable
     #: The named model's features this accelerator lacks, left out.
     dropped: tuple[str, ...]

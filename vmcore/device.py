@@ -21,6 +21,7 @@ from .bus import Region
 from .faults import GuestExit, GuestReset
 from .clock import Clock
 from .dma import DmaSpace
+from .immutable import Immutable
 from .irq import IrqLine
 from .memory import GuestMemory
 from .tsc import TimeStampCounter
@@ -191,8 +192,7 @@ class Device:
 # --- properties: conversion from profile text and introspection ------------------------
 
 
-@attrs.frozen
-class PropertyInfo:
+class PropertyInfo(Immutable):
     """One property of a device type, as ``vmcore devices`` shows it."""
 
     name: str
@@ -362,8 +362,7 @@ def _failing_validator(config_cls: type, values: dict[str, Any]) -> str:
     return ""
 
 
-@attrs.frozen
-class InRange:
+class InRange(Immutable):
     """An attrs validator: ``low <= value <= high``, shown in hex; ``vmcore devices`` shows the bounds."""
 
     low: int

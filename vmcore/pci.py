@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Literal, Protocol, Sequence
 import attrs
 
 from .bus import Bus, BusError, Direction, Region, Space, Transaction
+from .immutable import Immutable
 
 log = logging.getLogger("vmcore.pci")
 
@@ -245,8 +246,7 @@ def _check_bar(bar: "Bar") -> None:
         raise PciError(f"I/O BAR{bar.index} cannot be prefetchable")
 
 
-@attrs.frozen
-class Bar:
+class Bar(Immutable):
     """A base address register: what the function decodes, not where (that is the guest's).
 
     ``kind`` is ``io`` (port space), ``mem32`` or ``mem64`` (which also takes register
@@ -260,7 +260,7 @@ class Bar:
     size: int
     prefetchable: bool = False
 
-    def __attrs_post_init__(self) -> None:
+    def __post_init__(self) -> None:
         if self.kind not in ("io", "mem32", "mem64"):
             raise PciError(f"BAR kind must be io, mem32 or mem64, got {self.kind!r}")
         _check_bar(self)

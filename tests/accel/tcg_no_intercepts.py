@@ -3,8 +3,6 @@ SVM intercept controls are not found (another unicorn build): no instruction is 
 CR4 no processor could hold stops the machine instead of raising #GP.
 """
 
-import attrs
-
 from vmcore.accel import unicorn_layout
 
 _stated = unicorn_layout.stated_cpu_layout
@@ -12,7 +10,7 @@ _stated = unicorn_layout.stated_cpu_layout
 
 def _without_svm(lib):  # type: ignore[no-untyped-def]
     layout = _stated(lib)
-    return None if layout is None else attrs.evolve(layout, svm=None)
+    return None if layout is None else layout.evolve(svm=None)
 
 
 unicorn_layout.stated_cpu_layout = _without_svm  # vmcore's engine build: what it states, less SVM

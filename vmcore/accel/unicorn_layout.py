@@ -25,7 +25,7 @@ import os
 import struct
 from typing import Any, Callable
 
-import attrs
+from ..immutable import Immutable
 
 try:
     from . import engine as uc_mod
@@ -37,8 +37,7 @@ _NO_END = (1 << 64) - 1
 _MAGIC = tuple(0x5EED_0000_0000_0001 + 0x0101_0101 * i for i in range(4))  # rax, rcx, rdx, rbx
 
 
-@attrs.frozen
-class CpuLayout:
+class CpuLayout(Immutable):
     """Offsets into the engine: its CPU object and the x86 state inside it."""
 
     #: Offset in the engine (uc_struct) of the pointer to its CPU object (X86CPU).
@@ -341,8 +340,7 @@ def _probe_segments(cpu_pointer: int, env: int, candidate: int) -> int | None:
     return candidate
 
 
-@attrs.frozen
-class SvmFields:
+class SvmFields(Immutable):
     """Offsets in the x86 state of the SVM intercept controls QEMU's TCG checks in guest mode."""
 
     #: ``vm_vmcb`` (uint64): the guest-physical address of the VMCB (its MSR permission map pointer).

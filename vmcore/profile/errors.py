@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import attrs
+from ..immutable import Immutable
 
 
-@attrs.frozen
-class Where:
+class Where(Immutable):
     """A place in a profile: file and 1-based line (line 0: not from a file)."""
 
     file: str

@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from ..cpu_model import ModelSpec
+from ..immutable import Factory, Immutable
 from .errors import ProfileError, Where
 from .host_paths import read_bounded
 
 
-@attrs.frozen
-class SlotSpec:
+class SlotSpec(Immutable):
     """A memory slot: a range of guest-physical memory and what fills it."""
 
     name: str
@@ -49,8 +47,7 @@ class SlotSpec:
         return data
 
 
-@attrs.frozen
-class DeviceSpec:
+class DeviceSpec(Immutable):
     """A device instance: its type and raw properties, with where each came from."""
 
     name: str
@@ -60,19 +57,17 @@ class DeviceSpec:
     prop_where: dict[str, Where]
 
 
-@attrs.frozen
-class CpuSpec:
+class CpuSpec(Immutable):
     mode: str = "real"
     entry: int = 0
     tables: int | None = None
-    registers: dict[str, int] = attrs.Factory(dict)
+    registers: dict[str, int] = Factory(dict)
     #: The CPU model: the CPUID the guest sees (vmcore.cpu_model).
     model: ModelSpec = ModelSpec()
     where: Where = Where("<default>")
 
 
-@attrs.frozen
-class LoaderSpec:
+class LoaderSpec(Immutable):
     """A kernel image to load instead of (or on top of) slot images."""
 
     kernel: Path
@@ -84,7 +79,6 @@ class LoaderSpec:
     initrd_where: Where | None = None
 
 
-@attrs.frozen
-class Limits:
+class Limits(Immutable):
     timeout: float | None = None  # seconds of wall-clock time
     max_exits: int | None = None
