@@ -473,3 +473,28 @@ def test_the_whole_parser_has_every_command_and_an_unknown_one_lists_them(capsys
         _parser(_command_named(["rnu", "hello"])).parse_args(["rnu", "hello"])
     error = capsys.readouterr().err
     assert "invalid choice: 'rnu'" in error and all(f"'{name}'" in error for name in COMMANDS)
+
+
+_BUILD = """
+import gc, sys
+from vmcore import machine
+counts = []
+gc.callbacks.append(lambda phase, info: phase == "start" and counts.append(1))
+real = machine.Machine._run
+def run(self, *args, **kwargs):  # the guest's start: what the build cost in collections
+    print(len(counts), gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr, flush=True)
+    return real(self, *args, **kwargs)
+machine.Machine._run = run
+sys.argv = ["vmcore", "run", "pc-bios", "--accel", "tcg", "--set", "devices.debuglog=null", "--max-exits", "50"]
+{launch}
+"""
+
+
+@pytest.mark.skipif(not Path("/usr/share/seabios/bios.bin").is_file(), reason="SeaBIOS is absent (apt-get install seabios)")
+def test_the_command_builds_the_machine_without_collections_and_collects_once_the_guest_runs() -> None:
+    through_main = python(_BUILD.format(launch="from vmcore.__main__ import main\nmain()"))
+    assert through_main.stderr.split()[:3] == ["0", "True", "True"], through_main.stderr
+    # The comparison that shows the check can fail: the same build with the collector on throughout.
+    direct = python(_BUILD.format(launch="from vmcore.cli import main\nmain()"))
+    collections, enabled, _frozen = direct.stderr.split()[:3]
+    assert int(collections) > 0 and enabled == "True", direct.stderr

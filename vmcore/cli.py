@@ -234,9 +234,22 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def command() -> NoReturn:
+#: What puts the garbage collector back to work (vmcore.__main__ pauses it): as the guest starts
+#: (``run``), once the arguments are read (any other command); None once done or where nothing paused it.
+_resume_collector: Callable[[], None] | None = None
+
+
+def _collect_again() -> None:
+    global _resume_collector
+    resume, _resume_collector = _resume_collector, None
+    if resume is not None:
+        resume()
+
+
+def command(resume_collector: Callable[[], None] | None = None) -> NoReturn:
     """The ``vmcore`` command (its console script and ``python -m vmcore``): :func:`main`, then
-    the process ends without tearing the interpreter down.
+    the process ends without tearing the interpreter down. ``resume_collector``: called as the
+    guest starts (``run``) or once the arguments are read (the rest), or as main() leaves.
 
     Freeing every module and object at exit, with the collector's passes, takes about 50 ms
     after a run: a sixth of a firmware boot's ``vmcore run`` (bench/boot.py). Everything a
@@ -245,7 +258,12 @@ def command() -> NoReturn:
     are flushed, ``os._exit`` leaves. Where another thread still runs, or the handlers cannot
     be run first, the ordinary exit waits for it.
     """
-    status = main()
+    global _resume_collector
+    _resume_collector = resume_collector
+    try:
+        status = main()
+    finally:
+        _collect_again()
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
     if run_exit_handlers is None or threading.active_count() > 1:
         sys.exit(status)
@@ -268,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser(_command_named(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="vmcore: %(message)s", stream=sys.stderr)
+    if args.command != "run" or args.accel == "both":
+        _collect_again()
     try:
         if args.command == "run":
             return _diff(args) if args.accel == "both" else _run(args)
@@ -419,7 +439,11 @@ def _run(args: argparse.Namespace) -> int:
                               else "what the monitor does to the machine is not recorded (--monitor)")
             print(f"vmcore: --record {args.record}: {why}", file=sys.stderr)
             return STATUS["config-error"]
-    machine = _build(args.profile, args.overrides, record=bool(args.record))
+    try:
+        machine = _build(args.profile, args.overrides, record=bool(args.record))
+    except BaseException:
+        _collect_again()
+        raise
     recorder = None
     if args.record:
         from .record import Recorder, RecordingError
@@ -506,8 +530,10 @@ def _run(args: argparse.Namespace) -> int:
 
             watcher = ReloadWatcher(machine, lambda said: print(f"vmcore: {said}", file=sys.stderr, flush=True))
         try:
+            # The collector resumes as the guest starts: what the build and set-up made is frozen first.
             stop = machine.run(args.accel, RunLimits(timeout=args.timeout, max_exits=args.max_exits,
-                                                     stuck_after=args.stuck_after, **_pause_limit(args.snapshot_after)))
+                                                     stuck_after=args.stuck_after, **_pause_limit(args.snapshot_after)),
+                               ready=_collect_again)
         finally:
             if watcher is not None:
                 watcher.close()

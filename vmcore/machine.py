@@ -329,11 +329,14 @@ class Machine:
             # for fault reports keeps bus transactions alone.
             self.pci.tracer = tracer
 
-    def run(self, accel: str | Accelerator | None = None, limits: RunLimits = RunLimits()) -> StopReason:
+    def run(self, accel: str | Accelerator | None = None, limits: RunLimits = RunLimits(),
+            ready: Callable[[], None] | None = None) -> StopReason:
         """Run until the guest stops; never raises for guest or device faults.
 
         Devices open their host files first (``start()``); one that cannot (a socket path in
         use, a FIFO output with no reader) raises a ProfileError naming the property.
+        ``ready`` is called once the accelerator is set up and the devices started, before the
+        guest's first instruction (the vmcore command resumes the garbage collector there).
         """
         kernel_irqchip = self.profile.irqchip == "kernel"
         if isinstance(accel, Accelerator):
@@ -398,6 +401,8 @@ class Machine:
         except (AcceleratorUnavailable, OSError) as exc:
             return StopReason.of("host-error", f"{self.accelerator.name}: {exc}")
         self._start_devices()
+        if ready is not None:
+            ready()
         # t=0 is the guest's first instruction: timers armed while building and starting
         # (8-70 ms) count from here, so none fires before the guest could set up its PIC.
         # A restored machine goes on from the time it was saved at.
