@@ -212,7 +212,8 @@ def time_split(accel: str) -> tuple[float, dict[str, float], str]:
     """One in-process boot under cProfile: its seconds, and own (not cumulative) time by where it was spent.
 
     The buckets: the accelerator's engine (the KVM_RUN ioctl: guest code and the exits'
-    round trips through the kernel; unicorn's emu_start: guest code translated and run),
+    round trips through the kernel; unicorn's emu_start, called in vmcore.accel.engine: guest
+    code translated and run),
     waiting (a halted guest sleeping until its next interrupt), vmcore's device models
     (devices/), vmcore's core (buses, accelerator loop, clock), and the rest. The
     profiler slows every Python call, so the Python buckets are overstated.
@@ -232,6 +233,7 @@ def time_split(accel: str) -> tuple[float, dict[str, float], str]:
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     for (filename, _line, name), (_cc, _nc, tottime, _ct, _callers) in stats.items():
         if (name == "<built-in method fcntl.ioctl>" or "/unicorn/" in filename
+                or filename.endswith("accel/engine.py")  # vmcore's calls into unicorn's library (ctypes)
                 or (filename.endswith("kvm/system.py") and name == "run")):  # KVM_RUN, called through a partial
             bucket = "engine"
         elif "_thread.lock" in name or "select" in name or "sleep" in name:
@@ -264,8 +266,8 @@ def main() -> int:
         return 2
     accels = ["tcg"] + ([] if args.tcg_only or kvm_unavailable() else ["kvm"])
     lines = [f"# bench/boot.py  {datetime.datetime.now():%Y-%m-%d %H:%M:%S}  {platform.node()}  "
-             f"python {platform.python_version()}  median of {args.repeat} interleaved rounds  "
-             f"engine {engine_name()}"]
+             f"python {platform.python_version()} ({'venv ' if sys.prefix != sys.base_prefix else ''}{sys.executable})  "
+             f"median of {args.repeat} interleaved rounds  engine {engine_name()}"]
     times: dict[str, list[tuple[float, int]]] = {a: [] for a in accels}
     qemu_times: dict[str, list[float]] = {a: [] for a in accels}
     floors: list[float] = []
