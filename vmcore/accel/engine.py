@@ -14,8 +14,8 @@ constants, ``X`` for the x86 ones, ``uclib`` for the library):
 - the constants are the package's own generated files (``unicorn_const.py``, ``x86_const.py``),
   read as plain modules: the numbers are always the installed library's;
 - a Python callback is called as the binding calls it (the engine first, the user data last),
-  and what it raises is kept, the emulation stopped, and raised again when ``emu_start``
-  returns: a device's fault in a hook ends the run where it happened.
+  and what it raises is kept, the emulation stopped (the engine stops at the end of the block
+  it is in, as with the binding) and the exception raised again when ``emu_start`` returns.
 
 The library is loaded on the first use of ``uclib`` or ``Uc``; the constants alone load nothing.
 """
