@@ -43,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from boot import bytecode_env  # noqa: E402 - bench/boot.py's: each measured process caches its bytecode
 from vmcore.accel import AcceleratorUnavailable, RunLimits, create  # noqa: E402
 from vmcore.accel.unicorn_layout import engine_name  # noqa: E402
 from vmcore.bus import Region, Space  # noqa: E402
@@ -273,7 +274,7 @@ def bare_unicorn_compute(image: bytes, instructions: int) -> tuple[int, float]:
 def startup_run(command: list[str]) -> tuple[float, float]:
     """Seconds until the command printed "Hello" (or exited, for one that prints nothing) and until it exited."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=bytecode_env())
     assert proc.stdout is not None
     first = proc.stdout.readline()
     hello = time.perf_counter() - start
