@@ -104,3 +104,29 @@ def test_a_class_is_made_without_compiling_anything(monkeypatch: pytest.MonkeyPa
         made = Made(1)
     assert compiled == []
     assert made == Made(1, "b") and repr(Made(2)) == "Made(a=2, b='b')"
+
+
+class Labelled(Immutable):
+    _not_compared = ("label",)
+    value: int
+    label: object = None
+
+
+def test_fields_left_out_of_equality_do_not_change_it_or_the_hash() -> None:
+    a, b = Labelled(1, label=lambda offset: "A"), Labelled(1, label=None)
+    assert a == b and hash(a) == hash(b) and Labelled(2) != a
+    assert "label=" in repr(a) and a.evolve(value=3).label is a.label  # still a field in every other way
+
+
+def test_public_values_keep_their_checks_and_evolve() -> None:
+    from vmcore.accel import RunLimits
+    from vmcore.bus import Doorbell, Region, Space
+
+    with pytest.raises(ValueError, match="timeout must be positive"):
+        RunLimits(timeout=0)
+    assert RunLimits(timeout=5).evolve(max_exits=9) == RunLimits(timeout=5, max_exits=9)
+    region = Region(Space.PIO, 0x60, 4, lambda o, s: 0, lambda o, s, v: None, doorbells=[Doorbell(0, 1)])
+    assert region.doorbells == (Doorbell(0, 1),)  # any iterable, kept as a tuple
+    assert region.evolve(label=str) == region  # the label is left out of equality, as before
+    with pytest.raises(Exception, match="size must be positive"):
+        region.evolve(size=0)

@@ -15,9 +15,8 @@ import logging
 import operator
 from typing import Any, Callable, Iterable, Iterator
 
-import attrs
-
 from .faults import BadAnswer, DeviceFault, GuestExit, obey
+from .immutable import Immutable
 
 log = logging.getLogger("vmcore.bus")
 
@@ -72,8 +71,7 @@ class BusError(Exception):
     """A region that cannot be placed on a bus (overlap, out of the space, bad size)."""
 
 
-@attrs.frozen
-class Doorbell:
+class Doorbell(Immutable):
     """A register write that only says "look at me" (a virtqueue notify, a kick).
 
     The accelerator may turn it into an event instead of an exit (KVM: an
@@ -99,15 +97,7 @@ class Doorbell:
     value: int | None = None
 
 
-def _as_tuple(items: Iterable[Doorbell]) -> tuple[Doorbell, ...]:
-    # A Python function, not the builtin ``tuple``: attrs reads a converter's signature, and a
-    # builtin's is parsed from its text by the tokenizer, whose first use compiles its regular
-    # expressions: about 14 ms of every process.
-    return tuple(items)
-
-
-@attrs.frozen
-class Region:
+class Region(Immutable):
     """A range a device claims on a bus, with the handlers that serve it.
 
     ``read(offset, size) -> value`` and ``write(offset, size, value)`` get the
@@ -128,8 +118,10 @@ class Region:
     Reads of a posted region still exit normally: KVM queues writes only. The
     software CPU treats posted regions as ordinary ones.
 
-    ``doorbells``: writes to be delivered as events (see :class:`Doorbell`).
+    ``doorbells``: writes to be delivered as events (see :class:`Doorbell`), any iterable of them.
     """
+
+    _not_compared = ("label",)
 
     space: Space
     base: int
@@ -139,11 +131,13 @@ class Region:
     sizes: tuple[int, ...] = ACCESS_SIZES
     name: str = ""
     posted: bool = False
-    doorbells: tuple[Doorbell, ...] = attrs.field(default=(), converter=_as_tuple)
-    #: The register's name at an offset in the region, for reports (a register map's; else the region's name).
-    label: Callable[[int], str] | None = attrs.field(default=None, eq=False)
+    doorbells: tuple[Doorbell, ...] = ()
+    #: The register's name at an offset in the region, for reports (a register map's; else the
+    #: region's name). Not part of the region's equality.
+    label: Callable[[int], str] | None = None
 
-    def __attrs_post_init__(self) -> None:
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "doorbells", tuple(self.doorbells))
         limit = SPACE_LIMITS[self.space]
         if self.size <= 0:
             raise BusError(f"region {self.name or hex(self.base)}: size must be positive, got {self.size}")
@@ -190,8 +184,7 @@ class Direction(enum.Enum):
     WRITE = "write"
 
 
-@attrs.frozen
-class Transaction:
+class Transaction(Immutable):
     """One access as it crossed the bus (recorded when tracing is on)."""
 
     space: Space

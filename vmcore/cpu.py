@@ -12,9 +12,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import attrs
-
 from .cpu_model import ModelSpec
+from .immutable import Immutable
 from .memory import GuestMemory, GuestMemoryError
 
 CR0_PE = 1 << 0
@@ -49,8 +48,7 @@ class CpuSetupError(Exception):
     """The start state cannot be built (e.g. no room for the tables)."""
 
 
-@attrs.frozen
-class Segment:
+class Segment(Immutable):
     """A loaded segment register (the hidden part as the CPU holds it)."""
 
     selector: int = 0
@@ -89,8 +87,7 @@ class Segment:
         )
 
 
-@attrs.frozen
-class CpuState:
+class CpuState(Immutable):
     """Everything an accelerator needs to start the vCPU."""
 
     mode: str

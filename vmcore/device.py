@@ -43,8 +43,7 @@ class PropertyError(ValueError):
         self.message = message
 
 
-@attrs.frozen
-class DeviceContext:
+class DeviceContext(Immutable):
     """Everything a device may touch, injected by the machine or the fake bus."""
 
     name: str
@@ -57,13 +56,18 @@ class DeviceContext:
     pci: "PciBus | None" = None
     #: DMA as a bus master does it (``vmcore.dma.DmaSpace``): guest RAM, and other devices'
     #: registers through the MMIO bus, never re-entering a device mid-DMA. The machine gives
-    #: every device one on its MMIO bus; by default it reaches memory alone.
-    dma: DmaSpace = attrs.field(default=attrs.Factory(lambda self: DmaSpace(self.name, self.memory), takes_self=True))
+    #: every device one on its MMIO bus; by default (None) it reaches memory alone.
+    dma: DmaSpace = None  # type: ignore[assignment]
     #: The guest CPU's time-stamp counter (``vmcore.tsc``), for devices of the CPU (the local
-    #: APIC's TSC-deadline timer). The machine binds it to its accelerator; by default (the
-    #: fake bus) it counts machine time at 1 GHz.
-    tsc: TimeStampCounter = attrs.field(default=attrs.Factory(lambda self: TimeStampCounter(self.clock),
-                                                              takes_self=True))
+    #: APIC's TSC-deadline timer). The machine binds it to its accelerator; by default (None,
+    #: the fake bus) it counts machine time at 1 GHz.
+    tsc: TimeStampCounter = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.dma is None:
+            object.__setattr__(self, "dma", DmaSpace(self.name, self.memory))
+        if self.tsc is None:
+            object.__setattr__(self, "tsc", TimeStampCounter(self.clock))
 
     def irq(self, number: int) -> IrqLine:
         """The interrupt line ``number`` (shared by every device that asks for it)."""

@@ -2,16 +2,17 @@
 
 attrs writes a class's ``__init__``, ``__eq__``, ``__hash__`` and ``__repr__`` as Python source
 and compiles it as the class is made: about 0.9 ms a class, some 40 on the way to a run, a
-tenth of a firmware boot's ``vmcore run`` (bench/boot.py). vmcore's internal values (a profile's
-parsed parts, the CPU model's entries, PCI BARs, the software CPU's engine layout) are
-:class:`Immutable` classes instead: a subclass annotates its fields, in ``__init__``'s order,
+tenth of a firmware boot's ``vmcore run`` (bench/boot.py). vmcore's values (a profile's parsed
+parts, the CPU model's entries, bus regions, PCI BARs, run limits, stop reasons, the software
+CPU's engine layout) are :class:`Immutable` classes instead: a subclass annotates its fields, in ``__init__``'s order,
 with defaults where it has them (:class:`Factory` for a fresh mutable one each), and gets slots
 for them, that ``__init__`` (positional or keyword arguments), equality and hashing by value, a
 repr, pickling and :meth:`Immutable.evolve`, all shared. A field is set once, by ``__init__``
 (or ``__post_init__``, through ``object.__setattr__``).
 
-The public classes and the devices' ``Config`` classes stay attrs classes (their validators
-and ``attrs.fields`` are part of the device API).
+vmcore's public value classes (``Region``, ``RunLimits``, ``StopReason``, ``CpuState``, ...) are
+Immutable classes too: a changed copy is ``value.evolve(field=...)``. The devices' ``Config``
+classes stay attrs classes (their validators and ``attrs.fields`` are part of the device API).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class _Fields(type):
         inherited: tuple[str, ...] = getattr(cls, "_fields", ())
         cls._fields = (*inherited, *own)  # type: ignore[attr-defined]
         cls._defaults = {**getattr(cls, "_defaults", {}), **defaults}  # type: ignore[attr-defined]
+        uncompared = getattr(cls, "_not_compared", ())
+        cls._compared = tuple(f for f in cls._fields if f not in uncompared)  # type: ignore[attr-defined]
         defaulted = False
         for field in cls._fields:  # type: ignore[attr-defined]
             if field in cls._defaults:  # type: ignore[attr-defined]
@@ -67,6 +70,9 @@ class Immutable(metaclass=_Fields):
     __slots__ = ()
     _fields: ClassVar[tuple[str, ...]] = ()
     _defaults: ClassVar[dict[str, Any]] = {}
+    #: Fields left out of equality and hashing (a callback, say): a subclass lists them.
+    _not_compared: ClassVar[tuple[str, ...]] = ()
+    _compared: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         fields = self._fields
@@ -94,6 +100,9 @@ class Immutable(metaclass=_Fields):
     def _values(self) -> tuple[Any, ...]:
         return tuple([getattr(self, field) for field in self._fields])
 
+    def _key(self) -> tuple[Any, ...]:
+        return tuple([getattr(self, field) for field in self._compared])
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable: cannot set {name!r}")
 
@@ -103,14 +112,14 @@ class Immutable(metaclass=_Fields):
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
+        return self._key() == other._key()  # type: ignore[attr-defined]
 
     def __ne__(self, other: object) -> bool:
         equal = self.__eq__(other)
         return equal if equal is NotImplemented else not equal
 
     def __hash__(self) -> int:
-        return hash((self.__class__, self._values()))
+        return hash((self.__class__, self._key()))
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{field}={getattr(self, field)!r}" for field in self._fields)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol, runtime_checkable
 
-import attrs
+from .immutable import Immutable
 
 #: Receives (line number, new level) whenever a line changes; a pulse is 1 then 0.
 IrqSink = Callable[[int, bool], None]
 
 
-@attrs.frozen
-class IrqEvent:
+class IrqEvent(Immutable):
     """An interrupt as a trace shows it (``Machine.set_irq_tracer``): an IRQ line changing level
     (``kind`` "line": ``number`` the line, ``value`` the new level, ``devices`` the devices that
     drive it), or the CPU taking an interrupt (``kind`` "vector": ``value`` the vector,

@@ -17,8 +17,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-import attrs
-
 from .accel import Accelerator, AcceleratorUnavailable, RunLimits, create
 from .bus import Bus, BusError, Direction, Region, Space, Transaction
 from .chardev import HostFile
@@ -361,15 +359,13 @@ class Machine:
             for line in self.irq_lines:
                 if line.level:
                     route(line.number, True)
-        limits = attrs.evolve(
-            limits,
+        limits = limits.evolve(
             timeout=limits.timeout if limits.timeout is not None else self.profile.limits.timeout,
             max_exits=limits.max_exits if limits.max_exits is not None else self.profile.limits.max_exits,
         )
         # The CPU's INTR: a local APIC device (the IRQ-line controller on its LINT0), or that controller.
         cpu = None if self.profile.irqchip in ("none", "kernel") else cpu_interrupts(self.devices.values(), controller)
-        state = attrs.evolve(self.state, local_apic=isinstance(cpu, LocalInterruptController),
-                             model=self.profile.cpu.model)
+        state = self.state.evolve(local_apic=isinstance(cpu, LocalInterruptController), model=self.profile.cpu.model)
         try:
             self.accelerator.setup(self.memory, state)
             if self._restored is not None:
@@ -541,14 +537,14 @@ class Machine:
         except Exception as exc:  # the report must not fail on a half-torn-down CPU
             log.debug("no CPU snapshot for the report: %s", exc)
             return stop
-        return attrs.evolve(stop, registers=registers, segments=segments, code_address=code_address, code=code)
+        return stop.evolve(registers=registers, segments=segments, code_address=code_address, code=code)
 
     def _finish(self, stop: StopReason) -> StopReason:
         """Every stop names its profile and, when kept, the transactions that led to it."""
         path = self.profile.path
         profile = f"{self.profile.name} ({path})" if path else self.profile.name
         history = tuple(str(txn) for txn in self.recent_transactions())
-        return attrs.evolve(stop, profile=profile, transactions=history)
+        return stop.evolve(profile=profile, transactions=history)
 
     def _device_error(self, exc: BaseException) -> StopReason:
         tb = exc.__traceback__

@@ -14,6 +14,7 @@ import pluggy
 
 from . import hookspecs
 from .device import PropertyInfo, build_config, properties
+from .immutable import Immutable
 
 ENTRY_POINT_GROUP = "vmcore"
 
@@ -145,8 +146,7 @@ def make_plugin_manager(load_entry_points: bool = True, plugins: Iterable[Any] =
     return pm
 
 
-@attrs.frozen
-class DeviceType:
+class DeviceType(Immutable):
     """A registered device type and where it came from."""
 
     name: str

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
+from .immutable import Factory, Immutable
 
 #: Process exit status for each stop kind the VMM decides (debug-exit sets its own).
 STATUS = {
@@ -39,8 +39,7 @@ def code_bits(registers: dict[str, int], segments: dict[str, dict[str, int]]) ->
     return 16
 
 
-@attrs.frozen
-class StopReason:
+class StopReason(Immutable):
     """The end of a run: ``kind`` says why, ``status`` is the process exit status."""
 
     kind: str
@@ -51,7 +50,7 @@ class StopReason:
     segments: dict[str, dict[str, int]] | None = None
     code_address: int | None = None
     code: bytes | None = None
-    detail: dict[str, Any] = attrs.Factory(dict)
+    detail: dict[str, Any] = Factory(dict)
     #: The last bus transactions before the stop, oldest first (when history was kept).
     transactions: tuple[str, ...] = ()
     #: The profile the machine was built from: "name (path)".

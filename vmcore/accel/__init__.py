@@ -14,12 +14,11 @@ import logging
 import math
 from typing import TYPE_CHECKING, Callable
 
-import attrs
-
 from ..bus import Bus
 from ..clock import Clock
 from ..irq import InterruptController
 from ..cpu import CpuState
+from ..immutable import Immutable
 from ..memory import GuestMemory
 from ..stop import StopReason
 
@@ -35,33 +34,32 @@ class AcceleratorUnavailable(Exception):
     """The accelerator cannot run on this host; str() says why and what to do."""
 
 
-def _positive(_instance: object, attribute: attrs.Attribute, value: float | None) -> None:  # type: ignore[type-arg]
-    # A timeout of 0 disarms the timer and a count of 0 is never reached: both would mean "unbounded".
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be positive (or None for no limit), got {value!r}")
-
-
-@attrs.frozen
-class RunLimits:
+class RunLimits(Immutable):
     """Bounds on one run: wall-clock seconds and number of exits (None: unbounded); and after how
     many seconds of machine time a guest that keeps reading one register and getting one answer
-    is said to be stuck (``vmcore.stuck``; None: never)."""
+    is said to be stuck (``vmcore.stuck``; None: never). Each is positive or None."""
 
-    timeout: float | None = attrs.field(default=None, validator=_positive)
-    max_exits: int | None = attrs.field(default=None, validator=_positive)
-    stuck_after: float | None = attrs.field(default=2.0, validator=_positive)
+    timeout: float | None = None
+    max_exits: int | None = None
+    stuck_after: float | None = 2.0
     #: Stop (kind "paused") at the first point after this many exits where every access made
     #: was served and none is under way: the software CPU at the next block start, KVM at the
     #: exit itself. A snapshot is saved there; max_exits stops at once, dropping what follows.
-    pause_after: int | None = attrs.field(default=None, validator=_positive)
+    pause_after: int | None = None
     #: As pause_after, at this machine time (ns) instead: the first such point after it (a guest
     #: in hlt is let wait for its interrupt first, so a restore never cuts a hlt short).
-    pause_at: int | None = attrs.field(default=None, validator=_positive)
+    pause_at: int | None = None
     #: As pause_after, after this many instructions of the guest: exactly there, with a virtual clock
     #: (vmcore.clock.VirtualClock, which counts them); a run on the host's clock refuses it.
-    pause_at_instruction: int | None = attrs.field(default=None, validator=_positive)
+    pause_at_instruction: int | None = None
     #: As pause_after, when the process receives this signal (SIGUSR1, say), on the main thread.
-    pause_on_signal: int | None = attrs.field(default=None, validator=_positive)
+    pause_on_signal: int | None = None
+
+    def __post_init__(self) -> None:
+        # A timeout of 0 disarms the timer and a count of 0 is never reached: both would mean "unbounded".
+        for name, value in zip(self._fields, self._values()):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be positive (or None for no limit), got {value!r}")
 
 
 #: The vCPU for a report: registers, segments, the guest-physical address of the code at

@@ -31,8 +31,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 
-import attrs
-
 from ..bus import Bus, Direction
 from ..clock import Clock
 from ..device import GuestExit
@@ -485,7 +483,7 @@ class RunCore:
         return self.cpu.stop_reason("timeout", f"no stop after {self.limits.timeout:g} s of wall-clock time")
 
     def _counted(self, stop: StopReason) -> StopReason:
-        return attrs.evolve(stop, exits=self.exits[0])
+        return stop.evolve(exits=self.exits[0])
 
     def drain(self) -> None:
         """The run is stopping: the writes the guest queued without exiting (posted, rung) reach their devices."""

@@ -30,8 +30,6 @@ import signal
 import threading
 from typing import Any, Callable
 
-import attrs
-
 from ..bus import Bus, Space
 from ..clock import Clock
 from ..irq import InterruptController
@@ -783,8 +781,8 @@ class KvmAccelerator(Accelerator):
             return self.stop_reason("shutdown", "triple fault: the vCPU shut down")
         if reason == k.KVM_EXIT_FAIL_ENTRY:
             code = run.fail_entry.hardware_entry_failure_reason
-            return attrs.evolve(self.stop_reason("fail-entry", f"KVM could not enter the guest (hardware reason {code:#x})"),
-                                detail={"hardware_entry_failure_reason": hex(code)})
+            stop = self.stop_reason("fail-entry", f"KVM could not enter the guest (hardware reason {code:#x})")
+            return stop.evolve(detail={"hardware_entry_failure_reason": hex(code)})
         if reason == k.KVM_EXIT_INTERNAL_ERROR:
             internal = run.internal
             sub = internal.suberror
@@ -792,7 +790,7 @@ class KvmAccelerator(Accelerator):
             sub_name = k.INTERNAL_ERROR_NAMES.get(sub, str(sub))
             stop = self.stop_reason("internal-error", f"KVM internal error {sub} ({sub_name}); on a software-emulating "
                                     "KVM an unsupported instruction ends this way")
-            return attrs.evolve(stop, detail={"suberror": sub, "data": " ".join(f"{d:#x}" for d in data)})
+            return stop.evolve(detail={"suberror": sub, "data": " ".join(f"{d:#x}" for d in data)})
         if reason == k.KVM_EXIT_SYSTEM_EVENT:
             event = run.system_event
             kind = k.SYSTEM_EVENT_NAMES.get(event.type, str(event.type))

@@ -254,4 +254,4 @@ def _checked(region: Region) -> Region:
                               f"outside 0..{ACCESS_MASKS[size]:#x}", label)
         return value
 
-    return attrs.evolve(region, read=checked_read)
+    return region.evolve(read=checked_read)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-import attrs
-
+from ..immutable import Immutable
 from .errors import ProfileError
 from .layers import apply_override, extend, load_tree
 from .sections import validate_cpu, validate_device, validate_limits, validate_loader
@@ -22,8 +21,7 @@ ACCELS = ("kvm", "tcg", "auto")
 CLOCKS = ("host", "virtual")
 
 
-@attrs.frozen
-class Profile:
+class Profile(Immutable):
     """A machine description: the result of :meth:`Profile.load`."""
 
     name: str
