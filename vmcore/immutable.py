@@ -114,10 +114,6 @@ class Immutable(metaclass=_Fields):
             return NotImplemented
         return self._key() == other._key()  # type: ignore[attr-defined]
 
-    def __ne__(self, other: object) -> bool:
-        equal = self.__eq__(other)
-        return equal if equal is NotImplemented else not equal
-
     def __hash__(self) -> int:
         return hash((self.__class__, self._key()))
 

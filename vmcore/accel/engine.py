@@ -186,10 +186,10 @@ class _MMR(ctypes.Structure):
     _fields_ = [("selector", ctypes.c_uint16), ("base", _U64), ("limit", _U32), ("flags", _U32)]
 
 
-class _MSR(ctypes.Structure):
+class MsrBuffer(ctypes.Structure):
     """uc_x86_msr: an MSR's index and value (UC_X86_REG_MSR)."""
 
-    _fields_ = [("rid", _U32), ("value", _U64)]
+    _fields_ = [("id", _U32), ("value", _U64)]
 
 
 class _Float80(ctypes.Structure):
@@ -270,7 +270,7 @@ class Uc:
         elif register in _FLOATS:
             buffer = _Float80()
         elif register == X.UC_X86_REG_MSR:
-            buffer = _MSR(rid=aux)
+            buffer = MsrBuffer(id=aux)
         elif words:
             buffer = (_U64 * words)()
         else:
@@ -294,7 +294,7 @@ class Uc:
         elif register in _FLOATS:
             buffer = _Float80(*value)
         elif register == X.UC_X86_REG_MSR:
-            buffer = _MSR(*value)
+            buffer = MsrBuffer(*value)
         elif words:
             buffer = (_U64 * words)(*((value >> (64 * i)) & 0xFFFFFFFFFFFFFFFF for i in range(words)))
         else:

@@ -1827,7 +1827,7 @@ class _WideRegisters:
         self._scalar: dict[int, bool] = {}
         self._buffer = ctypes.c_uint64()
         self._ref = ctypes.byref(self._buffer)
-        self._msr = _MsrBuffer()
+        self._msr = uc_mod.MsrBuffer()
         self._msr_ref = ctypes.byref(self._msr)
 
     def _is_scalar(self, register: int) -> bool:
@@ -1917,12 +1917,6 @@ class _WideRegisters:
         field.value = saved
         if status:
             raise uc_mod.UcError(status, X.UC_X86_REG_MSR)
-
-
-class _MsrBuffer(ctypes.Structure):
-    """unicorn's ``uc_x86_msr``: an MSR's index and value, for UC_X86_REG_MSR."""
-
-    _fields_ = [("id", ctypes.c_uint32), ("value", ctypes.c_uint64)]
 
 
 _SEGMENT_REGISTERS = (frozenset(getattr(X, f"UC_X86_REG_{name}") for name in ("CS", "DS", "ES", "SS", "FS", "GS"))
