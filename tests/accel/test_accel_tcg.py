@@ -232,6 +232,46 @@ def test_cpuid_shows_no_local_apic(tmp_path: Path) -> None:
     assert console(result) == b"\0\0\0"
 
 
+HLT_ONLY = TinyGuest("hlt_only", code=bytes([0xF4]))
+
+
+def test_cpuid_is_asked_of_the_run_engine_which_starts_as_new(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the engine supports is asked of the engine the guest runs in, before it is set up
+    # (no second engine made for it), with the answers kept for later engines; either way
+    # the guest starts with the registers its profile gives (here all clear) and page 0 free.
+    from vmcore.accel import RunLimits
+    from vmcore.accel import engine
+    from vmcore.accel import unicorn as unicorn_accel
+    from vmcore.machine import Machine
+    from vmcore.profile import Profile
+
+    made: list[int] = []
+    real_uc = engine.Uc
+
+    def counting_uc(arch: int, mode: int) -> Any:
+        made.append(mode)
+        return real_uc(arch, mode)
+
+    monkeypatch.setattr(engine, "Uc", counting_uc)
+    monkeypatch.setattr(unicorn_accel, "_ENGINE_CPUID", {})
+    profile = profile_for(HLT_ONLY, tmp_path)
+    for run in (1, 2):
+        with Machine.build(Profile.load(profile)) as machine:
+            stop = machine.run("tcg", RunLimits(timeout=20))
+            assert stop.kind == "halted", stop.report()
+            registers = machine.accelerator.snapshot()[0]  # type: ignore[union-attr]
+        assert {name: registers[name] for name in ("rax", "rbx", "rcx", "rdx", "rip")} == {
+            "rax": 0, "rbx": 0, "rcx": 0, "rdx": 0, "rip": 1}
+        assert len(made) == run  # one engine a run
+    answers = unicorn_accel._ENGINE_CPUID[engine.UC_MODE_32]  # real mode runs in a 32-bit engine
+    leaves = dict(answers)
+    assert leaves[(0, 0)][0] >= 7 and (leaves[(0, 0)][1:]) == (0x756E6547, 0x6C65746E, 0x49656E69)  # GenuineIntel
+    assert (0x80000000, 0) in leaves
+    # A new engine asked with nothing kept answers the same.
+    monkeypatch.setattr(unicorn_accel, "_ENGINE_CPUID", {})
+    assert unicorn_accel.engine_cpuid(real_uc(engine.UC_ARCH_X86, engine.UC_MODE_32), engine.UC_MODE_32) == answers
+
+
 # --- a device that raises -------------------------------------------------------------------
 
 

@@ -167,7 +167,9 @@ class UnicornAccelerator(Accelerator):
 
     def setup(self, memory: GuestMemory, state: CpuState) -> None:
         self.memory = memory
-        self.uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, getattr(uc_mod, _MODES[state.mode]))
+        mode = getattr(uc_mod, _MODES[state.mode])
+        self.uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, mode)
+        supported = dict(engine_cpuid(self.uc, mode))  # first: it runs code in the new engine
         self._callbacks = _Callbacks(self.uc)
         self._kicker = _Kicker(self.uc)
         # No exit address: emulation ends at a hlt, a kick, a count or an error. With one (even
@@ -199,9 +201,8 @@ class UnicornAccelerator(Accelerator):
         self._raise_interrupt = None if layout is None else _interrupt_request(cpu)
         self._reset_interrupt = None if layout is None else _interrupt_reset(cpu)
         self._hardirq = _EngineInterrupts.of(self)
-        supported = dict(engine_cpuid(getattr(uc_mod, _MODES[state.mode])))
         if not supported:
-            raise AcceleratorUnavailable("unicorn did not answer CPUID on a scratch engine")
+            raise AcceleratorUnavailable("unicorn's engine did not answer CPUID")
         intercepting = layout is not None and layout.svm is not None and layout.hflags is not None
         if not intercepting:
             log.warning("this unicorn build's SVM intercept controls were not found: the software CPU does "
@@ -1343,50 +1344,67 @@ class _VirtualTime:
 ENGINE_EXTRA = ("smap", "pku")
 
 
-@functools.lru_cache(maxsize=None)
-def engine_cpuid(mode: int) -> tuple[tuple[tuple[int, int], tuple[int, int, int, int]], ...]:
+#: engine_cpuid's answers by engine mode: the same build answers the same in every engine.
+_ENGINE_CPUID: dict[int, tuple[tuple[tuple[int, int], tuple[int, int, int, int]], ...]] = {}
+
+
+def engine_cpuid(uc: Any, mode: int) -> tuple[tuple[tuple[int, int], tuple[int, int, int, int]], ...]:
     """Every CPUID leaf of unicorn's own CPU (QEMU 5.0's TCG, its features filtered to what the
-    TCG runs), asked of a scratch engine: what the software CPU supports (``max``).
+    TCG runs): what the software CPU supports (``max``).
 
-    Empty if the scratch engine cannot answer.
+    Asked of ``uc``, a new engine made in ``mode`` with nothing mapped yet, before anything
+    else is done with it (a second engine made only to ask would cost every run 2-10 ms of
+    the engine's own start-up): a page at 0 holds ``cpuid``, run one instruction at a time,
+    and is unmapped again; the registers the instruction wrote are cleared, as in a new
+    engine. Later engines of the process take the answers kept from the first. Empty if
+    the engine cannot answer.
     """
+    known = _ENGINE_CPUID.get(mode)
+    if known is not None:
+        return known
     table: CpuidTable = {}
+    registers = _registers(_CPUID_REGISTERS)
     try:
-        uc = uc_mod.Uc(uc_mod.UC_ARCH_X86, mode)
         uc.mem_map(0, 0x1000)
-        uc.mem_write(0x100, bytes([0x0F, 0xA2, 0xF4]))  # cpuid; hlt
+        try:
+            uc.mem_write(0x100, bytes([0x0F, 0xA2, 0xF4]))  # cpuid; hlt (never reached: one instruction a run)
 
-        def ask(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
-            uc.reg_write(X.UC_X86_REG_EAX, leaf)
-            uc.reg_write(X.UC_X86_REG_ECX, subleaf)
-            uc.emu_start(0x100, _NO_END, count=2)
-            eax, ebx, ecx, edx = (uc.reg_read(r) & 0xFFFFFFFF for r in _registers(_CPUID_REGISTERS))
-            values = (eax, ebx, ecx, edx)
-            table[(leaf, subleaf)] = values
-            return values
+            def ask(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+                uc.reg_write(X.UC_X86_REG_EAX, leaf)
+                uc.reg_write(X.UC_X86_REG_ECX, subleaf)
+                uc.emu_start(0x100, _NO_END, count=1)
+                eax, ebx, ecx, edx = (uc.reg_read(r) & 0xFFFFFFFF for r in registers)
+                values = (eax, ebx, ecx, edx)
+                table[(leaf, subleaf)] = values
+                return values
 
-        level = ask(0)[0]
-        for leaf in range(1, min(level, 0x20) + 1):
-            first = ask(leaf)
-            if leaf == 4:
-                for subleaf in range(1, 8):
-                    if not ask(leaf, subleaf)[0] & 0x1F:
-                        break
-            elif leaf == 7:
-                for subleaf in range(1, min(first[0], 4) + 1):
-                    ask(leaf, subleaf)
-            elif leaf == 0xB:
-                ask(leaf, 1)
-            elif leaf == 0xD:
-                for subleaf in range(1, 32):
-                    if subleaf == 1 or (first[0] | first[3]) >> subleaf & 1:
+            level = ask(0)[0]
+            for leaf in range(1, min(level, 0x20) + 1):
+                first = ask(leaf)
+                if leaf == 4:
+                    for subleaf in range(1, 8):
+                        if not ask(leaf, subleaf)[0] & 0x1F:
+                            break
+                elif leaf == 7:
+                    for subleaf in range(1, min(first[0], 4) + 1):
                         ask(leaf, subleaf)
-        xlevel = ask(0x80000000)[0]
-        for leaf in range(0x80000001, min(xlevel, 0x80000020) + 1):
-            ask(leaf)
-    except Exception:  # noqa: BLE001 - a best effort; the run must not fail for it
+                elif leaf == 0xB:
+                    ask(leaf, 1)
+                elif leaf == 0xD:
+                    for subleaf in range(1, 32):
+                        if subleaf == 1 or (first[0] | first[3]) >> subleaf & 1:
+                            ask(leaf, subleaf)
+            xlevel = ask(0x80000000)[0]
+            for leaf in range(0x80000001, min(xlevel, 0x80000020) + 1):
+                ask(leaf)
+        finally:
+            uc.mem_unmap(0, 0x1000)
+            for register in (*registers, X.UC_X86_REG_EIP):
+                uc.reg_write(register, 0)
+    except Exception:  # noqa: BLE001 - a best effort; the caller says what is missing
         return ()
-    return tuple(table.items())
+    answers = _ENGINE_CPUID[mode] = tuple(table.items())
+    return answers
 
 
 def _mmio_windows(slots: list[MemorySlot]) -> set[tuple[int, int]]:
