@@ -110,6 +110,33 @@ DIFF_STATUS = ("exit status: 0 when the runs are identical and ended cleanly (hl
 COMMANDS = ("run", "diff", "check", "replay", "export-test", "devices", "info", "fuzz")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help layout, the terminal's width found without importing shutil.
+
+    argparse makes a formatter at every ``add_argument`` (to check the argument's metavar),
+    and its own asks ``shutil.get_terminal_size``: importing shutil (and the compression
+    modules it imports) cost every start-up 3-4 ms, for help a run never prints.
+    """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, _terminal_columns() - 2 if width is None else width)
+
+
+def _terminal_columns() -> int:
+    """The columns shutil.get_terminal_size gives: $COLUMNS, else stdout's terminal's, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 def _parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; ``only``: the command to be parsed, the only one added: argparse takes
     some 60 us an argument and 0.5 ms a command, and the commands not being run cost 5 ms of
@@ -119,16 +146,19 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     def wanted(command: str) -> bool:
         return only not in COMMANDS or only == command
 
-    parser = argparse.ArgumentParser(prog="vmcore", description="A Python VMM for device models.")
+    parser = argparse.ArgumentParser(prog="vmcore", description="A Python VMM for device models.",
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
-    # -v after the command too; SUPPRESS, so a command without it keeps what came before it.
-    verbose = argparse.ArgumentParser(add_help=False)
-    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
-    sub = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_command(name: str, **options: Any) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, formatter_class=_HelpFormatter, **options)
+        # -v after the command too; SUPPRESS, so a command without it keeps what came before it.
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        return command
 
     if wanted("run"):
-        run = sub.add_parser("run", help="boot a machine profile", parents=[verbose],
-                             epilog="with --accel both: " + DIFF_STATUS)
+        run = add_command("run", help="boot a machine profile", epilog="with --accel both: " + DIFF_STATUS)
         run.add_argument("profile", nargs="?", default="hello", help="a profile path or bundled name (default: hello)")
         run.add_argument("--accel", choices=("kvm", "tcg", "auto", "both"),
                          help="CPU accelerator (default: the profile's); 'both' runs a differential comparison")
@@ -173,8 +203,8 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
                               "--set 'devices.com1.backend=\"null\"' gives the string null")
 
     if wanted("diff"):
-        diff = sub.add_parser("diff", help="run a profile on KVM and on the software CPU and compare their transactions",
-                              parents=[verbose], epilog=DIFF_STATUS)
+        diff = add_command("diff", help="run a profile on KVM and on the software CPU and compare their transactions",
+                           epilog=DIFF_STATUS)
         diff.add_argument("profile", nargs="?", default="hello", help="a profile path or bundled name (default: hello)")
         diff.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="limit for each run")
         diff.add_argument("--max-exits", type=_positive_count, metavar="N", help="limit for each run")
@@ -182,8 +212,7 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
         diff.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
 
     if wanted("check"):
-        check = sub.add_parser("check", help="validate a profile and build its machine without running it",
-                               parents=[verbose])
+        check = add_command("check", help="validate a profile and build its machine without running it")
         check.add_argument("profile", help="a profile path or bundled name")
         check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
         check.add_argument("--snapshot-selftest", action="store_true",
@@ -192,16 +221,16 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
         check.add_argument("--seeds", type=int, default=4, metavar="N", help="runs per device for --snapshot-selftest")
 
     if wanted("replay"):
-        replay = sub.add_parser("replay", help="run a recording (vmcore run --record) again and compare it event by event",
-                                parents=[verbose], epilog="exit status: the run's own when it went as recorded; "
-                                f"{REPLAY_DIVERGED} when it diverged (the first difference on stderr); 2 for a recording "
-                                "that cannot be replayed")
+        replay = add_command("replay", help="run a recording (vmcore run --record) again and compare it event by event",
+                             epilog="exit status: the run's own when it went as recorded; "
+                             f"{REPLAY_DIVERGED} when it diverged (the first difference on stderr); 2 for a recording "
+                             "that cannot be replayed")
         replay.add_argument("recording", help="a file written by vmcore run --record")
         replay.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="stop after this much wall-clock time")
 
     if wanted("export-test"):
-        export = sub.add_parser("export-test", help="write a recorded device's transactions as a pytest test on the fake bus",
-                                parents=[verbose])
+        export = add_command("export-test",
+                             help="write a recorded device's transactions as a pytest test on the fake bus")
         export.add_argument("recording", help="a file written by vmcore run --record")
         export.add_argument("--device", required=True, metavar="NAME", help="the device (its name in the profile)")
         export.add_argument("--out", metavar="FILE", help="the test module to write (default: test_NAME_recorded.py)")
@@ -209,14 +238,13 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
                             help="replay at most its first N transactions (default 20000)")
 
     if wanted("devices"):
-        devices = sub.add_parser("devices", help="list device types with their properties", parents=[verbose])
+        devices = add_command("devices", help="list device types with their properties")
         devices.add_argument("type", nargs="?", help="show only this device type")
     if wanted("info"):
-        sub.add_parser("info", help="show the host's KVM capabilities", parents=[verbose])
+        add_command("info", help="show the host's KVM capabilities")
 
     if wanted("fuzz"):
-        fuzz = sub.add_parser("fuzz", help="drive a device type with a hostile guest and report what broke",
-                              parents=[verbose])
+        fuzz = add_command("fuzz", help="drive a device type with a hostile guest and report what broke")
         fuzz.add_argument("device", nargs="?", help="a device type name (see 'vmcore devices')")
         fuzz.add_argument("--all", action="store_true", help="every installed device type")
         fuzz.add_argument("--runs", type=_positive_count, default=200, metavar="N", help="runs, each on a fresh device "

@@ -32,8 +32,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterator, Literal, Protocol, Sequence
 
-import attrs
-
 from .bus import Bus, BusError, Direction, Region, Space, Transaction
 from .immutable import Immutable
 
@@ -314,12 +312,16 @@ class PciFunction(Protocol):
     def bar_region(self, bar_index: int, base: int) -> Region | Sequence[Region]: ...
 
 
-@attrs.define
 class _Slot:
-    function: Any
-    name: str
-    #: bar index -> (base, [(bus, region claimed)])
-    mapped: dict[int, tuple[int, list[tuple[Bus, Region]]]] = attrs.Factory(dict)
+    """A function attached to the bus, under its device's name, and where its BARs are mapped."""
+
+    __slots__ = ("function", "name", "mapped")
+
+    def __init__(self, function: Any, name: str) -> None:
+        self.function = function
+        self.name = name
+        #: bar index -> (base, [(bus, region claimed)])
+        self.mapped: dict[int, tuple[int, list[tuple[Bus, Region]]]] = {}
 
 
 class PciBus:
