@@ -236,7 +236,8 @@ HLT_ONLY = TinyGuest("hlt_only", code=bytes([0xF4]))
 
 
 def test_cpuid_is_asked_of_the_run_engine_which_starts_as_new(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # What the engine supports is asked of the engine the guest runs in, before it is set up
+    # What the engine supports is asked of the engine the guest runs in (one run of a loop of
+    # cpuid), before it is set up
     # (no second engine made for it), with the answers kept for later engines; either way
     # the guest starts with the registers its profile gives (here all clear) and page 0 free.
     from vmcore.accel import RunLimits
@@ -260,8 +261,8 @@ def test_cpuid_is_asked_of_the_run_engine_which_starts_as_new(tmp_path: Path, mo
             stop = machine.run("tcg", RunLimits(timeout=20))
             assert stop.kind == "halted", stop.report()
             registers = machine.accelerator.snapshot()[0]  # type: ignore[union-attr]
-        assert {name: registers[name] for name in ("rax", "rbx", "rcx", "rdx", "rip")} == {
-            "rax": 0, "rbx": 0, "rcx": 0, "rdx": 0, "rip": 1}
+        assert {name: registers[name] for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rip", "rflags")} == {
+            "rax": 0, "rbx": 0, "rcx": 0, "rdx": 0, "rsi": 0, "rdi": 0, "rbp": 0, "rip": 1, "rflags": 2}
         assert len(made) == run  # one engine a run
     answers = unicorn_accel._ENGINE_CPUID[engine.UC_MODE_32]  # real mode runs in a 32-bit engine
     leaves = dict(answers)

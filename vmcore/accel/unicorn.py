@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import struct
 import sys
 import threading
 import time
@@ -1352,59 +1353,89 @@ def engine_cpuid(uc: Any, mode: int) -> tuple[tuple[tuple[int, int], tuple[int, 
     """Every CPUID leaf of unicorn's own CPU (QEMU 5.0's TCG, its features filtered to what the
     TCG runs): what the software CPU supports (``max``).
 
-    Asked of ``uc``, a new engine made in ``mode`` with nothing mapped yet, before anything
-    else is done with it (a second engine made only to ask would cost every run 2-10 ms of
-    the engine's own start-up): a page at 0 holds ``cpuid``, run one instruction at a time,
-    and is unmapped again; the registers the instruction wrote are cleared, as in a new
-    engine. Later engines of the process take the answers kept from the first. Empty if
-    the engine cannot answer.
+    Asked of ``uc``, a new engine made in ``mode`` (32- or 64-bit) with nothing mapped yet,
+    before anything else is done with it (a second engine made only to ask would cost every
+    run 2-10 ms of the engine's own start-up): a page at 0 holds a loop that runs ``cpuid``
+    for each of _CPUID_QUERIES and stores the answers, in one run of the engine, and is
+    unmapped again; the registers the loop changed are put back as they were. Later engines
+    of the process take the answers kept from the first. Empty if the engine cannot answer.
     """
     known = _ENGINE_CPUID.get(mode)
     if known is not None:
         return known
-    table: CpuidTable = {}
-    registers = _registers(_CPUID_REGISTERS)
+    saved = {register: uc.reg_read(register) for register in _CPUID_LOOP_REGISTERS}
     try:
         uc.mem_map(0, 0x1000)
         try:
-            uc.mem_write(0x100, bytes([0x0F, 0xA2, 0xF4]))  # cpuid; hlt (never reached: one instruction a run)
-
-            def ask(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
-                uc.reg_write(X.UC_X86_REG_EAX, leaf)
-                uc.reg_write(X.UC_X86_REG_ECX, subleaf)
-                uc.emu_start(0x100, _NO_END, count=1)
-                eax, ebx, ecx, edx = (uc.reg_read(r) & 0xFFFFFFFF for r in registers)
-                values = (eax, ebx, ecx, edx)
-                table[(leaf, subleaf)] = values
-                return values
-
-            level = ask(0)[0]
-            for leaf in range(1, min(level, 0x20) + 1):
-                first = ask(leaf)
-                if leaf == 4:
-                    for subleaf in range(1, 8):
-                        if not ask(leaf, subleaf)[0] & 0x1F:
-                            break
-                elif leaf == 7:
-                    for subleaf in range(1, min(first[0], 4) + 1):
-                        ask(leaf, subleaf)
-                elif leaf == 0xB:
-                    ask(leaf, 1)
-                elif leaf == 0xD:
-                    for subleaf in range(1, 32):
-                        if subleaf == 1 or (first[0] | first[3]) >> subleaf & 1:
-                            ask(leaf, subleaf)
-            xlevel = ask(0x80000000)[0]
-            for leaf in range(0x80000001, min(xlevel, 0x80000020) + 1):
-                ask(leaf)
+            uc.mem_write(_CPUID_LOOP, _CPUID_LOOP_CODE)
+            uc.mem_write(_CPUID_IN, b"".join(struct.pack("<II", leaf, subleaf) for leaf, subleaf in _CPUID_QUERIES))
+            uc.reg_write(X.UC_X86_REG_ESI, _CPUID_IN)
+            uc.reg_write(X.UC_X86_REG_EDI, _CPUID_OUT)
+            uc.reg_write(X.UC_X86_REG_EBP, len(_CPUID_QUERIES))
+            uc.emu_start(_CPUID_LOOP, _CPUID_LOOP + len(_CPUID_LOOP_CODE))
+            out = bytes(uc.mem_read(_CPUID_OUT, 16 * len(_CPUID_QUERIES)))
         finally:
             uc.mem_unmap(0, 0x1000)
-            for register in (*registers, X.UC_X86_REG_EIP):
-                uc.reg_write(register, 0)
+            for register, value in saved.items():
+                uc.reg_write(register, value)
     except Exception:  # noqa: BLE001 - a best effort; the caller says what is missing
         return ()
-    answers = _ENGINE_CPUID[mode] = tuple(table.items())
+    asked = dict(zip(_CPUID_QUERIES, struct.iter_unpack("<IIII", out)))
+    answers = _ENGINE_CPUID[mode] = tuple(_cpuid_leaves(asked).items())
     return answers
+
+
+#: Page 0 while engine_cpuid asks: the loop, the (leaf, subleaf) pairs, the answers.
+_CPUID_LOOP, _CPUID_IN, _CPUID_OUT = 0x100, 0x200, 0x600
+#: The same bytes in 32- and 64-bit mode: for EBP pairs at ESI, cpuid, answers to EDI.
+_CPUID_LOOP_CODE = bytes([
+    0x8B, 0x06,              # mov eax, [esi]
+    0x8B, 0x4E, 0x04,        # mov ecx, [esi + 4]
+    0x0F, 0xA2,              # cpuid
+    0x89, 0x07,              # mov [edi], eax
+    0x89, 0x5F, 0x04,        # mov [edi + 4], ebx
+    0x89, 0x4F, 0x08,        # mov [edi + 8], ecx
+    0x89, 0x57, 0x0C,        # mov [edi + 12], edx
+    0x83, 0xC6, 0x08,        # add esi, 8
+    0x83, 0xC7, 0x10,        # add edi, 16
+    0x83, 0xED, 0x01,        # sub ebp, 1
+    0x75, 0x100 - 29,        # jnz back to the first mov (the run ends after it)
+])
+#: Every leaf and subleaf the answers can hold (engine_cpuid keeps the ones its CPU has).
+_CPUID_QUERIES: tuple[tuple[int, int], ...] = (
+    *((leaf, 0) for leaf in range(0x21)), *((4, subleaf) for subleaf in range(1, 8)),
+    *((7, subleaf) for subleaf in range(1, 5)), (0xB, 1), *((0xD, subleaf) for subleaf in range(1, 32)),
+    *((leaf, 0) for leaf in range(0x80000000, 0x80000021)))
+_CPUID_LOOP_REGISTERS = tuple(getattr(X, f"UC_X86_REG_{name}") for name in (
+    "EAX", "EBX", "ECX", "EDX", "ESI", "EDI", "EBP", "EIP", "EFLAGS"))
+
+
+def _cpuid_leaves(asked: dict[tuple[int, int], tuple[int, int, int, int]]) -> CpuidTable:
+    """The leaves and subleaves the CPU that gave ``asked`` has: its basic leaves up to its highest
+    (0x20 at most), leaf 4's subleaves to the first of type 0, leaf 7's as its EAX counts, leaf
+    0xB's second, leaf 0xD's 1 and each its feature masks name, its extended leaves up to its
+    highest (0x80000020 at most)."""
+    table: CpuidTable = {(0, 0): asked[(0, 0)]}
+    for leaf in range(1, min(asked[(0, 0)][0], 0x20) + 1):
+        first = table[(leaf, 0)] = asked[(leaf, 0)]
+        if leaf == 4:
+            for subleaf in range(1, 8):
+                table[(4, subleaf)] = asked[(4, subleaf)]
+                if not asked[(4, subleaf)][0] & 0x1F:
+                    break
+        elif leaf == 7:
+            for subleaf in range(1, min(first[0], 4) + 1):
+                table[(7, subleaf)] = asked[(7, subleaf)]
+        elif leaf == 0xB:
+            table[(0xB, 1)] = asked[(0xB, 1)]
+        elif leaf == 0xD:
+            for subleaf in range(1, 32):
+                if subleaf == 1 or (first[0] | first[3]) >> subleaf & 1:
+                    table[(0xD, subleaf)] = asked[(0xD, subleaf)]
+    table[(0x80000000, 0)] = asked[(0x80000000, 0)]
+    for leaf in range(0x80000001, min(asked[(0x80000000, 0)][0], 0x80000020) + 1):
+        table[(leaf, 0)] = asked[(leaf, 0)]
+    return table
 
 
 def _mmio_windows(slots: list[MemorySlot]) -> set[tuple[int, int]]:
