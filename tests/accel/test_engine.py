@@ -196,6 +196,47 @@ def test_build_engine_says_which_engine_is_installed() -> None:
 
 
 @needs_engine_build
+def _build_engine_script() -> Any:
+    """scripts/build-engine as a module (it has no .py suffix)."""
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.SourceFileLoader("vmcore_build_engine", str(BUILD_ENGINE))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("data_filter", [True, False], ids=["tarfile-data-filter", "python-3.11.2"])
+def test_build_engine_unpacks_plain_files_and_refuses_names_outside_its_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_filter: bool) -> None:
+    # Debian 12's python3 (3.11.2) has no tarfile "data" filter: the script checks the names itself.
+    import io
+    import tarfile
+
+    script = _build_engine_script()
+    if not data_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+
+    def archive(*names: str) -> tarfile.TarFile:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as out:
+            for name in names:
+                info = tarfile.TarInfo(name)
+                info.size = 2
+                out.addfile(info, io.BytesIO(b"ok"))
+        buffer.seek(0)
+        return tarfile.open(fileobj=buffer)
+
+    script.extract(archive("unicorn-2.1.4/src/a.c", "unicorn-2.1.4/README"), tmp_path / "out")
+    assert (tmp_path / "out" / "unicorn-2.1.4" / "src" / "a.c").read_bytes() == b"ok"
+    with pytest.raises((SystemExit, tarfile.TarError)):
+        script.extract(archive("../escaped.c"), tmp_path / "out")
+    assert not (tmp_path / "escaped.c").exists()
+
+
 def test_the_engine_names_its_build() -> None:
     function = uclib.vmcore_engine
     function.restype = ctypes.c_char_p
