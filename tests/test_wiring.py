@@ -9,6 +9,7 @@ from vmcore.clock import ManualClock
 from vmcore.dma import DmaSpace
 from vmcore.irq import IrqLine
 from vmcore.memory import GuestMemory
+from tests.helpers import REPO
 from vmcore.wiring import IrqLines, build_device, claim_regions, controller_of
 
 
@@ -85,3 +86,37 @@ def test_the_controller_is_the_device_that_takes_lines() -> None:
     pic = Pic()
     assert controller_of([object(), pic]) is pic
     assert controller_of([object()]) is None
+
+
+def test_implements_answers_as_isinstance_for_each_interrupt_protocol() -> None:
+    # vmcore.irq.implements replaces typing's per-call isinstance for the runtime-checkable
+    # protocols: the same answer for every device of every bundled machine, and for objects
+    # with some, all or none of a protocol's members.
+    import glob
+    import types
+
+    from vmcore import irq
+    from vmcore.machine import Machine
+    from vmcore.profile import Profile, ProfileError
+
+    protocols = (irq.InterruptController, irq.LocalInterruptController, irq.ModelSpecificRegisters,
+                 irq.IoInterruptController)
+    candidates: list[object] = [None, object(), types.SimpleNamespace(set_irq=print),
+                                types.SimpleNamespace(set_irq=print, connect_local=print),
+                                types.SimpleNamespace(msr_indices=tuple, read_msr=print, write_msr=print),
+                                types.SimpleNamespace(acknowledge=int, pending=bool, set_irq=print, intr_changed=None)]
+    built = 0
+    for path in sorted(glob.glob(str(REPO / "machines" / "*.yaml"))):
+        try:
+            machine = Machine.build(Profile.load(path))
+        except (ProfileError, OSError):  # a profile whose images this host lacks
+            continue
+        with machine:
+            candidates.extend(machine.devices.values())
+            built += 1
+    assert built >= 10
+    for candidate in candidates:
+        for protocol in protocols:
+            assert irq.implements(candidate, protocol) == isinstance(candidate, protocol), (candidate, protocol)
+    assert any(irq.implements(c, irq.IoInterruptController) for c in candidates)
+    assert any(irq.implements(c, irq.LocalInterruptController) for c in candidates)

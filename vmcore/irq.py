@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from .immutable import Immutable
@@ -145,3 +146,19 @@ class IoInterruptController(Protocol):
 
     def connect_local(self, apic: Any) -> None:
         """Send interrupts to ``apic`` (a local APIC model); connecting one twice changes nothing."""
+
+
+def implements(obj: Any, protocol: type) -> bool:
+    """``isinstance(obj, protocol)`` for the runtime-checkable protocols here: whether ``obj`` has
+    every member the protocol names. typing's own check walks the protocol's classes again at
+    every call (about 20 us on Python 3.11); a machine makes some 90 of them as it is built and
+    starts running."""
+    return all(hasattr(obj, name) for name in _members(protocol))
+
+
+@functools.cache
+def _members(protocol: type) -> tuple[str, ...]:
+    """The names ``protocol`` declares: its methods and annotated attributes."""
+    names = set(vars(protocol).get("__annotations__", {}))
+    names.update(name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_"))
+    return tuple(sorted(names))

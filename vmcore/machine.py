@@ -25,7 +25,7 @@ from .cpu import CpuSetupError, CpuState, start_state, tables_size
 from .cpu_model import CpuModelError
 from .device import PropertyError, resolve_paths
 from .faults import DeviceFault, GuestExit, GuestReset, obey
-from .irq import InterruptController, IoInterruptController, IrqEvent, LocalInterruptController
+from .irq import InterruptController, IoInterruptController, IrqEvent, LocalInterruptController, implements
 from .memory import GuestMemory, GuestMemoryError
 from .tsc import TimeStampCounter
 from .pci import PciBus
@@ -365,7 +365,7 @@ class Machine:
         )
         # The CPU's INTR: a local APIC device (the IRQ-line controller on its LINT0), or that controller.
         cpu = None if self.profile.irqchip in ("none", "kernel") else cpu_interrupts(self.devices.values(), controller)
-        state = self.state.evolve(local_apic=isinstance(cpu, LocalInterruptController), model=self.profile.cpu.model)
+        state = self.state.evolve(local_apic=implements(cpu, LocalInterruptController), model=self.profile.cpu.model)
         try:
             self.accelerator.setup(self.memory, state)
             if self._restored is not None:
@@ -436,7 +436,7 @@ class Machine:
         interrupt deliveries traced as before."""
         devices = list(self.devices.values())
         for device in devices:  # the links the old one had: an I/O APIC's locals, a local APIC's EOI listeners
-            if isinstance(device, IoInterruptController) and old in getattr(device, "locals", ()):
+            if implements(device, IoInterruptController) and old in getattr(device, "locals", ()):
                 device.locals.remove(old)
             listeners = getattr(device, "eoi_listeners", None)
             if listeners is not None:

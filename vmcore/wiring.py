@@ -18,7 +18,7 @@ from .bus import Bus, BusError, Region, Space
 from .clock import Clock
 from .device import DeviceContext
 from .dma import DmaSpace
-from .irq import InterruptController, IoInterruptController, IrqLine, LocalInterruptController
+from .irq import InterruptController, IoInterruptController, IrqLine, LocalInterruptController, implements
 from .memory import GuestMemory
 from .pci import PciBus
 from .tsc import TimeStampCounter
@@ -105,7 +105,7 @@ def claim_regions(regions: Sequence[Region], owner: str, pio: Bus, mmio: Bus) ->
 def controller_of(devices: Iterable[Any]) -> InterruptController | None:
     """The first device that is an interrupt controller (takes IRQ lines, raises INTR), or None."""
     for device in devices:
-        if isinstance(device, InterruptController):
+        if implements(device, InterruptController):
             return device
     return None
 
@@ -116,11 +116,11 @@ def cpu_interrupts(devices: Iterable[Any], lines: InterruptController | None
     that takes the IRQ lines) wired to it; without one, ``lines`` itself."""
     devices = list(devices)
     for device in devices:
-        if isinstance(device, LocalInterruptController):
+        if implements(device, LocalInterruptController):
             if lines is not None:
                 device.connect_external(lines)
             for ioapic in devices:
-                if isinstance(ioapic, IoInterruptController):
+                if implements(ioapic, IoInterruptController):
                     ioapic.connect_local(device)  # idempotent
             return device
     return lines
@@ -136,7 +136,7 @@ def ioapic_pin(line: int) -> int | None:
 
 def irq_route(devices: Iterable[Any], lines: InterruptController | None) -> Callable[[int, bool], None] | None:
     """Where IRQ line changes go, as on a PC: to ``lines`` (the 8259 pair) and to every I/O APIC."""
-    ioapics = [device for device in devices if isinstance(device, IoInterruptController)]
+    ioapics = [device for device in devices if implements(device, IoInterruptController)]
     if not ioapics:
         return lines.set_irq if lines is not None else None
 

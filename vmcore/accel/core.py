@@ -35,7 +35,7 @@ from ..bus import Bus, Direction
 from ..clock import Clock
 from ..device import GuestExit
 from ..faults import DeviceFault, GuestReset
-from ..irq import InterruptController, ModelSpecificRegisters
+from ..irq import InterruptController, ModelSpecificRegisters, implements
 from ..stop import StopReason
 from ..stuck import CHECK_EVERY, PollWatch, describe
 from .wakeup import Waker
@@ -196,7 +196,7 @@ class RunCore:
         #: interrupt controller's (a local APIC's IA32_APIC_BASE). Each accelerator that can trap
         #: rdmsr/wrmsr sends those here.
         self.msrs: dict[int, ModelSpecificRegisters] = {}
-        if isinstance(controller, ModelSpecificRegisters):
+        if implements(controller, ModelSpecificRegisters):
             self.msrs = {index: controller for index in controller.msr_indices()}
 
     # --- model-specific registers devices answer -----------------------------------------------
@@ -637,7 +637,7 @@ class RunCore:
             self._unwatch(old)
         for index in [index for index, device in self.msrs.items() if device is old]:
             del self.msrs[index]  # in place: the accelerators hold this dict
-        if isinstance(controller, ModelSpecificRegisters):
+        if implements(controller, ModelSpecificRegisters):
             self.msrs.update({index: controller for index in controller.msr_indices()})
         self.controller = controller
         if watching:
