@@ -11,7 +11,13 @@ Names are imported on first use (PEP 562), so a device module that needs only
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+# typing.TYPE_CHECKING without importing typing: importing the package stays this module alone,
+# so `python -m vmcore` pauses the garbage collector (vmcore.__main__) before typing is loaded
+# too, as it does for the rest of vmcore's start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.1.0"
 
