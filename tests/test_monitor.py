@@ -105,9 +105,12 @@ def test_pause_inspect_change_and_quit_a_running_guest(accel: str, tmp_path: Pat
     assert not path.exists()  # the socket is removed at the run's end
 
 
-# A loop of three instructions, for single steps: inc bx (0), inc cx (1), jmp 0 (2).
-STEP_LOOP = TinyGuest("step_loop", bytes([0x43, 0x41, 0xEB, 0xFC]))
-_NEXT = {0: 1, 1: 2, 2: 0}
+# A loop of three instructions: inc bx (0), inc cx (1), jmp 0 (2); 16-bit counters.
+COUNT_LOOP = TinyGuest("count_loop", bytes([0x43, 0x41, 0xEB, 0xFC]))
+# For single steps: inc ebx (0), inc cx (2), jmp 0 (3). EBX counts in 32 bits: resumed for
+# 0.1 s the loop runs millions of times, which a 16-bit BX would wrap.
+STEP_LOOP = TinyGuest("step_loop", bytes([0x66, 0x43, 0x41, 0xEB, 0xFB]))
+_NEXT = {0: 2, 2: 3, 3: 0}
 
 
 def test_step_runs_one_instruction_of_a_paused_guest(accel: str, tmp_path: Path) -> None:
@@ -128,7 +131,7 @@ def test_step_runs_one_instruction_of_a_paused_guest(accel: str, tmp_path: Path)
             assert after["rip"] == _NEXT[before["rip"]], (before, after)  # type: ignore[index]
             # Each instruction did what it does, once: bx counts the steps from 0, cx those from 1.
             assert after["rbx"] - before["rbx"] == (before["rip"] == 0)  # type: ignore[index,operator]
-            assert after["rcx"] - before["rcx"] == (before["rip"] == 1)  # type: ignore[index,operator]
+            assert after["rcx"] - before["rcx"] == (before["rip"] == 2)  # type: ignore[index,operator]
         assert monitor("status")["running"] is False  # type: ignore[index]  # paused again after each
         monitor("resume")
         time.sleep(0.1)
@@ -142,7 +145,7 @@ def test_step_runs_one_instruction_of_a_paused_guest(accel: str, tmp_path: Path)
 def test_a_snapshot_from_the_monitor_goes_on_where_it_was_taken(accel: str, tmp_path: Path) -> None:
     """The step loop (inc bx; inc cx; jmp) keeps bx - cx at 0 or 1: saved from the paused monitor
     with counts set high and restored in a new process, it goes on from those counts."""
-    profile, snap = profile_for(STEP_LOOP, tmp_path), tmp_path / "loop.snap"
+    profile, snap = profile_for(COUNT_LOOP, tmp_path), tmp_path / "loop.snap"
     with _monitored(profile, accel, tmp_path / "a.sock") as (run, monitor):
         assert "pause the machine first" in monitor.raw(b'{"execute": "snapshot", "arguments": {"path": "x"}}')["error"]
         monitor("pause")
