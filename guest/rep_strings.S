@@ -41,6 +41,27 @@
 99:
 .endm
 
+# overlap: rep \insn of \count elements (\size bytes, \reg holds one) from A + \from to
+# A + \to, the same element by element from B + \from to B + \to; then report \letter.
+.macro overlap letter, from, to, count, insn, reg, size
+        call    fill
+        mov     $A+\from, %esi
+        mov     $A+\to, %edi
+        mov     $\count, %ecx
+        rep \insn
+        mov     $B+\from, %esi
+        mov     $B+\to, %edi
+        mov     $\count, %ecx
+98:     mov     (%esi), \reg
+        mov     \reg, (%edi)
+        add     $\size, %esi
+        add     $\size, %edi
+        loop    98b
+        xor     %ebp, %ebp
+        mov     $\letter, %al
+        call    report
+.endm
+
 _start:
         cld
         # The pattern: byte i = i * 7 + 3.
@@ -70,55 +91,10 @@ _start:
         mov     $'a', %al
         call    report
 
-        # b: rep movsb from A + 0x100 to A + 0x101, 0x2000 bytes (a run of one byte).
-        call    fill
-        mov     $A + 0x100, %esi
-        mov     $A + 0x101, %edi
-        mov     $0x2000, %ecx
-        rep movsb
-        mov     $B + 0x100, %esi
-        mov     $B + 0x101, %edi
-        mov     $0x2000, %ecx
-        call    copy_bytes
-        xor     %ebp, %ebp
-        mov     $'b', %al
-        call    report
-
-        # c: rep movsl from A + 0x10 to A + 0x16, 0x900 dwords.
-        call    fill
-        mov     $A + 0x10, %esi
-        mov     $A + 0x16, %edi
-        mov     $0x900, %ecx
-        rep movsl
-        mov     $B + 0x10, %esi
-        mov     $B + 0x16, %edi
-        mov     $0x900, %ecx
-2:      mov     (%esi), %eax
-        mov     %eax, (%edi)
-        add     $4, %esi
-        add     $4, %edi
-        loop    2b
-        xor     %ebp, %ebp
-        mov     $'c', %al
-        call    report
-
-        # d: rep movsw from A + 0x3 to A + 0x4, 0x1800 words.
-        call    fill
-        mov     $A + 0x3, %esi
-        mov     $A + 0x4, %edi
-        mov     $0x1800, %ecx
-        rep movsw
-        mov     $B + 0x3, %esi
-        mov     $B + 0x4, %edi
-        mov     $0x1800, %ecx
-3:      mov     (%esi), %ax
-        mov     %ax, (%edi)
-        add     $2, %esi
-        add     $2, %edi
-        loop    3b
-        xor     %ebp, %ebp
-        mov     $'d', %al
-        call    report
+        # b, c, d: copies onto themselves, the destination ahead of the source.
+        overlap 'b', 0x100, 0x101, 0x2000, movsb, %al, 1       # a run of one byte
+        overlap 'c', 0x10, 0x16, 0x900, movsl, %eax, 4         # dwords over the ones before
+        overlap 'd', 0x3, 0x4, 0x1800, movsw, %ax, 2           # each word over itself
 
         # e: rep stosl at A + 0x7ff3 (0x1234 dwords), stosw at A + 0x1001 (0x901 words),
         # stosb at A + 0xc005 (0x2001 bytes).
