@@ -1197,7 +1197,6 @@ def _no_mmio_write(_cpu: Any, _offset: int, _size: int, _value: int, _base: int 
     pass
 
 
-_CPUID_REGISTERS = ("EAX", "EBX", "ECX", "EDX")
 _CPUID_REGISTERS_64 = ("RAX", "RBX", "RCX", "RDX")  # CPUID zero-extends into these in long mode
 
 
@@ -1363,7 +1362,7 @@ def engine_cpuid(uc: Any, mode: int) -> tuple[tuple[tuple[int, int], tuple[int, 
     known = _ENGINE_CPUID.get(mode)
     if known is not None:
         return known
-    saved = {register: uc.reg_read(register) for register in _CPUID_LOOP_REGISTERS}
+    saved = {register: uc.reg_read(register) for register in _registers(_CPUID_LOOP_REGISTERS)}
     try:
         uc.mem_map(0, 0x1000)
         try:
@@ -1406,8 +1405,8 @@ _CPUID_QUERIES: tuple[tuple[int, int], ...] = (
     *((leaf, 0) for leaf in range(0x21)), *((4, subleaf) for subleaf in range(1, 8)),
     *((7, subleaf) for subleaf in range(1, 5)), (0xB, 1), *((0xD, subleaf) for subleaf in range(1, 32)),
     *((leaf, 0) for leaf in range(0x80000000, 0x80000021)))
-_CPUID_LOOP_REGISTERS = tuple(getattr(X, f"UC_X86_REG_{name}") for name in (
-    "EAX", "EBX", "ECX", "EDX", "ESI", "EDI", "EBP", "EIP", "EFLAGS"))
+#: The registers the loop changes (engine_cpuid puts them back).
+_CPUID_LOOP_REGISTERS = ("EAX", "EBX", "ECX", "EDX", "ESI", "EDI", "EBP", "EIP", "EFLAGS")
 
 
 def _cpuid_leaves(asked: dict[tuple[int, int], tuple[int, int, int, int]]) -> CpuidTable:
