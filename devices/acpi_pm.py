@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import attrs
-
 from vmcore.acpi import SLP_TYP_S5, PmBlocks
 from vmcore.bus import Region, Space
-from vmcore.device import Device, DeviceContext, in_range, prop
+from vmcore.device import Device, DeviceContext, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.regmap import Field, Reg, RegisterFile, RegisterMap
 
@@ -31,7 +29,7 @@ SCI_EN, SLP_EN = 1 << 0, 1 << 13
 SLP_TYP_SHIFT, SLP_TYP_MASK = 10, 7
 
 
-@attrs.frozen
+@config
 class AcpiPmConfig:
     port: int = prop(0x600, "First port of the three blocks (PM1a event +0, control +4, timer +8).", hex=True,
                      validator=in_range(0, 0xFFF4))

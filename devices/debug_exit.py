@@ -12,7 +12,7 @@ from typing import Sequence
 import attrs
 
 from vmcore.bus import Region, Space
-from vmcore.device import Device, in_range, prop
+from vmcore.device import Device, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 
 
@@ -21,7 +21,7 @@ def _width(_instance: object, attribute: attrs.Attribute, value: int) -> None:  
         raise ValueError(f"{attribute.name} must be 1, 2 or 4, got {value}")
 
 
-@attrs.frozen
+@config
 class DebugExitConfig:
     port: int = prop(0x501, "First I/O port (QEMU's iobase).", hex=True, validator=in_range(0, 0xFFFF))
     width: int = prop(2, "Number of ports claimed, 1, 2 or 4 (QEMU's iosize).", validator=_width)

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-import attrs
-
 from vmcore.bus import Region, Space
 from vmcore.chardev import (BackendKind, HostFile, SocketMode, backend_prop, check_backend_props, make_backend,
                             path_prop, socket_mode_prop)
-from vmcore.device import Device, DeviceContext, in_range, prop
+from vmcore.device import Device, DeviceContext, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -31,7 +29,7 @@ if TYPE_CHECKING:
 _BYTES = tuple(bytes((value,)) for value in range(256))
 
 
-@attrs.frozen
+@config
 class DebugconConfig:
     port: int = prop(0xF1, "I/O port the console listens on.", hex=True, validator=in_range(0, 0xFFFF))
     backend: BackendKind = backend_prop()

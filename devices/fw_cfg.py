@@ -56,7 +56,7 @@ import attrs
 
 from vmcore.bus import Region, Space
 from vmcore.chardev import HostFile
-from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
+from vmcore.device import Device, DeviceContext, PropertyError, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.memory import GuestMemoryError
 from vmcore.units import parse_int
@@ -217,7 +217,7 @@ def _strings(instance: Any, attribute: Any, value: Any) -> None:
             raise PropertyError(attribute.name, f"{name}: {exc}") from None
 
 
-@attrs.frozen
+@config
 class FwCfgConfig:
     port: int = prop(0x510, "Selector port; data at port+1, DMA address register at port+4..port+11.", hex=True,
                      validator=in_range(0, 0xFFF4))

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-import attrs
-
 from vmcore.bus import Region, Space
-from vmcore.device import Device, DeviceContext, prop
+from vmcore.device import Device, DeviceContext, config, prop
 from vmcore.memory import GuestMemoryError, MemoryBlock, Overlay
 from vmcore.hookspecs import hookimpl
 from vmcore.pci import COMMAND, COMMAND_MASTER, COMMAND_MEMORY, STATUS, PciConfig, bus_for
@@ -80,7 +78,7 @@ COMMAND_DEFAULT = COMMAND_MEMORY | COMMAND_MASTER
 STATUS_DEFAULT = 0x0280
 
 
-@attrs.frozen
+@config
 class I440fxConfig:
     """Ports and slot are fixed by the PC architecture; the properties name the memory it decodes."""
 

@@ -52,10 +52,8 @@ from __future__ import annotations
 import collections
 from typing import Sequence
 
-import attrs
-
 from vmcore.bus import Region, Space
-from vmcore.device import Device, DeviceContext, in_range, prop
+from vmcore.device import Device, DeviceContext, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 
 # Status register.
@@ -95,7 +93,7 @@ PORT92_RESET = 0x01
 PORT92_A20 = 0x02
 
 
-@attrs.frozen
+@config
 class I8042Config:
     port: int = prop(0x60, "Data port; the status/command port is port + 4.", hex=True,
                      validator=in_range(0, 0xFFFB))

@@ -71,12 +71,10 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import attrs
-
 from vmcore.bus import Region, Space
 from vmcore.chardev import HostFile
 from vmcore.clock import Clock, Timer
-from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
+from vmcore.device import Device, DeviceContext, PropertyError, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.irq import IrqLine
 
@@ -146,7 +144,7 @@ def _ata_text(max_length: int) -> Callable[[Any, Any, str], None]:
     return check
 
 
-@attrs.frozen
+@config
 class IdeConfig:
     port: int = prop(0x1F0, "Command block base: data, error/features, ..., status/command (8 ports).",
                      hex=True, validator=in_range(0, 0xFFF8))

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import attrs
-
 from vmcore.bus import Region, Space
-from vmcore.device import Device, DeviceContext, in_range, prop
+from vmcore.device import Device, DeviceContext, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 
 PINS = 24
@@ -46,7 +44,7 @@ LOGICAL = 1 << 11
 _WRITABLE = 0xFF00_0000_0001_AFFF
 
 
-@attrs.frozen
+@config
 class IoApicConfig:
     base: int = prop(0xFEC0_0000, "Guest-physical address of the register window.", hex=True,
                      validator=in_range(0, (1 << 52) - 0x1000))

@@ -59,11 +59,9 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import attrs
-
 from vmcore.bus import Region, Space
 from vmcore.clock import Timer
-from vmcore.device import Device, DeviceContext, in_range, prop
+from vmcore.device import Device, DeviceContext, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.irq import InterruptController
 
@@ -99,7 +97,7 @@ _APIC_BASE_RESERVED = 0xFF | 1 << 9  # bits 0-7 and 9; address bits above MAXPHY
 _LVT_WRITABLE = (0x107FF, 0x700FF, 0x107FF, 0x107FF, 0x1A7FF, 0x1A7FF, 0x100FF)
 
 
-@attrs.frozen
+@config
 class LocalApicConfig:
     base: int = prop(0xFEE0_0000, "Guest-physical address of the 4 KiB register page (IA32_APIC_BASE).", hex=True,
                      validator=in_range(0, (1 << 52) - 0x1000))

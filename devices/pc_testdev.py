@@ -18,10 +18,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import attrs
-
 from vmcore.bus import Region, Space
-from vmcore.device import Device, DeviceContext, in_range, prop
+from vmcore.device import Device, DeviceContext, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.regmap import Reg, RegisterFile, RegisterMap
 
@@ -29,7 +27,7 @@ IRQ_LINES = 24
 IOMEM_SIZE = 0x10000
 
 
-@attrs.frozen
+@config
 class PcTestdevConfig:
     port: int = prop(0xE0, "First port: the scratch register (4 ports), then flush-page (4 ports).", hex=True,
                      validator=in_range(0, 0xFFF8))

@@ -24,10 +24,8 @@ from __future__ import annotations
 import struct
 from typing import Sequence
 
-import attrs
-
 from vmcore.bus import Region, Space
-from vmcore.device import Device, DeviceContext, in_range, prop
+from vmcore.device import Device, DeviceContext, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.pci import COMMAND, COMMAND_WRITABLE, Bar, PciConfig, bus_for
 
@@ -45,7 +43,7 @@ DATA = 0xFA
 TARGET = 0x40  # the tests' write offsets start past the header: TARGET + WIDTH * test
 
 
-@attrs.frozen
+@config
 class PciTestdevConfig:
     slot: int = prop(3, "PCI device number (function 0).", validator=in_range(0, 31))
 

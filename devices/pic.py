@@ -64,10 +64,8 @@ from __future__ import annotations
 import logging
 from typing import Callable, Sequence
 
-import attrs
-
 from vmcore.bus import Region, Space
-from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
+from vmcore.device import Device, DeviceContext, PropertyError, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 
 log = logging.getLogger(__name__)
@@ -313,7 +311,7 @@ class _Chip:
         return not self.single and bool(self.icw3 & (1 << CASCADE_IR))
 
 
-@attrs.frozen
+@config
 class I8259Config:
     master_port: int = prop(0x20, "Master command (even) and data (odd) ports.", hex=True, validator=in_range(0, 0xFFFE))
     slave_port: int = prop(0xA0, "Slave command (even) and data (odd) ports.", hex=True, validator=in_range(0, 0xFFFE))

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import attrs
-
 from vmcore.bus import Region, Space
-from vmcore.device import Device, DeviceContext, in_range, prop
+from vmcore.device import Device, DeviceContext, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.pci import COMMAND, HEADER_MULTIFUNCTION, STATUS, PciConfig, bus_for
 
@@ -33,7 +31,7 @@ COMMAND_DEFAULT = 0x0007
 STATUS_DEFAULT = 0x0200
 
 
-@attrs.frozen
+@config
 class Piix3Config:
     """The ISA bridge sits at 00:01.0, as on every i440FX PC."""
 

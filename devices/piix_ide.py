@@ -52,11 +52,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Sequence
 
-import attrs
-
 from vmcore.bus import Region, Space
 from vmcore.chardev import HostFile
-from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
+from vmcore.device import Device, DeviceContext, PropertyError, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.pci import (
     CACHE_LINE_SIZE,
@@ -114,7 +112,7 @@ def _drive(key: str, where: str) -> str:
                 path=True, validator=_image_path(key, optional=True))
 
 
-@attrs.frozen
+@config
 class PiixIdeConfig:
     primary_master: str = _drive("primary_master", "primary channel's master (0x1F0, IRQ 14)")
     primary_slave: str = _drive("primary_slave", "primary channel's slave")

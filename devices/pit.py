@@ -69,11 +69,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import attrs
-
 from vmcore.bus import Region, Space
 from vmcore.clock import Timer
-from vmcore.device import Device, DeviceContext, in_range, prop
+from vmcore.device import Device, DeviceContext, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 
 #: The 8254's input clock on a PC (14.31818 MHz / 12).
@@ -354,7 +352,7 @@ class Counter:
         return byte
 
 
-@attrs.frozen
+@config
 class PitConfig:
     port: int = prop(0x40, "First of the four I/O ports: counters 0, 1, 2 and the control word.", hex=True,
                      validator=in_range(0, 0xFFFC))

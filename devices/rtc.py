@@ -68,7 +68,7 @@ import attrs
 
 from vmcore.bus import Region, Space
 from vmcore.clock import Timer
-from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
+from vmcore.device import Device, DeviceContext, PropertyError, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ def _check_start(_instance: object, attribute: attrs.Attribute, value: str) -> N
                                             f"2026-01-02T03:04:05, got {value!r}") from None
 
 
-@attrs.frozen
+@config
 class RtcConfig:
     port: int = prop(0x70, "Index port; the data port is port + 1.", hex=True, validator=in_range(0, 0xFFFE))
     irq: int = prop(8, "IRQ line, high while register C's IRQF is set.", validator=in_range(0, 255))

@@ -54,13 +54,11 @@ from __future__ import annotations
 import collections
 from typing import TYPE_CHECKING, Literal, Sequence
 
-import attrs
-
 from vmcore.bus import Region, Space
 from vmcore.chardev import (BackendKind, HostFile, SocketMode, backend_prop, check_backend_props, make_backend,
                             path_prop, socket_mode_prop)
 from vmcore.clock import Timer
-from vmcore.device import Device, DeviceContext, PropertyError, in_range, prop
+from vmcore.device import Device, DeviceContext, PropertyError, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -144,7 +142,7 @@ class _Unset(int):
     __slots__ = ()
 
 
-@attrs.frozen
+@config
 class Uart16550Config:
     port: int = prop(_Unset(0x3F8), "First of the 8 I/O ports (COM1: 0x3F8).", hex=True,
                      validator=in_range(0, 0xFFF8))

@@ -23,10 +23,8 @@ import stat
 import struct
 from typing import TYPE_CHECKING, Any, Sequence
 
-import attrs
-
 from vmcore.chardev import HostFile
-from vmcore.device import DeviceContext, PropertyError, prop
+from vmcore.device import DeviceContext, PropertyError, config, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.virtio import Chain, VirtioMmioConfig, VirtioMmioDevice, Virtqueue, VirtqueueError
 
@@ -60,7 +58,7 @@ def _serial(_instance: Any, _attribute: Any, value: str) -> None:
         raise PropertyError("serial", f"at most {ID_BYTES} printable bytes, got {value!r}")
 
 
-@attrs.frozen
+@config
 class VirtioBlkConfig(VirtioMmioConfig):
     image: str = prop("", "Raw disk image (a file or block device); its size, rounded down to sectors, is "
                       "the disk's.", path=True, validator=_image)

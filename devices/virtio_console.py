@@ -15,11 +15,9 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Sequence
 
-import attrs
-
 from vmcore.chardev import (BackendKind, HostFile, SocketMode, backend_prop, check_backend_props, make_backend,
                             path_prop, socket_mode_prop)
-from vmcore.device import DeviceContext, prop
+from vmcore.device import DeviceContext, config, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.virtio import VirtioMmioConfig, VirtioMmioDevice, Virtqueue
 
@@ -33,7 +31,7 @@ EMERG_WR = 8
 HOST_INPUT_BUFFER = 4096
 
 
-@attrs.frozen
+@config
 class VirtioConsoleConfig(VirtioMmioConfig):
     backend: BackendKind = backend_prop()
     path: str = path_prop()

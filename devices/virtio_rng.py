@@ -15,10 +15,8 @@ import os
 import random
 from typing import Callable
 
-import attrs
-
 from vmcore.clock import Timer
-from vmcore.device import DeviceContext, in_range, prop
+from vmcore.device import DeviceContext, config, in_range, prop
 from vmcore.hookspecs import hookimpl
 from vmcore.virtio import VirtioMmioConfig, VirtioMmioDevice, Virtqueue
 
@@ -27,7 +25,7 @@ CHAIN_CAP = 64 * 1024
 _SECOND = 1_000_000_000
 
 
-@attrs.frozen
+@config
 class VirtioRngConfig(VirtioMmioConfig):
     rate: int = prop(1 << 20, "Most entropy bytes per second of machine time the guest gets (0: no limit).",
                      validator=in_range(0, 1 << 40))

@@ -13,6 +13,7 @@ from vmcore.device import (
     PropertyError,
     PropertyInfo,
     build_config,
+    config,
     convert_value,
     in_range,
     prop,
@@ -38,6 +39,68 @@ class WidgetConfig:
     timeout: Optional[int] = prop(None, "Watchdog timeout in ns, or none.")
     queue: int = prop(1, "Number of queues.", validator=in_range(1, 8))
     queue_size: int = prop(256, "Entries per queue.", validator=in_range(1, 0x8000))
+
+
+# --- @config: attrs.frozen with shared equality, hashing and repr -------------------------------
+
+
+def _twins():  # type: ignore[no-untyped-def]
+    """The same fields made by @attrs.frozen and by @config, under one name (repr shows it)."""
+
+    def body() -> dict:
+        return {"__annotations__": {"port": "int", "label": "str", "cache": "list", "secret": "int", "size": "int"},
+                "port": prop(0x10, "A port.", hex=True, validator=in_range(0, 0xFFFF)),
+                "label": attrs.field(default="a", repr=lambda value: value.upper()),
+                "cache": attrs.field(factory=list, eq=False),
+                "secret": attrs.field(default=7, repr=False),
+                "size": attrs.field(default=4, converter=int, eq=lambda value: value // 4)}
+
+    return attrs.frozen(type("Twin", (), body())), config(type("Twin", (), body()))
+
+
+def test_a_config_class_compares_hashes_and_prints_as_attrs_frozen_makes_it():
+    made_by_attrs, made_by_config = _twins()
+    pairs = [((), ()), ((1,), (2,)), ((1, "x"), (1, "x")), ((1, "x", [1]), (1, "x", [2])), ((1, "x", [], 3), (1, "x", [], 4)),
+             ((1, "x", [], 3, 4), (1, "x", [], 3, "7")), ((1, "x", [], 3, 4), (1, "x", [], 3, 8)), ((5,), (5,))]
+    for left, right in pairs:
+        expected = made_by_attrs(*left) == made_by_attrs(*right)
+        assert (made_by_config(*left) == made_by_config(*right)) is expected, (left, right)
+        assert (made_by_config(*left) != made_by_config(*right)) is not expected, (left, right)
+        if expected:
+            assert hash(made_by_config(*left)) == hash(made_by_config(*right))
+        assert repr(made_by_config(*left)) == repr(made_by_attrs(*left))
+    assert repr(made_by_config(3, "q", [1], 9, 8)) == "Twin(port=3, label=Q, cache=[1], size=8)"
+    assert made_by_config() != made_by_attrs()  # another class: as attrs answers for two classes
+    assert made_by_config().__eq__(made_by_attrs()) is NotImplemented
+
+
+def test_a_config_class_is_an_attrs_class_like_any_other():
+    _, made_by_config = _twins()
+    value = made_by_config(size="12")
+    assert value.size == 12  # converter
+    with pytest.raises(PropertyError, match="port"):
+        made_by_config(port=0x10000)  # validator
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        value.port = 1  # type: ignore[misc]
+    assert [field.name for field in attrs.fields(made_by_config)] == ["port", "label", "cache", "secret", "size"]
+    assert attrs.evolve(value, port=2) == made_by_config(port=2, size=12)
+    assert not hasattr(value, "__dict__")  # slotted, as @attrs.frozen makes it
+    assert {value: 1}[made_by_config(size=12)] == 1
+
+
+def test_every_built_in_config_class_uses_the_shared_methods(device_registry):
+    """@config on vmcore's own devices: their Config classes compile no eq, hash or repr of their own."""
+    from vmcore.device import _config_eq, _config_hash, _config_repr
+
+    for name in device_registry.names():
+        cls = device_registry.get(name).cls.Config
+        assert (cls.__eq__, cls.__hash__, cls.__repr__) == (_config_eq, _config_hash, _config_repr), name
+        try:
+            default = build_config(cls, {})
+        except PropertyError:  # a property without a default (a chipset's RAM slot): nothing more to see
+            continue
+        assert default == build_config(cls, {}), name
+        assert repr(default).startswith(f"{cls.__name__}("), name
 
 
 # --- conversion from profile text --------------------------------------------------------------

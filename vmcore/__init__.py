@@ -31,7 +31,7 @@ _EXPORTS = {
     "Device": "device", "DeviceContext": "device", "PropertyError": "device",
     "DmaError": "dma", "DmaSpace": "dma",
     "GuestExit": "faults", "GuestReset": "faults", "DeviceFault": "faults", "BadAnswer": "faults",
-    "in_range": "device", "prop": "device",
+    "config": "device", "in_range": "device", "prop": "device",
     "hookimpl": "hookspecs", "hookspec": "hookspecs",
     "IrqEvent": "irq", "IrqLine": "irq",
     "Machine": "machine", "resolve_profile": "machine",
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from .clock import Clock, HostClock, ManualClock, Timer, VirtualClock
     from .timeline import Timeline
     from .cpu import CpuState
-    from .device import Device, DeviceContext, PropertyError, in_range, prop
+    from .device import Device, DeviceContext, PropertyError, config, in_range, prop
     from .dma import DmaError, DmaSpace
     from .faults import BadAnswer, DeviceFault, GuestExit, GuestReset
     from .hookspecs import hookimpl, hookspec

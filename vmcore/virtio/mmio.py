@@ -25,11 +25,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Sequence
 
-import attrs
-
 from ..acpi import AcpiDevice
 from ..bus import Doorbell, Region, Space
-from ..device import Device, DeviceContext, in_range, prop
+from ..device import Device, DeviceContext, config, in_range, prop
 from .queue import Chain, Virtqueue, VirtqueueError
 
 MAGIC = 0x74726976  # "virt"
@@ -79,7 +77,7 @@ F_INDIRECT_DESC = 1 << 28
 F_VERSION_1 = 1 << 32
 
 
-@attrs.frozen
+@config
 class VirtioMmioConfig:
     """The transport's properties: every virtio-mmio device type's Config subclasses this."""
 
