@@ -71,23 +71,27 @@ def bytecode_env() -> dict[str, str]:
 NO_DEBUGLOG = ("--set", "devices.debuglog=null")
 
 
-def timed_run(command: list[str], limit: float, **popen: object) -> tuple[float, int]:
-    """Seconds ``command`` ran (its streams sent nowhere) and its exit status; -9 where it outlived
-    ``limit`` seconds and was killed.
+def wait_at_most(process: subprocess.Popen, limit: float) -> int:  # type: ignore[type-arg]
+    """``process``'s exit status, waited for in a blocking waitpid; killed once ``limit`` seconds pass.
 
-    The wait blocks in waitpid, as subprocess.run without a timeout does (QEMU's runs). With a
-    timeout, subprocess polls instead, sleeping up to 50 ms between looks (1, 2, 4, ... 32, then 50
-    ms): a process's time then comes back as the next of 113, 163, 213, 263 ms, ... whatever
-    it took (this bench's vmcore medians sat on 0.215 and 0.265 s because of it)."""
-    start = time.monotonic()
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, **popen)  # type: ignore[call-overload]
+    subprocess's own wait with a timeout polls instead, sleeping up to 50 ms between looks (1, 2,
+    4, ... 32, then 50 ms): a process's time then comes back as the next of 113, 163, 213, 263
+    ms, ... whatever it took (this bench's vmcore medians sat on 0.215 and 0.265 s because of it)."""
     watchdog = threading.Timer(limit, process.kill)
     watchdog.start()
     try:
-        status = process.wait()
+        return process.wait()
     finally:
         watchdog.cancel()
+
+
+def timed_run(command: list[str], limit: float, **popen: object) -> tuple[float, int]:
+    """Seconds ``command`` ran (its streams sent nowhere) and its exit status; -9 where it outlived
+    ``limit`` seconds and was killed. QEMU's runs and vmcore's are waited for alike (wait_at_most)."""
+    start = time.monotonic()
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, **popen)  # type: ignore[call-overload]
+    status = wait_at_most(process, limit)
     elapsed = time.monotonic() - start
     return elapsed, (-9 if elapsed >= limit and status < 0 else status)
 

@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -44,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from boot import bytecode_env  # noqa: E402 - bench/boot.py's: each measured process caches its bytecode
+from boot import bytecode_env, wait_at_most  # noqa: E402 - bench/boot.py's: each measured process caches its bytecode
 from vmcore.accel import AcceleratorUnavailable, RunLimits, create  # noqa: E402
 from vmcore.accel.unicorn_layout import engine_name  # noqa: E402
 from vmcore.bus import Region, Space  # noqa: E402
@@ -280,14 +279,7 @@ def startup_run(command: list[str]) -> tuple[float, float]:
     first = proc.stdout.readline()
     hello = time.perf_counter() - start
     rest = proc.stdout.read()
-    # A blocking wait: with a timeout, subprocess polls with sleeps (1, 2, 4 ms, ...), which would add
-    # up to a few ms to the time to exit; a watchdog kills a process that never exits instead.
-    watchdog = threading.Timer(60, proc.kill)
-    watchdog.start()
-    try:
-        status = proc.wait()
-    finally:
-        watchdog.cancel()
+    status = wait_at_most(proc, 60)  # not subprocess's polling wait, which adds up to a few ms
     done = time.perf_counter() - start
     if status != 0 or (first and first != b"Hello\n"):
         raise RuntimeError(f"{' '.join(command)}: status {status}, output {(first + rest)[:80]!r}")
